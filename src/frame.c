@@ -1,0 +1,110 @@
+/*
+ * frame.c: refcounted frame chunks and their bridge to libevent buffers.
+ */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#include "fcw2.h"
+#include "frame.h"
+
+static atomic_long	chunks_live;
+static atomic_llong	chunk_bytes_live;
+
+struct chunk *
+chunk_new(size_t cap)
+{
+	struct chunk *ch;
+
+	if ((ch = calloc(1, sizeof(*ch))) == NULL)
+		return NULL;
+	if ((ch->ch_data = malloc(cap ? cap : 1)) == NULL) {
+		free(ch);
+		return NULL;
+	}
+	ch->ch_cap = cap;
+	atomic_init(&ch->ch_ref, 1);
+	atomic_fetch_add(&chunks_live, 1);
+	atomic_fetch_add(&chunk_bytes_live, (long long)cap);
+	return ch;
+}
+
+void
+chunk_ref(struct chunk *ch)
+{
+	atomic_fetch_add_explicit(&ch->ch_ref, 1, memory_order_relaxed);
+}
+
+void
+chunk_unref(struct chunk *ch)
+{
+	if (atomic_fetch_sub_explicit(&ch->ch_ref, 1, memory_order_acq_rel) != 1)
+		return;
+	atomic_fetch_sub(&chunks_live, 1);
+	atomic_fetch_sub(&chunk_bytes_live, (long long)ch->ch_cap);
+#ifdef WR_DEBUG
+	memset(ch->ch_data, 0xdb, ch->ch_cap);
+#endif
+	free(ch->ch_data);
+	free(ch);
+}
+
+void
+chunk_shrink(struct chunk *ch)
+{
+	uint8_t *nd;
+	size_t len = ch->ch_len ? ch->ch_len : 1;
+
+	if (ch->ch_cap <= len || (nd = realloc(ch->ch_data, len)) == NULL)
+		return;
+	atomic_fetch_sub(&chunk_bytes_live, (long long)(ch->ch_cap - len));
+	ch->ch_data = nd;
+	ch->ch_cap = len;
+}
+
+long
+chunk_live_count(void)
+{
+	return atomic_load(&chunks_live);
+}
+
+long long
+chunk_live_bytes(void)
+{
+	return atomic_load(&chunk_bytes_live);
+}
+
+static void
+chunk_evbuffer_cleanup(const void *data, size_t len, void *arg)
+{
+	chunk_unref(arg);
+}
+
+int
+chunk_add_to_evbuffer(struct evbuffer *buf, struct chunk *ch, size_t off,
+    size_t len)
+{
+	if (len <= CHUNK_COPY_MAX)
+		return evbuffer_add(buf, ch->ch_data + off, len);
+	chunk_ref(ch);
+	if (evbuffer_add_reference(buf, ch->ch_data + off, len,
+	    chunk_evbuffer_cleanup, ch) == -1) {
+		/* libevent does not call the cleanup when the add fails */
+		chunk_unref(ch);
+		return -1;
+	}
+	return 0;
+}
+
+size_t
+chunk_offset_of(const struct chunk *ch, uint64_t seq)
+{
+	size_t off = 0;
+
+	for (uint64_t s = ch->ch_seq; s < seq && off < ch->ch_len; s++)
+		off += fcw2_frame_len(ch->ch_data + off);
+	return off;
+}

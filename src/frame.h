@@ -1,0 +1,58 @@
+/*
+ * frame.h: refcounted, immutable chunks of whole FCW2 frames.
+ *
+ * The upstream fills a chunk with validated frames, gives it sequence
+ * numbers and publishes it once: the segment writer and every subscriber
+ * hold references to the same bytes. A chunk is freed when the last
+ * reference goes, whichever thread drops it.
+ */
+#ifndef WALRELAY_FRAME_H
+#define WALRELAY_FRAME_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+struct evbuffer;
+
+struct chunk {
+	atomic_int		 ch_ref;
+	uint64_t		 ch_seq;	/* sequence of the first frame */
+	uint32_t		 ch_nframes;
+	size_t			 ch_len;	/* bytes of whole frames */
+	size_t			 ch_cap;
+	TAILQ_ENTRY(chunk)	 ch_entry;	/* the shared tail (loop thread) */
+	STAILQ_ENTRY(chunk)	 ch_wentry;	/* the writer's queue */
+	uint8_t			*ch_data;
+};
+TAILQ_HEAD(chunk_list, chunk);
+STAILQ_HEAD(chunk_queue, chunk);
+
+/* End sequence (exclusive). */
+#define CHUNK_END(ch)	((ch)->ch_seq + (ch)->ch_nframes)
+
+/* Spans up to this many bytes are copied into evbuffers, larger referenced. */
+#define CHUNK_COPY_MAX	2048
+
+struct chunk	*chunk_new(size_t cap);		/* one reference, or NULL */
+void		 chunk_ref(struct chunk *);
+void		 chunk_unref(struct chunk *);
+/* Shrink an unpublished chunk's allocation to its length. */
+void		 chunk_shrink(struct chunk *);
+/* Chunks alive now and bytes they hold (the live-buffer counters). */
+long		 chunk_live_count(void);
+long long	 chunk_live_bytes(void);
+
+/*
+ * Append bytes [off, off+len) of ch to buf: a reference that holds the
+ * chunk until libevent has sent the bytes, or a copy for small spans.
+ * Returns 0 or -1 (nothing added, no reference kept).
+ */
+int		 chunk_add_to_evbuffer(struct evbuffer *, struct chunk *,
+		    size_t off, size_t len);
+
+/* Byte offset in ch of the frame with sequence seq (walks frame headers). */
+size_t		 chunk_offset_of(const struct chunk *, uint64_t seq);
+
+#endif

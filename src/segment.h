@@ -1,0 +1,140 @@
+/*
+ * segment.h: the durable segment store.
+ *
+ * Files in the data directory:
+ *   segment-{base_seq:020}-{created_ms}.wal  FCW2 frames exactly as received
+ *   walrelay.meta                           epoch and state (checksummed)
+ *   walrelay.lock                           held with flock while running
+ *
+ * Threads: every function here is called from the event loop thread, except
+ * that the writer thread (started by segstore_start) does the writes and
+ * fsyncs and calls the notify callback when something changed. The loop then
+ * calls segstore_poll to learn the new durable position and state.
+ */
+#ifndef WALRELAY_SEGMENT_H
+#define WALRELAY_SEGMENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "frame.h"
+
+enum fsync_mode {
+	FSYNC_ALWAYS = 0,
+	FSYNC_INTERVAL = 1,
+	FSYNC_NEVER = 2,
+};
+
+struct segment_config {
+	const char	*dir;
+	int		 fsync_mode;		/* enum fsync_mode */
+	unsigned	 fsync_interval_ms;	/* FSYNC_INTERVAL */
+	uint64_t	 segment_bytes;		/* rotate at this size */
+	uint64_t	 segment_age_ms;	/* rotate at this age; 0: never */
+	uint64_t	 retain_bytes;		/* 0: no byte limit */
+	uint64_t	 retain_age_s;		/* 0: no age limit */
+	size_t		 max_frame_bytes;	/* recovery's frame cap */
+	unsigned	 retry_ms;		/* disk error retry period */
+};
+
+/* What segstore_poll reports (a snapshot; loop thread). */
+struct segstore_state {
+	uint64_t	 ss_durable;	/* frames [earliest, durable) are durable */
+	uint64_t	 ss_written;	/* frames handed to write() so far */
+	uint64_t	 ss_next;	/* next sequence to be assigned */
+	uint64_t	 ss_earliest;	/* first retained sequence */
+	size_t		 ss_pending_bytes; /* appended, not yet durable */
+	int		 ss_error;	/* 0, or the errno of the current disk trouble */
+	uint64_t	 ss_fsyncs;
+	uint64_t	 ss_write_errors;
+	uint64_t	 ss_fsync_errors;
+	uint64_t	 ss_bytes_written;
+	uint64_t	 ss_segments;	/* files in the store */
+	uint64_t	 ss_store_bytes;	/* their total size */
+	uint64_t	 ss_deleted;	/* segments deleted by retention */
+};
+
+/* A byte range of one segment file, ending at a frame boundary. */
+struct segment_span {
+	int		 sp_fd;		/* owned by the store; valid while pinned */
+	uint64_t	 sp_offset;	/* file offset of the frame with sp_seq */
+	uint64_t	 sp_len;	/* durable bytes from sp_offset in this file */
+	uint64_t	 sp_seq;	/* first frame of the span */
+	uint64_t	 sp_end_seq;	/* first frame after the span */
+	void		*sp_pin;	/* pass to segstore_unpin */
+};
+
+struct segstore;
+
+/*
+ * Open the store: create the directory if needed, take the lock, load or
+ * create the metadata (a new random epoch), scan the segments, cut a torn
+ * or corrupt tail of the newest one back to its last whole valid frame
+ * (logged). A corrupt frame inside an older segment makes the store refuse
+ * to serve past it (segstore_limit). Returns NULL with errbuf filled.
+ */
+struct segstore	*segstore_open(const struct segment_config *, char *errbuf,
+		    size_t errlen);
+/* Start the writer thread; notify(arg) is called on it after each change. */
+int		 segstore_start(struct segstore *, void (*notify)(void *),
+		    void *arg);
+/* Make everything appended durable, stop the writer, mark a clean stop. */
+void		 segstore_close(struct segstore *);
+
+uint64_t	 segstore_epoch(const struct segstore *);
+uint64_t	 segstore_next(const struct segstore *);
+
+/*
+ * On an empty store only: the first frame will be sequence `next` under
+ * `epoch` (a relay that pulls from another relay adopts its positions).
+ * Returns 0, or -1 when the store already holds frames.
+ */
+int		 segstore_adopt(struct segstore *, uint64_t epoch, uint64_t next);
+
+/*
+ * Hand a chunk of whole validated frames to the writer. Sets ch->ch_seq to
+ * the next sequence and takes a reference (dropped once durable). Never
+ * blocks. Returns 0.
+ */
+int		 segstore_append(struct segstore *, struct chunk *);
+
+/* Snapshot of positions and counters. */
+void		 segstore_poll(struct segstore *, struct segstore_state *);
+
+/*
+ * Find where frame seq is on disk. Returns 0 and pins the segment (it will
+ * not be deleted until segstore_unpin), -1 when seq is older than what is
+ * retained or not durable yet. Reads frame headers to find the offset; the
+ * span ends at the durable end of that segment.
+ */
+int		 segstore_locate(struct segstore *, uint64_t seq,
+		    struct segment_span *);
+void		 segstore_unpin(struct segstore *, void *pin);
+
+/* Apply retention now (also run by the store after each rotation). */
+void		 segstore_retain(struct segstore *);
+
+/*
+ * Sequence past which the store refuses to serve (a corrupt sealed
+ * segment), or UINT64_MAX.
+ */
+uint64_t	 segstore_limit(const struct segstore *);
+
+/* For /v1/status: call fn once per segment, oldest first. */
+void		 segstore_foreach(struct segstore *, void (*fn)(void *arg,
+		    const char *name, uint64_t base_seq, uint64_t end_seq,
+		    uint64_t bytes), void *arg);
+
+/*
+ * segname.c, shared with walcat: the segment files of a directory (names
+ * ending in .wal or .wal.lz4), sorted by name as the cache's reader does.
+ */
+int		 segment_is_wal_name(const char *name);
+int		 segment_list_dir(const char *dir, char ***names, size_t *n,
+		    char *errbuf, size_t errlen);
+void		 segment_list_free(char **names, size_t n);
+/* Parse a segment file name; returns 0 and the base sequence, or -1. */
+int		 segment_name_parse(const char *name, uint64_t *base_seq,
+		    uint64_t *created_ms);
+
+#endif

@@ -1,0 +1,105 @@
+/*
+ * segname.c: segment file names and directory listings, in the cache's
+ * naming and sort order (every name ending in .wal or .wal.lz4, by name).
+ */
+#include "config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "segment.h"
+
+static int
+has_suffix(const char *s, const char *suffix)
+{
+	size_t ls = strlen(s), lx = strlen(suffix);
+
+	return ls >= lx && strcmp(s + ls - lx, suffix) == 0;
+}
+
+int
+segment_is_wal_name(const char *name)
+{
+	return has_suffix(name, ".wal") || has_suffix(name, ".wal.lz4");
+}
+
+int
+segment_name_parse(const char *name, uint64_t *base_seq, uint64_t *created_ms)
+{
+	char rest[16];
+	unsigned long long seq, ms;
+	int n = 0;
+
+	if (strncmp(name, "segment-", 8) != 0 || strlen(name) < 8 + 20 + 1)
+		return -1;
+	for (int i = 0; i < 20; i++)
+		if (name[8 + i] < '0' || name[8 + i] > '9')
+			return -1;
+	if (sscanf(name, "segment-%20llu-%llu%n", &seq, &ms, &n) != 2)
+		return -1;
+	snprintf(rest, sizeof(rest), "%s", name + n);
+	if (strcmp(rest, ".wal") != 0 && strcmp(rest, ".wal.lz4") != 0)
+		return -1;
+	*base_seq = seq;
+	if (created_ms != NULL)
+		*created_ms = ms;
+	return 0;
+}
+
+static int
+cmp_names(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int
+segment_list_dir(const char *dir, char ***names, size_t *n, char *errbuf,
+    size_t errlen)
+{
+	DIR *d;
+	struct dirent *de;
+	char **v = NULL;
+	size_t len = 0, cap = 0;
+
+	if ((d = opendir(dir)) == NULL) {
+		snprintf(errbuf, errlen, "%s: %s", dir, strerror(errno));
+		return -1;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.' || !segment_is_wal_name(de->d_name))
+			continue;
+		if (len == cap) {
+			char **nv;
+			cap = cap ? cap * 2 : 64;
+			if ((nv = realloc(v, cap * sizeof(*v))) == NULL)
+				goto nomem;
+			v = nv;
+		}
+		if ((v[len] = strdup(de->d_name)) == NULL)
+			goto nomem;
+		len++;
+	}
+	closedir(d);
+	if (len > 0)
+		qsort(v, len, sizeof(*v), cmp_names);
+	*names = v;
+	*n = len;
+	return 0;
+nomem:
+	closedir(d);
+	segment_list_free(v, len);
+	snprintf(errbuf, errlen, "%s: out of memory", dir);
+	return -1;
+}
+
+void
+segment_list_free(char **names, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+}
