@@ -1,7 +1,7 @@
 /*
  * fcw2.c: FCW2 frame and record codec. Pure: no I/O, no logging.
  */
-#include "config.h"
+#include "autoconfig.h"
 
 #include <stdlib.h>
 #include <string.h>

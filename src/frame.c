@@ -1,7 +1,7 @@
 /*
  * frame.c: refcounted frame chunks and their bridge to libevent buffers.
  */
-#include "config.h"
+#include "autoconfig.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,7 +1,7 @@
 /*
  * log.c: logging to stderr (with a UTC timestamp) or syslog.
  */
-#include "config.h"
+#include "autoconfig.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -2,7 +2,7 @@
  * segname.c: segment file names and directory listings, in the cache's
  * naming and sort order (every name ending in .wal or .wal.lz4, by name).
  */
-#include "config.h"
+#include "autoconfig.h"
 
 #include <dirent.h>
 #include <errno.h>

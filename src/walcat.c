@@ -1,7 +1,7 @@
 /*
  * walcat.c: the companion tool.
  */
-#include "config.h"
+#include "autoconfig.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -1,7 +1,7 @@
 /*
  * test_fcw2.c: the FCW2 codec against the reference vectors and random data.
  */
-#include "config.h"
+#include "autoconfig.h"
 
 #include <check.h>
 #include <stdio.h>

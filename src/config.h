@@ -1,0 +1,104 @@
+/*
+ * config.h: walrelay's settings, from the embedded defaults, a config file
+ * (-c FILE, INI, section [walrelay]) and the command line, in that order.
+ *
+ * One declarative table in config.c describes every key: its name (the
+ * long option without dashes, and the file key), type, target field,
+ * default, limits and flags (reloadable on SIGHUP, secret). Parsing fills
+ * a fresh struct wr_config; validation runs on the whole; only then does
+ * it replace the running one, so a reload that fails keeps the old config.
+ */
+#ifndef WALRELAY_CONFIG_H
+#define WALRELAY_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct wr_config {
+	/* addresses: "host:port", "[v6]:port", or NULL for "none" */
+	char		*ingest;		/* --ingest, 127.0.0.1:7630 */
+	char		*upstream;		/* --upstream, none */
+	int		 upstream_protocol;	/* --upstream-protocol auth|sub */
+	char		*listen;		/* --listen, 127.0.0.1:7632 */
+	char		*http;			/* --http, 127.0.0.1:7633 */
+	char		*data_dir;		/* --data-dir, ./walrelay-data */
+
+	int		 fsync_mode;		/* --fsync always|interval:MS|never */
+	unsigned	 fsync_interval_ms;
+
+	char		*publish_token_file;	/* --publish-token-file */
+	char		*subscribe_token_file;	/* --subscribe-token-file */
+	char		*upstream_token_file;	/* --upstream-token-file */
+	int		 allow_unauthenticated;	/* --allow-unauthenticated */
+
+	uint64_t	 segment_bytes;		/* --segment-bytes, 64M */
+	uint64_t	 segment_age_s;		/* --segment-age, 0 = off */
+	uint64_t	 retain_bytes;		/* --retain-bytes, 0 = unlimited */
+	uint64_t	 retain_age_s;		/* --retain-age, 0 = unlimited */
+	uint64_t	 max_frame_bytes;	/* --max-frame-bytes, 64M */
+
+	char		*tls_cert;		/* --tls-cert */
+	char		*tls_key;		/* --tls-key */
+	char		*tls_ca;		/* --tls-ca */
+	int		 tls_verify_client;	/* --tls-verify-client */
+	int		 tls_ingest;		/* --tls-ingest: TLS on ingest too */
+	int		 upstream_tls;		/* --upstream-tls */
+	char		*upstream_tls_ca;	/* --upstream-tls-ca */
+	char		*upstream_tls_cert;	/* --upstream-tls-cert */
+	char		*upstream_tls_key;	/* --upstream-tls-key */
+	char		*upstream_tls_server_name; /* --upstream-tls-server-name */
+
+	unsigned	 auth_timeout_ms;	/* --auth-timeout SECONDS, 5 */
+	unsigned	 subscriber_timeout_ms;	/* --subscriber-timeout SECONDS, 60 */
+	unsigned	 max_subscribers;	/* --max-subscribers, 1024 */
+	unsigned	 max_conns_per_ip;	/* --max-conns-per-ip, 64 */
+	uint64_t	 max_lag_bytes;		/* --max-lag-bytes, 0 = no limit */
+	uint64_t	 tail_memory;		/* --tail-memory, 64M */
+	uint64_t	 subscriber_buffer;	/* --subscriber-buffer, 1M */
+	uint64_t	 ingest_pause_bytes;	/* --ingest-pause-bytes, 32M */
+	uint64_t	 ingest_resume_bytes;	/* --ingest-resume-bytes, 8M */
+	unsigned	 upstream_backoff_min_ms; /* --upstream-backoff-min MS, 100 */
+	unsigned	 upstream_backoff_max_ms; /* --upstream-backoff-max MS, 10000 */
+	unsigned	 shutdown_timeout_ms;	/* --shutdown-timeout SECONDS, 5 */
+
+	int		 log_level;		/* --log-level, info */
+	int		 log_syslog;		/* --log-target stderr|syslog */
+
+	/* not keys: how this config was made */
+	char		*config_file;		/* -c FILE */
+	int		 check_only;		/* --check-config */
+	int		 argc;			/* the command line, kept for reloads */
+	char		**argv;
+};
+
+enum upstream_protocol {
+	UPSTREAM_PROTO_AUTH = 0,
+	UPSTREAM_PROTO_SUB = 1,
+};
+
+/*
+ * Build a config from defaults, then -c FILE (if given), then the other
+ * arguments (command line wins). Returns 0; or -1 with a message in
+ * errbuf naming the file and line or the option; or 1 when --help or
+ * --version was printed (exit 0).
+ */
+int	config_load(int argc, char **argv, struct wr_config *, char *errbuf,
+	    size_t errlen);
+
+/*
+ * Re-read the file named by cur->config_file (plus the original command
+ * line, which still wins) into next. Returns 0, or -1 with errbuf.
+ * The caller swaps only the reloadable keys and logs the ones that
+ * need a restart.
+ */
+int	config_reload(const struct wr_config *cur, struct wr_config *next,
+	    char *errbuf, size_t errlen);
+
+void	config_free(struct wr_config *);
+/* --help text, generated from the table. */
+void	config_usage(FILE *);
+/* Write the effective config as a [walrelay] file (secrets are file names). */
+void	config_dump(const struct wr_config *, FILE *);
+
+#endif
