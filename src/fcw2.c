@@ -168,7 +168,17 @@ check_payload(struct fcw2_checker *chk, const uint8_t *payload, size_t plen,
 	n = LZ4_decompress_safe((const char *)payload + 4, (char *)chk->scratch,
 	    (int)(plen - 4), (int)rawlen);
 	if (n < 0) {
-		/* could be a block that decodes longer than stated */
+		/*
+		 * Either a malformed block or one that decodes longer than
+		 * stated. Tell them apart only on this error path: a block
+		 * whose first rawlen bytes decode cleanly was cut short by
+		 * the stated size.
+		 */
+		n = LZ4_decompress_safe_partial((const char *)payload + 4,
+		    (char *)chk->scratch, (int)(plen - 4), (int)rawlen,
+		    (int)rawlen);
+		if (n >= 0 && (uint32_t)n == rawlen)
+			return FCW2_ERR_LZ4_SIZE;
 		return FCW2_ERR_LZ4;
 	}
 	if ((uint32_t)n != rawlen)

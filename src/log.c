@@ -66,6 +66,8 @@ log_level_name(int level)
 	return level_names[level];
 }
 
+static void	vlog(int, const char *, const char *, va_list) WR_PRINTF(3, 0);
+
 static void
 vlog(int level, const char *errstr, const char *fmt, va_list ap)
 {
