@@ -1,0 +1,34 @@
+/*
+ * walcat.h: what the subcommands of walcat share (walcat.c has main and
+ * the subcommand table).
+ */
+#ifndef WALRELAY_WALCAT_H
+#define WALRELAY_WALCAT_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "fcw2.h"
+
+/* Exit status of dump and verify, worst wins. */
+#define WALCAT_EXIT_OK		0	/* intact */
+#define WALCAT_EXIT_TORN	1	/* only a torn tail in the last file */
+#define WALCAT_EXIT_CORRUPT	2	/* corruption */
+#define WALCAT_EXIT_ERROR	3	/* usage or I/O error */
+
+/*
+ * One record as a line: text ("seq op key value_len timestamp_ms expire",
+ * key escaped with \xNN) or, with json set, a JSON object; file (NULL:
+ * none) and offset are included in JSON only.
+ */
+void	walcat_print_record(FILE *, int json, uint64_t seq,
+	    const struct fcw2_record *, const char *file, uint64_t offset);
+
+/* Key escaping as dump prints it. */
+void	walcat_put_text_key(FILE *, const uint8_t *, size_t);
+void	walcat_put_json_string(FILE *, const uint8_t *, size_t);
+
+int	walcat_dump(int, char **);
+int	walcat_verify(int, char **);
+
+#endif

@@ -1,0 +1,399 @@
+"""walcat dump and verify on segment directories built from the vectors."""
+
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+
+import pytest
+
+import fcw2util
+from fcw2util import OP_DEL, OP_EXPIRE, OP_SET, frame, segment_name
+
+TIMEOUT = 60
+
+# The layout of the test directory: three segments, the middle one with
+# the LZ4 vectors, as the cache names them.
+LAYOUT = [
+    (segment_name(1, 1732435200000), "AB"),
+    (segment_name(3, 1732435260000, lz4=True), "CEF"),
+    (segment_name(6, 1732435320000), "D"),
+]
+
+
+def run(*args, **kw):
+    kw.setdefault("timeout", TIMEOUT)
+    return subprocess.run([str(a) for a in args], capture_output=True,
+                          text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def vectors(vectors_path):
+    return fcw2util.load_vectors(vectors_path)
+
+
+@pytest.fixture
+def segdir(workdir, vectors):
+    """A directory of three segments holding the six vectors, plus the
+    offsets of every frame: {label: (path, offset)}."""
+    d = workdir / "wal"
+    d.mkdir()
+    where = {}
+    for name, labels in LAYOUT:
+        data = b""
+        for label in labels:
+            where[label] = (d / name, len(data))
+            data += vectors[label][0]
+        (d / name).write_bytes(data)
+    # files the cache's reader ignores, and so must walcat
+    (d / "walrelay.meta").write_bytes(b"not a segment")
+    (d / "segment-00000000000000000009-1.wal.zst").write_bytes(b"\x28\xb5")
+    return d, where
+
+
+def summary(out):
+    m = re.search(r"^summary: (.*)$", out, re.M)
+    assert m, out
+    return dict(kv.split("=", 1) for kv in m.group(1).split())
+
+
+def order():
+    return [label for _, labels in LAYOUT for label in labels]
+
+
+def test_verify_intact(walcat, segdir):
+    d, _ = segdir
+    r = run(walcat, "verify", d)
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = summary(r.stdout)
+    assert s["files"] == "3"
+    assert s["frames"] == "6"
+    assert s["problems"] == "0"
+    assert s["status"] == "intact"
+    total = sum(p.stat().st_size for p in d.iterdir() if p.name.endswith((".wal", ".wal.lz4")))
+    assert s["bytes"] == str(total)
+    # stderr is not a terminal: no progress
+    assert r.stderr == ""
+
+
+def test_verify_bit_flip_in_middle_file(walcat, segdir):
+    d, where = segdir
+    path, off = where["E"]
+    data = bytearray(path.read_bytes())
+    data[off + 20] ^= 0x04
+    path.write_bytes(bytes(data))
+    r = run(walcat, "verify", d)
+    assert r.returncode == 2, r.stdout + r.stderr
+    problems = [l for l in r.stdout.splitlines() if not l.startswith("summary:")]
+    assert len(problems) == 1, r.stdout
+    assert problems[0].startswith(f"{path}: offset {off}: corrupt: frame crc mismatch")
+    # it resynchronised on the next frame and checked the rest
+    assert f"next valid frame at offset {where['F'][1]}" in problems[0]
+    s = summary(r.stdout)
+    assert s["status"] == "corrupt"
+    assert s["corrupt"] == "1" and s["torn"] == "0"
+    assert s["frames"] == "5"
+    assert s["skipped_bytes"] == str(where["F"][1] - off)
+
+
+def test_verify_torn_tail_of_last_file(walcat, segdir, vectors):
+    d, where = segdir
+    path, _ = where["D"]
+    whole = path.read_bytes()
+    path.write_bytes(whole + vectors["A"][0][:30])
+    r = run(walcat, "verify", d)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{path}: offset {len(whole)}: torn tail" in r.stdout
+    s = summary(r.stdout)
+    assert s["status"] == "torn-tail"
+    assert s["torn"] == "1" and s["corrupt"] == "0"
+    assert s["frames"] == "6"
+
+
+def test_verify_truncated_last_frame(walcat, segdir):
+    d, where = segdir
+    path, off = where["D"]
+    data = path.read_bytes()
+    for cut in (1, 5, 9, len(data) - 1):
+        path.write_bytes(data[:cut])
+        r = run(walcat, "verify", d)
+        assert r.returncode == 1, (cut, r.stdout)
+        assert f"{path}: offset {off}: torn tail" in r.stdout
+
+
+def test_verify_incomplete_frame_in_older_file_is_corruption(walcat, segdir):
+    d, where = segdir
+    path, off = where["F"]
+    data = path.read_bytes()
+    path.write_bytes(data[:off + 10])
+    r = run(walcat, "verify", d)
+    assert r.returncode == 2, r.stdout
+    assert f"{path}: offset {off}: corrupt: incomplete frame" in r.stdout
+
+
+def test_verify_torn_tail_and_corruption_is_corruption(walcat, segdir, vectors):
+    d, where = segdir
+    last, _ = where["D"]
+    last.write_bytes(last.read_bytes() + vectors["B"][0][:7])
+    first, off = where["B"]
+    data = bytearray(first.read_bytes())
+    data[off + 12] ^= 0x80
+    first.write_bytes(bytes(data))
+    r = run(walcat, "verify", d)
+    assert r.returncode == 2
+    s = summary(r.stdout)
+    assert s["corrupt"] == "1" and s["torn"] == "1" and s["problems"] == "2"
+
+
+def test_verify_reports_every_problem(walcat, workdir):
+    """Two bad regions in one file: both reported, with what was skipped."""
+    frames = [frame(OP_SET, b"k%d" % i, b"v" * 10, ts=i) for i in range(6)]
+    offs = []
+    data = b""
+    for i, f in enumerate(frames):
+        if i == 2:
+            junk = b"\x00garbage FCW2\x01\x02 more"
+            junk_off = len(data)
+            data += junk
+        offs.append(len(data))
+        data += f
+    bad = bytearray(data)
+    bad[offs[4] + 15] ^= 0x01      # record byte of frame 4
+    path = workdir / segment_name(0)
+    path.write_bytes(bytes(bad))
+    r = run(walcat, "verify", path)
+    assert r.returncode == 2, r.stdout
+    lines = r.stdout.splitlines()
+    assert lines[0] == (f"{path}: offset {junk_off}: corrupt: bad magic; "
+                        f"skipped {len(junk)} bytes to the next valid frame "
+                        f"at offset {offs[2]}")
+    assert lines[1].startswith(f"{path}: offset {offs[4]}: corrupt: frame crc mismatch")
+    s = summary(r.stdout)
+    assert s["problems"] == "2" and s["frames"] == "5"
+    assert s["skipped_bytes"] == str(len(junk) + offs[5] - offs[4])
+
+
+def test_verify_record_errors(walcat, workdir):
+    """A frame whose crc is right but whose record is not (a bad op)."""
+    good = frame(OP_SET, b"k", b"v", ts=1)
+    bad = frame(7, b"k", b"", ts=2)
+    path = workdir / segment_name(0)
+    path.write_bytes(good + bad + good)
+    r = run(walcat, "verify", path)
+    assert r.returncode == 2
+    assert f"{path}: offset {len(good)}: corrupt: unknown op" in r.stdout
+
+
+def test_max_frame_bytes(walcat, workdir):
+    big = frame(OP_SET, b"big", b"x" * 5000, ts=1)
+    small = frame(OP_DEL, b"small", ts=2)
+    path = workdir / segment_name(0)
+    path.write_bytes(small + big + small)
+    assert run(walcat, "verify", path).returncode == 0
+    r = run(walcat, "verify", "--max-frame-bytes", "4K", path)
+    assert r.returncode == 2
+    assert f"offset {len(small)}: corrupt: frame length over the cap" in r.stdout
+    assert summary(r.stdout)["frames"] == "2"
+    r = run(walcat, "verify", "--max-frame-bytes", "banana", path)
+    assert r.returncode == 3
+    assert "--max-frame-bytes" in r.stderr
+
+
+def test_dump_text(walcat, segdir, vectors):
+    d, _ = segdir
+    r = run(walcat, "dump", d)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 6
+    for seq, (line, label) in enumerate(zip(lines, order())):
+        op, key, vlen, ts, expire = fcw2util.describe(vectors[label][1])
+        exp = "none" if expire is None else str(expire)
+        assert line == f"{seq} {op} {key} {vlen} {ts} {exp}"
+
+
+def test_dump_json(walcat, segdir, vectors):
+    d, where = segdir
+    r = run(walcat, "dump", "--json", d)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 6
+    for seq, (line, label) in enumerate(zip(lines, order())):
+        op, key, vlen, ts, expire = fcw2util.describe(vectors[label][1])
+        path, off = where[label]
+        assert json.loads(line) == {
+            "seq": seq, "file": str(path), "offset": off, "op": op,
+            "key": key, "value_len": vlen, "timestamp_ms": ts,
+            "expire_at_ms": expire,
+        }
+
+
+KEYS = [
+    b"",
+    b"plain-key:1",
+    b"with space",
+    b'quote"back\\slash',
+    b"\x00\x01\x1f\x7f",
+    "café-ключ".encode(),
+    b"\xff\xfe bad \xc3",            # invalid UTF-8
+    b"\xed\xa0\x80",                 # an encoded surrogate: invalid
+    b"\xc0\xaf",                     # overlong '/': invalid
+]
+
+
+def text_escape(key):
+    if not key:
+        return '""'
+    return "".join(chr(b) if 0x20 < b < 0x7f and b not in b'\\"' else f"\\x{b:02x}"
+                   for b in key)
+
+
+def test_dump_key_escapes(walcat, workdir):
+    path = workdir / segment_name(0)
+    path.write_bytes(b"".join(frame(OP_EXPIRE, k, ts=i, expire=-5)
+                              for i, k in enumerate(KEYS)))
+    r = run(walcat, "dump", path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == len(KEYS)
+    for i, (line, key) in enumerate(zip(lines, KEYS)):
+        # one field per column, whatever the key holds
+        assert line.split(" ") == [str(i), "EXPIRE", text_escape(key), "0", str(i), "none"]
+
+    r = subprocess.run([str(walcat), "dump", "--json", str(path)],
+                       capture_output=True, timeout=TIMEOUT)
+    assert r.returncode == 0
+    out = r.stdout.split(b"\n")[:-1]
+    assert len(out) == len(KEYS), r.stdout
+    for raw, key in zip(out, KEYS):
+        # valid JSON even when the key is not UTF-8
+        obj = json.loads(raw.decode("utf-8"))
+        # invalid bytes are lone surrogates \udcXX: surrogateescape
+        # gives back the exact key
+        assert obj["key"].encode("utf-8", "surrogateescape") == key
+        assert obj["expire_at_ms"] is None
+        # control bytes are escaped, never raw
+        assert not any(b < 0x20 for b in raw)
+
+
+def test_dump_problems_go_to_stderr(walcat, segdir):
+    d, where = segdir
+    path, off = where["C"]
+    data = bytearray(path.read_bytes())
+    data[off] = ord("X")
+    path.write_bytes(bytes(data))
+    r = run(walcat, "dump", d)
+    assert r.returncode == 2
+    assert len(r.stdout.splitlines()) == 5
+    assert f"{path}: offset {off}: corrupt: bad magic" in r.stderr
+
+
+def test_single_file_and_empty_dir(walcat, segdir, workdir):
+    d, where = segdir
+    path, _ = where["C"]
+    r = run(walcat, "verify", path)
+    assert r.returncode == 0
+    assert summary(r.stdout)["frames"] == "3"
+    # a single file is the last file: a torn end is a torn tail
+    path.write_bytes(path.read_bytes()[:-3])
+    assert run(walcat, "verify", path).returncode == 1
+    empty = workdir / "empty"
+    empty.mkdir()
+    r = run(walcat, "verify", empty)
+    assert r.returncode == 0
+    assert summary(r.stdout)["files"] == "0"
+    assert "no segment files" in r.stderr
+
+
+def test_usage_and_io_errors(walcat, workdir):
+    r = run(walcat, "verify", workdir / "missing")
+    assert r.returncode == 3
+    assert "missing" in r.stderr
+    assert run(walcat, "dump", workdir / "missing").returncode == 3
+    assert run(walcat).returncode == 3
+    assert run(walcat, "verify").returncode == 3
+    assert run(walcat, "verify", "a", "b").returncode == 3
+    assert run(walcat, "frobnicate", workdir).returncode == 3
+    assert run(walcat, "verify", "--json", workdir).returncode == 3
+    if os.geteuid() != 0:
+        unreadable = workdir / segment_name(0)
+        unreadable.write_bytes(b"")
+        unreadable.chmod(0)
+        assert run(walcat, "verify", workdir).returncode == 3
+
+
+def test_help(walcat):
+    r = run(walcat, "--help")
+    assert r.returncode == 0
+    cmds = re.findall(r"^  (\w+)\s", r.stdout.split("commands:")[1].split("\n\n")[0], re.M)
+    assert cmds == ["dump", "verify"]
+    for code in ("0", "1", "2", "3"):
+        assert re.search(rf"^  {code}  ", r.stdout, re.M)
+    r = run(walcat, "verify", "--help")
+    assert r.returncode == 0 and "verify" in r.stdout
+
+
+def test_progress_on_a_terminal(walcat, segdir):
+    d, _ = segdir
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([str(walcat), "verify", str(d)], stdout=subprocess.PIPE,
+                             stderr=slave, stdin=subprocess.DEVNULL)
+        os.close(slave)
+        slave = -1
+        out, _ = p.communicate(timeout=TIMEOUT)
+        err = b""
+        while select.select([master], [], [], 0)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            err += chunk
+    finally:
+        if slave != -1:
+            os.close(slave)
+        os.close(master)
+    assert p.returncode == 0
+    assert b"[1/3]" in err and b"[3/3]" in err
+    # the report itself stays clean
+    assert b"\r" not in out
+
+
+def rss_kib(cmd):
+    """Peak RSS (KiB) of cmd, run from a fresh interpreter so that only its
+    own child is counted."""
+    code = ("import resource, subprocess, sys\n"
+            "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    r = subprocess.run([sys.executable, "-c", code] + [str(c) for c in cmd],
+                       capture_output=True, text=True, timeout=300)
+    rc, rss = r.stdout.split()
+    return int(rc), int(rss)
+
+
+def test_memory_bounded_on_a_large_file(walcat, workdir):
+    """A 64 MiB segment is streamed, never loaded: walcat's peak RSS grows
+    far less than the file size."""
+    one = frame(OP_SET, b"big", os.urandom(64 * 1024 - 64), ts=1, expire=-1)
+    path = workdir / segment_name(0)
+    with open(path, "wb") as f:
+        for _ in range((64 << 20) // len(one) + 1):
+            f.write(one)
+    size = path.stat().st_size
+    small = workdir / "small"
+    small.mkdir()
+    (small / segment_name(0)).write_bytes(one)
+
+    rc, base = rss_kib([walcat, "verify", small])
+    assert rc == 0
+    rc, big = rss_kib([walcat, "verify", path])
+    assert rc == 0
+    assert (big - base) * 1024 < size // 8, (base, big, size)
+    assert big * 1024 < size, (base, big, size)
+    rc, big = rss_kib([walcat, "dump", "--json", path])
+    assert rc == 0
+    assert (big - base) * 1024 < size // 8, (base, big, size)
