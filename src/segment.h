@@ -10,6 +10,14 @@
  * that the writer thread (started by segstore_start) does the writes and
  * fsyncs and calls the notify callback when something changed. The loop then
  * calls segstore_poll to learn the new durable position and state.
+ *
+ * The segment list and the positions are shared with the writer thread
+ * under the store's mutex; the writer creates segments (rotation), and
+ * retention deletes the oldest ones from either thread.
+ *
+ * Disk full: the process must ignore SIGXFSZ (signal(SIGXFSZ, SIG_IGN)) so
+ * that a file size limit (RLIMIT_FSIZE) makes write() fail with EFBIG, which
+ * the writer handles like ENOSPC, instead of killing the daemon.
  */
 #ifndef WALRELAY_SEGMENT_H
 #define WALRELAY_SEGMENT_H
@@ -35,6 +43,11 @@ struct segment_config {
 	uint64_t	 retain_age_s;		/* 0: no age limit */
 	size_t		 max_frame_bytes;	/* recovery's frame cap */
 	unsigned	 retry_ms;		/* disk error retry period */
+	int		 verify_sealed;		/* check every sealed segment at
+						   open, not on first read */
+	/* Tests only: replaces fdatasync() on segment files when set. */
+	int		(*sync_fn)(int fd, void *arg);
+	void		*sync_arg;
 };
 
 /* What segstore_poll reports (a snapshot; loop thread). */
@@ -52,6 +65,7 @@ struct segstore_state {
 	uint64_t	 ss_segments;	/* files in the store */
 	uint64_t	 ss_store_bytes;	/* their total size */
 	uint64_t	 ss_deleted;	/* segments deleted by retention */
+	uint64_t	 ss_cut_bytes;	/* torn or corrupt tail cut at open */
 };
 
 /* A byte range of one segment file, ending at a frame boundary. */
@@ -70,8 +84,11 @@ struct segstore;
  * Open the store: create the directory if needed, take the lock, load or
  * create the metadata (a new random epoch), scan the segments, cut a torn
  * or corrupt tail of the newest one back to its last whole valid frame
- * (logged). A corrupt frame inside an older segment makes the store refuse
- * to serve past it (segstore_limit). Returns NULL with errbuf filled.
+ * (logged). Older segments are trusted to end where the next one starts
+ * and are checked frame by frame when first read (segstore_locate), or
+ * here with verify_sealed: a corrupt frame inside one makes the store
+ * refuse to serve past it (segstore_limit). The next frame appended goes
+ * to a new segment file. Returns NULL with errbuf filled.
  */
 struct segstore	*segstore_open(const struct segment_config *, char *errbuf,
 		    size_t errlen);
@@ -98,6 +115,13 @@ int		 segstore_adopt(struct segstore *, uint64_t epoch, uint64_t next);
  */
 int		 segstore_append(struct segstore *, struct chunk *);
 
+/*
+ * Under disk trouble (ss_error set), retry now instead of at the next
+ * retry_ms tick, e.g. once the operator has freed space. No effect
+ * otherwise.
+ */
+void		 segstore_retry(struct segstore *);
+
 /* Snapshot of positions and counters. */
 void		 segstore_poll(struct segstore *, struct segstore_state *);
 
@@ -120,7 +144,10 @@ void		 segstore_retain(struct segstore *);
  */
 uint64_t	 segstore_limit(const struct segstore *);
 
-/* For /v1/status: call fn once per segment, oldest first. */
+/*
+ * For /v1/status: call fn once per segment, oldest first. fn runs with the
+ * store's mutex held: it must not call back into the store.
+ */
 void		 segstore_foreach(struct segstore *, void (*fn)(void *arg,
 		    const char *name, uint64_t base_seq, uint64_t end_seq,
 		    uint64_t bytes), void *arg);

@@ -1,0 +1,1741 @@
+/*
+ * test_segment.c: the segment store on a real file system: append and
+ * rotation, recovery, epochs, locking, locate, retention, disk trouble and
+ * the fsync modes.
+ */
+#include "autoconfig.h"
+
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+
+#include <check.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zlib.h>
+
+#include "fcw2.h"
+#include "frame.h"
+#include "log.h"
+#include "segment.h"
+
+#define WAIT_MS		20000	/* deadline for anything the writer does */
+
+/*
+ * For per-frame helpers: Check records every passing ck_assert in a file,
+ * which must stay small (the disk-full tests limit the file size).
+ */
+#define REQUIRE(e) do {							\
+	if (!(e))							\
+		ck_abort_msg("%s:%d: %s", __FILE__, __LINE__, #e);	\
+} while (0)
+
+/* ---- helpers ----------------------------------------------------------- */
+
+static uint64_t
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t
+wall_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static char *
+tmpdir_new(void)
+{
+	const char *t = getenv("TMPDIR");
+	char path[PATH_MAX], *d;
+
+	snprintf(path, sizeof(path), "%s/walrelay-seg-XXXXXX",
+	    t != NULL && *t != '\0' ? t : "/tmp");
+	d = mkdtemp(path);
+	ck_assert_msg(d != NULL, "mkdtemp: %s", strerror(errno));
+	return strdup(d);
+}
+
+static void
+tmpdir_rm(char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	char path[PATH_MAX];
+
+	ck_assert_ptr_nonnull(d);
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		unlink(path);
+	}
+	closedir(d);
+	ck_assert_int_eq(rmdir(dir), 0);
+	free(dir);
+}
+
+static void
+config_init(struct segment_config *cf, const char *dir)
+{
+	memset(cf, 0, sizeof(*cf));
+	cf->dir = dir;
+	cf->fsync_mode = FSYNC_ALWAYS;
+	cf->segment_bytes = 64 * 1024 * 1024;
+	cf->max_frame_bytes = 1024 * 1024;
+	cf->retry_ms = 20;
+}
+
+static struct segstore *
+store_open(const struct segment_config *cf)
+{
+	char err[1024];
+	struct segstore *ss;
+
+	ss = segstore_open(cf, err, sizeof(err));
+	ck_assert_msg(ss != NULL, "segstore_open: %s", err);
+	return ss;
+}
+
+/* notify: a generation counter the tests wait on */
+static pthread_mutex_t	 nt_mtx = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t	 nt_cond = PTHREAD_COND_INITIALIZER;
+static unsigned long	 nt_gen;
+
+static void
+notify_cb(void *arg)
+{
+	pthread_mutex_lock(&nt_mtx);
+	nt_gen++;
+	pthread_cond_broadcast(&nt_cond);
+	pthread_mutex_unlock(&nt_mtx);
+}
+
+static void
+store_start(struct segstore *ss)
+{
+	ck_assert_int_eq(segstore_start(ss, notify_cb, NULL), 0);
+}
+
+/*
+ * Wait until pred holds for the store's state, re-checking after each
+ * notification (or every 50 ms), for at most ms. Returns whether it held.
+ */
+static int
+wait_state(struct segstore *ss, int (*pred)(const struct segstore_state *,
+    uint64_t), uint64_t arg, unsigned ms, struct segstore_state *out)
+{
+	struct segstore_state st;
+	uint64_t deadline = mono_ms() + ms;
+	unsigned long gen;
+	struct timespec ts;
+
+	for (;;) {
+		pthread_mutex_lock(&nt_mtx);
+		gen = nt_gen;
+		pthread_mutex_unlock(&nt_mtx);
+		segstore_poll(ss, &st);
+		if (out != NULL)
+			*out = st;
+		if (pred(&st, arg))
+			return 1;
+		if (mono_ms() >= deadline)
+			return 0;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 50 * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_mutex_lock(&nt_mtx);
+		if (nt_gen == gen)
+			pthread_cond_timedwait(&nt_cond, &nt_mtx, &ts);
+		pthread_mutex_unlock(&nt_mtx);
+	}
+}
+
+static int
+p_durable(const struct segstore_state *st, uint64_t seq)
+{
+	return st->ss_durable >= seq && st->ss_error == 0;
+}
+
+static int
+p_written(const struct segstore_state *st, uint64_t seq)
+{
+	return st->ss_written >= seq;
+}
+
+static int
+p_error(const struct segstore_state *st, uint64_t err)
+{
+	return st->ss_error == (int)err;
+}
+
+static int
+p_write_errors(const struct segstore_state *st, uint64_t n)
+{
+	return st->ss_write_errors >= n;
+}
+
+static void
+wait_durable(struct segstore *ss, uint64_t seq)
+{
+	struct segstore_state st;
+
+	ck_assert_msg(wait_state(ss, p_durable, seq, WAIT_MS, &st),
+	    "durable %" PRIu64 " (error %d), wanted %" PRIu64, st.ss_durable,
+	    st.ss_error, seq);
+}
+
+/*
+ * What the tests appended: every frame's bytes back to back, frame i
+ * having sequence base + i.
+ */
+struct model {
+	uint64_t	 base;
+	uint8_t		*buf;
+	size_t		 len;
+	size_t		 cap;
+	size_t		*off;	/* n + 1 offsets */
+	uint64_t	 n;
+	uint64_t	 ncap;
+};
+
+static void
+model_init(struct model *m, uint64_t base)
+{
+	memset(m, 0, sizeof(*m));
+	m->base = base;
+	m->ncap = 1024;
+	m->off = calloc(m->ncap + 1, sizeof(*m->off));
+	ck_assert_ptr_nonnull(m->off);
+}
+
+static void
+model_free(struct model *m)
+{
+	free(m->buf);
+	free(m->off);
+}
+
+static uint64_t
+model_end(const struct model *m)
+{
+	return m->base + m->n;
+}
+
+static size_t
+frame_make(uint64_t seq, uint8_t *out, size_t cap)
+{
+	struct fcw2_record rec;
+	uint8_t key[32], value[256];
+	size_t klen, vlen, n;
+
+	klen = (size_t)snprintf((char *)key, sizeof(key), "key-%" PRIu64, seq);
+	vlen = (seq * 37) % 200;
+	/* runs of one byte: every third frame compresses (LZ4 payload) */
+	memset(value, 'a' + (int)(seq % 26), vlen);
+	if (seq % 3 != 0)
+		for (size_t i = 0; i < vlen; i++)
+			value[i] = (uint8_t)(seq * 131 + i * 7);
+	memset(&rec, 0, sizeof(rec));
+	rec.op = vlen == 0 ? FCW2_OP_DEL : FCW2_OP_SET;
+	rec.key_len = (uint32_t)klen;
+	rec.value_len = (uint32_t)vlen;
+	rec.timestamp_ms = 1700000000000ull + seq;
+	rec.expire_at_ms = -1;
+	rec.key = key;
+	rec.value = value;
+	n = fcw2_encode(&rec, seq % 3 == 0, out, cap);
+	REQUIRE(n > 0);
+	return n;
+}
+
+/* A chunk of nframes new frames (one reference, the caller's). */
+static struct chunk *
+model_chunk(struct model *m, unsigned nframes)
+{
+	uint8_t frame[1024];
+	struct chunk *ch;
+	size_t n;
+
+	ch = chunk_new(nframes * sizeof(frame));
+	REQUIRE(ch != NULL);
+	for (unsigned i = 0; i < nframes; i++) {
+		n = frame_make(model_end(m), frame, sizeof(frame));
+		memcpy(ch->ch_data + ch->ch_len, frame, n);
+		ch->ch_len += n;
+		if (m->len + n > m->cap) {
+			m->cap = (m->len + n) * 2;
+			m->buf = realloc(m->buf, m->cap);
+			REQUIRE(m->buf != NULL);
+		}
+		memcpy(m->buf + m->len, frame, n);
+		m->len += n;
+		if (m->n + 1 >= m->ncap) {
+			m->ncap *= 2;
+			m->off = realloc(m->off, (m->ncap + 1) * sizeof(*m->off));
+			REQUIRE(m->off != NULL);
+		}
+		m->n++;
+		m->off[m->n] = m->len;
+	}
+	ch->ch_nframes = nframes;
+	return ch;
+}
+
+/* Append nchunks chunks of 1..maxframes frames. */
+static void
+append_chunks(struct segstore *ss, struct model *m, unsigned nchunks,
+    unsigned maxframes)
+{
+	for (unsigned i = 0; i < nchunks; i++) {
+		unsigned nf = 1 + (unsigned)((model_end(m) + i) % maxframes);
+		uint64_t seq = model_end(m);
+		struct chunk *ch = model_chunk(m, nf);
+
+		REQUIRE(segstore_append(ss, ch) == 0);
+		REQUIRE(ch->ch_seq == seq);
+		REQUIRE(segstore_next(ss) == seq + nf);
+		chunk_unref(ch);
+	}
+}
+
+/* A segment file as found on disk, checked frame by frame. */
+struct dfile {
+	char		 name[128];
+	uint64_t	 base;
+	uint64_t	 created;
+	uint64_t	 nframes;
+	uint8_t		*data;
+	size_t		 len;
+};
+
+static size_t
+read_dir(const char *dir, struct dfile **out)
+{
+	struct fcw2_checker chk;
+	struct dfile *v;
+	struct stat sb;
+	char **names, err[512], path[PATH_MAX];
+	size_t n;
+	int fd;
+
+	ck_assert_msg(segment_list_dir(dir, &names, &n, err, sizeof(err)) == 0,
+	    "%s", err);
+	v = calloc(n + 1, sizeof(*v));
+	ck_assert_ptr_nonnull(v);
+	fcw2_checker_init(&chk, 1024 * 1024, 1);
+	for (size_t i = 0; i < n; i++) {
+		size_t off = 0, flen;
+
+		snprintf(v[i].name, sizeof(v[i].name), "%s", names[i]);
+		ck_assert_int_eq(segment_name_parse(names[i], &v[i].base,
+		    &v[i].created), 0);
+		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+		ck_assert_int_ge(fd = open(path, O_RDONLY), 0);
+		ck_assert_int_eq(fstat(fd, &sb), 0);
+		v[i].len = (size_t)sb.st_size;
+		v[i].data = malloc(v[i].len + 1);
+		ck_assert_ptr_nonnull(v[i].data);
+		ck_assert_int_eq(read(fd, v[i].data, v[i].len),
+		    (ssize_t)v[i].len);
+		close(fd);
+		/* whole valid frames only: nothing partial on disk */
+		while (off < v[i].len) {
+			int st = fcw2_check(&chk, v[i].data + off,
+			    v[i].len - off, &flen, NULL);
+			if (st != FCW2_OK)
+				ck_abort_msg("%s: offset %zu: %s", names[i],
+				    off, fcw2_strerror(st));
+			off += flen;
+			v[i].nframes++;
+		}
+	}
+	fcw2_checker_free(&chk);
+	segment_list_free(names, n);
+	*out = v;
+	return n;
+}
+
+static void
+dfiles_free(struct dfile *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i].data);
+	free(v);
+}
+
+/*
+ * The files hold exactly the model's frames from `from` to its end,
+ * contiguous and byte for byte.
+ */
+static void
+check_files(const char *dir, const struct model *m, uint64_t from)
+{
+	struct dfile *v;
+	size_t n = read_dir(dir, &v);
+	uint64_t seq = from;
+
+	ck_assert_uint_gt(n, 0);
+	for (size_t i = 0; i < n; i++) {
+		uint64_t k = v[i].base - m->base;
+
+		ck_assert_msg(v[i].base == seq, "%s: base %" PRIu64 ", expected "
+		    "%" PRIu64, v[i].name, v[i].base, seq);
+		ck_assert_uint_le(k + v[i].nframes, m->n);
+		ck_assert_uint_eq(v[i].len, m->off[k + v[i].nframes] - m->off[k]);
+		ck_assert_msg(memcmp(v[i].data, m->buf + m->off[k], v[i].len) ==
+		    0, "%s: bytes differ", v[i].name);
+		seq += v[i].nframes;
+	}
+	ck_assert_uint_eq(seq, model_end(m));
+	dfiles_free(v, n);
+}
+
+static void
+path_of(char *buf, size_t len, const char *dir, const char *name)
+{
+	snprintf(buf, len, "%s/%s", dir, name);
+}
+
+static void
+file_write(const char *path, const uint8_t *data, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, data, len), (ssize_t)len);
+	close(fd);
+}
+
+static uint64_t
+file_size(const char *path)
+{
+	struct stat sb;
+
+	ck_assert_int_eq(stat(path, &sb), 0);
+	return (uint64_t)sb.st_size;
+}
+
+static int
+file_exists(const char *dir, const char *name)
+{
+	char path[PATH_MAX];
+
+	path_of(path, sizeof(path), dir, name);
+	return access(path, F_OK) == 0;
+}
+
+/* ---- append, rotation, reopen ------------------------------------------ */
+
+START_TEST(append_rotate)
+{
+	long live = chunk_live_count();
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	struct dfile *v;
+	char *dir = tmpdir_new();
+	uint64_t t0 = wall_ms(), t1;
+	size_t n, maxchunk = 8 * 1024;
+
+	config_init(&cf, dir);
+	cf.segment_bytes = 4096;
+	ss = store_open(&cf);
+	store_start(ss);
+	model_init(&m, 0);
+	append_chunks(ss, &m, 300, 7);
+	wait_durable(ss, model_end(&m));
+	segstore_poll(ss, &st);
+	ck_assert_uint_eq(st.ss_durable, model_end(&m));
+	ck_assert_uint_eq(st.ss_written, model_end(&m));
+	ck_assert_uint_eq(st.ss_next, model_end(&m));
+	ck_assert_uint_eq(st.ss_earliest, 0);
+	ck_assert_uint_eq(st.ss_pending_bytes, 0);
+	ck_assert_uint_eq(st.ss_bytes_written, m.len);
+	ck_assert_uint_eq(st.ss_store_bytes, m.len);
+	ck_assert_uint_ge(st.ss_fsyncs, 1);
+	segstore_close(ss);
+	t1 = wall_ms();
+
+	check_files(dir, &m, 0);
+	n = read_dir(dir, &v);
+	ck_assert_uint_ge(n, 5);
+	ck_assert_uint_eq(n, st.ss_segments);
+	for (size_t i = 0; i < n; i++) {
+		ck_assert_uint_ge(v[i].created, t0);
+		ck_assert_uint_le(v[i].created, t1);
+		if (i > 0)
+			ck_assert_uint_ge(v[i].created, v[i - 1].created);
+		/* rotated at the first chunk boundary past segment_bytes */
+		ck_assert_uint_lt(v[i].len, cf.segment_bytes + maxchunk);
+		if (i + 1 < n)
+			ck_assert_uint_ge(v[i].len, cf.segment_bytes);
+	}
+	dfiles_free(v, n);
+	ck_assert_int_eq(chunk_live_count(), live);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+START_TEST(reopen_continues)
+{
+	long live = chunk_live_count();
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	char *dir = tmpdir_new(), name[128];
+	uint64_t epoch, mid;
+
+	config_init(&cf, dir);
+	ss = store_open(&cf);
+	store_start(ss);
+	model_init(&m, 0);
+	append_chunks(ss, &m, 20, 5);
+	wait_durable(ss, model_end(&m));
+	epoch = segstore_epoch(ss);
+	segstore_close(ss);
+
+	ss = store_open(&cf);
+	mid = model_end(&m);
+	ck_assert_uint_eq(segstore_next(ss), mid);
+	ck_assert_uint_eq(segstore_epoch(ss), epoch);
+	segstore_poll(ss, &st);
+	ck_assert_uint_eq(st.ss_durable, mid);
+	ck_assert_uint_eq(st.ss_earliest, 0);
+	ck_assert_uint_eq(st.ss_cut_bytes, 0);
+	store_start(ss);
+	append_chunks(ss, &m, 20, 5);
+	wait_durable(ss, model_end(&m));
+	segstore_close(ss);
+
+	/* a start always begins a new segment, named by its first frame */
+	check_files(dir, &m, 0);
+	snprintf(name, sizeof(name), "segment-%020" PRIu64 "-", mid);
+	{
+		struct dfile *v;
+		size_t n = read_dir(dir, &v);
+
+		ck_assert_uint_eq(n, 2);
+		ck_assert(strncmp(v[1].name, name, strlen(name)) == 0);
+		dfiles_free(v, n);
+	}
+	ck_assert_int_eq(chunk_live_count(), live);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+START_TEST(rotate_by_age)
+{
+	struct segment_config cf;
+	struct segstore *ss;
+	struct model m;
+	struct dfile *v;
+	char *dir = tmpdir_new();
+	uint64_t t, starts[3];
+	size_t n, found = 0;
+
+	config_init(&cf, dir);
+	cf.segment_age_ms = 5;
+	ss = store_open(&cf);
+	store_start(ss);
+	model_init(&m, 0);
+	for (int i = 0; i < 3; i++) {
+		starts[i] = model_end(&m);
+		append_chunks(ss, &m, 2, 3);
+		wait_durable(ss, model_end(&m));
+		/* let the segment grow older than segment_age_ms */
+		for (t = wall_ms(); wall_ms() < t + 2 * cf.segment_age_ms;)
+			;
+	}
+	segstore_close(ss);
+	check_files(dir, &m, 0);
+	/* a chunk after the age passed starts a new file */
+	n = read_dir(dir, &v);
+	for (size_t i = 0; i < n; i++)
+		for (int k = 0; k < 3; k++)
+			if (v[i].base == starts[k])
+				found++;
+	ck_assert_uint_eq(found, 3);
+	dfiles_free(v, n);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+START_TEST(close_without_start_drains)
+{
+	long live = chunk_live_count();
+	struct segment_config cf;
+	struct segstore *ss;
+	struct model m;
+	char *dir = tmpdir_new();
+
+	config_init(&cf, dir);
+	ss = store_open(&cf);
+	model_init(&m, 0);
+	append_chunks(ss, &m, 10, 3);
+	segstore_close(ss);
+	check_files(dir, &m, 0);
+	ck_assert_int_eq(chunk_live_count(), live);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+/* ---- recovery ----------------------------------------------------------- */
+
+/*
+ * In a child process: open, append 30 frames, wait until they are durable,
+ * then exit without closing (an unclean stop). The frames' bytes follow
+ * from their sequences, so the model here gets the same ones. Returns the
+ * new end.
+ */
+static uint64_t
+run_unclean_child(const struct segment_config *cf, struct model *m)
+{
+	uint64_t from = model_end(m);
+	pid_t pid;
+	int status;
+
+	for (unsigned i = 0; i < 10; i++)
+		chunk_unref(model_chunk(m, 3));
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		struct segstore_state st;
+		struct segstore *ss;
+		struct model cm;
+		char err[1024];
+
+		if ((ss = segstore_open(cf, err, sizeof(err))) == NULL ||
+		    segstore_start(ss, notify_cb, NULL) != 0)
+			_exit(2);
+		if (segstore_next(ss) != from)
+			_exit(3);
+		model_init(&cm, from);
+		for (unsigned i = 0; i < 10; i++) {
+			struct chunk *ch = model_chunk(&cm, 3);
+
+			segstore_append(ss, ch);
+			chunk_unref(ch);
+		}
+		if (!wait_state(ss, p_durable, model_end(&cm), WAIT_MS, &st))
+			_exit(4);
+		_exit(0);
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFEXITED(status));
+	ck_assert_int_eq(WEXITSTATUS(status), 0);
+	return model_end(m);
+}
+
+
+/* A store holding one segment of the model's frames; returns its path. */
+static void
+make_store(struct segment_config *cf, struct model *m, unsigned nchunks,
+    unsigned maxframes, char *path, size_t pathlen)
+{
+	struct segstore *ss = store_open(cf);
+	struct dfile *v;
+	size_t n;
+
+	store_start(ss);
+	append_chunks(ss, m, nchunks, maxframes);
+	wait_durable(ss, model_end(m));
+	segstore_close(ss);
+	n = read_dir(cf->dir, &v);
+	ck_assert_uint_eq(n, 1);
+	path_of(path, pathlen, cf->dir, v[0].name);
+	dfiles_free(v, n);
+}
+
+START_TEST(recover_torn_tail_every_byte)
+{
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	char *dir = tmpdir_new(), path[PATH_MAX];
+	uint64_t epoch, last, flen;
+
+	config_init(&cf, dir);
+	model_init(&m, 0);
+	ss = store_open(&cf);
+	epoch = segstore_epoch(ss);
+	segstore_close(ss);
+	/* a crash: the stop is unclean, and the tail is torn below */
+	run_unclean_child(&cf, &m);
+	{
+		struct dfile *v;
+		size_t n = read_dir(dir, &v);
+
+		ck_assert_uint_eq(n, 1);
+		path_of(path, sizeof(path), dir, v[0].name);
+		dfiles_free(v, n);
+	}
+	last = m.n - 1;
+	flen = m.off[m.n] - m.off[last];
+	ck_assert_uint_gt(flen, FCW2_OVERHEAD);
+
+	for (uint64_t k = 0; k < flen; k++) {
+		/* the last frame cut short after k of its bytes */
+		file_write(path, m.buf, m.off[last] + k);
+		ss = store_open(&cf);
+		segstore_poll(ss, &st);
+		ck_assert_uint_eq(segstore_next(ss), last);
+		ck_assert_uint_eq(st.ss_durable, last);
+		ck_assert_uint_eq(st.ss_cut_bytes, k);
+		ck_assert_uint_eq(file_size(path), m.off[last]);
+		/* fsync=always: nothing a subscriber saw was lost */
+		ck_assert_uint_eq(segstore_epoch(ss), epoch);
+		segstore_close(ss);
+	}
+	m.n = last;
+	m.len = m.off[last];
+	check_files(dir, &m, 0);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+START_TEST(recover_corrupt_middle_of_newest)
+{
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	char *dir = tmpdir_new(), path[PATH_MAX];
+	uint8_t *bad;
+	int variant = _i;
+
+	config_init(&cf, dir);
+	model_init(&m, 0);
+	make_store(&cf, &m, 6, 5, path, sizeof(path));
+	ck_assert_uint_ge(m.n, 8);
+
+	bad = malloc(m.len);
+	memcpy(bad, m.buf, m.len);
+	if (variant == 0) {
+		/* a flipped bit: the frame crc no longer matches */
+		bad[m.off[5] + FCW2_HEADER_LEN] ^= 0x10;
+	} else {
+		/*
+		 * A record whose own crc is wrong inside a frame whose crc
+		 * is right: only a check of the record finds it. Frame 4 is
+		 * stored uncompressed (seq % 3 != 0).
+		 */
+		uint8_t *f = bad + m.off[4];
+		size_t flen = m.off[5] - m.off[4];
+		uint32_t c;
+
+		ck_assert_int_eq(f[4] & FCW2_FLAG_LZ4, 0);
+		f[flen - FCW2_CRC_LEN - 1] ^= 0x01;	/* record crc */
+		c = (uint32_t)crc32(0, f, (unsigned)(flen - FCW2_CRC_LEN));
+		f[flen - 4] = (uint8_t)c;
+		f[flen - 3] = (uint8_t)(c >> 8);
+		f[flen - 2] = (uint8_t)(c >> 16);
+		f[flen - 1] = (uint8_t)(c >> 24);
+	}
+	file_write(path, bad, m.len);
+	free(bad);
+
+	ss = store_open(&cf);
+	segstore_poll(ss, &st);
+	m.n = variant == 0 ? 5 : 4;
+	ck_assert_uint_eq(segstore_next(ss), m.n);
+	ck_assert_uint_eq(st.ss_cut_bytes, m.len - m.off[m.n]);
+	ck_assert_uint_eq(segstore_limit(ss), UINT64_MAX);
+	segstore_close(ss);
+	m.len = m.off[m.n];
+	check_files(dir, &m, 0);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+START_TEST(recover_empty_newest)
+{
+	struct segment_config cf;
+	struct segstore *ss;
+	struct model m;
+	char *dir = tmpdir_new(), path[PATH_MAX], name[128];
+
+	config_init(&cf, dir);
+	model_init(&m, 0);
+	make_store(&cf, &m, 4, 3, path, sizeof(path));
+	/* a stop right after creating the next file, and a torn header */
+	snprintf(name, sizeof(name), "segment-%020" PRIu64 "-%" PRIu64 ".wal",
+	    model_end(&m), wall_ms());
+	path_of(path, sizeof(path), dir, name);
+	file_write(path, NULL, 0);
+	ss = store_open(&cf);
+	ck_assert_uint_eq(segstore_next(ss), model_end(&m));
+	ck_assert(!file_exists(dir, name));
+	segstore_close(ss);
+	file_write(path, (const uint8_t *)"FCW", 3);
+	ss = store_open(&cf);
+	ck_assert_uint_eq(segstore_next(ss), model_end(&m));
+	ck_assert(!file_exists(dir, name));
+	segstore_close(ss);
+	check_files(dir, &m, 0);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+START_TEST(corrupt_sealed_sets_limit)
+{
+	struct segment_config cf;
+	struct segment_span sp;
+	struct segstore *ss;
+	struct model m;
+	struct dfile *v;
+	char *dir = tmpdir_new(), path[PATH_MAX];
+	uint64_t bad, next;
+	size_t n, k;
+	int verify = _i;
+
+	config_init(&cf, dir);
+	cf.segment_bytes = 2048;
+	ss = store_open(&cf);
+	store_start(ss);
+	model_init(&m, 0);
+	append_chunks(ss, &m, 60, 3);
+	wait_durable(ss, model_end(&m));
+	segstore_close(ss);
+
+	n = read_dir(dir, &v);
+	ck_assert_uint_ge(n, 4);
+	/* damage a frame in the middle of the second file */
+	k = v[1].nframes / 2;
+	bad = v[1].base + k;
+	path_of(path, sizeof(path), dir, v[1].name);
+	v[1].data[m.off[bad] - m.off[v[1].base] + FCW2_HEADER_LEN + 2] ^= 0xff;
+	file_write(path, v[1].data, v[1].len);
+
+	cf.verify_sealed = verify;
+	ss = store_open(&cf);
+	next = segstore_next(ss);
+	ck_assert_uint_eq(next, model_end(&m));
+	if (verify) {
+		ck_assert_uint_eq(segstore_limit(ss), bad);
+	} else {
+		/* found by the first read of that segment */
+		ck_assert_uint_eq(segstore_limit(ss), UINT64_MAX);
+		ck_assert_int_eq(segstore_locate(ss, v[1].base, &sp), 0);
+		ck_assert_uint_eq(sp.sp_end_seq, bad);
+		ck_assert_uint_eq(sp.sp_len, m.off[bad] - m.off[v[1].base]);
+		segstore_unpin(ss, sp.sp_pin);
+		ck_assert_uint_eq(segstore_limit(ss), bad);
+	}
+	/* served up to the bad frame, not from it on, nothing deleted */
+	ck_assert_int_eq(segstore_locate(ss, bad - 1, &sp), 0);
+	ck_assert_uint_eq(sp.sp_end_seq, bad);
+	segstore_unpin(ss, sp.sp_pin);
+	ck_assert_int_eq(segstore_locate(ss, 0, &sp), 0);
+	segstore_unpin(ss, sp.sp_pin);
+	ck_assert_int_eq(segstore_locate(ss, bad, &sp), -1);
+	ck_assert_int_eq(segstore_locate(ss, v[2].base, &sp), -1);
+	ck_assert_int_eq(segstore_locate(ss, next - 1, &sp), -1);
+	segstore_close(ss);
+	for (size_t i = 0; i < n; i++)
+		ck_assert(file_exists(dir, v[i].name));
+	dfiles_free(v, n);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+/* ---- epoch, metadata, lock ---------------------------------------------- */
+
+START_TEST(epoch_rules)
+{
+	struct segment_config cf;
+	struct segstore *ss;
+	struct model m;
+	char *dir = tmpdir_new();
+	uint64_t e0, e1, end;
+
+	config_init(&cf, dir);
+	model_init(&m, 0);
+	ss = store_open(&cf);
+	e0 = segstore_epoch(ss);
+	ck_assert_uint_ne(e0, 0);
+	store_start(ss);
+	append_chunks(ss, &m, 5, 3);
+	segstore_close(ss);
+
+	/* a clean stop keeps the epoch */
+	ss = store_open(&cf);
+	ck_assert_uint_eq(segstore_epoch(ss), e0);
+	ck_assert_uint_eq(segstore_next(ss), model_end(&m));
+	segstore_close(ss);
+
+	/* an unclean stop under fsync=always keeps it too */
+	end = run_unclean_child(&cf, &m);
+	ss = store_open(&cf);
+	ck_assert_uint_eq(segstore_epoch(ss), e0);
+	ck_assert_uint_eq(segstore_next(ss), end);
+	segstore_close(ss);
+
+	/* under fsync=never, an unclean stop may have lost seen frames */
+	cf.fsync_mode = FSYNC_NEVER;
+	end = run_unclean_child(&cf, &m);
+	cf.fsync_mode = FSYNC_ALWAYS;
+	ss = store_open(&cf);
+	e1 = segstore_epoch(ss);
+	ck_assert_uint_ne(e1, e0);
+	ck_assert_uint_eq(segstore_next(ss), end);
+	segstore_close(ss);
+	/* and the new epoch is kept from then on */
+	ss = store_open(&cf);
+	ck_assert_uint_eq(segstore_epoch(ss), e1);
+	segstore_close(ss);
+
+	/* a clean stop under fsync=never keeps it */
+	cf.fsync_mode = FSYNC_NEVER;
+	ss = store_open(&cf);
+	store_start(ss);
+	append_chunks(ss, &m, 5, 3);
+	segstore_close(ss);
+	ss = store_open(&cf);
+	ck_assert_uint_eq(segstore_epoch(ss), e1);
+	ck_assert_uint_eq(segstore_next(ss), model_end(&m));
+	segstore_close(ss);
+
+	check_files(dir, &m, 0);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+START_TEST(adopt_empty_store)
+{
+	long live = chunk_live_count();
+	struct segment_config cf;
+	struct segment_span sp;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	char *dir = tmpdir_new();
+
+	config_init(&cf, dir);
+	ss = store_open(&cf);
+	ck_assert_int_eq(segstore_adopt(ss, 0x1234abcdULL, 5000), 0);
+	ck_assert_uint_eq(segstore_next(ss), 5000);
+	ck_assert_uint_eq(segstore_epoch(ss), 0x1234abcdULL);
+	segstore_poll(ss, &st);
+	ck_assert_uint_eq(st.ss_earliest, 5000);
+	ck_assert_uint_eq(st.ss_durable, 5000);
+	ck_assert_int_eq(segstore_locate(ss, 4999, &sp), -1);
+	segstore_close(ss);
+
+	/* kept across a restart before any frame arrived */
+	ss = store_open(&cf);
+	ck_assert_uint_eq(segstore_next(ss), 5000);
+	ck_assert_uint_eq(segstore_epoch(ss), 0x1234abcdULL);
+	store_start(ss);
+	model_init(&m, 5000);
+	append_chunks(ss, &m, 3, 2);
+	ck_assert_int_eq(segstore_adopt(ss, 1, 0), -1);
+	wait_durable(ss, model_end(&m));
+	segstore_close(ss);
+	check_files(dir, &m, 5000);
+	ss = store_open(&cf);
+	ck_assert_int_eq(segstore_adopt(ss, 1, 0), -1);
+	ck_assert_uint_eq(segstore_epoch(ss), 0x1234abcdULL);
+	segstore_close(ss);
+	ck_assert_int_eq(chunk_live_count(), live);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+START_TEST(meta_bad_checksum_refused)
+{
+	struct segment_config cf;
+	struct segstore *ss;
+	char *dir = tmpdir_new(), path[PATH_MAX], err[1024], buf[1024];
+	char *p;
+	ssize_t n;
+	int fd;
+
+	config_init(&cf, dir);
+	ss = store_open(&cf);
+	segstore_close(ss);
+	path_of(path, sizeof(path), dir, "walrelay.meta");
+	ck_assert_int_ge(fd = open(path, O_RDONLY), 0);
+	ck_assert_int_gt(n = read(fd, buf, sizeof(buf) - 1), 0);
+	close(fd);
+	buf[n] = '\0';
+	ck_assert_ptr_nonnull(p = strstr(buf, "epoch "));
+	p[6] = p[6] == '0' ? '1' : '0';
+	file_write(path, (uint8_t *)buf, (size_t)n);
+
+	ss = segstore_open(&cf, err, sizeof(err));
+	ck_assert_ptr_null(ss);
+	ck_assert_msg(strstr(err, "walrelay.meta") != NULL, "%s", err);
+	ck_assert_msg(strstr(err, "damaged") != NULL, "%s", err);
+	/* not silently replaced */
+	ck_assert_int_ge(fd = open(path, O_RDONLY), 0);
+	ck_assert_int_eq(read(fd, buf + 512, 511), n);
+	close(fd);
+	ck_assert(memcmp(buf, buf + 512, (size_t)n) == 0);
+	/* moving it away is the documented way out */
+	ck_assert_int_eq(unlink(path), 0);
+	ss = store_open(&cf);
+	segstore_close(ss);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+START_TEST(lock_excludes_second_open)
+{
+	struct segment_config cf;
+	struct segstore *a, *b;
+	char *dir = tmpdir_new(), err[1024];
+
+	config_init(&cf, dir);
+	a = store_open(&cf);
+	b = segstore_open(&cf, err, sizeof(err));
+	ck_assert_ptr_null(b);
+	ck_assert_msg(strstr(err, "in use") != NULL, "%s", err);
+	segstore_close(a);
+	b = store_open(&cf);
+	segstore_close(b);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+/* ---- locate ------------------------------------------------------------- */
+
+static void
+check_locate_all(struct segstore *ss, const struct model *m, const char *dir)
+{
+	struct segment_span sp;
+	struct segstore_state st;
+	struct dfile *v;
+	uint8_t buf[1024];
+	size_t n = read_dir(dir, &v), f = 0;
+
+	segstore_poll(ss, &st);
+	for (uint64_t seq = st.ss_earliest; seq < st.ss_durable; seq++) {
+		uint64_t k = seq - m->base, flen = m->off[k + 1] - m->off[k];
+		uint64_t fend;
+
+		while (f + 1 < n && v[f + 1].base <= seq)
+			f++;
+		fend = v[f].base + v[f].nframes;
+		ck_assert_msg(segstore_locate(ss, seq, &sp) == 0, "locate %"
+		    PRIu64, seq);
+		ck_assert_uint_eq(sp.sp_seq, seq);
+		ck_assert_uint_eq(sp.sp_offset, m->off[k] - m->off[v[f].base -
+		    m->base]);
+		ck_assert_uint_eq(sp.sp_end_seq, fend);
+		ck_assert_uint_eq(sp.sp_offset + sp.sp_len, v[f].len);
+		ck_assert_int_eq(pread(sp.sp_fd, buf, flen,
+		    (off_t)sp.sp_offset), (ssize_t)flen);
+		ck_assert(memcmp(buf, m->buf + m->off[k], flen) == 0);
+		segstore_unpin(ss, sp.sp_pin);
+	}
+	ck_assert_int_eq(segstore_locate(ss, st.ss_durable, &sp), -1);
+	ck_assert_int_eq(segstore_locate(ss, st.ss_durable + 1000, &sp), -1);
+	if (st.ss_earliest > 0)
+		ck_assert_int_eq(segstore_locate(ss, st.ss_earliest - 1, &sp),
+		    -1);
+	dfiles_free(v, n);
+}
+
+START_TEST(locate_spans)
+{
+	long live = chunk_live_count();
+	struct segment_config cf;
+	struct segstore *ss;
+	struct model m;
+	char *dir = tmpdir_new();
+
+	config_init(&cf, dir);
+	cf.segment_bytes = 64 * 1024;	/* several index points a file */
+	ss = store_open(&cf);
+	store_start(ss);
+	model_init(&m, 0);
+	append_chunks(ss, &m, 400, 6);
+	wait_durable(ss, model_end(&m));
+	check_locate_all(ss, &m, dir);	/* index built while writing */
+	segstore_close(ss);
+
+	ss = store_open(&cf);
+	check_locate_all(ss, &m, dir);	/* index built on first read */
+	segstore_close(ss);
+	ck_assert_int_eq(chunk_live_count(), live);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+/* ---- retention ---------------------------------------------------------- */
+
+START_TEST(retain_by_bytes)
+{
+	long live = chunk_live_count();
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segment_span sp;
+	struct segstore *ss;
+	struct model m;
+	struct dfile *v;
+	char *dir = tmpdir_new();
+	size_t n;
+
+	config_init(&cf, dir);
+	cf.segment_bytes = 1024;
+	cf.retain_bytes = 4096;
+	ss = store_open(&cf);
+	store_start(ss);
+	model_init(&m, 0);
+	append_chunks(ss, &m, 200, 3);
+	wait_durable(ss, model_end(&m));
+	segstore_retain(ss);
+	segstore_poll(ss, &st);
+	ck_assert_uint_gt(st.ss_deleted, 0);
+	ck_assert_uint_gt(st.ss_earliest, 0);
+	/* removing one more file would have gone under the limit */
+	ck_assert_uint_le(st.ss_store_bytes, cf.retain_bytes);
+
+	n = read_dir(dir, &v);
+	ck_assert_uint_eq(n, st.ss_segments);
+	ck_assert_uint_eq(v[0].base, st.ss_earliest);
+	ck_assert_int_eq(segstore_locate(ss, st.ss_earliest - 1, &sp), -1);
+	ck_assert_int_eq(segstore_locate(ss, st.ss_earliest, &sp), 0);
+	segstore_unpin(ss, sp.sp_pin);
+	check_files(dir, &m, st.ss_earliest);
+	dfiles_free(v, n);
+	segstore_close(ss);
+	ck_assert_int_eq(chunk_live_count(), live);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+START_TEST(retain_never_the_active)
+{
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	struct dfile *v;
+	char *dir = tmpdir_new();
+	size_t n;
+
+	config_init(&cf, dir);
+	cf.segment_bytes = 1024;
+	cf.retain_bytes = 1;
+	ss = store_open(&cf);
+	store_start(ss);
+	model_init(&m, 0);
+	append_chunks(ss, &m, 100, 3);
+	wait_durable(ss, model_end(&m));
+	segstore_retain(ss);
+	segstore_poll(ss, &st);
+	ck_assert_uint_eq(st.ss_segments, 1);
+	n = read_dir(dir, &v);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_uint_eq(v[0].base, st.ss_earliest);
+	ck_assert_uint_eq(v[0].base + v[0].nframes, model_end(&m));
+	dfiles_free(v, n);
+	/* the active segment keeps taking frames */
+	append_chunks(ss, &m, 1, 1);
+	wait_durable(ss, model_end(&m));
+	segstore_poll(ss, &st);
+	ck_assert_uint_eq(st.ss_segments, 1);
+	segstore_close(ss);
+	check_files(dir, &m, st.ss_earliest);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+START_TEST(retain_skips_pinned)
+{
+	long live = chunk_live_count();
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segment_span sp;
+	struct segstore *ss;
+	struct model m;
+	struct dfile *v;
+	char *dir = tmpdir_new();
+	size_t n;
+
+	config_init(&cf, dir);
+	cf.segment_bytes = 1024;
+	cf.retain_bytes = 3000;
+	ss = store_open(&cf);
+	store_start(ss);
+	model_init(&m, 0);
+	append_chunks(ss, &m, 4, 2);
+	wait_durable(ss, model_end(&m));
+	n = read_dir(dir, &v);
+	ck_assert_int_eq(segstore_locate(ss, 1, &sp), 0);	/* a reader */
+
+	append_chunks(ss, &m, 200, 3);
+	wait_durable(ss, model_end(&m));
+	segstore_retain(ss);
+	segstore_poll(ss, &st);
+	/* the pinned oldest stays, and so does everything after it */
+	ck_assert_uint_eq(st.ss_deleted, 0);
+	ck_assert_uint_eq(st.ss_earliest, 0);
+	ck_assert(file_exists(dir, v[0].name));
+	ck_assert_uint_gt(st.ss_store_bytes, cf.retain_bytes);
+	/* still readable through the pin */
+	{
+		uint8_t buf[1024];
+		size_t flen = m.off[2] - m.off[1];
+
+		ck_assert_int_eq(pread(sp.sp_fd, buf, flen,
+		    (off_t)sp.sp_offset), (ssize_t)flen);
+		ck_assert(memcmp(buf, m.buf + m.off[1], flen) == 0);
+	}
+
+	segstore_unpin(ss, sp.sp_pin);
+	segstore_poll(ss, &st);
+	ck_assert_uint_gt(st.ss_deleted, 0);
+	ck_assert_uint_gt(st.ss_earliest, 0);
+	ck_assert(!file_exists(dir, v[0].name));
+	ck_assert_uint_le(st.ss_store_bytes, cf.retain_bytes);
+	check_files(dir, &m, st.ss_earliest);
+	dfiles_free(v, n);
+	segstore_close(ss);
+	ck_assert_int_eq(chunk_live_count(), live);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+/* Segment files written by hand, created at the given times. */
+static void
+write_aged_segments(const char *dir, struct model *m, const uint64_t *ages_ms,
+    size_t n, char names[][128])
+{
+	uint64_t now = wall_ms();
+	char path[PATH_MAX];
+
+	for (size_t i = 0; i < n; i++) {
+		uint64_t base = model_end(m);
+		struct chunk *ch = model_chunk(m, 4);
+
+		snprintf(names[i], 128, "segment-%020" PRIu64 "-%" PRIu64
+		    ".wal", base, now - ages_ms[i]);
+		path_of(path, sizeof(path), dir, names[i]);
+		file_write(path, ch->ch_data, ch->ch_len);
+		chunk_unref(ch);
+	}
+}
+
+START_TEST(retain_by_age)
+{
+	static const uint64_t ages[] = { 5 * 3600000, 4 * 3600000,
+	    3 * 3600000, 10 * 60000, 60000 };
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	char *dir = tmpdir_new(), names[5][128];
+
+	model_init(&m, 0);
+	write_aged_segments(dir, &m, ages, 5, names);
+	config_init(&cf, dir);
+	cf.retain_age_s = 3 * 3600 - 60;
+	ss = store_open(&cf);
+	segstore_retain(ss);
+	segstore_poll(ss, &st);
+	/*
+	 * A segment's last frame is older than its successor's start: the
+	 * first two were complete 3 h ago or earlier and go; the third was
+	 * being written until 10 min ago and stays.
+	 */
+	ck_assert_uint_eq(st.ss_deleted, 2);
+	ck_assert(!file_exists(dir, names[0]));
+	ck_assert(!file_exists(dir, names[1]));
+	ck_assert(file_exists(dir, names[2]));
+	ck_assert_uint_eq(st.ss_earliest, 8);
+	segstore_close(ss);
+
+	/* everything is old: all but the newest go */
+	cf.retain_age_s = 1;
+	ss = store_open(&cf);
+	segstore_retain(ss);
+	segstore_poll(ss, &st);
+	ck_assert_uint_eq(st.ss_segments, 1);
+	ck_assert(file_exists(dir, names[4]));
+	ck_assert_uint_eq(st.ss_earliest, 16);
+	ck_assert_uint_eq(segstore_next(ss), 20);
+	segstore_close(ss);
+	check_files(dir, &m, 16);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+/* ---- disk full ---------------------------------------------------------- */
+
+/*
+ * RLIMIT_FSIZE makes the writes past the limit fail with EFBIG (SIGXFSZ
+ * ignored, as the daemon does). Check runs each test in its own process;
+ * the limit is restored anyway.
+ */
+static void
+disk_full(int kick)
+{
+	long live = chunk_live_count();
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	struct rlimit old, lim;
+	char *dir = tmpdir_new();
+	uint64_t stuck_bytes, errors;
+
+	ck_assert(signal(SIGXFSZ, SIG_IGN) != SIG_ERR);
+	ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &old), 0);
+	config_init(&cf, dir);
+	/* kick: no timed retry during the test, segstore_retry instead */
+	cf.retry_ms = kick ? 3600 * 1000 : 20;
+	ss = store_open(&cf);
+	store_start(ss);
+
+	/*
+	 * Check records every passing assertion in a file of its own: keep
+	 * the limit well above what that file reaches.
+	 */
+	lim = old;
+	lim.rlim_cur = 1024 * 1024 + 100;	/* not on a frame boundary */
+	ck_assert(old.rlim_cur == RLIM_INFINITY || old.rlim_cur > lim.rlim_cur);
+	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	model_init(&m, 0);
+	append_chunks(ss, &m, 1600, 60);
+	ck_assert_uint_gt(m.len, 2 * lim.rlim_cur);
+	ck_assert_msg(wait_state(ss, p_error, EFBIG, WAIT_MS, &st),
+	    "error %d", st.ss_error);
+	ck_assert_uint_lt(st.ss_durable, model_end(&m));
+	ck_assert_uint_gt(st.ss_pending_bytes, 0);
+	ck_assert_uint_ge(st.ss_write_errors, 1);
+
+	if (kick) {
+		/* the writer waits to retry: look at the disk now */
+		struct dfile *v;
+		size_t n = read_dir(dir, &v);	/* whole valid frames only */
+
+		ck_assert_uint_eq(n, 1);
+		ck_assert_uint_le(v[0].len, lim.rlim_cur);
+		ck_assert_uint_eq(v[0].nframes, st.ss_written);
+		ck_assert(memcmp(v[0].data, m.buf, v[0].len) == 0);
+		stuck_bytes = v[0].len;
+		dfiles_free(v, n);
+		/* more frames queue up in memory, none are lost */
+		append_chunks(ss, &m, 10, 4);
+		segstore_poll(ss, &st);
+		/* what fit was made durable */
+		ck_assert_uint_eq(st.ss_durable, st.ss_written);
+		ck_assert_uint_eq(st.ss_pending_bytes, m.len - stuck_bytes);
+		ck_assert_int_eq(st.ss_error, EFBIG);
+	} else {
+		/* retried on its own, still failing */
+		errors = st.ss_write_errors;
+		ck_assert(wait_state(ss, p_write_errors, errors + 2, WAIT_MS,
+		    &st));
+		ck_assert_int_eq(st.ss_error, EFBIG);
+	}
+
+	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+	if (kick)
+		segstore_retry(ss);
+	wait_durable(ss, model_end(&m));
+	segstore_poll(ss, &st);
+	ck_assert_int_eq(st.ss_error, 0);
+	ck_assert_uint_eq(st.ss_pending_bytes, 0);
+	segstore_close(ss);
+	signal(SIGXFSZ, SIG_DFL);
+
+	check_files(dir, &m, 0);
+	ck_assert_int_eq(chunk_live_count(), live);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+
+START_TEST(disk_full_retry_timer)
+{
+	disk_full(0);
+}
+END_TEST
+
+START_TEST(disk_full_nothing_partial)
+{
+	disk_full(1);
+}
+END_TEST
+
+/* ---- fsync modes -------------------------------------------------------- */
+
+/*
+ * A stand-in for fdatasync: counts calls, records when they happened and
+ * how big the file was, holds calls past sh_open_until until released and
+ * fails call number sh_fail_at (1-based) with EIO.
+ */
+struct synchook {
+	pthread_mutex_t	 sh_mtx;
+	pthread_cond_t	 sh_cond;
+	unsigned	 sh_open_until;
+	unsigned	 sh_fail_at;
+	unsigned	 sh_calls;	/* entered */
+	uint64_t	 sh_when[64];	/* monotonic ms at each call */
+	uint64_t	 sh_size[64];	/* file size at each call */
+};
+
+static struct synchook hook = {
+	PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, UINT_MAX, 0, 0,
+	{0}, {0}
+};
+
+static int
+hook_sync(int fd, void *arg)
+{
+	struct synchook *h = arg;
+	struct stat sb;
+	uint64_t deadline = mono_ms() + WAIT_MS;
+	unsigned call;
+
+	fstat(fd, &sb);
+	pthread_mutex_lock(&h->sh_mtx);
+	call = ++h->sh_calls;
+	if (call <= 64) {
+		h->sh_when[call - 1] = mono_ms();
+		h->sh_size[call - 1] = (uint64_t)sb.st_size;
+	}
+	pthread_cond_broadcast(&h->sh_cond);
+	while (call > h->sh_open_until && mono_ms() < deadline) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec++;
+		pthread_cond_timedwait(&h->sh_cond, &h->sh_mtx, &ts);
+	}
+	pthread_mutex_unlock(&h->sh_mtx);
+	if (call == h->sh_fail_at) {
+		errno = EIO;
+		return -1;
+	}
+	return fdatasync(fd);
+}
+
+static void
+hook_set(unsigned open_until, unsigned fail_at)
+{
+	pthread_mutex_lock(&hook.sh_mtx);
+	hook.sh_open_until = open_until;
+	hook.sh_fail_at = fail_at;
+	pthread_cond_broadcast(&hook.sh_cond);
+	pthread_mutex_unlock(&hook.sh_mtx);
+}
+
+static unsigned
+hook_calls(void)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&hook.sh_mtx);
+	n = hook.sh_calls;
+	pthread_mutex_unlock(&hook.sh_mtx);
+	return n;
+}
+
+static void
+hook_wait_calls(unsigned n)
+{
+	uint64_t deadline = mono_ms() + WAIT_MS;
+
+	pthread_mutex_lock(&hook.sh_mtx);
+	while (hook.sh_calls < n && mono_ms() < deadline) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec++;
+		pthread_cond_timedwait(&hook.sh_cond, &hook.sh_mtx, &ts);
+	}
+	ck_assert_uint_ge(hook.sh_calls, n);
+	pthread_mutex_unlock(&hook.sh_mtx);
+}
+
+static void
+hook_config(struct segment_config *cf)
+{
+	hook.sh_calls = 0;
+	hook_set(UINT_MAX, 0);
+	cf->sync_fn = hook_sync;
+	cf->sync_arg = &hook;
+}
+
+START_TEST(fsync_always_group_commit)
+{
+	long live = chunk_live_count();
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segment_span sp;
+	struct segstore *ss;
+	struct model m;
+	char *dir = tmpdir_new();
+	uint64_t a_end;
+
+	config_init(&cf, dir);
+	hook_config(&cf);
+	ss = store_open(&cf);
+	store_start(ss);
+	model_init(&m, 0);
+
+	hook_set(0, 0);			/* hold the first fdatasync */
+	append_chunks(ss, &m, 1, 3);
+	a_end = model_end(&m);
+	hook_wait_calls(1);
+	segstore_poll(ss, &st);
+	/* written, but not durable until the fdatasync returns */
+	ck_assert_uint_eq(st.ss_written, a_end);
+	ck_assert_uint_eq(st.ss_durable, 0);
+	ck_assert_uint_gt(st.ss_pending_bytes, 0);
+	ck_assert_int_eq(segstore_locate(ss, 0, &sp), -1);
+
+	append_chunks(ss, &m, 40, 5);	/* queued behind the held sync */
+	segstore_poll(ss, &st);
+	ck_assert_uint_eq(st.ss_durable, 0);
+	hook_set(UINT_MAX, 0);
+	wait_durable(ss, model_end(&m));
+	segstore_poll(ss, &st);
+	/* one fdatasync for the first chunk, one for all the others */
+	ck_assert_uint_eq(hook_calls(), 2);
+	ck_assert_uint_eq(st.ss_fsyncs, 2);
+	ck_assert_uint_eq(hook.sh_size[1], m.len);
+	ck_assert_int_eq(segstore_locate(ss, 0, &sp), 0);
+	segstore_unpin(ss, sp.sp_pin);
+	segstore_close(ss);
+	check_files(dir, &m, 0);
+	ck_assert_int_eq(chunk_live_count(), live);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+START_TEST(fsync_failure_rewrites)
+{
+	long live = chunk_live_count();
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	char *dir = tmpdir_new();
+	uint64_t durable;
+
+	config_init(&cf, dir);
+	hook_config(&cf);
+	hook_set(1, 2);		/* the second fdatasync fails, hold the rest */
+	ss = store_open(&cf);
+	store_start(ss);
+	model_init(&m, 0);
+	append_chunks(ss, &m, 3, 3);
+	wait_durable(ss, model_end(&m));
+	ck_assert_uint_eq(hook_calls(), 1);
+	durable = model_end(&m);
+
+	append_chunks(ss, &m, 5, 3);
+	hook_wait_calls(2);
+	hook_set(2, 2);		/* let it fail */
+	hook_wait_calls(3);	/* the retry reached its fdatasync: held */
+	segstore_poll(ss, &st);
+	ck_assert_int_eq(st.ss_error, EIO);
+	ck_assert_uint_eq(st.ss_fsync_errors, 1);
+	ck_assert_uint_eq(st.ss_durable, durable);
+	ck_assert_uint_eq(st.ss_written, model_end(&m));
+	/* cut back to the durable offset and written again, once */
+	ck_assert_uint_eq(hook.sh_size[2], m.len);
+
+	hook_set(UINT_MAX, 2);
+	wait_durable(ss, model_end(&m));
+	segstore_poll(ss, &st);
+	ck_assert_int_eq(st.ss_error, 0);
+	ck_assert_uint_eq(st.ss_pending_bytes, 0);
+	segstore_close(ss);
+	check_files(dir, &m, 0);
+	ck_assert_int_eq(chunk_live_count(), live);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+START_TEST(fsync_interval)
+{
+	long live = chunk_live_count();
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	char *dir = tmpdir_new();
+	uint64_t t0, t1, end1;
+	unsigned interval = 300;
+
+	config_init(&cf, dir);
+	hook_config(&cf);
+	cf.fsync_mode = FSYNC_INTERVAL;
+	cf.fsync_interval_ms = interval;
+	ss = store_open(&cf);
+	t0 = mono_ms();
+	store_start(ss);
+	model_init(&m, 0);
+	append_chunks(ss, &m, 5, 3);
+	end1 = model_end(&m);
+	ck_assert(wait_state(ss, p_written, end1, WAIT_MS, &st));
+	ck_assert(wait_state(ss, p_durable, end1, WAIT_MS, &st));
+	t1 = mono_ms();
+	/* not before an interval has passed since the start */
+	ck_assert_uint_ge(t1 - t0, interval);
+	ck_assert_uint_eq(hook_calls(), 1);
+	ck_assert_uint_ge(hook.sh_when[0] - t0, interval);
+
+	append_chunks(ss, &m, 5, 3);
+	ck_assert(wait_state(ss, p_written, model_end(&m), WAIT_MS, &st));
+	wait_durable(ss, model_end(&m));
+	ck_assert_uint_eq(hook_calls(), 2);
+	/*
+	 * The next one waited for the interval rather than following the
+	 * write (the hook's clock runs a little after the writer's, so only
+	 * half the interval is certain).
+	 */
+	ck_assert_uint_ge(hook.sh_when[1] - hook.sh_when[0], interval / 2);
+	segstore_close(ss);
+	check_files(dir, &m, 0);
+	ck_assert_int_eq(chunk_live_count(), live);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+START_TEST(fsync_never)
+{
+	long live = chunk_live_count();
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	char *dir = tmpdir_new();
+
+	config_init(&cf, dir);
+	hook_config(&cf);
+	cf.fsync_mode = FSYNC_NEVER;
+	ss = store_open(&cf);
+	store_start(ss);
+	model_init(&m, 0);
+	for (int i = 0; i < 20; i++) {
+		append_chunks(ss, &m, 5, 3);
+		segstore_poll(ss, &st);
+		ck_assert_uint_eq(st.ss_durable, st.ss_written);
+	}
+	ck_assert(wait_state(ss, p_written, model_end(&m), WAIT_MS, &st));
+	ck_assert_uint_eq(st.ss_durable, model_end(&m));
+	ck_assert_uint_eq(st.ss_pending_bytes, 0);
+	ck_assert_uint_eq(hook_calls(), 0);
+	segstore_close(ss);
+	/* a clean stop still makes it durable */
+	ck_assert_uint_eq(hook_calls(), 1);
+	check_files(dir, &m, 0);
+	ck_assert_int_eq(chunk_live_count(), live);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+static Suite *
+segment_suite(void)
+{
+	Suite *s = suite_create("segment");
+	TCase *tc;
+
+	tc = tcase_create("append");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, append_rotate);
+	tcase_add_test(tc, reopen_continues);
+	tcase_add_test(tc, rotate_by_age);
+	tcase_add_test(tc, close_without_start_drains);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("recovery");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, recover_torn_tail_every_byte);
+	tcase_add_loop_test(tc, recover_corrupt_middle_of_newest, 0, 2);
+	tcase_add_test(tc, recover_empty_newest);
+	tcase_add_loop_test(tc, corrupt_sealed_sets_limit, 0, 2);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("meta");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, epoch_rules);
+	tcase_add_test(tc, adopt_empty_store);
+	tcase_add_test(tc, meta_bad_checksum_refused);
+	tcase_add_test(tc, lock_excludes_second_open);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("read");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, locate_spans);
+	tcase_add_test(tc, retain_by_bytes);
+	tcase_add_test(tc, retain_never_the_active);
+	tcase_add_test(tc, retain_skips_pinned);
+	tcase_add_test(tc, retain_by_age);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("disk");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, disk_full_retry_timer);
+	tcase_add_test(tc, disk_full_nothing_partial);
+	tcase_add_test(tc, fsync_always_group_commit);
+	tcase_add_test(tc, fsync_failure_rewrites);
+	tcase_add_test(tc, fsync_interval);
+	tcase_add_test(tc, fsync_never);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	SRunner *sr = srunner_create(segment_suite());
+	int failed;
+
+	log_init("test_segment", LOG_LEVEL_WARN, 0);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
