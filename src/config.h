@@ -19,13 +19,13 @@ struct wr_config {
 	/* addresses: "host:port", "[v6]:port", or NULL for "none" */
 	char		*ingest;		/* --ingest, 127.0.0.1:7630 */
 	char		*upstream;		/* --upstream, none */
-	int		 upstream_protocol;	/* --upstream-protocol auth|sub */
+	int		 upstream_protocol;	/* --upstream-protocol auth|sub, auth */
 	char		*listen;		/* --listen, 127.0.0.1:7632 */
 	char		*http;			/* --http, 127.0.0.1:7633 */
 	char		*data_dir;		/* --data-dir, ./walrelay-data */
 
 	int		 fsync_mode;		/* --fsync always|interval:MS|never */
-	unsigned	 fsync_interval_ms;
+	unsigned	 fsync_interval_ms;	/* interval:MS; 0 otherwise */
 
 	char		*publish_token_file;	/* --publish-token-file */
 	char		*subscribe_token_file;	/* --subscribe-token-file */
@@ -81,7 +81,7 @@ enum upstream_protocol {
  * Build a config from defaults, then -c FILE (if given), then the other
  * arguments (command line wins). Returns 0; or -1 with a message in
  * errbuf naming the file and line or the option; or 1 when --help or
- * --version was printed (exit 0).
+ * --version was printed (exit 0). On -1 and 1 the config is freed.
  */
 int	config_load(int argc, char **argv, struct wr_config *, char *errbuf,
 	    size_t errlen);
@@ -95,10 +95,26 @@ int	config_load(int argc, char **argv, struct wr_config *, char *errbuf,
 int	config_reload(const struct wr_config *cur, struct wr_config *next,
 	    char *errbuf, size_t errlen);
 
+/*
+ * After a successful config_reload: move the reloadable keys of next into
+ * cur (next then holds the old values: config_free it) and log a warning
+ * for each other key that changed. Returns how many such keys need a
+ * restart to apply.
+ */
+int	config_apply_reload(struct wr_config *cur, struct wr_config *next);
+
 void	config_free(struct wr_config *);
 /* --help text, generated from the table. */
 void	config_usage(FILE *);
 /* Write the effective config as a [walrelay] file (secrets are file names). */
 void	config_dump(const struct wr_config *, FILE *);
+
+/* The key table, for tests and tools. */
+size_t	config_key_count(void);
+const char *config_key_name(size_t);
+/* 1 reloadable, 0 not, -1 no such key. */
+int	config_key_reloadable(const char *name);
+/* host:port or [v6]:port with a port 1-65535; 0, or -1 with err. */
+int	config_addr_check(const char *, char *err, size_t errlen);
 
 #endif

@@ -1,0 +1,1504 @@
+/*
+ * config.c: walrelay's settings.
+ *
+ * Every key is one line of config_keys[]: its name (the long option without
+ * dashes and the file key), type, target field, flags, group, default (as
+ * it would be written in the file), limits, and its --help line. The
+ * command line options, the file parser, --help, the dump and the reload
+ * all walk that table.
+ *
+ * Order: defaults, then the -c file, then the other options (the command
+ * line wins; -c is read first wherever it appears). The result is checked
+ * as a whole before anyone sees it.
+ */
+#include "autoconfig.h"
+
+#include <sys/types.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "config.h"
+#include "log.h"
+#include "segment.h"
+
+enum config_type {
+	CT_STRING,	/* text; empty: not set */
+	CT_ADDR,	/* host:port, [v6]:port, or none */
+	CT_BOOL,
+	CT_UINT,	/* a count */
+	CT_SIZE,	/* bytes, with k, M, G or T */
+	CT_SEC_S,	/* duration, plain numbers are seconds; stored in s */
+	CT_SEC_MS,	/* duration, plain numbers are seconds; stored in ms */
+	CT_MS_MS,	/* duration, plain numbers are ms; stored in ms */
+	CT_FSYNC,	/* always | interval:MS | never */
+	CT_ENUM,
+	CT_LOGLEVEL,
+};
+
+#define CF_RELOAD	0x01	/* applied on SIGHUP */
+#define CF_SECRET	0x02	/* never printed */
+#define CF_NONE		0x04	/* address: "none" allowed */
+#define CF_NOEMPTY	0x08	/* string: may not be empty */
+
+enum config_group {
+	CG_LISTEN,
+	CG_STORAGE,
+	CG_SECURITY,
+	CG_LIMITS,
+	CG_LOGGING,
+};
+
+static const char *const config_groups[] = {
+	"Listeners", "Storage", "Security", "Limits", "Logging"
+};
+
+struct config_key {
+	const char		*ck_name;
+	int			 ck_type;
+	size_t			 ck_off;
+	size_t			 ck_size;
+	int			 ck_flags;
+	int			 ck_group;
+	const char		*ck_default;	/* file syntax; NULL: not set */
+	uint64_t		 ck_min;
+	uint64_t		 ck_max;
+	const char *const	*ck_names;	/* CT_ENUM */
+	const char		*ck_arg;	/* --help: the argument */
+	const char		*ck_help;
+};
+
+#define FIELD(f)	offsetof(struct wr_config, f), \
+			sizeof(((struct wr_config *)0)->f)
+#define KIB		((uint64_t)1024)
+#define MIB		(1024ULL * KIB)
+#define GIB		(1024ULL * MIB)
+#define TIB		(1024ULL * GIB)
+#define HOUR_MS		((uint64_t)3600000)
+#define DAY_S		((uint64_t)86400)
+
+static const char *const protocol_names[] = { "auth", "sub", NULL };
+static const char *const target_names[] = { "stderr", "syslog", NULL };
+
+static const struct config_key config_keys[] = {
+	/* listeners */
+	{ "ingest", CT_ADDR, FIELD(ingest), CF_NONE, CG_LISTEN,
+	  "127.0.0.1:7630", 0, 0, NULL, "ADDR",
+	  "ingest listener, the cache connects here ('none' to disable)" },
+	{ "upstream", CT_ADDR, FIELD(upstream), CF_NONE, CG_LISTEN,
+	  "none", 0, 0, NULL, "ADDR",
+	  "pull from a cache in listen mode or another relay instead" },
+	{ "upstream-protocol", CT_ENUM, FIELD(upstream_protocol), 0, CG_LISTEN,
+	  "auth", 0, 0, protocol_names, "auth|sub",
+	  "auth: a cache (FCWAL-AUTH/1, live); sub: a relay (FCWAL-SUB/1, "
+	  "resumes)" },
+	{ "listen", CT_ADDR, FIELD(listen), 0, CG_LISTEN,
+	  "127.0.0.1:7632", 0, 0, NULL, "ADDR",
+	  "subscriber listener" },
+	{ "http", CT_ADDR, FIELD(http), CF_NONE, CG_LISTEN,
+	  "127.0.0.1:7633", 0, 0, NULL, "ADDR",
+	  "metrics, health and status over HTTP ('none' to disable)" },
+
+	/* storage */
+	{ "data-dir", CT_STRING, FIELD(data_dir), CF_NOEMPTY, CG_STORAGE,
+	  "./walrelay-data", 0, 0, NULL, "DIR",
+	  "segments and metadata" },
+	{ "fsync", CT_FSYNC, FIELD(fsync_mode), 0, CG_STORAGE,
+	  "always", 1, HOUR_MS, NULL, "always|interval:MS|never",
+	  "durability: subscribers only see frames on disk unless 'never'" },
+	{ "segment-bytes", CT_SIZE, FIELD(segment_bytes), 0, CG_STORAGE,
+	  "64M", 4 * KIB, TIB, NULL, "BYTES",
+	  "start a new segment file at this size" },
+	{ "segment-age", CT_SEC_S, FIELD(segment_age_s), 0, CG_STORAGE,
+	  "0", 0, 365 * DAY_S, NULL, "SECONDS",
+	  "also start a new segment file at this age (0: never)" },
+	{ "retain-bytes", CT_SIZE, FIELD(retain_bytes), 0, CG_STORAGE,
+	  "0", 0, UINT64_MAX, NULL, "BYTES",
+	  "delete the oldest segments above this total (0: no limit)" },
+	{ "retain-age", CT_SEC_S, FIELD(retain_age_s), 0, CG_STORAGE,
+	  "0", 0, 100 * 365 * DAY_S, NULL, "SECONDS",
+	  "delete segments older than this (0: no limit)" },
+	{ "max-frame-bytes", CT_SIZE, FIELD(max_frame_bytes), 0, CG_STORAGE,
+	  "64M", 64, GIB, NULL, "BYTES",
+	  "largest FCW2 frame accepted from the upstream" },
+
+	/* security */
+	{ "publish-token-file", CT_STRING, FIELD(publish_token_file),
+	  CF_RELOAD, CG_SECURITY, NULL, 0, 0, NULL, "FILE",
+	  "tokens the upstream may publish with, one per line" },
+	{ "subscribe-token-file", CT_STRING, FIELD(subscribe_token_file),
+	  CF_RELOAD, CG_SECURITY, NULL, 0, 0, NULL, "FILE",
+	  "tokens subscribers may connect with, one per line" },
+	{ "upstream-token-file", CT_STRING, FIELD(upstream_token_file),
+	  CF_RELOAD, CG_SECURITY, NULL, 0, 0, NULL, "FILE",
+	  "the token sent to the upstream when pulling" },
+	{ "allow-unauthenticated", CT_BOOL, FIELD(allow_unauthenticated),
+	  CF_RELOAD, CG_SECURITY, "false", 0, 0, NULL, NULL,
+	  "serve listeners without tokens on non-loopback addresses" },
+	{ "tls-cert", CT_STRING, FIELD(tls_cert), CF_RELOAD, CG_SECURITY,
+	  NULL, 0, 0, NULL, "FILE",
+	  "certificate chain (PEM): TLS on the subscriber listener" },
+	{ "tls-key", CT_STRING, FIELD(tls_key), CF_RELOAD, CG_SECURITY,
+	  NULL, 0, 0, NULL, "FILE",
+	  "private key (PEM) of tls-cert" },
+	{ "tls-ca", CT_STRING, FIELD(tls_ca), CF_RELOAD, CG_SECURITY,
+	  NULL, 0, 0, NULL, "FILE",
+	  "CA certificates (PEM) that client certificates must chain to" },
+	{ "tls-verify-client", CT_BOOL, FIELD(tls_verify_client), 0,
+	  CG_SECURITY, "false", 0, 0, NULL, NULL,
+	  "require a client certificate signed by tls-ca (mTLS)" },
+	{ "tls-ingest", CT_BOOL, FIELD(tls_ingest), 0, CG_SECURITY,
+	  "false", 0, 0, NULL, NULL,
+	  "TLS on the ingest listener too" },
+	{ "upstream-tls", CT_BOOL, FIELD(upstream_tls), 0, CG_SECURITY,
+	  "false", 0, 0, NULL, NULL,
+	  "TLS on the pull connection to the upstream" },
+	{ "upstream-tls-ca", CT_STRING, FIELD(upstream_tls_ca), CF_RELOAD,
+	  CG_SECURITY, NULL, 0, 0, NULL, "FILE",
+	  "CA certificates (PEM) for the upstream (default: the system's)" },
+	{ "upstream-tls-cert", CT_STRING, FIELD(upstream_tls_cert), CF_RELOAD,
+	  CG_SECURITY, NULL, 0, 0, NULL, "FILE",
+	  "client certificate (PEM) presented to the upstream" },
+	{ "upstream-tls-key", CT_STRING, FIELD(upstream_tls_key), CF_RELOAD,
+	  CG_SECURITY, NULL, 0, 0, NULL, "FILE",
+	  "private key (PEM) of upstream-tls-cert" },
+	{ "upstream-tls-server-name", CT_STRING,
+	  FIELD(upstream_tls_server_name), 0, CG_SECURITY, NULL, 0, 0, NULL,
+	  "NAME", "name checked in the upstream's certificate (default: its "
+	  "host)" },
+
+	/* limits */
+	{ "auth-timeout", CT_SEC_MS, FIELD(auth_timeout_ms), CF_RELOAD,
+	  CG_LIMITS, "5s", 10, HOUR_MS, NULL, "SECONDS",
+	  "time a new connection has to send its first line" },
+	{ "subscriber-timeout", CT_SEC_MS, FIELD(subscriber_timeout_ms),
+	  CF_RELOAD, CG_LIMITS, "60s", 0, 24 * HOUR_MS, NULL, "SECONDS",
+	  "drop a subscriber that accepts no byte for this long (0: never)" },
+	{ "max-subscribers", CT_UINT, FIELD(max_subscribers), CF_RELOAD,
+	  CG_LIMITS, "1024", 1, 1000000, NULL, "N",
+	  "subscribers at once; more are refused with 'busy'" },
+	{ "max-conns-per-ip", CT_UINT, FIELD(max_conns_per_ip), CF_RELOAD,
+	  CG_LIMITS, "64", 1, 1000000, NULL, "N",
+	  "connections at once from one source address" },
+	{ "max-lag-bytes", CT_SIZE, FIELD(max_lag_bytes), CF_RELOAD,
+	  CG_LIMITS, "0", 0, UINT64_MAX, NULL, "BYTES",
+	  "drop a subscriber this far behind (0: no limit)" },
+	{ "tail-memory", CT_SIZE, FIELD(tail_memory), 0, CG_LIMITS,
+	  "64M", MIB, TIB, NULL, "BYTES",
+	  "recent frames kept in memory for subscribers" },
+	{ "subscriber-buffer", CT_SIZE, FIELD(subscriber_buffer), 0,
+	  CG_LIMITS, "1M", 4 * KIB, GIB, NULL, "BYTES",
+	  "bytes queued to one subscriber's socket at most" },
+	{ "ingest-pause-bytes", CT_SIZE, FIELD(ingest_pause_bytes), 0,
+	  CG_LIMITS, "32M", 64 * KIB, TIB, NULL, "BYTES",
+	  "stop reading the upstream with this much not yet on disk" },
+	{ "ingest-resume-bytes", CT_SIZE, FIELD(ingest_resume_bytes), 0,
+	  CG_LIMITS, "8M", 0, TIB, NULL, "BYTES",
+	  "read the upstream again below this (less than ingest-pause-bytes)" },
+	{ "upstream-backoff-min", CT_MS_MS, FIELD(upstream_backoff_min_ms), 0,
+	  CG_LIMITS, "100", 1, HOUR_MS, NULL, "MS",
+	  "first delay before reconnecting to the upstream" },
+	{ "upstream-backoff-max", CT_MS_MS, FIELD(upstream_backoff_max_ms), 0,
+	  CG_LIMITS, "10000", 1, HOUR_MS, NULL, "MS",
+	  "longest delay between reconnects (doubling, with jitter)" },
+	{ "shutdown-timeout", CT_SEC_MS, FIELD(shutdown_timeout_ms), 0,
+	  CG_LIMITS, "5s", 0, HOUR_MS, NULL, "SECONDS",
+	  "on SIGTERM, time subscribers get to drain before exit" },
+
+	/* logging */
+	{ "log-level", CT_LOGLEVEL, FIELD(log_level), CF_RELOAD, CG_LOGGING,
+	  "info", 0, 0, NULL, "LEVEL",
+	  "error, warn, info or debug" },
+	{ "log-target", CT_ENUM, FIELD(log_syslog), 0, CG_LOGGING,
+	  "stderr", 0, 0, target_names, "stderr|syslog",
+	  "where log lines go" },
+};
+
+#define NKEYS	(sizeof(config_keys) / sizeof(config_keys[0]))
+
+/* Option values for getopt_long beyond the short options. */
+#define OPT_CHECK	0x100
+#define OPT_KEY		0x1000
+#define OPT_NOKEY	0x2000
+
+/* What one load saw: where each key was set. */
+struct config_ctx {
+	const char	*file;
+	unsigned	 line[NKEYS];	/* file line, 0: not in the file */
+	int		 set[NKEYS];	/* set by the file or the command line */
+};
+
+static const char *
+config_typename(const struct config_key *k)
+{
+	switch (k->ck_type) {
+	case CT_ADDR:
+		return k->ck_flags & CF_NONE ? "an address (host:port, "
+		    "[ipv6]:port or none)" : "an address (host:port or "
+		    "[ipv6]:port)";
+	case CT_BOOL:
+		return "a boolean (true, false, yes, no, on, off, 1 or 0)";
+	case CT_UINT:
+		return "a number";
+	case CT_SIZE:
+		return "a size (use a number with an optional k, M, G or T "
+		    "suffix)";
+	case CT_SEC_S:
+	case CT_SEC_MS:
+		return "a duration (seconds, or a number with ms, s, m or h)";
+	case CT_MS_MS:
+		return "a duration (milliseconds, or a number with ms, s, m "
+		    "or h)";
+	case CT_FSYNC:
+		return "an fsync mode (always, interval:MS or never)";
+	case CT_LOGLEVEL:
+		return "a log level (error, warn, info or debug)";
+	}
+	return "a value";
+}
+
+static void *
+config_field(struct wr_config *cfg, const struct config_key *k)
+{
+	return (char *)cfg + k->ck_off;
+}
+
+static const void *
+config_cfield(const struct wr_config *cfg, const struct config_key *k)
+{
+	return (const char *)cfg + k->ck_off;
+}
+
+static void
+config_set_uint(struct wr_config *cfg, const struct config_key *k,
+    uint64_t v)
+{
+	if (k->ck_size == sizeof(uint64_t))
+		*(uint64_t *)config_field(cfg, k) = v;
+	else
+		*(unsigned *)config_field(cfg, k) = (unsigned)v;
+}
+
+static uint64_t
+config_get_uint(const struct wr_config *cfg, const struct config_key *k)
+{
+	if (k->ck_size == sizeof(uint64_t))
+		return *(const uint64_t *)config_cfield(cfg, k);
+	return *(const unsigned *)config_cfield(cfg, k);
+}
+
+/* Decimal digits only: no sign, no spaces. Returns the end, or NULL. */
+static const char *
+config_digits(const char *s, uint64_t *v)
+{
+	uint64_t n = 0;
+
+	if (*s < '0' || *s > '9')
+		return NULL;
+	for (; *s >= '0' && *s <= '9'; s++) {
+		if (n > (UINT64_MAX - (uint64_t)(*s - '0')) / 10)
+			return NULL;
+		n = n * 10 + (uint64_t)(*s - '0');
+	}
+	*v = n;
+	return s;
+}
+
+static int
+config_parse_size(const char *s, uint64_t *v)
+{
+	const char *end;
+	uint64_t n, mult = 1;
+
+	if ((end = config_digits(s, &n)) == NULL)
+		return -1;
+	switch (*end) {
+	case '\0':
+		break;
+	case 'k':
+	case 'K':
+		mult = KIB;
+		break;
+	case 'm':
+	case 'M':
+		mult = MIB;
+		break;
+	case 'g':
+	case 'G':
+		mult = GIB;
+		break;
+	case 't':
+	case 'T':
+		mult = TIB;
+		break;
+	default:
+		return -1;
+	}
+	if (*end != '\0' && end[1] != '\0')
+		return -1;
+	if (n > UINT64_MAX / mult)
+		return -1;
+	*v = n * mult;
+	return 0;
+}
+
+/* A duration in ms; plain numbers are worth plain_ms each. */
+static int
+config_parse_duration(const char *s, uint64_t plain_ms, uint64_t *ms)
+{
+	const char *end;
+	uint64_t n, mult;
+
+	if ((end = config_digits(s, &n)) == NULL)
+		return -1;
+	if (*end == '\0')
+		mult = plain_ms;
+	else if (strcmp(end, "ms") == 0)
+		mult = 1;
+	else if (strcmp(end, "s") == 0)
+		mult = 1000;
+	else if (strcmp(end, "m") == 0)
+		mult = 60000;
+	else if (strcmp(end, "h") == 0)
+		mult = HOUR_MS;
+	else
+		return -1;
+	if (n > UINT64_MAX / mult)
+		return -1;
+	*ms = n * mult;
+	return 0;
+}
+
+static int
+config_parse_bool(const char *s, int *v)
+{
+	static const char *const yes[] = { "true", "yes", "on", "1" };
+	static const char *const no[] = { "false", "no", "off", "0" };
+
+	for (size_t i = 0; i < 4; i++) {
+		if (strcasecmp(s, yes[i]) == 0) {
+			*v = 1;
+			return 0;
+		}
+		if (strcasecmp(s, no[i]) == 0) {
+			*v = 0;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/*
+ * host:port or [v6]:port, port 1-65535. Names are checked for their
+ * characters only: they are resolved when the listener opens.
+ */
+int
+config_addr_check(const char *s, char *err, size_t errlen)
+{
+	char host[256];
+	const char *port;
+	struct in6_addr a6;
+	uint64_t p;
+	size_t hl;
+
+	if (s[0] == '[') {
+		const char *end = strchr(s, ']');
+
+		if (end == NULL || end[1] != ':') {
+			snprintf(err, errlen, "'%s' is not an address: write "
+			    "an IPv6 address as [addr]:port", s);
+			return -1;
+		}
+		hl = (size_t)(end - s - 1);
+		if (hl == 0 || hl >= sizeof(host)) {
+			snprintf(err, errlen, "'%s' is not an IPv6 address", s);
+			return -1;
+		}
+		memcpy(host, s + 1, hl);
+		host[hl] = '\0';
+		if (inet_pton(AF_INET6, host, &a6) != 1) {
+			snprintf(err, errlen, "'%s' is not an IPv6 address "
+			    "(in [addr]:port)", s);
+			return -1;
+		}
+		port = end + 2;
+	} else {
+		const char *colon = strrchr(s, ':');
+
+		if (colon == NULL) {
+			snprintf(err, errlen, "'%s' is not an address (use "
+			    "host:port or [ipv6]:port)", s);
+			return -1;
+		}
+		hl = (size_t)(colon - s);
+		if (memchr(s, ':', hl) != NULL) {
+			snprintf(err, errlen, "'%s': put an IPv6 address in "
+			    "brackets, as [addr]:port", s);
+			return -1;
+		}
+		if (hl == 0 || hl >= sizeof(host)) {
+			snprintf(err, errlen, "'%s' has no host (use host:port, "
+			    "0.0.0.0:port for every address)", s);
+			return -1;
+		}
+		for (size_t i = 0; i < hl; i++) {
+			char c = s[i];
+
+			if (!((c >= 'a' && c <= 'z') || (c >= 'A' &&
+			    c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+			    c == '-' || c == '_')) {
+				snprintf(err, errlen, "'%s' is not an address "
+				    "(bad character in the host)", s);
+				return -1;
+			}
+		}
+		port = colon + 1;
+	}
+	if (config_digits(port, &p) == NULL || *config_digits(port, &p) !=
+	    '\0' || p < 1 || p > 65535) {
+		snprintf(err, errlen, "'%s': the port must be a number from 1 "
+		    "to 65535", s);
+		return -1;
+	}
+	return 0;
+}
+
+/* Format a size with the largest suffix that keeps it exact. */
+static void
+config_fmt_size(uint64_t v, char *buf, size_t len)
+{
+	static const char suffix[] = "kMGT";
+	int i = -1;
+
+	while (v != 0 && v % 1024 == 0 && i < 3) {
+		v /= 1024;
+		i++;
+	}
+	if (i < 0)
+		snprintf(buf, len, "%" PRIu64, v);
+	else
+		snprintf(buf, len, "%" PRIu64 "%c", v, suffix[i]);
+}
+
+/* Format ms with the largest unit that keeps it exact. */
+static void
+config_fmt_ms(uint64_t ms, char *buf, size_t len)
+{
+	if (ms == 0)
+		snprintf(buf, len, "0");
+	else if (ms % HOUR_MS == 0)
+		snprintf(buf, len, "%" PRIu64 "h", ms / HOUR_MS);
+	else if (ms % 60000 == 0)
+		snprintf(buf, len, "%" PRIu64 "m", ms / 60000);
+	else if (ms % 1000 == 0)
+		snprintf(buf, len, "%" PRIu64 "s", ms / 1000);
+	else
+		snprintf(buf, len, "%" PRIu64 "ms", ms);
+}
+
+/* A number of the key's stored unit, as the user would write it. */
+static void
+config_fmt_num(const struct config_key *k, uint64_t v, char *buf, size_t len)
+{
+	switch (k->ck_type) {
+	case CT_SIZE:
+		config_fmt_size(v, buf, len);
+		break;
+	case CT_SEC_S:
+		config_fmt_ms(v * 1000, buf, len);
+		break;
+	case CT_SEC_MS:
+	case CT_MS_MS:
+		config_fmt_ms(v, buf, len);
+		break;
+	default:
+		snprintf(buf, len, "%" PRIu64, v);
+		break;
+	}
+}
+
+static int
+config_range(const struct config_key *k, const char *s, uint64_t v,
+    char *err, size_t errlen)
+{
+	char lo[32], hi[32];
+
+	if (v >= k->ck_min && v <= k->ck_max)
+		return 0;
+	config_fmt_num(k, k->ck_min, lo, sizeof(lo));
+	config_fmt_num(k, k->ck_max, hi, sizeof(hi));
+	snprintf(err, errlen, "'%s' is out of range (%s to %s)", s, lo, hi);
+	return -1;
+}
+
+/*
+ * Parse s as the value of k into cfg. On error, err says what is wrong
+ * with the value (the caller adds where it came from).
+ */
+static int
+config_set(struct wr_config *cfg, const struct config_key *k, const char *s,
+    char *err, size_t errlen)
+{
+	void *p = config_field(cfg, k);
+	char **sp = p;
+	uint64_t v, ms;
+	int b;
+
+	switch (k->ck_type) {
+	case CT_STRING:
+		if (*s == '\0' && (k->ck_flags & CF_NOEMPTY)) {
+			snprintf(err, errlen, "may not be empty");
+			return -1;
+		}
+		free(*sp);
+		*sp = NULL;
+		if (*s != '\0' && (*sp = strdup(s)) == NULL) {
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		return 0;
+	case CT_ADDR:
+		if (strcmp(s, "none") == 0) {
+			if (!(k->ck_flags & CF_NONE)) {
+				snprintf(err, errlen, "cannot be 'none' (give "
+				    "host:port or [ipv6]:port)");
+				return -1;
+			}
+			free(*sp);
+			*sp = NULL;
+			return 0;
+		}
+		if (config_addr_check(s, err, errlen) == -1)
+			return -1;
+		free(*sp);
+		if ((*sp = strdup(s)) == NULL) {
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		return 0;
+	case CT_BOOL:
+		if (config_parse_bool(s, &b) == -1)
+			goto bad;
+		*(int *)p = b;
+		return 0;
+	case CT_UINT:
+		if (config_digits(s, &v) == NULL || *config_digits(s, &v) != '\0')
+			goto bad;
+		if (config_range(k, s, v, err, errlen) == -1)
+			return -1;
+		config_set_uint(cfg, k, v);
+		return 0;
+	case CT_SIZE:
+		if (config_parse_size(s, &v) == -1)
+			goto bad;
+		if (config_range(k, s, v, err, errlen) == -1)
+			return -1;
+		config_set_uint(cfg, k, v);
+		return 0;
+	case CT_SEC_S:
+		if (config_parse_duration(s, 1000, &ms) == -1)
+			goto bad;
+		if (ms % 1000 != 0) {
+			snprintf(err, errlen, "'%s' is not a whole number of "
+			    "seconds", s);
+			return -1;
+		}
+		if (config_range(k, s, ms / 1000, err, errlen) == -1)
+			return -1;
+		config_set_uint(cfg, k, ms / 1000);
+		return 0;
+	case CT_SEC_MS:
+	case CT_MS_MS:
+		if (config_parse_duration(s, k->ck_type == CT_SEC_MS ? 1000 : 1,
+		    &ms) == -1)
+			goto bad;
+		if (config_range(k, s, ms, err, errlen) == -1)
+			return -1;
+		config_set_uint(cfg, k, ms);
+		return 0;
+	case CT_FSYNC:
+		if (strcmp(s, "always") == 0)
+			*(int *)p = FSYNC_ALWAYS;
+		else if (strcmp(s, "never") == 0)
+			*(int *)p = FSYNC_NEVER;
+		else if (strncmp(s, "interval:", 9) == 0) {
+			if (config_parse_duration(s + 9, 1, &ms) == -1)
+				goto bad;
+			if (ms < k->ck_min || ms > k->ck_max) {
+				snprintf(err, errlen, "'%s': the interval must "
+				    "be 1ms to 1h", s);
+				return -1;
+			}
+			*(int *)p = FSYNC_INTERVAL;
+			cfg->fsync_interval_ms = (unsigned)ms;
+		} else
+			goto bad;
+		if (*(int *)p != FSYNC_INTERVAL)
+			cfg->fsync_interval_ms = 0;
+		return 0;
+	case CT_ENUM:
+		for (int i = 0; k->ck_names[i] != NULL; i++) {
+			if (strcmp(s, k->ck_names[i]) == 0) {
+				*(int *)p = i;
+				return 0;
+			}
+		}
+		snprintf(err, errlen, "'%s' is not one of %s", s, k->ck_arg);
+		return -1;
+	case CT_LOGLEVEL:
+		if (log_level_parse(s, &b) == -1)
+			goto bad;
+		*(int *)p = b;
+		return 0;
+	}
+bad:
+	snprintf(err, errlen, "'%s' is not %s", s, config_typename(k));
+	return -1;
+}
+
+/* The value of k in cfg as the file would say it; 0, or -1: not set. */
+static int
+config_format(const struct wr_config *cfg, const struct config_key *k,
+    char *buf, size_t len)
+{
+	const void *p = config_cfield(cfg, k);
+	const char *s;
+	int v;
+
+	switch (k->ck_type) {
+	case CT_STRING:
+	case CT_ADDR:
+		s = *(char *const *)p;
+		if (s == NULL) {
+			if (k->ck_type == CT_ADDR && (k->ck_flags & CF_NONE)) {
+				snprintf(buf, len, "none");
+				return 0;
+			}
+			buf[0] = '\0';
+			return -1;
+		}
+		snprintf(buf, len, "%s", s);
+		return 0;
+	case CT_BOOL:
+		snprintf(buf, len, "%s", *(const int *)p ? "true" : "false");
+		return 0;
+	case CT_UINT:
+	case CT_SIZE:
+	case CT_SEC_S:
+	case CT_SEC_MS:
+	case CT_MS_MS:
+		config_fmt_num(k, config_get_uint(cfg, k), buf, len);
+		return 0;
+	case CT_FSYNC:
+		v = *(const int *)p;
+		if (v == FSYNC_INTERVAL)
+			snprintf(buf, len, "interval:%u", cfg->fsync_interval_ms);
+		else
+			snprintf(buf, len, "%s", v == FSYNC_NEVER ? "never" :
+			    "always");
+		return 0;
+	case CT_ENUM:
+		v = *(const int *)p;
+		snprintf(buf, len, "%s", k->ck_names[v]);
+		return 0;
+	case CT_LOGLEVEL:
+		snprintf(buf, len, "%s", log_level_name(*(const int *)p));
+		return 0;
+	}
+	return -1;
+}
+
+static const struct config_key *
+config_find(const char *name, size_t len)
+{
+	for (size_t i = 0; i < NKEYS; i++) {
+		if (strlen(config_keys[i].ck_name) == len &&
+		    strncmp(config_keys[i].ck_name, name, len) == 0)
+			return &config_keys[i];
+	}
+	return NULL;
+}
+
+static size_t
+config_distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b), row[64], prev, tmp;
+
+	if (la >= 64 || lb >= 64)
+		return SIZE_MAX;
+	for (size_t j = 0; j <= lb; j++)
+		row[j] = j;
+	for (size_t i = 1; i <= la; i++) {
+		prev = row[0];
+		row[0] = i;
+		for (size_t j = 1; j <= lb; j++) {
+			size_t best = prev + (a[i - 1] != b[j - 1]);
+
+			tmp = row[j];
+			if (row[j] + 1 < best)
+				best = row[j] + 1;
+			if (row[j - 1] + 1 < best)
+				best = row[j - 1] + 1;
+			row[j] = best;
+			prev = tmp;
+		}
+	}
+	return row[lb];
+}
+
+/* The key closest to name, if close enough to be a typo. */
+static const char *
+config_suggest(const char *name)
+{
+	const char *best = NULL;
+	size_t d, bestd = SIZE_MAX;
+
+	for (size_t i = 0; i < NKEYS; i++) {
+		d = config_distance(name, config_keys[i].ck_name);
+		if (d < bestd) {
+			bestd = d;
+			best = config_keys[i].ck_name;
+		}
+	}
+	if (best != NULL && (bestd <= 2 || (bestd <= 3 && strlen(name) > 8)))
+		return best;
+	return NULL;
+}
+
+static void
+config_unknown(const char *what, const char *prefix, const char *name,
+    char *err, size_t errlen)
+{
+	const char *near = config_suggest(name);
+
+	if (near != NULL)
+		snprintf(err, errlen, "%s '%s%s' (did you mean '%s%s'?)", what,
+		    prefix, name, prefix, near);
+	else
+		snprintf(err, errlen, "%s '%s%s' (see walrelay --help)", what,
+		    prefix, name);
+}
+
+static char *
+config_trim(char *s)
+{
+	char *e;
+
+	while (*s == ' ' || *s == '\t')
+		s++;
+	e = s + strlen(s);
+	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' ||
+	    e[-1] == '\n'))
+		*--e = '\0';
+	return s;
+}
+
+/*
+ * The value part of a line: a double-quoted string (\" and \\ escaped), or
+ * text up to a comment (# or ; after whitespace). Rewrites in place.
+ */
+static int
+config_value(char *s, char **out, char *err, size_t errlen)
+{
+	char *r, *w;
+
+	s = config_trim(s);
+	if (*s != '"') {
+		for (r = s; *r != '\0'; r++) {
+			if ((*r == '#' || *r == ';') && (r == s ||
+			    r[-1] == ' ' || r[-1] == '\t')) {
+				*r = '\0';
+				break;
+			}
+		}
+		*out = config_trim(s);
+		return 0;
+	}
+	for (r = w = s + 1; *r != '"'; r++) {
+		if (*r == '\0') {
+			snprintf(err, errlen, "missing closing '\"'");
+			return -1;
+		}
+		if (*r == '\\' && (r[1] == '"' || r[1] == '\\'))
+			r++;
+		*w++ = *r;
+	}
+	*w = '\0';
+	r = config_trim(r + 1);
+	if (*r != '\0' && *r != '#' && *r != ';') {
+		snprintf(err, errlen, "text after the closing '\"'");
+		return -1;
+	}
+	*out = s + 1;
+	return 0;
+}
+
+static int
+config_read_file(struct wr_config *cfg, struct config_ctx *ctx,
+    const char *path, char *errbuf, size_t errlen)
+{
+	FILE *f;
+	char *line = NULL, *s, *eq, *key, *val, err[512];
+	const struct config_key *k;
+	size_t cap = 0;
+	ssize_t n;
+	unsigned lineno = 0;
+	int in_section = 0, rc = -1;
+
+	if ((f = fopen(path, "r")) == NULL) {
+		snprintf(errbuf, errlen, "cannot open the config file %s: %s",
+		    path, strerror(errno));
+		return -1;
+	}
+	while ((n = getline(&line, &cap, f)) != -1) {
+		lineno++;
+		if ((size_t)n != strlen(line)) {
+			snprintf(errbuf, errlen, "%s:%u: NUL byte in the line",
+			    path, lineno);
+			goto out;
+		}
+		s = line;
+		if (lineno == 1 && strncmp(s, "\xef\xbb\xbf", 3) == 0)
+			s += 3;	/* UTF-8 byte order mark */
+		s = config_trim(s);
+		if (*s == '\0' || *s == '#' || *s == ';')
+			continue;
+		if (*s == '[') {
+			char *end = strchr(s, ']'), *rest;
+
+			if (end == NULL) {
+				snprintf(errbuf, errlen, "%s:%u: missing ']' "
+				    "after the section name", path, lineno);
+				goto out;
+			}
+			*end = '\0';
+			rest = config_trim(end + 1);
+			if (*rest != '\0' && *rest != '#' && *rest != ';') {
+				snprintf(errbuf, errlen, "%s:%u: text after "
+				    "the section name", path, lineno);
+				goto out;
+			}
+			s = config_trim(s + 1);
+			if (strcmp(s, "walrelay") != 0) {
+				snprintf(errbuf, errlen, "%s:%u: unknown "
+				    "section [%s] (walrelay reads only "
+				    "[walrelay])", path, lineno, s);
+				goto out;
+			}
+			in_section = 1;
+			continue;
+		}
+		if ((eq = strchr(s, '=')) == NULL) {
+			snprintf(errbuf, errlen, "%s:%u: expected 'key = value' "
+			    "or [walrelay]", path, lineno);
+			goto out;
+		}
+		*eq = '\0';
+		key = config_trim(s);
+		if (!in_section) {
+			snprintf(errbuf, errlen, "%s:%u: %s: outside the "
+			    "[walrelay] section (put [walrelay] before the "
+			    "keys)", path, lineno, key);
+			goto out;
+		}
+		if ((k = config_find(key, strlen(key))) == NULL) {
+			config_unknown("unknown key", "", key, err,
+			    sizeof(err));
+			snprintf(errbuf, errlen, "%s:%u: %s", path, lineno, err);
+			goto out;
+		}
+		if (ctx->line[k - config_keys] != 0) {
+			snprintf(errbuf, errlen, "%s:%u: %s: already set on "
+			    "line %u", path, lineno, key,
+			    ctx->line[k - config_keys]);
+			goto out;
+		}
+		if (config_value(eq + 1, &val, err, sizeof(err)) == -1 ||
+		    config_set(cfg, k, val, err, sizeof(err)) == -1) {
+			snprintf(errbuf, errlen, "%s:%u: %s: %s", path, lineno,
+			    key, err);
+			goto out;
+		}
+		ctx->line[k - config_keys] = lineno;
+		ctx->set[k - config_keys] = 1;
+	}
+	if (ferror(f)) {
+		snprintf(errbuf, errlen, "%s: read error", path);
+		goto out;
+	}
+	rc = 0;
+out:
+	free(line);
+	fclose(f);
+	return rc;
+}
+
+static struct option *
+config_options(void)
+{
+	struct option *o;
+	size_t n = 0;
+	static char nonames[NKEYS][64];
+
+	if ((o = calloc(2 * NKEYS + 5, sizeof(*o))) == NULL)
+		return NULL;
+	o[n++] = (struct option){ "config", required_argument, NULL, 'c' };
+	o[n++] = (struct option){ "check-config", no_argument, NULL,
+	    OPT_CHECK };
+	o[n++] = (struct option){ "help", no_argument, NULL, 'h' };
+	o[n++] = (struct option){ "version", no_argument, NULL, 'V' };
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct config_key *k = &config_keys[i];
+
+		if (k->ck_type != CT_BOOL) {
+			o[n++] = (struct option){ k->ck_name,
+			    required_argument, NULL, OPT_KEY + (int)i };
+			continue;
+		}
+		o[n++] = (struct option){ k->ck_name, optional_argument, NULL,
+		    OPT_KEY + (int)i };
+		snprintf(nonames[i], sizeof(nonames[i]), "no-%s", k->ck_name);
+		o[n++] = (struct option){ nonames[i], no_argument, NULL,
+		    OPT_NOKEY + (int)i };
+	}
+	return o;
+}
+
+/* Is name an option that takes no value? */
+static int
+config_noarg(const char *name)
+{
+	const struct config_key *k;
+
+	if (strcmp(name, "help") == 0 || strcmp(name, "version") == 0 ||
+	    strcmp(name, "check-config") == 0)
+		return 1;
+	if (strncmp(name, "no-", 3) != 0)
+		return 0;
+	k = config_find(name + 3, strlen(name + 3));
+	return k != NULL && k->ck_type == CT_BOOL;
+}
+
+/* The argument getopt just returned, as typed (for messages). */
+static const char *
+config_argtext(int argc, char **argv)
+{
+	int i = optind - 1;
+
+	if (optarg != NULL && i >= 1 && optarg == argv[i])
+		i--;
+	if (i < 1 || i >= argc)
+		return "?";
+	return argv[i];
+}
+
+/*
+ * One walk over the command line. Pass 0 checks it and takes -c, --help,
+ * --version and --check-config; pass 1 applies the keys.
+ */
+static int
+config_argv(struct wr_config *cfg, struct config_ctx *ctx, int pass,
+    int *printed, char *errbuf, size_t errlen)
+{
+	struct option *opts;
+	const struct config_key *k;
+	const char *text;
+	char err[512], name[64];
+	int c, rc = -1;
+
+	if ((opts = config_options()) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		return -1;
+	}
+	optind = 0;	/* glibc: start over */
+	opterr = 0;
+	while ((c = getopt_long(cfg->argc, cfg->argv, "+:c:hV", opts,
+	    NULL)) != -1) {
+		text = config_argtext(cfg->argc, cfg->argv);
+		if (c == '?') {
+			size_t len;
+
+			if (strncmp(text, "--", 2) != 0) {
+				snprintf(errbuf, errlen, "unknown option '-%c'",
+				    optopt);
+				goto out;
+			}
+			len = strcspn(text + 2, "=");
+			snprintf(name, sizeof(name), "%.*s", (int)len,
+			    text + 2);
+			if (text[2 + len] == '=' && config_noarg(name)) {
+				snprintf(errbuf, errlen, "option '--%s' takes "
+				    "no value", name);
+				goto out;
+			}
+			config_unknown("unknown option", "--", name, errbuf,
+			    errlen);
+			goto out;
+		}
+		if (c == ':') {
+			snprintf(errbuf, errlen, "option '%s' needs a value",
+			    text);
+			goto out;
+		}
+		/* getopt_long takes unique abbreviations: we do not */
+		if (c >= OPT_KEY || c == OPT_CHECK || (strncmp(text, "--",
+		    2) == 0)) {
+			const char *want = NULL;
+			size_t len = strcspn(text + 2, "=");
+
+			if (c >= OPT_NOKEY)
+				want = config_keys[c - OPT_NOKEY].ck_name;
+			else if (c >= OPT_KEY)
+				want = config_keys[c - OPT_KEY].ck_name;
+			if (want != NULL && c >= OPT_NOKEY)
+				snprintf(name, sizeof(name), "no-%s", want);
+			else if (want != NULL)
+				snprintf(name, sizeof(name), "%s", want);
+			else
+				snprintf(name, sizeof(name), "%s", c == 'c' ?
+				    "config" : c == 'h' ? "help" : c == 'V' ?
+				    "version" : "check-config");
+			if (strlen(name) != len || strncmp(text + 2, name,
+			    len) != 0) {
+				snprintf(errbuf, errlen, "unknown option "
+				    "'%.*s' (did you mean '--%s'?)",
+				    (int)len + 2, text, name);
+				goto out;
+			}
+		}
+		switch (c) {
+		case 'c':
+			if (pass == 0) {
+				free(cfg->config_file);
+				if ((cfg->config_file = strdup(optarg)) == NULL) {
+					snprintf(errbuf, errlen, "out of memory");
+					goto out;
+				}
+			}
+			continue;
+		case 'h':
+			if (pass == 0 && *printed == 0)
+				*printed = 'h';
+			continue;
+		case 'V':
+			if (pass == 0 && *printed == 0)
+				*printed = 'V';
+			continue;
+		case OPT_CHECK:
+			cfg->check_only = 1;
+			continue;
+		}
+		if (pass == 0)
+			continue;
+		if (c >= OPT_NOKEY) {
+			k = &config_keys[c - OPT_NOKEY];
+			*(int *)config_field(cfg, k) = 0;
+		} else {
+			k = &config_keys[c - OPT_KEY];
+			if (config_set(cfg, k, k->ck_type == CT_BOOL &&
+			    optarg == NULL ? "true" : optarg, err,
+			    sizeof(err)) == -1) {
+				snprintf(errbuf, errlen, "--%s: %s", k->ck_name,
+				    err);
+				goto out;
+			}
+		}
+		ctx->set[k - config_keys] = 1;
+	}
+	if (optind < cfg->argc) {
+		snprintf(errbuf, errlen, "unexpected argument '%s' (options "
+		    "are --name VALUE)", cfg->argv[optind]);
+		goto out;
+	}
+	rc = 0;
+out:
+	free(opts);
+	return rc;
+}
+
+static int
+config_isset(const struct config_ctx *ctx, const char *name)
+{
+	const struct config_key *k = config_find(name, strlen(name));
+
+	return k != NULL && ctx->set[k - config_keys];
+}
+
+/* Rules that take more than one key. */
+static int
+config_validate(const struct wr_config *cfg, const struct config_ctx *ctx,
+    char *errbuf, size_t errlen)
+{
+	char a[32], b[32];
+	static const char *const up_tls[] = { "upstream-tls-ca",
+	    "upstream-tls-cert", "upstream-tls-key",
+	    "upstream-tls-server-name" };
+	const char *const up_tls_val[] = { cfg->upstream_tls_ca,
+	    cfg->upstream_tls_cert, cfg->upstream_tls_key,
+	    cfg->upstream_tls_server_name };
+
+	if (cfg->ingest == NULL && cfg->upstream == NULL) {
+		snprintf(errbuf, errlen, "nothing to relay: ingest is 'none' "
+		    "and there is no upstream (set --ingest or --upstream)");
+		return -1;
+	}
+	if (cfg->ingest_resume_bytes >= cfg->ingest_pause_bytes) {
+		config_fmt_size(cfg->ingest_resume_bytes, a, sizeof(a));
+		config_fmt_size(cfg->ingest_pause_bytes, b, sizeof(b));
+		snprintf(errbuf, errlen, "ingest-resume-bytes (%s) must be "
+		    "less than ingest-pause-bytes (%s)", a, b);
+		return -1;
+	}
+	if (cfg->upstream_backoff_min_ms > cfg->upstream_backoff_max_ms) {
+		config_fmt_ms(cfg->upstream_backoff_min_ms, a, sizeof(a));
+		config_fmt_ms(cfg->upstream_backoff_max_ms, b, sizeof(b));
+		snprintf(errbuf, errlen, "upstream-backoff-min (%s) must not "
+		    "be more than upstream-backoff-max (%s)", a, b);
+		return -1;
+	}
+	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {
+		snprintf(errbuf, errlen, "tls-cert and tls-key go together: "
+		    "%s is set, %s is not", cfg->tls_cert ? "tls-cert" :
+		    "tls-key", cfg->tls_cert ? "tls-key" : "tls-cert");
+		return -1;
+	}
+	if (cfg->tls_verify_client && cfg->tls_ca == NULL) {
+		snprintf(errbuf, errlen, "tls-verify-client needs tls-ca (the "
+		    "CA that client certificates must chain to)");
+		return -1;
+	}
+	if (cfg->tls_ca != NULL && cfg->tls_cert == NULL) {
+		snprintf(errbuf, errlen, "tls-ca needs tls-cert and tls-key "
+		    "(TLS on the listeners)");
+		return -1;
+	}
+	if (cfg->tls_ingest && cfg->tls_cert == NULL) {
+		snprintf(errbuf, errlen, "tls-ingest needs tls-cert and "
+		    "tls-key");
+		return -1;
+	}
+	if (cfg->upstream_tls && cfg->upstream == NULL) {
+		snprintf(errbuf, errlen, "upstream-tls is set but there is no "
+		    "upstream (set --upstream)");
+		return -1;
+	}
+	for (size_t i = 0; i < 4; i++) {
+		if (up_tls_val[i] != NULL && !cfg->upstream_tls) {
+			snprintf(errbuf, errlen, "%s needs upstream-tls (and "
+			    "an upstream)", up_tls[i]);
+			return -1;
+		}
+	}
+	if ((cfg->upstream_tls_cert == NULL) != (cfg->upstream_tls_key ==
+	    NULL)) {
+		snprintf(errbuf, errlen, "upstream-tls-cert and "
+		    "upstream-tls-key go together");
+		return -1;
+	}
+	if (cfg->upstream == NULL && config_isset(ctx, "upstream-protocol")) {
+		snprintf(errbuf, errlen, "upstream-protocol is set but there "
+		    "is no upstream (set --upstream)");
+		return -1;
+	}
+	return 0;
+}
+
+static int
+config_copy_argv(struct wr_config *cfg, int argc, char *const *argv)
+{
+	cfg->argc = 0;
+	if ((cfg->argv = calloc((size_t)argc + 1, sizeof(char *))) == NULL)
+		return -1;
+	for (int i = 0; i < argc; i++) {
+		if ((cfg->argv[i] = strdup(argv[i])) == NULL)
+			return -1;
+		cfg->argc++;
+	}
+	return 0;
+}
+
+/* Fill cfg (argc/argv set) from scratch. */
+static int
+config_build(struct wr_config *cfg, int *printed, char *errbuf,
+    size_t errlen)
+{
+	struct config_ctx ctx;
+	char err[512];
+
+	memset(&ctx, 0, sizeof(ctx));
+	*printed = 0;
+	if (config_argv(cfg, &ctx, 0, printed, errbuf, errlen) == -1)
+		return -1;
+	if (*printed)
+		return 0;
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct config_key *k = &config_keys[i];
+
+		if (k->ck_default == NULL)
+			continue;
+		if (config_set(cfg, k, k->ck_default, err, sizeof(err)) == -1) {
+			snprintf(errbuf, errlen, "default of %s: %s",
+			    k->ck_name, err);
+			return -1;
+		}
+	}
+	if (cfg->config_file != NULL && config_read_file(cfg, &ctx,
+	    cfg->config_file, errbuf, errlen) == -1)
+		return -1;
+	if (config_argv(cfg, &ctx, 1, printed, errbuf, errlen) == -1)
+		return -1;
+	return config_validate(cfg, &ctx, errbuf, errlen);
+}
+
+int
+config_load(int argc, char **argv, struct wr_config *cfg, char *errbuf,
+    size_t errlen)
+{
+	int printed;
+
+	memset(cfg, 0, sizeof(*cfg));
+	if (config_copy_argv(cfg, argc, argv) == -1) {
+		snprintf(errbuf, errlen, "out of memory");
+		goto fail;
+	}
+	if (config_build(cfg, &printed, errbuf, errlen) == -1)
+		goto fail;
+	if (printed == 'h') {
+		config_usage(stdout);
+		config_free(cfg);
+		return 1;
+	}
+	if (printed == 'V') {
+		printf("walrelay %s\n", PACKAGE_VERSION);
+		config_free(cfg);
+		return 1;
+	}
+	return 0;
+fail:
+	config_free(cfg);
+	return -1;
+}
+
+int
+config_reload(const struct wr_config *cur, struct wr_config *next,
+    char *errbuf, size_t errlen)
+{
+	int printed;
+
+	memset(next, 0, sizeof(*next));
+	if (config_copy_argv(next, cur->argc, cur->argv) == -1) {
+		snprintf(errbuf, errlen, "out of memory");
+		goto fail;
+	}
+	if (config_build(next, &printed, errbuf, errlen) == -1)
+		goto fail;
+	return 0;
+fail:
+	config_free(next);
+	return -1;
+}
+
+int
+config_apply_reload(struct wr_config *cur, struct wr_config *next)
+{
+	char a[256], b[256];
+	int restart = 0;
+
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct config_key *k = &config_keys[i];
+		void *cp = config_field(cur, k), *np = config_field(next, k);
+		int ca, cb;
+
+		if (k->ck_flags & CF_RELOAD) {
+			/* swap: next now holds the old value, freed with it */
+			char tmp[sizeof(uint64_t)];
+
+			memcpy(tmp, cp, k->ck_size);
+			memcpy(cp, np, k->ck_size);
+			memcpy(np, tmp, k->ck_size);
+			continue;
+		}
+		ca = config_format(cur, k, a, sizeof(a));
+		cb = config_format(next, k, b, sizeof(b));
+		if (ca != cb || strcmp(a, b) != 0) {
+			log_warnx("reload: %s changed; it takes a restart to "
+			    "apply", k->ck_name);
+			restart++;
+		}
+	}
+	return restart;
+}
+
+void
+config_free(struct wr_config *cfg)
+{
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct config_key *k = &config_keys[i];
+		char **sp;
+
+		if (k->ck_type != CT_STRING && k->ck_type != CT_ADDR)
+			continue;
+		sp = config_field(cfg, k);
+		free(*sp);
+		*sp = NULL;
+	}
+	free(cfg->config_file);
+	cfg->config_file = NULL;
+	if (cfg->argv != NULL) {
+		for (int i = 0; i < cfg->argc; i++)
+			free(cfg->argv[i]);
+		free(cfg->argv);
+	}
+	cfg->argv = NULL;
+	cfg->argc = 0;
+}
+
+size_t
+config_key_count(void)
+{
+	return NKEYS;
+}
+
+const char *
+config_key_name(size_t i)
+{
+	return i < NKEYS ? config_keys[i].ck_name : NULL;
+}
+
+int
+config_key_reloadable(const char *name)
+{
+	const struct config_key *k = config_find(name, strlen(name));
+
+	if (k == NULL)
+		return -1;
+	return (k->ck_flags & CF_RELOAD) != 0;
+}
+
+void
+config_usage(FILE *f)
+{
+	char arg[96], def[64];
+	int group = -1;
+
+	fprintf(f,
+"usage: walrelay [-c FILE] [--check-config] [--OPTION VALUE ...]\n"
+"\n"
+"Relays the FCW2 write-ahead-log stream of a cache server: takes it from the\n"
+"cache (or pulls it from a cache or another relay), stores it in segment\n"
+"files and serves it to subscribers, live or from any retained position.\n"
+"\n"
+"  -c, --config FILE\n"
+"        read settings from FILE (INI, section [walrelay]); the command line\n"
+"        wins over the file\n"
+"  --check-config\n"
+"        check the configuration and the token files, then exit\n"
+"  -h, --help\n"
+"        print this help and exit\n"
+"  -V, --version\n"
+"        print the version and exit\n");
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct config_key *k = &config_keys[i];
+
+		if (k->ck_group != group) {
+			group = k->ck_group;
+			fprintf(f, "\n%s:\n", config_groups[group]);
+		}
+		if (k->ck_type == CT_BOOL)
+			snprintf(arg, sizeof(arg), "--%s, --no-%s", k->ck_name,
+			    k->ck_name);
+		else
+			snprintf(arg, sizeof(arg), "--%s %s", k->ck_name,
+			    k->ck_arg);
+		if (k->ck_default == NULL)
+			snprintf(def, sizeof(def), "not set");
+		else if (k->ck_type == CT_BOOL)
+			snprintf(def, sizeof(def), "%s", strcmp(k->ck_default,
+			    "true") == 0 ? "on" : "off");
+		else
+			snprintf(def, sizeof(def), "%s", k->ck_default);
+		fprintf(f, "  %s\n        %s\n        (default: %s%s)\n", arg,
+		    k->ck_help, def, (k->ck_flags & CF_RELOAD) ?
+		    "; reloaded on SIGHUP" : "");
+	}
+	fprintf(f,
+"\n"
+"Every option is also a config file key: the option name without the\n"
+"dashes, in the [walrelay] section ('segment-bytes = 64M'; booleans take\n"
+"true or false). Addresses are host:port or [ipv6]:port. Sizes take k, M,\n"
+"G or T (powers of 1024). Durations take ms, s, m or h.\n"
+"Tokens can also come from the environment: WALRELAY_PUBLISH_TOKENS and\n"
+"WALRELAY_SUBSCRIBE_TOKENS (comma- or newline-separated) and\n"
+"WALRELAY_UPSTREAM_TOKEN.\n"
+"\n"
+"Signals:\n"
+"  SIGHUP           reload the config file: tokens, TLS certificates and\n"
+"                   limits (a reload that fails keeps the running config)\n"
+"  SIGTERM, SIGINT  stop gracefully: stop accepting, make everything\n"
+"                   durable, let subscribers drain (shutdown-timeout),\n"
+"                   exit 0; a second signal exits at once\n");
+}
+
+/* A value that would not read back as itself unquoted gets quotes. */
+static void
+config_dump_value(FILE *f, const char *v)
+{
+	int quote = *v == '\0' || *v == ' ' || *v == '\t' || *v == '"' ||
+	    v[strlen(v) - 1] == ' ' || v[strlen(v) - 1] == '\t' ||
+	    strpbrk(v, "#;\\") != NULL;
+
+	if (!quote) {
+		fprintf(f, "%s\n", v);
+		return;
+	}
+	fputc('"', f);
+	for (; *v != '\0'; v++) {
+		if (*v == '"' || *v == '\\')
+			fputc('\\', f);
+		fputc(*v, f);
+	}
+	fputs("\"\n", f);
+}
+
+void
+config_dump(const struct wr_config *cfg, FILE *f)
+{
+	char buf[4096];
+	int group = -1;
+
+	fprintf(f, "# walrelay %s: the effective configuration\n",
+	    PACKAGE_VERSION);
+	fprintf(f, "[walrelay]\n");
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct config_key *k = &config_keys[i];
+
+		if (k->ck_group != group) {
+			group = k->ck_group;
+			fprintf(f, "\n# %s\n", config_groups[group]);
+		}
+		if (config_format(cfg, k, buf, sizeof(buf)) == -1) {
+			fprintf(f, "#%s =\n", k->ck_name);
+			continue;
+		}
+		/* meaningless without an upstream, and refused */
+		if (k->ck_off == offsetof(struct wr_config,
+		    upstream_protocol) && cfg->upstream == NULL) {
+			fprintf(f, "#%s = %s\n", k->ck_name, buf);
+			continue;
+		}
+		if (k->ck_flags & CF_SECRET) {
+			fprintf(f, "#%s = (secret, not shown)\n", k->ck_name);
+			continue;
+		}
+		fprintf(f, "%s = ", k->ck_name);
+		config_dump_value(f, buf);
+	}
+}
