@@ -328,7 +328,7 @@ def test_help(walcat):
     r = run(walcat, "--help")
     assert r.returncode == 0
     cmds = re.findall(r"^  (\w+)\s", r.stdout.split("commands:")[1].split("\n\n")[0], re.M)
-    assert cmds == ["dump", "verify"]
+    assert {"dump", "verify"} <= set(cmds), r.stdout
     for code in ("0", "1", "2", "3"):
         assert re.search(rf"^  {code}  ", r.stdout, re.M)
     r = run(walcat, "verify", "--help")
