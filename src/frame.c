@@ -65,6 +65,15 @@ chunk_shrink(struct chunk *ch)
 	ch->ch_cap = len;
 }
 
+void
+chunk_resized(struct chunk *ch, uint8_t *data, size_t cap)
+{
+	atomic_fetch_add(&chunk_bytes_live, (long long)cap -
+	    (long long)ch->ch_cap);
+	ch->ch_data = data;
+	ch->ch_cap = cap;
+}
+
 long
 chunk_live_count(void)
 {

@@ -40,6 +40,8 @@ void		 chunk_ref(struct chunk *);
 void		 chunk_unref(struct chunk *);
 /* Shrink an unpublished chunk's allocation to its length. */
 void		 chunk_shrink(struct chunk *);
+/* An unpublished chunk's buffer was reallocated to data, cap bytes. */
+void		 chunk_resized(struct chunk *, uint8_t *data, size_t cap);
 /* Chunks alive now and bytes they hold (the live-buffer counters). */
 long		 chunk_live_count(void);
 long long	 chunk_live_bytes(void);

@@ -69,6 +69,12 @@ static const struct walcat_cmd walcat_cmds[] = {
 	{ "verify", "[--max-frame-bytes N] PATH",
 	  "check every frame, report each problem and a summary",
 	  walcat_verify },
+	{ "produce", "[--token-file F] [--dir PATH | --count N ...] ADDR",
+	  "send frames to a relay as the cache's exporter does",
+	  walcat_produce },
+	{ "tail", "[--from SEQ] [--token-file F] [--json|--raw] ADDR",
+	  "subscribe to a relay and print the records",
+	  walcat_tail },
 };
 #define WALCAT_NCMDS (sizeof(walcat_cmds) / sizeof(walcat_cmds[0]))
 

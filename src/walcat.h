@@ -30,5 +30,7 @@ void	walcat_put_json_string(FILE *, const uint8_t *, size_t);
 
 int	walcat_dump(int, char **);
 int	walcat_verify(int, char **);
+int	walcat_produce(int, char **);	/* walcat_net.c */
+int	walcat_tail(int, char **);
 
 #endif

@@ -1,0 +1,183 @@
+/*
+ * fanout.c: the shared tail, its trimming by memory budget, and waking the
+ * subscribers that have caught up when new frames become sendable.
+ */
+#include "autoconfig.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "fanout.h"
+#include "log.h"
+#include "net.h"
+#include "relay.h"
+#include "subscriber.h"
+
+static void
+fanout_accept_cb(int fd, struct sockaddr *sa, int salen, void *arg)
+{
+	subscriber_accept(arg, fd, sa, salen);
+}
+
+/* Free closed subscribers outside any of their callbacks. */
+static void
+fanout_reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct fanout *fo = arg;
+	struct subscriber *sub;
+
+	while ((sub = TAILQ_FIRST(&fo->fo_closing)) != NULL) {
+		TAILQ_REMOVE(&fo->fo_closing, sub, sub_entry);
+		subscriber_free(sub);
+	}
+}
+
+struct fanout *
+fanout_new(char *errbuf, size_t errlen)
+{
+	struct fanout *fo;
+
+	if ((fo = calloc(1, sizeof(*fo))) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		return NULL;
+	}
+	TAILQ_INIT(&fo->fo_tail);
+	TAILQ_INIT(&fo->fo_subs);
+	TAILQ_INIT(&fo->fo_waiting);
+	TAILQ_INIT(&fo->fo_pending);
+	TAILQ_INIT(&fo->fo_closing);
+	if ((fo->fo_reaper = event_new(relay->r_base, -1, 0, fanout_reap_cb,
+	    fo)) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		goto fail;
+	}
+	if (relay->r_cfg->listen != NULL) {
+		fo->fo_listener = net_listen(relay->r_cfg->listen,
+		    fanout_accept_cb, fo, "subscriber", errbuf, errlen);
+		if (fo->fo_listener == NULL)
+			goto fail;
+	}
+	return fo;
+fail:
+	fanout_free(fo);
+	return NULL;
+}
+
+void
+fanout_stop(struct fanout *fo)
+{
+	struct subscriber *sub;
+
+	fo->fo_stopped = 1;
+	if (fo->fo_listener != NULL) {
+		net_listener_free(fo->fo_listener);
+		fo->fo_listener = NULL;
+	}
+	while ((sub = TAILQ_FIRST(&fo->fo_pending)) != NULL)
+		subscriber_close(sub, "relay stopping");
+}
+
+void
+fanout_free(struct fanout *fo)
+{
+	struct subscriber *sub;
+	struct chunk *ch;
+
+	if (fo == NULL)
+		return;
+	fanout_stop(fo);
+	while ((sub = TAILQ_FIRST(&fo->fo_subs)) != NULL)
+		subscriber_close(sub, "relay stopping");
+	while ((sub = TAILQ_FIRST(&fo->fo_closing)) != NULL) {
+		TAILQ_REMOVE(&fo->fo_closing, sub, sub_entry);
+		subscriber_free(sub);
+	}
+	while ((ch = TAILQ_FIRST(&fo->fo_tail)) != NULL) {
+		TAILQ_REMOVE(&fo->fo_tail, ch, ch_entry);
+		chunk_unref(ch);
+	}
+	if (fo->fo_reaper != NULL)
+		event_free(fo->fo_reaper);
+	free(fo);
+}
+
+void
+fanout_publish(struct fanout *fo, struct chunk *ch)
+{
+	chunk_ref(ch);
+	TAILQ_INSERT_TAIL(&fo->fo_tail, ch, ch_entry);
+	fo->fo_tail_bytes += ch->ch_len;
+}
+
+/* Drop the oldest durable chunks while the tail is over its budget. */
+static void
+fanout_trim(struct fanout *fo)
+{
+	uint64_t budget = relay->r_cfg->tail_memory;
+	struct chunk *ch;
+
+	while ((ch = TAILQ_FIRST(&fo->fo_tail)) != NULL &&
+	    fo->fo_tail_bytes > budget && CHUNK_END(ch) <= fo->fo_sendable) {
+		TAILQ_REMOVE(&fo->fo_tail, ch, ch_entry);
+		fo->fo_tail_bytes -= ch->ch_len;
+		/* subscribers still sending it hold their own references */
+		chunk_unref(ch);
+	}
+}
+
+void
+fanout_advance(struct fanout *fo, uint64_t sendable)
+{
+	struct subscriber_list wake;
+	struct subscriber *sub;
+
+	if (sendable <= fo->fo_sendable) {
+		fanout_trim(fo);
+		return;
+	}
+	fo->fo_sendable = sendable;
+	/* a refill may put a subscriber back on fo_waiting: take the list */
+	TAILQ_INIT(&wake);
+	TAILQ_CONCAT(&wake, &fo->fo_waiting, sub_wentry);
+	while ((sub = TAILQ_FIRST(&wake)) != NULL) {
+		TAILQ_REMOVE(&wake, sub, sub_wentry);
+		sub->sub_waiting = 0;
+		subscriber_refill(sub);
+	}
+	fanout_trim(fo);
+}
+
+struct chunk *
+fanout_find(struct fanout *fo, uint64_t seq)
+{
+	struct chunk *ch;
+
+	/* live subscribers are near the end: search backwards */
+	TAILQ_FOREACH_REVERSE(ch, &fo->fo_tail, chunk_list, ch_entry) {
+		if (ch->ch_seq <= seq) {
+			if (seq < CHUNK_END(ch))
+				return ch;
+			return NULL;
+		}
+	}
+	return NULL;
+}
+
+int
+fanout_drained(struct fanout *fo)
+{
+	struct subscriber *sub;
+
+	TAILQ_FOREACH(sub, &fo->fo_subs, sub_entry) {
+		if (sub->sub_pos < fo->fo_sendable ||
+		    evbuffer_get_length(bufferevent_get_output(sub->sub_bev)) > 0)
+			return 0;
+	}
+	return 1;
+}

@@ -1,0 +1,48 @@
+/*
+ * fanout.h: the shared in-memory tail and the subscribers that read it.
+ *
+ * The tail is one list of refcounted chunks in sequence order. Nothing is
+ * pushed to subscribers at publish time: each one is a cursor that refills
+ * its own socket buffer from the tail (or from the segment files when it
+ * has fallen behind the tail) up to its own high watermark.
+ */
+#ifndef WALRELAY_FANOUT_H
+#define WALRELAY_FANOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "frame.h"
+
+struct subscriber;
+TAILQ_HEAD(subscriber_list, subscriber);
+
+struct fanout {
+	struct chunk_list	 fo_tail;
+	size_t			 fo_tail_bytes;
+	uint64_t		 fo_sendable;	/* frames below this may be sent */
+	struct subscriber_list	 fo_subs;	/* streaming */
+	struct subscriber_list	 fo_waiting;	/* streaming, caught up */
+	struct subscriber_list	 fo_pending;	/* in the handshake */
+	struct subscriber_list	 fo_closing;	/* freed from the loop */
+	unsigned		 fo_nsubs;	/* streaming */
+	struct net_listener	*fo_listener;
+	struct event		*fo_reaper;
+	int			 fo_stopped;
+};
+
+struct fanout	*fanout_new(char *errbuf, size_t errlen);
+void		 fanout_free(struct fanout *);
+/* A new chunk of stored frames (takes a reference). */
+void		 fanout_publish(struct fanout *, struct chunk *);
+/* Frames below `sendable` may now be sent: wake the caught-up, trim. */
+void		 fanout_advance(struct fanout *, uint64_t sendable);
+/* The tail chunk that holds frame seq, or NULL. */
+struct chunk	*fanout_find(struct fanout *, uint64_t seq);
+/* Stop accepting subscribers (shutdown). */
+void		 fanout_stop(struct fanout *);
+/* Every subscriber has been sent everything sendable. */
+int		 fanout_drained(struct fanout *);
+
+#endif

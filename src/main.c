@@ -1,0 +1,416 @@
+/*
+ * main.c: walrelay's start-up and shutdown order. Wiring only.
+ */
+#include "autoconfig.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "auth.h"
+#include "config.h"
+#include "fanout.h"
+#include "http.h"
+#include "log.h"
+#include "relay.h"
+#include "segment.h"
+#include "tls.h"
+#include "upstream.h"
+
+#define STOP_POLL_MS	20
+
+static struct relay	 the_relay;
+static struct event	*ev_stop_poll;
+static struct event	*ev_stop_deadline;
+static int		 exit_code;
+
+/* The writer thread calls this: wake the loop (thread-safe). */
+static void
+store_notify(void *arg)
+{
+	event_active(arg, EV_READ, 0);
+}
+
+static void
+stop_finish(void)
+{
+	event_base_loopexit(relay->r_base, NULL);
+}
+
+static void
+stop_check(void)
+{
+	segstore_poll(relay->r_store, &relay->r_ss);
+	if (relay->r_ss.ss_durable < relay->r_ss.ss_next &&
+	    relay->r_ss.ss_error == 0)
+		return;		/* still making frames durable */
+	if (!fanout_drained(relay->r_fan))
+		return;
+	log_info("stop: everything durable and every subscriber drained");
+	stop_finish();
+}
+
+/* The writer moved: new durable frames, disk trouble, or recovery. */
+static void
+store_event_cb(evutil_socket_t fd, short what, void *arg)
+{
+	int olderr = relay->r_ss.ss_error;
+
+	segstore_poll(relay->r_store, &relay->r_ss);
+	if (relay->r_ss.ss_error != olderr && relay->r_ss.ss_error == 0)
+		log_info("storage: healthy again at sequence %" PRIu64,
+		    relay->r_ss.ss_durable);
+	fanout_advance(relay->r_fan, relay_sendable());
+	if (relay->r_up != NULL)
+		upstream_flow(relay->r_up);
+	if (relay->r_stopping)
+		stop_check();
+}
+
+static void
+stop_poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+	stop_check();
+}
+
+static void
+stop_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	segstore_poll(relay->r_store, &relay->r_ss);
+	log_warnx("stop: gave subscribers %u ms to drain; closing the rest "
+	    "(durable up to sequence %" PRIu64 ")",
+	    relay->r_cfg->shutdown_timeout_ms, relay->r_ss.ss_durable);
+	stop_finish();
+}
+
+static void
+stop_begin(int sig)
+{
+	struct timeval poll = { 0, STOP_POLL_MS * 1000 };
+	struct timeval dl;
+	unsigned ms = relay->r_cfg->shutdown_timeout_ms;
+
+	if (relay->r_stopping) {
+		log_warnx("stop: second %s, exiting at once", strsignal(sig));
+		_exit(1);
+	}
+	relay->r_stopping = 1;
+	log_info("stop: %s received: no new connections, making everything "
+	    "durable, letting subscribers drain (at most %u ms)",
+	    strsignal(sig), ms);
+	upstream_stop(relay->r_up);
+	fanout_stop(relay->r_fan);
+	ev_stop_poll = event_new(relay->r_base, -1, EV_PERSIST, stop_poll_cb,
+	    NULL);
+	ev_stop_deadline = evtimer_new(relay->r_base, stop_deadline_cb, NULL);
+	if (ev_stop_poll == NULL || ev_stop_deadline == NULL) {
+		stop_finish();
+		return;
+	}
+	event_add(ev_stop_poll, &poll);
+	dl.tv_sec = ms / 1000;
+	dl.tv_usec = (ms % 1000) * 1000;
+	evtimer_add(ev_stop_deadline, &dl);
+	stop_check();
+}
+
+static void
+tls_files_server(const struct wr_config *cfg, struct tls_files *tf)
+{
+	memset(tf, 0, sizeof(*tf));
+	tf->tf_cert = cfg->tls_cert;
+	tf->tf_key = cfg->tls_key;
+	tf->tf_ca = cfg->tls_ca;
+	tf->tf_verify_peer = cfg->tls_verify_client;
+}
+
+/* The name the upstream's certificate must carry: given, or its host. */
+static void
+tls_files_client(const struct wr_config *cfg, struct tls_files *tf,
+    char *host, size_t hostlen)
+{
+	memset(tf, 0, sizeof(*tf));
+	tf->tf_cert = cfg->upstream_tls_cert;
+	tf->tf_key = cfg->upstream_tls_key;
+	tf->tf_ca = cfg->upstream_tls_ca;
+	if (cfg->upstream_tls_server_name != NULL)
+		snprintf(host, hostlen, "%s", cfg->upstream_tls_server_name);
+	else {
+		const char *u = cfg->upstream, *e;
+
+		if (u[0] == '[') {
+			e = strchr(u, ']');
+			u++;
+		} else
+			e = strrchr(u, ':');
+		snprintf(host, hostlen, "%.*s", e ? (int)(e - u) :
+		    (int)strlen(u), u);
+	}
+	tf->tf_server_name = host;
+}
+
+static int
+tls_setup(const struct wr_config *cfg, int reloading, char *err,
+    size_t errlen)
+{
+	struct tls_files tf;
+	char host[256];
+
+	if (cfg->tls_cert != NULL || cfg->tls_key != NULL) {
+		tls_files_server(cfg, &tf);
+		if (relay->r_tls != NULL && reloading) {
+			if (tls_reload(relay->r_tls, &tf, err, errlen) == -1)
+				return -1;
+		} else if ((relay->r_tls = tls_server_new(&tf, err,
+		    errlen)) == NULL)
+			return -1;
+	}
+	if (cfg->upstream_tls && cfg->upstream != NULL) {
+		tls_files_client(cfg, &tf, host, sizeof(host));
+		if (relay->r_upstream_tls != NULL && reloading) {
+			if (tls_reload(relay->r_upstream_tls, &tf, err,
+			    errlen) == -1)
+				return -1;
+		} else if ((relay->r_upstream_tls = tls_client_new(&tf, err,
+		    errlen)) == NULL)
+			return -1;
+	}
+	return 0;
+}
+
+static void
+reload(void)
+{
+	struct wr_config *next, *cur = relay->r_cfg;
+	struct auth_tokens *tok;
+	char err[1024];
+
+	if ((next = calloc(1, sizeof(*next))) == NULL) {
+		log_warnx("reload: out of memory; keeping the running config");
+		return;
+	}
+	if (config_reload(cur, next, err, sizeof(err)) == -1) {
+		log_warnx("reload: %s; keeping the running config", err);
+		config_free(next);
+		free(next);
+		return;
+	}
+	if ((tok = calloc(1, sizeof(*tok))) == NULL ||
+	    auth_load(tok, next, err, sizeof(err)) == -1) {
+		log_warnx("reload: %s; keeping the running tokens and config",
+		    tok ? err : "out of memory");
+		free(tok);
+		config_free(next);
+		free(next);
+		return;
+	}
+	if (tls_setup(next, 1, err, sizeof(err)) == -1)
+		log_warnx("reload: %s; keeping the running certificates", err);
+	else if (relay->r_tls != NULL || relay->r_upstream_tls != NULL)
+		log_info("reload: TLS certificates reloaded");
+	config_apply_reload(cur, next);
+	config_free(next);
+	free(next);
+	auth_free(relay->r_tokens);
+	free(relay->r_tokens);
+	relay->r_tokens = tok;
+	log_set_level(cur->log_level);
+	log_info("reload: tokens and limits reloaded (%zu publish, %zu "
+	    "subscribe tokens)", tok->at_publish.ts_count,
+	    tok->at_subscribe.ts_count);
+}
+
+static void
+signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	if (sig == SIGHUP) {
+		if (!relay->r_stopping)
+			reload();
+		return;
+	}
+	stop_begin(sig);
+}
+
+/*
+ * A listener open to anyone must be on loopback, unless the operator said
+ * otherwise.
+ */
+static int
+check_exposure(struct wr_config *cfg, struct auth_tokens *tok, char *err,
+    size_t errlen)
+{
+	struct {
+		const char	*addr;
+		const char	*what;
+		size_t		 ntokens;
+		const char	*option;
+	} l[] = {
+		{ cfg->upstream ? NULL : cfg->ingest, "ingest",
+		    tok->at_publish.ts_count, "--publish-token-file" },
+		{ cfg->listen, "subscriber", tok->at_subscribe.ts_count,
+		    "--subscribe-token-file" },
+	};
+
+	if (cfg->allow_unauthenticated)
+		return 0;
+	for (size_t i = 0; i < sizeof(l) / sizeof(l[0]); i++) {
+		struct sockaddr_storage ss;
+		socklen_t sslen;
+
+		if (l[i].addr == NULL || l[i].ntokens > 0)
+			continue;
+		if (relay_addr_parse(l[i].addr, &ss, &sslen, err, errlen) == -1)
+			return -1;
+		if (!relay_addr_is_loopback((struct sockaddr *)&ss)) {
+			snprintf(err, errlen, "the %s listener %s is not on "
+			    "loopback and has no token: give it tokens with %s "
+			    "(or the environment), or pass "
+			    "--allow-unauthenticated to serve anyone who can "
+			    "connect", l[i].what, l[i].addr, l[i].option);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	static struct wr_config cfg;
+	struct segment_config sc;
+	struct auth_tokens *tok;
+	struct event *sig[4];
+	int signals[4] = { SIGHUP, SIGTERM, SIGINT, -1 };
+	char err[1024];
+	int rc;
+
+	log_init("walrelay", LOG_LEVEL_INFO, 0);
+	rc = config_load(argc, argv, &cfg, err, sizeof(err));
+	if (rc == 1)
+		return 0;
+	if (rc == -1) {
+		fprintf(stderr, "walrelay: %s\n", err);
+		fprintf(stderr, "walrelay: see walrelay --help\n");
+		return 2;
+	}
+	log_init("walrelay", cfg.log_level, cfg.log_syslog);
+
+	if ((tok = calloc(1, sizeof(*tok))) == NULL)
+		fatal("calloc");
+	if (auth_load(tok, &cfg, err, sizeof(err)) == -1 ||
+	    check_exposure(&cfg, tok, err, sizeof(err)) == -1) {
+		fprintf(stderr, "walrelay: %s\n", err);
+		return 2;
+	}
+	relay = &the_relay;
+	relay->r_cfg = &cfg;
+	relay->r_tokens = tok;
+	if (tls_setup(&cfg, 0, err, sizeof(err)) == -1) {
+		fprintf(stderr, "walrelay: %s\n", err);
+		return 2;
+	}
+	if (cfg.check_only) {
+		printf("walrelay: configuration OK\n");
+		tls_free(relay->r_tls);
+		tls_free(relay->r_upstream_tls);
+		auth_free(tok);
+		free(tok);
+		config_free(&cfg);
+		return 0;
+	}
+
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGXFSZ, SIG_IGN);	/* a file size limit is an I/O error */
+	if (evthread_use_pthreads() == -1)
+		fatalx("libevent without thread support");
+
+	relay->r_started_ms = relay_now_ms();
+	if ((relay->r_base = event_base_new()) == NULL)
+		fatalx("cannot create the event loop");
+
+	memset(&sc, 0, sizeof(sc));
+	sc.dir = cfg.data_dir;
+	sc.fsync_mode = cfg.fsync_mode;
+	sc.fsync_interval_ms = cfg.fsync_interval_ms;
+	sc.segment_bytes = cfg.segment_bytes;
+	sc.segment_age_ms = cfg.segment_age_s * 1000;
+	sc.retain_bytes = cfg.retain_bytes;
+	sc.retain_age_s = cfg.retain_age_s;
+	sc.max_frame_bytes = cfg.max_frame_bytes;
+	sc.retry_ms = 1000;
+	if ((relay->r_store = segstore_open(&sc, err, sizeof(err))) == NULL)
+		fatalx("storage: %s", err);
+	segstore_poll(relay->r_store, &relay->r_ss);
+	log_info("storage: %s, epoch %016" PRIx64 ", frames %" PRIu64 " to %"
+	    PRIu64 ", fsync %s", cfg.data_dir, segstore_epoch(relay->r_store),
+	    relay->r_ss.ss_earliest, relay->r_ss.ss_next,
+	    cfg.fsync_mode == FSYNC_ALWAYS ? "always" :
+	    cfg.fsync_mode == FSYNC_NEVER ? "never" : "interval");
+
+	relay->r_store_ev = event_new(relay->r_base, -1, 0, store_event_cb,
+	    NULL);
+	if (relay->r_store_ev == NULL)
+		fatalx("out of memory");
+	if ((relay->r_fan = fanout_new(err, sizeof(err))) == NULL)
+		fatalx("%s", err);
+	relay->r_fan->fo_sendable = relay_sendable();
+	if (segstore_start(relay->r_store, store_notify, relay->r_store_ev) ==
+	    -1)
+		fatalx("storage: cannot start the writer thread");
+	if ((relay->r_up = upstream_new(err, sizeof(err))) == NULL)
+		fatalx("%s", err);
+	if (cfg.http != NULL &&
+	    (relay->r_http = http_new(cfg.http, err, sizeof(err))) == NULL)
+		fatalx("%s", err);
+
+	for (int i = 0; signals[i] != -1; i++) {
+		sig[i] = evsignal_new(relay->r_base, signals[i], signal_cb, NULL);
+		if (sig[i] == NULL || evsignal_add(sig[i], NULL) == -1)
+			fatalx("cannot install signal handlers");
+	}
+	log_info("walrelay %s started (pid %ld)", PACKAGE_VERSION,
+	    (long)getpid());
+
+	event_base_dispatch(relay->r_base);
+
+	/* shutdown, in reverse */
+	http_free(relay->r_http);
+	upstream_free(relay->r_up);
+	relay->r_up = NULL;
+	fanout_free(relay->r_fan);
+	/* bufferevents free through finalizers: let the loop run them */
+	event_base_loop(relay->r_base, EVLOOP_NONBLOCK);
+	relay->r_fan = NULL;
+	segstore_poll(relay->r_store, &relay->r_ss);
+	segstore_close(relay->r_store);	/* makes everything durable */
+	relay->r_store = NULL;
+	for (int i = 0; signals[i] != -1; i++)
+		event_free(sig[i]);
+	if (ev_stop_poll != NULL)
+		event_free(ev_stop_poll);
+	if (ev_stop_deadline != NULL)
+		event_free(ev_stop_deadline);
+	event_free(relay->r_store_ev);
+	event_base_free(relay->r_base);
+	tls_free(relay->r_tls);
+	tls_free(relay->r_upstream_tls);
+	if (chunk_live_count() != 0)
+		log_warnx("stop: %ld frame buffers still referenced at exit",
+		    chunk_live_count());
+	else
+		log_info("stop: all frame buffers released");
+	log_info("stop: exiting; frames up to sequence %" PRIu64 " are "
+	    "durable", relay->r_ss.ss_next);
+	auth_free(relay->r_tokens);
+	free(relay->r_tokens);
+	config_free(&cfg);
+	libevent_global_shutdown();
+	return exit_code;
+}

@@ -1,0 +1,163 @@
+/*
+ * net.c: listeners and connection buffers.
+ */
+#include "autoconfig.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "log.h"
+#include "net.h"
+#include "relay.h"
+#include "tls.h"
+
+#define NET_ACCEPT_PAUSE_MS	100
+
+struct net_listener {
+	struct evconnlistener	*nl_lev;
+	struct event		*nl_resume;
+	net_accept_cb		 nl_cb;
+	void			*nl_arg;
+	int			 nl_loopback;
+	char			 nl_what[24];
+};
+
+static void
+net_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct net_listener *nl = arg;
+
+	evconnlistener_enable(nl->nl_lev);
+}
+
+static void
+net_accept_error_cb(struct evconnlistener *lev, void *arg)
+{
+	static struct log_ratelimit rl = LOG_RATELIMIT_INIT(5, 10);
+	struct net_listener *nl = arg;
+	int err = EVUTIL_SOCKET_ERROR();
+	struct timeval tv = { 0, NET_ACCEPT_PAUSE_MS * 1000 };
+
+	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+		/* out of descriptors: stop accepting for a moment, not spin */
+		log_limited(&rl, LOG_LEVEL_WARN, "%s: accept: %s; pausing the "
+		    "listener for %d ms", nl->nl_what, strerror(err),
+		    NET_ACCEPT_PAUSE_MS);
+		evconnlistener_disable(lev);
+		evtimer_add(nl->nl_resume, &tv);
+		return;
+	}
+	log_limited(&rl, LOG_LEVEL_WARN, "%s: accept: %s", nl->nl_what,
+	    strerror(err));
+}
+
+static void
+net_accept(struct evconnlistener *lev, evutil_socket_t fd,
+    struct sockaddr *sa, int salen, void *arg)
+{
+	struct net_listener *nl = arg;
+	int one = 1;
+
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	nl->nl_cb(fd, sa, salen, nl->nl_arg);
+}
+
+struct net_listener *
+net_listen(const char *addr, net_accept_cb cb, void *arg, const char *what,
+    char *errbuf, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t sslen;
+	struct net_listener *nl;
+
+	if (relay_addr_parse(addr, &ss, &sslen, errbuf, errlen) == -1)
+		return NULL;
+	if ((nl = calloc(1, sizeof(*nl))) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		return NULL;
+	}
+	nl->nl_cb = cb;
+	nl->nl_arg = arg;
+	nl->nl_loopback = relay_addr_is_loopback((struct sockaddr *)&ss);
+	snprintf(nl->nl_what, sizeof(nl->nl_what), "%s", what);
+	nl->nl_lev = evconnlistener_new_bind(relay->r_base, net_accept, nl,
+	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+	    1024, (struct sockaddr *)&ss, (int)sslen);
+	if (nl->nl_lev == NULL) {
+		snprintf(errbuf, errlen, "%s listener on %s: %s", what, addr,
+		    strerror(errno));
+		free(nl);
+		return NULL;
+	}
+	if ((nl->nl_resume = evtimer_new(relay->r_base, net_resume_cb,
+	    nl)) == NULL) {
+		net_listener_free(nl);
+		snprintf(errbuf, errlen, "out of memory");
+		return NULL;
+	}
+	evconnlistener_set_error_cb(nl->nl_lev, net_accept_error_cb);
+	log_info("%s: listening on %s%s", what, addr,
+	    nl->nl_loopback ? " (loopback)" : "");
+	return nl;
+}
+
+void
+net_listener_free(struct net_listener *nl)
+{
+	if (nl == NULL)
+		return;
+	if (nl->nl_resume != NULL)
+		event_free(nl->nl_resume);
+	evconnlistener_free(nl->nl_lev);
+	free(nl);
+}
+
+int
+net_listener_is_loopback(const struct net_listener *nl)
+{
+	return nl->nl_loopback;
+}
+
+struct bufferevent *
+net_bev_accepted(int fd, struct tls_ctx *tls)
+{
+	if (tls != NULL)
+		return tls_bev_accepted(relay->r_base, tls, fd);
+	return bufferevent_socket_new(relay->r_base, fd,
+	    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+}
+
+struct bufferevent *
+net_bev_connect(struct tls_ctx *tls, const char *server_name)
+{
+	(void)server_name;	/* part of the TLS context */
+	if (tls != NULL)
+		return tls_bev_connect(relay->r_base, tls);
+	return bufferevent_socket_new(relay->r_base, -1,
+	    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+}
+
+int
+net_bev_is_tls(struct bufferevent *bev)
+{
+	return tls_bev_is_tls(bev);
+}
+
+const char *
+net_bev_error(struct bufferevent *bev)
+{
+	static char buf[512];
+	int err = EVUTIL_SOCKET_ERROR();
+
+	if (tls_bev_error(bev, buf, sizeof(buf)) != NULL)
+		return buf;
+	return err ? evutil_socket_error_to_string(err) : "unknown error";
+}

@@ -1,0 +1,35 @@
+/*
+ * net.h: listeners and bufferevents, plain or TLS (through tls.c).
+ */
+#ifndef WALRELAY_NET_H
+#define WALRELAY_NET_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+struct bufferevent;
+struct tls_ctx;
+struct net_listener;
+
+typedef void (*net_accept_cb)(int fd, struct sockaddr *, int, void *);
+
+/*
+ * Listen on "host:port". The accept path survives fd exhaustion: on EMFILE
+ * or ENFILE the listener pauses briefly instead of spinning.
+ */
+struct net_listener	*net_listen(const char *addr, net_accept_cb, void *arg,
+			    const char *what, char *errbuf, size_t errlen);
+void			 net_listener_free(struct net_listener *);
+/* Is the listener bound to a loopback address? */
+int			 net_listener_is_loopback(const struct net_listener *);
+
+/* A bufferevent for an accepted socket, TLS when tls is non-NULL. */
+struct bufferevent	*net_bev_accepted(int fd, struct tls_ctx *tls);
+/* A bufferevent for an outgoing connection (connect it afterwards). */
+struct bufferevent	*net_bev_connect(struct tls_ctx *tls,
+			    const char *server_name);
+int			 net_bev_is_tls(struct bufferevent *);
+/* Why a bufferevent failed: socket error or TLS error, as text. */
+const char		*net_bev_error(struct bufferevent *);
+
+#endif

@@ -1,0 +1,118 @@
+/*
+ * relay.c: small shared pieces of the running relay: ids, clocks, addresses.
+ */
+#include "autoconfig.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "relay.h"
+
+struct relay *relay;
+
+uint64_t
+relay_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+uint64_t
+relay_conn_id(void)
+{
+	return ++relay->r_next_id;
+}
+
+uint64_t
+relay_sendable(void)
+{
+	uint64_t lim = segstore_limit(relay->r_store);
+	uint64_t d = relay->r_ss.ss_durable;
+
+	return d < lim ? d : lim;
+}
+
+int
+relay_addr_is_loopback(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+		return (ntohl(sin->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+		if (IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr))
+			return 1;
+		if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+			return s6->sin6_addr.s6_addr[12] == 127;
+	}
+	return 0;
+}
+
+void
+relay_addr_str(const struct sockaddr *sa, char *buf, size_t len)
+{
+	char host[INET6_ADDRSTRLEN];
+
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+		inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
+		snprintf(buf, len, "%s:%u", host, ntohs(sin->sin_port));
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+		inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
+		snprintf(buf, len, "[%s]:%u", host, ntohs(s6->sin6_port));
+	} else
+		snprintf(buf, len, "unknown");
+}
+
+int
+relay_addr_parse(const char *spec, struct sockaddr_storage *ss,
+    socklen_t *sslen, char *errbuf, size_t errlen)
+{
+	char host[256], *port;
+	struct addrinfo hints, *res = NULL;
+	const char *h;
+	int rc;
+
+	if (snprintf(host, sizeof(host), "%s", spec) >= (int)sizeof(host))
+		goto bad;
+	if (host[0] == '[') {
+		char *end = strchr(host, ']');
+		if (end == NULL || end[1] != ':')
+			goto bad;
+		*end = '\0';
+		h = host + 1;
+		port = end + 2;
+	} else {
+		if ((port = strrchr(host, ':')) == NULL)
+			goto bad;
+		*port++ = '\0';
+		h = host;
+	}
+	if (*port == '\0')
+		goto bad;
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICSERV;
+	if ((rc = getaddrinfo(*h ? h : NULL, port, &hints, &res)) != 0) {
+		snprintf(errbuf, errlen, "%s: %s", spec, gai_strerror(rc));
+		return -1;
+	}
+	memcpy(ss, res->ai_addr, res->ai_addrlen);
+	*sslen = res->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
+bad:
+	snprintf(errbuf, errlen, "%s: not an address (use host:port or "
+	    "[ipv6]:port)", spec);
+	return -1;
+}

@@ -1,0 +1,586 @@
+/*
+ * subscriber.c: downstream connections.
+ *
+ * A subscriber sends one line (FCWAL-AUTH/1 for a stock subscriber, live
+ * and silent; FCWAL-SUB/1 for a resuming one, with a reply), then only
+ * receives. Its cursor is a sequence number. Each refill queues frames
+ * from the shared tail (references to chunk bytes, no copy) or, when the
+ * cursor is older than the tail, from the segment files (sendfile on plain
+ * TCP), up to the subscriber's own high watermark; libevent calls back
+ * when the socket has taken enough of it. Nothing a subscriber does can
+ * make another wait or make the relay buffer more than its own cap.
+ */
+#include "autoconfig.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <zstd.h>
+
+#include "auth.h"
+#include "fanout.h"
+#include "log.h"
+#include "net.h"
+#include "relay.h"
+#include "subscriber.h"
+
+#define SUB_READ_PIECE		(256 * 1024)	/* pread size for TLS/zstd */
+#define SUB_FLUSH_TIMEOUT_MS	2000		/* to write an error reply */
+
+static struct log_ratelimit sub_refusals = LOG_RATELIMIT_INIT(10, 10);
+
+static void	subscriber_read_cb(struct bufferevent *, void *);
+static void	subscriber_write_cb(struct bufferevent *, void *);
+static void	subscriber_event_cb(struct bufferevent *, short, void *);
+
+static struct fanout *
+fan(void)
+{
+	return relay->r_fan;
+}
+
+uint64_t
+subscriber_lag(const struct subscriber *sub)
+{
+	uint64_t s = fan()->fo_sendable;
+
+	return sub->sub_pos < s ? s - sub->sub_pos : 0;
+}
+
+/* ---- output: plain, or through one zstd stream ------------------------ */
+
+static int
+zstd_push(struct subscriber *sub, const void *data, size_t len,
+    ZSTD_EndDirective mode)
+{
+	struct evbuffer *out = bufferevent_get_output(sub->sub_bev);
+	ZSTD_inBuffer in = { data, len, 0 };
+	struct evbuffer_iovec v;
+	size_t rem;
+
+	do {
+		ZSTD_outBuffer ob;
+
+		if (evbuffer_reserve_space(out, 64 * 1024, &v, 1) < 1)
+			return -1;
+		ob.dst = v.iov_base;
+		ob.size = v.iov_len;
+		ob.pos = 0;
+		rem = ZSTD_compressStream2(sub->sub_zc, &ob, &in, mode);
+		if (ZSTD_isError(rem))
+			return -1;
+		v.iov_len = ob.pos;
+		if (evbuffer_commit_space(out, &v, 1) == -1)
+			return -1;
+	} while (in.pos < in.size || (mode != ZSTD_e_continue && rem != 0));
+	return 0;
+}
+
+/* Queue bytes of a tail chunk. */
+static int
+sub_emit_chunk(struct subscriber *sub, struct chunk *ch, size_t off,
+    size_t len)
+{
+	sub->sub_bytes_queued += len;
+	relay->r_stats.sub_bytes_sent += len;
+	if (sub->sub_zstd)
+		return zstd_push(sub, ch->ch_data + off, len, ZSTD_e_continue);
+	return chunk_add_to_evbuffer(bufferevent_get_output(sub->sub_bev), ch,
+	    off, len);
+}
+
+static void
+sub_unpin_cb(struct evbuffer_file_segment const *seg, int flags, void *arg)
+{
+	/* the store may be gone at shutdown: it unpins everything itself */
+	if (relay != NULL && relay->r_store != NULL)
+		segstore_unpin(relay->r_store, arg);
+}
+
+/*
+ * Queue part of the current segment span. Plain TCP hands the whole span
+ * to sendfile; TLS and zstd read it piecewise.
+ */
+static int
+sub_emit_span(struct subscriber *sub)
+{
+	static uint8_t *piece;	/* one reader at a time: the loop thread */
+	struct segment_span *sp = &sub->sub_span;
+	struct evbuffer *out = bufferevent_get_output(sub->sub_bev);
+	uint64_t left = sp->sp_len - sub->sub_span_done;
+	size_t n;
+	ssize_t r;
+
+	if (!sub->sub_zstd && !net_bev_is_tls(sub->sub_bev)) {
+		struct evbuffer_file_segment *seg;
+
+		seg = evbuffer_file_segment_new(sp->sp_fd,
+		    (ev_off_t)sp->sp_offset, (ev_off_t)sp->sp_len,
+		    EVBUF_FS_DISABLE_LOCKING);
+		if (seg == NULL)
+			return -1;
+		/* the pin now lives as long as the buffer holds the bytes */
+		evbuffer_file_segment_add_cleanup_cb(seg, sub_unpin_cb,
+		    sp->sp_pin);
+		sub->sub_has_span = 0;
+		if (evbuffer_add_file_segment(out, seg, 0,
+		    (ev_off_t)sp->sp_len) == -1) {
+			evbuffer_file_segment_free(seg);	/* unpins */
+			return -1;
+		}
+		evbuffer_file_segment_free(seg);
+		r = (ssize_t)left;
+	} else {
+		n = left > SUB_READ_PIECE ? SUB_READ_PIECE : (size_t)left;
+		if (piece == NULL && (piece = malloc(SUB_READ_PIECE)) == NULL)
+			return -1;
+		r = pread(sp->sp_fd, piece, n, (off_t)(sp->sp_offset +
+		    sub->sub_span_done));
+		if (r <= 0) {
+			if (r == 0)
+				errno = EIO;
+			return -1;
+		}
+		if (sub->sub_zstd) {
+			if (zstd_push(sub, piece, (size_t)r, ZSTD_e_continue) == -1)
+				return -1;
+		} else if (evbuffer_add(out, piece, (size_t)r) == -1)
+			return -1;
+		if ((uint64_t)r == left) {
+			segstore_unpin(relay->r_store, sp->sp_pin);
+			sub->sub_has_span = 0;
+		}
+	}
+	sub->sub_span_done += (uint64_t)r;
+	sub->sub_bytes_queued += (uint64_t)r;
+	relay->r_stats.sub_bytes_sent += (uint64_t)r;
+	if (!sub->sub_has_span) {
+		relay->r_stats.sub_frames_sent += sp->sp_end_seq - sub->sub_pos;
+		sub->sub_pos = sp->sp_end_seq;
+	}
+	return 0;
+}
+
+void
+subscriber_refill(struct subscriber *sub)
+{
+	struct evbuffer *out;
+	struct fanout *fo = fan();
+	uint64_t limit = fo->fo_sendable;
+	size_t hiwat = relay->r_cfg->subscriber_buffer;
+	int queued = 0;
+
+	if (sub->sub_state != SUB_STREAM)
+		return;
+	out = bufferevent_get_output(sub->sub_bev);
+	while (evbuffer_get_length(out) < hiwat &&
+	    (sub->sub_pos < limit || sub->sub_has_span)) {
+		struct chunk *ch;
+
+		if (sub->sub_has_span) {
+			if (sub_emit_span(sub) == -1)
+				goto fail;
+			queued = 1;
+			continue;
+		}
+		if ((ch = fanout_find(fo, sub->sub_pos)) != NULL) {
+			size_t off = chunk_offset_of(ch, sub->sub_pos);
+
+			if (sub->sub_on_disk) {
+				sub->sub_on_disk = 0;
+				log_info("%s: caught up with the in-memory tail "
+				    "at sequence %" PRIu64, sub->sub_name,
+				    sub->sub_pos);
+			}
+			while (ch != NULL && CHUNK_END(ch) <= limit &&
+			    evbuffer_get_length(out) < hiwat) {
+				if (sub_emit_chunk(sub, ch, off, ch->ch_len - off)
+				    == -1)
+					goto fail;
+				relay->r_stats.sub_frames_sent += CHUNK_END(ch) -
+				    sub->sub_pos;
+				sub->sub_pos = CHUNK_END(ch);
+				off = 0;
+				queued = 1;
+				ch = TAILQ_NEXT(ch, ch_entry);
+			}
+			if (ch != NULL && CHUNK_END(ch) > limit &&
+			    ch->ch_seq < limit) {
+				/* durability ends inside a chunk: wait */
+				break;
+			}
+			continue;
+		}
+		/* older than the tail: the segment files */
+		if (segstore_locate(relay->r_store, sub->sub_pos,
+		    &sub->sub_span) == -1) {
+			segstore_poll(relay->r_store, &relay->r_ss);
+			if (sub->sub_pos < relay->r_ss.ss_earliest) {
+				relay->r_stats.sub_disconnected_gone++;
+				subscriber_close(sub, "its position %" PRIu64
+				    " was deleted by retention (earliest is now %"
+				    PRIu64 ")", sub->sub_pos,
+				    relay->r_ss.ss_earliest);
+				return;
+			}
+			break;
+		}
+		if (!sub->sub_on_disk) {
+			sub->sub_on_disk = 1;
+			log_info("%s: behind the in-memory tail, reading "
+			    "segment files from sequence %" PRIu64,
+			    sub->sub_name, sub->sub_pos);
+		}
+		relay->r_stats.sub_disk_reads++;
+		sub->sub_has_span = 1;
+		sub->sub_span_done = 0;
+	}
+	if (sub->sub_zstd && queued &&
+	    zstd_push(sub, NULL, 0, ZSTD_e_flush) == -1)
+		goto fail;
+	if (sub->sub_pos >= limit && !sub->sub_has_span && !sub->sub_waiting) {
+		sub->sub_waiting = 1;
+		TAILQ_INSERT_TAIL(&fo->fo_waiting, sub, sub_wentry);
+	}
+	return;
+fail:
+	subscriber_close(sub, "cannot queue data: %s", strerror(errno));
+}
+
+/* ---- handshake ------------------------------------------------------- */
+
+static void
+sub_arm_timer(struct subscriber *sub, unsigned ms)
+{
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+	if (sub->sub_timer != NULL)
+		evtimer_add(sub->sub_timer, &tv);
+}
+
+/* Reply with an error line, then close once it is written. */
+static void
+sub_refuse(struct subscriber *sub, const char *code, const char *fmt, ...)
+{
+	char text[256], line[HANDSHAKE_LINE_MAX + 2];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: refused %s: %s %s",
+	    sub->sub_name, sub->sub_peer, code, text);
+	handshake_format_err(line, sizeof(line), code, text);
+	bufferevent_write(sub->sub_bev, line, strlen(line));
+	bufferevent_disable(sub->sub_bev, EV_READ);
+	sub->sub_state = SUB_FLUSH;
+	sub_arm_timer(sub, SUB_FLUSH_TIMEOUT_MS);
+}
+
+static int
+subscribe_required(void)
+{
+	return relay->r_tokens != NULL &&
+	    relay->r_tokens->at_subscribe.ts_count > 0;
+}
+
+static void
+sub_start(struct subscriber *sub, uint64_t start)
+{
+	struct fanout *fo = fan();
+
+	TAILQ_REMOVE(&fo->fo_pending, sub, sub_entry);
+	TAILQ_INSERT_TAIL(&fo->fo_subs, sub, sub_entry);
+	fo->fo_nsubs++;
+	relay->r_stats.sub_accepted++;
+	evtimer_del(sub->sub_timer);
+	sub->sub_state = SUB_STREAM;
+	sub->sub_start = sub->sub_pos = start;
+	log_info("%s: %s subscriber %s from sequence %" PRIu64 "%s",
+	    sub->sub_name, sub->sub_resuming ? "resuming" : "stock",
+	    sub->sub_peer, start, sub->sub_zstd ? " (zstd)" : "");
+	if (relay->r_cfg->subscriber_timeout_ms > 0) {
+		struct timeval tv = {
+			relay->r_cfg->subscriber_timeout_ms / 1000,
+			(relay->r_cfg->subscriber_timeout_ms % 1000) * 1000
+		};
+		bufferevent_set_timeouts(sub->sub_bev, NULL, &tv);
+	}
+	bufferevent_setwatermark(sub->sub_bev, EV_WRITE,
+	    relay->r_cfg->subscriber_buffer / 2, 0);
+	bufferevent_enable(sub->sub_bev, EV_WRITE);
+	subscriber_refill(sub);
+}
+
+static void
+sub_handshake(struct subscriber *sub)
+{
+	struct evbuffer *in = bufferevent_get_input(sub->sub_bev);
+	struct handshake_req req;
+	struct segstore_state *st = &relay->r_ss;
+	char err[160], line[HANDSHAKE_LINE_MAX + 2];
+	uint64_t start;
+	size_t used;
+	int rc = HANDSHAKE_NEED_MORE;
+
+	while (evbuffer_get_length(in) > 0) {
+		unsigned char buf[1024];
+		size_t n = evbuffer_copyout(in, buf, sizeof(buf));
+
+		rc = handshake_feed(&sub->sub_hs, buf, n, &used);
+		evbuffer_drain(in, used);
+		if (rc != HANDSHAKE_NEED_MORE)
+			break;
+	}
+	if (rc == HANDSHAKE_TOO_LONG) {
+		relay->r_stats.sub_rejected_request++;
+		log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: refused %s: "
+		    "line longer than 1023 bytes", sub->sub_name, sub->sub_peer);
+		subscriber_close(sub, NULL);
+		return;
+	}
+	if (!handshake_done(&sub->sub_hs))
+		return;
+	if (handshake_parse(&sub->sub_hs, &req, err, sizeof(err)) == -1) {
+		relay->r_stats.sub_rejected_request++;
+		if (handshake_is_sub(&sub->sub_hs))
+			sub_refuse(sub, "bad-request", "%s", err);
+		else {
+			log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: refused "
+			    "%s: %s", sub->sub_name, sub->sub_peer, err);
+			subscriber_close(sub, NULL);
+		}
+		return;
+	}
+	sub->sub_resuming = req.hr_kind == HANDSHAKE_SUB;
+	if (subscribe_required() && !tokenset_match(
+	    &relay->r_tokens->at_subscribe, req.hr_token, req.hr_token_len)) {
+		relay->r_stats.sub_rejected_auth++;
+		if (sub->sub_resuming)
+			sub_refuse(sub, "auth", "not a subscribe token");
+		else {
+			/* the cache closes without a word: so do we */
+			log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: refused "
+			    "%s: not a subscribe token", sub->sub_name,
+			    sub->sub_peer);
+			subscriber_close(sub, NULL);
+		}
+		return;
+	}
+	if (fan()->fo_nsubs >= relay->r_cfg->max_subscribers) {
+		relay->r_stats.sub_rejected_busy++;
+		if (sub->sub_resuming)
+			sub_refuse(sub, "busy", "%u subscribers connected, the "
+			    "limit", fan()->fo_nsubs);
+		else {
+			log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: refused "
+			    "%s: %u subscribers connected, the limit",
+			    sub->sub_name, sub->sub_peer, fan()->fo_nsubs);
+			subscriber_close(sub, NULL);
+		}
+		return;
+	}
+	segstore_poll(relay->r_store, st);
+	if (!sub->sub_resuming) {
+		sub_start(sub, st->ss_next);
+		return;
+	}
+	if (req.hr_has_epoch && req.hr_epoch != segstore_epoch(relay->r_store)) {
+		relay->r_stats.sub_rejected_request++;
+		sub_refuse(sub, "epoch", "epoch is %016" PRIx64 ", not %016" PRIx64
+		    ": sequence numbers no longer name the same frames",
+		    segstore_epoch(relay->r_store), req.hr_epoch);
+		return;
+	}
+	switch (req.hr_from_kind) {
+	case HANDSHAKE_FROM_EARLIEST:
+		start = st->ss_earliest;
+		break;
+	case HANDSHAKE_FROM_LATEST:
+		start = st->ss_next;
+		break;
+	default:
+		start = req.hr_from;
+		if (start < st->ss_earliest) {
+			relay->r_stats.sub_rejected_request++;
+			sub_refuse(sub, "gone", "earliest=%" PRIu64,
+			    st->ss_earliest);
+			return;
+		}
+		if (start > st->ss_next) {
+			relay->r_stats.sub_rejected_request++;
+			sub_refuse(sub, "future", "next=%" PRIu64, st->ss_next);
+			return;
+		}
+	}
+	if (req.hr_compress == HANDSHAKE_COMPRESS_ZSTD) {
+		if ((sub->sub_zc = ZSTD_createCCtx()) == NULL) {
+			subscriber_close(sub, "out of memory");
+			return;
+		}
+		ZSTD_CCtx_setParameter(sub->sub_zc, ZSTD_c_compressionLevel, 1);
+		sub->sub_zstd = 1;
+	}
+	handshake_format_ok(line, sizeof(line), start, st->ss_earliest,
+	    st->ss_next, segstore_epoch(relay->r_store));
+	bufferevent_write(sub->sub_bev, line, strlen(line));
+	sub_start(sub, start);
+}
+
+/* ---- callbacks ------------------------------------------------------- */
+
+static void
+subscriber_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct subscriber *sub = arg;
+
+	if (sub->sub_state == SUB_HANDSHAKE) {
+		sub_handshake(sub);
+		return;
+	}
+	/* subscribers have nothing more to say: ignore what they send */
+	evbuffer_drain(bufferevent_get_input(bev),
+	    evbuffer_get_length(bufferevent_get_input(bev)));
+}
+
+static void
+subscriber_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct subscriber *sub = arg;
+
+	if (sub->sub_state == SUB_FLUSH) {
+		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+			subscriber_close(sub, NULL);
+		return;
+	}
+	subscriber_refill(sub);
+}
+
+static void
+subscriber_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct subscriber *sub = arg;
+
+	if (what & BEV_EVENT_TIMEOUT) {
+		relay->r_stats.sub_disconnected_timeout++;
+		subscriber_close(sub, "accepted no byte for %u ms, disconnected "
+		    "at sequence %" PRIu64 " (%" PRIu64 " frames behind)",
+		    relay->r_cfg->subscriber_timeout_ms, sub->sub_pos,
+		    subscriber_lag(sub));
+	} else if (what & BEV_EVENT_EOF)
+		subscriber_close(sub, sub->sub_state == SUB_HANDSHAKE ?
+		    NULL : "closed by the subscriber");
+	else if (what & BEV_EVENT_ERROR)
+		subscriber_close(sub, "connection error: %s",
+		    net_bev_error(bev));
+}
+
+static void
+subscriber_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct subscriber *sub = arg;
+
+	if (sub->sub_state == SUB_HANDSHAKE) {
+		relay->r_stats.sub_rejected_limit++;
+		log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: refused %s: no "
+		    "handshake line within %u ms", sub->sub_name, sub->sub_peer,
+		    relay->r_cfg->auth_timeout_ms);
+	}
+	subscriber_close(sub, NULL);
+}
+
+void
+subscriber_accept(struct fanout *fo, int fd, struct sockaddr *sa, int salen)
+{
+	struct subscriber *sub;
+	struct bufferevent *bev;
+
+	if (fo->fo_stopped || (bev = net_bev_accepted(fd, relay->r_tls)) ==
+	    NULL) {
+		evutil_closesocket(fd);
+		return;
+	}
+	if ((sub = calloc(1, sizeof(*sub))) == NULL) {
+		bufferevent_free(bev);
+		return;
+	}
+	sub->sub_id = relay_conn_id();
+	snprintf(sub->sub_name, sizeof(sub->sub_name), "sub-%" PRIu64,
+	    sub->sub_id);
+	relay_addr_str(sa, sub->sub_peer, sizeof(sub->sub_peer));
+	sub->sub_bev = bev;
+	sub->sub_state = SUB_HANDSHAKE;
+	sub->sub_connected_ms = relay_now_ms();
+	handshake_init(&sub->sub_hs);
+	if ((sub->sub_timer = evtimer_new(relay->r_base, subscriber_timer_cb,
+	    sub)) == NULL) {
+		bufferevent_free(bev);
+		free(sub);
+		return;
+	}
+	TAILQ_INSERT_TAIL(&fo->fo_pending, sub, sub_entry);
+	bufferevent_setcb(bev, subscriber_read_cb, subscriber_write_cb,
+	    subscriber_event_cb, sub);
+	sub_arm_timer(sub, relay->r_cfg->auth_timeout_ms);
+	bufferevent_enable(bev, EV_READ);
+	log_debug("%s: accepted %s on the subscriber port", sub->sub_name,
+	    sub->sub_peer);
+}
+
+void
+subscriber_close(struct subscriber *sub, const char *fmt, ...)
+{
+	struct fanout *fo = fan();
+	char why[512];
+	va_list ap;
+
+	if (sub->sub_state == SUB_DEAD)
+		return;
+	if (fmt != NULL) {
+		va_start(ap, fmt);
+		vsnprintf(why, sizeof(why), fmt, ap);
+		va_end(ap);
+		if (sub->sub_state == SUB_STREAM)
+			log_info("%s: %s (peer %s, at sequence %" PRIu64 ", %"
+			    PRIu64 " bytes queued)", sub->sub_name, why,
+			    sub->sub_peer, sub->sub_pos, sub->sub_bytes_queued);
+		else
+			log_limited(&sub_refusals, LOG_LEVEL_INFO, "%s: %s "
+			    "(peer %s)", sub->sub_name, why, sub->sub_peer);
+	}
+	if (sub->sub_waiting) {
+		TAILQ_REMOVE(&fo->fo_waiting, sub, sub_wentry);
+		sub->sub_waiting = 0;
+	}
+	if (sub->sub_state == SUB_STREAM) {
+		fo->fo_nsubs--;
+		TAILQ_REMOVE(&fo->fo_subs, sub, sub_entry);
+	} else
+		TAILQ_REMOVE(&fo->fo_pending, sub, sub_entry);
+	sub->sub_state = SUB_DEAD;
+	bufferevent_disable(sub->sub_bev, EV_READ | EV_WRITE);
+	TAILQ_INSERT_TAIL(&fo->fo_closing, sub, sub_entry);
+	event_active(fo->fo_reaper, 0, 0);
+}
+
+void
+subscriber_free(struct subscriber *sub)
+{
+	if (sub->sub_has_span)
+		segstore_unpin(relay->r_store, sub->sub_span.sp_pin);
+	if (sub->sub_timer != NULL)
+		event_free(sub->sub_timer);
+	if (sub->sub_bev != NULL)
+		bufferevent_free(sub->sub_bev);
+	if (sub->sub_zc != NULL)
+		ZSTD_freeCCtx(sub->sub_zc);
+	free(sub);
+}

@@ -1,0 +1,62 @@
+/*
+ * subscriber.h: one downstream connection: the handshake, the cursor, the
+ * refill from the tail or the segment files, the lag policy, the one close
+ * path.
+ */
+#ifndef WALRELAY_SUBSCRIBER_H
+#define WALRELAY_SUBSCRIBER_H
+
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "handshake.h"
+#include "segment.h"
+
+struct bufferevent;
+struct event;
+struct fanout;
+
+enum subscriber_state {
+	SUB_HANDSHAKE,
+	SUB_STREAM,
+	SUB_FLUSH,	/* a reply or error is being written, then close */
+	SUB_DEAD,	/* closed, waiting to be freed from the loop */
+};
+
+struct subscriber {
+	uint64_t		 sub_id;
+	char			 sub_name[24];	/* "sub-42" */
+	char			 sub_peer[64];
+	struct bufferevent	*sub_bev;
+	int			 sub_state;
+	int			 sub_resuming;	/* FCWAL-SUB/1 */
+	int			 sub_zstd;
+	void			*sub_zc;	/* ZSTD_CCtx */
+	struct handshake	 sub_hs;
+	struct event		*sub_timer;	/* auth deadline, flush deadline */
+	uint64_t		 sub_start;	/* first frame it asked for */
+	uint64_t		 sub_pos;	/* next frame to queue */
+	uint64_t		 sub_bytes_queued;
+	uint64_t		 sub_connected_ms;
+	int			 sub_waiting;	/* on fo_waiting */
+	int			 sub_on_disk;	/* reading segment files */
+	/* a segment span being read piecewise (TLS, zstd) */
+	struct segment_span	 sub_span;
+	uint64_t		 sub_span_done;	/* bytes of the span queued */
+	int			 sub_has_span;
+	TAILQ_ENTRY(subscriber)	 sub_entry;	/* fo_subs, fo_pending, fo_closing */
+	TAILQ_ENTRY(subscriber)	 sub_wentry;	/* fo_waiting */
+};
+
+/* Accept a connection on the subscriber port. */
+void	subscriber_accept(struct fanout *, int fd, struct sockaddr *, int);
+/* Queue frames up to the high watermark. */
+void	subscriber_refill(struct subscriber *);
+/* The one close path: log, count, unlink; freed later from the loop. */
+void	subscriber_close(struct subscriber *, const char *, ...)
+	    __attribute__((format(printf, 2, 3)));
+void	subscriber_free(struct subscriber *);
+/* Frames the subscriber is behind the newest sendable frame. */
+uint64_t subscriber_lag(const struct subscriber *);
+
+#endif

@@ -1,0 +1,276 @@
+/*
+ * tls.c: OpenSSL 3 contexts and bufferevent_openssl connections.
+ */
+#include "autoconfig.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "log.h"
+#include "tls.h"
+
+/* TLS 1.2 ciphers: forward secret AEAD only. TLS 1.3 uses its defaults. */
+#define TLS_CIPHERS_12	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:" \
+			"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:" \
+			"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+
+struct tls_ctx {
+	SSL_CTX		*t_ctx;
+	int		 t_server;
+	char		*t_server_name;
+};
+
+static void
+ssl_errstr(const char *what, const char *file, char *errbuf, size_t errlen)
+{
+	unsigned long e = ERR_get_error();
+	char reason[256];
+
+	if (e != 0)
+		ERR_error_string_n(e, reason, sizeof(reason));
+	else
+		snprintf(reason, sizeof(reason), "unknown error");
+	ERR_clear_error();
+	snprintf(errbuf, errlen, "%s%s%s: %s", what, file ? " " : "",
+	    file ? file : "", reason);
+}
+
+static SSL_CTX *
+tls_build(const struct tls_files *tf, int server, char *errbuf, size_t errlen)
+{
+	SSL_CTX *ctx;
+
+	ERR_clear_error();
+	ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+	if (ctx == NULL) {
+		ssl_errstr("TLS context", NULL, errbuf, errlen);
+		return NULL;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION |
+	    SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+	/* never SSL_MODE_ENABLE_PARTIAL_WRITE with bufferevent_openssl */
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	if (SSL_CTX_set_cipher_list(ctx, TLS_CIPHERS_12) != 1) {
+		ssl_errstr("TLS ciphers", NULL, errbuf, errlen);
+		goto fail;
+	}
+	if (tf->tf_cert != NULL &&
+	    SSL_CTX_use_certificate_chain_file(ctx, tf->tf_cert) != 1) {
+		ssl_errstr("TLS certificate", tf->tf_cert, errbuf, errlen);
+		goto fail;
+	}
+	if (tf->tf_key != NULL) {
+		if (SSL_CTX_use_PrivateKey_file(ctx, tf->tf_key,
+		    SSL_FILETYPE_PEM) != 1) {
+			ssl_errstr("TLS key", tf->tf_key, errbuf, errlen);
+			goto fail;
+		}
+		if (SSL_CTX_check_private_key(ctx) != 1) {
+			ssl_errstr("TLS key does not match the certificate",
+			    tf->tf_key, errbuf, errlen);
+			goto fail;
+		}
+	}
+	if (tf->tf_ca != NULL) {
+		if (SSL_CTX_load_verify_locations(ctx, tf->tf_ca, NULL) != 1) {
+			ssl_errstr("TLS CA", tf->tf_ca, errbuf, errlen);
+			goto fail;
+		}
+		if (server) {
+			STACK_OF(X509_NAME) *names;
+			if ((names = SSL_load_client_CA_file(tf->tf_ca)) != NULL)
+				SSL_CTX_set_client_CA_list(ctx, names);
+		}
+	} else if (!server && SSL_CTX_set_default_verify_paths(ctx) != 1) {
+		ssl_errstr("TLS system CA store", NULL, errbuf, errlen);
+		goto fail;
+	}
+	if (server) {
+		if (tf->tf_cert == NULL || tf->tf_key == NULL) {
+			snprintf(errbuf, errlen, "TLS on a listener needs "
+			    "--tls-cert and --tls-key");
+			goto fail;
+		}
+		if (tf->tf_verify_peer)
+			SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER |
+			    SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+		else
+			SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+		SSL_CTX_set_session_id_context(ctx,
+		    (const unsigned char *)"walrelay", 8);
+	} else
+		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	return ctx;
+fail:
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+static struct tls_ctx *
+tls_new(const struct tls_files *tf, int server, char *errbuf, size_t errlen)
+{
+	struct tls_ctx *t;
+
+	if ((t = calloc(1, sizeof(*t))) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		return NULL;
+	}
+	t->t_server = server;
+	if ((t->t_ctx = tls_build(tf, server, errbuf, errlen)) == NULL) {
+		free(t);
+		return NULL;
+	}
+	if (tf->tf_server_name != NULL &&
+	    (t->t_server_name = strdup(tf->tf_server_name)) == NULL) {
+		tls_free(t);
+		snprintf(errbuf, errlen, "out of memory");
+		return NULL;
+	}
+	return t;
+}
+
+struct tls_ctx *
+tls_server_new(const struct tls_files *tf, char *errbuf, size_t errlen)
+{
+	return tls_new(tf, 1, errbuf, errlen);
+}
+
+struct tls_ctx *
+tls_client_new(const struct tls_files *tf, char *errbuf, size_t errlen)
+{
+	return tls_new(tf, 0, errbuf, errlen);
+}
+
+int
+tls_reload(struct tls_ctx *t, const struct tls_files *tf, char *errbuf,
+    size_t errlen)
+{
+	SSL_CTX *ctx;
+	char *name = NULL;
+
+	if ((ctx = tls_build(tf, t->t_server, errbuf, errlen)) == NULL)
+		return -1;
+	if (tf->tf_server_name != NULL &&
+	    (name = strdup(tf->tf_server_name)) == NULL) {
+		SSL_CTX_free(ctx);
+		snprintf(errbuf, errlen, "out of memory");
+		return -1;
+	}
+	/* established connections hold their own reference to the old one */
+	SSL_CTX_free(t->t_ctx);
+	t->t_ctx = ctx;
+	free(t->t_server_name);
+	t->t_server_name = name;
+	return 0;
+}
+
+void
+tls_free(struct tls_ctx *t)
+{
+	if (t == NULL)
+		return;
+	SSL_CTX_free(t->t_ctx);
+	free(t->t_server_name);
+	free(t);
+}
+
+struct bufferevent *
+tls_bev_accepted(struct event_base *base, struct tls_ctx *t, int fd)
+{
+	struct bufferevent *bev;
+	SSL *ssl;
+
+	if ((ssl = SSL_new(t->t_ctx)) == NULL)
+		return NULL;
+	bev = bufferevent_openssl_socket_new(base, fd, ssl,
+	    BUFFEREVENT_SSL_ACCEPTING,
+	    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+	if (bev == NULL) {
+		SSL_free(ssl);
+		return NULL;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	return bev;
+}
+
+struct bufferevent *
+tls_bev_connect(struct event_base *base, struct tls_ctx *t)
+{
+	struct bufferevent *bev;
+	SSL *ssl;
+
+	if ((ssl = SSL_new(t->t_ctx)) == NULL)
+		return NULL;
+	if (t->t_server_name != NULL) {
+		/* SNI, and the certificate must name this host */
+		SSL_set_tlsext_host_name(ssl, t->t_server_name);
+		if (SSL_set1_host(ssl, t->t_server_name) != 1) {
+			SSL_free(ssl);
+			return NULL;
+		}
+		SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+	}
+	bev = bufferevent_openssl_socket_new(base, -1, ssl,
+	    BUFFEREVENT_SSL_CONNECTING,
+	    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+	if (bev == NULL) {
+		SSL_free(ssl);
+		return NULL;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	return bev;
+}
+
+int
+tls_bev_is_tls(struct bufferevent *bev)
+{
+	return bufferevent_openssl_get_ssl(bev) != NULL;
+}
+
+const char *
+tls_bev_error(struct bufferevent *bev, char *buf, size_t len)
+{
+	unsigned long e;
+	SSL *ssl;
+
+	if ((ssl = bufferevent_openssl_get_ssl(bev)) == NULL)
+		return NULL;
+	if ((e = bufferevent_get_openssl_error(bev)) == 0)
+		return NULL;
+	ERR_error_string_n(e, buf, len);
+	{
+		long vr = SSL_get_verify_result(ssl);
+		size_t n = strlen(buf);
+		if (vr != X509_V_OK && n < len)
+			snprintf(buf + n, len - n, " (certificate: %s)",
+			    X509_verify_cert_error_string(vr));
+	}
+	/* drain the rest of this connection's queue */
+	while (bufferevent_get_openssl_error(bev) != 0)
+		;
+	return buf;
+}
+
+int
+tls_bev_peer(struct bufferevent *bev, char *buf, size_t len)
+{
+	SSL *ssl;
+	X509 *cert;
+
+	if ((ssl = bufferevent_openssl_get_ssl(bev)) == NULL ||
+	    (cert = SSL_get1_peer_certificate(ssl)) == NULL)
+		return -1;
+	X509_NAME_oneline(X509_get_subject_name(cert), buf, (int)len);
+	X509_free(cert);
+	return 0;
+}

@@ -1,0 +1,45 @@
+/*
+ * tls.h: TLS contexts for the listeners (server) and the pull connection
+ * (client). The only module that includes OpenSSL headers.
+ *
+ * A context can be reloaded: a new SSL_CTX is built from the files and
+ * swapped in only if everything loads; connections already established
+ * keep the context they started with.
+ */
+#ifndef WALRELAY_TLS_H
+#define WALRELAY_TLS_H
+
+#include <stddef.h>
+
+struct tls_ctx;
+struct bufferevent;
+struct event_base;
+
+struct tls_files {
+	const char	*tf_cert;	/* PEM chain; server: required */
+	const char	*tf_key;
+	const char	*tf_ca;		/* verify the peer against this */
+	int		 tf_verify_peer; /* server: require a client cert */
+	const char	*tf_server_name; /* client: SNI and host check */
+};
+
+struct tls_ctx	*tls_server_new(const struct tls_files *, char *errbuf,
+		    size_t errlen);
+struct tls_ctx	*tls_client_new(const struct tls_files *, char *errbuf,
+		    size_t errlen);
+/* Rebuild from the files; on failure keep the old context, return -1. */
+int		 tls_reload(struct tls_ctx *, const struct tls_files *,
+		    char *errbuf, size_t errlen);
+void		 tls_free(struct tls_ctx *);
+
+/* bufferevents over TLS (socket mode, deferred callbacks). */
+struct bufferevent *tls_bev_accepted(struct event_base *, struct tls_ctx *,
+		    int fd);
+struct bufferevent *tls_bev_connect(struct event_base *, struct tls_ctx *);
+int		 tls_bev_is_tls(struct bufferevent *);
+/* The TLS error behind a failed bufferevent, or NULL. */
+const char	*tls_bev_error(struct bufferevent *, char *buf, size_t len);
+/* Subject of the peer's certificate, if any. */
+int		 tls_bev_peer(struct bufferevent *, char *buf, size_t len);
+
+#endif

@@ -1,0 +1,765 @@
+/*
+ * upstream.c: the ingest listener and the pull client.
+ *
+ * One publisher at a time. Bytes are read into an unpublished chunk, the
+ * whole frames in it are validated in place, and each read hands the run of
+ * whole frames to the segment writer and the shared tail as one chunk; a
+ * partial frame at the end moves into the next chunk. A bad frame closes
+ * the connection: everything before it is stored, nothing from it on.
+ */
+#include "autoconfig.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "auth.h"
+#include "fanout.h"
+#include "fcw2.h"
+#include "handshake.h"
+#include "log.h"
+#include "net.h"
+#include "relay.h"
+#include "upstream.h"
+
+enum upconn_state {
+	UC_HANDSHAKE,	/* waiting for the auth line (or the first frame) */
+	UC_REPLY,	/* pull from a relay: waiting for FCWAL-OK/1 */
+	UC_STREAM,	/* frames */
+};
+
+struct upconn {
+	uint64_t		 uc_id;
+	char			 uc_name[24];	/* "up-3", "pull-4" */
+	char			 uc_peer[64];
+	struct bufferevent	*uc_bev;
+	int			 uc_state;
+	int			 uc_pull;
+	struct handshake	 uc_hs;
+	struct event		*uc_timer;	/* auth deadline */
+	struct chunk		*uc_chunk;	/* unpublished: validated + partial */
+	size_t			 uc_checked;	/* validated bytes of uc_chunk */
+	uint32_t		 uc_nframes;	/* frames in [0, uc_checked) */
+	uint64_t		 uc_offset;	/* stream offset of uc_chunk[0] */
+	uint64_t		 uc_frames;	/* frames stored from this conn */
+	uint64_t		 uc_connected_ms;
+	TAILQ_ENTRY(upconn)	 uc_entry;
+};
+TAILQ_HEAD(upconn_list, upconn);
+
+struct upstream {
+	struct net_listener	*u_listener;
+	struct upconn_list	 u_pending;	/* accepted, not yet publishing */
+	struct upconn		*u_publisher;	/* the one that streams */
+	struct fcw2_checker	 u_chk;
+	int			 u_paused;
+	int			 u_stopped;
+	/* pull */
+	struct event		*u_retry;
+	unsigned		 u_attempt;
+	uint64_t		 u_last_frame_ms;
+};
+
+static void	upconn_close(struct upconn *, const char *, ...)
+		    WR_PRINTF(2, 3);
+static void	upconn_read_cb(struct bufferevent *, void *);
+static void	upconn_event_cb(struct bufferevent *, short, void *);
+static void	pull_schedule(struct upstream *);
+static void	pull_connect(struct upstream *);
+static void	upconn_pull_connected(struct upconn *);
+
+static struct log_ratelimit up_refusals = LOG_RATELIMIT_INIT(10, 10);
+
+static struct upstream *U;
+
+/* ---- the data path --------------------------------------------------- */
+
+/*
+ * Hand the validated frames of the connection's chunk to the store and the
+ * tail. The partial frame after them (if any) moves into a fresh chunk.
+ */
+static int
+upconn_publish(struct upconn *uc)
+{
+	struct chunk *ch = uc->uc_chunk, *rest;
+	size_t tail = ch->ch_len - uc->uc_checked;
+	size_t cap;
+
+	if (uc->uc_nframes == 0)
+		return 0;
+	rest = NULL;
+	if (tail > 0) {
+		cap = tail > 65536 ? tail : 65536;
+		if (tail >= FCW2_HEADER_LEN) {
+			size_t need = fcw2_frame_len(ch->ch_data + uc->uc_checked);
+			if (need > cap)
+				cap = need;
+		}
+		if ((rest = chunk_new(cap)) == NULL)
+			return -1;
+		memcpy(rest->ch_data, ch->ch_data + uc->uc_checked, tail);
+		rest->ch_len = tail;
+	}
+	ch->ch_len = uc->uc_checked;
+	ch->ch_nframes = uc->uc_nframes;
+	segstore_append(relay->r_store, ch);
+	fanout_publish(relay->r_fan, ch);
+	relay->r_stats.up_frames += ch->ch_nframes;
+	relay->r_stats.up_bytes += ch->ch_len;
+	uc->uc_frames += ch->ch_nframes;
+	uc->uc_offset += ch->ch_len;
+	U->u_last_frame_ms = relay_now_ms();
+	chunk_unref(ch);
+
+	uc->uc_chunk = rest;
+	uc->uc_checked = 0;
+	uc->uc_nframes = 0;
+	return 0;
+}
+
+/* Validate whatever whole frames the chunk now holds. */
+static int
+upconn_check(struct upconn *uc, size_t *need)
+{
+	struct chunk *ch = uc->uc_chunk;
+	size_t flen;
+	int rc;
+
+	*need = 0;
+	while (uc->uc_checked < ch->ch_len) {
+		rc = fcw2_check(&U->u_chk, ch->ch_data + uc->uc_checked,
+		    ch->ch_len - uc->uc_checked, &flen, NULL);
+		if (rc == FCW2_NEED_MORE) {
+			*need = flen;
+			return 0;
+		}
+		if (rc != FCW2_OK)
+			return rc;
+		uc->uc_checked += flen;
+		uc->uc_nframes++;
+	}
+	return 0;
+}
+
+/* Make room in the connection's chunk for at least `want` more bytes. */
+static int
+upconn_reserve(struct upconn *uc, size_t want, size_t need)
+{
+	struct chunk *ch = uc->uc_chunk;
+	size_t cap;
+	uint8_t *nd;
+
+	if (ch == NULL) {
+		cap = want > 65536 ? want : 65536;
+		if ((uc->uc_chunk = chunk_new(cap)) == NULL)
+			return -1;
+		return 0;
+	}
+	if (ch->ch_cap - ch->ch_len >= want && ch->ch_cap >= need)
+		return 0;
+	cap = ch->ch_len + want;
+	if (cap < need)
+		cap = need;
+	if (cap < ch->ch_cap * 2 && ch->ch_cap * 2 <= UPSTREAM_READ_MAX * 2)
+		cap = ch->ch_cap * 2;
+	if ((nd = realloc(ch->ch_data, cap)) == NULL)
+		return -1;
+	/* unpublished: nobody else holds it, the live counter follows */
+	chunk_resized(ch, nd, cap);
+	return 0;
+}
+
+/* Returns 0, or -1 when the connection was closed (and freed). */
+static int
+upconn_ingest(struct upconn *uc)
+{
+	struct evbuffer *in = bufferevent_get_input(uc->uc_bev);
+	size_t avail, need = 0;
+	int rc, n;
+
+	while ((avail = evbuffer_get_length(in)) > 0) {
+		if (upconn_reserve(uc, avail, need) == -1) {
+			upconn_close(uc, "out of memory buffering %zu bytes",
+			    avail);
+			return -1;
+		}
+		n = evbuffer_remove(in, uc->uc_chunk->ch_data +
+		    uc->uc_chunk->ch_len, uc->uc_chunk->ch_cap -
+		    uc->uc_chunk->ch_len);
+		if (n <= 0)
+			break;
+		uc->uc_chunk->ch_len += (size_t)n;
+		if ((rc = upconn_check(uc, &need)) != 0) {
+			uint64_t off = uc->uc_offset + uc->uc_checked;
+
+			relay->r_stats.up_bad_frames++;
+			/* keep the frames before it, drop it and the rest */
+			uc->uc_chunk->ch_len = uc->uc_checked;
+			(void)upconn_publish(uc);
+			upconn_close(uc, "bad frame at byte %" PRIu64 " of the "
+			    "connection: %s; closed it, %" PRIu64 " frames "
+			    "before it are stored, nothing after", off,
+			    fcw2_strerror(rc), uc->uc_frames);
+			return -1;
+		}
+	}
+	if (upconn_publish(uc) == -1) {
+		upconn_close(uc, "out of memory");
+		return -1;
+	}
+	upstream_flow(U);
+	return 0;
+}
+
+/* ---- connections ----------------------------------------------------- */
+
+static void
+upconn_free(struct upconn *uc)
+{
+	if (uc->uc_timer != NULL)
+		event_free(uc->uc_timer);
+	if (uc->uc_bev != NULL)
+		bufferevent_free(uc->uc_bev);
+	if (uc->uc_chunk != NULL)
+		chunk_unref(uc->uc_chunk);
+	free(uc);
+}
+
+/* The one close path: logs why, drops a partial frame, frees. */
+static void
+upconn_close(struct upconn *uc, const char *fmt, ...)
+{
+	char why[512];
+	va_list ap;
+	int was_pull = uc->uc_pull;
+
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+
+	if (uc->uc_chunk != NULL && uc->uc_chunk->ch_len > uc->uc_checked) {
+		relay->r_stats.up_partial_dropped++;
+		log_info("%s: dropped a partial frame of %zu bytes at close",
+		    uc->uc_name, uc->uc_chunk->ch_len - uc->uc_checked);
+	}
+	if (uc == U->u_publisher) {
+		U->u_publisher = NULL;
+		log_warnx("%s: %s (peer %s, %" PRIu64 " frames stored)",
+		    uc->uc_name, why, uc->uc_peer, uc->uc_frames);
+	} else {
+		TAILQ_REMOVE(&U->u_pending, uc, uc_entry);
+		log_limited(&up_refusals, LOG_LEVEL_WARN, "%s: %s (peer %s)",
+		    uc->uc_name, why, uc->uc_peer);
+	}
+	upconn_free(uc);
+	if (was_pull && !U->u_stopped)
+		pull_schedule(U);
+}
+
+/* This connection now streams; the previous publisher is replaced. */
+static void
+upconn_promote(struct upconn *uc)
+{
+	struct upconn *old = U->u_publisher;
+
+	TAILQ_REMOVE(&U->u_pending, uc, uc_entry);
+	if (uc->uc_timer != NULL) {
+		event_free(uc->uc_timer);
+		uc->uc_timer = NULL;
+	}
+	U->u_publisher = NULL;
+	if (old != NULL) {
+		relay->r_stats.up_replaced++;
+		TAILQ_INSERT_TAIL(&U->u_pending, old, uc_entry);
+		upconn_close(old, "replaced by %s", uc->uc_name);
+	}
+	U->u_publisher = uc;
+	uc->uc_state = UC_STREAM;
+	log_info("%s: publisher %s streaming, next sequence %" PRIu64,
+	    uc->uc_name, uc->uc_peer, segstore_next(relay->r_store));
+	if (U->u_paused)
+		bufferevent_disable(uc->uc_bev, EV_READ);
+}
+
+static int
+publish_required(void)
+{
+	return relay->r_tokens != NULL &&
+	    relay->r_tokens->at_publish.ts_count > 0;
+}
+
+/* Ingest: the optional auth line, then frames. */
+static void
+upconn_handshake(struct upconn *uc)
+{
+	struct evbuffer *in = bufferevent_get_input(uc->uc_bev);
+	struct handshake_req req;
+	unsigned char peek[5];
+	char err[128];
+	size_t have, used;
+	int rc;
+
+	have = evbuffer_copyout(in, peek, sizeof(peek));
+	if (uc->uc_hs.hs_len == 0) {
+		/* "FCW2..." is a frame, "FCWAL-..." the auth line */
+		size_t m = have < 4 ? have : 4;
+		if (memcmp(peek, "FCW2", m) == 0 && memcmp(peek, "FCWA",
+		    m) != 0) {
+			if (publish_required()) {
+				relay->r_stats.up_rejected_auth++;
+				upconn_close(uc, "refused: frames without the "
+				    "auth line, and publish tokens are "
+				    "configured");
+				return;
+			}
+			upconn_promote(uc);
+			upconn_ingest(uc);
+			return;
+		}
+		if (m < 4)
+			return;	/* cannot tell yet */
+		if (memcmp(peek, "FCWAL", have < 5 ? have : 5) != 0) {
+			relay->r_stats.up_rejected_auth++;
+			upconn_close(uc, "refused: neither an auth line nor an "
+			    "FCW2 frame");
+			return;
+		}
+	}
+	while ((have = evbuffer_get_length(in)) > 0) {
+		unsigned char buf[1024];
+		size_t n = evbuffer_copyout(in, buf, sizeof(buf));
+
+		rc = handshake_feed(&uc->uc_hs, buf, n, &used);
+		evbuffer_drain(in, used);
+		if (rc == HANDSHAKE_NEED_MORE)
+			continue;
+		if (rc == HANDSHAKE_TOO_LONG) {
+			relay->r_stats.up_rejected_auth++;
+			upconn_close(uc, "refused: auth line longer than 1023 "
+			    "bytes");
+			return;
+		}
+		break;
+	}
+	if (!handshake_done(&uc->uc_hs))
+		return;
+	if (handshake_parse(&uc->uc_hs, &req, err, sizeof(err)) == -1 ||
+	    req.hr_kind != HANDSHAKE_AUTH) {
+		relay->r_stats.up_rejected_auth++;
+		upconn_close(uc, "refused: not an auth line (%s)",
+		    req.hr_kind == HANDSHAKE_SUB ? "FCWAL-SUB/1 is for the "
+		    "subscriber port" : err);
+		return;
+	}
+	if (publish_required() && !tokenset_match(&relay->r_tokens->at_publish,
+	    req.hr_token, req.hr_token_len)) {
+		relay->r_stats.up_rejected_auth++;
+		upconn_close(uc, "refused: token is not a publish token");
+		return;
+	}
+	upconn_promote(uc);
+	upconn_ingest(uc);
+}
+
+/* Pull from a relay: the reply line, then frames from our next sequence. */
+static void
+upconn_reply(struct upconn *uc)
+{
+	struct evbuffer *in = bufferevent_get_input(uc->uc_bev);
+	struct handshake_reply rep;
+	char err[160];
+	size_t used;
+	int rc;
+
+	while (evbuffer_get_length(in) > 0 && !handshake_done(&uc->uc_hs)) {
+		unsigned char buf[1024];
+		size_t n = evbuffer_copyout(in, buf, sizeof(buf));
+
+		rc = handshake_feed(&uc->uc_hs, buf, n, &used);
+		evbuffer_drain(in, used);
+		if (rc == HANDSHAKE_TOO_LONG) {
+			upconn_close(uc, "upstream reply longer than 1023 bytes");
+			return;
+		}
+	}
+	if (!handshake_done(&uc->uc_hs))
+		return;
+	if (handshake_parse_reply(&uc->uc_hs, &rep, err, sizeof(err)) == -1) {
+		upconn_close(uc, "upstream replied with something else than "
+		    "FCWAL-OK/1 or FCWAL-ERR/1: %s", err);
+		return;
+	}
+	if (!rep.hp_ok) {
+		log_error("%s: upstream refused: %s %s", uc->uc_name,
+		    rep.hp_code, rep.hp_text);
+		upconn_close(uc, "upstream refused the subscription");
+		return;
+	}
+	if (segstore_next(relay->r_store) == 0) {
+		if (segstore_adopt(relay->r_store, rep.hp_epoch,
+		    rep.hp_start) == -1) {
+			upconn_close(uc, "cannot adopt the upstream's position");
+			return;
+		}
+		log_info("%s: adopted upstream epoch %016" PRIx64 " starting at "
+		    "sequence %" PRIu64, uc->uc_name, rep.hp_epoch,
+		    rep.hp_start);
+	} else if (rep.hp_start != segstore_next(relay->r_store) ||
+	    rep.hp_epoch != segstore_epoch(relay->r_store)) {
+		log_error("%s: upstream would start at %" PRIu64 " epoch %016"
+		    PRIx64 ", this relay is at %" PRIu64 " epoch %016" PRIx64,
+		    uc->uc_name, rep.hp_start, rep.hp_epoch,
+		    segstore_next(relay->r_store),
+		    segstore_epoch(relay->r_store));
+		upconn_close(uc, "position mismatch with the upstream");
+		return;
+	}
+	uc->uc_state = UC_STREAM;
+	U->u_attempt = 0;
+	log_info("%s: streaming from %s at sequence %" PRIu64 " (upstream "
+	    "earliest %" PRIu64 ", next %" PRIu64 ")", uc->uc_name, uc->uc_peer,
+	    rep.hp_start, rep.hp_earliest, rep.hp_next);
+	upconn_ingest(uc);
+}
+
+static void
+upconn_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct upconn *uc = arg;
+
+	switch (uc->uc_state) {
+	case UC_HANDSHAKE:
+		upconn_handshake(uc);
+		break;
+	case UC_REPLY:
+		upconn_reply(uc);
+		break;
+	case UC_STREAM:
+		upconn_ingest(uc);
+		break;
+	}
+}
+
+static void
+upconn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct upconn *uc = arg;
+
+	if (what & BEV_EVENT_CONNECTED) {
+		upconn_pull_connected(uc);
+		return;
+	}
+	if (what & BEV_EVENT_EOF) {
+		/* take whatever arrived before the end */
+		if (uc->uc_state == UC_STREAM && upconn_ingest(uc) == -1)
+			return;
+		upconn_close(uc, "connection closed by peer");
+	} else if (what & BEV_EVENT_ERROR) {
+		const char *e = net_bev_error(bev);
+		if (uc->uc_pull && uc->uc_state == UC_HANDSHAKE)
+			relay->r_stats.up_connect_failures++;
+		upconn_close(uc, "connection error: %s", e);
+	}
+}
+
+static void
+upconn_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct upconn *uc = arg;
+
+	relay->r_stats.up_rejected_auth++;
+	upconn_close(uc, "refused: no auth line within %u ms",
+	    relay->r_cfg->auth_timeout_ms);
+}
+
+static struct upconn *
+upconn_new(struct bufferevent *bev, const char *peer, int pull)
+{
+	struct upconn *uc;
+
+	if ((uc = calloc(1, sizeof(*uc))) == NULL)
+		return NULL;
+	uc->uc_id = relay_conn_id();
+	snprintf(uc->uc_name, sizeof(uc->uc_name), "%s-%" PRIu64,
+	    pull ? "pull" : "up", uc->uc_id);
+	snprintf(uc->uc_peer, sizeof(uc->uc_peer), "%s", peer);
+	uc->uc_bev = bev;
+	uc->uc_pull = pull;
+	uc->uc_connected_ms = relay_now_ms();
+	handshake_init(&uc->uc_hs);
+	TAILQ_INSERT_TAIL(&U->u_pending, uc, uc_entry);
+	bufferevent_setcb(bev, upconn_read_cb, NULL, upconn_event_cb, uc);
+	bufferevent_set_max_single_read(bev, UPSTREAM_READ_MAX);
+	return uc;
+}
+
+static void
+ingest_accept_cb(int fd, struct sockaddr *sa, int salen, void *arg)
+{
+	struct bufferevent *bev;
+	struct upconn *uc;
+	char peer[64];
+
+	relay_addr_str(sa, peer, sizeof(peer));
+	if (U->u_stopped || (bev = net_bev_accepted(fd,
+	    relay->r_cfg->tls_ingest ? relay->r_tls : NULL)) ==
+	    NULL) {
+		evutil_closesocket(fd);
+		return;
+	}
+	if ((uc = upconn_new(bev, peer, 0)) == NULL) {
+		bufferevent_free(bev);
+		return;
+	}
+	relay->r_stats.up_connections++;
+	log_debug("%s: accepted %s on the ingest port", uc->uc_name, peer);
+	if (publish_required()) {
+		struct timeval tv;
+
+		tv.tv_sec = relay->r_cfg->auth_timeout_ms / 1000;
+		tv.tv_usec = (relay->r_cfg->auth_timeout_ms % 1000) * 1000;
+		uc->uc_timer = evtimer_new(relay->r_base, upconn_timeout_cb, uc);
+		if (uc->uc_timer != NULL)
+			evtimer_add(uc->uc_timer, &tv);
+	}
+	if (U->u_paused)
+		bufferevent_disable(bev, EV_READ);
+	bufferevent_enable(bev, EV_READ);
+}
+
+/* ---- pull ------------------------------------------------------------ */
+
+static void
+pull_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	pull_connect(arg);
+}
+
+static void
+pull_schedule(struct upstream *u)
+{
+	struct wr_config *cfg = relay->r_cfg;
+	uint64_t delay = cfg->upstream_backoff_min_ms;
+	uint32_t r = 0;
+	struct timeval tv;
+
+	for (unsigned i = 0; i < u->u_attempt && delay < cfg->upstream_backoff_max_ms; i++)
+		delay *= 2;
+	if (delay > cfg->upstream_backoff_max_ms)
+		delay = cfg->upstream_backoff_max_ms;
+	/* jitter: between half and all of the delay */
+	(void)getrandom(&r, sizeof(r), GRND_NONBLOCK);
+	delay = delay / 2 + (delay / 2 + 1) * (r % 1000) / 1000;
+	u->u_attempt++;
+	tv.tv_sec = delay / 1000;
+	tv.tv_usec = (delay % 1000) * 1000;
+	log_info("pull: reconnecting to %s in %" PRIu64 " ms (attempt %u)",
+	    cfg->upstream, delay, u->u_attempt);
+	evtimer_add(u->u_retry, &tv);
+}
+
+static void
+pull_connect(struct upstream *u)
+{
+	struct sockaddr_storage ss;
+	socklen_t sslen;
+	struct bufferevent *bev;
+	struct upconn *uc;
+	char err[256];
+
+	if (u->u_stopped)
+		return;
+	if (relay_addr_parse(relay->r_cfg->upstream, &ss, &sslen, err,
+	    sizeof(err)) == -1) {
+		log_warnx("pull: %s", err);
+		relay->r_stats.up_connect_failures++;
+		pull_schedule(u);
+		return;
+	}
+	if ((bev = net_bev_connect(relay->r_upstream_tls,
+	    relay->r_cfg->upstream_tls_server_name)) == NULL) {
+		pull_schedule(u);
+		return;
+	}
+	if ((uc = upconn_new(bev, relay->r_cfg->upstream, 1)) == NULL) {
+		bufferevent_free(bev);
+		pull_schedule(u);
+		return;
+	}
+	relay->r_stats.up_reconnects++;
+	if (bufferevent_socket_connect(bev, (struct sockaddr *)&ss,
+	    (int)sslen) == -1) {
+		relay->r_stats.up_connect_failures++;
+		upconn_close(uc, "cannot connect: %s",
+		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		return;
+	}
+}
+
+static void
+upconn_pull_connected(struct upconn *uc)
+{
+	struct evbuffer *out = bufferevent_get_output(uc->uc_bev);
+	const char *tok = auth_upstream_token(relay->r_tokens);
+	struct segstore *ss = relay->r_store;
+
+	if (relay->r_cfg->upstream_protocol == UPSTREAM_PROTO_AUTH) {
+		evbuffer_add_printf(out, "FCWAL-AUTH/1 %s\n", tok ? tok : "");
+		TAILQ_REMOVE(&U->u_pending, uc, uc_entry);
+		U->u_publisher = uc;
+		uc->uc_state = UC_STREAM;
+		U->u_attempt = 0;
+		log_info("%s: connected to cache %s, live from the next frame "
+		    "it writes (gaps while disconnected cannot be detected)",
+		    uc->uc_name, uc->uc_peer);
+	} else {
+		if (segstore_next(ss) == 0)
+			evbuffer_add_printf(out, "FCWAL-SUB/1 %s earliest\n",
+			    tok ? tok : "-");
+		else
+			evbuffer_add_printf(out, "FCWAL-SUB/1 %s %" PRIu64
+			    " epoch=%016" PRIx64 "\n", tok ? tok : "-",
+			    segstore_next(ss), segstore_epoch(ss));
+		TAILQ_REMOVE(&U->u_pending, uc, uc_entry);
+		U->u_publisher = uc;
+		uc->uc_state = UC_REPLY;
+		log_info("%s: connected to relay %s, asking from sequence %"
+		    PRIu64, uc->uc_name, uc->uc_peer, segstore_next(ss));
+	}
+	if (U->u_paused)
+		bufferevent_disable(uc->uc_bev, EV_READ);
+	else
+		bufferevent_enable(uc->uc_bev, EV_READ);
+}
+
+/* ---- flow control, life cycle ---------------------------------------- */
+
+void
+upstream_flow(struct upstream *u)
+{
+	struct segstore_state st;
+	struct wr_config *cfg = relay->r_cfg;
+	int pause;
+
+	segstore_poll(relay->r_store, &st);
+	if (!u->u_paused)
+		pause = st.ss_error != 0 ||
+		    st.ss_pending_bytes > cfg->ingest_pause_bytes;
+	else
+		pause = st.ss_error != 0 ||
+		    st.ss_pending_bytes > cfg->ingest_resume_bytes;
+	if (pause == u->u_paused)
+		return;
+	u->u_paused = pause;
+	if (pause) {
+		relay->r_stats.up_paused++;
+		if (st.ss_error)
+			log_warnx("upstream: paused reading: storage error "
+			    "(%s); resumes when the disk recovers",
+			    strerror(st.ss_error));
+		else
+			log_info("upstream: paused reading: %zu bytes waiting "
+			    "for the disk", st.ss_pending_bytes);
+	} else
+		log_info("upstream: resumed reading");
+	if (u->u_publisher != NULL) {
+		if (pause)
+			bufferevent_disable(u->u_publisher->uc_bev, EV_READ);
+		else
+			bufferevent_enable(u->u_publisher->uc_bev, EV_READ);
+	}
+}
+
+struct upstream *
+upstream_new(char *errbuf, size_t errlen)
+{
+	struct wr_config *cfg = relay->r_cfg;
+	struct upstream *u;
+
+	if ((u = calloc(1, sizeof(*u))) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		return NULL;
+	}
+	U = u;
+	TAILQ_INIT(&u->u_pending);
+	fcw2_checker_init(&u->u_chk, cfg->max_frame_bytes, 1);
+	if (cfg->ingest != NULL && cfg->upstream != NULL)
+		log_info("ingest: listener not opened: this relay pulls from "
+		    "%s (one upstream at a time)", cfg->upstream);
+	else if (cfg->ingest != NULL) {
+		u->u_listener = net_listen(cfg->ingest, ingest_accept_cb, u,
+		    "ingest", errbuf, errlen);
+		if (u->u_listener == NULL)
+			goto fail;
+	}
+	if ((u->u_retry = evtimer_new(relay->r_base, pull_retry_cb, u)) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		goto fail;
+	}
+	if (cfg->upstream != NULL)
+		pull_connect(u);
+	return u;
+fail:
+	upstream_free(u);
+	return NULL;
+}
+
+void
+upstream_stop(struct upstream *u)
+{
+	struct upconn *uc;
+
+	u->u_stopped = 1;
+	if (u->u_listener != NULL) {
+		net_listener_free(u->u_listener);
+		u->u_listener = NULL;
+	}
+	if (u->u_retry != NULL)
+		evtimer_del(u->u_retry);
+	while ((uc = TAILQ_FIRST(&u->u_pending)) != NULL)
+		upconn_close(uc, "relay stopping");
+	if (u->u_publisher != NULL) {
+		/* keep every whole frame that already arrived */
+		if (upconn_ingest(u->u_publisher) == 0)
+			upconn_close(u->u_publisher, "relay stopping");
+	}
+}
+
+void
+upstream_free(struct upstream *u)
+{
+	if (u == NULL)
+		return;
+	upstream_stop(u);
+	if (u->u_retry != NULL)
+		event_free(u->u_retry);
+	fcw2_checker_free(&u->u_chk);
+	free(u);
+	U = NULL;
+}
+
+void
+upstream_status(const struct upstream *u, struct upstream_status *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->us_paused = u->u_paused;
+	st->us_pull = relay->r_cfg->upstream != NULL;
+	st->us_last_frame_ms = u->u_last_frame_ms;
+	if (u->u_publisher != NULL) {
+		st->us_connected = u->u_publisher->uc_state == UC_STREAM;
+		snprintf(st->us_peer, sizeof(st->us_peer), "%s",
+		    u->u_publisher->uc_peer);
+		snprintf(st->us_name, sizeof(st->us_name), "%s",
+		    u->u_publisher->uc_name);
+		st->us_conn_bytes = u->u_publisher->uc_offset +
+		    u->u_publisher->uc_checked;
+	}
+}

@@ -1,0 +1,37 @@
+/*
+ * upstream.h: where frames come from. The ingest listener (the cache's
+ * connect mode) and the pull client (a cache in listen mode, or another
+ * relay), both ending in: bytes -> fcw2 validation -> segment -> fanout.
+ */
+#ifndef WALRELAY_UPSTREAM_H
+#define WALRELAY_UPSTREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct upstream;
+struct wr_config;
+
+/* Bytes read from the socket in one go, and the chunk size they fill. */
+#define UPSTREAM_READ_MAX	(1024 * 1024)
+
+struct upstream	*upstream_new(char *errbuf, size_t errlen);
+void		 upstream_free(struct upstream *);
+/* Storage moved: pause or resume reading (two thresholds). */
+void		 upstream_flow(struct upstream *);
+/* Stop accepting and close every upstream connection (shutdown). */
+void		 upstream_stop(struct upstream *);
+
+/* For /v1/status and /metrics. */
+struct upstream_status {
+	int		 us_connected;	/* a publisher or pull connection streams */
+	int		 us_paused;	/* reading paused by flow control */
+	int		 us_pull;	/* pull mode */
+	char		 us_peer[64];
+	char		 us_name[24];
+	uint64_t	 us_conn_bytes;	/* bytes taken on the current connection */
+	uint64_t	 us_last_frame_ms;
+};
+void		 upstream_status(const struct upstream *, struct upstream_status *);
+
+#endif

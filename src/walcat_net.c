@@ -1,0 +1,753 @@
+/*
+ * walcat_net.c: `walcat produce` (acts as the cache's exporter in connect
+ * mode) and `walcat tail` (a subscriber that prints or saves frames).
+ */
+#include "autoconfig.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zstd.h>
+
+#include "fcw2.h"
+#include "scan.h"
+#include "segment.h"
+#include "walcat.h"
+
+#define PRODUCE_BATCH	(256 * 1024)
+
+static uint64_t
+now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t
+wall_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Connect to host:port; -1 with a message on failure. */
+static int
+dial(const char *addr, int quiet)
+{
+	char host[256], *port;
+	struct addrinfo hints, *res, *ai;
+	int fd = -1, rc, one = 1;
+
+	snprintf(host, sizeof(host), "%s", addr);
+	if (host[0] == '[') {
+		char *e = strchr(host, ']');
+		if (e == NULL || e[1] != ':')
+			goto bad;
+		*e = '\0';
+		port = e + 2;
+		memmove(host, host + 1, strlen(host));
+	} else {
+		if ((port = strrchr(host, ':')) == NULL)
+			goto bad;
+		*port++ = '\0';
+	}
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	if ((rc = getaddrinfo(host, port, &hints, &res)) != 0) {
+		if (!quiet)
+			fprintf(stderr, "walcat: %s: %s\n", addr,
+			    gai_strerror(rc));
+		return -1;
+	}
+	for (ai = res; ai != NULL; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+		    ai->ai_protocol);
+		if (fd == -1)
+			continue;
+		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+			break;
+		close(fd);
+		fd = -1;
+	}
+	if (fd == -1 && !quiet)
+		fprintf(stderr, "walcat: connect %s: %s\n", addr,
+		    strerror(errno));
+	freeaddrinfo(res);
+	if (fd != -1)
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
+		    sizeof(one));
+	return fd;
+bad:
+	fprintf(stderr, "walcat: %s: not an address (host:port)\n", addr);
+	return -1;
+}
+
+static int
+write_all(int fd, const void *p, size_t len, size_t *done)
+{
+	const uint8_t *b = p;
+	size_t off = 0;
+	ssize_t n;
+
+	while (off < len) {
+		n = send(fd, b + off, len - off, MSG_NOSIGNAL);
+		if (n == -1) {
+			if (errno == EINTR)
+				continue;
+			if (done)
+				*done = off;
+			return -1;
+		}
+		off += (size_t)n;
+	}
+	if (done)
+		*done = off;
+	return 0;
+}
+
+/* First line of a token file (trailing CR/LF and spaces stripped). */
+static int
+read_token(const char *path, char *tok, size_t len)
+{
+	FILE *f = fopen(path, "r");
+	size_t n;
+
+	if (f == NULL) {
+		fprintf(stderr, "walcat: %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	while (fgets(tok, (int)len, f) != NULL) {
+		n = strcspn(tok, "\r\n");
+		while (n > 0 && (tok[n - 1] == ' ' || tok[n - 1] == '\t'))
+			n--;
+		tok[n] = '\0';
+		if (n > 0 && tok[0] != '#') {
+			fclose(f);
+			return 0;
+		}
+	}
+	fclose(f);
+	fprintf(stderr, "walcat: %s: no token in the file\n", path);
+	return -1;
+}
+
+/* ---- produce ---------------------------------------------------------- */
+
+struct producer {
+	const char	*addr;
+	const char	*token;
+	unsigned	 backoff_ms;
+	int		 fd;
+	uint64_t	 reconnects;
+	uint64_t	 frames;
+	uint64_t	 bytes;
+	int		 quiet;
+};
+
+static void
+produce_sleep_ms(unsigned ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+
+	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+		;
+}
+
+static int
+producer_connect(struct producer *p)
+{
+	char line[1100];
+
+	for (;;) {
+		if ((p->fd = dial(p->addr, p->reconnects > 0)) != -1) {
+			if (p->token == NULL)
+				return 0;
+			snprintf(line, sizeof(line), "FCWAL-AUTH/1 %s\n",
+			    p->token);
+			if (write_all(p->fd, line, strlen(line), NULL) == 0)
+				return 0;
+			close(p->fd);
+			p->fd = -1;
+		}
+		/* the cache's exporter: fixed backoff, then again */
+		p->reconnects++;
+		produce_sleep_ms(p->backoff_ms);
+	}
+}
+
+/*
+ * Send a batch of whole frames. On a write error: close, wait the fixed
+ * backoff, reconnect, resend the auth line and then everything from the
+ * frame that failed (the whole frame, as the cache does).
+ */
+static void
+producer_send(struct producer *p, const uint8_t *buf, size_t len,
+    uint64_t nframes)
+{
+	size_t off = 0, done;
+
+	while (off < len) {
+		if (p->fd == -1)
+			(void)producer_connect(p);
+		if (write_all(p->fd, buf + off, len - off, &done) == 0) {
+			off = len;
+			break;
+		}
+		if (!p->quiet)
+			fprintf(stderr, "walcat: produce: write: %s; "
+			    "reconnecting in %u ms\n", strerror(errno),
+			    p->backoff_ms);
+		/* back up to the start of the frame that failed */
+		{
+			size_t pos = off, end = off + done, start = off;
+			while (pos < end) {
+				start = pos;
+				pos += fcw2_frame_len(buf + pos);
+			}
+			off = pos == end ? end : start;
+		}
+		close(p->fd);
+		p->fd = -1;
+		p->reconnects++;
+		produce_sleep_ms(p->backoff_ms);
+	}
+	p->frames += nframes;
+	p->bytes += len;
+}
+
+static void
+produce_usage(FILE *f)
+{
+	fprintf(f,
+"usage: walcat produce [options] ADDR\n"
+"  Act as the cache's WAL exporter in connect mode: connect to ADDR, send\n"
+"  the auth line (with --token-file), then FCW2 frames. On a write error,\n"
+"  wait a fixed backoff, reconnect and resend the whole frame that failed.\n"
+"options:\n"
+"  --token-file FILE   send FCWAL-AUTH/1 with the first token in FILE\n"
+"  --dir PATH          replay the frames of a segment file or directory\n"
+"  --count N           synthetic records to send (default 1000; 0: forever)\n"
+"  --value-bytes N     value size of synthetic SET records (default 100)\n"
+"  --key-bytes N       key size (default 16)\n"
+"  --rate N            frames per second (default 0: as fast as possible)\n"
+"  --compress          LZ4 payloads when strictly smaller, as the cache does\n"
+"  --random-values     incompressible values (default: compressible text)\n"
+"  --stamp             put the send time (CLOCK_REALTIME ns) in the first 8\n"
+"                      value bytes, for latency measurements\n"
+"  --seed N            seed of the synthetic data (default 1)\n"
+"  --backoff-ms N      reconnect backoff (default 100, as the cache)\n"
+"  --quiet             no summary on stderr\n");
+}
+
+static int
+produce_replay(struct producer *p, const char *path)
+{
+	struct stat st;
+	char **names = NULL, err[512], file[4096];
+	size_t n = 0;
+	uint8_t *batch;
+	int rc = 0;
+
+	if (stat(path, &st) == -1) {
+		fprintf(stderr, "walcat: %s: %s\n", path, strerror(errno));
+		return 3;
+	}
+	if (S_ISDIR(st.st_mode)) {
+		if (segment_list_dir(path, &names, &n, err, sizeof(err)) == -1) {
+			fprintf(stderr, "walcat: %s\n", err);
+			return 3;
+		}
+	} else {
+		if ((names = calloc(1, sizeof(*names))) == NULL ||
+		    (names[0] = strdup(path)) == NULL)
+			return 3;
+		n = 1;
+	}
+	if ((batch = malloc(PRODUCE_BATCH)) == NULL)
+		return 3;
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		struct scan sc;
+		struct scan_event ev;
+		size_t blen = 0;
+		uint64_t bframes = 0;
+		int fd;
+
+		if (S_ISDIR(st.st_mode))
+			snprintf(file, sizeof(file), "%s/%s", path, names[i]);
+		else
+			snprintf(file, sizeof(file), "%s", names[i]);
+		if ((fd = open(file, O_RDONLY | O_CLOEXEC)) == -1) {
+			fprintf(stderr, "walcat: %s: %s\n", file,
+			    strerror(errno));
+			rc = 3;
+			break;
+		}
+		scan_init(&sc, FCW2_DEFAULT_MAX_FRAME, 0, 0);
+		scan_start(&sc, fd);
+		for (;;) {
+			if (scan_next(&sc, &ev, err, sizeof(err)) == -1) {
+				fprintf(stderr, "walcat: %s: %s\n", file, err);
+				rc = 3;
+				break;
+			}
+			if (ev.ev_type != SCAN_FRAME) {
+				if (ev.ev_type != SCAN_END)
+					fprintf(stderr, "walcat: %s: stopped "
+					    "at byte %" PRIu64 ": not a whole "
+					    "valid frame\n", file,
+					    ev.ev_offset);
+				break;
+			}
+			if (blen + ev.ev_len > PRODUCE_BATCH && blen > 0) {
+				producer_send(p, batch, blen, bframes);
+				blen = 0;
+				bframes = 0;
+			}
+			if (ev.ev_len > PRODUCE_BATCH) {
+				producer_send(p, ev.ev_data, ev.ev_len, 1);
+				continue;
+			}
+			memcpy(batch + blen, ev.ev_data, ev.ev_len);
+			blen += ev.ev_len;
+			bframes++;
+		}
+		if (blen > 0)
+			producer_send(p, batch, blen, bframes);
+		scan_free(&sc);
+		close(fd);
+	}
+	free(batch);
+	segment_list_free(names, n);
+	return rc;
+}
+
+static uint64_t
+xorshift(uint64_t *s)
+{
+	uint64_t x = *s;
+
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *s = x;
+}
+
+int
+walcat_produce(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "token-file", required_argument, NULL, 't' },
+		{ "dir", required_argument, NULL, 'd' },
+		{ "count", required_argument, NULL, 'n' },
+		{ "value-bytes", required_argument, NULL, 'v' },
+		{ "key-bytes", required_argument, NULL, 'k' },
+		{ "rate", required_argument, NULL, 'r' },
+		{ "compress", no_argument, NULL, 'z' },
+		{ "random-values", no_argument, NULL, 'R' },
+		{ "stamp", no_argument, NULL, 's' },
+		{ "seed", required_argument, NULL, 'S' },
+		{ "backoff-ms", required_argument, NULL, 'b' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct producer p;
+	const char *dir = NULL, *tokfile = NULL;
+	uint64_t count = 1000, rate = 0, seed = 1;
+	size_t vbytes = 100, kbytes = 16;
+	int compress = 0, randomv = 0, stamp = 0, c, rc = 0;
+	char token[1100];
+	uint64_t t0, t1;
+
+	memset(&p, 0, sizeof(p));
+	p.backoff_ms = 100;
+	p.fd = -1;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 't': tokfile = optarg; break;
+		case 'd': dir = optarg; break;
+		case 'n': count = strtoull(optarg, NULL, 10); break;
+		case 'v': vbytes = strtoull(optarg, NULL, 10); break;
+		case 'k': kbytes = strtoull(optarg, NULL, 10); break;
+		case 'r': rate = strtoull(optarg, NULL, 10); break;
+		case 'z': compress = 1; break;
+		case 'R': randomv = 1; break;
+		case 's': stamp = 1; break;
+		case 'S': seed = strtoull(optarg, NULL, 10); break;
+		case 'b': p.backoff_ms = (unsigned)strtoul(optarg, NULL, 10); break;
+		case 'q': p.quiet = 1; break;
+		case 'h': produce_usage(stdout); return 0;
+		default: produce_usage(stderr); return 3;
+		}
+	}
+	if (optind + 1 != argc) {
+		produce_usage(stderr);
+		return 3;
+	}
+	if (stamp && vbytes < 8)
+		vbytes = 8;
+	p.addr = argv[optind];
+	if (tokfile != NULL) {
+		if (read_token(tokfile, token, sizeof(token)) == -1)
+			return 3;
+		p.token = token;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	(void)producer_connect(&p);
+	t0 = now_ns();
+	if (dir != NULL)
+		rc = produce_replay(&p, dir);
+	else {
+		struct fcw2_record rec;
+		uint8_t *key, *val, *batch;
+		size_t blen = 0, maxf;
+		uint64_t bframes = 0, s = seed ? seed : 1;
+		uint64_t batch_frames = rate > 0 ? (rate / 1000 + 1) : UINT64_MAX;
+
+		key = malloc(kbytes + 1);
+		val = malloc(vbytes + 1);
+		memset(&rec, 0, sizeof(rec));
+		rec.key_len = (uint32_t)kbytes;
+		rec.value_len = (uint32_t)vbytes;
+		rec.key = key;
+		rec.value = val;
+		maxf = fcw2_encoded_max(&rec);
+		batch = malloc(maxf > PRODUCE_BATCH ? maxf : PRODUCE_BATCH);
+		if (key == NULL || val == NULL || batch == NULL)
+			return 3;
+		for (size_t i = 0; i < vbytes; i++)
+			val[i] = randomv ? (uint8_t)xorshift(&s) :
+			    (uint8_t)("abcdefgh"[i % 8]);
+		for (uint64_t i = 0; count == 0 || i < count; i++) {
+			uint64_t r = xorshift(&s);
+
+			rec.op = r % 10 == 0 ? FCW2_OP_DEL : r % 10 == 1 ?
+			    FCW2_OP_EXPIRE : FCW2_OP_SET;
+			rec.value_len = rec.op == FCW2_OP_SET ? (uint32_t)vbytes : 0;
+			rec.timestamp_ms = wall_ms();
+			rec.expire_at_ms = r % 3 == 0 ? (int64_t)rec.timestamp_ms +
+			    60000 : -1;
+			for (size_t j = 0; j < kbytes; j++)
+				key[j] = (uint8_t)('a' + (i >> (j * 4 % 60)) % 26);
+			if (randomv && vbytes > 0)
+				val[i % vbytes] = (uint8_t)r;
+			if (stamp && rec.op == FCW2_OP_SET) {
+				struct timespec ts;
+				uint64_t ns;
+				clock_gettime(CLOCK_REALTIME, &ts);
+				ns = (uint64_t)ts.tv_sec * 1000000000ull +
+				    (uint64_t)ts.tv_nsec;
+				memcpy(val, &ns, 8);
+			}
+			if (blen + maxf > PRODUCE_BATCH && blen > 0) {
+				producer_send(&p, batch, blen, bframes);
+				blen = 0;
+				bframes = 0;
+			}
+			blen += fcw2_encode(&rec, compress, batch + blen, maxf);
+			bframes++;
+			if (bframes >= batch_frames) {
+				producer_send(&p, batch, blen, bframes);
+				blen = 0;
+				bframes = 0;
+			}
+			if (rate > 0) {
+				/* pace: frame i is due at t0 + i/rate */
+				uint64_t due = t0 + (i + 1) * 1000000000ull / rate;
+				uint64_t now = now_ns();
+				if (due > now + 1000000) {
+					if (blen > 0) {
+						producer_send(&p, batch, blen,
+						    bframes);
+						blen = 0;
+						bframes = 0;
+					}
+					struct timespec ts = {
+					    (time_t)((due - now) / 1000000000ull),
+					    (long)((due - now) % 1000000000ull) };
+					nanosleep(&ts, NULL);
+				}
+			}
+		}
+		if (blen > 0)
+			producer_send(&p, batch, blen, bframes);
+		free(key);
+		free(val);
+		free(batch);
+	}
+	t1 = now_ns();
+	if (p.fd != -1) {
+		shutdown(p.fd, SHUT_WR);
+		close(p.fd);
+	}
+	if (!p.quiet) {
+		double secs = (double)(t1 - t0) / 1e9;
+		fprintf(stderr, "walcat: produce: %" PRIu64 " frames, %" PRIu64
+		    " bytes in %.3f s (%.0f frames/s, %.1f MB/s), %" PRIu64
+		    " reconnects\n", p.frames, p.bytes, secs,
+		    secs > 0 ? (double)p.frames / secs : 0.0,
+		    secs > 0 ? (double)p.bytes / secs / 1e6 : 0.0, p.reconnects);
+	}
+	return rc;
+}
+
+/* ---- tail ------------------------------------------------------------- */
+
+static void
+tail_usage(FILE *f)
+{
+	fprintf(f,
+"usage: walcat tail [options] ADDR\n"
+"  Subscribe to a relay (FCWAL-SUB/1, resumable) or, with --stock, to a\n"
+"  relay or cache in listen mode (FCWAL-AUTH/1, live), and print records.\n"
+"options:\n"
+"  --from SEQ|earliest|latest   where to start (default latest)\n"
+"  --token-file FILE   the subscribe token (first line of FILE)\n"
+"  --position-file F   resume from the position and epoch saved in F and\n"
+"                      keep it up to date (written atomically)\n"
+"  --count N           stop after N frames\n"
+"  --json              JSON lines instead of text\n"
+"  --raw               write the frames' bytes to stdout, nothing else\n"
+"  --zstd              ask for a zstd-compressed stream\n"
+"  --stock             the cache's plain handshake (no reply, live only)\n"
+"exit status: 0 when --count frames arrived, 1 when the connection ended,\n"
+"  2 when the relay refused (its FCWAL-ERR/1 line is printed), 3 usage\n"
+"  or I/O error, 4 a frame failed validation.\n");
+}
+
+struct tailer {
+	int		 json;
+	int		 raw;
+	uint64_t	 pos;
+	uint64_t	 epoch;
+	uint64_t	 count;
+	uint64_t	 got;
+	const char	*posfile;
+	struct fcw2_decoder dec;
+};
+
+static int
+save_position(const struct tailer *t)
+{
+	char tmp[4096];
+	FILE *f;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", t->posfile);
+	if ((f = fopen(tmp, "w")) == NULL)
+		return -1;
+	fprintf(f, "%" PRIu64 " %016" PRIx64 "\n", t->pos, t->epoch);
+	if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
+		fclose(f);
+		return -1;
+	}
+	fclose(f);
+	return rename(tmp, t->posfile);
+}
+
+static int
+tail_frames(struct tailer *t, const uint8_t *p, size_t len)
+{
+	struct fcw2_frame fr;
+	int rc;
+
+	if (fcw2_decoder_feed(&t->dec, p, len) == -1)
+		return 3;
+	while ((rc = fcw2_decoder_next(&t->dec, &fr)) == FCW2_OK) {
+		if (t->raw)
+			fwrite(fr.data, 1, fr.len, stdout);
+		else
+			walcat_print_record(stdout, t->json, t->pos, &fr.rec,
+			    NULL, 0);
+		t->pos++;
+		t->got++;
+		if (t->count && t->got >= t->count)
+			return 0;
+	}
+	if (rc != FCW2_NEED_MORE) {
+		fprintf(stderr, "walcat: tail: bad frame at stream byte %" PRIu64
+		    ": %s\n", t->dec.offset, fcw2_strerror(rc));
+		return 4;
+	}
+	return -1;	/* more */
+}
+
+int
+walcat_tail(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "from", required_argument, NULL, 'f' },
+		{ "token-file", required_argument, NULL, 't' },
+		{ "position-file", required_argument, NULL, 'p' },
+		{ "count", required_argument, NULL, 'n' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "raw", no_argument, NULL, 'r' },
+		{ "zstd", no_argument, NULL, 'z' },
+		{ "stock", no_argument, NULL, 's' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct tailer t;
+	const char *from = "latest", *tokfile = NULL;
+	char token[1100] = "-", line[2200], epoch_opt[64] = "";
+	int stock = 0, zstd = 0, c, fd, rc = 1;
+	uint8_t buf[65536], zout[131072];
+	ZSTD_DCtx *dz = NULL;
+	size_t llen = 0;
+	int have_reply;
+
+	memset(&t, 0, sizeof(t));
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'f': from = optarg; break;
+		case 't': tokfile = optarg; break;
+		case 'p': t.posfile = optarg; break;
+		case 'n': t.count = strtoull(optarg, NULL, 10); break;
+		case 'j': t.json = 1; break;
+		case 'r': t.raw = 1; break;
+		case 'z': zstd = 1; break;
+		case 's': stock = 1; break;
+		case 'h': tail_usage(stdout); return 0;
+		default: tail_usage(stderr); return 3;
+		}
+	}
+	if (optind + 1 != argc || (stock && (zstd || t.posfile))) {
+		tail_usage(stderr);
+		return 3;
+	}
+	if (tokfile != NULL && read_token(tokfile, token, sizeof(token)) == -1)
+		return 3;
+	if (t.posfile != NULL) {
+		FILE *f = fopen(t.posfile, "r");
+		unsigned long long p, e;
+		static char fromb[32];
+
+		if (f != NULL) {
+			if (fscanf(f, "%llu %llx", &p, &e) == 2) {
+				snprintf(fromb, sizeof(fromb), "%llu", p);
+				from = fromb;
+				snprintf(epoch_opt, sizeof(epoch_opt),
+				    " epoch=%016llx", e);
+			}
+			fclose(f);
+		}
+	}
+	signal(SIGPIPE, SIG_IGN);
+	if ((fd = dial(argv[optind], 0)) == -1)
+		return 3;
+	if (stock)
+		snprintf(line, sizeof(line), "FCWAL-AUTH/1 %s\n", token);
+	else
+		snprintf(line, sizeof(line), "FCWAL-SUB/1 %s %s%s%s\n", token,
+		    from, epoch_opt, zstd ? " compress=zstd" : "");
+	if (write_all(fd, line, strlen(line), NULL) == -1) {
+		fprintf(stderr, "walcat: tail: %s\n", strerror(errno));
+		close(fd);
+		return 3;
+	}
+	fcw2_decoder_init(&t.dec, FCW2_DEFAULT_MAX_FRAME, 1);
+	if (zstd && (dz = ZSTD_createDCtx()) == NULL)
+		return 3;
+	have_reply = stock;
+	for (;;) {
+		ssize_t n = recv(fd, buf, sizeof(buf), 0);
+		size_t off = 0;
+		int r = -1;
+
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == -1)
+				fprintf(stderr, "walcat: tail: %s\n",
+				    strerror(errno));
+			else if (!have_reply)
+				fprintf(stderr, "walcat: tail: closed before "
+				    "a reply\n");
+			else
+				fprintf(stderr, "walcat: tail: connection "
+				    "closed after %" PRIu64 " frames\n", t.got);
+			rc = 1;
+			break;
+		}
+		if (!have_reply) {
+			while (off < (size_t)n && buf[off] != '\n' &&
+			    llen < sizeof(line) - 1)
+				line[llen++] = (char)buf[off++];
+			if (off == (size_t)n)
+				continue;
+			off++;
+			line[llen] = '\0';
+			if (llen > 0 && line[llen - 1] == '\r')
+				line[--llen] = '\0';
+			if (strncmp(line, "FCWAL-OK/1 ", 11) != 0) {
+				fprintf(stderr, "walcat: tail: %s\n", line);
+				rc = 2;
+				break;
+			}
+			{
+				char *s = strstr(line, "start=");
+				char *e = strstr(line, "epoch=");
+				if (s == NULL || e == NULL) {
+					fprintf(stderr, "walcat: tail: bad "
+					    "reply: %s\n", line);
+					rc = 2;
+					break;
+				}
+				t.pos = strtoull(s + 6, NULL, 10);
+				t.epoch = strtoull(e + 6, NULL, 16);
+			}
+			if (!t.raw)
+				fprintf(stderr, "walcat: tail: %s\n", line);
+			have_reply = 1;
+		}
+		if (dz != NULL) {
+			ZSTD_inBuffer in = { buf + off, (size_t)n - off, 0 };
+			while (in.pos < in.size && r == -1) {
+				ZSTD_outBuffer ob = { zout, sizeof(zout), 0 };
+				size_t z = ZSTD_decompressStream(dz, &ob, &in);
+				if (ZSTD_isError(z)) {
+					fprintf(stderr, "walcat: tail: zstd: "
+					    "%s\n", ZSTD_getErrorName(z));
+					r = 4;
+					break;
+				}
+				r = tail_frames(&t, zout, ob.pos);
+			}
+		} else if ((size_t)n > off)
+			r = tail_frames(&t, buf + off, (size_t)n - off);
+		if (t.posfile != NULL && save_position(&t) == -1) {
+			fprintf(stderr, "walcat: tail: %s: %s\n", t.posfile,
+			    strerror(errno));
+			rc = 3;
+			break;
+		}
+		if (r != -1) {
+			rc = r;
+			break;
+		}
+	}
+	fflush(stdout);
+	close(fd);
+	fcw2_decoder_free(&t.dec);
+	if (dz != NULL)
+		ZSTD_freeDCtx(dz);
+	return rc;
+}
