@@ -53,7 +53,7 @@ struct wr_config {
 	unsigned	 subscriber_timeout_ms;	/* --subscriber-timeout SECONDS, 60 */
 	unsigned	 max_subscribers;	/* --max-subscribers, 1024 */
 	unsigned	 max_conns_per_ip;	/* --max-conns-per-ip, 64 */
-	uint64_t	 max_lag_bytes;		/* --max-lag-bytes, 0 = no limit */
+	uint64_t	 max_lag_frames;	/* --max-lag FRAMES, 0 = no limit */
 	uint64_t	 tail_memory;		/* --tail-memory, 64M */
 	uint64_t	 subscriber_buffer;	/* --subscriber-buffer, 1M */
 	uint64_t	 ingest_pause_bytes;	/* --ingest-pause-bytes, 32M */

@@ -4,6 +4,7 @@
  */
 #include "autoconfig.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,34 @@ fanout_reap_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/*
+ * Once a second: disconnect subscribers over the operator's lag limit and
+ * apply retention (by age, it changes with the clock alone).
+ */
+static void
+fanout_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct fanout *fo = arg;
+	uint64_t max = relay->r_cfg->max_lag_frames;
+	struct subscriber *sub, *next;
+
+	if (max > 0) {
+		for (sub = TAILQ_FIRST(&fo->fo_subs); sub != NULL; sub = next) {
+			uint64_t lag = subscriber_lag(sub);
+
+			next = TAILQ_NEXT(sub, sub_entry);
+			if (lag <= max)
+				continue;
+			relay->r_stats.sub_disconnected_lag++;
+			subscriber_close(sub, "%" PRIu64 " frames behind, over "
+			    "the limit of %" PRIu64 " (max-lag): disconnected",
+			    lag, max);
+		}
+	}
+	if (relay->r_cfg->retain_age_s > 0 || relay->r_cfg->retain_bytes > 0)
+		segstore_retain(relay->r_store);
+}
+
 struct fanout *
 fanout_new(char *errbuf, size_t errlen)
 {
@@ -53,9 +82,14 @@ fanout_new(char *errbuf, size_t errlen)
 	TAILQ_INIT(&fo->fo_pending);
 	TAILQ_INIT(&fo->fo_closing);
 	if ((fo->fo_reaper = event_new(relay->r_base, -1, 0, fanout_reap_cb,
-	    fo)) == NULL) {
+	    fo)) == NULL || (fo->fo_tick = event_new(relay->r_base, -1,
+	    EV_PERSIST, fanout_tick_cb, fo)) == NULL) {
 		snprintf(errbuf, errlen, "out of memory");
 		goto fail;
+	}
+	{
+		struct timeval tv = { 1, 0 };
+		event_add(fo->fo_tick, &tv);
 	}
 	if (relay->r_cfg->listen != NULL) {
 		fo->fo_listener = net_listen(relay->r_cfg->listen,
@@ -104,6 +138,8 @@ fanout_free(struct fanout *fo)
 	}
 	if (fo->fo_reaper != NULL)
 		event_free(fo->fo_reaper);
+	if (fo->fo_tick != NULL)
+		event_free(fo->fo_tick);
 	free(fo);
 }
 

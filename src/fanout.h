@@ -29,6 +29,7 @@ struct fanout {
 	unsigned		 fo_nsubs;	/* streaming */
 	struct net_listener	*fo_listener;
 	struct event		*fo_reaper;
+	struct event		*fo_tick;	/* lag policy, retention by age */
 	int			 fo_stopped;
 };
 

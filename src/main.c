@@ -192,6 +192,8 @@ reload(void)
 	struct auth_tokens *tok;
 	char err[1024];
 
+	/* an operator who freed disk space reloads to retry at once */
+	segstore_retry(relay->r_store);
 	if ((next = calloc(1, sizeof(*next))) == NULL) {
 		log_warnx("reload: out of memory; keeping the running config");
 		return;

@@ -4,6 +4,7 @@
 #include "autoconfig.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -124,6 +125,91 @@ int
 net_listener_is_loopback(const struct net_listener *nl)
 {
 	return nl->nl_loopback;
+}
+
+/* ---- connections per source address --------------------------------- */
+
+#define NET_SOURCE_BUCKETS	1024
+
+struct net_source {
+	struct net_source	*ns_next;
+	int			 ns_family;
+	uint8_t			 ns_addr[16];
+	unsigned		 ns_count;
+	unsigned		 ns_bucket;
+};
+
+static struct net_source	*net_source_table[NET_SOURCE_BUCKETS];
+static size_t			 net_source_count;
+
+static int
+net_source_key(const struct sockaddr *sa, uint8_t addr[16], int *family)
+{
+	memset(addr, 0, 16);
+	if (sa->sa_family == AF_INET) {
+		memcpy(addr, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+		*family = AF_INET;
+		return 0;
+	}
+	if (sa->sa_family == AF_INET6) {
+		memcpy(addr, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+		*family = AF_INET6;
+		return 0;
+	}
+	return -1;
+}
+
+struct net_source *
+net_conn_acquire(const struct sockaddr *sa, unsigned limit)
+{
+	struct net_source *ns;
+	uint8_t addr[16];
+	unsigned h = 2166136261u;
+	int family;
+
+	if (net_source_key(sa, addr, &family) == -1)
+		return NULL;
+	for (int i = 0; i < 16; i++)
+		h = (h ^ addr[i]) * 16777619u;
+	h %= NET_SOURCE_BUCKETS;
+	for (ns = net_source_table[h]; ns != NULL; ns = ns->ns_next)
+		if (ns->ns_family == family && memcmp(ns->ns_addr, addr, 16) == 0)
+			break;
+	if (ns == NULL) {
+		if (limit == 0 || (ns = calloc(1, sizeof(*ns))) == NULL)
+			return NULL;
+		ns->ns_family = family;
+		memcpy(ns->ns_addr, addr, 16);
+		ns->ns_bucket = h;
+		ns->ns_next = net_source_table[h];
+		net_source_table[h] = ns;
+		net_source_count++;
+	}
+	if (ns->ns_count >= limit)
+		return NULL;
+	ns->ns_count++;
+	return ns;
+}
+
+void
+net_conn_release(struct net_source *ns)
+{
+	struct net_source **pp;
+
+	if (ns == NULL || --ns->ns_count > 0)
+		return;
+	for (pp = &net_source_table[ns->ns_bucket]; *pp != ns;
+	    pp = &(*pp)->ns_next)
+		;
+	*pp = ns->ns_next;
+	net_source_count--;
+	free(ns);
+}
+
+size_t
+net_sources(void)
+{
+	return net_source_count;
 }
 
 struct bufferevent *

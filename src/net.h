@@ -23,6 +23,17 @@ void			 net_listener_free(struct net_listener *);
 /* Is the listener bound to a loopback address? */
 int			 net_listener_is_loopback(const struct net_listener *);
 
+/*
+ * Connections per source address. net_conn_acquire counts one more for
+ * the address and returns a handle, or NULL when the address already has
+ * `limit` connections; net_conn_release gives it back.
+ */
+struct net_source;
+struct net_source	*net_conn_acquire(const struct sockaddr *, unsigned limit);
+void			 net_conn_release(struct net_source *);
+/* Distinct addresses with connections now. */
+size_t			 net_sources(void);
+
 /* A bufferevent for an accepted socket, TLS when tls is non-NULL. */
 struct bufferevent	*net_bev_accepted(int fd, struct tls_ctx *tls);
 /* A bufferevent for an outgoing connection (connect it afterwards). */

@@ -502,16 +502,34 @@ subscriber_accept(struct fanout *fo, int fd, struct sockaddr *sa, int salen)
 {
 	struct subscriber *sub;
 	struct bufferevent *bev;
+	struct net_source *src;
+	char peer[64];
 
-	if (fo->fo_stopped || (bev = net_bev_accepted(fd, relay->r_tls)) ==
+	if (fo->fo_stopped) {
+		evutil_closesocket(fd);
+		return;
+	}
+	if ((src = net_conn_acquire(sa, relay->r_cfg->max_conns_per_ip)) ==
 	    NULL) {
+		relay->r_stats.sub_rejected_limit++;
+		relay_addr_str(sa, peer, sizeof(peer));
+		log_limited(&sub_refusals, LOG_LEVEL_WARN, "subscriber: refused "
+		    "%s: %u connections from that address, the limit "
+		    "(max-conns-per-ip)", peer, relay->r_cfg->max_conns_per_ip);
+		evutil_closesocket(fd);
+		return;
+	}
+	if ((bev = net_bev_accepted(fd, relay->r_tls)) == NULL) {
+		net_conn_release(src);
 		evutil_closesocket(fd);
 		return;
 	}
 	if ((sub = calloc(1, sizeof(*sub))) == NULL) {
+		net_conn_release(src);
 		bufferevent_free(bev);
 		return;
 	}
+	sub->sub_src = src;
 	sub->sub_id = relay_conn_id();
 	snprintf(sub->sub_name, sizeof(sub->sub_name), "sub-%" PRIu64,
 	    sub->sub_id);
@@ -522,6 +540,7 @@ subscriber_accept(struct fanout *fo, int fd, struct sockaddr *sa, int salen)
 	handshake_init(&sub->sub_hs);
 	if ((sub->sub_timer = evtimer_new(relay->r_base, subscriber_timer_cb,
 	    sub)) == NULL) {
+		net_conn_release(src);
 		bufferevent_free(bev);
 		free(sub);
 		return;
@@ -582,5 +601,6 @@ subscriber_free(struct subscriber *sub)
 		bufferevent_free(sub->sub_bev);
 	if (sub->sub_zc != NULL)
 		ZSTD_freeCCtx(sub->sub_zc);
+	net_conn_release(sub->sub_src);
 	free(sub);
 }

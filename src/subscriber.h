@@ -15,6 +15,7 @@
 struct bufferevent;
 struct event;
 struct fanout;
+struct net_source;
 
 enum subscriber_state {
 	SUB_HANDSHAKE,
@@ -28,6 +29,7 @@ struct subscriber {
 	char			 sub_name[24];	/* "sub-42" */
 	char			 sub_peer[64];
 	struct bufferevent	*sub_bev;
+	struct net_source	*sub_src;	/* per-address count */
 	int			 sub_state;
 	int			 sub_resuming;	/* FCWAL-SUB/1 */
 	int			 sub_zstd;

@@ -41,6 +41,7 @@ struct upconn {
 	char			 uc_name[24];	/* "up-3", "pull-4" */
 	char			 uc_peer[64];
 	struct bufferevent	*uc_bev;
+	struct net_source	*uc_src;	/* per-address count (ingest) */
 	int			 uc_state;
 	int			 uc_pull;
 	struct handshake	 uc_hs;
@@ -230,6 +231,7 @@ upconn_free(struct upconn *uc)
 		bufferevent_free(uc->uc_bev);
 	if (uc->uc_chunk != NULL)
 		chunk_unref(uc->uc_chunk);
+	net_conn_release(uc->uc_src);
 	free(uc);
 }
 
@@ -505,20 +507,36 @@ static void
 ingest_accept_cb(int fd, struct sockaddr *sa, int salen, void *arg)
 {
 	struct bufferevent *bev;
+	struct net_source *src;
 	struct upconn *uc;
 	char peer[64];
 
 	relay_addr_str(sa, peer, sizeof(peer));
-	if (U->u_stopped || (bev = net_bev_accepted(fd,
-	    relay->r_cfg->tls_ingest ? relay->r_tls : NULL)) ==
+	if (U->u_stopped) {
+		evutil_closesocket(fd);
+		return;
+	}
+	if ((src = net_conn_acquire(sa, relay->r_cfg->max_conns_per_ip)) ==
 	    NULL) {
+		relay->r_stats.up_rejected_limit++;
+		log_limited(&up_refusals, LOG_LEVEL_WARN, "ingest: refused %s: "
+		    "%u connections from that address, the limit "
+		    "(max-conns-per-ip)", peer, relay->r_cfg->max_conns_per_ip);
+		evutil_closesocket(fd);
+		return;
+	}
+	if ((bev = net_bev_accepted(fd,
+	    relay->r_cfg->tls_ingest ? relay->r_tls : NULL)) == NULL) {
+		net_conn_release(src);
 		evutil_closesocket(fd);
 		return;
 	}
 	if ((uc = upconn_new(bev, peer, 0)) == NULL) {
+		net_conn_release(src);
 		bufferevent_free(bev);
 		return;
 	}
+	uc->uc_src = src;
 	relay->r_stats.up_connections++;
 	log_debug("%s: accepted %s on the ingest port", uc->uc_name, peer);
 	if (publish_required()) {

@@ -120,7 +120,7 @@ START_TEST(defaults)
 	ck_assert_uint_eq(cfg.subscriber_timeout_ms, 60000);
 	ck_assert_uint_eq(cfg.max_subscribers, 1024);
 	ck_assert_uint_eq(cfg.max_conns_per_ip, 64);
-	ck_assert_uint_eq(cfg.max_lag_bytes, 0);
+	ck_assert_uint_eq(cfg.max_lag_frames, 0);
 	ck_assert_uint_eq(cfg.tail_memory, 64 * 1024 * 1024);
 	ck_assert_uint_eq(cfg.subscriber_buffer, 1024 * 1024);
 	ck_assert_uint_eq(cfg.ingest_pause_bytes, 32 * 1024 * 1024);
@@ -149,7 +149,7 @@ START_TEST(precedence)
 	ck_assert_str_eq(cfg.data_dir, "/from/cli");
 	ck_assert_int_eq(cfg.log_level, LOG_LEVEL_DEBUG);	/* file */
 	ck_assert_uint_eq(cfg.max_subscribers, 9);		/* file */
-	ck_assert_uint_eq(cfg.max_lag_bytes, 0);		/* default */
+	ck_assert_uint_eq(cfg.max_lag_frames, 0);		/* default */
 	ck_assert_str_eq(cfg.config_file, path);
 	ck_assert_int_eq(cfg.check_only, 1);
 	config_free(&cfg);
@@ -184,7 +184,7 @@ static const struct good goods[] = {
 	{ "segment-bytes", "1T", F(segment_bytes), 1ULL << 40 },
 	{ "retain-bytes", "0", F(retain_bytes), 0 },
 	{ "retain-bytes", "10T", F(retain_bytes), 10ULL << 40 },
-	{ "max-lag-bytes", "512k", F(max_lag_bytes), 512 * 1024 },
+	{ "max-lag", "512k", F(max_lag_frames), 512 * 1024 },
 	{ "segment-age", "90", F(segment_age_s), 90 },
 	{ "segment-age", "2m", F(segment_age_s), 120 },
 	{ "segment-age", "1h", F(segment_age_s), 3600 },
@@ -730,12 +730,12 @@ START_TEST(reload)
 	char *path = tmpconf("[walrelay]\nmax-subscribers = 5\n"
 	    "segment-bytes = 1M\n");
 
-	ck_assert_int_eq(load(&cur, "-c", path, "--max-lag-bytes", "1M", NULL),
+	ck_assert_int_eq(load(&cur, "-c", path, "--max-lag", "1M", NULL),
 	    0);
 	ck_assert_uint_eq(cur.max_subscribers, 5);
 
 	rewrite(path, "[walrelay]\nmax-subscribers = 6\nsegment-bytes = 2M\n"
-	    "log-level = debug\nmax-lag-bytes = 7M\n"
+	    "log-level = debug\nmax-lag = 7M\n"
 	    "subscribe-token-file = /new.tokens\n");
 	ck_assert_int_eq(config_reload(&cur, &next, errbuf, sizeof(errbuf)),
 	    0);
@@ -743,7 +743,7 @@ START_TEST(reload)
 	ck_assert_uint_eq(next.segment_bytes, 2 * 1024 * 1024);
 	ck_assert_int_eq(next.log_level, LOG_LEVEL_DEBUG);
 	/* the original command line still wins */
-	ck_assert_uint_eq(next.max_lag_bytes, 1024 * 1024);
+	ck_assert_uint_eq(next.max_lag_frames, 1024 * 1024);
 
 	/* reloadable keys move over, the others wait for a restart */
 	ck_assert_int_eq(config_apply_reload(&cur, &next), 1);
@@ -772,7 +772,7 @@ START_TEST(reloadable_keys)
 	    "subscribe-token-file", "upstream-token-file", "tls-cert",
 	    "tls-key", "tls-ca", "upstream-tls-ca", "upstream-tls-cert",
 	    "upstream-tls-key", "auth-timeout", "subscriber-timeout",
-	    "max-subscribers", "max-conns-per-ip", "max-lag-bytes",
+	    "max-subscribers", "max-conns-per-ip", "max-lag",
 	    "log-level", "allow-unauthenticated" };
 	size_t nyes = 0;
 

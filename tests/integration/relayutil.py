@@ -1,0 +1,224 @@
+"""Start and drive a real walrelay on loopback for the integration tests.
+
+Every wait here waits for a condition (a port answering, a counter
+reaching a value, a process exiting) with a deadline; none is a sleep
+standing in for synchronisation.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+
+def free_port():
+    """A port the kernel considers free right now (loopback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(cond, timeout=10.0, what="condition", interval=0.01):
+    """Poll cond() until it returns a true value; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Relay:
+    """One walrelay process with its own ports and data directory."""
+
+    def __init__(self, binary, datadir, logpath, args=(), env=None,
+                 ingest=True, listen=True, http=True, preexec_fn=None):
+        self.binary = str(binary)
+        self.datadir = str(datadir)
+        self.logpath = str(logpath)
+        self.extra = list(args)
+        self.env = env
+        self.preexec_fn = preexec_fn
+        self.ingest_port = free_port() if ingest else None
+        self.listen_port = free_port() if listen else None
+        self.http_port = free_port() if http else None
+        self.proc = None
+        self.starts = 0
+
+    @property
+    def ingest_addr(self):
+        return f"127.0.0.1:{self.ingest_port}"
+
+    @property
+    def listen_addr(self):
+        return f"127.0.0.1:{self.listen_port}"
+
+    def argv(self):
+        a = [self.binary, "--data-dir", self.datadir]
+        a += ["--ingest", self.ingest_addr if self.ingest_port else "none"]
+        if self.listen_port:
+            a += ["--listen", self.listen_addr]
+        a += ["--http", f"127.0.0.1:{self.http_port}" if self.http_port else "none"]
+        return a + self.extra
+
+    def start(self, wait=True):
+        assert self.proc is None or self.proc.poll() is not None
+        env = dict(os.environ)
+        if self.env:
+            env.update(self.env)
+        self.log = open(self.logpath, "ab")
+        self.proc = subprocess.Popen(self.argv(), stdout=self.log,
+                                     stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=self.preexec_fn)
+        self.starts += 1
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=15.0):
+        def up():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"walrelay exited with {self.proc.returncode}:\n"
+                                     + self.read_log()[-3000:])
+            try:
+                return self.http("/healthz")[0] == 200
+            except OSError:
+                return False
+        wait_until(up, timeout, "walrelay to answer /healthz")
+
+    def http(self, path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}",
+                                        timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def status(self):
+        code, body = self.http("/v1/status")
+        assert code == 200, body
+        return json.loads(body)
+
+    def metrics(self):
+        code, body = self.http("/metrics")
+        assert code == 200, body
+        out = {}
+        for line in body.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+        return out
+
+    def metric(self, name):
+        return self.metrics().get(name, 0.0)
+
+    def wait_metric(self, name, cond, timeout=15.0):
+        return wait_until(lambda: cond(self.metric(name)), timeout,
+                          f"metric {name}")
+
+    def wait_durable(self, n, timeout=30.0):
+        """Wait until at least n frames are stored and durable."""
+        wait_until(lambda: self.status()["durable"] >= n, timeout,
+                   f"{n} durable frames")
+
+    def read_log(self):
+        with open(self.logpath, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def stop(self, timeout=20.0):
+        """SIGTERM and wait; returns the exit status."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        finally:
+            self.log.close()
+        return rc
+
+    def kill9(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+            self.log.close()
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+
+def connect(addr, timeout=10.0, rcvbuf=None):
+    host, port = addr.rsplit(":", 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    s.connect((host, int(port)))
+    return s
+
+
+def recv_exact(s, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise EOFError(f"connection closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_line(s, limit=2048):
+    buf = bytearray()
+    while not buf.endswith(b"\n"):
+        c = s.recv(1)
+        if not c:
+            raise EOFError(f"connection closed in a line: {bytes(buf)!r}")
+        buf += c
+        assert len(buf) <= limit
+    return bytes(buf[:-1]).decode()
+
+
+def recv_frames(s, count):
+    """Read exactly count whole FCW2 frames; returns their bytes."""
+    out = []
+    for _ in range(count):
+        hdr = recv_exact(s, 9)
+        assert hdr[:4] == b"FCW2", hdr
+        plen = int.from_bytes(hdr[5:9], "little")
+        out.append(hdr + recv_exact(s, plen + 4))
+    return out
+
+
+def split_frames(data):
+    """Split a byte string of whole frames into a list of frames."""
+    out, off = [], 0
+    while off < len(data):
+        plen = int.from_bytes(data[off + 5:off + 9], "little")
+        end = off + 13 + plen
+        assert end <= len(data), "partial frame"
+        out.append(data[off:end])
+        off = end
+    return out
+
+
+def store_frames(datadir):
+    """Every frame of the store's segment files, in order."""
+    names = sorted(n for n in os.listdir(datadir)
+                   if n.endswith(".wal") or n.endswith(".wal.lz4"))
+    data = b""
+    for n in names:
+        with open(os.path.join(datadir, n), "rb") as f:
+            data += f.read()
+    return split_frames(data)
+
+
+def segment_names(datadir):
+    return sorted(n for n in os.listdir(datadir) if n.endswith(".wal"))
