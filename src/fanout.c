@@ -149,6 +149,7 @@ fanout_publish(struct fanout *fo, struct chunk *ch)
 	chunk_ref(ch);
 	TAILQ_INSERT_TAIL(&fo->fo_tail, ch, ch_entry);
 	fo->fo_tail_bytes += ch->ch_len;
+	fo->fo_tail_chunks++;
 }
 
 /* Drop the oldest durable chunks while the tail is over its budget. */
@@ -162,6 +163,7 @@ fanout_trim(struct fanout *fo)
 	    fo->fo_tail_bytes > budget && CHUNK_END(ch) <= fo->fo_sendable) {
 		TAILQ_REMOVE(&fo->fo_tail, ch, ch_entry);
 		fo->fo_tail_bytes -= ch->ch_len;
+		fo->fo_tail_chunks--;
 		/* subscribers still sending it hold their own references */
 		chunk_unref(ch);
 	}
