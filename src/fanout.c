@@ -93,7 +93,8 @@ fanout_new(char *errbuf, size_t errlen)
 	}
 	if (relay->r_cfg->listen != NULL) {
 		fo->fo_listener = net_listen(relay->r_cfg->listen,
-		    fanout_accept_cb, fo, "subscriber", errbuf, errlen);
+		    fanout_accept_cb, fo, relay->r_tls ? "subscriber (TLS)" :
+		    "subscriber", errbuf, errlen);
 		if (fo->fo_listener == NULL)
 			goto fail;
 	}

@@ -714,7 +714,7 @@ upstream_new(char *errbuf, size_t errlen)
 		    "%s (one upstream at a time)", cfg->upstream);
 	else if (cfg->ingest != NULL) {
 		u->u_listener = net_listen(cfg->ingest, ingest_accept_cb, u,
-		    "ingest", errbuf, errlen);
+		    cfg->tls_ingest ? "ingest (TLS)" : "ingest", errbuf, errlen);
 		if (u->u_listener == NULL)
 			goto fail;
 	}
