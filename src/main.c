@@ -121,6 +121,21 @@ stop_begin(int sig)
 	stop_check();
 }
 
+/* Token files anyone on the machine can read deserve a warning. */
+static void
+warn_loose(const struct auth_tokens *tok, const struct wr_config *cfg)
+{
+	if (tok->at_loose_perms & AUTH_PUBLISH)
+		log_warnx("%s is readable by group or others: chmod 600 it",
+		    cfg->publish_token_file);
+	if (tok->at_loose_perms & AUTH_SUBSCRIBE)
+		log_warnx("%s is readable by group or others: chmod 600 it",
+		    cfg->subscribe_token_file);
+	if (tok->at_loose_perms & AUTH_UPSTREAM)
+		log_warnx("%s is readable by group or others: chmod 600 it",
+		    cfg->upstream_token_file);
+}
+
 static void
 tls_files_server(const struct wr_config *cfg, struct tls_files *tf)
 {
@@ -217,6 +232,7 @@ reload(void)
 		log_warnx("reload: %s; keeping the running certificates", err);
 	else if (relay->r_tls != NULL || relay->r_upstream_tls != NULL)
 		log_info("reload: TLS certificates reloaded");
+	warn_loose(tok, next);
 	config_apply_reload(cur, next);
 	config_free(next);
 	free(next);
@@ -311,6 +327,7 @@ main(int argc, char **argv)
 		fprintf(stderr, "walrelay: %s\n", err);
 		return 2;
 	}
+	warn_loose(tok, &cfg);
 	relay = &the_relay;
 	relay->r_cfg = &cfg;
 	relay->r_tokens = tok;
