@@ -246,7 +246,12 @@ subscriber_refill(struct subscriber *sub)
 	if (sub->sub_zstd && queued &&
 	    zstd_push(sub, NULL, 0, ZSTD_e_flush) == -1)
 		goto fail;
-	if (sub->sub_pos >= limit && !sub->sub_has_span && !sub->sub_waiting) {
+	/*
+	 * Not held back by its own buffer: nothing more can be queued until
+	 * new frames become sendable, so wait for fanout_advance.
+	 */
+	if (evbuffer_get_length(out) < hiwat && !sub->sub_has_span &&
+	    !sub->sub_waiting) {
 		sub->sub_waiting = 1;
 		TAILQ_INSERT_TAIL(&fo->fo_waiting, sub, sub_wentry);
 	}
