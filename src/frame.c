@@ -7,12 +7,14 @@
 #include <string.h>
 
 #include <event2/buffer.h>
+#include <zstd.h>
 
 #include "fcw2.h"
 #include "frame.h"
 
 static atomic_long	chunks_live;
 static atomic_llong	chunk_bytes_live;
+static atomic_llong	chunks_compressed;
 
 struct chunk *
 chunk_new(size_t cap)
@@ -44,7 +46,9 @@ chunk_unref(struct chunk *ch)
 	if (atomic_fetch_sub_explicit(&ch->ch_ref, 1, memory_order_acq_rel) != 1)
 		return;
 	atomic_fetch_sub(&chunks_live, 1);
-	atomic_fetch_sub(&chunk_bytes_live, (long long)ch->ch_cap);
+	atomic_fetch_sub(&chunk_bytes_live, (long long)(ch->ch_cap +
+	    ch->ch_zlen));
+	free(ch->ch_zdata);
 #ifdef WR_DEBUG
 	memset(ch->ch_data, 0xdb, ch->ch_cap);
 #endif
@@ -106,6 +110,51 @@ chunk_add_to_evbuffer(struct evbuffer *buf, struct chunk *ch, size_t off,
 		return -1;
 	}
 	return 0;
+}
+
+int
+chunk_zstd(struct chunk *ch, int level)
+{
+	size_t bound, n;
+	uint8_t *z, *shrunk;
+
+	if (ch->ch_zdata != NULL)
+		return 0;
+	bound = ZSTD_compressBound(ch->ch_len);
+	if ((z = malloc(bound)) == NULL)
+		return -1;
+	n = ZSTD_compress(z, bound, ch->ch_data, ch->ch_len, level);
+	if (ZSTD_isError(n)) {
+		free(z);
+		return -1;
+	}
+	if ((shrunk = realloc(z, n ? n : 1)) != NULL)
+		z = shrunk;
+	ch->ch_zdata = z;
+	ch->ch_zlen = n;
+	atomic_fetch_add(&chunk_bytes_live, (long long)n);
+	atomic_fetch_add(&chunks_compressed, 1);
+	return 0;
+}
+
+int
+chunk_add_zstd_to_evbuffer(struct evbuffer *buf, struct chunk *ch)
+{
+	if (ch->ch_zlen <= CHUNK_COPY_MAX)
+		return evbuffer_add(buf, ch->ch_zdata, ch->ch_zlen);
+	chunk_ref(ch);
+	if (evbuffer_add_reference(buf, ch->ch_zdata, ch->ch_zlen,
+	    chunk_evbuffer_cleanup, ch) == -1) {
+		chunk_unref(ch);
+		return -1;
+	}
+	return 0;
+}
+
+long long
+chunk_zstd_count(void)
+{
+	return atomic_load(&chunks_compressed);
 }
 
 size_t

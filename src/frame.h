@@ -25,6 +25,12 @@ struct chunk {
 	TAILQ_ENTRY(chunk)	 ch_entry;	/* the shared tail (loop thread) */
 	STAILQ_ENTRY(chunk)	 ch_wentry;	/* the writer's queue */
 	uint8_t			*ch_data;
+	/*
+	 * The whole chunk as one zstd frame, made once for every subscriber
+	 * with compress=zstd (loop thread), or NULL.
+	 */
+	uint8_t			*ch_zdata;
+	size_t			 ch_zlen;
 };
 TAILQ_HEAD(chunk_list, chunk);
 STAILQ_HEAD(chunk_queue, chunk);
@@ -53,6 +59,16 @@ long long	 chunk_live_bytes(void);
  */
 int		 chunk_add_to_evbuffer(struct evbuffer *, struct chunk *,
 		    size_t off, size_t len);
+
+/*
+ * The chunk compressed as one independent zstd frame, made on first use
+ * and shared by every subscriber that wants it. Returns 0 or -1.
+ */
+int		 chunk_zstd(struct chunk *, int level);
+/* Append a reference to the chunk's zstd frame to buf. 0 or -1. */
+int		 chunk_add_zstd_to_evbuffer(struct evbuffer *, struct chunk *);
+/* Chunks compressed so far (for /metrics). */
+long long	 chunk_zstd_count(void);
 
 /* Byte offset in ch of the frame with sequence seq (walks frame headers). */
 size_t		 chunk_offset_of(const struct chunk *, uint64_t seq);

@@ -34,6 +34,7 @@
 
 #define SUB_READ_PIECE		(256 * 1024)	/* pread size for TLS/zstd */
 #define SUB_FLUSH_TIMEOUT_MS	2000		/* to write an error reply */
+#define SUBSCRIBER_ZSTD_LEVEL	1		/* fast: the link is rarely slower */
 
 static struct log_ratelimit sub_refusals = LOG_RATELIMIT_INIT(10, 10);
 
@@ -81,6 +82,7 @@ zstd_push(struct subscriber *sub, const void *data, size_t len,
 		if (evbuffer_commit_space(out, &v, 1) == -1)
 			return -1;
 	} while (in.pos < in.size || (mode != ZSTD_e_continue && rem != 0));
+	sub->sub_zopen = mode != ZSTD_e_end;
 	return 0;
 }
 
@@ -91,6 +93,20 @@ sub_emit_chunk(struct subscriber *sub, struct chunk *ch, size_t off,
 {
 	sub->sub_bytes_queued += len;
 	relay->r_stats.sub_bytes_sent += len;
+	if (sub->sub_zstd && off == 0 && len == ch->ch_len) {
+		/*
+		 * A whole chunk: its zstd frame is made once and shared by
+		 * every compressing subscriber. The stream stays valid: zstd
+		 * streams are frames back to back, so end our own first.
+		 */
+		if (sub->sub_zopen &&
+		    zstd_push(sub, NULL, 0, ZSTD_e_end) == -1)
+			return -1;
+		if (chunk_zstd(ch, SUBSCRIBER_ZSTD_LEVEL) == -1)
+			return -1;
+		return chunk_add_zstd_to_evbuffer(
+		    bufferevent_get_output(sub->sub_bev), ch);
+	}
 	if (sub->sub_zstd)
 		return zstd_push(sub, ch->ch_data + off, len, ZSTD_e_continue);
 	return chunk_add_to_evbuffer(bufferevent_get_output(sub->sub_bev), ch,
@@ -176,7 +192,6 @@ subscriber_refill(struct subscriber *sub)
 	struct fanout *fo = fan();
 	uint64_t limit = fo->fo_sendable;
 	size_t hiwat = relay->r_cfg->subscriber_buffer;
-	int queued = 0;
 
 	if (sub->sub_state != SUB_STREAM)
 		return;
@@ -188,7 +203,6 @@ subscriber_refill(struct subscriber *sub)
 		if (sub->sub_has_span) {
 			if (sub_emit_span(sub) == -1)
 				goto fail;
-			queued = 1;
 			continue;
 		}
 		if ((ch = fanout_find(fo, sub->sub_pos)) != NULL) {
@@ -209,7 +223,6 @@ subscriber_refill(struct subscriber *sub)
 				    sub->sub_pos;
 				sub->sub_pos = CHUNK_END(ch);
 				off = 0;
-				queued = 1;
 				ch = TAILQ_NEXT(ch, ch_entry);
 			}
 			if (ch != NULL && CHUNK_END(ch) > limit &&
@@ -243,7 +256,7 @@ subscriber_refill(struct subscriber *sub)
 		sub->sub_has_span = 1;
 		sub->sub_span_done = 0;
 	}
-	if (sub->sub_zstd && queued &&
+	if (sub->sub_zstd && sub->sub_zopen &&
 	    zstd_push(sub, NULL, 0, ZSTD_e_flush) == -1)
 		goto fail;
 	/*
@@ -431,7 +444,8 @@ sub_handshake(struct subscriber *sub)
 			subscriber_close(sub, "out of memory");
 			return;
 		}
-		ZSTD_CCtx_setParameter(sub->sub_zc, ZSTD_c_compressionLevel, 1);
+		ZSTD_CCtx_setParameter(sub->sub_zc, ZSTD_c_compressionLevel,
+		    SUBSCRIBER_ZSTD_LEVEL);
 		sub->sub_zstd = 1;
 	}
 	handshake_format_ok(line, sizeof(line), start, st->ss_earliest,

@@ -34,6 +34,7 @@ struct subscriber {
 	int			 sub_resuming;	/* FCWAL-SUB/1 */
 	int			 sub_zstd;
 	void			*sub_zc;	/* ZSTD_CCtx */
+	int			 sub_zopen;	/* sub_zc has an unfinished frame */
 	struct handshake	 sub_hs;
 	struct event		*sub_timer;	/* auth deadline, flush deadline */
 	uint64_t		 sub_start;	/* first frame it asked for */

@@ -720,7 +720,10 @@ walcat_tail(int argc, char **argv)
 		}
 		if (dz != NULL) {
 			ZSTD_inBuffer in = { buf + off, (size_t)n - off, 0 };
-			while (in.pos < in.size && r == -1) {
+			int full = 0;
+
+			/* a full output buffer may leave output in the decoder */
+			while ((in.pos < in.size || full) && r == -1) {
 				ZSTD_outBuffer ob = { zout, sizeof(zout), 0 };
 				size_t z = ZSTD_decompressStream(dz, &ob, &in);
 				if (ZSTD_isError(z)) {
@@ -729,6 +732,7 @@ walcat_tail(int argc, char **argv)
 					r = 4;
 					break;
 				}
+				full = ob.pos == ob.size;
 				r = tail_frames(&t, zout, ob.pos);
 			}
 		} else if ((size_t)n > off)
