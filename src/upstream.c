@@ -91,11 +91,11 @@ static int
 upconn_publish(struct upconn *uc)
 {
 	struct chunk *ch = uc->uc_chunk, *rest;
-	size_t tail = ch->ch_len - uc->uc_checked;
-	size_t cap;
+	size_t tail, cap;
 
-	if (uc->uc_nframes == 0)
+	if (ch == NULL || uc->uc_nframes == 0)
 		return 0;
+	tail = ch->ch_len - uc->uc_checked;
 	rest = NULL;
 	if (tail > 0) {
 		cap = tail > 65536 ? tail : 65536;
