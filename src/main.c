@@ -53,7 +53,15 @@ stop_check(void)
 		return;		/* still making frames durable */
 	if (!fanout_drained(relay->r_fan))
 		return;
-	log_info("stop: everything durable and every subscriber drained");
+	if (relay->r_ss.ss_error != 0)
+		log_warnx("stop: storage is failing (%s): %" PRIu64 " frames "
+		    "from sequence %" PRIu64 " are not durable; the writer "
+		    "tries a few more times", strerror(relay->r_ss.ss_error),
+		    relay->r_ss.ss_next - relay->r_ss.ss_durable,
+		    relay->r_ss.ss_durable);
+	else
+		log_info("stop: everything durable and every subscriber "
+		    "drained");
 	stop_finish();
 }
 
@@ -408,7 +416,8 @@ main(int argc, char **argv)
 	event_base_loop(relay->r_base, EVLOOP_NONBLOCK);
 	relay->r_fan = NULL;
 	segstore_poll(relay->r_store, &relay->r_ss);
-	segstore_close(relay->r_store);	/* makes everything durable */
+	if (segstore_close(relay->r_store) == -1)	/* makes it durable */
+		exit_code = 1;	/* or could not: frames were dropped */
 	relay->r_store = NULL;
 	for (int i = 0; signals[i] != -1; i++)
 		event_free(sig[i]);
@@ -425,8 +434,12 @@ main(int argc, char **argv)
 		    chunk_live_count());
 	else
 		log_info("stop: all frame buffers released");
-	log_info("stop: exiting; frames up to sequence %" PRIu64 " are "
-	    "durable", relay->r_ss.ss_next);
+	if (exit_code != 0)
+		log_error("stop: exiting with status %d: frames that could not "
+		    "be made durable were dropped (see above)", exit_code);
+	else
+		log_info("stop: exiting; frames up to sequence %" PRIu64 " are "
+		    "durable", relay->r_ss.ss_next);
 	auth_free(relay->r_tokens);
 	free(relay->r_tokens);
 	config_free(&cfg);

@@ -1343,15 +1343,16 @@ segstore_start(struct segstore *ss, void (*notify)(void *), void *arg)
 	return 0;
 }
 
-void
+int
 segstore_close(struct segstore *ss)
 {
 	struct segment_meta m;
 	struct segment *seg;
 	char errbuf[PATH_MAX + 128];
+	int rc;
 
 	if (ss == NULL)
-		return;
+		return 0;
 	pthread_mutex_lock(&ss->ss_mtx);
 	ss->ss_stop = 1;
 	pthread_cond_signal(&ss->ss_cond);
@@ -1379,12 +1380,14 @@ segstore_close(struct segstore *ss)
 			    seg->seg_name);
 		segment_free(seg);
 	}
+	rc = ss->ss_gave_up ? -1 : 0;
 	pthread_cond_destroy(&ss->ss_cond);
 	pthread_mutex_destroy(&ss->ss_mtx);
 	close(ss->ss_lockfd);
 	close(ss->ss_dirfd);
 	free(ss->ss_dir);
 	free(ss);
+	return rc;
 }
 
 uint64_t

@@ -95,8 +95,12 @@ struct segstore	*segstore_open(const struct segment_config *, char *errbuf,
 /* Start the writer thread; notify(arg) is called on it after each change. */
 int		 segstore_start(struct segstore *, void (*notify)(void *),
 		    void *arg);
-/* Make everything appended durable, stop the writer, mark a clean stop. */
-void		 segstore_close(struct segstore *);
+/*
+ * Make everything appended durable, stop the writer, mark a clean stop.
+ * Returns 0, or -1 when the disk kept failing and frames that were never
+ * made durable were dropped (logged).
+ */
+int		 segstore_close(struct segstore *);
 
 uint64_t	 segstore_epoch(const struct segstore *);
 uint64_t	 segstore_next(const struct segstore *);

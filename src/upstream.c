@@ -120,6 +120,8 @@ upconn_publish(struct upconn *uc)
 	uc->uc_frames += ch->ch_nframes;
 	uc->uc_offset += ch->ch_len;
 	U->u_last_frame_ms = relay_now_ms();
+	if (uc->uc_pull)
+		U->u_attempt = 0;	/* the upstream delivers: backoff over */
 	chunk_unref(ch);
 
 	uc->uc_chunk = rest;
@@ -636,7 +638,11 @@ upconn_pull_connected(struct upconn *uc)
 		TAILQ_REMOVE(&U->u_pending, uc, uc_entry);
 		U->u_publisher = uc;
 		uc->uc_state = UC_STREAM;
-		U->u_attempt = 0;
+		/*
+		 * No reply in this protocol: a cache that refuses the token
+		 * just closes. The backoff starts over once frames arrive
+		 * (upconn_publish), not at connect.
+		 */
 		log_info("%s: connected to cache %s, live from the next frame "
 		    "it writes (gaps while disconnected cannot be detected)",
 		    uc->uc_name, uc->uc_peer);

@@ -14,6 +14,11 @@ import time
 import urllib.request
 
 
+# What sanitizer builds (configure --enable-asan) write to the daemon's log.
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                     "runtime error:")
+
+
 def free_port():
     """A port the kernel considers free right now (loopback)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -132,14 +137,17 @@ class Relay:
             return f.read().decode(errors="replace")
 
     def stop(self, timeout=20.0):
-        """SIGTERM and wait; returns the exit status."""
+        """SIGTERM and wait; returns the exit status. Fails when the log
+        holds a sanitizer report."""
         if self.proc is None or self.proc.poll() is not None:
+            self.check_sanitizers()
             return self.proc.returncode if self.proc else None
         self.proc.send_signal(signal.SIGTERM)
         try:
             rc = self.proc.wait(timeout)
         finally:
             self.log.close()
+        self.check_sanitizers()
         return rc
 
     def kill9(self):
@@ -147,6 +155,18 @@ class Relay:
             self.proc.kill()
             self.proc.wait()
             self.log.close()
+        self.check_sanitizers()
+
+    def check_sanitizers(self):
+        """Fail when an ASan/UBSan/LSan build reported an error in the log."""
+        if not os.path.exists(self.logpath):
+            return
+        log = self.read_log()
+        for marker in SANITIZER_MARKERS:
+            i = log.find(marker)
+            if i != -1:
+                raise AssertionError(f"{self.logpath}: sanitizer report:\n"
+                                     + log[max(0, i - 200):i + 3000])
 
     def signal(self, sig):
         self.proc.send_signal(sig)
