@@ -129,6 +129,9 @@ static const struct config_key config_keys[] = {
 	{ "max-frame-bytes", CT_SIZE, FIELD(max_frame_bytes), 0, CG_STORAGE,
 	  "64M", 64, GIB, NULL, "BYTES",
 	  "largest FCW2 frame accepted from the upstream" },
+	{ "verify-segments", CT_BOOL, FIELD(verify_segments), 0, CG_STORAGE,
+	  "false", 0, 0, NULL, NULL,
+	  "check every sealed segment at start, not when first read" },
 
 	/* security */
 	{ "publish-token-file", CT_STRING, FIELD(publish_token_file),

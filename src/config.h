@@ -37,6 +37,7 @@ struct wr_config {
 	uint64_t	 retain_bytes;		/* --retain-bytes, 0 = unlimited */
 	uint64_t	 retain_age_s;		/* --retain-age, 0 = unlimited */
 	uint64_t	 max_frame_bytes;	/* --max-frame-bytes, 64M */
+	int		 verify_segments;	/* --verify-segments, off */
 
 	char		*tls_cert;		/* --tls-cert */
 	char		*tls_key;		/* --tls-key */

@@ -372,6 +372,7 @@ main(int argc, char **argv)
 	sc.retain_age_s = cfg.retain_age_s;
 	sc.max_frame_bytes = cfg.max_frame_bytes;
 	sc.retry_ms = 1000;
+	sc.verify_sealed = cfg.verify_segments;
 	if ((relay->r_store = segstore_open(&sc, err, sizeof(err))) == NULL)
 		fatalx("storage: %s", err);
 	segstore_poll(relay->r_store, &relay->r_ss);
