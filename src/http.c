@@ -25,7 +25,44 @@
 
 struct http_server {
 	struct evhttp	*h_http;
+	struct evconnlistener *h_lev;
+	struct event	*h_resume;	/* re-enables h_lev after a pause */
 };
+
+#define HTTP_ACCEPT_PAUSE_MS	100
+
+static void
+http_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_server *h = arg;
+
+	evconnlistener_enable(h->h_lev);
+}
+
+/*
+ * Out of descriptors: pause like the other listeners. Without this error
+ * callback libevent logs and retries at once, spinning on the queued
+ * connection. (The callback's argument is the evhttp: use h_self.)
+ */
+static struct http_server *h_self;
+
+static void
+http_accept_error_cb(struct evconnlistener *lev, void *arg)
+{
+	static struct log_ratelimit rl = LOG_RATELIMIT_INIT(5, 10);
+	struct timeval tv = { 0, HTTP_ACCEPT_PAUSE_MS * 1000 };
+	int err = EVUTIL_SOCKET_ERROR();
+
+	if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM) {
+		log_limited(&rl, LOG_LEVEL_WARN, "http: accept: %s",
+		    strerror(err));
+		return;
+	}
+	log_limited(&rl, LOG_LEVEL_WARN, "http: accept: %s; pausing the "
+	    "listener for %d ms", strerror(err), HTTP_ACCEPT_PAUSE_MS);
+	evconnlistener_disable(lev);
+	evtimer_add(h_self->h_resume, &tv);
+}
 
 static const char *
 fsync_name(int mode)
@@ -180,6 +217,8 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	    "\"request\"} %" PRIu64 "\n", s->sub_rejected_request);
 	evbuffer_add_printf(b, "walrelay_subscribers_rejected_total{reason="
 	    "\"limit\"} %" PRIu64 "\n", s->sub_rejected_limit);
+	evbuffer_add_printf(b, "walrelay_subscribers_rejected_total{reason="
+	    "\"tls\"} %" PRIu64 "\n", s->sub_rejected_tls);
 	evbuffer_add_printf(b, "# HELP walrelay_subscribers_disconnected_total "
 	    "streaming subscribers disconnected by the relay, by reason\n"
 	    "# TYPE walrelay_subscribers_disconnected_total counter\n");
@@ -303,6 +342,15 @@ http_new(const char *addr, char *errbuf, size_t errlen)
 		http_free(h);
 		return NULL;
 	}
+	h->h_lev = lev;
+	if ((h->h_resume = evtimer_new(relay->r_base, http_resume_cb, h)) ==
+	    NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		http_free(h);
+		return NULL;
+	}
+	h_self = h;
+	evconnlistener_set_error_cb(lev, http_accept_error_cb);
 	evhttp_set_allowed_methods(h->h_http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
 	evhttp_set_timeout(h->h_http, 10);
 	evhttp_set_cb(h->h_http, "/metrics", metrics_cb, NULL);
@@ -319,7 +367,11 @@ http_free(struct http_server *h)
 {
 	if (h == NULL)
 		return;
+	if (h->h_resume != NULL)
+		event_free(h->h_resume);
 	if (h->h_http != NULL)
 		evhttp_free(h->h_http);
+	if (h_self == h)
+		h_self = NULL;
 	free(h);
 }

@@ -333,6 +333,9 @@ main(int argc, char **argv)
 	if (auth_load(tok, &cfg, err, sizeof(err)) == -1 ||
 	    check_exposure(&cfg, tok, err, sizeof(err)) == -1) {
 		fprintf(stderr, "walrelay: %s\n", err);
+		auth_free(tok);
+		free(tok);
+		config_free(&cfg);
 		return 2;
 	}
 	warn_loose(tok, &cfg);
@@ -341,6 +344,10 @@ main(int argc, char **argv)
 	relay->r_tokens = tok;
 	if (tls_setup(&cfg, 0, err, sizeof(err)) == -1) {
 		fprintf(stderr, "walrelay: %s\n", err);
+		tls_free(relay->r_tls);
+		auth_free(tok);
+		free(tok);
+		config_free(&cfg);
 		return 2;
 	}
 	if (cfg.check_only) {

@@ -43,6 +43,7 @@ struct relay_stats {
 	uint64_t	 sub_rejected_busy;
 	uint64_t	 sub_rejected_request;	/* bad-request, gone, future, epoch */
 	uint64_t	 sub_rejected_limit;	/* per-address limit, timeouts */
+	uint64_t	 sub_rejected_tls;	/* TLS handshake failed */
 	uint64_t	 sub_disconnected_gone;	/* position deleted by retention */
 	uint64_t	 sub_disconnected_lag;	/* over max-lag */
 	uint64_t	 sub_disconnected_timeout; /* no progress for subscriber-timeout */

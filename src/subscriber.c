@@ -497,9 +497,12 @@ subscriber_event_cb(struct bufferevent *bev, short what, void *arg)
 	} else if (what & BEV_EVENT_EOF)
 		subscriber_close(sub, sub->sub_state == SUB_HANDSHAKE ?
 		    NULL : "closed by the subscriber");
-	else if (what & BEV_EVENT_ERROR)
+	else if (what & BEV_EVENT_ERROR) {
+		if (sub->sub_state == SUB_HANDSHAKE && net_bev_is_tls(bev))
+			relay->r_stats.sub_rejected_tls++;
 		subscriber_close(sub, "connection error: %s",
 		    net_bev_error(bev));
+	}
 }
 
 static void

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
@@ -43,6 +44,32 @@ ssl_errstr(const char *what, const char *file, char *errbuf, size_t errlen)
 	    file ? file : "", reason);
 }
 
+/* Say so when our own certificate is outside its validity period. */
+static void
+tls_check_dates(SSL_CTX *ctx, const char *file)
+{
+	X509 *x = SSL_CTX_get0_certificate(ctx);
+	const ASN1_TIME *na, *nb;
+	struct tm tm;
+	char when[32] = "?";
+
+	if (x == NULL)
+		return;
+	na = X509_get0_notAfter(x);
+	nb = X509_get0_notBefore(x);
+	if (X509_cmp_current_time(na) < 0) {
+		if (ASN1_TIME_to_tm(na, &tm) == 1)
+			strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		log_warnx("TLS certificate %s expired on %s: peers that verify "
+		    "it refuse to connect", file, when);
+	} else if (X509_cmp_current_time(nb) > 0) {
+		if (ASN1_TIME_to_tm(nb, &tm) == 1)
+			strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		log_warnx("TLS certificate %s is not valid before %s: peers "
+		    "that verify it refuse to connect", file, when);
+	}
+}
+
 static SSL_CTX *
 tls_build(const struct tls_files *tf, int server, char *errbuf, size_t errlen)
 {
@@ -68,6 +95,8 @@ tls_build(const struct tls_files *tf, int server, char *errbuf, size_t errlen)
 		ssl_errstr("TLS certificate", tf->tf_cert, errbuf, errlen);
 		goto fail;
 	}
+	if (tf->tf_cert != NULL)
+		tls_check_dates(ctx, tf->tf_cert);
 	if (tf->tf_key != NULL) {
 		if (SSL_CTX_use_PrivateKey_file(ctx, tf->tf_key,
 		    SSL_FILETYPE_PEM) != 1) {

@@ -460,7 +460,9 @@ upconn_event_cb(struct bufferevent *bev, short what, void *arg)
 	struct upconn *uc = arg;
 
 	if (what & BEV_EVENT_CONNECTED) {
-		upconn_pull_connected(uc);
+		/* an accepted TLS connection reports its handshake too */
+		if (uc->uc_pull)
+			upconn_pull_connected(uc);
 		return;
 	}
 	if (what & BEV_EVENT_EOF) {
