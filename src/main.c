@@ -5,6 +5,9 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -361,6 +364,16 @@ main(int argc, char **argv)
 	}
 
 	signal(SIGPIPE, SIG_IGN);
+#ifdef M_MMAP_THRESHOLD
+	/*
+	 * Frame chunks (64 KiB to 2 MiB, allocated and freed out of order)
+	 * get their own mappings, returned to the system when freed. With
+	 * glibc's default, the threshold rises after the first large free and
+	 * the heap keeps the holes: a slow subscriber then made the relay's
+	 * RSS several times its tail-memory and buffers.
+	 */
+	mallopt(M_MMAP_THRESHOLD, 64 * 1024);
+#endif
 	signal(SIGXFSZ, SIG_IGN);	/* a file size limit is an I/O error */
 	if (evthread_use_pthreads() == -1)
 		fatalx("libevent without thread support");

@@ -111,7 +111,7 @@ upconn_publish(struct upconn *uc)
 	}
 	ch->ch_len = uc->uc_checked;
 	ch->ch_nframes = uc->uc_nframes;
-	if (ch->ch_cap - ch->ch_len > 65536)
+	if (ch->ch_cap - ch->ch_len > ch->ch_len / 16)
 		chunk_shrink(ch);	/* the tail holds it for a while */
 	segstore_append(relay->r_store, ch);
 	fanout_publish(relay->r_fan, ch);
