@@ -86,6 +86,38 @@ zstd_push(struct subscriber *sub, const void *data, size_t len,
 	return 0;
 }
 
+/*
+ * Small spans (a chunk from a small read holds a few frames) are copied
+ * into one staging block and queued together: one 16 KiB buffer per
+ * block instead of one per span, so TLS writes full records and plain
+ * TCP fewer iovecs. Larger spans are referenced, never copied. The block
+ * is always flushed before a refill returns.
+ */
+#define SUB_STAGE	16384
+static uint8_t	sub_stage[SUB_STAGE];
+static size_t	sub_stage_len;
+
+static int
+sub_stage_flush(struct subscriber *sub)
+{
+	int rc;
+
+	if (sub_stage_len == 0)
+		return 0;
+	rc = evbuffer_add(bufferevent_get_output(sub->sub_bev), sub_stage,
+	    sub_stage_len);
+	sub_stage_len = 0;
+	return rc;
+}
+
+/* Bytes queued to the subscriber, staged ones included. */
+static size_t
+sub_queued(struct subscriber *sub)
+{
+	return evbuffer_get_length(bufferevent_get_output(sub->sub_bev)) +
+	    sub_stage_len;
+}
+
 /* Queue bytes of a tail chunk. */
 static int
 sub_emit_chunk(struct subscriber *sub, struct chunk *ch, size_t off,
@@ -109,6 +141,15 @@ sub_emit_chunk(struct subscriber *sub, struct chunk *ch, size_t off,
 	}
 	if (sub->sub_zstd)
 		return zstd_push(sub, ch->ch_data + off, len, ZSTD_e_continue);
+	if (len < SUB_STAGE) {
+		if (sub_stage_len + len > SUB_STAGE && sub_stage_flush(sub) == -1)
+			return -1;
+		memcpy(sub_stage + sub_stage_len, ch->ch_data + off, len);
+		sub_stage_len += len;
+		return 0;
+	}
+	if (sub_stage_flush(sub) == -1)
+		return -1;
 	return chunk_add_to_evbuffer(bufferevent_get_output(sub->sub_bev), ch,
 	    off, len);
 }
@@ -196,12 +237,12 @@ subscriber_refill(struct subscriber *sub)
 	if (sub->sub_state != SUB_STREAM)
 		return;
 	out = bufferevent_get_output(sub->sub_bev);
-	while (evbuffer_get_length(out) < hiwat &&
+	while (sub_queued(sub) < hiwat &&
 	    (sub->sub_pos < limit || sub->sub_has_span)) {
 		struct chunk *ch;
 
 		if (sub->sub_has_span) {
-			if (sub_emit_span(sub) == -1)
+			if (sub_stage_flush(sub) == -1 || sub_emit_span(sub) == -1)
 				goto fail;
 			continue;
 		}
@@ -215,7 +256,7 @@ subscriber_refill(struct subscriber *sub)
 				    sub->sub_pos);
 			}
 			while (ch != NULL && CHUNK_END(ch) <= limit &&
-			    evbuffer_get_length(out) < hiwat) {
+			    sub_queued(sub) < hiwat) {
 				if (sub_emit_chunk(sub, ch, off, ch->ch_len - off)
 				    == -1)
 					goto fail;
@@ -237,6 +278,7 @@ subscriber_refill(struct subscriber *sub)
 		    &sub->sub_span) == -1) {
 			segstore_poll(relay->r_store, &relay->r_ss);
 			if (sub->sub_pos < relay->r_ss.ss_earliest) {
+				sub_stage_len = 0;
 				relay->r_stats.sub_disconnected_gone++;
 				subscriber_close(sub, "its position %" PRIu64
 				    " was deleted by retention (earliest is now %"
@@ -256,6 +298,8 @@ subscriber_refill(struct subscriber *sub)
 		sub->sub_has_span = 1;
 		sub->sub_span_done = 0;
 	}
+	if (sub_stage_flush(sub) == -1)
+		goto fail;
 	if (sub->sub_zstd && sub->sub_zopen &&
 	    zstd_push(sub, NULL, 0, ZSTD_e_flush) == -1)
 		goto fail;
@@ -270,6 +314,7 @@ subscriber_refill(struct subscriber *sub)
 	}
 	return;
 fail:
+	sub_stage_len = 0;
 	subscriber_close(sub, "cannot queue data: %s", strerror(errno));
 }
 

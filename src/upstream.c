@@ -77,6 +77,8 @@ static void	pull_schedule(struct upstream *);
 static void	pull_connect(struct upstream *);
 static void	upconn_pull_connected(struct upconn *);
 
+#define UPCONN_EOF	"connection closed by peer"
+
 static struct log_ratelimit up_refusals = LOG_RATELIMIT_INIT(10, 10);
 
 static struct upstream *U;
@@ -258,8 +260,13 @@ upconn_close(struct upconn *uc, const char *fmt, ...)
 	}
 	if (uc == U->u_publisher) {
 		U->u_publisher = NULL;
-		log_warnx("%s: %s (peer %s, %" PRIu64 " frames stored)",
-		    uc->uc_name, why, uc->uc_peer, uc->uc_frames);
+		/* a publisher that hangs up is routine; anything else is not */
+		if (strcmp(why, UPCONN_EOF) == 0)
+			log_info("%s: %s (peer %s, %" PRIu64 " frames stored)",
+			    uc->uc_name, why, uc->uc_peer, uc->uc_frames);
+		else
+			log_warnx("%s: %s (peer %s, %" PRIu64 " frames stored)",
+			    uc->uc_name, why, uc->uc_peer, uc->uc_frames);
 	} else {
 		TAILQ_REMOVE(&U->u_pending, uc, uc_entry);
 		log_limited(&up_refusals, LOG_LEVEL_WARN, "%s: %s (peer %s)",
@@ -469,7 +476,7 @@ upconn_event_cb(struct bufferevent *bev, short what, void *arg)
 		/* take whatever arrived before the end */
 		if (uc->uc_state == UC_STREAM && upconn_ingest(uc) == -1)
 			return;
-		upconn_close(uc, "connection closed by peer");
+		upconn_close(uc, "%s", UPCONN_EOF);
 	} else if (what & BEV_EVENT_ERROR) {
 		const char *e = net_bev_error(bev);
 		if (uc->uc_pull && uc->uc_state == UC_HANDSHAKE)
@@ -554,8 +561,7 @@ ingest_accept_cb(int fd, struct sockaddr *sa, int salen, void *arg)
 		if (uc->uc_timer != NULL)
 			evtimer_add(uc->uc_timer, &tv);
 	}
-	if (U->u_paused)
-		bufferevent_disable(bev, EV_READ);
+	/* read the handshake even while paused: promotion pauses it */
 	bufferevent_enable(bev, EV_READ);
 }
 
