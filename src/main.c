@@ -402,6 +402,9 @@ main(int argc, char **argv)
 	    cfg.fsync_mode == FSYNC_ALWAYS ? "always" :
 	    cfg.fsync_mode == FSYNC_NEVER ? "never" : "interval");
 
+	relay->r_positioned = !(cfg.upstream != NULL &&
+	    cfg.upstream_protocol == UPSTREAM_PROTO_SUB &&
+	    relay->r_ss.ss_next == 0);
 	relay->r_store_ev = event_new(relay->r_base, -1, 0, store_event_cb,
 	    NULL);
 	if (relay->r_store_ev == NULL)

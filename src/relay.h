@@ -67,6 +67,11 @@ struct relay {
 	struct relay_stats	 r_stats;
 	uint64_t		 r_next_id;	/* connection ids */
 	int			 r_stopping;
+	/*
+	 * 0 while an empty relay that pulls from another relay has not yet
+	 * adopted the upstream's epoch and sequence: subscribers must wait.
+	 */
+	int			 r_positioned;
 	uint64_t		 r_started_ms;
 };
 

@@ -451,6 +451,20 @@ sub_handshake(struct subscriber *sub)
 		}
 		return;
 	}
+	if (!relay->r_positioned) {
+		/* its numbers would change when it adopts the upstream's */
+		relay->r_stats.sub_rejected_busy++;
+		if (sub->sub_resuming)
+			sub_refuse(sub, "busy", "this relay has not yet taken "
+			    "its positions from its upstream");
+		else {
+			log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: refused "
+			    "%s: not yet positioned by the upstream",
+			    sub->sub_name, sub->sub_peer);
+			subscriber_close(sub, NULL);
+		}
+		return;
+	}
 	segstore_poll(relay->r_store, st);
 	if (!sub->sub_resuming) {
 		sub_start(sub, st->ss_next);

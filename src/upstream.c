@@ -437,6 +437,7 @@ upconn_reply(struct upconn *uc)
 	}
 	uc->uc_state = UC_STREAM;
 	U->u_attempt = 0;
+	relay->r_positioned = 1;
 	log_info("%s: streaming from %s at sequence %" PRIu64 " (upstream "
 	    "earliest %" PRIu64 ", next %" PRIu64 ")", uc->uc_name, uc->uc_peer,
 	    rep.hp_start, rep.hp_earliest, rep.hp_next);

@@ -934,3 +934,31 @@ def test_walcat_tail(relays, tokfile, walcat, workdir):
             st.communicate()
     assert st.returncode == 0, err
     assert out == b"".join(store_frames(r.datadir)[100:105])
+
+
+def test_unpositioned_chain_member_refuses_subscribers(relays, tokfile):
+    """An empty relay pulling from a relay it has not reached yet has no
+    positions of its own: it must not hand out sequence numbers and an
+    epoch that change once it adopts its upstream's."""
+    common = ["--subscribe-token-file", tokfile, "--upstream-backoff-max", "200"]
+    a = relays("a", common, start=False)        # not running yet
+    b = relays("b", common + ["--upstream", a.listen_addr, "--upstream-protocol",
+                              "sub", "--upstream-token-file", tokfile],
+               ingest=False)
+    line = refused(b.listen_addr, f"FCWAL-SUB/1 {TOKEN} earliest")
+    assert line.startswith("FCWAL-ERR/1 busy "), line
+    s = subscribe(b.listen_addr, f"FCWAL-AUTH/1 {TOKEN}")
+    assert s.recv(100) == b""                    # stock: closed, no byte
+    s.close()
+    assert b.metric("walrelay_subscribers_rejected_total{reason=\"busy\"}") == 2
+
+    a.start()
+    feed(a, 0, 50)
+    a.wait_durable(50)
+    epoch = a.status()["epoch"]
+    wait_until(lambda: b.status()["durable"] == 50, 15, "B to adopt and catch up")
+    s, rep = sub_ok(b.listen_addr, "earliest")
+    assert rep == {"start": 0, "earliest": 0, "next": 50, "epoch": epoch}
+    got = recv_frames(s, 50)
+    s.close()
+    assert got == store_frames(a.datadir)
