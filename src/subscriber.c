@@ -141,7 +141,14 @@ sub_emit_chunk(struct subscriber *sub, struct chunk *ch, size_t off,
 	}
 	if (sub->sub_zstd)
 		return zstd_push(sub, ch->ch_data + off, len, ZSTD_e_continue);
-	if (len < SUB_STAGE) {
+	/*
+	 * Only while the subscriber's queue is nearly empty: copies are per
+	 * subscriber, references are shared. Copying whatever a backlogged
+	 * subscriber is owed made 16 x 1 KiB frames 35% slower and 10,000
+	 * subscribers take 3.2 GiB instead of 1 GiB (bench/run).
+	 */
+	if (len < SUB_STAGE &&
+	    evbuffer_get_length(bufferevent_get_output(sub->sub_bev)) < 4096) {
 		if (sub_stage_len + len > SUB_STAGE && sub_stage_flush(sub) == -1)
 			return -1;
 		memcpy(sub_stage + sub_stage_len, ch->ch_data + off, len);
