@@ -158,6 +158,24 @@ chunk_zstd_count(void)
 }
 
 size_t
+chunk_cut(const struct chunk *ch, size_t off, size_t room, uint32_t *nframes)
+{
+	size_t end = off;
+	uint32_t n = 0;
+
+	while (end < ch->ch_len) {
+		size_t flen = fcw2_frame_len(ch->ch_data + end);
+
+		if (n > 0 && end - off + flen > room)
+			break;
+		end += flen;
+		n++;
+	}
+	*nframes = n;
+	return end - off;
+}
+
+size_t
 chunk_offset_of(const struct chunk *ch, uint64_t seq)
 {
 	size_t off = 0;

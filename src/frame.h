@@ -70,6 +70,13 @@ int		 chunk_add_zstd_to_evbuffer(struct evbuffer *, struct chunk *);
 /* Chunks compressed so far (for /metrics). */
 long long	 chunk_zstd_count(void);
 
+/*
+ * Bytes of the whole frames from offset off that fit in room (at least
+ * one frame), and their count in *nframes.
+ */
+size_t		 chunk_cut(const struct chunk *, size_t off, size_t room,
+		    uint32_t *nframes);
+
 /* Byte offset in ch of the frame with sequence seq (walks frame headers). */
 size_t		 chunk_offset_of(const struct chunk *, uint64_t seq);
 

@@ -264,12 +264,28 @@ subscriber_refill(struct subscriber *sub)
 			}
 			while (ch != NULL && CHUNK_END(ch) <= limit &&
 			    sub_queued(sub) < hiwat) {
-				if (sub_emit_chunk(sub, ch, off, ch->ch_len - off)
-				    == -1)
+				size_t len = ch->ch_len - off;
+				size_t room = hiwat - sub_queued(sub);
+				uint64_t nf = CHUNK_END(ch) - sub->sub_pos;
+
+				/*
+				 * The queue holds at most its cap and one frame:
+				 * a big chunk is queued in whole frames that fit.
+				 */
+				if (len > room) {
+					uint32_t k;
+
+					len = chunk_cut(ch, off, room, &k);
+					nf = k;
+				}
+				if (sub_emit_chunk(sub, ch, off, len) == -1)
 					goto fail;
-				relay->r_stats.sub_frames_sent += CHUNK_END(ch) -
-				    sub->sub_pos;
-				sub->sub_pos = CHUNK_END(ch);
+				relay->r_stats.sub_frames_sent += nf;
+				sub->sub_pos += nf;
+				if (sub->sub_pos < CHUNK_END(ch)) {
+					off += len;
+					continue;
+				}
 				off = 0;
 				ch = TAILQ_NEXT(ch, ch_entry);
 			}
