@@ -1558,31 +1558,35 @@ START_TEST(fsync_failure_rewrites)
 	struct model m;
 	char *dir = tmpdir_new();
 	uint64_t durable;
+	unsigned k;
 
 	config_init(&cf, dir);
 	hook_config(&cf);
-	hook_set(1, 2);		/* the second fdatasync fails, hold the rest */
+	hook_set(UINT_MAX, 0);
 	ss = store_open(&cf);
 	store_start(ss);
 	model_init(&m, 0);
 	append_chunks(ss, &m, 3, 3);
 	wait_durable(ss, model_end(&m));
-	ck_assert_uint_eq(hook_calls(), 1);
+	/* the writer may have taken those in one round or several */
+	k = hook_calls();
+	ck_assert_uint_ge(k, 1);
 	durable = model_end(&m);
+	hook_set(k, k + 1);	/* the next fdatasync fails, hold the rest */
 
 	append_chunks(ss, &m, 5, 3);
-	hook_wait_calls(2);
-	hook_set(2, 2);		/* let it fail */
-	hook_wait_calls(3);	/* the retry reached its fdatasync: held */
+	hook_wait_calls(k + 1);
+	hook_set(k + 1, k + 1);	/* let it fail */
+	hook_wait_calls(k + 2);	/* the retry reached its fdatasync: held */
 	segstore_poll(ss, &st);
 	ck_assert_int_eq(st.ss_error, EIO);
 	ck_assert_uint_eq(st.ss_fsync_errors, 1);
 	ck_assert_uint_eq(st.ss_durable, durable);
 	ck_assert_uint_eq(st.ss_written, model_end(&m));
 	/* cut back to the durable offset and written again, once */
-	ck_assert_uint_eq(hook.sh_size[2], m.len);
+	ck_assert_uint_eq(hook.sh_size[k + 1], m.len);
 
-	hook_set(UINT_MAX, 2);
+	hook_set(UINT_MAX, k + 1);
 	wait_durable(ss, model_end(&m));
 	segstore_poll(ss, &st);
 	ck_assert_int_eq(st.ss_error, 0);
