@@ -82,8 +82,27 @@ class Relay:
                                      preexec_fn=self.preexec_fn)
         self.starts += 1
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except AssertionError:
+                if not self._lost_port_race():
+                    raise
+                # another process took a port between free_port() and the
+                # daemon's bind: take new ones and start again
+                self.log.close()
+                for attr in ("ingest_port", "listen_port", "http_port"):
+                    if getattr(self, attr):
+                        setattr(self, attr, free_port())
+                return self.start(wait)
         return self
+
+    def _lost_port_race(self):
+        """The daemon exited at start because a port was taken."""
+        if self.proc.poll() is None or self.starts > 5:
+            return False
+        tail = self.read_log()[-2000:]
+        return "Address already in use" in tail and "started (pid" not in \
+            tail.rsplit("Address already in use", 1)[1]
 
     def wait_ready(self, timeout=15.0):
         def up():
