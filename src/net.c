@@ -121,12 +121,6 @@ net_listener_free(struct net_listener *nl)
 	free(nl);
 }
 
-int
-net_listener_is_loopback(const struct net_listener *nl)
-{
-	return nl->nl_loopback;
-}
-
 /* ---- connections per source address --------------------------------- */
 
 #define NET_SOURCE_BUCKETS	1024
@@ -140,7 +134,6 @@ struct net_source {
 };
 
 static struct net_source	*net_source_table[NET_SOURCE_BUCKETS];
-static size_t			 net_source_count;
 
 static int
 net_source_key(const struct sockaddr *sa, uint8_t addr[16], int *family)
@@ -183,7 +176,6 @@ net_conn_acquire(const struct sockaddr *sa, unsigned limit)
 		ns->ns_bucket = h;
 		ns->ns_next = net_source_table[h];
 		net_source_table[h] = ns;
-		net_source_count++;
 	}
 	if (ns->ns_count >= limit)
 		return NULL;
@@ -202,14 +194,7 @@ net_conn_release(struct net_source *ns)
 	    pp = &(*pp)->ns_next)
 		;
 	*pp = ns->ns_next;
-	net_source_count--;
 	free(ns);
-}
-
-size_t
-net_sources(void)
-{
-	return net_source_count;
 }
 
 struct bufferevent *

@@ -20,8 +20,6 @@ typedef void (*net_accept_cb)(int fd, struct sockaddr *, int, void *);
 struct net_listener	*net_listen(const char *addr, net_accept_cb, void *arg,
 			    const char *what, char *errbuf, size_t errlen);
 void			 net_listener_free(struct net_listener *);
-/* Is the listener bound to a loopback address? */
-int			 net_listener_is_loopback(const struct net_listener *);
 
 /*
  * Connections per source address. net_conn_acquire counts one more for
@@ -31,8 +29,6 @@ int			 net_listener_is_loopback(const struct net_listener *);
 struct net_source;
 struct net_source	*net_conn_acquire(const struct sockaddr *, unsigned limit);
 void			 net_conn_release(struct net_source *);
-/* Distinct addresses with connections now. */
-size_t			 net_sources(void);
 
 /* A bufferevent for an accepted socket, TLS when tls is non-NULL. */
 struct bufferevent	*net_bev_accepted(int fd, struct tls_ctx *tls);

@@ -289,17 +289,3 @@ tls_bev_error(struct bufferevent *bev, char *buf, size_t len)
 		;
 	return buf;
 }
-
-int
-tls_bev_peer(struct bufferevent *bev, char *buf, size_t len)
-{
-	SSL *ssl;
-	X509 *cert;
-
-	if ((ssl = bufferevent_openssl_get_ssl(bev)) == NULL ||
-	    (cert = SSL_get1_peer_certificate(ssl)) == NULL)
-		return -1;
-	X509_NAME_oneline(X509_get_subject_name(cert), buf, (int)len);
-	X509_free(cert);
-	return 0;
-}

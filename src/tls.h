@@ -39,7 +39,5 @@ struct bufferevent *tls_bev_connect(struct event_base *, struct tls_ctx *);
 int		 tls_bev_is_tls(struct bufferevent *);
 /* The TLS error behind a failed bufferevent, or NULL. */
 const char	*tls_bev_error(struct bufferevent *, char *buf, size_t len);
-/* Subject of the peer's certificate, if any. */
-int		 tls_bev_peer(struct bufferevent *, char *buf, size_t len);
 
 #endif

@@ -641,9 +641,27 @@ upconn_pull_connected(struct upconn *uc)
 	struct evbuffer *out = bufferevent_get_output(uc->uc_bev);
 	const char *tok = auth_upstream_token(relay->r_tokens);
 	struct segstore *ss = relay->r_store;
+	const char *t = tok ? tok : "-";
+	char line[HANDSHAKE_LINE_MAX + 2];
+	int n;
 
+	if (relay->r_cfg->upstream_protocol == UPSTREAM_PROTO_AUTH)
+		n = handshake_format_auth(line, sizeof(line), tok ? tok : "",
+		    tok ? strlen(tok) : 0);
+	else if (segstore_next(ss) == 0)
+		n = handshake_format_sub(line, sizeof(line), t, strlen(t),
+		    HANDSHAKE_FROM_EARLIEST, 0, 0, 0, HANDSHAKE_COMPRESS_NONE);
+	else
+		n = handshake_format_sub(line, sizeof(line), t, strlen(t),
+		    HANDSHAKE_FROM_SEQ, segstore_next(ss), 1,
+		    segstore_epoch(ss), HANDSHAKE_COMPRESS_NONE);
+	if (n == -1) {
+		upconn_close(uc, "the upstream token cannot be sent in a "
+		    "handshake line");
+		return;
+	}
+	evbuffer_add(out, line, (size_t)n);
 	if (relay->r_cfg->upstream_protocol == UPSTREAM_PROTO_AUTH) {
-		evbuffer_add_printf(out, "FCWAL-AUTH/1 %s\n", tok ? tok : "");
 		TAILQ_REMOVE(&U->u_pending, uc, uc_entry);
 		U->u_publisher = uc;
 		uc->uc_state = UC_STREAM;
@@ -656,13 +674,6 @@ upconn_pull_connected(struct upconn *uc)
 		    "it writes (gaps while disconnected cannot be detected)",
 		    uc->uc_name, uc->uc_peer);
 	} else {
-		if (segstore_next(ss) == 0)
-			evbuffer_add_printf(out, "FCWAL-SUB/1 %s earliest\n",
-			    tok ? tok : "-");
-		else
-			evbuffer_add_printf(out, "FCWAL-SUB/1 %s %" PRIu64
-			    " epoch=%016" PRIx64 "\n", tok ? tok : "-",
-			    segstore_next(ss), segstore_epoch(ss));
 		TAILQ_REMOVE(&U->u_pending, uc, uc_entry);
 		U->u_publisher = uc;
 		uc->uc_state = UC_REPLY;
