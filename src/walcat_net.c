@@ -22,6 +22,7 @@
 
 #include <zstd.h>
 
+#include "auth.h"
 #include "fcw2.h"
 #include "scan.h"
 #include "segment.h"
@@ -122,30 +123,22 @@ write_all(int fd, const void *p, size_t len, size_t *done)
 	return 0;
 }
 
-/* First line of a token file (trailing CR/LF and spaces stripped). */
+/* The first token of a token file, read as the relay reads them. */
 static int
 read_token(const char *path, char *tok, size_t len)
 {
-	FILE *f = fopen(path, "r");
-	size_t n;
+	struct tokenset ts;
+	char err[512];
+	int loose;
 
-	if (f == NULL) {
-		fprintf(stderr, "walcat: %s: %s\n", path, strerror(errno));
+	tokenset_init(&ts);
+	if (tokenset_load_file(&ts, path, &loose, err, sizeof(err)) == -1) {
+		fprintf(stderr, "walcat: %s\n", err);
 		return -1;
 	}
-	while (fgets(tok, (int)len, f) != NULL) {
-		n = strcspn(tok, "\r\n");
-		while (n > 0 && (tok[n - 1] == ' ' || tok[n - 1] == '\t'))
-			n--;
-		tok[n] = '\0';
-		if (n > 0 && tok[0] != '#') {
-			fclose(f);
-			return 0;
-		}
-	}
-	fclose(f);
-	fprintf(stderr, "walcat: %s: no token in the file\n", path);
-	return -1;
+	snprintf(tok, len, "%s", ts.ts_tokens[0].tk_data);
+	tokenset_free(&ts);
+	return 0;
 }
 
 /* ---- produce ---------------------------------------------------------- */
