@@ -68,6 +68,12 @@ net_accept(struct evconnlistener *lev, evutil_socket_t fd,
 	int one = 1;
 
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/*
+	 * Deadlines (auth-timeout) run from this accept, not from the start
+	 * of a loop iteration that may have been busy for a while: refresh
+	 * the loop's cached clock before the callback arms any timer.
+	 */
+	(void)event_base_update_cache_time(relay->r_base);
 	nl->nl_cb(fd, sa, salen, nl->nl_arg);
 }
 
