@@ -92,8 +92,12 @@ zstd_push(struct subscriber *sub, const void *data, size_t len,
  * block instead of one per span, so TLS writes full records and plain
  * TCP fewer iovecs. Larger spans are referenced, never copied. The block
  * is always flushed before a refill returns.
+ *
+ * libevent rounds a buffer (its data plus a header of under 128 bytes) up
+ * to a power of two: a block of exactly 16 KiB would take 32 KiB, twice
+ * over for every subscriber. This size keeps it in one 16 KiB allocation.
  */
-#define SUB_STAGE	16384
+#define SUB_STAGE	(16384 - 128)
 static uint8_t	sub_stage[SUB_STAGE];
 static size_t	sub_stage_len;
 
