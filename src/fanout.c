@@ -20,6 +20,14 @@
 #include "relay.h"
 #include "subscriber.h"
 
+/*
+ * Newly sendable chunks under FANOUT_MERGE_SMALL bytes are merged into
+ * chunks of up to FANOUT_MERGE_MAX: big enough that a subscriber's
+ * references are few, small enough that one pins little memory.
+ */
+#define FANOUT_MERGE_SMALL	(32 * 1024)
+#define FANOUT_MERGE_MAX	(256 * 1024)
+
 static void
 fanout_accept_cb(int fd, struct sockaddr *sa, int salen, void *arg)
 {
@@ -180,6 +188,15 @@ fanout_advance(struct fanout *fo, uint64_t sendable)
 		fanout_trim(fo);
 		return;
 	}
+	/*
+	 * Nobody has read the newly sendable chunks yet: merge the small ones
+	 * (a slow cache or a busy loop reads the upstream a few KiB at a
+	 * time). Each subscriber then queues one reference per merged chunk
+	 * instead of one per read: one copy here saves a libevent buffer
+	 * (1 KiB or more) and a copy or an iovec per subscriber per chunk.
+	 */
+	fo->fo_tail_chunks -= chunk_list_merge(&fo->fo_tail, fo->fo_sendable,
+	    sendable, FANOUT_MERGE_SMALL, FANOUT_MERGE_MAX);
 	fo->fo_sendable = sendable;
 	/* a refill may put a subscriber back on fo_waiting: take the list */
 	TAILQ_INIT(&wake);

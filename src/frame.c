@@ -184,3 +184,56 @@ chunk_offset_of(const struct chunk *ch, uint64_t seq)
 		off += fcw2_frame_len(ch->ch_data + off);
 	return off;
 }
+
+size_t
+chunk_list_merge(struct chunk_list *list, uint64_t from, uint64_t to,
+    size_t small, size_t max)
+{
+	struct chunk *ch, *first, *next, *m;
+	size_t len, removed = 0;
+	uint64_t end;
+	int k;
+
+	/* the chunks that start at `from` or later are the last ones */
+	first = NULL;
+	for (ch = TAILQ_LAST(list, chunk_list); ch != NULL && ch->ch_seq >= from;
+	    ch = TAILQ_PREV(ch, chunk_list, ch_entry))
+		first = ch;
+	ch = first;
+	while (ch != NULL && CHUNK_END(ch) <= to) {
+		/* a run of small chunks, each starting where the last ended */
+		first = ch;
+		len = 0;
+		end = ch->ch_seq;
+		k = 0;
+		while (ch != NULL && CHUNK_END(ch) <= to && ch->ch_len < small &&
+		    len + ch->ch_len <= max && ch->ch_seq == end) {
+			len += ch->ch_len;
+			end = CHUNK_END(ch);
+			k++;
+			ch = TAILQ_NEXT(ch, ch_entry);
+		}
+		if (k == 0) {
+			ch = TAILQ_NEXT(ch, ch_entry);
+			continue;
+		}
+		if (k == 1 || (m = chunk_new(len)) == NULL)
+			continue;	/* nothing to gain, or keep them apart */
+		m->ch_seq = first->ch_seq;
+		for (struct chunk *c = first; c != ch; c = next) {
+			next = TAILQ_NEXT(c, ch_entry);
+			memcpy(m->ch_data + m->ch_len, c->ch_data, c->ch_len);
+			m->ch_len += c->ch_len;
+			m->ch_nframes += c->ch_nframes;
+			TAILQ_REMOVE(list, c, ch_entry);
+			chunk_unref(c);
+			removed++;
+		}
+		if (ch != NULL)
+			TAILQ_INSERT_BEFORE(ch, m, ch_entry);
+		else
+			TAILQ_INSERT_TAIL(list, m, ch_entry);
+		removed--;
+	}
+	return removed;
+}

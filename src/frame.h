@@ -77,6 +77,16 @@ long long	 chunk_zstd_count(void);
 size_t		 chunk_cut(const struct chunk *, size_t off, size_t room,
 		    uint32_t *nframes);
 
+/*
+ * Merge runs of consecutive chunks of the list that lie wholly in
+ * [from, to) and are each under `small` bytes into single chunks of at most
+ * `max` bytes (the list's own references move to the new chunks; holders of
+ * other references keep the old ones). Returns how many fewer chunks the
+ * list holds. Only for chunks nobody reads through the list yet.
+ */
+size_t		 chunk_list_merge(struct chunk_list *, uint64_t from,
+		    uint64_t to, size_t small, size_t max);
+
 /* Byte offset in ch of the frame with sequence seq (walks frame headers). */
 size_t		 chunk_offset_of(const struct chunk *, uint64_t seq);
 

@@ -94,6 +94,115 @@ START_TEST(references_hold_the_chunk)
 }
 END_TEST
 
+/* Every byte the list holds, in list order, copied to out. */
+static size_t
+list_bytes(struct chunk_list *l, uint8_t *out, size_t cap)
+{
+	struct chunk *ch;
+	size_t n = 0;
+
+	TAILQ_FOREACH(ch, l, ch_entry) {
+		ck_assert_uint_le(n + ch->ch_len, cap);
+		memcpy(out + n, ch->ch_data, ch->ch_len);
+		n += ch->ch_len;
+	}
+	return n;
+}
+
+START_TEST(merge_joins_small_sendable_runs)
+{
+	static uint8_t before[1 << 20], after[1 << 20];
+	struct chunk_list l;
+	struct chunk *c[7], *ch, *kept;
+	size_t off[65], nb, na;
+	/* seq, frames: c3 is big, c6 lies past `to`, c0 before `from` */
+	const uint64_t seq[7] = { 0, 10, 15, 20, 84, 89, 94 };
+	const int nfr[7] = { 10, 5, 5, 64, 5, 5, 5 };
+	long live0 = chunk_live_count();
+
+	TAILQ_INIT(&l);
+	for (int i = 0; i < 7; i++) {
+		c[i] = make_chunk(seq[i], nfr[i], off);
+		TAILQ_INSERT_TAIL(&l, c[i], ch_entry);
+	}
+	ck_assert_uint_gt(c[3]->ch_len, 4096);
+	ck_assert_uint_lt(c[1]->ch_len, 4096);
+	nb = list_bytes(&l, before, sizeof(before));
+	/* somebody else (the segment writer) still holds c1 */
+	kept = c[1];
+	chunk_ref(kept);
+
+	ck_assert_uint_eq(chunk_list_merge(&l, 10, 94, 4096, 1 << 20), 2);
+	na = list_bytes(&l, after, sizeof(after));
+	ck_assert_uint_eq(na, nb);
+	ck_assert_int_eq(memcmp(before, after, nb), 0);
+
+	ch = TAILQ_FIRST(&l);
+	ck_assert_ptr_eq(ch, c[0]);			/* before from: as it was */
+	ch = TAILQ_NEXT(ch, ch_entry);
+	ck_assert_uint_eq(ch->ch_seq, 10);		/* c1 + c2 */
+	ck_assert_uint_eq(ch->ch_nframes, 10);
+	ck_assert_uint_eq(ch->ch_len, ch->ch_cap);
+	ck_assert_uint_eq(chunk_offset_of(ch, 15), kept->ch_len);
+	ch = TAILQ_NEXT(ch, ch_entry);
+	ck_assert_ptr_eq(ch, c[3]);			/* big: as it was */
+	ch = TAILQ_NEXT(ch, ch_entry);
+	ck_assert_uint_eq(ch->ch_seq, 84);		/* c4 + c5 */
+	ck_assert_uint_eq(ch->ch_nframes, 10);
+	ch = TAILQ_NEXT(ch, ch_entry);
+	ck_assert_ptr_eq(ch, c[6]);			/* past to: as it was */
+	ck_assert_ptr_null(TAILQ_NEXT(ch, ch_entry));
+
+	/* c2, c4, c5 were freed; c1 lives on for its other holder */
+	ck_assert_int_eq(chunk_live_count(), live0 + 6);
+	ck_assert_uint_eq(kept->ch_seq, 10);
+	chunk_unref(kept);
+	ck_assert_int_eq(chunk_live_count(), live0 + 5);
+
+	while ((ch = TAILQ_FIRST(&l)) != NULL) {
+		TAILQ_REMOVE(&l, ch, ch_entry);
+		chunk_unref(ch);
+	}
+	ck_assert_int_eq(chunk_live_count(), live0);
+}
+END_TEST
+
+START_TEST(merge_respects_max_and_gaps)
+{
+	struct chunk_list l;
+	struct chunk *ch;
+	size_t off[65], one;
+	/* a gap between 20 and 30: never joined across it */
+	const uint64_t seq[5] = { 0, 5, 10, 15, 30 };
+	int i = 0;
+
+	TAILQ_INIT(&l);
+	for (int k = 0; k < 5; k++) {
+		ch = make_chunk(seq[k], 5, off);
+		TAILQ_INSERT_TAIL(&l, ch, ch_entry);
+	}
+	one = TAILQ_FIRST(&l)->ch_len;
+	/* at most two chunks fit in max: 0+5, 10+15, then 30 alone */
+	ck_assert_uint_eq(chunk_list_merge(&l, 0, 35, 4096, 2 * one), 2);
+	TAILQ_FOREACH(ch, &l, ch_entry) {
+		const uint64_t want_seq[3] = { 0, 10, 30 };
+		const uint32_t want_n[3] = { 10, 10, 5 };
+
+		ck_assert_int_lt(i, 3);
+		ck_assert_uint_eq(ch->ch_seq, want_seq[i]);
+		ck_assert_uint_eq(ch->ch_nframes, want_n[i]);
+		i++;
+	}
+	ck_assert_int_eq(i, 3);
+	/* nothing new to merge: a second call changes nothing */
+	ck_assert_uint_eq(chunk_list_merge(&l, 0, 35, 4096, 2 * one), 0);
+	while ((ch = TAILQ_FIRST(&l)) != NULL) {
+		TAILQ_REMOVE(&l, ch, ch_entry);
+		chunk_unref(ch);
+	}
+}
+END_TEST
+
 int
 main(void)
 {
@@ -105,6 +214,8 @@ main(void)
 	tcase_add_test(tc, offset_of_every_frame);
 	tcase_add_test(tc, cut_fits_whole_frames);
 	tcase_add_test(tc, references_hold_the_chunk);
+	tcase_add_test(tc, merge_joins_small_sendable_runs);
+	tcase_add_test(tc, merge_respects_max_and_gaps);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
