@@ -48,8 +48,9 @@ fanout_reap_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /*
- * Once a second: disconnect subscribers over the operator's lag limit and
- * apply retention (by age, it changes with the clock alone).
+ * Once a second: disconnect subscribers over the operator's lag limit,
+ * apply retention (by age, it changes with the clock alone) and let go of
+ * chunk buffers kept for reuse when the stream is idle.
  */
 static void
 fanout_tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -73,6 +74,7 @@ fanout_tick_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (relay->r_cfg->retain_age_s > 0 || relay->r_cfg->retain_bytes > 0)
 		segstore_retain(relay->r_store);
+	chunk_cache_tick();	/* no reuse for a second: free kept buffers */
 }
 
 struct fanout *

@@ -3,6 +3,7 @@
  */
 #include "autoconfig.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,14 +17,151 @@ static atomic_long	chunks_live;
 static atomic_llong	chunk_bytes_live;
 static atomic_llong	chunks_compressed;
 
+/*
+ * Buffers of 64 KiB and more come in 16 KiB steps and are kept for reuse
+ * when freed, up to CBUF_KEEP bytes in all. glibc gives such buffers their
+ * own mappings (main.c sets the threshold so that freed chunks go back to
+ * the system and RSS follows the budgets); without this cache every chunk
+ * paid an mmap, page faults, an munmap and a TLB shootdown on both cores.
+ * Chunks come and go at the upstream's pace, so a kept buffer is reused
+ * within milliseconds; after a second without reuse all of them are freed.
+ * Sanitizer builds keep nothing, so a use after free is still caught.
+ */
+#define CBUF_MIN	(64 * 1024)
+#define CBUF_STEP	(16 * 1024)
+#define CBUF_MAX	(4 * 1024 * 1024)
+#define CBUF_KEEP	(16 * 1024 * 1024)
+
+struct cbuf_free {
+	struct cbuf_free	*next;
+};
+static pthread_mutex_t	 cbuf_mtx = PTHREAD_MUTEX_INITIALIZER;
+static struct cbuf_free	*cbuf_list[CBUF_MAX / CBUF_STEP + 1];
+static size_t		 cbuf_kept;
+static unsigned long	 cbuf_reused, cbuf_reused_seen;
+
+size_t
+chunk_buf_size(size_t n)
+{
+	if (n < CBUF_MIN)
+		return n ? n : 1;
+	return (n + CBUF_STEP - 1) / CBUF_STEP * CBUF_STEP;
+}
+
+static int
+cbuf_cacheable(size_t cap)
+{
+#ifdef WR_ASAN
+	(void)cap;
+	return 0;
+#else
+	return cap >= CBUF_MIN && cap <= CBUF_MAX && cap % CBUF_STEP == 0;
+#endif
+}
+
+/* A buffer of cap bytes (a size from chunk_buf_size). */
+static uint8_t *
+cbuf_get(size_t cap)
+{
+	struct cbuf_free *f = NULL;
+
+	if (cbuf_cacheable(cap)) {
+		pthread_mutex_lock(&cbuf_mtx);
+		if ((f = cbuf_list[cap / CBUF_STEP]) != NULL) {
+			cbuf_list[cap / CBUF_STEP] = f->next;
+			cbuf_kept -= cap;
+			cbuf_reused++;
+		}
+		pthread_mutex_unlock(&cbuf_mtx);
+		if (f != NULL)
+			return (uint8_t *)f;
+	}
+	return malloc(cap);
+}
+
+static void
+cbuf_put(uint8_t *p, size_t cap)
+{
+#ifdef WR_DEBUG
+	memset(p, 0xdb, cap);
+#endif
+	if (cbuf_cacheable(cap)) {
+		pthread_mutex_lock(&cbuf_mtx);
+		if (cbuf_kept + cap <= CBUF_KEEP) {
+			struct cbuf_free *f = (struct cbuf_free *)(void *)p;
+
+			f->next = cbuf_list[cap / CBUF_STEP];
+			cbuf_list[cap / CBUF_STEP] = f;
+			cbuf_kept += cap;
+			p = NULL;
+		}
+		pthread_mutex_unlock(&cbuf_mtx);
+	}
+	free(p);
+}
+
+static void
+cbuf_free_all(void)
+{
+	struct cbuf_free *f;
+
+	for (size_t i = 0; i < sizeof(cbuf_list) / sizeof(cbuf_list[0]); i++)
+		while ((f = cbuf_list[i]) != NULL) {
+			cbuf_list[i] = f->next;
+			free(f);
+		}
+	cbuf_kept = 0;
+}
+
+void
+chunk_cache_tick(void)
+{
+	pthread_mutex_lock(&cbuf_mtx);
+	if (cbuf_reused == cbuf_reused_seen)
+		cbuf_free_all();
+	cbuf_reused_seen = cbuf_reused;
+	pthread_mutex_unlock(&cbuf_mtx);
+}
+
+void
+chunk_cache_clear(void)
+{
+	pthread_mutex_lock(&cbuf_mtx);
+	cbuf_free_all();
+	pthread_mutex_unlock(&cbuf_mtx);
+}
+
+size_t
+chunk_cache_bytes(void)
+{
+	size_t n;
+
+	pthread_mutex_lock(&cbuf_mtx);
+	n = cbuf_kept;
+	pthread_mutex_unlock(&cbuf_mtx);
+	return n;
+}
+
+unsigned long
+chunk_cache_reused(void)
+{
+	unsigned long n;
+
+	pthread_mutex_lock(&cbuf_mtx);
+	n = cbuf_reused;
+	pthread_mutex_unlock(&cbuf_mtx);
+	return n;
+}
+
 struct chunk *
 chunk_new(size_t cap)
 {
 	struct chunk *ch;
 
+	cap = chunk_buf_size(cap);
 	if ((ch = calloc(1, sizeof(*ch))) == NULL)
 		return NULL;
-	if ((ch->ch_data = malloc(cap ? cap : 1)) == NULL) {
+	if ((ch->ch_data = cbuf_get(cap)) == NULL) {
 		free(ch);
 		return NULL;
 	}
@@ -49,33 +187,41 @@ chunk_unref(struct chunk *ch)
 	atomic_fetch_sub(&chunk_bytes_live, (long long)(ch->ch_cap +
 	    ch->ch_zlen));
 	free(ch->ch_zdata);
-#ifdef WR_DEBUG
-	memset(ch->ch_data, 0xdb, ch->ch_cap);
-#endif
-	free(ch->ch_data);
+	cbuf_put(ch->ch_data, ch->ch_cap);
 	free(ch);
+}
+
+/* Move an unpublished chunk's bytes to a buffer of chunk_buf_size(cap). */
+static int
+chunk_rebuffer(struct chunk *ch, size_t cap)
+{
+	uint8_t *nd;
+
+	cap = chunk_buf_size(cap);
+	if ((nd = cbuf_get(cap)) == NULL)
+		return -1;
+	memcpy(nd, ch->ch_data, ch->ch_len);
+	cbuf_put(ch->ch_data, ch->ch_cap);
+	atomic_fetch_add(&chunk_bytes_live, (long long)cap -
+	    (long long)ch->ch_cap);
+	ch->ch_data = nd;
+	ch->ch_cap = cap;
+	return 0;
 }
 
 void
 chunk_shrink(struct chunk *ch)
 {
-	uint8_t *nd;
-	size_t len = ch->ch_len ? ch->ch_len : 1;
-
-	if (ch->ch_cap <= len || (nd = realloc(ch->ch_data, len)) == NULL)
-		return;
-	atomic_fetch_sub(&chunk_bytes_live, (long long)(ch->ch_cap - len));
-	ch->ch_data = nd;
-	ch->ch_cap = len;
+	if (chunk_buf_size(ch->ch_len) < ch->ch_cap)
+		(void)chunk_rebuffer(ch, ch->ch_len);	/* else keep it */
 }
 
-void
-chunk_resized(struct chunk *ch, uint8_t *data, size_t cap)
+int
+chunk_grow(struct chunk *ch, size_t cap)
 {
-	atomic_fetch_add(&chunk_bytes_live, (long long)cap -
-	    (long long)ch->ch_cap);
-	ch->ch_data = data;
-	ch->ch_cap = cap;
+	if (cap <= ch->ch_cap)
+		return 0;
+	return chunk_rebuffer(ch, cap);
 }
 
 long

@@ -41,13 +41,25 @@ STAILQ_HEAD(chunk_queue, chunk);
 /* Spans up to this many bytes are copied into evbuffers, larger referenced. */
 #define CHUNK_COPY_MAX	2048
 
-struct chunk	*chunk_new(size_t cap);		/* one reference, or NULL */
+/* A chunk of at least cap bytes (chunk_buf_size(cap)): one reference, or NULL. */
+struct chunk	*chunk_new(size_t cap);
 void		 chunk_ref(struct chunk *);
 void		 chunk_unref(struct chunk *);
-/* Shrink an unpublished chunk's allocation to its length. */
+/* Shrink an unpublished chunk's allocation towards its length. */
 void		 chunk_shrink(struct chunk *);
-/* An unpublished chunk's buffer was reallocated to data, cap bytes. */
-void		 chunk_resized(struct chunk *, uint8_t *data, size_t cap);
+/* Grow an unpublished chunk's buffer to at least cap bytes. 0 or -1. */
+int		 chunk_grow(struct chunk *, size_t cap);
+/* The size of the buffer a chunk of n bytes gets. */
+size_t		 chunk_buf_size(size_t n);
+/*
+ * Freed buffers of 64 KiB and more are kept for reuse (16 MiB at most):
+ * chunk_cache_tick, once a second, frees them all when none was reused
+ * since the last tick; chunk_cache_clear frees them at exit.
+ */
+void		 chunk_cache_tick(void);
+void		 chunk_cache_clear(void);
+size_t		 chunk_cache_bytes(void);
+unsigned long	 chunk_cache_reused(void);
 /* Chunks alive now and bytes they hold (the live-buffer counters). */
 long		 chunk_live_count(void);
 long long	 chunk_live_bytes(void);

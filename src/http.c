@@ -245,6 +245,11 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	    "in flight)", "%ld", chunk_live_count());
 	METRIC(b, "chunk_bytes_live", "gauge", "bytes of frame buffers alive",
 	    "%lld", chunk_live_bytes());
+	METRIC(b, "chunk_cache_bytes", "gauge", "bytes of freed frame "
+	    "buffers kept for reuse", "%zu", chunk_cache_bytes());
+	METRIC(b, "chunk_cache_reused_total", "counter", "frame buffers "
+	    "taken from the reuse cache instead of the system", "%lu",
+	    chunk_cache_reused());
 	reply(req, 200, "OK", "text/plain; version=0.0.4", b);
 	evbuffer_free(b);
 }

@@ -370,7 +370,9 @@ main(int argc, char **argv)
 	 * get their own mappings, returned to the system when freed. With
 	 * glibc's default, the threshold rises after the first large free and
 	 * the heap keeps the holes: a slow subscriber then made the relay's
-	 * RSS several times its tail-memory and buffers.
+	 * RSS several times its tail-memory and buffers. Mapping and
+	 * unmapping them is not free either: frame.c keeps freed chunk
+	 * buffers for reuse (16 MiB at most, released when idle).
 	 */
 	mallopt(M_MMAP_THRESHOLD, 64 * 1024);
 #endif
@@ -458,6 +460,7 @@ main(int argc, char **argv)
 		    chunk_live_count());
 	else
 		log_info("stop: all frame buffers released");
+	chunk_cache_clear();
 	if (exit_code != 0)
 		log_error("stop: exiting with status %d: frames that could not "
 		    "be made durable were dropped (see above)", exit_code);

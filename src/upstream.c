@@ -162,7 +162,6 @@ upconn_reserve(struct upconn *uc, size_t want, size_t need)
 {
 	struct chunk *ch = uc->uc_chunk;
 	size_t cap;
-	uint8_t *nd;
 
 	if (ch == NULL) {
 		cap = want > 65536 ? want : 65536;
@@ -177,11 +176,8 @@ upconn_reserve(struct upconn *uc, size_t want, size_t need)
 		cap = need;
 	if (cap < ch->ch_cap * 2 && ch->ch_cap * 2 <= UPSTREAM_READ_MAX * 2)
 		cap = ch->ch_cap * 2;
-	if ((nd = realloc(ch->ch_data, cap)) == NULL)
-		return -1;
-	/* unpublished: nobody else holds it, the live counter follows */
-	chunk_resized(ch, nd, cap);
-	return 0;
+	/* unpublished: nobody else holds it */
+	return chunk_grow(ch, cap);
 }
 
 /* Returns 0, or -1 when the connection was closed (and freed). */

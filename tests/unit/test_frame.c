@@ -142,7 +142,7 @@ START_TEST(merge_joins_small_sendable_runs)
 	ch = TAILQ_NEXT(ch, ch_entry);
 	ck_assert_uint_eq(ch->ch_seq, 10);		/* c1 + c2 */
 	ck_assert_uint_eq(ch->ch_nframes, 10);
-	ck_assert_uint_eq(ch->ch_len, ch->ch_cap);
+	ck_assert_uint_eq(ch->ch_cap, chunk_buf_size(ch->ch_len));
 	ck_assert_uint_eq(chunk_offset_of(ch, 15), kept->ch_len);
 	ch = TAILQ_NEXT(ch, ch_entry);
 	ck_assert_ptr_eq(ch, c[3]);			/* big: as it was */
@@ -203,6 +203,78 @@ START_TEST(merge_respects_max_and_gaps)
 }
 END_TEST
 
+START_TEST(grow_and_shrink_keep_the_bytes)
+{
+	size_t off[65];
+	struct chunk *ch = make_chunk(7, 64, off);
+	uint8_t copy[1 << 16];
+	size_t len = ch->ch_len;
+
+	ck_assert_uint_le(len, sizeof(copy));
+	memcpy(copy, ch->ch_data, len);
+	chunk_shrink(ch);
+	ck_assert_uint_eq(ch->ch_cap, chunk_buf_size(len));
+	ck_assert_uint_ge(ch->ch_cap, len);
+	ck_assert_int_eq(memcmp(ch->ch_data, copy, len), 0);
+	ck_assert_int_eq(chunk_grow(ch, 3 << 20), 0);
+	ck_assert_uint_ge(ch->ch_cap, 3 << 20);
+	ck_assert_uint_eq(ch->ch_len, len);
+	ck_assert_int_eq(memcmp(ch->ch_data, copy, len), 0);
+	ck_assert_int_eq(chunk_live_bytes(), (long long)ch->ch_cap);
+	chunk_unref(ch);
+	ck_assert_int_eq(chunk_live_bytes(), 0);
+}
+END_TEST
+
+START_TEST(freed_buffers_are_reused_then_released)
+{
+	struct chunk *a, *b, *many[40];
+	uint8_t *p;
+	unsigned long r0;
+
+	chunk_cache_clear();
+	ck_assert_uint_eq(chunk_cache_bytes(), 0);
+	/* sizes from 64 KiB up come in 16 KiB steps */
+	ck_assert_uint_eq(chunk_buf_size(1000), 1000);
+	ck_assert_uint_eq(chunk_buf_size(100 * 1024), 112 * 1024);
+	ck_assert_uint_eq(chunk_buf_size(112 * 1024), 112 * 1024);
+
+	a = chunk_new(100 * 1024);
+	ck_assert_uint_eq(a->ch_cap, 112 * 1024);
+	p = a->ch_data;
+	chunk_unref(a);
+	/* small buffers are never kept */
+	chunk_unref(chunk_new(1000));
+#ifdef WR_ASAN
+	/* sanitizer builds keep nothing, so a use after free is caught */
+	ck_assert_uint_eq(chunk_cache_bytes(), 0);
+	(void)b; (void)many; (void)p; (void)r0;
+#else
+	ck_assert_uint_eq(chunk_cache_bytes(), 112 * 1024);
+	r0 = chunk_cache_reused();
+	b = chunk_new(97 * 1024);		/* the same size: the same buffer */
+	ck_assert_ptr_eq(b->ch_data, p);
+	ck_assert_uint_eq(chunk_cache_reused(), r0 + 1);
+	ck_assert_uint_eq(chunk_cache_bytes(), 0);
+	chunk_unref(b);
+	ck_assert_uint_eq(chunk_cache_bytes(), 112 * 1024);
+	chunk_cache_tick();			/* reused since the last tick */
+	ck_assert_uint_eq(chunk_cache_bytes(), 112 * 1024);
+	chunk_cache_tick();			/* a second without reuse */
+	ck_assert_uint_eq(chunk_cache_bytes(), 0);
+
+	/* at most 16 MiB is kept, however much is freed */
+	for (int i = 0; i < 40; i++)
+		ck_assert_ptr_nonnull(many[i] = chunk_new(1 << 20));
+	for (int i = 0; i < 40; i++)
+		chunk_unref(many[i]);
+	ck_assert_uint_eq(chunk_cache_bytes(), 16u << 20);
+	chunk_cache_clear();
+	ck_assert_uint_eq(chunk_cache_bytes(), 0);
+#endif
+}
+END_TEST
+
 int
 main(void)
 {
@@ -216,6 +288,8 @@ main(void)
 	tcase_add_test(tc, references_hold_the_chunk);
 	tcase_add_test(tc, merge_joins_small_sendable_runs);
 	tcase_add_test(tc, merge_respects_max_and_gaps);
+	tcase_add_test(tc, grow_and_shrink_keep_the_bytes);
+	tcase_add_test(tc, freed_buffers_are_reused_then_released);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
