@@ -130,6 +130,25 @@ readyz_cb(struct evhttp_request *req, void *arg)
 	evbuffer_free(b);
 }
 
+#define nitems(a)	(sizeof(a) / sizeof((a)[0]))
+
+struct labeled {
+	const char	*reason;
+	uint64_t	 value;
+};
+
+/* A counter with one line per reason="..." label. */
+static void
+metric_by_reason(struct evbuffer *b, const char *name, const char *help,
+    const struct labeled *v, size_t n)
+{
+	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s "
+	    "counter\n", name, help, name);
+	for (size_t i = 0; i < n; i++)
+		evbuffer_add_printf(b, "walrelay_%s{reason=\"%s\"} %" PRIu64
+		    "\n", name, v[i].reason, v[i].value);
+}
+
 #define METRIC(b, name, type, help, fmt, val) do {			\
 	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s %s\n" \
 	    "walrelay_%s " fmt "\n", name, help, name, type, name, val);	\
@@ -182,8 +201,17 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	    "flow control", "%d", us.us_paused);
 	METRIC(b, "upstream_connections_total", "counter", "upstream "
 	    "connections accepted or made", "%" PRIu64, s->up_connections);
-	METRIC(b, "upstream_rejected_total", "counter", "upstream connections "
-	    "refused (auth)", "%" PRIu64, s->up_rejected_auth);
+	{
+		const struct labeled rej[] = {
+			{ "auth", s->up_rejected_auth },
+			{ "limit", s->up_rejected_limit },
+			{ "timeout", s->up_rejected_timeout },
+			{ "tls", s->up_rejected_tls },
+		};
+
+		metric_by_reason(b, "upstream_rejected_total", "ingest "
+		    "connections refused, by reason", rej, nitems(rej));
+	}
 	METRIC(b, "upstream_replaced_total", "counter", "publishers replaced "
 	    "by a newer connection", "%" PRIu64, s->up_replaced);
 	METRIC(b, "frames_received_total", "counter", "frames validated and "
@@ -206,28 +234,27 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	    relay->r_fan->fo_nsubs);
 	METRIC(b, "subscribers_accepted_total", "counter", "subscribers that "
 	    "started streaming", "%" PRIu64, s->sub_accepted);
-	evbuffer_add_printf(b, "# HELP walrelay_subscribers_rejected_total "
-	    "subscribers refused, by reason\n# TYPE "
-	    "walrelay_subscribers_rejected_total counter\n");
-	evbuffer_add_printf(b, "walrelay_subscribers_rejected_total{reason="
-	    "\"auth\"} %" PRIu64 "\n", s->sub_rejected_auth);
-	evbuffer_add_printf(b, "walrelay_subscribers_rejected_total{reason="
-	    "\"busy\"} %" PRIu64 "\n", s->sub_rejected_busy);
-	evbuffer_add_printf(b, "walrelay_subscribers_rejected_total{reason="
-	    "\"request\"} %" PRIu64 "\n", s->sub_rejected_request);
-	evbuffer_add_printf(b, "walrelay_subscribers_rejected_total{reason="
-	    "\"limit\"} %" PRIu64 "\n", s->sub_rejected_limit);
-	evbuffer_add_printf(b, "walrelay_subscribers_rejected_total{reason="
-	    "\"tls\"} %" PRIu64 "\n", s->sub_rejected_tls);
-	evbuffer_add_printf(b, "# HELP walrelay_subscribers_disconnected_total "
-	    "streaming subscribers disconnected by the relay, by reason\n"
-	    "# TYPE walrelay_subscribers_disconnected_total counter\n");
-	evbuffer_add_printf(b, "walrelay_subscribers_disconnected_total{reason="
-	    "\"gone\"} %" PRIu64 "\n", s->sub_disconnected_gone);
-	evbuffer_add_printf(b, "walrelay_subscribers_disconnected_total{reason="
-	    "\"lag\"} %" PRIu64 "\n", s->sub_disconnected_lag);
-	evbuffer_add_printf(b, "walrelay_subscribers_disconnected_total{reason="
-	    "\"timeout\"} %" PRIu64 "\n", s->sub_disconnected_timeout);
+	{
+		const struct labeled rej[] = {
+			{ "auth", s->sub_rejected_auth },
+			{ "busy", s->sub_rejected_busy },
+			{ "request", s->sub_rejected_request },
+			{ "limit", s->sub_rejected_limit },
+			{ "timeout", s->sub_rejected_timeout },
+			{ "tls", s->sub_rejected_tls },
+		};
+		const struct labeled disc[] = {
+			{ "gone", s->sub_disconnected_gone },
+			{ "lag", s->sub_disconnected_lag },
+			{ "timeout", s->sub_disconnected_timeout },
+		};
+
+		metric_by_reason(b, "subscribers_rejected_total",
+		    "subscribers refused, by reason", rej, nitems(rej));
+		metric_by_reason(b, "subscribers_disconnected_total",
+		    "streaming subscribers disconnected by the relay, by reason",
+		    disc, nitems(disc));
+	}
 	METRIC(b, "frames_sent_total", "counter", "frames queued to "
 	    "subscribers", "%" PRIu64, s->sub_frames_sent);
 	METRIC(b, "bytes_sent_total", "counter", "bytes queued to subscribers",

@@ -29,6 +29,8 @@ struct relay_stats {
 	uint64_t	 up_connections;	/* accepted or connected */
 	uint64_t	 up_rejected_auth;	/* missing or bad auth line */
 	uint64_t	 up_rejected_limit;	/* connection limits */
+	uint64_t	 up_rejected_timeout;	/* no auth line in auth-timeout */
+	uint64_t	 up_rejected_tls;	/* TLS handshake failed */
 	uint64_t	 up_replaced;		/* publisher replaced by a newer one */
 	uint64_t	 up_frames;		/* frames validated and stored */
 	uint64_t	 up_bytes;
@@ -42,7 +44,8 @@ struct relay_stats {
 	uint64_t	 sub_rejected_auth;
 	uint64_t	 sub_rejected_busy;
 	uint64_t	 sub_rejected_request;	/* bad-request, gone, future, epoch */
-	uint64_t	 sub_rejected_limit;	/* per-address limit, timeouts */
+	uint64_t	 sub_rejected_limit;	/* per-address limit */
+	uint64_t	 sub_rejected_timeout;	/* no handshake in auth-timeout */
 	uint64_t	 sub_rejected_tls;	/* TLS handshake failed */
 	uint64_t	 sub_disconnected_gone;	/* position deleted by retention */
 	uint64_t	 sub_disconnected_lag;	/* over max-lag */

@@ -597,7 +597,7 @@ subscriber_timer_cb(evutil_socket_t fd, short what, void *arg)
 	struct subscriber *sub = arg;
 
 	if (sub->sub_state == SUB_HANDSHAKE) {
-		relay->r_stats.sub_rejected_limit++;
+		relay->r_stats.sub_rejected_timeout++;
 		log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: refused %s: no "
 		    "handshake line within %u ms", sub->sub_name, sub->sub_peer,
 		    relay->r_cfg->auth_timeout_ms);

@@ -478,6 +478,9 @@ upconn_event_cb(struct bufferevent *bev, short what, void *arg)
 		const char *e = net_bev_error(bev);
 		if (uc->uc_pull && uc->uc_state == UC_HANDSHAKE)
 			relay->r_stats.up_connect_failures++;
+		else if (!uc->uc_pull && uc->uc_state == UC_HANDSHAKE &&
+		    net_bev_is_tls(bev))
+			relay->r_stats.up_rejected_tls++;
 		upconn_close(uc, "connection error: %s", e);
 	}
 }
@@ -487,7 +490,7 @@ upconn_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct upconn *uc = arg;
 
-	relay->r_stats.up_rejected_auth++;
+	relay->r_stats.up_rejected_timeout++;
 	upconn_close(uc, "refused: no auth line within %u ms",
 	    relay->r_cfg->auth_timeout_ms);
 }

@@ -295,6 +295,7 @@ def get_metric(relay, name):
 
 
 REJ = 'walrelay_subscribers_rejected_total{reason="%s"}'
+UREJ = 'walrelay_upstream_rejected_total{reason="%s"}'
 
 
 def read_stream(s, n):
@@ -380,24 +381,25 @@ def test_tls_ingest(relays, pki, tokens):
               for i in range(1, 21)]
     ctx = client_ctx(pki.path("ca.crt"))
     for bad in (f"FCWAL-AUTH/1 {SUB}\n".encode(), b"FCWAL-AUTH/1 nope\n"):
-        before = get_metric(r, "walrelay_upstream_rejected_total")
+        before = get_metric(r, UREJ % "auth")
         with tls_connect(r.ingest_addr, ctx) as s:
             s.sendall(bad + b"".join(frames))
             assert assert_closed_without_frames(s) == b""
-        r.wait_metric("walrelay_upstream_rejected_total",
-                      lambda v: v == before + 1)
+        r.wait_metric(UREJ % "auth", lambda v: v == before + 1)
     # frames right after the handshake, without the auth line
-    before = get_metric(r, "walrelay_upstream_rejected_total")
+    before = get_metric(r, UREJ % "auth")
     with tls_connect(r.ingest_addr, ctx) as s:
         s.sendall(b"".join(frames))
         assert assert_closed_without_frames(s) == b""
-    r.wait_metric("walrelay_upstream_rejected_total", lambda v: v == before + 1)
+    r.wait_metric(UREJ % "auth", lambda v: v == before + 1)
     # a TLS client that finishes its handshake and says nothing
     idle = tls_connect(r.ingest_addr, ctx)
     s = connect(r.ingest_addr)
     s.sendall(f"FCWAL-AUTH/1 {PUB}\n".encode() + b"".join(frames))
     assert assert_closed_without_frames(s) == b""
     s.close()
+    # the plain-TCP publisher is counted as a TLS refusal
+    r.wait_metric(UREJ % "tls", lambda v: v == 1)
     assert r.status()["next"] == 0
     assert r.status()["upstream"]["connected"] is False, r.status()["upstream"]
     idle.close()
@@ -588,7 +590,7 @@ def test_subscribe_token_cannot_publish(relays, tokens):
                       for i in range(5))
     for line in (f"FCWAL-AUTH/1 {SUB}\n".encode(), b"FCWAL-AUTH/1 wrong\n",
                  sub_line(SUB), b""):
-        before = get_metric(r, "walrelay_upstream_rejected_total")
+        before = get_metric(r, UREJ % "auth")
         s = connect(r.ingest_addr)
         try:
             s.sendall(line + frames)
@@ -598,8 +600,7 @@ def test_subscribe_token_cannot_publish(relays, tokens):
         s.close()
         assert how != "open", line
         assert data == b""
-        r.wait_metric("walrelay_upstream_rejected_total",
-                      lambda v: v == before + 1)
+        r.wait_metric(UREJ % "auth", lambda v: v == before + 1)
     assert get_metric(r, "walrelay_frames_received_total") == 0
     assert r.status()["next"] == 0
     assert store_frames(r.datadir) == []
@@ -956,7 +957,7 @@ def test_abuse_idle_and_garbage_connections(relays, walcat, tokens):
                 assert life >= 1.95, f"idle connection closed after {life:.3f} s"
         # refusals were counted
         m = r.metrics()
-        assert m[REJ % "limit"] >= n_idle
+        assert m[REJ % "timeout"] >= n_idle
         assert m[REJ % "auth"] >= n_junk // 8
         assert m[REJ % "request"] >= n_junk // 8
     finally:
@@ -995,6 +996,18 @@ def test_max_conns_per_ip(relays, walcat, tokens):
     extra.close()
     r.wait_metric(REJ % "limit", lambda v: v == 1)
     assert "max-conns-per-ip" in r.read_log()
+    # the limit counts an address's connections on both ports: a publisher
+    # from the same address is refused too, and counted on its own port
+    pub = connect(r.ingest_addr)
+    try:
+        pub.sendall(f"FCWAL-AUTH/1 {PUB}\n".encode() +
+                    fcw2util.frame(fcw2util.OP_SET, b"k", b"v"))
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    assert assert_closed_without_frames(pub) == b""
+    pub.close()
+    r.wait_metric(UREJ % "limit", lambda v: v == 1)
+    assert r.status()["next"] == 5
     # the others still work
     for s in held[1:]:
         assert subscribe(s, SUB).startswith("FCWAL-OK/1 start=0 ")
