@@ -401,12 +401,13 @@ config_parse_bool(const char *s, int *v)
 
 /*
  * host:port or [v6]:port, port 1-65535. Names are checked for their
- * characters only: they are resolved when the listener opens.
+ * characters only: they are resolved when the listener opens or the
+ * connection is made.
  */
 int
-config_addr_check(const char *s, char *err, size_t errlen)
+config_addr_split(const char *s, char *host, size_t hostlen, uint16_t *portp,
+    char *err, size_t errlen)
 {
-	char host[256];
 	const char *port;
 	struct in6_addr a6;
 	uint64_t p;
@@ -421,7 +422,7 @@ config_addr_check(const char *s, char *err, size_t errlen)
 			return -1;
 		}
 		hl = (size_t)(end - s - 1);
-		if (hl == 0 || hl >= sizeof(host)) {
+		if (hl == 0 || hl >= hostlen) {
 			snprintf(err, errlen, "'%s' is not an IPv6 address", s);
 			return -1;
 		}
@@ -447,7 +448,7 @@ config_addr_check(const char *s, char *err, size_t errlen)
 			    "brackets, as [addr]:port", s);
 			return -1;
 		}
-		if (hl == 0 || hl >= sizeof(host)) {
+		if (hl == 0 || hl >= hostlen) {
 			snprintf(err, errlen, "'%s' has no host (use host:port, "
 			    "0.0.0.0:port for every address)", s);
 			return -1;
@@ -463,6 +464,8 @@ config_addr_check(const char *s, char *err, size_t errlen)
 				return -1;
 			}
 		}
+		memcpy(host, s, hl);
+		host[hl] = '\0';
 		port = colon + 1;
 	}
 	if (config_digits(port, &p) == NULL || *config_digits(port, &p) !=
@@ -471,7 +474,17 @@ config_addr_check(const char *s, char *err, size_t errlen)
 		    "to 65535", s);
 		return -1;
 	}
+	if (portp != NULL)
+		*portp = (uint16_t)p;
 	return 0;
+}
+
+int
+config_addr_check(const char *s, char *err, size_t errlen)
+{
+	char host[256];
+
+	return config_addr_split(s, host, sizeof(host), NULL, err, errlen);
 }
 
 /* Format a size with the largest suffix that keeps it exact. */

@@ -117,5 +117,11 @@ const char *config_key_name(size_t);
 int	config_key_reloadable(const char *name);
 /* host:port or [v6]:port with a port 1-65535; 0, or -1 with err. */
 int	config_addr_check(const char *, char *err, size_t errlen);
+/*
+ * Split host:port or [v6]:port (the brackets removed from host), with the
+ * checks of config_addr_check. 0, or -1 with a message in err.
+ */
+int	config_addr_split(const char *, char *host, size_t hostlen,
+	    uint16_t *port, char *err, size_t errlen);
 
 #endif

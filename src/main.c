@@ -169,15 +169,12 @@ tls_files_client(const struct wr_config *cfg, struct tls_files *tf,
 	if (cfg->upstream_tls_server_name != NULL)
 		snprintf(host, hostlen, "%s", cfg->upstream_tls_server_name);
 	else {
-		const char *u = cfg->upstream, *e;
+		char err[8];
 
-		if (u[0] == '[') {
-			e = strchr(u, ']');
-			u++;
-		} else
-			e = strrchr(u, ':');
-		snprintf(host, hostlen, "%.*s", e ? (int)(e - u) :
-		    (int)strlen(u), u);
+		/* the address was checked when the configuration loaded */
+		if (config_addr_split(cfg->upstream, host, hostlen, NULL, err,
+		    sizeof(err)) == -1)
+			host[0] = '\0';
 	}
 	tf->tf_server_name = host;
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "config.h"
 #include "relay.h"
 
 struct relay *relay;
@@ -77,33 +78,20 @@ int
 relay_addr_parse(const char *spec, struct sockaddr_storage *ss,
     socklen_t *sslen, char *errbuf, size_t errlen)
 {
-	char host[256], *port;
+	char host[256], port[8];
 	struct addrinfo hints, *res = NULL;
-	const char *h;
+	uint16_t p;
 	int rc;
 
-	if (snprintf(host, sizeof(host), "%s", spec) >= (int)sizeof(host))
-		goto bad;
-	if (host[0] == '[') {
-		char *end = strchr(host, ']');
-		if (end == NULL || end[1] != ':')
-			goto bad;
-		*end = '\0';
-		h = host + 1;
-		port = end + 2;
-	} else {
-		if ((port = strrchr(host, ':')) == NULL)
-			goto bad;
-		*port++ = '\0';
-		h = host;
-	}
-	if (*port == '\0')
-		goto bad;
+	if (config_addr_split(spec, host, sizeof(host), &p, errbuf,
+	    errlen) == -1)
+		return -1;
+	snprintf(port, sizeof(port), "%u", (unsigned)p);
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
 	hints.ai_flags = AI_NUMERICSERV;
-	if ((rc = getaddrinfo(*h ? h : NULL, port, &hints, &res)) != 0) {
+	if ((rc = getaddrinfo(host, port, &hints, &res)) != 0) {
 		snprintf(errbuf, errlen, "%s: %s", spec, gai_strerror(rc));
 		return -1;
 	}
@@ -111,8 +99,4 @@ relay_addr_parse(const char *spec, struct sockaddr_storage *ss,
 	*sslen = res->ai_addrlen;
 	freeaddrinfo(res);
 	return 0;
-bad:
-	snprintf(errbuf, errlen, "%s: not an address (use host:port or "
-	    "[ipv6]:port)", spec);
-	return -1;
 }

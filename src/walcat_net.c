@@ -23,7 +23,9 @@
 #include <zstd.h>
 
 #include "auth.h"
+#include "config.h"
 #include "fcw2.h"
+#include "handshake.h"
 #include "scan.h"
 #include "segment.h"
 #include "walcat.h"
@@ -52,23 +54,17 @@ wall_ms(void)
 static int
 dial(const char *addr, int quiet)
 {
-	char host[256], *port;
+	char host[256], port[8], err[300];
 	struct addrinfo hints, *res, *ai;
 	int fd = -1, rc, one = 1;
+	uint16_t p;
 
-	snprintf(host, sizeof(host), "%s", addr);
-	if (host[0] == '[') {
-		char *e = strchr(host, ']');
-		if (e == NULL || e[1] != ':')
-			goto bad;
-		*e = '\0';
-		port = e + 2;
-		memmove(host, host + 1, strlen(host));
-	} else {
-		if ((port = strrchr(host, ':')) == NULL)
-			goto bad;
-		*port++ = '\0';
+	if (config_addr_split(addr, host, sizeof(host), &p, err,
+	    sizeof(err)) == -1) {
+		fprintf(stderr, "walcat: %s\n", err);
+		return -1;
 	}
+	snprintf(port, sizeof(port), "%u", (unsigned)p);
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_socktype = SOCK_STREAM;
 	if ((rc = getaddrinfo(host, port, &hints, &res)) != 0) {
@@ -95,9 +91,6 @@ dial(const char *addr, int quiet)
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
 		    sizeof(one));
 	return fd;
-bad:
-	fprintf(stderr, "walcat: %s: not an address (host:port)\n", addr);
-	return -1;
 }
 
 static int
@@ -145,7 +138,8 @@ read_token(const char *path, char *tok, size_t len)
 
 struct producer {
 	const char	*addr;
-	const char	*token;
+	char		 auth[HANDSHAKE_LINE_MAX + 2];	/* the line, or "" */
+	size_t		 authlen;
 	unsigned	 backoff_ms;
 	int		 fd;
 	uint64_t	 reconnects;
@@ -166,15 +160,10 @@ produce_sleep_ms(unsigned ms)
 static int
 producer_connect(struct producer *p)
 {
-	char line[1100];
-
 	for (;;) {
 		if ((p->fd = dial(p->addr, p->reconnects > 0)) != -1) {
-			if (p->token == NULL)
-				return 0;
-			snprintf(line, sizeof(line), "FCWAL-AUTH/1 %s\n",
-			    p->token);
-			if (write_all(p->fd, line, strlen(line), NULL) == 0)
+			if (p->authlen == 0 || write_all(p->fd, p->auth,
+			    p->authlen, NULL) == 0)
 				return 0;
 			close(p->fd);
 			p->fd = -1;
@@ -398,10 +387,28 @@ walcat_produce(int argc, char **argv)
 	if (stamp && vbytes < 8)
 		vbytes = 8;
 	p.addr = argv[optind];
+	{
+		char err[300];
+
+		/* a bad address would fail every reconnection: say so now */
+		if (config_addr_check(p.addr, err, sizeof(err)) == -1) {
+			fprintf(stderr, "walcat: produce: %s\n", err);
+			return 3;
+		}
+	}
 	if (tokfile != NULL) {
+		int n;
+
 		if (read_token(tokfile, token, sizeof(token)) == -1)
 			return 3;
-		p.token = token;
+		if ((n = handshake_format_auth(p.auth, sizeof(p.auth), token,
+		    strlen(token))) == -1) {
+			fprintf(stderr, "walcat: produce: %s: the token does not "
+			    "fit in an FCWAL-AUTH/1 line (over %d bytes)\n",
+			    tokfile, HANDSHAKE_LINE_MAX - 13);
+			return 3;
+		}
+		p.authlen = (size_t)n;
 	}
 	signal(SIGPIPE, SIG_IGN);
 	(void)producer_connect(&p);
@@ -599,8 +606,10 @@ walcat_tail(int argc, char **argv)
 	};
 	struct tailer t;
 	const char *from = "latest", *tokfile = NULL;
-	char token[1100] = "-", line[2200], epoch_opt[64] = "";
-	int stock = 0, zstd = 0, c, fd, rc = 1;
+	char token[1100] = "-", line[2200];
+	int stock = 0, zstd = 0, c, fd, rc = 1, linelen;
+	int from_kind, has_epoch = 0;
+	uint64_t from_seq = 0, epoch = 0;
 	uint8_t buf[65536], zout[131072];
 	ZSTD_DCtx *dz = NULL;
 	size_t llen = 0;
@@ -628,30 +637,54 @@ walcat_tail(int argc, char **argv)
 	}
 	if (tokfile != NULL && read_token(tokfile, token, sizeof(token)) == -1)
 		return 3;
+	if (strcmp(from, "earliest") == 0)
+		from_kind = HANDSHAKE_FROM_EARLIEST;
+	else if (strcmp(from, "latest") == 0)
+		from_kind = HANDSHAKE_FROM_LATEST;
+	else {
+		char *end;
+
+		errno = 0;
+		from_kind = HANDSHAKE_FROM_SEQ;
+		from_seq = strtoull(from, &end, 10);
+		if (*from < '0' || *from > '9' || *end != '\0' ||
+		    errno != 0) {
+			fprintf(stderr, "walcat: tail: --from %s: use a sequence "
+			    "number, earliest or latest\n", from);
+			return 3;
+		}
+	}
 	if (t.posfile != NULL) {
 		FILE *f = fopen(t.posfile, "r");
 		unsigned long long p, e;
-		static char fromb[32];
 
 		if (f != NULL) {
 			if (fscanf(f, "%llu %llx", &p, &e) == 2) {
-				snprintf(fromb, sizeof(fromb), "%llu", p);
-				from = fromb;
-				snprintf(epoch_opt, sizeof(epoch_opt),
-				    " epoch=%016llx", e);
+				from_kind = HANDSHAKE_FROM_SEQ;
+				from_seq = p;
+				has_epoch = 1;
+				epoch = e;
 			}
 			fclose(f);
 		}
 	}
+	if (stock)
+		linelen = handshake_format_auth(line, sizeof(line), token,
+		    strlen(token));
+	else
+		linelen = handshake_format_sub(line, sizeof(line), token,
+		    strlen(token), from_kind, from_seq, has_epoch, epoch,
+		    zstd ? HANDSHAKE_COMPRESS_ZSTD : HANDSHAKE_COMPRESS_NONE);
+	if (linelen == -1) {
+		fprintf(stderr, "walcat: tail: the token does not fit in a "
+		    "handshake line (too long, or a space or line break in "
+		    "it)\n");
+		return 3;
+	}
 	signal(SIGPIPE, SIG_IGN);
 	if ((fd = dial(argv[optind], 0)) == -1)
 		return 3;
-	if (stock)
-		snprintf(line, sizeof(line), "FCWAL-AUTH/1 %s\n", token);
-	else
-		snprintf(line, sizeof(line), "FCWAL-SUB/1 %s %s%s%s\n", token,
-		    from, epoch_opt, zstd ? " compress=zstd" : "");
-	if (write_all(fd, line, strlen(line), NULL) == -1) {
+	if (write_all(fd, line, (size_t)linelen, NULL) == -1) {
 		fprintf(stderr, "walcat: tail: %s\n", strerror(errno));
 		close(fd);
 		return 3;

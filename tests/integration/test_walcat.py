@@ -324,6 +324,25 @@ def test_usage_and_io_errors(walcat, workdir):
         assert run(walcat, "verify", workdir).returncode == 3
 
 
+def test_net_commands_refuse_bad_arguments_at_once(walcat):
+    """A mistyped address or position is a usage error, said in one line,
+    before anything is sent (produce would otherwise retry for ever)."""
+    for args, says in (
+            (["tail", "localhost"], "'localhost' is not an address"),
+            (["tail", "::1:7000"], "put an IPv6 address in brackets"),
+            (["tail", "[::1:7000"], "write an IPv6 address as [addr]:port"),
+            (["tail", "127.0.0.1:0"], "the port must be a number from 1"),
+            (["tail", "--from", "soon", "127.0.0.1:7000"], "--from soon"),
+            (["tail", "--from", "-1", "127.0.0.1:7000"], "--from -1"),
+            (["produce", "--count", "1", ":7000"], "has no host"),
+            (["produce", "--count", "1", "[nope]:7000"],
+             "is not an IPv6 address")):
+        r = run(walcat, *args, timeout=10)
+        assert r.returncode == 3, (args, r.returncode, r.stderr)
+        assert says in r.stderr, (args, r.stderr)
+        assert r.stderr.count("\n") == 1, (args, r.stderr)
+
+
 def test_help(walcat):
     r = run(walcat, "--help")
     assert r.returncode == 0
