@@ -34,6 +34,7 @@
 
 #define SUB_READ_PIECE		(256 * 1024)	/* pread size for TLS/zstd */
 #define SUB_FLUSH_TIMEOUT_MS	2000		/* to write an error reply */
+#define SUB_MAX_WRITE		(1024 * 1024)	/* bytes per write callback */
 #define SUBSCRIBER_ZSTD_LEVEL	1		/* fast: the link is rarely slower */
 
 static struct log_ratelimit sub_refusals = LOG_RATELIMIT_INIT(10, 10);
@@ -244,11 +245,12 @@ subscriber_refill(struct subscriber *sub)
 	struct fanout *fo = fan();
 	uint64_t limit = fo->fo_sendable;
 	size_t hiwat = relay->r_cfg->subscriber_buffer;
+	int full = 0;
 
 	if (sub->sub_state != SUB_STREAM)
 		return;
 	out = bufferevent_get_output(sub->sub_bev);
-	while (sub_queued(sub) < hiwat &&
+	while (!full && sub_queued(sub) < hiwat &&
 	    (sub->sub_pos < limit || sub->sub_has_span)) {
 		struct chunk *ch;
 
@@ -273,12 +275,20 @@ subscriber_refill(struct subscriber *sub)
 				uint64_t nf = CHUNK_END(ch) - sub->sub_pos;
 
 				/*
-				 * The queue holds at most its cap and one frame:
-				 * a big chunk is queued in whole frames that fit.
+				 * A reference to part of a chunk holds all of
+				 * it: while the queue holds anything, only the
+				 * rest of a chunk that fits is queued, so what a
+				 * stalled subscriber holds stays within its cap.
+				 * An empty queue takes the whole frames that fit
+				 * (at least one) of a chunk bigger than the room.
 				 */
 				if (len > room) {
 					uint32_t k;
 
+					if (sub_queued(sub) > 0) {
+						full = 1;
+						break;
+					}
 					len = chunk_cut(ch, off, room, &k);
 					nf = k;
 				}
@@ -293,6 +303,8 @@ subscriber_refill(struct subscriber *sub)
 				off = 0;
 				ch = TAILQ_NEXT(ch, ch_entry);
 			}
+			if (full)
+				break;	/* the write callback refills */
 			if (ch != NULL && CHUNK_END(ch) > limit &&
 			    ch->ch_seq < limit) {
 				/* durability ends inside a chunk: wait */
@@ -334,7 +346,7 @@ subscriber_refill(struct subscriber *sub)
 	 * Not held back by its own buffer: nothing more can be queued until
 	 * new frames become sendable, so wait for fanout_advance.
 	 */
-	if (evbuffer_get_length(out) < hiwat && !sub->sub_has_span &&
+	if (!full && evbuffer_get_length(out) < hiwat && !sub->sub_has_span &&
 	    !sub->sub_waiting) {
 		sub->sub_waiting = 1;
 		TAILQ_INSERT_TAIL(&fo->fo_waiting, sub, sub_wentry);
@@ -656,6 +668,12 @@ subscriber_accept(struct fanout *fo, int fd, struct sockaddr *sa, int salen)
 	TAILQ_INSERT_TAIL(&fo->fo_pending, sub, sub_entry);
 	bufferevent_setcb(bev, subscriber_read_cb, subscriber_write_cb,
 	    subscriber_event_cb, sub);
+	/*
+	 * libevent writes at most 16 KiB per callback unless told otherwise:
+	 * a system call, and a wake-up of the reader, per 16 KiB. Let one
+	 * write take whatever the socket accepts, up to SUB_MAX_WRITE.
+	 */
+	bufferevent_set_max_single_write(bev, SUB_MAX_WRITE);
 	sub_arm_timer(sub, relay->r_cfg->auth_timeout_ms);
 	bufferevent_enable(bev, EV_READ);
 	log_debug("%s: accepted %s on the subscriber port", sub->sub_name,
