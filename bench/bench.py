@@ -19,6 +19,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -281,8 +282,11 @@ class Server:
 
 
 def run_once(env, system, n, size, count, timeout, rate=0, stall=0,
-             idle_probe=False):
-    """One run: server, N subscribers, one producer. Returns a dict."""
+             idle_probe=False, sample_held=False):
+    """One run: server, N subscribers, one producer. Returns a dict.
+    sample_held: poll walrelay's /metrics while it runs and keep the peak of
+    the frame buffers held outside the shared tail (in flight to the disk,
+    or still referenced by a subscriber's queue after the tail let go)."""
     srv = Server(env, system)
     srv.start()
     ready = os.path.join(env.rundir, "ready")
@@ -300,6 +304,16 @@ def run_once(env, system, n, size, count, timeout, rate=0, stall=0,
         if idle_probe:
             time.sleep(1.0)
             res["idle_rss"] = vm(srv.proc.pid, "VmRSS")
+        held, stop_sampling, sampler = [], threading.Event(), None
+        if sample_held and system.startswith("wr-"):
+            def sample():
+                while not stop_sampling.wait(0.05):
+                    m = srv.metrics()
+                    if "chunk_bytes_live" in m:
+                        held.append(m["chunk_bytes_live"] -
+                                    m.get("tail_bytes", 0))
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
         c0, t0 = cpu_secs(srv.proc.pid), time.time()
         pub = env.spawn(srv.pub_argv(count, SIZES[size], rate), "drivers.log",
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -310,6 +324,10 @@ def run_once(env, system, n, size, count, timeout, rate=0, stall=0,
             raise RuntimeError(f"{system}: subscriber driver hung")
         c1, t1 = cpu_secs(srv.proc.pid), time.time()
         res["rss"] = vm(srv.proc.pid, "VmHWM")
+        if sampler is not None:
+            stop_sampling.set()
+            sampler.join(10)
+            res["held_peak"] = max(held, default=0)
         if system.startswith("wr-"):
             res.update(srv.metrics())
         try:
@@ -584,11 +602,12 @@ def main():
             cnt = int(max(20000, min(budget_count(1024, 16, quick),
                                      (f[0] / 16 if f else 1e5) * 2)))
             stall, stall_base = [], []
-            for _ in range(reps):
+            # peak RSS is noisy on a shared machine: more pairs than reps
+            for _ in range(reps if quick else max(reps, 5)):
                 for lst, k in ((stall_base, 0), (stall, 1)):
                     try:
                         r = run_once(env, "wr-always", 16, 1024, cnt, 60,
-                                     stall=k)
+                                     stall=k, sample_held=True)
                     except RuntimeError as e:
                         log(f"    {e}")
                         env.stop_all()
@@ -597,7 +616,9 @@ def main():
                     log(f"    16 subscribers, {k} stalled: {r['fps']:,.0f} "
                         f"frames/s, peak rss {r['rss'] / 2**20:.1f} MiB, "
                         f"frame buffers {r.get('chunk_bytes_live', 0) / 2**20:.1f}"
-                        f" MiB (tail {r.get('tail_bytes', 0) / 2**20:.1f} MiB)")
+                        f" MiB (tail {r.get('tail_bytes', 0) / 2**20:.1f} MiB)"
+                        f", held outside the tail at peak "
+                        f"{r.get('held_peak', 0) / 2**20:.1f} MiB")
             log("== 10,000 subscribers connected (1 KiB, fsync always)")
             many = []
             nmany = 10000
@@ -698,6 +719,16 @@ def write_results(args, env, R, L, ceil, stall, stall_base, many, ns, sizes,
                  f"({'; '.join(f'{d / 2**20:+.1f}' for d in diffs)}) "
                  f"| ≤ 1 MiB | "
                  f"{verdict(grow / 2**20, 1.0, higher=False, unit=' MiB')} |")
+        hs = [a.get("held_peak", 0) for a in stall]
+        hb = [b.get("held_peak", 0) for b in stall_base]
+        if any(hs):
+            o.append(f"| frame buffers held outside the shared tail at peak "
+                     f"(relay's /metrics, exact): stalled vs baseline runs | "
+                     f"{statistics.median(hs) / 2**20:.1f} vs "
+                     f"{statistics.median(hb) / 2**20:.1f} MiB "
+                     f"({(statistics.median(hs) - statistics.median(hb)) / 2**20:+.1f}) "
+                     f"| ≤ 1 MiB more | "
+                     f"{verdict((statistics.median(hs) - statistics.median(hb)) / 2**20, 1.0, higher=False, unit=' MiB')} |")
     mr = stat(many or [], "rss")
     if mr:
         o.append(f"| peak RSS with 10,000 subscribers | "
