@@ -23,6 +23,7 @@ import os
 import shutil
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -172,6 +173,8 @@ def main():
     ap.add_argument("--value-bytes", type=int, default=4000)
     ap.add_argument("--rate", type=int, default=0,
                     help="frames per second produced (0: as fast as possible)")
+    ap.add_argument("--reps", type=int, default=3,
+                    help="runs of each case, interleaved (3); medians shown")
     opts = ap.parse_args()
     for b in ("walrelay", "walcat"):
         if not os.access(os.path.join(opts.builddir, b), os.X_OK):
@@ -187,17 +190,34 @@ def main():
             with open(p, "w") as f:
                 f.write(t + "\n")
             os.chmod(p, 0o600)
-        base = run_case(opts, work, "none", False, False)
-        plain = run_case(opts, work, "plain", False, True)
-        tls = run_case(opts, work, "tls", True, True)
+        runs = {"none": [], "plain": [], "tls": []}
+        for i in range(opts.reps):
+            for name, tls_on, live in (("none", False, False),
+                                       ("plain", False, True),
+                                       ("tls", True, True)):
+                runs[name].append(run_case(opts, work, f"{name}{i}", tls_on,
+                                           live))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+    def med(name, key):
+        return statistics.median(m[key] for m in runs[name])
+
+    def span(vals):
+        vals = sorted(vals)
+        return f"{statistics.median(vals):.2f} ({vals[0]:.2f}-{vals[-1]:.2f})"
+
+    base = {k: med("none", k) for k in ("live_cpu", "live_s", "bytes")}
+    plain = {k: med("plain", k) for k in ("live_cpu", "live_s",
+                                          "catchup_cpu", "catchup_s")}
+    tls = {k: med("tls", k) for k in ("live_cpu", "live_s", "catchup_cpu",
+                                      "catchup_s")}
 
     gb = base["bytes"] / 1e9
     rate = f"{opts.rate} frames/s" if opts.rate else "as fast as possible"
     print(f"stream: {base['bytes'] / 1e6:.0f} MB, values of {opts.value_bytes} "
           f"bytes (incompressible), produced {rate}, fsync never, "
-          f"one subscriber\n")
+          f"one subscriber; medians of {opts.reps} interleaved runs\n")
     print(f"{'case':<30} {'relay CPU s':>12} {'wall s':>8} {'CPU s/GB delivered':>19}")
     print(f"{'ingest only (no sub)':<30} {base['live_cpu']:>12.2f} "
           f"{base['live_s']:>8.2f} {'-':>19}")
@@ -208,6 +228,13 @@ def main():
     for label, m in (("plain (sendfile)", plain), ("TLS (read+encrypt)", tls)):
         print(f"{'catch-up, ' + label:<30} {m['catchup_cpu']:>12.2f} "
               f"{m['catchup_s']:>8.2f} {m['catchup_cpu'] / gb:>19.2f}")
+    # what TLS adds, run by run (run i of each case ran back to back)
+    live_extra = [(t["live_cpu"] - p["live_cpu"]) / gb
+                  for t, p in zip(runs["tls"], runs["plain"])]
+    cu_extra = [(t["catchup_cpu"] - p["catchup_cpu"]) / gb
+                for t, p in zip(runs["tls"], runs["plain"])]
+    print(f"\nTLS over plain, CPU s/GB, median (min-max) of the paired runs:"
+          f"\n  live      {span(live_extra)}\n  catch-up  {span(cu_extra)}")
     print("\nlive: relay CPU minus the ingest-only run, per GB sent to the "
           "subscriber;\ncatch-up: relay CPU while one subscriber reads the "
           "whole store from earliest.")
