@@ -30,7 +30,7 @@ static atomic_llong	chunks_compressed;
 #define CBUF_MIN	(64 * 1024)
 #define CBUF_STEP	(16 * 1024)
 #define CBUF_MAX	(4 * 1024 * 1024)
-#define CBUF_KEEP	(16 * 1024 * 1024)
+#define CBUF_KEEP	(4 * 1024 * 1024)
 
 struct cbuf_free {
 	struct cbuf_free	*next;

@@ -52,7 +52,7 @@ int		 chunk_grow(struct chunk *, size_t cap);
 /* The size of the buffer a chunk of n bytes gets. */
 size_t		 chunk_buf_size(size_t n);
 /*
- * Freed buffers of 64 KiB and more are kept for reuse (16 MiB at most):
+ * Freed buffers of 64 KiB and more are kept for reuse (4 MiB at most):
  * chunk_cache_tick, once a second, frees them all when none was reused
  * since the last tick; chunk_cache_clear frees them at exit.
  */

@@ -369,7 +369,7 @@ main(int argc, char **argv)
 	 * the heap keeps the holes: a slow subscriber then made the relay's
 	 * RSS several times its tail-memory and buffers. Mapping and
 	 * unmapping them is not free either: frame.c keeps freed chunk
-	 * buffers for reuse (16 MiB at most, released when idle).
+	 * buffers for reuse (4 MiB at most, released when idle).
 	 */
 	mallopt(M_MMAP_THRESHOLD, 64 * 1024);
 #endif

@@ -548,12 +548,12 @@ def test_slow_subscriber_others_unaffected_memory_bounded(relays, tokfile,
     # (ingest-pause-bytes), per subscriber its buffer plus the one chunk
     # (at most 2 MiB, two upstream reads) it may be in the middle of, one
     # chunk being filled by the upstream, the freed frame buffers kept for
-    # reuse (16 MiB at most) and a fixed 24 MiB for the process itself over
+    # reuse (4 MiB at most) and a fixed 24 MiB for the process itself over
     # the RSS it had when idle.
     nsubs = len(readers)
     chunk_max = 2 * MIB
     bound = (baseline + tail_memory + pause_bytes +
-             nsubs * (sub_buffer + chunk_max) + chunk_max + 16 * MIB +
+             nsubs * (sub_buffer + chunk_max) + chunk_max + 4 * MIB +
              24 * MIB)
     print(f"walrelay peak RSS {peak[0] / MIB:.1f} MiB, bound {bound / MIB:.1f} "
           f"MiB (idle {baseline / MIB:.1f} MiB), frame buffers at most "

@@ -263,12 +263,12 @@ START_TEST(freed_buffers_are_reused_then_released)
 	chunk_cache_tick();			/* a second without reuse */
 	ck_assert_uint_eq(chunk_cache_bytes(), 0);
 
-	/* at most 16 MiB is kept, however much is freed */
+	/* at most 4 MiB is kept, however much is freed */
 	for (int i = 0; i < 40; i++)
 		ck_assert_ptr_nonnull(many[i] = chunk_new(1 << 20));
 	for (int i = 0; i < 40; i++)
 		chunk_unref(many[i]);
-	ck_assert_uint_eq(chunk_cache_bytes(), 16u << 20);
+	ck_assert_uint_eq(chunk_cache_bytes(), 4u << 20);
 	chunk_cache_clear();
 	ck_assert_uint_eq(chunk_cache_bytes(), 0);
 #endif
