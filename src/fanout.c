@@ -152,6 +152,7 @@ fanout_free(struct fanout *fo)
 	if (fo->fo_tick != NULL)
 		event_free(fo->fo_tick);
 	free(fo);
+	subscriber_shutdown();
 }
 
 void

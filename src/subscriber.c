@@ -166,6 +166,16 @@ sub_emit_chunk(struct subscriber *sub, struct chunk *ch, size_t off,
 	    off, len);
 }
 
+/* The read buffer for TLS and zstd catch-up: one reader at a time. */
+static uint8_t	*piece;
+
+void
+subscriber_shutdown(void)
+{
+	free(piece);
+	piece = NULL;
+}
+
 static void
 sub_unpin_cb(struct evbuffer_file_segment const *seg, int flags, void *arg)
 {
@@ -181,7 +191,6 @@ sub_unpin_cb(struct evbuffer_file_segment const *seg, int flags, void *arg)
 static int
 sub_emit_span(struct subscriber *sub)
 {
-	static uint8_t *piece;	/* one reader at a time: the loop thread */
 	struct segment_span *sp = &sub->sub_span;
 	struct evbuffer *out = bufferevent_get_output(sub->sub_bev);
 	uint64_t left = sp->sp_len - sub->sub_span_done;

@@ -59,6 +59,8 @@ void	subscriber_refill(struct subscriber *);
 void	subscriber_close(struct subscriber *, const char *, ...)
 	    __attribute__((format(printf, 2, 3)));
 void	subscriber_free(struct subscriber *);
+/* Free what subscribers share (at exit, after the last one is freed). */
+void	subscriber_shutdown(void);
 /* Frames the subscriber is behind the newest sendable frame. */
 uint64_t subscriber_lag(const struct subscriber *);
 
