@@ -161,6 +161,7 @@ fanout_publish(struct fanout *fo, struct chunk *ch)
 	chunk_ref(ch);
 	TAILQ_INSERT_TAIL(&fo->fo_tail, ch, ch_entry);
 	fo->fo_tail_bytes += ch->ch_len;
+	fo->fo_tail_cap += ch->ch_cap;
 	fo->fo_tail_chunks++;
 }
 
@@ -175,6 +176,7 @@ fanout_trim(struct fanout *fo)
 	    fo->fo_tail_bytes > budget && CHUNK_END(ch) <= fo->fo_sendable) {
 		TAILQ_REMOVE(&fo->fo_tail, ch, ch_entry);
 		fo->fo_tail_bytes -= ch->ch_len;
+		fo->fo_tail_cap -= ch->ch_cap;
 		fo->fo_tail_chunks--;
 		/* subscribers still sending it hold their own references */
 		chunk_unref(ch);
@@ -198,8 +200,15 @@ fanout_advance(struct fanout *fo, uint64_t sendable)
 	 * instead of one per read: one copy here saves a libevent buffer
 	 * (1 KiB or more) and a copy or an iovec per subscriber per chunk.
 	 */
-	fo->fo_tail_chunks -= chunk_list_merge(&fo->fo_tail, fo->fo_sendable,
-	    sendable, FANOUT_MERGE_SMALL, FANOUT_MERGE_MAX);
+	{
+		long long capdelta = 0;
+
+		fo->fo_tail_chunks -= chunk_list_merge(&fo->fo_tail,
+		    fo->fo_sendable, sendable, FANOUT_MERGE_SMALL,
+		    FANOUT_MERGE_MAX, &capdelta);
+		fo->fo_tail_cap = (size_t)((long long)fo->fo_tail_cap +
+		    capdelta);
+	}
 	fo->fo_sendable = sendable;
 	/* a refill may put a subscriber back on fo_waiting: take the list */
 	TAILQ_INIT(&wake);

@@ -21,6 +21,7 @@ TAILQ_HEAD(subscriber_list, subscriber);
 struct fanout {
 	struct chunk_list	 fo_tail;
 	size_t			 fo_tail_bytes;
+	size_t			 fo_tail_cap;	/* their buffers' sizes */
 	size_t			 fo_tail_chunks;
 	uint64_t		 fo_sendable;	/* frames below this may be sent */
 	struct subscriber_list	 fo_subs;	/* streaming */

@@ -333,7 +333,7 @@ chunk_offset_of(const struct chunk *ch, uint64_t seq)
 
 size_t
 chunk_list_merge(struct chunk_list *list, uint64_t from, uint64_t to,
-    size_t small, size_t max)
+    size_t small, size_t max, long long *capdelta)
 {
 	struct chunk *ch, *first, *next, *m;
 	size_t len, removed = 0;
@@ -366,8 +366,12 @@ chunk_list_merge(struct chunk_list *list, uint64_t from, uint64_t to,
 		if (k == 1 || (m = chunk_new(len)) == NULL)
 			continue;	/* nothing to gain, or keep them apart */
 		m->ch_seq = first->ch_seq;
+		if (capdelta != NULL)
+			*capdelta += (long long)m->ch_cap;
 		for (struct chunk *c = first; c != ch; c = next) {
 			next = TAILQ_NEXT(c, ch_entry);
+			if (capdelta != NULL)
+				*capdelta -= (long long)c->ch_cap;
 			memcpy(m->ch_data + m->ch_len, c->ch_data, c->ch_len);
 			m->ch_len += c->ch_len;
 			m->ch_nframes += c->ch_nframes;

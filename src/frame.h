@@ -94,10 +94,11 @@ size_t		 chunk_cut(const struct chunk *, size_t off, size_t room,
  * [from, to) and are each under `small` bytes into single chunks of at most
  * `max` bytes (the list's own references move to the new chunks; holders of
  * other references keep the old ones). Returns how many fewer chunks the
- * list holds. Only for chunks nobody reads through the list yet.
+ * list holds, and adds the change in buffer bytes to *capdelta (if not
+ * NULL). Only for chunks nobody reads through the list yet.
  */
 size_t		 chunk_list_merge(struct chunk_list *, uint64_t from,
-		    uint64_t to, size_t small, size_t max);
+		    uint64_t to, size_t small, size_t max, long long *capdelta);
 
 /* Byte offset in ch of the frame with sequence seq (walks frame headers). */
 size_t		 chunk_offset_of(const struct chunk *, uint64_t seq);

@@ -264,6 +264,8 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	    s->sub_disk_reads);
 	METRIC(b, "tail_bytes", "gauge", "bytes in the shared in-memory tail",
 	    "%zu", relay->r_fan->fo_tail_bytes);
+	METRIC(b, "tail_buffer_bytes", "gauge", "bytes of the buffers that "
+	    "hold the shared tail", "%zu", relay->r_fan->fo_tail_cap);
 	METRIC(b, "zstd_chunks_total", "counter", "chunks compressed once "
 	    "for compress=zstd subscribers", "%lld", chunk_zstd_count());
 	METRIC(b, "tail_chunks", "gauge", "frame buffers in the shared tail",

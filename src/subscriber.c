@@ -162,6 +162,26 @@ sub_emit_chunk(struct subscriber *sub, struct chunk *ch, size_t off,
 	}
 	if (sub_stage_flush(sub) == -1)
 		return -1;
+	if ((off > 0 || len < ch->ch_len) && len > CHUNK_COPY_MAX) {
+		/*
+		 * A reference to part of a chunk would hold all of it: queue
+		 * a copy of the part instead, so that a subscriber never holds
+		 * more than it has queued. Only a subscriber that starts in
+		 * the middle of a chunk, or meets a chunk bigger than its
+		 * whole buffer, gets here.
+		 */
+		struct chunk *part;
+		int rc;
+
+		if ((part = chunk_new(len)) == NULL)
+			return -1;
+		memcpy(part->ch_data, ch->ch_data + off, len);
+		part->ch_len = len;
+		rc = chunk_add_to_evbuffer(bufferevent_get_output(sub->sub_bev),
+		    part, 0, len);
+		chunk_unref(part);
+		return rc;
+	}
 	return chunk_add_to_evbuffer(bufferevent_get_output(sub->sub_bev), ch,
 	    off, len);
 }

@@ -572,6 +572,39 @@ def test_slow_subscriber_others_unaffected_memory_bounded(relays, tokfile,
     assert 0 < peak[1] <= fb_bound, (peak[1], fb_bound)
 
 
+def test_stalled_subscriber_holds_no_more_than_its_buffer(relays, tokfile):
+    """docs/protocol.md: a subscriber never makes the relay hold more than
+    its own buffer. One that stops reading keeps frames in memory after
+    the shared tail has let them go, but no more than subscriber-buffer."""
+    KIB = 1024
+    sub_buffer = 64 * KIB
+    r = relays("r", ["--subscribe-token-file", tokfile,
+                     "--tail-memory", "1M", "--subscriber-buffer", "64k"])
+    stalled, _ = sub_ok(r.listen_addr, "latest", rcvbuf=4096)
+    reader, _ = sub_ok(r.listen_addr, "latest")
+    wait_subs(r, 2)
+    total = 20000           # about 20 MB: the 1 MiB tail turns over often
+    f = Feeder(r.ingest_addr, 0, total, vbytes=1000)
+    f.start()
+    reader.settimeout(60)
+    got = recv_frames(reader, total)
+    f.finish()
+    assert got == [gen_frame(i) for i in range(total)]
+    r.wait_durable(total)
+    # everything is durable and the reader has it all: what frame buffers
+    # remain are the tail's and the ones the stalled subscriber holds
+    m = r.metrics()
+    held = m["walrelay_chunk_bytes_live"] - m["walrelay_tail_buffer_bytes"]
+    assert m["walrelay_tail_bytes"] <= 1024 * KIB + 64 * KIB
+    # its queue in whole chunks, or a copy of part of one (buffers come in
+    # 16 KiB steps, and the last frame may overshoot the buffer); nothing
+    # once it has fallen behind the tail and is served from the files
+    assert held <= sub_buffer + 16 * KIB + 1100, held
+    assert [s["lag"] > 0 for s in status_subs(r)].count(True) == 1
+    reader.close()
+    stalled.close()
+
+
 # ---- 5. subscriber-timeout --------------------------------------------------
 
 def test_stalled_subscriber_timeout(relays, tokfile):

@@ -119,6 +119,7 @@ START_TEST(merge_joins_small_sendable_runs)
 	const uint64_t seq[7] = { 0, 10, 15, 20, 84, 89, 94 };
 	const int nfr[7] = { 10, 5, 5, 64, 5, 5, 5 };
 	long live0 = chunk_live_count();
+	long long capdelta = 0, cap0 = 0, cap1 = 0;
 
 	TAILQ_INIT(&l);
 	for (int i = 0; i < 7; i++) {
@@ -128,12 +129,18 @@ START_TEST(merge_joins_small_sendable_runs)
 	ck_assert_uint_gt(c[3]->ch_len, 4096);
 	ck_assert_uint_lt(c[1]->ch_len, 4096);
 	nb = list_bytes(&l, before, sizeof(before));
+	TAILQ_FOREACH(ch, &l, ch_entry)
+		cap0 += (long long)ch->ch_cap;
 	/* somebody else (the segment writer) still holds c1 */
 	kept = c[1];
 	chunk_ref(kept);
 
-	ck_assert_uint_eq(chunk_list_merge(&l, 10, 94, 4096, 1 << 20), 2);
+	ck_assert_uint_eq(chunk_list_merge(&l, 10, 94, 4096, 1 << 20, &capdelta), 2);
 	na = list_bytes(&l, after, sizeof(after));
+	TAILQ_FOREACH(ch, &l, ch_entry)
+		cap1 += (long long)ch->ch_cap;
+	ck_assert_int_eq(capdelta, cap1 - cap0);	/* what the list's buffers changed by */
+	ck_assert_int_lt(capdelta, 0);
 	ck_assert_uint_eq(na, nb);
 	ck_assert_int_eq(memcmp(before, after, nb), 0);
 
@@ -183,7 +190,7 @@ START_TEST(merge_respects_max_and_gaps)
 	}
 	one = TAILQ_FIRST(&l)->ch_len;
 	/* at most two chunks fit in max: 0+5, 10+15, then 30 alone */
-	ck_assert_uint_eq(chunk_list_merge(&l, 0, 35, 4096, 2 * one), 2);
+	ck_assert_uint_eq(chunk_list_merge(&l, 0, 35, 4096, 2 * one, NULL), 2);
 	TAILQ_FOREACH(ch, &l, ch_entry) {
 		const uint64_t want_seq[3] = { 0, 10, 30 };
 		const uint32_t want_n[3] = { 10, 10, 5 };
@@ -195,7 +202,7 @@ START_TEST(merge_respects_max_and_gaps)
 	}
 	ck_assert_int_eq(i, 3);
 	/* nothing new to merge: a second call changes nothing */
-	ck_assert_uint_eq(chunk_list_merge(&l, 0, 35, 4096, 2 * one), 0);
+	ck_assert_uint_eq(chunk_list_merge(&l, 0, 35, 4096, 2 * one, NULL), 0);
 	while ((ch = TAILQ_FIRST(&l)) != NULL) {
 		TAILQ_REMOVE(&l, ch, ch_entry);
 		chunk_unref(ch);
