@@ -261,14 +261,15 @@ class Server:
                 str(vbytes), "--rate", str(int(rate))]
 
     def metrics(self):
-        """chunk_bytes_live and tail_bytes from walrelay's /metrics."""
+        """chunk_bytes_live, tail_bytes and tail_buffer_bytes from
+        walrelay's /metrics."""
         out = {}
         try:
             with urllib.request.urlopen(
                     f"http://127.0.0.1:{self.http}/metrics", timeout=5) as r:
                 for line in r.read().decode().splitlines():
-                    m = re.match(r"\w*?(chunk_bytes_live|tail_bytes) (\d+)",
-                                 line)
+                    m = re.match(r"\w*?(chunk_bytes_live|tail_bytes|"
+                                 r"tail_buffer_bytes) (\d+)", line)
                     if m:
                         out[m.group(1)] = int(m.group(2))
         except OSError:
@@ -311,7 +312,7 @@ def run_once(env, system, n, size, count, timeout, rate=0, stall=0,
                     m = srv.metrics()
                     if "chunk_bytes_live" in m:
                         held.append(m["chunk_bytes_live"] -
-                                    m.get("tail_bytes", 0))
+                                    m.get("tail_buffer_bytes", 0))
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
         c0, t0 = cpu_secs(srv.proc.pid), time.time()
