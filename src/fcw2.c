@@ -13,7 +13,10 @@
 
 /*
  * From this payload size on, an uncompressed record is read once for both
- * crcs (crc32_combine costs about as much as a few hundred bytes of crc).
+ * crcs. Deriving one crc from the other takes an operator for the record's
+ * length: making it costs about as much as a few hundred bytes of crc,
+ * applying a kept one much less. Below this size a length not seen before
+ * would cost more than reading the record twice.
  */
 #define FCW2_COMBINE_MIN	512
 
@@ -235,10 +238,19 @@ fcw2_check(struct fcw2_checker *chk, const uint8_t *buf, size_t len,
 		const uint8_t *p = buf + FCW2_HEADER_LEN;
 		struct fcw2_record tmp;
 		uint32_t body = crc(p, plen - 4);
+		unsigned slot = (plen - 4) % FCW2_COMBINE_OPS;
 		uLong fc;
 
-		fc = crc32_combine(crc(buf, FCW2_HEADER_LEN), body,
-		    (z_off_t)(plen - 4));
+		/*
+		 * Shifting a crc over n bytes is one operator per n; most
+		 * streams repeat a few record sizes, so keep the operators.
+		 */
+		if (chk->op_len[slot] != plen - 4) {
+			chk->op[slot] = crc32_combine_gen((z_off_t)(plen - 4));
+			chk->op_len[slot] = plen - 4;
+		}
+		fc = crc32_combine_op(crc(buf, FCW2_HEADER_LEN), body,
+		    chk->op[slot]);
 		fc = crc32(fc, p + plen - 4, 4);
 		if ((uint32_t)fc != rd32(buf + flen - FCW2_CRC_LEN))
 			return FCW2_ERR_FRAME_CRC;

@@ -55,11 +55,16 @@ struct fcw2_record {
  * Validation context: the length cap and, when records are checked, a
  * scratch buffer for LZ4 payloads (grown on demand up to the cap, reused).
  */
+#define FCW2_COMBINE_OPS	64
+
 struct fcw2_checker {
 	uint32_t	 max_payload;	/* payload_len cap (frame cap - 13) */
 	int		 check_records;	/* decode and check the record inside */
 	uint8_t		*scratch;
 	size_t		 scratch_cap;
+	/* crc32_combine operators by record length, direct-mapped */
+	uint32_t	 op_len[FCW2_COMBINE_OPS];
+	unsigned long	 op[FCW2_COMBINE_OPS];
 };
 
 const char	*fcw2_strerror(int status);

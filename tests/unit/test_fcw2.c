@@ -573,6 +573,47 @@ START_TEST(random_splits)
 }
 END_TEST
 
+/*
+ * Large uncompressed records are checked in one pass with a crc operator
+ * kept per record length in a small direct-mapped table: lengths that share
+ * a slot, taking turns, must each be checked against their own operator.
+ */
+START_TEST(one_pass_lengths_sharing_a_slot)
+{
+	static uint8_t val[4096], frame[8192];
+	struct fcw2_checker chk;
+	struct fcw2_record rec;
+	size_t flen, n;
+
+	memset(val, 'q', sizeof(val));
+	fcw2_checker_init(&chk, FCW2_DEFAULT_MAX_FRAME, 1);
+	for (int round = 0; round < 3; round++) {
+		for (uint32_t v = 600; v <= 600 + 5 * FCW2_COMBINE_OPS;
+		    v += FCW2_COMBINE_OPS) {
+			struct fcw2_record r = { FCW2_OP_SET, 3, v, 7, -1,
+			    (const uint8_t *)"key", val };
+
+			n = fcw2_encode(&r, 0, frame, sizeof(frame));
+			ck_assert_uint_gt(n, 0);
+			ck_assert_int_eq(fcw2_check(&chk, frame, n, &flen, &rec),
+			    FCW2_OK);
+			ck_assert_uint_eq(flen, n);
+			ck_assert_uint_eq(rec.value_len, v);
+			/* a flipped value byte: the frame crc no longer holds */
+			frame[FCW2_HEADER_LEN + 40] ^= 0x10;
+			ck_assert_int_eq(fcw2_check(&chk, frame, n, &flen, NULL),
+			    FCW2_ERR_FRAME_CRC);
+			frame[FCW2_HEADER_LEN + 40] ^= 0x10;
+			/* a wrong stored frame crc, value intact */
+			frame[n - 1] ^= 0x01;
+			ck_assert_int_eq(fcw2_check(&chk, frame, n, &flen, NULL),
+			    FCW2_ERR_FRAME_CRC);
+		}
+	}
+	fcw2_checker_free(&chk);
+}
+END_TEST
+
 START_TEST(over_cap)
 {
 	static const uint8_t huge[9] = { 'F', 'C', 'W', '2', 0,
@@ -783,6 +824,7 @@ fcw2_suite(void)
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("errors");
+	tcase_add_test(tc, one_pass_lengths_sharing_a_slot);
 	tcase_add_test(tc, over_cap);
 	tcase_add_test(tc, precise_errors);
 	suite_add_tcase(s, tc);
