@@ -397,6 +397,9 @@ sub_arm_timer(struct subscriber *sub, unsigned ms)
 		evtimer_add(sub->sub_timer, &tv);
 }
 
+static void	sub_refuse(struct subscriber *, const char *, const char *, ...)
+		    __attribute__((__format__(__printf__, 3, 4)));
+
 /* Reply with an error line, then close once it is written. */
 static void
 sub_refuse(struct subscriber *sub, const char *code, const char *fmt, ...)
