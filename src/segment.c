@@ -51,6 +51,7 @@
 #define IOV_MAX			1024
 #endif
 
+#define SEGMENT_WRITEBACK	(2u << 20)	/* bytes between writeback kicks */
 #define SEGMENT_META		"walrelay.meta"
 #define SEGMENT_META_TMP	"walrelay.meta.tmp"
 #define SEGMENT_LOCK		"walrelay.lock"
@@ -76,6 +77,7 @@ struct segment {
 	uint64_t		 seg_end;	/* first sequence after the file */
 	uint64_t		 seg_created_ms;
 	uint64_t		 seg_bytes;	/* whole frames in the file */
+	uint64_t		 seg_wb_off;	/* writeback started below this */
 	uint64_t		 seg_durable_end; /* servable frames end here */
 	uint64_t		 seg_durable_bytes;
 	int			 seg_checked;	/* frames checked, index built */
@@ -1136,6 +1138,17 @@ writer_write_run(struct segstore *ss)
 	pthread_mutex_unlock(&ss->ss_mtx);
 	if (good > 0)
 		ss->ss_wdirty = 1;
+	/*
+	 * Without an fdatasync after every write, dirty pages pile up until
+	 * the kernel throttles this thread for seconds at a time; start the
+	 * writeback of every SEGMENT_WRITEBACK bytes as they are written.
+	 */
+	if (ss->ss_cf.fsync_mode != FSYNC_ALWAYS &&
+	    off - seg->seg_wb_off >= SEGMENT_WRITEBACK) {
+		(void)sync_file_range(ss->ss_wfd, (off_t)seg->seg_wb_off,
+		    (off_t)(off - seg->seg_wb_off), SYNC_FILE_RANGE_WRITE);
+		seg->seg_wb_off = off;
+	}
 	return err;
 }
 
