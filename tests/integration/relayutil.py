@@ -19,6 +19,44 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
                      "runtime error:")
 
 
+def sanitizer_report(text):
+    """The first sanitizer report in text (with some context), or None."""
+    for marker in SANITIZER_MARKERS:
+        i = text.find(marker)
+        if i != -1:
+            return text[max(0, i - 200):i + 3000]
+    return None
+
+
+def is_asan_build(binary):
+    with open(binary, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
+def relay_factory(walrelay, workdir, default_name="r", start=True):
+    """Body of a pytest fixture (use with yield from): yields
+    make(name, args=(), start=..., **Relay kwargs) -> Relay, its data in
+    workdir/name and its log in workdir/name.log. At the end every relay
+    still running is stopped (SIGTERM, SIGKILL after 20 s), and a sanitizer
+    report in any relay's log fails the test."""
+    made = []
+
+    def make(name=default_name, args=(), start=start, **kw):
+        r = Relay(walrelay, workdir / name, workdir / f"{name}.log",
+                  args=[str(a) for a in args], **kw)
+        made.append(r)
+        if start:
+            r.start()
+        return r
+
+    yield make
+    for r in made:
+        try:
+            r.stop(timeout=20)
+        except subprocess.TimeoutExpired:
+            r.kill9()
+
+
 def free_port():
     """A port the kernel considers free right now (loopback)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -159,6 +197,8 @@ class Relay:
         """SIGTERM and wait; returns the exit status. Fails when the log
         holds a sanitizer report."""
         if self.proc is None or self.proc.poll() is not None:
+            if self.proc is not None:
+                self.log.close()
             self.check_sanitizers()
             return self.proc.returncode if self.proc else None
         self.proc.send_signal(signal.SIGTERM)
@@ -180,12 +220,9 @@ class Relay:
         """Fail when an ASan/UBSan/LSan build reported an error in the log."""
         if not os.path.exists(self.logpath):
             return
-        log = self.read_log()
-        for marker in SANITIZER_MARKERS:
-            i = log.find(marker)
-            if i != -1:
-                raise AssertionError(f"{self.logpath}: sanitizer report:\n"
-                                     + log[max(0, i - 200):i + 3000])
+        rep = sanitizer_report(self.read_log())
+        if rep is not None:
+            raise AssertionError(f"{self.logpath}: sanitizer report:\n{rep}")
 
     def signal(self, sig):
         self.proc.send_signal(sig)

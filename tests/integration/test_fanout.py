@@ -22,8 +22,8 @@ import time
 import pytest
 
 from fcw2util import OP_SET, frame
-from relayutil import (Relay, connect, recv_frames, recv_line, split_frames,
-                       store_frames, wait_until)
+from relayutil import (connect, is_asan_build, recv_frames, recv_line,
+                       relay_factory, store_frames, wait_until)
 
 TOKEN = "fan-tok"
 OK_RE = re.compile(r"^FCWAL-OK/1 start=(\d+) earliest=(\d+) next=(\d+) "
@@ -54,16 +54,6 @@ def gen_frame(i, vbytes=1000):
     return frame(OP_SET, b"key-%010d" % i, value, ts=1700000000000 + i)
 
 
-def sanitizer_report(text):
-    return ("ERROR: AddressSanitizer" in text or "runtime error:" in text
-            or "ERROR: LeakSanitizer" in text)
-
-
-def is_asan_build(binary):
-    with open(binary, "rb") as f:
-        return b"__asan_init" in f.read()
-
-
 @pytest.fixture
 def tokfile(workdir):
     p = workdir / "sub.tok"
@@ -73,27 +63,8 @@ def tokfile(workdir):
 
 @pytest.fixture
 def relays(walrelay, workdir):
-    """Factory: make(name, args, ingest=True) -> a started Relay. At the end
-    every relay still running is stopped with SIGTERM, and no log may hold
-    a sanitizer report."""
-    made = []
-
-    def make(name="r", args=(), ingest=True, start=True, env=None):
-        d = workdir / name
-        r = Relay(walrelay, d, workdir / f"{name}.log", args=list(args),
-                  ingest=ingest, env=env)
-        made.append(r)
-        if start:
-            r.start()
-        return r
-
-    yield make
-    for r in made:
-        if r.alive():
-            r.stop()
-        if r.proc is not None:
-            log = r.read_log()
-            assert not sanitizer_report(log), log[-5000:]
+    """Factory: make(name, args, ingest=True) -> a started Relay."""
+    yield from relay_factory(walrelay, workdir)
 
 
 class Feeder(threading.Thread):

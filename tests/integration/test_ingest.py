@@ -26,7 +26,7 @@ import pytest
 import fcw2util
 from fcw2util import OP_DEL, OP_EXPIRE, OP_SET, frame
 from relayutil import (Relay, connect, free_port, recv_frames, recv_line,
-                       segment_names, split_frames, wait_until)
+                       relay_factory, segment_names, split_frames, wait_until)
 
 TIMEOUT = 60
 SEG_RE = re.compile(r"^segment-(\d{20})-(\d+)\.wal$")
@@ -46,25 +46,8 @@ def rejected(r):
 
 @pytest.fixture
 def relays(walrelay, workdir):
-    """Factory of Relay objects; every one still running at the end of the
-    test is stopped (and its log checked for sanitizer reports)."""
-    made = []
-
-    def make(name="relay", args=(), **kw):
-        d = workdir / name
-        r = Relay(walrelay, d, workdir / f"{name}.log",
-                  args=[str(a) for a in args], **kw)
-        made.append(r)
-        return r
-    yield make
-    for r in made:
-        if r.alive():
-            try:
-                r.stop(timeout=20)
-            except subprocess.TimeoutExpired:
-                r.kill9()
-        else:
-            r.check_sanitizers()
+    """Factory of Relay objects, not yet started."""
+    yield from relay_factory(walrelay, workdir, "relay", start=False)
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,9 @@ import warnings
 import pytest
 
 import fcw2util
-from relayutil import (Relay, connect, free_port, recv_frames, recv_line,
-                       store_frames, wait_until)
-
-SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
-                     "runtime error:")
+from relayutil import (connect, free_port, recv_frames, recv_line,
+                       relay_factory, sanitizer_report, store_frames,
+                       wait_until)
 
 PUB = "pub-token-7f3a"
 SUB = "sub-token-c41e"
@@ -162,43 +160,10 @@ def tokens(workdir):
             "sub": write_tokens(workdir / "sub.tok", SUB)}
 
 
-def sanitizer_report(log):
-    for marker in SANITIZER_MARKERS:
-        i = log.find(marker)
-        if i != -1:
-            return log[max(0, i - 200):i + 3000]
-    return None
-
-
 @pytest.fixture
 def relays(walrelay, workdir):
-    """make(name, args, env=None, start=True, **Relay kwargs) -> Relay.
-    Every relay is stopped at the end; a sanitizer report fails the test."""
-    made = []
-
-    def make(name, args=(), env=None, start=True, **kw):
-        d = workdir / name
-        d.mkdir()
-        r = Relay(walrelay, d / "data", d / "relay.log", args=[str(a) for a in args],
-                  env=env, **kw)
-        made.append(r)
-        if start:
-            r.start()
-        return r
-
-    yield make
-    for r in made:
-        if r.proc is not None and r.proc.poll() is None:
-            r.proc.send_signal(signal.SIGTERM)
-            try:
-                r.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                r.proc.kill()
-                r.proc.wait()
-        if r.proc is not None:
-            r.log.close()
-            rep = sanitizer_report(r.read_log())
-            assert rep is None, f"{r.logpath}: sanitizer report:\n{rep}"
+    """make(name, args, env=None, start=True, **Relay kwargs) -> Relay."""
+    yield from relay_factory(walrelay, workdir)
 
 
 def tls_args(pki, cert="server", key="server"):
