@@ -137,6 +137,20 @@ hs_parse_u64(const char *s, size_t len, uint64_t *v)
 }
 
 int
+handshake_parse_from(const char *s, size_t len, int *kind, uint64_t *seq)
+{
+	if (hs_equal(s, len, "earliest"))
+		*kind = HANDSHAKE_FROM_EARLIEST;
+	else if (hs_equal(s, len, "latest"))
+		*kind = HANDSHAKE_FROM_LATEST;
+	else if (hs_parse_u64(s, len, seq) == 0)
+		*kind = HANDSHAKE_FROM_SEQ;
+	else
+		return -1;
+	return 0;
+}
+
+int
 handshake_parse_epoch(const char *s, size_t len, uint64_t *epoch)
 {
 	uint64_t v = 0;
@@ -207,20 +221,17 @@ hs_parse_sub(const char *p, const char *end, struct handshake_req *req,
 		    "earliest or latest)");
 		return -1;
 	}
-	if (hs_equal(f, flen, "earliest"))
-		req->hr_from_kind = HANDSHAKE_FROM_EARLIEST;
-	else if (hs_equal(f, flen, "latest"))
-		req->hr_from_kind = HANDSHAKE_FROM_LATEST;
-	else if (flen == 0) {
+	if (flen == 0) {
 		snprintf(err, errlen, "empty field (fields are separated by "
 		    "one space)");
 		return -1;
-	} else if (hs_parse_u64(f, flen, &req->hr_from) == -1) {
+	}
+	if (handshake_parse_from(f, flen, &req->hr_from_kind,
+	    &req->hr_from) == -1) {
 		snprintf(err, errlen, "bad <from> '%s' (a sequence number, "
 		    "earliest or latest)", hs_excerpt(f, flen, x, sizeof(x)));
 		return -1;
-	} else
-		req->hr_from_kind = HANDSHAKE_FROM_SEQ;
+	}
 	while (hs_field(&p, end, &f, &flen) == 0) {
 		const char *v;
 		size_t klen, vlen;

@@ -134,6 +134,9 @@ int	handshake_format_sub(char *buf, size_t len, const char *token,
 	    uint64_t epoch, int compress);
 /* 16 lowercase hex digits and a NUL: buf holds HANDSHAKE_EPOCH_LEN + 1. */
 void	handshake_format_epoch(char *buf, uint64_t epoch);
+/* <from>: earliest, latest or a decimal sequence, exactly len bytes. 0, or -1. */
+int	handshake_parse_from(const char *s, size_t len, int *kind,
+	    uint64_t *seq);
 /* 1 to 16 hex digits, exactly len bytes. 0, or -1. */
 int	handshake_parse_epoch(const char *s, size_t len, uint64_t *epoch);
 

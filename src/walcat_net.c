@@ -637,22 +637,11 @@ walcat_tail(int argc, char **argv)
 	}
 	if (tokfile != NULL && read_token(tokfile, token, sizeof(token)) == -1)
 		return 3;
-	if (strcmp(from, "earliest") == 0)
-		from_kind = HANDSHAKE_FROM_EARLIEST;
-	else if (strcmp(from, "latest") == 0)
-		from_kind = HANDSHAKE_FROM_LATEST;
-	else {
-		char *end;
-
-		errno = 0;
-		from_kind = HANDSHAKE_FROM_SEQ;
-		from_seq = strtoull(from, &end, 10);
-		if (*from < '0' || *from > '9' || *end != '\0' ||
-		    errno != 0) {
-			fprintf(stderr, "walcat: tail: --from %s: use a sequence "
-			    "number, earliest or latest\n", from);
-			return 3;
-		}
+	if (handshake_parse_from(from, strlen(from), &from_kind,
+	    &from_seq) == -1) {
+		fprintf(stderr, "walcat: tail: --from %s: use a sequence "
+		    "number, earliest or latest\n", from);
+		return 3;
 	}
 	if (t.posfile != NULL) {
 		FILE *f = fopen(t.posfile, "r");
