@@ -1138,10 +1138,12 @@ writer_write_run(struct segstore *ss)
 	pthread_mutex_unlock(&ss->ss_mtx);
 	if (good > 0)
 		ss->ss_wdirty = 1;
+#ifdef HAVE_SYNC_FILE_RANGE
 	/*
 	 * Without an fdatasync after every write, dirty pages pile up until
-	 * the kernel throttles this thread for seconds at a time; start the
-	 * writeback of every SEGMENT_WRITEBACK bytes as they are written.
+	 * the kernel throttles this thread for tens of milliseconds at a
+	 * time; start the writeback of every SEGMENT_WRITEBACK bytes as they
+	 * are written (without waiting for it).
 	 */
 	if (ss->ss_cf.fsync_mode != FSYNC_ALWAYS &&
 	    off - seg->seg_wb_off >= SEGMENT_WRITEBACK) {
@@ -1149,6 +1151,7 @@ writer_write_run(struct segstore *ss)
 		    (off_t)(off - seg->seg_wb_off), SYNC_FILE_RANGE_WRITE);
 		seg->seg_wb_off = off;
 	}
+#endif
 	return err;
 }
 
