@@ -11,6 +11,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -522,15 +523,19 @@ tail_usage(FILE *f)
 "  --from SEQ|earliest|latest   where to start (default latest)\n"
 "  --token-file FILE   the subscribe token (first line of FILE)\n"
 "  --position-file F   resume from the position and epoch saved in F and\n"
-"                      keep it up to date (written atomically)\n"
+"                      keep it up to date (written atomically, after the\n"
+"                      frames are written and, into a file, synced); append\n"
+"                      the output to the same file (>>) to continue a copy\n"
 "  --count N           stop after N frames\n"
 "  --json              JSON lines instead of text\n"
 "  --raw               write the frames' bytes to stdout, nothing else\n"
 "  --zstd              ask for a zstd-compressed stream\n"
 "  --stock             the cache's plain handshake (no reply, live only)\n"
-"exit status: 0 when --count frames arrived, 1 when the connection ended,\n"
-"  2 when the relay refused (its FCWAL-ERR/1 line is printed), 3 usage\n"
-"  or I/O error, 4 a frame failed validation.\n");
+"SIGINT or SIGTERM: finish the frames read, save the position, exit 0 (a\n"
+"  second signal exits at once).\n"
+"exit status: 0 when --count frames arrived or after SIGINT/SIGTERM, 1 when\n"
+"  the connection ended, 2 when the relay refused (its FCWAL-ERR/1 line is\n"
+"  printed), 3 usage or I/O error, 4 a frame failed validation.\n");
 }
 
 struct tailer {
@@ -542,7 +547,162 @@ struct tailer {
 	uint64_t	 got;
 	const char	*posfile;
 	struct fcw2_decoder dec;
+	int		 positioned;	/* the reply gave pos and epoch */
+	int		 saved;		/* pos was saved since the last frame */
+	/* standard output */
+	int		 reg;		/* a regular file: sized, synced */
+	uint64_t	 outoff;	/* its size after the last whole frame */
+	uint64_t	 dev;
+	uint64_t	 ino;
+	uint8_t		*obuf;		/* --raw: whole frames not yet written */
+	size_t		 olen;
+	size_t		 ocap;
 };
+
+/* What a position file holds: "SEQ EPOCH" or "SEQ EPOCH BYTES DEV INO". */
+struct tailpos {
+	uint64_t	 seq;
+	uint64_t	 epoch;
+	int		 has_out;
+	uint64_t	 bytes;
+	uint64_t	 dev;
+	uint64_t	 ino;
+};
+
+/* The first SIGINT or SIGTERM asks the loop to stop; a second one kills. */
+static volatile sig_atomic_t tail_stop;
+static int tail_sigpipe[2] = { -1, -1 };
+
+static void
+tail_signal(int sig)
+{
+	int saved = errno;
+
+	if (tail_stop) {
+		signal(sig, SIG_DFL);
+		raise(sig);
+		return;
+	}
+	tail_stop = sig;
+	if (write(tail_sigpipe[1], "", 1) == -1) {
+		/* the flag is set; the loop checks it after every read */
+	}
+	errno = saved;
+}
+
+static int
+tail_signals(void)
+{
+	struct sigaction sa;
+
+	if (pipe2(tail_sigpipe, O_CLOEXEC | O_NONBLOCK) == -1)
+		return -1;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = tail_signal;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = 0;	/* no SA_RESTART: interrupt a blocked write */
+	if (sigaction(SIGINT, &sa, NULL) == -1 ||
+	    sigaction(SIGTERM, &sa, NULL) == -1)
+		return -1;
+	return 0;
+}
+
+/* 1 when read, 0 when the file does not exist, -1 (said) otherwise. */
+static int
+load_position(const char *path, struct tailpos *tp)
+{
+	char buf[256], end;
+	unsigned long long seq, epoch, bytes, dev, ino;
+	FILE *f;
+	size_t n;
+	int k;
+
+	memset(tp, 0, sizeof(*tp));
+	if ((f = fopen(path, "r")) == NULL) {
+		if (errno == ENOENT)
+			return 0;
+		fprintf(stderr, "walcat: tail: %s: %s\n", path,
+		    strerror(errno));
+		return -1;
+	}
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	k = sscanf(buf, "%llu %llx %llu %llu %llu%c", &seq, &epoch, &bytes,
+	    &dev, &ino, &end);
+	if (n == sizeof(buf) - 1 || (k != 2 && k != 6) ||
+	    (k == 6 && end != '\n')) {
+		fprintf(stderr, "walcat: tail: %s: not a position file (one "
+		    "line: SEQ EPOCH, or SEQ EPOCH BYTES DEV INODE)\n", path);
+		return -1;
+	}
+	tp->seq = seq;
+	tp->epoch = epoch;
+	if (k == 6) {
+		tp->has_out = 1;
+		tp->bytes = bytes;
+		tp->dev = dev;
+		tp->ino = ino;
+	}
+	return 1;
+}
+
+/*
+ * Bring standard output in line with the saved position. A regular file
+ * that grew past the size saved with the position holds frames written
+ * after the last save (walcat was killed between its write and its save):
+ * cut them, they are fetched again. One that is shorter lost frames the
+ * position counts: refuse to resume into it.
+ */
+static int
+tail_output_open(struct tailer *t, const struct tailpos *tp)
+{
+	struct stat st;
+	off_t end;
+
+	if (fstat(STDOUT_FILENO, &st) == -1) {
+		fprintf(stderr, "walcat: tail: standard output: %s\n",
+		    strerror(errno));
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode))
+		return 0;
+	t->reg = 1;
+	t->dev = (uint64_t)st.st_dev;
+	t->ino = (uint64_t)st.st_ino;
+	if (tp != NULL && tp->has_out && tp->dev == t->dev &&
+	    tp->ino == t->ino) {
+		if ((uint64_t)st.st_size < tp->bytes) {
+			fprintf(stderr, "walcat: tail: standard output has %"
+			    PRIu64 " bytes, fewer than the %" PRIu64 " that %s "
+			    "says were written: frames before its position "
+			    "are missing; append to the copy (>>), or remove "
+			    "the position file to start over\n",
+			    (uint64_t)st.st_size, tp->bytes, t->posfile);
+			return -1;
+		}
+		if ((uint64_t)st.st_size > tp->bytes) {
+			if (ftruncate(STDOUT_FILENO, (off_t)tp->bytes) == -1) {
+				fprintf(stderr, "walcat: tail: standard output: "
+				    "cannot cut it to the %" PRIu64 " bytes %s "
+				    "records: %s\n", tp->bytes, t->posfile,
+				    strerror(errno));
+				return -1;
+			}
+			fprintf(stderr, "walcat: tail: cut %" PRIu64 " bytes "
+			    "written after the saved position from standard "
+			    "output; they are fetched again\n",
+			    (uint64_t)st.st_size - tp->bytes);
+		}
+	}
+	if ((end = lseek(STDOUT_FILENO, 0, SEEK_END)) == -1) {
+		fprintf(stderr, "walcat: tail: standard output: %s\n",
+		    strerror(errno));
+		return -1;
+	}
+	t->outoff = (uint64_t)end;
+	return 0;
+}
 
 static int
 save_position(const struct tailer *t)
@@ -553,13 +713,97 @@ save_position(const struct tailer *t)
 	snprintf(tmp, sizeof(tmp), "%s.tmp", t->posfile);
 	if ((f = fopen(tmp, "w")) == NULL)
 		return -1;
-	fprintf(f, "%" PRIu64 " %016" PRIx64 "\n", t->pos, t->epoch);
+	if (t->reg)
+		fprintf(f, "%" PRIu64 " %016" PRIx64 " %" PRIu64 " %" PRIu64
+		    " %" PRIu64 "\n", t->pos, t->epoch, t->outoff, t->dev,
+		    t->ino);
+	else
+		fprintf(f, "%" PRIu64 " %016" PRIx64 "\n", t->pos, t->epoch);
 	if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
 		fclose(f);
 		return -1;
 	}
-	fclose(f);
+	if (fclose(f) != 0)
+		return -1;
 	return rename(tmp, t->posfile);
+}
+
+/*
+ * Write out the whole frames decoded so far, then (with a position file)
+ * make them durable when the output is a regular file, and only then
+ * save the position: the position never counts a frame the output may not
+ * hold. -1 (said) on an error.
+ */
+static int
+tail_commit(struct tailer *t)
+{
+	size_t off = 0;
+	ssize_t n;
+
+	while (off < t->olen) {
+		n = write(STDOUT_FILENO, t->obuf + off, t->olen - off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1) {
+			fprintf(stderr, "walcat: tail: standard output: %s\n",
+			    strerror(errno));
+			return -1;
+		}
+		off += (size_t)n;
+	}
+	t->outoff += t->olen;
+	t->olen = 0;
+	if (fflush(stdout) != 0) {
+		fprintf(stderr, "walcat: tail: standard output: %s\n",
+		    strerror(errno));
+		return -1;
+	}
+	if (t->posfile == NULL || !t->positioned || t->saved)
+		return 0;
+	if (t->reg) {
+		off_t end;
+
+		if (!t->raw) {
+			/* text through stdio: where its writes ended */
+			if ((end = lseek(STDOUT_FILENO, 0, SEEK_CUR)) == -1) {
+				fprintf(stderr, "walcat: tail: standard output: "
+				    "%s\n", strerror(errno));
+				return -1;
+			}
+			t->outoff = (uint64_t)end;
+		}
+		if (fdatasync(STDOUT_FILENO) == -1) {
+			fprintf(stderr, "walcat: tail: standard output: "
+			    "fdatasync: %s\n", strerror(errno));
+			return -1;
+		}
+	}
+	if (save_position(t) == -1) {
+		fprintf(stderr, "walcat: tail: %s: %s\n", t->posfile,
+		    strerror(errno));
+		return -1;
+	}
+	t->saved = 1;
+	return 0;
+}
+
+static int
+tail_keep(struct tailer *t, const uint8_t *p, size_t len)
+{
+	if (t->ocap - t->olen < len) {
+		size_t cap = t->ocap ? t->ocap : 65536;
+		uint8_t *nb;
+
+		while (cap - t->olen < len)
+			cap *= 2;
+		if ((nb = realloc(t->obuf, cap)) == NULL)
+			return -1;
+		t->obuf = nb;
+		t->ocap = cap;
+	}
+	memcpy(t->obuf + t->olen, p, len);
+	t->olen += len;
+	return 0;
 }
 
 static int
@@ -571,13 +815,17 @@ tail_frames(struct tailer *t, const uint8_t *p, size_t len)
 	if (fcw2_decoder_feed(&t->dec, p, len) == -1)
 		return 3;
 	while ((rc = fcw2_decoder_next(&t->dec, &fr)) == FCW2_OK) {
-		if (t->raw)
-			fwrite(fr.data, 1, fr.len, stdout);
-		else
+		if (t->raw) {
+			if (tail_keep(t, fr.data, fr.len) == -1) {
+				fprintf(stderr, "walcat: tail: out of memory\n");
+				return 3;
+			}
+		} else
 			walcat_print_record(stdout, t->json, t->pos, &fr.rec,
 			    NULL, 0);
 		t->pos++;
 		t->got++;
+		t->saved = 0;
 		if (t->count && t->got >= t->count)
 			return 0;
 	}
@@ -605,6 +853,7 @@ walcat_tail(int argc, char **argv)
 		{ NULL, 0, NULL, 0 }
 	};
 	struct tailer t;
+	struct tailpos tp;
 	const char *from = "latest", *tokfile = NULL;
 	char token[1100] = "-", line[2200];
 	int stock = 0, zstd = 0, c, fd, rc = 1, linelen;
@@ -613,7 +862,7 @@ walcat_tail(int argc, char **argv)
 	uint8_t buf[65536], zout[131072];
 	ZSTD_DCtx *dz = NULL;
 	size_t llen = 0;
-	int have_reply;
+	int have_reply, havepos = 0;
 
 	memset(&t, 0, sizeof(t));
 	optind = 1;
@@ -644,19 +893,21 @@ walcat_tail(int argc, char **argv)
 		return 3;
 	}
 	if (t.posfile != NULL) {
-		FILE *f = fopen(t.posfile, "r");
-		unsigned long long p, e;
-
-		if (f != NULL) {
-			if (fscanf(f, "%llu %llx", &p, &e) == 2) {
-				from_kind = HANDSHAKE_FROM_SEQ;
-				from_seq = p;
-				has_epoch = 1;
-				epoch = e;
-			}
-			fclose(f);
+		switch (load_position(t.posfile, &tp)) {
+		case -1:
+			return 3;
+		case 1:
+			havepos = 1;
+			from_kind = HANDSHAKE_FROM_SEQ;
+			from_seq = tp.seq;
+			has_epoch = 1;
+			epoch = tp.epoch;
+			break;
 		}
 	}
+	if (t.posfile != NULL && tail_output_open(&t, havepos ? &tp :
+	    NULL) == -1)
+		return 3;
 	if (stock)
 		linelen = handshake_format_auth(line, sizeof(line), token,
 		    strlen(token));
@@ -678,16 +929,45 @@ walcat_tail(int argc, char **argv)
 		close(fd);
 		return 3;
 	}
+	if (tail_signals() == -1) {
+		fprintf(stderr, "walcat: tail: signals: %s\n", strerror(errno));
+		close(fd);
+		return 3;
+	}
 	fcw2_decoder_init(&t.dec, FCW2_DEFAULT_MAX_FRAME, 1);
 	if (zstd && (dz = ZSTD_createDCtx()) == NULL)
 		return 3;
 	have_reply = stock;
 	for (;;) {
-		ssize_t n = recv(fd, buf, sizeof(buf), 0);
+		struct pollfd pfd[2];
+		ssize_t n;
 		size_t off = 0;
 		int r = -1;
 
-		if (n == -1 && errno == EINTR)
+		/* stop between reads only: every frame read is whole by now */
+		if (tail_stop) {
+			fprintf(stderr, "walcat: tail: %s: stopped after %"
+			    PRIu64 " frames%s\n", strsignal(tail_stop), t.got,
+			    t.positioned && t.posfile != NULL ?
+			    ", position saved" : "");
+			rc = 0;
+			break;
+		}
+		pfd[0].fd = fd;
+		pfd[0].events = POLLIN;
+		pfd[1].fd = tail_sigpipe[0];
+		pfd[1].events = POLLIN;
+		if (poll(pfd, 2, -1) == -1 && errno != EINTR) {
+			fprintf(stderr, "walcat: tail: poll: %s\n",
+			    strerror(errno));
+			rc = 3;
+			break;
+		}
+		if (pfd[0].revents == 0)
+			continue;	/* a signal: checked above */
+		n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (n == -1 && (errno == EINTR || errno == EAGAIN ||
+		    errno == EWOULDBLOCK))
 			continue;
 		if (n <= 0) {
 			if (n == -1)
@@ -728,6 +1008,7 @@ walcat_tail(int argc, char **argv)
 				}
 				t.pos = strtoull(s + 6, NULL, 10);
 				t.epoch = strtoull(e + 6, NULL, 16);
+				t.positioned = 1;
 			}
 			if (!t.raw)
 				fprintf(stderr, "walcat: tail: %s\n", line);
@@ -752,9 +1033,7 @@ walcat_tail(int argc, char **argv)
 			}
 		} else if ((size_t)n > off)
 			r = tail_frames(&t, buf + off, (size_t)n - off);
-		if (t.posfile != NULL && save_position(&t) == -1) {
-			fprintf(stderr, "walcat: tail: %s: %s\n", t.posfile,
-			    strerror(errno));
+		if (tail_commit(&t) == -1) {
 			rc = 3;
 			break;
 		}
@@ -763,9 +1042,11 @@ walcat_tail(int argc, char **argv)
 			break;
 		}
 	}
-	fflush(stdout);
+	if (rc != 3 && tail_commit(&t) == -1)
+		rc = 3;
 	close(fd);
 	fcw2_decoder_free(&t.dec);
+	free(t.obuf);
 	if (dz != NULL)
 		ZSTD_freeDCtx(dz);
 	return rc;
