@@ -53,7 +53,10 @@ struct wr_config {
 	unsigned	 auth_timeout_ms;	/* --auth-timeout SECONDS, 5 */
 	unsigned	 subscriber_timeout_ms;	/* --subscriber-timeout SECONDS, 60 */
 	unsigned	 max_subscribers;	/* --max-subscribers, 1024 */
-	unsigned	 max_conns_per_ip;	/* --max-conns-per-ip, 64 */
+	unsigned	 max_conns_per_ip;	/* --max-conns-per-ip, 64
+						   (subscriber port) */
+	unsigned	 max_ingest_conns_per_ip; /* --max-ingest-conns-per-ip,
+						   16 */
 	uint64_t	 max_lag_frames;	/* --max-lag FRAMES, 0 = no limit */
 	uint64_t	 tail_memory;		/* --tail-memory, 64M */
 	uint64_t	 subscriber_buffer;	/* --subscriber-buffer, 1M */

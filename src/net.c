@@ -136,10 +136,12 @@ struct net_source {
 	int			 ns_family;
 	uint8_t			 ns_addr[16];
 	unsigned		 ns_count;
+	unsigned		 ns_port;	/* NET_PORT_* */
 	unsigned		 ns_bucket;
 };
 
-static struct net_source	*net_source_table[NET_SOURCE_BUCKETS];
+/* One table per port: one port's clients never use up the other's room. */
+static struct net_source	*net_source_table[NET_PORTS][NET_SOURCE_BUCKETS];
 
 static int
 net_source_key(const struct sockaddr *sa, uint8_t addr[16], int *family)
@@ -159,19 +161,20 @@ net_source_key(const struct sockaddr *sa, uint8_t addr[16], int *family)
 }
 
 struct net_source *
-net_conn_acquire(const struct sockaddr *sa, unsigned limit)
+net_conn_acquire(unsigned port, const struct sockaddr *sa, unsigned limit)
 {
-	struct net_source *ns;
+	struct net_source *ns, **table;
 	uint8_t addr[16];
 	unsigned h = 2166136261u;
 	int family;
 
-	if (net_source_key(sa, addr, &family) == -1)
+	if (port >= NET_PORTS || net_source_key(sa, addr, &family) == -1)
 		return NULL;
+	table = net_source_table[port];
 	for (int i = 0; i < 16; i++)
 		h = (h ^ addr[i]) * 16777619u;
 	h %= NET_SOURCE_BUCKETS;
-	for (ns = net_source_table[h]; ns != NULL; ns = ns->ns_next)
+	for (ns = table[h]; ns != NULL; ns = ns->ns_next)
 		if (ns->ns_family == family && memcmp(ns->ns_addr, addr, 16) == 0)
 			break;
 	if (ns == NULL) {
@@ -179,9 +182,10 @@ net_conn_acquire(const struct sockaddr *sa, unsigned limit)
 			return NULL;
 		ns->ns_family = family;
 		memcpy(ns->ns_addr, addr, 16);
+		ns->ns_port = port;
 		ns->ns_bucket = h;
-		ns->ns_next = net_source_table[h];
-		net_source_table[h] = ns;
+		ns->ns_next = table[h];
+		table[h] = ns;
 	}
 	if (ns->ns_count >= limit)
 		return NULL;
@@ -196,7 +200,7 @@ net_conn_release(struct net_source *ns)
 
 	if (ns == NULL || --ns->ns_count > 0)
 		return;
-	for (pp = &net_source_table[ns->ns_bucket]; *pp != ns;
+	for (pp = &net_source_table[ns->ns_port][ns->ns_bucket]; *pp != ns;
 	    pp = &(*pp)->ns_next)
 		;
 	*pp = ns->ns_next;

@@ -22,12 +22,18 @@ struct net_listener	*net_listen(const char *addr, net_accept_cb, void *arg,
 void			 net_listener_free(struct net_listener *);
 
 /*
- * Connections per source address. net_conn_acquire counts one more for
- * the address and returns a handle, or NULL when the address already has
- * `limit` connections; net_conn_release gives it back.
+ * Connections per source address, counted per port (each port has its
+ * own table and limit). net_conn_acquire counts one more for the address
+ * on that port and returns a handle, or NULL when the address already has
+ * `limit` connections there; net_conn_release gives it back.
  */
+#define NET_PORT_INGEST		0
+#define NET_PORT_SUBSCRIBER	1
+#define NET_PORTS		2
+
 struct net_source;
-struct net_source	*net_conn_acquire(const struct sockaddr *, unsigned limit);
+struct net_source	*net_conn_acquire(unsigned port, const struct sockaddr *,
+			    unsigned limit);
 void			 net_conn_release(struct net_source *);
 
 /* A bufferevent for an accepted socket, TLS when tls is non-NULL. */

@@ -661,8 +661,8 @@ subscriber_accept(struct fanout *fo, int fd, struct sockaddr *sa, int salen)
 		evutil_closesocket(fd);
 		return;
 	}
-	if ((src = net_conn_acquire(sa, relay->r_cfg->max_conns_per_ip)) ==
-	    NULL) {
+	if ((src = net_conn_acquire(NET_PORT_SUBSCRIBER, sa,
+	    relay->r_cfg->max_conns_per_ip)) == NULL) {
 		relay->r_stats.sub_rejected_limit++;
 		relay_addr_str(sa, peer, sizeof(peer));
 		log_limited(&sub_refusals, LOG_LEVEL_WARN, "subscriber: refused "

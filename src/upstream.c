@@ -491,8 +491,12 @@ upconn_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	struct upconn *uc = arg;
 
 	relay->r_stats.up_rejected_timeout++;
-	upconn_close(uc, "refused: no auth line within %u ms",
-	    relay->r_cfg->auth_timeout_ms);
+	if (publish_required())
+		upconn_close(uc, "refused: no auth line within %u ms",
+		    relay->r_cfg->auth_timeout_ms);
+	else
+		upconn_close(uc, "closed: no frame or auth line within %u "
+		    "ms (auth-timeout)", relay->r_cfg->auth_timeout_ms);
 }
 
 static struct upconn *
@@ -522,6 +526,7 @@ ingest_accept_cb(int fd, struct sockaddr *sa, int salen, void *arg)
 	struct bufferevent *bev;
 	struct net_source *src;
 	struct upconn *uc;
+	struct timeval tv;
 	char peer[64];
 
 	relay_addr_str(sa, peer, sizeof(peer));
@@ -529,12 +534,13 @@ ingest_accept_cb(int fd, struct sockaddr *sa, int salen, void *arg)
 		evutil_closesocket(fd);
 		return;
 	}
-	if ((src = net_conn_acquire(sa, relay->r_cfg->max_conns_per_ip)) ==
-	    NULL) {
+	if ((src = net_conn_acquire(NET_PORT_INGEST, sa,
+	    relay->r_cfg->max_ingest_conns_per_ip)) == NULL) {
 		relay->r_stats.up_rejected_limit++;
 		log_limited(&up_refusals, LOG_LEVEL_WARN, "ingest: refused %s: "
-		    "%u connections from that address, the limit "
-		    "(max-conns-per-ip)", peer, relay->r_cfg->max_conns_per_ip);
+		    "%u ingest connections from that address, the limit "
+		    "(max-ingest-conns-per-ip)", peer,
+		    relay->r_cfg->max_ingest_conns_per_ip);
 		evutil_closesocket(fd);
 		return;
 	}
@@ -552,15 +558,19 @@ ingest_accept_cb(int fd, struct sockaddr *sa, int salen, void *arg)
 	uc->uc_src = src;
 	relay->r_stats.up_connections++;
 	log_debug("%s: accepted %s on the ingest port", uc->uc_name, peer);
-	if (publish_required()) {
-		struct timeval tv;
-
-		tv.tv_sec = relay->r_cfg->auth_timeout_ms / 1000;
-		tv.tv_usec = (relay->r_cfg->auth_timeout_ms % 1000) * 1000;
-		uc->uc_timer = evtimer_new(relay->r_base, upconn_timeout_cb, uc);
-		if (uc->uc_timer != NULL)
-			evtimer_add(uc->uc_timer, &tv);
+	/*
+	 * With or without tokens: the cache connects when it has a frame to
+	 * send, so a connection silent for auth-timeout is not a publisher
+	 * and must not hold an ingest slot (max-ingest-conns-per-ip).
+	 */
+	tv.tv_sec = relay->r_cfg->auth_timeout_ms / 1000;
+	tv.tv_usec = (relay->r_cfg->auth_timeout_ms % 1000) * 1000;
+	if ((uc->uc_timer = evtimer_new(relay->r_base, upconn_timeout_cb,
+	    uc)) == NULL) {
+		upconn_close(uc, "out of memory");
+		return;
 	}
+	evtimer_add(uc->uc_timer, &tv);
 	/* read the handshake even while paused: promotion pauses it */
 	bufferevent_enable(bev, EV_READ);
 }

@@ -219,6 +219,14 @@ def subscribe(s, token=SUB, frm="earliest"):
     return recv_line(s)
 
 
+def try_send(s, data):
+    """Send what the relay still takes; it may close at any point."""
+    try:
+        s.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
 def drain(s, timeout=5.0):
     """Everything the peer sends until it closes (EOF, reset or a TLS
     alert). Returns (bytes, how); how is 'eof', 'reset', 'tls: ...' or
@@ -961,18 +969,15 @@ def test_max_conns_per_ip(relays, walcat, tokens):
     extra.close()
     r.wait_metric(REJ % "limit", lambda v: v == 1)
     assert "max-conns-per-ip" in r.read_log()
-    # the limit counts an address's connections on both ports: a publisher
-    # from the same address is refused too, and counted on its own port
+    # the limit is the subscriber port's: a publisher from the same address
+    # still gets in, its frame is stored and streamed
     pub = connect(r.ingest_addr)
-    try:
-        pub.sendall(f"FCWAL-AUTH/1 {PUB}\n".encode() +
-                    fcw2util.frame(fcw2util.OP_SET, b"k", b"v"))
-    except (ConnectionResetError, BrokenPipeError):
-        pass
-    assert assert_closed_without_frames(pub) == b""
+    pub.sendall(f"FCWAL-AUTH/1 {PUB}\n".encode() +
+                fcw2util.frame(fcw2util.OP_SET, b"k", b"v"))
+    r.wait_durable(6)
     pub.close()
-    r.wait_metric(UREJ % "limit", lambda v: v == 1)
-    assert r.status()["next"] == 5
+    assert recv_frames(s, 1) == store_frames(r.datadir)[5:]
+    assert get_metric(r, UREJ % "limit") == 0
     # the others still work
     for s in held[1:]:
         assert subscribe(s, SUB).startswith("FCWAL-OK/1 start=0 ")
@@ -991,6 +996,118 @@ def test_max_conns_per_ip(relays, walcat, tokens):
     held.append(s)
     for s in held:
         s.close()
+
+
+def test_subscribers_at_the_limit_leave_room_for_the_publisher(relays,
+                                                                tokens):
+    """The sidecar case: subscribers from 127.0.0.1 fill their port's
+    per-address limit (the default, 64); the cache's exporter, from
+    127.0.0.1 too, still connects and every frame is stored and sent."""
+    r = relays("a", auth_args(tokens))
+    subs = []
+    try:
+        for _ in range(64):
+            s = connect(r.listen_addr)
+            assert subscribe(s, SUB).startswith("FCWAL-OK/1 start=0 ")
+            subs.append(s)
+        with connect(r.listen_addr) as s:        # the limit is reached
+            try_send(s, sub_line(SUB))
+            assert assert_closed_without_frames(s) == b""
+        r.wait_metric(REJ % "limit", lambda v: v == 1)
+
+        frames = [fcw2util.frame(fcw2util.OP_SET, b"k%d" % i, b"v" * 40, ts=i)
+                  for i in range(10)]
+        pub = connect(r.ingest_addr)
+        try_send(pub, f"FCWAL-AUTH/1 {PUB}\n".encode() + b"".join(frames))
+        r.wait_durable(10, timeout=10)
+        pub.close()
+        assert store_frames(r.datadir) == frames
+        assert get_metric(r, UREJ % "limit") == 0
+        for s in subs:
+            assert recv_frames(s, 10) == frames
+    finally:
+        for s in subs:
+            s.close()
+
+
+def test_max_ingest_conns_per_ip(relays, walcat, tokens):
+    """The ingest port has its own per-address limit: full ingest slots
+    refuse the next ingest connection but not subscribers."""
+    r = relays("a", auth_args(tokens) + ["--max-ingest-conns-per-ip", "2",
+                                         "--max-conns-per-ip", "2"])
+    held = [connect(r.ingest_addr) for _ in range(2)]
+    for h in held:
+        h.sendall(b"FCWAL-AUTH/1 ")     # handshaking, inside auth-timeout
+    extra = connect(r.ingest_addr)
+    try_send(extra, f"FCWAL-AUTH/1 {PUB}\n".encode() +
+             fcw2util.frame(fcw2util.OP_SET, b"k", b"v"))
+    assert assert_closed_without_frames(extra) == b""
+    extra.close()
+    r.wait_metric(UREJ % "limit", lambda v: v == 1)
+    assert "(max-ingest-conns-per-ip)" in r.read_log()
+    assert r.status()["next"] == 0
+    # the subscriber port keeps its own room
+    subs = [connect(r.listen_addr) for _ in range(2)]
+    for s in subs:
+        assert subscribe(s, SUB).startswith("FCWAL-OK/1 ")
+    # a slot frees up: a publisher gets in
+    held.pop().close()
+    wait_log(r, "connection closed by peer")
+    produce(walcat, r, 3, tokens["pub"])
+    r.wait_durable(3)
+    for s in subs:
+        assert len(recv_frames(s, 3)) == 3
+        s.close()
+    for h in held:
+        h.close()
+
+
+def test_idle_ingest_connections_close_at_auth_timeout(relays, walcat):
+    """Without publish tokens, ingest connections that send nothing hold
+    the address's ingest slots only until auth-timeout; the publisher that
+    streams may stay silent as long as it likes; a real producer then gets
+    in."""
+    r = relays("a", ["--auth-timeout", "1s"])
+    first = [fcw2util.frame(fcw2util.OP_SET, b"p%d" % i, b"x" * 30, ts=i)
+             for i in range(10)]
+    pub = connect(r.ingest_addr)
+    pub.sendall(first[0])
+    r.wait_durable(1)
+    # the publisher and 15 idle connections fill the default limit (16)
+    t0 = time.monotonic()
+    idle = [connect(r.ingest_addr) for _ in range(15)]
+    probe = connect(r.ingest_addr)
+    probe_data, probe_how = drain(probe, timeout=0.5)
+    probe.close()
+    ends = []
+    for s in idle:
+        data, how = drain(s, timeout=max(0.1, t0 + 4.0 - time.monotonic()))
+        assert how != "open", "an idle ingest connection was still open " \
+            "3 s after auth-timeout (1 s)"
+        assert data == b""
+        ends.append(time.monotonic() - t0)
+        s.close()
+    assert min(ends) >= 0.95, ends
+    # while they were there, the address had no ingest slot left
+    assert probe_how != "open" and probe_data == b""
+    m = r.metrics()
+    assert m[UREJ % "timeout"] == 15
+    assert m[UREJ % "limit"] == 1
+    assert "closed: no frame or auth line within 1000 ms (auth-timeout)" \
+        in r.read_log()
+    # silent for longer than auth-timeout, the publisher is still streaming
+    st = r.status()["upstream"]
+    assert st["connected"] and st["peer"] == f"127.0.0.1:{pub.getsockname()[1]}"
+    pub.sendall(b"".join(first[1:]))
+    r.wait_durable(10)
+    pub.close()
+    assert store_frames(r.datadir) == first
+    out = subprocess.run([str(walcat), "produce", "--quiet", "--count", "100",
+                          r.ingest_addr], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    r.wait_durable(110)
+    assert len(store_frames(r.datadir)) == 110
 
 
 def test_max_subscribers_busy(relays, walcat, tokens):

@@ -120,6 +120,7 @@ START_TEST(defaults)
 	ck_assert_uint_eq(cfg.subscriber_timeout_ms, 60000);
 	ck_assert_uint_eq(cfg.max_subscribers, 1024);
 	ck_assert_uint_eq(cfg.max_conns_per_ip, 64);
+	ck_assert_uint_eq(cfg.max_ingest_conns_per_ip, 16);
 	ck_assert_uint_eq(cfg.max_lag_frames, 0);
 	ck_assert_uint_eq(cfg.tail_memory, 64 * 1024 * 1024);
 	ck_assert_uint_eq(cfg.subscriber_buffer, 1024 * 1024);
@@ -200,6 +201,7 @@ static const struct good goods[] = {
 	{ "upstream-backoff-max", "1m", F(upstream_backoff_max_ms), 60000 },
 	{ "max-subscribers", "10", F(max_subscribers), 10 },
 	{ "max-conns-per-ip", "1", F(max_conns_per_ip), 1 },
+	{ "max-ingest-conns-per-ip", "3", F(max_ingest_conns_per_ip), 3 },
 	{ "allow-unauthenticated", "yes", F(allow_unauthenticated), 1 },
 	{ "allow-unauthenticated", "on", F(allow_unauthenticated), 1 },
 	{ "allow-unauthenticated", "1", F(allow_unauthenticated), 1 },
@@ -772,7 +774,8 @@ START_TEST(reloadable_keys)
 	    "subscribe-token-file", "upstream-token-file", "tls-cert",
 	    "tls-key", "tls-ca", "upstream-tls-ca", "upstream-tls-cert",
 	    "upstream-tls-key", "auth-timeout", "subscriber-timeout",
-	    "max-subscribers", "max-conns-per-ip", "max-lag",
+	    "max-subscribers", "max-conns-per-ip", "max-ingest-conns-per-ip",
+	    "max-lag",
 	    "log-level", "allow-unauthenticated" };
 	size_t nyes = 0;
 
