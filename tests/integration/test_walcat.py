@@ -16,7 +16,7 @@ import pytest
 
 import fcw2util
 from fcw2util import OP_DEL, OP_EXPIRE, OP_SET, frame, segment_name
-from relayutil import relay_factory, store_frames, wait_until
+from relayutil import relay_factory, sanitizer_report, store_frames, wait_until
 
 TIMEOUT = 60
 
@@ -505,6 +505,7 @@ def test_tail_position_file_copy_survives_interrupts(relays, walcat, workdir):
                   f"{first_difference(copy, store)}; runs: {runs}")
     # a stop by SIGINT or SIGTERM is a clean end, exit status 0
     for i, sig, rc, err in runs:
+        assert sanitizer_report(err) is None, (i, err)
         if sig == signal.SIGKILL:
             assert rc == -signal.SIGKILL, (i, rc, err)
         else:
