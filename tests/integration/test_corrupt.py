@@ -245,3 +245,92 @@ def test_corrupt_frame_stops_only_its_reader(relays, tokfile):
     assert r.metric("walrelay_corrupt_sequence") == bad
     for t in (stock, resuming, stock2, resuming2, after):
         t.sock.close()
+
+
+# ---- walcat repair ----------------------------------------------------------
+
+def run(walcat, *args, timeout=60):
+    p = subprocess.run([str(walcat), *map(str, args)], capture_output=True,
+                       text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def flip_header_length(datadir, seg_index, frame_index):
+    """Corrupt the length field of a frame of a sealed segment."""
+    name = segment_names(datadir)[seg_index]
+    path = os.path.join(datadir, name)
+    with open(path, "rb") as f:
+        frames = split_frames(f.read())
+    off = sum(len(f) for f in frames[:frame_index])
+    with open(path, "r+b") as f:
+        f.seek(off + 6)
+        b = f.read(1)
+        f.seek(off + 6)
+        f.write(bytes([b[0] ^ 0x01]))
+    return name
+
+
+def read_store(datadir):
+    return {n: open(os.path.join(datadir, n), "rb").read()
+            for n in segment_names(datadir)}
+
+
+def test_walcat_repair_from_a_chain_relay(relays, tokfile, walcat):
+    total = 3000
+    common = ["--subscribe-token-file", tokfile, "--segment-bytes", "256k",
+              "--upstream-backoff-max", "200"]
+    a = relays("a", common)
+    b = relays("b", common + ["--upstream", a.listen_addr, "--upstream-protocol",
+                              "sub", "--upstream-token-file", tokfile],
+               ingest=False)
+    feed(a, 0, total)
+    wait_until(lambda: b.status()["durable"] == total, 30, "B to catch up")
+    assert b.status()["epoch"] == a.status()["epoch"]
+
+    # the relay holds the data directory's lock while it runs
+    rc, out, err = run(walcat, "repair", "--from", a.listen_addr,
+                       "--token-file", tokfile, b.datadir)
+    assert rc == 3, (out, err)
+    assert "a walrelay is running on this directory" in err
+    assert f"pid {b.proc.pid}" in err
+
+    assert b.stop() == 0
+    flip_bit(b.datadir, 1, 3)
+    flip_header_length(b.datadir, 3, 10)
+    rc, out, _ = run(walcat, "verify", b.datadir)
+    assert rc == 2 and "corrupt=2" in out, out
+    damaged = read_store(b.datadir)
+
+    # a relay of another stream (same frames, another epoch) is refused
+    c = relays("c", ["--subscribe-token-file", tokfile])
+    feed(c, 0, total)
+    assert c.status()["epoch"] != a.status()["epoch"]
+    rc, out, err = run(walcat, "repair", "--from", c.listen_addr,
+                       "--token-file", tokfile, b.datadir)
+    assert rc == 2, (out, err)
+    assert "FCWAL-ERR/1 epoch" in err and "not a relay of this store" in err
+    assert "summary: repaired=0 not_repaired=2" in out
+    assert read_store(b.datadir) == damaged        # nothing touched
+
+    rc, out, err = run(walcat, "repair", "--from", a.listen_addr,
+                       "--token-file", tokfile, b.datadir)
+    assert rc == 0, (out, err)
+    assert out.count(": replaced bytes ") == 2, out
+    assert "summary: repaired=2 not_repaired=0" in out
+    assert not [n for n in os.listdir(b.datadir) if n.endswith(".repair")]
+    rc, out, _ = run(walcat, "verify", b.datadir)
+    assert rc == 0 and "status=intact" in out, out
+    assert store_frames(b.datadir) == store_frames(a.datadir)
+    # an intact store: nothing to do
+    rc, out, _ = run(walcat, "repair", "--from", a.listen_addr,
+                     "--token-file", tokfile, b.datadir)
+    assert rc == 0 and "nothing to repair" in out, out
+
+    b.start()
+    assert b.http("/readyz")[0] == 200
+    s, start, epoch = sub_ok(b.listen_addr, 0)
+    assert start == 0 and epoch == a.status()["epoch"]
+    got = recv_frames(s, total)
+    s.close()
+    assert got == store_frames(a.datadir)
+    assert b.metric(CORRUPT_DISC) == 0
