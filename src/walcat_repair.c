@@ -593,10 +593,10 @@ repair_range(struct repair *rp, struct repair_range *rr)
 		goto ioerr;
 	tmp[0] = '\0';
 	printf("%s/%s: replaced bytes %" PRIu64 " to %" PRIu64 " with frames %"
-	    PRIu64 " to %" PRIu64 " (%" PRIu64 " frames) from %s, epoch %016"
-	    PRIx64 "; every frame checked, the file holds %" PRIu64 " valid "
-	    "frames\n", rp->rp_dir, rr->rr_name, rr->rr_off, rr->rr_end - 1,
-	    first, first + k - 1, k, rp->rp_addr, rp->rp_epoch, total);
+	    PRIu64 " to %" PRIu64 " from %s, epoch %016" PRIx64 "; every "
+	    "frame checked, the file holds %" PRIu64 " valid frames\n",
+	    rp->rp_dir, rr->rr_name, rr->rr_off, rr->rr_end - 1, first,
+	    first + k - 1, rp->rp_addr, rp->rp_epoch, total);
 	rc = 0;
 	goto out;
 ioerr:
