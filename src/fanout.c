@@ -64,7 +64,8 @@ fanout_tick_cb(evutil_socket_t fd, short what, void *arg)
 			uint64_t lag = subscriber_lag(sub);
 
 			next = TAILQ_NEXT(sub, sub_entry);
-			if (lag <= max)
+			/* one stopped at a corrupt frame is closing already */
+			if (lag <= max || sub->sub_ending)
 				continue;
 			relay->r_stats.sub_disconnected_lag++;
 			subscriber_close(sub, "%" PRIu64 " frames behind, over "
