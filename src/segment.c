@@ -1625,8 +1625,13 @@ segstore_corrupt_at(struct segstore *ss, uint64_t seq,
 	if (seg == NULL || seg == ss->ss_active || seq < ss->ss_st.ss_earliest ||
 	    seq < seg->seg_durable_end)
 		goto out;
+	/* up to the next file; the newest one holds everything up to durable */
 	next = TAILQ_NEXT(seg, seg_entry);
-	end = next != NULL ? next->seg_base : seg->seg_end;
+	if (next != NULL)
+		end = next->seg_base;
+	else
+		end = seg->seg_end > ss->ss_st.ss_durable ? seg->seg_end :
+		    ss->ss_st.ss_durable;
 	if (seq >= end)
 		goto out;
 	snprintf(c->sc_name, sizeof(c->sc_name), "%s", seg->seg_name);
