@@ -64,7 +64,8 @@ fanout_tick_cb(evutil_socket_t fd, short what, void *arg)
 			uint64_t lag = subscriber_lag(sub);
 
 			next = TAILQ_NEXT(sub, sub_entry);
-			if (lag <= max)
+			/* one stopped at a corrupt frame is closing already */
+			if (lag <= max || sub->sub_ending)
 				continue;
 			relay->r_stats.sub_disconnected_lag++;
 			subscriber_close(sub, "%" PRIu64 " frames behind, over "
@@ -186,8 +187,8 @@ fanout_trim(struct fanout *fo)
 void
 fanout_advance(struct fanout *fo, uint64_t sendable)
 {
-	struct subscriber_list wake;
 	struct subscriber *sub;
+	uint64_t gen;
 
 	if (sendable <= fo->fo_sendable) {
 		fanout_trim(fo);
@@ -210,15 +211,39 @@ fanout_advance(struct fanout *fo, uint64_t sendable)
 		    capdelta);
 	}
 	fo->fo_sendable = sendable;
-	/* a refill may put a subscriber back on fo_waiting: take the list */
-	TAILQ_INIT(&wake);
-	TAILQ_CONCAT(&wake, &fo->fo_waiting, sub_wentry);
-	while ((sub = TAILQ_FIRST(&wake)) != NULL) {
-		TAILQ_REMOVE(&wake, sub, sub_wentry);
-		sub->sub_waiting = 0;
+	/*
+	 * Wake everyone who waited before this advance. A refill may put its
+	 * subscriber back (at the end, with the new generation, which ends the
+	 * loop) or close any subscriber (which takes it off fo_waiting itself):
+	 * the list is never held anywhere else.
+	 */
+	WR_ASSERT(!fo->fo_advancing);
+	fo->fo_advancing = 1;
+	gen = ++fo->fo_wake_gen;
+	while ((sub = TAILQ_FIRST(&fo->fo_waiting)) != NULL &&
+	    sub->sub_wait_gen < gen) {
+		fanout_unwait(fo, sub);
 		subscriber_refill(sub);
 	}
+	fo->fo_advancing = 0;
 	fanout_trim(fo);
+}
+
+void
+fanout_wait(struct fanout *fo, struct subscriber *sub)
+{
+	WR_ASSERT(!sub->sub_waiting && sub->sub_state == SUB_STREAM);
+	sub->sub_waiting = 1;
+	sub->sub_wait_gen = fo->fo_wake_gen;
+	TAILQ_INSERT_TAIL(&fo->fo_waiting, sub, sub_wentry);
+}
+
+void
+fanout_unwait(struct fanout *fo, struct subscriber *sub)
+{
+	WR_ASSERT(sub->sub_waiting);
+	TAILQ_REMOVE(&fo->fo_waiting, sub, sub_wentry);
+	sub->sub_waiting = 0;
 }
 
 struct chunk *

@@ -25,7 +25,13 @@ struct fanout {
 	size_t			 fo_tail_chunks;
 	uint64_t		 fo_sendable;	/* frames below this may be sent */
 	struct subscriber_list	 fo_subs;	/* streaming */
-	struct subscriber_list	 fo_waiting;	/* streaming, caught up */
+	/*
+	 * Streaming, caught up: woken by fanout_advance. Only fanout_wait and
+	 * fanout_unwait change it; it stays ordered by sub_wait_gen.
+	 */
+	struct subscriber_list	 fo_waiting;
+	uint64_t		 fo_wake_gen;	/* advances that woke subscribers */
+	int			 fo_advancing;	/* in fanout_advance */
 	struct subscriber_list	 fo_pending;	/* in the handshake */
 	struct subscriber_list	 fo_closing;	/* freed from the loop */
 	unsigned		 fo_nsubs;	/* streaming */
@@ -41,6 +47,13 @@ void		 fanout_free(struct fanout *);
 void		 fanout_publish(struct fanout *, struct chunk *);
 /* Frames below `sendable` may now be sent: wake the caught-up, trim. */
 void		 fanout_advance(struct fanout *, uint64_t sendable);
+/*
+ * Wait for new sendable frames (a subscriber that has queued everything),
+ * or stop waiting (a subscriber being closed, even from a refill that
+ * fanout_advance started).
+ */
+void		 fanout_wait(struct fanout *, struct subscriber *);
+void		 fanout_unwait(struct fanout *, struct subscriber *);
 /* The tail chunk that holds frame seq, or NULL. */
 struct chunk	*fanout_find(struct fanout *, uint64_t seq);
 /* Stop accepting subscribers (shutdown). */

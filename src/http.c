@@ -77,16 +77,34 @@ fsync_name(int mode)
 	}
 }
 
-/* Why the relay is not ready, or NULL. */
-static const char *
-not_ready(void)
+/* The first corrupt range of the store, if any. */
+static int
+store_corrupt(struct segstore_corrupt *c)
 {
+	uint64_t lim = segstore_limit(relay->r_store);
+
+	return lim != UINT64_MAX && segstore_corrupt_at(relay->r_store, lim,
+	    c) == 1;
+}
+
+/* Why the relay is not ready (into buf), or NULL. */
+static const char *
+not_ready(const struct segstore_state *ss, char *buf, size_t len)
+{
+	struct segstore_corrupt c;
+
 	if (relay->r_stopping)
 		return "stopping";
-	if (relay->r_ss.ss_error != 0)
+	if (ss->ss_error != 0)
 		return "storage error";
-	if (segstore_limit(relay->r_store) != UINT64_MAX)
-		return "corrupt sealed segment: serving stops before it";
+	if (store_corrupt(&c)) {
+		snprintf(buf, len, "degraded: corrupt frame at sequence %"
+		    PRIu64 " (%s, offset %" PRIu64 "): frames %" PRIu64 " to %"
+		    PRIu64 " cannot be served, readers that reach them are "
+		    "disconnected; live subscribers are served", c.sc_first,
+		    c.sc_name, c.sc_offset, c.sc_first, c.sc_end - 1);
+		return buf;
+	}
 	return NULL;
 }
 
@@ -115,12 +133,14 @@ static void
 readyz_cb(struct evhttp_request *req, void *arg)
 {
 	struct evbuffer *b = evbuffer_new();
+	struct segstore_state ss;
 	const char *why;
+	char buf[512];
 
 	if (b == NULL)
 		return;
-	segstore_poll(relay->r_store, &relay->r_ss);
-	if ((why = not_ready()) != NULL) {
+	segstore_poll(relay->r_store, &ss);
+	if ((why = not_ready(&ss, buf, sizeof(buf))) != NULL) {
 		evbuffer_add_printf(b, "not ready: %s\n", why);
 		reply(req, 503, "Service Unavailable", "text/plain", b);
 	} else {
@@ -158,9 +178,10 @@ static void
 metrics_cb(struct evhttp_request *req, void *arg)
 {
 	struct relay_stats *s = &relay->r_stats;
-	struct segstore_state *ss = &relay->r_ss;
+	struct segstore_state sst, *ss = &sst;
 	struct upstream_status us;
 	struct evbuffer *b = evbuffer_new();
+	char buf[512];
 
 	if (b == NULL)
 		return;
@@ -169,7 +190,11 @@ metrics_cb(struct evhttp_request *req, void *arg)
 
 	METRIC(b, "up", "gauge", "1 while the relay runs", "%d", 1);
 	METRIC(b, "ready", "gauge", "1 when storage is healthy", "%d",
-	    not_ready() == NULL);
+	    not_ready(ss, buf, sizeof(buf)) == NULL);
+	METRIC(b, "corrupt_sequence", "gauge", "first stored frame that "
+	    "cannot be served because it is corrupt, -1 when none", "%lld",
+	    segstore_limit(relay->r_store) == UINT64_MAX ? -1LL :
+	    (long long)segstore_limit(relay->r_store));
 	METRIC(b, "next_sequence", "gauge", "sequence the next stored frame "
 	    "gets", "%" PRIu64, ss->ss_next);
 	METRIC(b, "durable_sequence", "gauge", "frames below this are durable",
@@ -242,11 +267,13 @@ metrics_cb(struct evhttp_request *req, void *arg)
 			{ "limit", s->sub_rejected_limit },
 			{ "timeout", s->sub_rejected_timeout },
 			{ "tls", s->sub_rejected_tls },
+			{ "corrupt", s->sub_rejected_corrupt },
 		};
 		const struct labeled disc[] = {
 			{ "gone", s->sub_disconnected_gone },
 			{ "lag", s->sub_disconnected_lag },
 			{ "timeout", s->sub_disconnected_timeout },
+			{ "corrupt", s->sub_disconnected_corrupt },
 		};
 
 		metric_by_reason(b, "subscribers_rejected_total",
@@ -296,11 +323,13 @@ status_segment(void *arg, const char *name, uint64_t base, uint64_t end,
 static void
 status_cb(struct evhttp_request *req, void *arg)
 {
-	struct segstore_state *ss = &relay->r_ss;
+	struct segstore_state sst, *ss = &sst;
+	struct segstore_corrupt c;
 	struct upstream_status us;
 	struct evbuffer *b = evbuffer_new(), *segs = evbuffer_new();
 	struct subscriber *sub;
 	int first = 1;
+	char buf[512];
 
 	if (b == NULL || segs == NULL)
 		goto done;
@@ -311,7 +340,8 @@ status_cb(struct evhttp_request *req, void *arg)
 	    ",\"next\":%" PRIu64 ",\"durable\":%" PRIu64 ",\"fsync\":\"%s\","
 	    "\"storage_error\":%d,\"pending_bytes\":%zu,\"tail_bytes\":%zu,",
 	    PACKAGE_VERSION, relay_now_ms() - relay->r_started_ms,
-	    not_ready() ? "false" : "true", segstore_epoch(relay->r_store),
+	    not_ready(ss, buf, sizeof(buf)) ? "false" : "true",
+	    segstore_epoch(relay->r_store),
 	    ss->ss_earliest, ss->ss_next, ss->ss_durable,
 	    fsync_name(relay->r_cfg->fsync_mode), ss->ss_error,
 	    ss->ss_pending_bytes, relay->r_fan->fo_tail_bytes);
@@ -321,6 +351,12 @@ status_cb(struct evhttp_request *req, void *arg)
 	    us.us_pull ? "pull" : "ingest", us.us_connected ? "true" : "false",
 	    us.us_paused ? "true" : "false", us.us_name, us.us_peer,
 	    us.us_conn_bytes, us.us_last_frame_ms);
+	if (store_corrupt(&c))
+		evbuffer_add_printf(b, "\"corrupt\":{\"segment\":\"%s\","
+		    "\"offset\":%" PRIu64 ",\"first\":%" PRIu64 ",\"end\":%"
+		    PRIu64 "},", c.sc_name, c.sc_offset, c.sc_first, c.sc_end);
+	else
+		evbuffer_add_printf(b, "\"corrupt\":null,");
 	segstore_foreach(relay->r_store, status_segment, segs);
 	evbuffer_add_printf(b, "\"segments\":[");
 	if (evbuffer_get_length(segs) > 0)	/* all but the trailing comma */

@@ -147,6 +147,14 @@ fatalx(const char *fmt, ...)
 }
 
 void
+log_assert_failed(const char *cond, const char *file, int line,
+    const char *func)
+{
+	log_error("assertion failed: %s (%s:%d, %s)", cond, file, line, func);
+	abort();
+}
+
+void
 log_limited(struct log_ratelimit *rl, int level, const char *fmt, ...)
 {
 	time_t now = time(NULL);

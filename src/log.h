@@ -33,6 +33,22 @@ void	fatal(const char *, ...) WR_PRINTF(1, 2) __attribute__((noreturn));
 void	fatalx(const char *, ...) WR_PRINTF(1, 2) __attribute__((noreturn));
 
 /*
+ * An invariant the code relies on: checked in debug and sanitizer builds
+ * (configure --enable-debug or --enable-asan, which the test suite and CI
+ * run), compiled out otherwise. A failure logs where and aborts.
+ */
+#if defined(WR_DEBUG) || defined(WR_ASAN)
+#define WR_ASSERT(cond) do {						\
+	if (!(cond))							\
+		log_assert_failed(#cond, __FILE__, __LINE__, __func__);	\
+} while (0)
+#else
+#define WR_ASSERT(cond) do { } while (0)
+#endif
+void	log_assert_failed(const char *, const char *, int, const char *)
+	    __attribute__((noreturn));
+
+/*
  * Rate limit for lines an attacker can provoke: at most burst lines per
  * interval; the first line after a quiet spell says how many were dropped.
  */

@@ -50,18 +50,18 @@ stop_finish(void)
 static void
 stop_check(void)
 {
-	segstore_poll(relay->r_store, &relay->r_ss);
-	if (relay->r_ss.ss_durable < relay->r_ss.ss_next &&
-	    relay->r_ss.ss_error == 0)
+	relay_store_update();
+	if (relay->r_ss->ss_durable < relay->r_ss->ss_next &&
+	    relay->r_ss->ss_error == 0)
 		return;		/* still making frames durable */
 	if (!fanout_drained(relay->r_fan))
 		return;
-	if (relay->r_ss.ss_error != 0)
+	if (relay->r_ss->ss_error != 0)
 		log_warnx("stop: storage is failing (%s): %" PRIu64 " frames "
 		    "from sequence %" PRIu64 " are not durable; the writer "
-		    "tries a few more times", strerror(relay->r_ss.ss_error),
-		    relay->r_ss.ss_next - relay->r_ss.ss_durable,
-		    relay->r_ss.ss_durable);
+		    "tries a few more times", strerror(relay->r_ss->ss_error),
+		    relay->r_ss->ss_next - relay->r_ss->ss_durable,
+		    relay->r_ss->ss_durable);
 	else
 		log_info("stop: everything durable and every subscriber "
 		    "drained");
@@ -72,12 +72,12 @@ stop_check(void)
 static void
 store_event_cb(evutil_socket_t fd, short what, void *arg)
 {
-	int olderr = relay->r_ss.ss_error;
+	int olderr = relay->r_ss->ss_error;
 
-	segstore_poll(relay->r_store, &relay->r_ss);
-	if (relay->r_ss.ss_error != olderr && relay->r_ss.ss_error == 0)
+	relay_store_update();
+	if (relay->r_ss->ss_error != olderr && relay->r_ss->ss_error == 0)
 		log_info("storage: healthy again at sequence %" PRIu64,
-		    relay->r_ss.ss_durable);
+		    relay->r_ss->ss_durable);
 	fanout_advance(relay->r_fan, relay_sendable());
 	if (relay->r_up != NULL)
 		upstream_flow(relay->r_up);
@@ -94,10 +94,10 @@ stop_poll_cb(evutil_socket_t fd, short what, void *arg)
 static void
 stop_deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
-	segstore_poll(relay->r_store, &relay->r_ss);
+	relay_store_update();
 	log_warnx("stop: gave subscribers %u ms to drain; closing the rest "
 	    "(durable up to sequence %" PRIu64 ")",
-	    relay->r_cfg->shutdown_timeout_ms, relay->r_ss.ss_durable);
+	    relay->r_cfg->shutdown_timeout_ms, relay->r_ss->ss_durable);
 	stop_finish();
 }
 
@@ -394,16 +394,16 @@ main(int argc, char **argv)
 	sc.verify_sealed = cfg.verify_segments;
 	if ((relay->r_store = segstore_open(&sc, err, sizeof(err))) == NULL)
 		fatalx("storage: %s", err);
-	segstore_poll(relay->r_store, &relay->r_ss);
+	relay_store_update();
 	log_info("storage: %s, epoch %016" PRIx64 ", frames %" PRIu64 " to %"
 	    PRIu64 ", fsync %s", cfg.data_dir, segstore_epoch(relay->r_store),
-	    relay->r_ss.ss_earliest, relay->r_ss.ss_next,
+	    relay->r_ss->ss_earliest, relay->r_ss->ss_next,
 	    cfg.fsync_mode == FSYNC_ALWAYS ? "always" :
 	    cfg.fsync_mode == FSYNC_NEVER ? "never" : "interval");
 
 	relay->r_positioned = !(cfg.upstream != NULL &&
 	    cfg.upstream_protocol == UPSTREAM_PROTO_SUB &&
-	    relay->r_ss.ss_next == 0);
+	    relay->r_ss->ss_next == 0);
 	relay->r_store_ev = event_new(relay->r_base, -1, 0, store_event_cb,
 	    NULL);
 	if (relay->r_store_ev == NULL)
@@ -438,7 +438,7 @@ main(int argc, char **argv)
 	/* bufferevents free through finalizers: let the loop run them */
 	event_base_loop(relay->r_base, EVLOOP_NONBLOCK);
 	relay->r_fan = NULL;
-	segstore_poll(relay->r_store, &relay->r_ss);
+	relay_store_update();
 	if (segstore_close(relay->r_store) == -1)	/* makes it durable */
 		exit_code = 1;	/* or could not: frames were dropped */
 	relay->r_store = NULL;
@@ -463,7 +463,7 @@ main(int argc, char **argv)
 		    "be made durable were dropped (see above)", exit_code);
 	else
 		log_info("stop: exiting; frames up to sequence %" PRIu64 " are "
-		    "durable", relay->r_ss.ss_next);
+		    "durable", relay->r_ss->ss_next);
 	auth_free(relay->r_tokens);
 	free(relay->r_tokens);
 	config_free(&cfg);

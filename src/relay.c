@@ -16,6 +16,9 @@
 
 struct relay *relay;
 
+/* Behind relay->r_ss, which is const for everyone else. */
+static struct segstore_state relay_ss;
+
 uint64_t
 relay_now_ms(void)
 {
@@ -31,13 +34,18 @@ relay_conn_id(void)
 	return ++relay->r_next_id;
 }
 
+const struct segstore_state *
+relay_store_update(void)
+{
+	segstore_poll(relay->r_store, &relay_ss);
+	relay->r_ss = &relay_ss;
+	return relay->r_ss;
+}
+
 uint64_t
 relay_sendable(void)
 {
-	uint64_t lim = segstore_limit(relay->r_store);
-	uint64_t d = relay->r_ss.ss_durable;
-
-	return d < lim ? d : lim;
+	return relay->r_ss->ss_durable;
 }
 
 int

@@ -50,6 +50,8 @@ struct relay_stats {
 	uint64_t	 sub_disconnected_gone;	/* position deleted by retention */
 	uint64_t	 sub_disconnected_lag;	/* over max-lag */
 	uint64_t	 sub_disconnected_timeout; /* no progress for subscriber-timeout */
+	uint64_t	 sub_disconnected_corrupt; /* reached a corrupt stored frame */
+	uint64_t	 sub_rejected_corrupt;	/* asked for a corrupt stored frame */
 	uint64_t	 sub_frames_sent;
 	uint64_t	 sub_bytes_sent;
 	uint64_t	 sub_disk_reads;	/* spans served from segment files */
@@ -59,7 +61,12 @@ struct relay {
 	struct event_base	*r_base;
 	struct wr_config	*r_cfg;
 	struct segstore		*r_store;
-	struct segstore_state	 r_ss;		/* last poll */
+	/*
+	 * The store's state as of the last relay_store_update(): what the
+	 * loop has acted on (fanout_advance, upstream flow). Read-only for
+	 * everyone; a module that wants fresher numbers polls its own copy.
+	 */
+	const struct segstore_state *r_ss;
 	struct upstream		*r_up;
 	struct fanout		*r_fan;
 	struct http_server	*r_http;
@@ -82,7 +89,16 @@ extern struct relay *relay;
 
 uint64_t	relay_now_ms(void);
 uint64_t	relay_conn_id(void);
-/* Frames subscribers may be sent: [earliest, relay_sendable()). */
+/*
+ * Poll the store into relay->r_ss (its one writer: the loop, when the
+ * writer thread reports a change, at start and at stop).
+ */
+const struct segstore_state *relay_store_update(void);
+/*
+ * Frames subscribers may be sent: [earliest, relay_sendable()), the
+ * durable ones. A corrupt stored frame stops only the reader that reaches
+ * it (subscriber.c), never this bound.
+ */
 uint64_t	relay_sendable(void);
 /* Is this address (sockaddr) on loopback? */
 int		relay_addr_is_loopback(const struct sockaddr *);

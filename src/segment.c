@@ -491,20 +491,24 @@ segment_check_sealed(struct segstore *ss, struct segment *seg, int fd)
 		bad = seg->seg_base + frames;
 		if (status != FCW2_OK)
 			log_error("%s/%s: %s at offset %" PRIu64 " (sequence %"
-			    PRIu64 ") in a sealed segment; not serving from "
-			    "sequence %" PRIu64 " on. Restore the file from a "
-			    "backup or another relay, or remove it and every "
-			    "older segment, then restart", ss->ss_dir,
-			    seg->seg_name, status == FCW2_NEED_MORE ?
-			    "truncated frame" : fcw2_strerror(status), bytes,
-			    bad, bad);
+			    PRIu64 ") in a sealed segment; frames %" PRIu64
+			    " to %" PRIu64 " cannot be served and a reader "
+			    "that reaches them is disconnected. Stop the relay "
+			    "and run walcat repair with another relay of the "
+			    "chain, or restore the file from a backup",
+			    ss->ss_dir, seg->seg_name, status ==
+			    FCW2_NEED_MORE ? "truncated frame" :
+			    fcw2_strerror(status), bytes, bad, bad,
+			    seg->seg_end - 1);
 		else
 			log_error("%s/%s: holds %" PRIu64 " frames where the "
-			    "next segment's name implies %" PRIu64 "; not "
-			    "serving from sequence %" PRIu64 " on. Restore the "
-			    "file from a backup or another relay, or remove it "
-			    "and every older segment, then restart", ss->ss_dir,
-			    seg->seg_name, frames, expect, bad);
+			    "next segment's name implies %" PRIu64 "; frames %"
+			    PRIu64 " to %" PRIu64 " cannot be served and a "
+			    "reader that reaches them is disconnected. Stop "
+			    "the relay and run walcat repair with another relay "
+			    "of the chain, or restore the file from a backup",
+			    ss->ss_dir, seg->seg_name, frames, expect, bad,
+			    seg->seg_end - 1);
 		if (bad < ss->ss_limit)
 			ss->ss_limit = bad;
 	} else if (bytes < seg->seg_bytes)
@@ -1538,8 +1542,6 @@ segstore_locate(struct segstore *ss, uint64_t seq, struct segment_span *sp)
 	size_t lo, hi, mid;
 	int checked;
 
-	if (seq >= ss->ss_limit)
-		return -1;
 	pthread_mutex_lock(&ss->ss_mtx);
 	if (seq < ss->ss_st.ss_earliest || seq >= ss->ss_st.ss_durable) {
 		pthread_mutex_unlock(&ss->ss_mtx);
@@ -1563,8 +1565,6 @@ segstore_locate(struct segstore *ss, uint64_t seq, struct segment_span *sp)
 	}
 	if (!checked) {
 		if (segment_check_sealed(ss, seg, seg->seg_rfd) == -1)
-			goto fail;
-		if (seq >= ss->ss_limit)
 			goto fail;
 	}
 
@@ -1605,6 +1605,43 @@ segstore_locate(struct segstore *ss, uint64_t seq, struct segment_span *sp)
 fail:
 	segstore_unpin(ss, seg);
 	return -1;
+}
+
+int
+segstore_corrupt_at(struct segstore *ss, uint64_t seq,
+    struct segstore_corrupt *c)
+{
+	struct segment *seg, *next;
+	uint64_t end;
+	int rc = 0;
+
+	/* a segment's frames past a corrupt one are unreadable (not served) */
+	if (seq < ss->ss_limit)
+		return 0;
+	pthread_mutex_lock(&ss->ss_mtx);
+	TAILQ_FOREACH_REVERSE(seg, &ss->ss_segs, segment_list, seg_entry)
+		if (seg->seg_base <= seq)
+			break;
+	if (seg == NULL || seg == ss->ss_active || seq < ss->ss_st.ss_earliest ||
+	    seq < seg->seg_durable_end)
+		goto out;
+	/* up to the next file; the newest one holds everything up to durable */
+	next = TAILQ_NEXT(seg, seg_entry);
+	if (next != NULL)
+		end = next->seg_base;
+	else
+		end = seg->seg_end > ss->ss_st.ss_durable ? seg->seg_end :
+		    ss->ss_st.ss_durable;
+	if (seq >= end)
+		goto out;
+	snprintf(c->sc_name, sizeof(c->sc_name), "%s", seg->seg_name);
+	c->sc_offset = seg->seg_durable_bytes;
+	c->sc_first = seg->seg_durable_end;
+	c->sc_end = end;
+	rc = 1;
+out:
+	pthread_mutex_unlock(&ss->ss_mtx);
+	return rc;
 }
 
 void

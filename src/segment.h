@@ -143,10 +143,27 @@ void		 segstore_unpin(struct segstore *, void *pin);
 void		 segstore_retain(struct segstore *);
 
 /*
- * Sequence past which the store refuses to serve (a corrupt sealed
- * segment), or UINT64_MAX.
+ * The first sequence the store cannot serve because a segment holds a
+ * corrupt frame there (the lowest one found so far), or UINT64_MAX. Frames
+ * after the corrupt range (later segments, the live stream) are served.
  */
 uint64_t	 segstore_limit(const struct segstore *);
+
+/* A range of frames a corrupt frame makes unreadable. */
+struct segstore_corrupt {
+	char		 sc_name[128];	/* the segment file */
+	uint64_t	 sc_offset;	/* file offset of the first bad byte */
+	uint64_t	 sc_first;	/* sequence of the corrupt frame */
+	uint64_t	 sc_end;	/* first sequence after the range */
+};
+
+/*
+ * Is frame seq unreadable because of a corrupt frame recorded in the
+ * store (a sealed segment checked by segstore_locate or at open)? Returns
+ * 1 and fills *c, or 0. Loop thread.
+ */
+int		 segstore_corrupt_at(struct segstore *, uint64_t seq,
+		    struct segstore_corrupt *c);
 
 /*
  * For /v1/status: call fn once per segment, oldest first. fn runs with the

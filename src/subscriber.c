@@ -91,43 +91,53 @@ zstd_push(struct subscriber *sub, const void *data, size_t len,
  * Small spans (a chunk from a small read holds a few frames) are copied
  * into one staging block and queued together: one 16 KiB buffer per
  * block instead of one per span, so TLS writes full records and plain
- * TCP fewer iovecs. Larger spans are referenced, never copied. The block
- * is always flushed before a refill returns.
+ * TCP fewer iovecs. Larger spans are referenced, never copied.
+ *
+ * The block belongs to one refill of one subscriber: subscriber_refill
+ * makes it on its stack, bound to that subscriber, and flushes it (or
+ * drops it with the subscriber) on its one way out, so staged bytes can
+ * never reach another subscriber nor outlive the call.
  *
  * libevent rounds a buffer (its data plus a header of under 128 bytes) up
  * to a power of two: a block of exactly 16 KiB would take 32 KiB, twice
  * over for every subscriber. This size keeps it in one 16 KiB allocation.
  */
 #define SUB_STAGE	(16384 - 128)
-static uint8_t	sub_stage[SUB_STAGE];
-static size_t	sub_stage_len;
+
+struct sub_stage {
+	struct subscriber	*st_sub;	/* whose bytes these are */
+	size_t			 st_len;
+	uint8_t			 st_buf[SUB_STAGE];
+};
 
 static int
-sub_stage_flush(struct subscriber *sub)
+sub_stage_flush(struct sub_stage *st)
 {
 	int rc;
 
-	if (sub_stage_len == 0)
+	if (st->st_len == 0)
 		return 0;
-	rc = evbuffer_add(bufferevent_get_output(sub->sub_bev), sub_stage,
-	    sub_stage_len);
-	sub_stage_len = 0;
+	rc = evbuffer_add(bufferevent_get_output(st->st_sub->sub_bev),
+	    st->st_buf, st->st_len);
+	st->st_len = 0;
 	return rc;
 }
 
 /* Bytes queued to the subscriber, staged ones included. */
 static size_t
-sub_queued(struct subscriber *sub)
+sub_queued(const struct sub_stage *st)
 {
-	return evbuffer_get_length(bufferevent_get_output(sub->sub_bev)) +
-	    sub_stage_len;
+	return evbuffer_get_length(bufferevent_get_output(
+	    st->st_sub->sub_bev)) + st->st_len;
 }
 
 /* Queue bytes of a tail chunk. */
 static int
-sub_emit_chunk(struct subscriber *sub, struct chunk *ch, size_t off,
+sub_emit_chunk(struct sub_stage *st, struct chunk *ch, size_t off,
     size_t len)
 {
+	struct subscriber *sub = st->st_sub;
+
 	sub->sub_bytes_queued += len;
 	relay->r_stats.sub_bytes_sent += len;
 	if (sub->sub_zstd && off == 0 && len == ch->ch_len) {
@@ -154,13 +164,13 @@ sub_emit_chunk(struct subscriber *sub, struct chunk *ch, size_t off,
 	 */
 	if (len < SUB_STAGE &&
 	    evbuffer_get_length(bufferevent_get_output(sub->sub_bev)) < 4096) {
-		if (sub_stage_len + len > SUB_STAGE && sub_stage_flush(sub) == -1)
+		if (st->st_len + len > SUB_STAGE && sub_stage_flush(st) == -1)
 			return -1;
-		memcpy(sub_stage + sub_stage_len, ch->ch_data + off, len);
-		sub_stage_len += len;
+		memcpy(st->st_buf + st->st_len, ch->ch_data + off, len);
+		st->st_len += len;
 		return 0;
 	}
-	if (sub_stage_flush(sub) == -1)
+	if (sub_stage_flush(st) == -1)
 		return -1;
 	if ((off > 0 || len < ch->ch_len) && len > CHUNK_COPY_MAX) {
 		/*
@@ -209,14 +219,18 @@ sub_unpin_cb(struct evbuffer_file_segment const *seg, int flags, void *arg)
  * to sendfile; TLS and zstd read it piecewise.
  */
 static int
-sub_emit_span(struct subscriber *sub)
+sub_emit_span(struct sub_stage *st)
 {
+	struct subscriber *sub = st->st_sub;
 	struct segment_span *sp = &sub->sub_span;
 	struct evbuffer *out = bufferevent_get_output(sub->sub_bev);
 	uint64_t left = sp->sp_len - sub->sub_span_done;
 	size_t n;
 	ssize_t r;
 
+	/* what was staged comes first */
+	if (sub_stage_flush(st) == -1)
+		return -1;
 	if (!sub->sub_zstd && !net_bev_is_tls(sub->sub_bev)) {
 		struct evbuffer_file_segment *seg;
 
@@ -267,25 +281,48 @@ sub_emit_span(struct subscriber *sub)
 	return 0;
 }
 
-void
-subscriber_refill(struct subscriber *sub)
+/*
+ * A reader that reached a frame the store cannot serve (a corrupt frame in
+ * a segment file): it gets every frame before it, then is disconnected at
+ * that frame boundary. Everyone else keeps streaming.
+ */
+static void
+sub_corrupt(struct subscriber *sub, const struct segstore_corrupt *c)
 {
-	struct evbuffer *out;
+	relay->r_stats.sub_disconnected_corrupt++;
+	log_warnx("%s: %s subscriber %s reached sequence %" PRIu64 ", which "
+	    "cannot be served: %s is corrupt at offset %" PRIu64 " (frames %"
+	    PRIu64 " to %" PRIu64 " unreadable); disconnecting it once the "
+	    "frames before it are sent", sub->sub_name, sub->sub_resuming ?
+	    "resuming" : "stock", sub->sub_peer, sub->sub_pos, c->sc_name,
+	    c->sc_offset, c->sc_first, c->sc_end - 1);
+	sub->sub_ending = 1;
+}
+
+/* What sub_fill did. */
+#define SUB_FILL_OK	0
+#define SUB_FILL_ERROR	(-1)	/* errno set: close the subscriber */
+#define SUB_FILL_CLOSED	1	/* closed it (its position is gone) */
+
+/* Stage and queue frames for st->st_sub up to its high watermark. */
+static int
+sub_fill(struct sub_stage *st, int *full)
+{
+	struct subscriber *sub = st->st_sub;
 	struct fanout *fo = fan();
 	uint64_t limit = fo->fo_sendable;
 	size_t hiwat = relay->r_cfg->subscriber_buffer;
-	int full = 0;
 
-	if (sub->sub_state != SUB_STREAM)
-		return;
-	out = bufferevent_get_output(sub->sub_bev);
-	while (!full && sub_queued(sub) < hiwat &&
+	*full = 0;
+	while (!*full && sub_queued(st) < hiwat &&
 	    (sub->sub_pos < limit || sub->sub_has_span)) {
+		struct segstore_state ss;
+		struct segstore_corrupt bad;
 		struct chunk *ch;
 
 		if (sub->sub_has_span) {
-			if (sub_stage_flush(sub) == -1 || sub_emit_span(sub) == -1)
-				goto fail;
+			if (sub_emit_span(st) == -1)
+				return SUB_FILL_ERROR;
 			continue;
 		}
 		if ((ch = fanout_find(fo, sub->sub_pos)) != NULL) {
@@ -298,9 +335,9 @@ subscriber_refill(struct subscriber *sub)
 				    sub->sub_pos);
 			}
 			while (ch != NULL && CHUNK_END(ch) <= limit &&
-			    sub_queued(sub) < hiwat) {
+			    sub_queued(st) < hiwat) {
 				size_t len = ch->ch_len - off;
-				size_t room = hiwat - sub_queued(sub);
+				size_t room = hiwat - sub_queued(st);
 				uint64_t nf = CHUNK_END(ch) - sub->sub_pos;
 
 				/*
@@ -314,15 +351,15 @@ subscriber_refill(struct subscriber *sub)
 				if (len > room) {
 					uint32_t k;
 
-					if (sub_queued(sub) > 0) {
-						full = 1;
+					if (sub_queued(st) > 0) {
+						*full = 1;
 						break;
 					}
 					len = chunk_cut(ch, off, room, &k);
 					nf = k;
 				}
-				if (sub_emit_chunk(sub, ch, off, len) == -1)
-					goto fail;
+				if (sub_emit_chunk(st, ch, off, len) == -1)
+					return SUB_FILL_ERROR;
 				relay->r_stats.sub_frames_sent += nf;
 				sub->sub_pos += nf;
 				if (sub->sub_pos < CHUNK_END(ch)) {
@@ -332,7 +369,7 @@ subscriber_refill(struct subscriber *sub)
 				off = 0;
 				ch = TAILQ_NEXT(ch, ch_entry);
 			}
-			if (full)
+			if (*full)
 				break;	/* the write callback refills */
 			if (ch != NULL && CHUNK_END(ch) > limit &&
 			    ch->ch_seq < limit) {
@@ -344,16 +381,17 @@ subscriber_refill(struct subscriber *sub)
 		/* older than the tail: the segment files */
 		if (segstore_locate(relay->r_store, sub->sub_pos,
 		    &sub->sub_span) == -1) {
-			segstore_poll(relay->r_store, &relay->r_ss);
-			if (sub->sub_pos < relay->r_ss.ss_earliest) {
-				sub_stage_len = 0;
+			segstore_poll(relay->r_store, &ss);
+			if (sub->sub_pos < ss.ss_earliest) {
 				relay->r_stats.sub_disconnected_gone++;
 				subscriber_close(sub, "its position %" PRIu64
 				    " was deleted by retention (earliest is now %"
-				    PRIu64 ")", sub->sub_pos,
-				    relay->r_ss.ss_earliest);
-				return;
+				    PRIu64 ")", sub->sub_pos, ss.ss_earliest);
+				return SUB_FILL_CLOSED;
 			}
+			if (segstore_corrupt_at(relay->r_store, sub->sub_pos,
+			    &bad) == 1)
+				sub_corrupt(sub, &bad);
 			break;
 		}
 		if (!sub->sub_on_disk) {
@@ -366,24 +404,54 @@ subscriber_refill(struct subscriber *sub)
 		sub->sub_has_span = 1;
 		sub->sub_span_done = 0;
 	}
-	if (sub_stage_flush(sub) == -1)
-		goto fail;
-	if (sub->sub_zstd && sub->sub_zopen &&
-	    zstd_push(sub, NULL, 0, ZSTD_e_flush) == -1)
-		goto fail;
+	return SUB_FILL_OK;
+}
+
+/* A subscriber being disconnected at a corrupt frame: is all sent? */
+static void
+sub_end_if_sent(struct subscriber *sub)
+{
+	if (evbuffer_get_length(bufferevent_get_output(sub->sub_bev)) == 0)
+		subscriber_close(sub, "disconnected: every frame before the "
+		    "corrupt one was sent");
+}
+
+void
+subscriber_refill(struct subscriber *sub)
+{
+	struct sub_stage st;
+	struct fanout *fo = fan();
+	int full, rc;
+
+	if (sub->sub_state != SUB_STREAM || sub->sub_ending)
+		return;
+	st.st_sub = sub;
+	st.st_len = 0;
+	rc = sub_fill(&st, &full);
+	/* the one way out: the staged bytes are queued or die with sub */
+	if (rc == SUB_FILL_CLOSED)
+		return;
+	if (rc == SUB_FILL_OK && (sub_stage_flush(&st) == -1 ||
+	    (sub->sub_zstd && sub->sub_zopen &&
+	    zstd_push(sub, NULL, 0, ZSTD_e_flush) == -1)))
+		rc = SUB_FILL_ERROR;
+	if (rc == SUB_FILL_ERROR) {
+		subscriber_close(sub, "cannot queue data: %s", strerror(errno));
+		return;
+	}
+	WR_ASSERT(st.st_len == 0);
+	if (sub->sub_ending) {
+		sub_end_if_sent(sub);
+		return;
+	}
 	/*
 	 * Not held back by its own buffer: nothing more can be queued until
 	 * new frames become sendable, so wait for fanout_advance.
 	 */
-	if (!full && evbuffer_get_length(out) < hiwat && !sub->sub_has_span &&
-	    !sub->sub_waiting) {
-		sub->sub_waiting = 1;
-		TAILQ_INSERT_TAIL(&fo->fo_waiting, sub, sub_wentry);
-	}
-	return;
-fail:
-	sub_stage_len = 0;
-	subscriber_close(sub, "cannot queue data: %s", strerror(errno));
+	if (!full && evbuffer_get_length(bufferevent_get_output(sub->sub_bev)) <
+	    relay->r_cfg->subscriber_buffer && !sub->sub_has_span &&
+	    !sub->sub_waiting)
+		fanout_wait(fo, sub);
 }
 
 /* ---- handshake ------------------------------------------------------- */
@@ -454,12 +522,32 @@ sub_start(struct subscriber *sub, uint64_t start)
 	subscriber_refill(sub);
 }
 
+/*
+ * Is the first frame a resuming subscriber asked for unreadable? A sealed
+ * segment is checked the first time it is read: read it now, so that the
+ * reply can say so instead of an OK followed by a disconnection.
+ */
+static int
+sub_start_corrupt(uint64_t start, struct segstore_corrupt *bad)
+{
+	struct segment_span sp;
+
+	if (start >= fan()->fo_sendable || fanout_find(fan(), start) != NULL)
+		return 0;
+	if (segstore_locate(relay->r_store, start, &sp) == 0) {
+		segstore_unpin(relay->r_store, sp.sp_pin);
+		return 0;
+	}
+	return segstore_corrupt_at(relay->r_store, start, bad);
+}
+
 static void
 sub_handshake(struct subscriber *sub)
 {
 	struct evbuffer *in = bufferevent_get_input(sub->sub_bev);
 	struct handshake_req req;
-	struct segstore_state *st = &relay->r_ss;
+	struct segstore_state sst, *st = &sst;
+	struct segstore_corrupt bad;
 	char err[160], line[HANDSHAKE_LINE_MAX + 2];
 	uint64_t start;
 	size_t used;
@@ -569,6 +657,20 @@ sub_handshake(struct subscriber *sub)
 			return;
 		}
 	}
+	if (sub_start_corrupt(start, &bad)) {
+		relay->r_stats.sub_rejected_corrupt++;
+		log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: resuming "
+		    "subscriber %s asked for sequence %" PRIu64 ", which cannot "
+		    "be served: %s is corrupt at offset %" PRIu64 " (frames %"
+		    PRIu64 " to %" PRIu64 " unreadable)", sub->sub_name,
+		    sub->sub_peer, start, bad.sc_name, bad.sc_offset,
+		    bad.sc_first, bad.sc_end - 1);
+		sub_refuse(sub, "corrupt", "first=%" PRIu64 " end=%" PRIu64
+		    " frames %" PRIu64 " to %" PRIu64 " are corrupt in this "
+		    "relay's store; read them from another relay of the chain",
+		    bad.sc_first, bad.sc_end, bad.sc_first, bad.sc_end - 1);
+		return;
+	}
 	if (req.hr_compress == HANDSHAKE_COMPRESS_ZSTD) {
 		if ((sub->sub_zc = ZSTD_createCCtx()) == NULL) {
 			subscriber_close(sub, "out of memory");
@@ -608,6 +710,10 @@ subscriber_write_cb(struct bufferevent *bev, void *arg)
 	if (sub->sub_state == SUB_FLUSH) {
 		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
 			subscriber_close(sub, NULL);
+		return;
+	}
+	if (sub->sub_ending) {
+		sub_end_if_sent(sub);
 		return;
 	}
 	subscriber_refill(sub);
@@ -733,10 +839,8 @@ subscriber_close(struct subscriber *sub, const char *fmt, ...)
 			log_limited(&sub_refusals, LOG_LEVEL_INFO, "%s: %s "
 			    "(peer %s)", sub->sub_name, why, sub->sub_peer);
 	}
-	if (sub->sub_waiting) {
-		TAILQ_REMOVE(&fo->fo_waiting, sub, sub_wentry);
-		sub->sub_waiting = 0;
-	}
+	if (sub->sub_waiting)
+		fanout_unwait(fo, sub);
 	if (sub->sub_state == SUB_STREAM) {
 		fo->fo_nsubs--;
 		TAILQ_REMOVE(&fo->fo_subs, sub, sub_entry);

@@ -42,6 +42,12 @@ struct subscriber {
 	uint64_t		 sub_bytes_queued;
 	uint64_t		 sub_connected_ms;
 	int			 sub_waiting;	/* on fo_waiting */
+	uint64_t		 sub_wait_gen;	/* fo_wake_gen when it began waiting */
+	/*
+	 * Reached a frame the store cannot serve: nothing more is queued,
+	 * it is closed once what is queued has been written.
+	 */
+	int			 sub_ending;
 	int			 sub_on_disk;	/* reading segment files */
 	/* a segment span being read piecewise (TLS, zstd) */
 	struct segment_span	 sub_span;

@@ -289,3 +289,93 @@ tls_bev_error(struct bufferevent *bev, char *buf, size_t len)
 		;
 	return buf;
 }
+
+/* ---- blocking client (walcat) ---------------------------------------- */
+
+struct tls_conn {
+	SSL		*c_ssl;
+};
+
+struct tls_conn *
+tls_conn_connect(struct tls_ctx *t, int fd, char *errbuf, size_t errlen)
+{
+	struct tls_conn *c;
+	long v;
+
+	if ((c = calloc(1, sizeof(*c))) == NULL ||
+	    (c->c_ssl = SSL_new(t->t_ctx)) == NULL) {
+		free(c);
+		snprintf(errbuf, errlen, "out of memory");
+		return NULL;
+	}
+	if (t->t_server_name != NULL) {
+		SSL_set_tlsext_host_name(c->c_ssl, t->t_server_name);
+		if (SSL_set1_host(c->c_ssl, t->t_server_name) != 1) {
+			snprintf(errbuf, errlen, "TLS: bad server name %s",
+			    t->t_server_name);
+			goto fail;
+		}
+		SSL_set_hostflags(c->c_ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+	}
+	ERR_clear_error();
+	if (SSL_set_fd(c->c_ssl, fd) != 1 || SSL_connect(c->c_ssl) != 1) {
+		if ((v = SSL_get_verify_result(c->c_ssl)) != X509_V_OK)
+			snprintf(errbuf, errlen, "TLS handshake: the server's "
+			    "certificate: %s", X509_verify_cert_error_string(v));
+		else
+			ssl_errstr("TLS handshake", NULL, errbuf, errlen);
+		goto fail;
+	}
+	return c;
+fail:
+	tls_conn_free(c);
+	return NULL;
+}
+
+long
+tls_conn_read(struct tls_conn *c, void *buf, size_t len, char *errbuf,
+    size_t errlen)
+{
+	size_t n = 0;
+	int rc;
+
+	ERR_clear_error();
+	if ((rc = SSL_read_ex(c->c_ssl, buf, len, &n)) == 1)
+		return (long)n;
+	switch (SSL_get_error(c->c_ssl, rc)) {
+	case SSL_ERROR_ZERO_RETURN:
+		return 0;
+	case SSL_ERROR_SYSCALL:
+		if (ERR_peek_error() == 0) {
+			/* closed without close_notify: the end, for us */
+			return 0;
+		}
+		/* FALLTHROUGH */
+	default:
+		ssl_errstr("TLS read", NULL, errbuf, errlen);
+		return -1;
+	}
+}
+
+int
+tls_conn_write(struct tls_conn *c, const void *buf, size_t len, char *errbuf,
+    size_t errlen)
+{
+	size_t n = 0;
+
+	ERR_clear_error();
+	if (SSL_write_ex(c->c_ssl, buf, len, &n) != 1 || n != len) {
+		ssl_errstr("TLS write", NULL, errbuf, errlen);
+		return -1;
+	}
+	return 0;
+}
+
+void
+tls_conn_free(struct tls_conn *c)
+{
+	if (c == NULL)
+		return;
+	SSL_free(c->c_ssl);
+	free(c);
+}

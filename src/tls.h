@@ -40,4 +40,19 @@ int		 tls_bev_is_tls(struct bufferevent *);
 /* The TLS error behind a failed bufferevent, or NULL. */
 const char	*tls_bev_error(struct bufferevent *, char *buf, size_t len);
 
+/*
+ * A blocking client connection over a connected socket (walcat): the
+ * handshake, then reads and writes. The socket stays the caller's.
+ */
+struct tls_conn;
+struct tls_conn	*tls_conn_connect(struct tls_ctx *, int fd, char *errbuf,
+		    size_t errlen);
+/* Bytes read, 0 at the end of the stream, -1 with errbuf. */
+long		 tls_conn_read(struct tls_conn *, void *, size_t, char *errbuf,
+		    size_t errlen);
+/* 0 when everything was written, -1 with errbuf. */
+int		 tls_conn_write(struct tls_conn *, const void *, size_t,
+		    char *errbuf, size_t errlen);
+void		 tls_conn_free(struct tls_conn *);
+
 #endif

@@ -75,6 +75,9 @@ static const struct walcat_cmd walcat_cmds[] = {
 	{ "tail", "[--from SEQ] [--token-file F] [--json|--raw] ADDR",
 	  "subscribe to a relay and print the records",
 	  walcat_tail },
+	{ "repair", "--from ADDR [--token-file F] [--tls-ca F ...] DIR",
+	  "replace corrupt frames with the same frames from a chain relay",
+	  walcat_repair },
 };
 #define WALCAT_NCMDS (sizeof(walcat_cmds) / sizeof(walcat_cmds[0]))
 
@@ -181,6 +184,12 @@ walcat_max_frame_opt(const char *arg, size_t *out)
 	}
 	*out = v;
 	return 0;
+}
+
+int
+walcat_max_frame_arg(const char *arg, size_t *out)
+{
+	return walcat_max_frame_opt(arg, out);
 }
 
 static void

@@ -32,5 +32,12 @@ int	walcat_dump(int, char **);
 int	walcat_verify(int, char **);
 int	walcat_produce(int, char **);	/* walcat_net.c */
 int	walcat_tail(int, char **);
+int	walcat_repair(int, char **);	/* walcat_repair.c */
+
+/* --max-frame-bytes: parse, or print why not and return -1. */
+int	walcat_max_frame_arg(const char *, size_t *);
+/* Connect to host:port (says why not, -1); the first token of a file. */
+int	walcat_net_dial(const char *addr);
+int	walcat_net_token(const char *path, char *tok, size_t len);
 
 #endif

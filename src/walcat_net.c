@@ -135,6 +135,18 @@ read_token(const char *path, char *tok, size_t len)
 	return 0;
 }
 
+int
+walcat_net_dial(const char *addr)
+{
+	return dial(addr, 0);
+}
+
+int
+walcat_net_token(const char *path, char *tok, size_t len)
+{
+	return read_token(path, tok, len);
+}
+
 /* ---- produce ---------------------------------------------------------- */
 
 struct producer {

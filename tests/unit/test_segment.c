@@ -854,15 +854,38 @@ START_TEST(corrupt_sealed_sets_limit)
 		segstore_unpin(ss, sp.sp_pin);
 		ck_assert_uint_eq(segstore_limit(ss), bad);
 	}
-	/* served up to the bad frame, not from it on, nothing deleted */
+	/*
+	 * Served up to the bad frame, not the rest of its file, nothing
+	 * deleted; the next files are served.
+	 */
 	ck_assert_int_eq(segstore_locate(ss, bad - 1, &sp), 0);
 	ck_assert_uint_eq(sp.sp_end_seq, bad);
 	segstore_unpin(ss, sp.sp_pin);
 	ck_assert_int_eq(segstore_locate(ss, 0, &sp), 0);
 	segstore_unpin(ss, sp.sp_pin);
 	ck_assert_int_eq(segstore_locate(ss, bad, &sp), -1);
-	ck_assert_int_eq(segstore_locate(ss, v[2].base, &sp), -1);
-	ck_assert_int_eq(segstore_locate(ss, next - 1, &sp), -1);
+	ck_assert_int_eq(segstore_locate(ss, v[2].base - 1, &sp), -1);
+	ck_assert_int_eq(segstore_locate(ss, v[2].base, &sp), 0);
+	segstore_unpin(ss, sp.sp_pin);
+	ck_assert_int_eq(segstore_locate(ss, next - 1, &sp), 0);
+	segstore_unpin(ss, sp.sp_pin);
+	/* the unreadable range: [bad, the next file's first frame) */
+	{
+		struct segstore_corrupt c;
+
+		ck_assert_int_eq(segstore_corrupt_at(ss, bad - 1, &c), 0);
+		ck_assert_int_eq(segstore_corrupt_at(ss, v[2].base, &c), 0);
+		ck_assert_int_eq(segstore_corrupt_at(ss, next - 1, &c), 0);
+		for (uint64_t q = bad; q < v[2].base; q++) {
+			memset(&c, 0, sizeof(c));
+			ck_assert_int_eq(segstore_corrupt_at(ss, q, &c), 1);
+			ck_assert_str_eq(c.sc_name, v[1].name);
+			ck_assert_uint_eq(c.sc_first, bad);
+			ck_assert_uint_eq(c.sc_end, v[2].base);
+			ck_assert_uint_eq(c.sc_offset, m.off[bad] -
+			    m.off[v[1].base]);
+		}
+	}
 	segstore_close(ss);
 	for (size_t i = 0; i < n; i++)
 		ck_assert(file_exists(dir, v[i].name));
