@@ -1272,6 +1272,19 @@ config_copy_argv(struct wr_config *cfg, int argc, char *const *argv)
 }
 
 /*
+ * An error names the argument or value it refuses, which may hold a
+ * newline or a terminal escape: keep the message one printable line.
+ */
+static void
+config_errclean(char *errbuf, size_t errlen)
+{
+	for (size_t i = 0; i < errlen && errbuf[i] != '\0'; i++)
+		if ((unsigned char)errbuf[i] < 0x20 ||
+		    (unsigned char)errbuf[i] == 0x7f)
+			errbuf[i] = '?';
+}
+
+/*
  * Fill cfg (argc/argv set) from scratch. With text non-NULL, it is the
  * config file's contents, read instead of any -c FILE.
  */
@@ -1336,6 +1349,7 @@ config_load(int argc, char **argv, struct wr_config *cfg, char *errbuf,
 	}
 	return 0;
 fail:
+	config_errclean(errbuf, errlen);
 	config_free(cfg);
 	return -1;
 }
@@ -1360,6 +1374,7 @@ config_parse(int argc, char **argv, const char *text, size_t textlen,
 	}
 	return 0;
 fail:
+	config_errclean(errbuf, errlen);
 	config_free(cfg);
 	return -1;
 }
@@ -1379,6 +1394,7 @@ config_reload(const struct wr_config *cur, struct wr_config *next,
 		goto fail;
 	return 0;
 fail:
+	config_errclean(errbuf, errlen);
 	config_free(next);
 	return -1;
 }

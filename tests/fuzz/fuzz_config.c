@@ -69,7 +69,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static int quiet;
 	struct wr_config cfg, again;
-	char *argv[FUZZ_MAX_ARGS + 1], *copy, *text, *p, *end, *d1, *d2;
+	char *argv[FUZZ_MAX_ARGS + 1], *copy, *text, *textbuf, *p, *end;
+	char *d1, *d2;
 	char errbuf[1024], err2[1024];
 	size_t nargs, textlen;
 	int argc = 0, rc, rc2;
@@ -81,7 +82,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 1)
 		return 0;
 	/* arguments are C strings: work on a NUL-terminated copy */
-	if ((copy = malloc(size + 12)) == NULL)
+	if ((copy = malloc(size + 1)) == NULL)
 		fuzz_fail("out of memory", NULL);
 	memcpy(copy, data, size);
 	copy[size] = '\0';
@@ -96,14 +97,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	argv[argc] = NULL;
 	if (p > end)
 		p = end;
+	/* the text in its own buffer: the last argument may end at end */
 	textlen = (size_t)(end - p);
-	text = p;
+	if ((text = textbuf = malloc(textlen + 11)) == NULL)
+		fuzz_fail("out of memory", NULL);
 	if (data[0] & 0x20) {
-		/* room: the copy has 12 bytes spare after the input */
-		memmove(p + 11, p, textlen);
-		memcpy(p, "[walrelay]\n", 11);
+		memcpy(textbuf, "[walrelay]\n", 11);
+		memcpy(textbuf + 11, p, textlen);
 		textlen += 11;
-	}
+	} else
+		memcpy(textbuf, p, textlen);
 	if (data[0] & 0x10)
 		text = NULL;
 
@@ -117,10 +120,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	    sizeof(err2));
 	if (rc2 != rc || (rc == -1 && strcmp(errbuf, err2) != 0))
 		fuzz_fail("the same input parsed differently", err2);
-	if (rc != 0) {
-		free(copy);
-		return 0;
-	}
+	if (rc != 0)
+		goto out;
 	d1 = fuzz_dump(&cfg);
 	d2 = fuzz_dump(&again);
 	if (strcmp(d1, d2) != 0)
@@ -142,6 +143,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(d2);
 	config_free(&again);
 	config_free(&cfg);
+out:
+	free(textbuf);
 	free(copy);
 	return 0;
 }

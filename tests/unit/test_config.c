@@ -866,6 +866,25 @@ START_TEST(parse_from_memory)
 }
 END_TEST
 
+/* A refused argument with a newline or an escape stays on one line. */
+START_TEST(error_is_one_line)
+{
+	struct wr_config cfg;
+	char *argv[] = { "walrelay", "--segment-bytes", "1\n2",
+	    "stray\nline\x1b[2J", NULL };
+
+	ck_assert_int_eq(load(&cfg, "stray\nline\x1b[2J", NULL), -1);
+	ck_assert_msg(strchr(errbuf, '\n') == NULL &&
+	    strchr(errbuf, '\x1b') == NULL, "%s", errbuf);
+	ck_assert_msg(strstr(errbuf, "stray?line?[2J") != NULL, "%s", errbuf);
+	ck_assert_int_eq(load(&cfg, "--segment-bytes", "1\n2", NULL), -1);
+	ck_assert_msg(strchr(errbuf, '\n') == NULL, "%s", errbuf);
+	ck_assert_int_eq(config_parse(3, argv, NULL, 0, &cfg, errbuf,
+	    sizeof(errbuf)), -1);
+	ck_assert_msg(strchr(errbuf, '\n') == NULL, "%s", errbuf);
+}
+END_TEST
+
 static Suite *
 config_suite(void)
 {
@@ -888,6 +907,7 @@ config_suite(void)
 	tcase_add_test(tc, etc_conf_defaults_are_true);
 	tcase_add_test(tc, dump_reparses);
 	tcase_add_test(tc, parse_from_memory);
+	tcase_add_test(tc, error_is_one_line);
 	tcase_add_test(tc, reload);
 	tcase_add_test(tc, reloadable_keys);
 	tcase_add_test(tc, usage);
