@@ -659,7 +659,7 @@ START_TEST(one_pass_matches_two_passes)
 
 	rng_seed(7);
 	fcw2_checker_init(&warm, FCW2_DEFAULT_MAX_FRAME, 1);
-	for (int i = 0; i < 3000; i++) {
+	for (int i = 0; i < 1500; i++) {
 		/* few distinct lengths, so most checks find theirs kept */
 		trec_random(&t, i % 5 == 0 ? 2000 : 40);
 		out = trec_encode(&t, 0, &len);
@@ -695,11 +695,11 @@ START_TEST(one_pass_matches_two_passes)
 	}
 	fcw2_checker_free(&warm);
 	/* every outcome was reached */
-	ck_assert_int_gt(seen[-FCW2_OK], 100);
-	ck_assert_int_gt(seen[-FCW2_ERR_FRAME_CRC], 100);
-	ck_assert_int_gt(seen[-FCW2_ERR_RECORD_CRC], 100);
-	ck_assert_int_gt(seen[-FCW2_ERR_LENGTHS], 10);
-	ck_assert_int_gt(seen[-FCW2_ERR_OP], 100);
+	ck_assert_int_gt(seen[-FCW2_OK], 50);
+	ck_assert_int_gt(seen[-FCW2_ERR_FRAME_CRC], 50);
+	ck_assert_int_gt(seen[-FCW2_ERR_RECORD_CRC], 50);
+	ck_assert_int_gt(seen[-FCW2_ERR_LENGTHS], 5);
+	ck_assert_int_gt(seen[-FCW2_ERR_OP], 50);
 }
 END_TEST
 
@@ -910,11 +910,11 @@ fcw2_suite(void)
 	tcase_add_test(tc, bitflip_random);
 	tcase_add_test(tc, truncation);
 	tcase_add_test(tc, random_splits);
+	tcase_add_test(tc, one_pass_matches_two_passes);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("errors");
 	tcase_add_test(tc, one_pass_lengths_sharing_a_slot);
-	tcase_add_test(tc, one_pass_matches_two_passes);
 	tcase_add_test(tc, over_cap);
 	tcase_add_test(tc, precise_errors);
 	suite_add_tcase(s, tc);
