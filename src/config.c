@@ -861,10 +861,9 @@ config_value(char *s, char **out, char *err, size_t errlen)
 }
 
 static int
-config_read_file(struct wr_config *cfg, struct config_ctx *ctx,
+config_read_stream(struct wr_config *cfg, struct config_ctx *ctx, FILE *f,
     const char *path, char *errbuf, size_t errlen)
 {
-	FILE *f;
 	char *line = NULL, *s, *eq, *key, *val, err[512];
 	const struct config_key *k;
 	size_t cap = 0;
@@ -872,11 +871,6 @@ config_read_file(struct wr_config *cfg, struct config_ctx *ctx,
 	unsigned lineno = 0;
 	int in_section = 0, rc = -1;
 
-	if ((f = fopen(path, "r")) == NULL) {
-		snprintf(errbuf, errlen, "cannot open the config file %s: %s",
-		    path, strerror(errno));
-		return -1;
-	}
 	while ((n = getline(&line, &cap, f)) != -1) {
 		lineno++;
 		if ((size_t)n != strlen(line)) {
@@ -956,6 +950,42 @@ config_read_file(struct wr_config *cfg, struct config_ctx *ctx,
 	rc = 0;
 out:
 	free(line);
+	return rc;
+}
+
+static int
+config_read_file(struct wr_config *cfg, struct config_ctx *ctx,
+    const char *path, char *errbuf, size_t errlen)
+{
+	FILE *f;
+	int rc;
+
+	if ((f = fopen(path, "r")) == NULL) {
+		snprintf(errbuf, errlen, "cannot open the config file %s: %s",
+		    path, strerror(errno));
+		return -1;
+	}
+	rc = config_read_stream(cfg, ctx, f, path, errbuf, errlen);
+	fclose(f);
+	return rc;
+}
+
+/* The text of a config file given in memory (no file is opened). */
+static int
+config_read_text(struct wr_config *cfg, struct config_ctx *ctx,
+    const char *text, size_t len, char *errbuf, size_t errlen)
+{
+	const char *name = cfg->config_file ? cfg->config_file : "(text)";
+	FILE *f;
+	int rc;
+
+	if (len == 0)
+		return 0;
+	if ((f = fmemopen((void *)(uintptr_t)text, len, "r")) == NULL) {
+		snprintf(errbuf, errlen, "%s: %s", name, strerror(errno));
+		return -1;
+	}
+	rc = config_read_stream(cfg, ctx, f, name, errbuf, errlen);
 	fclose(f);
 	return rc;
 }
@@ -1244,10 +1274,26 @@ config_copy_argv(struct wr_config *cfg, int argc, char *const *argv)
 	return 0;
 }
 
-/* Fill cfg (argc/argv set) from scratch. */
+/*
+ * An error names the argument or value it refuses, which may hold a
+ * newline or a terminal escape: keep the message one printable line.
+ */
+static void
+config_errclean(char *errbuf, size_t errlen)
+{
+	for (size_t i = 0; i < errlen && errbuf[i] != '\0'; i++)
+		if ((unsigned char)errbuf[i] < 0x20 ||
+		    (unsigned char)errbuf[i] == 0x7f)
+			errbuf[i] = '?';
+}
+
+/*
+ * Fill cfg (argc/argv set) from scratch. With text non-NULL, it is the
+ * config file's contents, read instead of any -c FILE.
+ */
 static int
-config_build(struct wr_config *cfg, int *printed, char *errbuf,
-    size_t errlen)
+config_build(struct wr_config *cfg, int *printed, const char *text,
+    size_t textlen, char *errbuf, size_t errlen)
 {
 	struct config_ctx ctx;
 	char err[512];
@@ -1269,7 +1315,11 @@ config_build(struct wr_config *cfg, int *printed, char *errbuf,
 			return -1;
 		}
 	}
-	if (cfg->config_file != NULL && config_read_file(cfg, &ctx,
+	if (text != NULL) {
+		if (config_read_text(cfg, &ctx, text, textlen, errbuf,
+		    errlen) == -1)
+			return -1;
+	} else if (cfg->config_file != NULL && config_read_file(cfg, &ctx,
 	    cfg->config_file, errbuf, errlen) == -1)
 		return -1;
 	if (config_argv(cfg, &ctx, 1, printed, errbuf, errlen) == -1)
@@ -1288,7 +1338,7 @@ config_load(int argc, char **argv, struct wr_config *cfg, char *errbuf,
 		snprintf(errbuf, errlen, "out of memory");
 		goto fail;
 	}
-	if (config_build(cfg, &printed, errbuf, errlen) == -1)
+	if (config_build(cfg, &printed, NULL, 0, errbuf, errlen) == -1)
 		goto fail;
 	if (printed == 'h') {
 		config_usage(stdout);
@@ -1302,6 +1352,32 @@ config_load(int argc, char **argv, struct wr_config *cfg, char *errbuf,
 	}
 	return 0;
 fail:
+	config_errclean(errbuf, errlen);
+	config_free(cfg);
+	return -1;
+}
+
+int
+config_parse(int argc, char **argv, const char *text, size_t textlen,
+    struct wr_config *cfg, char *errbuf, size_t errlen)
+{
+	int printed;
+
+	memset(cfg, 0, sizeof(*cfg));
+	if (config_copy_argv(cfg, argc, argv) == -1) {
+		snprintf(errbuf, errlen, "out of memory");
+		goto fail;
+	}
+	if (config_build(cfg, &printed, text != NULL ? text : "",
+	    text != NULL ? textlen : 0, errbuf, errlen) == -1)
+		goto fail;
+	if (printed) {
+		config_free(cfg);
+		return 1;
+	}
+	return 0;
+fail:
+	config_errclean(errbuf, errlen);
 	config_free(cfg);
 	return -1;
 }
@@ -1317,10 +1393,11 @@ config_reload(const struct wr_config *cur, struct wr_config *next,
 		snprintf(errbuf, errlen, "out of memory");
 		goto fail;
 	}
-	if (config_build(next, &printed, errbuf, errlen) == -1)
+	if (config_build(next, &printed, NULL, 0, errbuf, errlen) == -1)
 		goto fail;
 	return 0;
 fail:
+	config_errclean(errbuf, errlen);
 	config_free(next);
 	return -1;
 }

@@ -91,6 +91,14 @@ int	config_load(int argc, char **argv, struct wr_config *, char *errbuf,
 	    size_t errlen);
 
 /*
+ * config_load with the config file's text given in memory: read instead
+ * of any -c FILE (text NULL: no file). Opens no file and prints nothing
+ * (1: --help or --version was asked for). For tests and fuzzing.
+ */
+int	config_parse(int argc, char **argv, const char *text, size_t textlen,
+	    struct wr_config *, char *errbuf, size_t errlen);
+
+/*
  * Re-read the file named by cur->config_file (plus the original command
  * line, which still wins) into next. Returns 0, or -1 with errbuf.
  * The caller swaps only the reloadable keys and logs the ones that

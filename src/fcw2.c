@@ -7,18 +7,9 @@
 #include <string.h>
 
 #include <lz4.h>
-#include <zlib.h>
 
+#include "crc.h"
 #include "fcw2.h"
-
-/*
- * From this payload size on, an uncompressed record is read once for both
- * crcs. Deriving one crc from the other takes an operator for the record's
- * length: making it costs about as much as a few hundred bytes of crc,
- * applying a kept one much less. Below this size a length not seen before
- * would cost more than reading the record twice.
- */
-#define FCW2_COMBINE_MIN	512
 
 static inline uint32_t
 rd32(const uint8_t *p)
@@ -49,19 +40,10 @@ wr64(uint8_t *p, uint64_t v)
 	wr32(p + 4, (uint32_t)(v >> 32));
 }
 
-static uint32_t
+static inline uint32_t
 crc(const uint8_t *p, size_t len)
 {
-	uLong c = crc32(0L, Z_NULL, 0);
-
-	/* zlib takes uInt lengths: feed huge buffers in pieces */
-	while (len > 0) {
-		uInt n = len > (1u << 30) ? (1u << 30) : (uInt)len;
-		c = crc32(c, p, n);
-		p += n;
-		len -= n;
-	}
-	return (uint32_t)c;
+	return crc_update(0, p, len);
 }
 
 const char *
@@ -117,12 +99,12 @@ fcw2_checker_free(struct fcw2_checker *chk)
 }
 
 /*
- * Parse a record; body_crc is the crc of its bytes before the record crc
- * when the caller already has it, or computed here (have_crc 0).
+ * Parse a record. crc_ok: whether its crc holds when the caller already
+ * knows, or -1 to check it here.
  */
 static int
 record_parse(const uint8_t *p, size_t len, struct fcw2_record *rec,
-    int have_crc, uint32_t body_crc)
+    int crc_ok)
 {
 	uint64_t need;
 
@@ -136,7 +118,9 @@ record_parse(const uint8_t *p, size_t len, struct fcw2_record *rec,
 	need = (uint64_t)FCW2_RECORD_MIN + rec->key_len + rec->value_len;
 	if (need != len)
 		return FCW2_ERR_LENGTHS;
-	if ((have_crc ? body_crc : crc(p, len - 4)) != rd32(p + len - 4))
+	if (crc_ok < 0)
+		crc_ok = crc(p, len - 4) == rd32(p + len - 4);
+	if (!crc_ok)
 		return FCW2_ERR_RECORD_CRC;
 	if (rec->op < FCW2_OP_SET || rec->op > FCW2_OP_EXPIRE)
 		return FCW2_ERR_OP;
@@ -148,7 +132,7 @@ record_parse(const uint8_t *p, size_t len, struct fcw2_record *rec,
 int
 fcw2_record_parse(const uint8_t *p, size_t len, struct fcw2_record *rec)
 {
-	return record_parse(p, len, rec, 0, 0);
+	return record_parse(p, len, rec, -1);
 }
 
 static int
@@ -229,32 +213,32 @@ fcw2_check(struct fcw2_checker *chk, const uint8_t *buf, size_t len,
 	*frame_len = flen;
 	if (len < flen)
 		return FCW2_NEED_MORE;
-	if (chk->check_records && !(buf[4] & FCW2_FLAG_LZ4) &&
-	    plen >= FCW2_COMBINE_MIN) {
+	if (chk->check_records && buf[4] == 0 && plen >= FCW2_RECORD_MIN) {
 		/*
-		 * An uncompressed record: read its bytes once. Its crc, and
-		 * the frame's derived from it (header + record + record crc).
+		 * An uncompressed record: one crc pass over it, its own crc
+		 * included, checks both crcs. The record's holds when that
+		 * crc is the CRC-32 residue. CRC-32 is linear: crc(header ||
+		 * record) = crc(record) ^ d, where d depends only on the
+		 * header, here on plen alone (flags 0). Most streams repeat
+		 * a few record sizes, so d is kept per length; a length not
+		 * seen before costs the second pass that finds its d.
 		 */
 		const uint8_t *p = buf + FCW2_HEADER_LEN;
 		struct fcw2_record tmp;
-		uint32_t body = crc(p, plen - 4);
-		unsigned slot = (plen - 4) % FCW2_COMBINE_OPS;
-		uLong fc;
+		uint32_t rc = crc(p, plen), fc;
+		unsigned slot = plen % FCW2_CRC_SLOTS;
 
-		/*
-		 * Shifting a crc over n bytes is one operator per n; most
-		 * streams repeat a few record sizes, so keep the operators.
-		 */
-		if (chk->op_len[slot] != plen - 4) {
-			chk->op[slot] = crc32_combine_gen((z_off_t)(plen - 4));
-			chk->op_len[slot] = plen - 4;
+		if (chk->hc_len[slot] == plen)
+			fc = rc ^ chk->hc_xor[slot];
+		else {
+			fc = crc(buf, flen - FCW2_CRC_LEN);
+			chk->hc_len[slot] = plen;
+			chk->hc_xor[slot] = fc ^ rc;
 		}
-		fc = crc32_combine_op(crc(buf, FCW2_HEADER_LEN), body,
-		    chk->op[slot]);
-		fc = crc32(fc, p + plen - 4, 4);
-		if ((uint32_t)fc != rd32(buf + flen - FCW2_CRC_LEN))
+		if (fc != rd32(buf + flen - FCW2_CRC_LEN))
 			return FCW2_ERR_FRAME_CRC;
-		return record_parse(p, plen, rec ? rec : &tmp, 1, body);
+		return record_parse(p, plen, rec ? rec : &tmp,
+		    rc == CRC_RESIDUE);
 	}
 	if (crc(buf, flen - FCW2_CRC_LEN) != rd32(buf + flen - FCW2_CRC_LEN))
 		return FCW2_ERR_FRAME_CRC;

@@ -55,16 +55,20 @@ struct fcw2_record {
  * Validation context: the length cap and, when records are checked, a
  * scratch buffer for LZ4 payloads (grown on demand up to the cap, reused).
  */
-#define FCW2_COMBINE_OPS	64
+#define FCW2_CRC_SLOTS		64
 
 struct fcw2_checker {
 	uint32_t	 max_payload;	/* payload_len cap (frame cap - 13) */
 	int		 check_records;	/* decode and check the record inside */
 	uint8_t		*scratch;
 	size_t		 scratch_cap;
-	/* crc32_combine operators by record length, direct-mapped */
-	uint32_t	 op_len[FCW2_COMBINE_OPS];
-	unsigned long	 op[FCW2_COMBINE_OPS];
+	/*
+	 * By payload length, direct-mapped (flags 0 only): what the header
+	 * adds to the crc of the record's bytes, crc(header || body) ^
+	 * crc(body), so that one pass over a record gives both crcs.
+	 */
+	uint32_t	 hc_len[FCW2_CRC_SLOTS];	/* 0: empty */
+	uint32_t	 hc_xor[FCW2_CRC_SLOTS];
 };
 
 const char	*fcw2_strerror(int status);

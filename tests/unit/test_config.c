@@ -822,6 +822,72 @@ START_TEST(usage)
 }
 END_TEST
 
+/*
+ * config_parse: the file's text from memory gives what config_load gives
+ * with that file, opens no file (the -c path does not exist), reports
+ * errors with the file's name and line, and prints nothing for --help.
+ */
+START_TEST(parse_from_memory)
+{
+	static const char text[] = "[walrelay]\nsegment-bytes = 1M\n"
+	    "listen = 127.0.0.1:9000\n";
+	char *argv[] = { "walrelay", "-c", "/nonexistent/walrelay.conf",
+	    "--listen", "127.0.0.1:9001", NULL };
+	char *help[] = { "walrelay", "--help", NULL };
+	struct wr_config a, b;
+	char *path, *da, *db;
+
+	path = tmpconf(text);
+	ck_assert_int_eq(load(&a, "-c", path, "--listen", "127.0.0.1:9001",
+	    NULL), 0);
+	ck_assert_int_eq(config_parse(5, argv, text, strlen(text), &b, errbuf,
+	    sizeof(errbuf)), 0);
+	ck_assert_uint_eq(b.segment_bytes, 1024 * 1024);
+	ck_assert_str_eq(b.listen, "127.0.0.1:9001");	/* command line wins */
+	free(a.config_file);
+	a.config_file = strdup(b.config_file);
+	da = dump_string(&a);
+	db = dump_string(&b);
+	ck_assert_str_eq(da, db);
+	free(da);
+	free(db);
+	config_free(&a);
+	config_free(&b);
+	rmconf(path);
+
+	ck_assert_int_eq(config_parse(5, argv, "[walrelay]\nbogus = 1\n", 22,
+	    &b, errbuf, sizeof(errbuf)), -1);
+	ck_assert_msg(strstr(errbuf, "/nonexistent/walrelay.conf:2: ") !=
+	    NULL, "%s", errbuf);
+	/* without text no file is read, even with -c */
+	ck_assert_int_eq(config_parse(5, argv, NULL, 0, &b, errbuf,
+	    sizeof(errbuf)), 0);
+	ck_assert_uint_eq(b.segment_bytes, 64 * 1024 * 1024);
+	config_free(&b);
+	ck_assert_int_eq(config_parse(2, help, NULL, 0, &b, errbuf,
+	    sizeof(errbuf)), 1);
+}
+END_TEST
+
+/* A refused argument with a newline or an escape stays on one line. */
+START_TEST(error_is_one_line)
+{
+	struct wr_config cfg;
+	char *argv[] = { "walrelay", "--segment-bytes", "1\n2",
+	    "stray\nline\x1b[2J", NULL };
+
+	ck_assert_int_eq(load(&cfg, "stray\nline\x1b[2J", NULL), -1);
+	ck_assert_msg(strchr(errbuf, '\n') == NULL &&
+	    strchr(errbuf, '\x1b') == NULL, "%s", errbuf);
+	ck_assert_msg(strstr(errbuf, "stray?line?[2J") != NULL, "%s", errbuf);
+	ck_assert_int_eq(load(&cfg, "--segment-bytes", "1\n2", NULL), -1);
+	ck_assert_msg(strchr(errbuf, '\n') == NULL, "%s", errbuf);
+	ck_assert_int_eq(config_parse(3, argv, NULL, 0, &cfg, errbuf,
+	    sizeof(errbuf)), -1);
+	ck_assert_msg(strchr(errbuf, '\n') == NULL, "%s", errbuf);
+}
+END_TEST
+
 static Suite *
 config_suite(void)
 {
@@ -843,6 +909,8 @@ config_suite(void)
 	tcase_add_test(tc, etc_conf_covers_every_key);
 	tcase_add_test(tc, etc_conf_defaults_are_true);
 	tcase_add_test(tc, dump_reparses);
+	tcase_add_test(tc, parse_from_memory);
+	tcase_add_test(tc, error_is_one_line);
 	tcase_add_test(tc, reload);
 	tcase_add_test(tc, reloadable_keys);
 	tcase_add_test(tc, usage);

@@ -574,9 +574,9 @@ START_TEST(random_splits)
 END_TEST
 
 /*
- * Large uncompressed records are checked in one pass with a crc operator
- * kept per record length in a small direct-mapped table: lengths that share
- * a slot, taking turns, must each be checked against their own operator.
+ * Uncompressed records are checked in one pass with what the header adds
+ * to the crc kept per record length in a small direct-mapped table: lengths
+ * that share a slot, taking turns, must each be checked with their own.
  */
 START_TEST(one_pass_lengths_sharing_a_slot)
 {
@@ -588,8 +588,8 @@ START_TEST(one_pass_lengths_sharing_a_slot)
 	memset(val, 'q', sizeof(val));
 	fcw2_checker_init(&chk, FCW2_DEFAULT_MAX_FRAME, 1);
 	for (int round = 0; round < 3; round++) {
-		for (uint32_t v = 600; v <= 600 + 5 * FCW2_COMBINE_OPS;
-		    v += FCW2_COMBINE_OPS) {
+		for (uint32_t v = 600; v <= 600 + 5 * FCW2_CRC_SLOTS;
+		    v += FCW2_CRC_SLOTS) {
 			struct fcw2_record r = { FCW2_OP_SET, 3, v, 7, -1,
 			    (const uint8_t *)"key", val };
 
@@ -611,6 +611,95 @@ START_TEST(one_pass_lengths_sharing_a_slot)
 		}
 	}
 	fcw2_checker_free(&chk);
+}
+END_TEST
+
+/*
+ * The one-pass check of uncompressed records against a two-pass reference
+ * (zlib, both crcs from scratch, in the order the spec gives the errors),
+ * with a checker that has seen each length before and one that has not:
+ * record bytes changed with the frame crc fixed up (so the record crc, the
+ * lengths or the op are what is wrong), and with it left alone.
+ */
+static int
+reference_status(const uint8_t *f, size_t flen)
+{
+	const uint8_t *r = f + FCW2_HEADER_LEN;
+	size_t plen = flen - FCW2_OVERHEAD;
+	uint32_t klen, vlen;
+
+	if (zcrc(f, flen - FCW2_CRC_LEN) != ((uint32_t)f[flen - 4] |
+	    (uint32_t)f[flen - 3] << 8 | (uint32_t)f[flen - 2] << 16 |
+	    (uint32_t)f[flen - 1] << 24))
+		return FCW2_ERR_FRAME_CRC;
+	if (plen < FCW2_RECORD_MIN)
+		return FCW2_ERR_LENGTHS;
+	klen = (uint32_t)r[1] | (uint32_t)r[2] << 8 | (uint32_t)r[3] << 16 |
+	    (uint32_t)r[4] << 24;
+	vlen = (uint32_t)r[5] | (uint32_t)r[6] << 8 | (uint32_t)r[7] << 16 |
+	    (uint32_t)r[8] << 24;
+	if ((uint64_t)FCW2_RECORD_MIN + klen + vlen != plen)
+		return FCW2_ERR_LENGTHS;
+	if (zcrc(r, plen - 4) != ((uint32_t)r[plen - 4] |
+	    (uint32_t)r[plen - 3] << 8 | (uint32_t)r[plen - 2] << 16 |
+	    (uint32_t)r[plen - 1] << 24))
+		return FCW2_ERR_RECORD_CRC;
+	if (r[0] < FCW2_OP_SET || r[0] > FCW2_OP_EXPIRE)
+		return FCW2_ERR_OP;
+	return FCW2_OK;
+}
+
+START_TEST(one_pass_matches_two_passes)
+{
+	struct fcw2_checker warm, cold;
+	struct trec t;
+	uint8_t *out;
+	size_t len, flen, pos;
+	int want, seen[16] = { 0 };
+
+	rng_seed(7);
+	fcw2_checker_init(&warm, FCW2_DEFAULT_MAX_FRAME, 1);
+	for (int i = 0; i < 1500; i++) {
+		/* few distinct lengths, so most checks find theirs kept */
+		trec_random(&t, i % 5 == 0 ? 2000 : 40);
+		out = trec_encode(&t, 0, &len);
+		for (int k = 0; k < 4; k++) {
+			if (k == 3) {
+				/* any op, both crcs right */
+				out[FCW2_HEADER_LEN] = (uint8_t)rng_below(5);
+				put32(out + len - FCW2_CRC_LEN - 4,
+				    zcrc(out + FCW2_HEADER_LEN,
+				    len - FCW2_OVERHEAD - 4));
+				put32(out + len - FCW2_CRC_LEN,
+				    zcrc(out, len - FCW2_CRC_LEN));
+			} else if (k > 0) {
+				pos = FCW2_HEADER_LEN + rng_below((uint32_t)(len -
+				    FCW2_HEADER_LEN));
+				out[pos] ^= (uint8_t)(1 + rng_below(255));
+				if (k == 2 && pos < len - FCW2_CRC_LEN)
+					put32(out + len - FCW2_CRC_LEN,
+					    zcrc(out, len - FCW2_CRC_LEN));
+			}
+			want = reference_status(out, len);
+			seen[-want]++;
+			ck_assert_msg(fcw2_check(&warm, out, len, &flen, NULL) ==
+			    want, "frame %d/%d (%zu bytes): want %d", i, k, len,
+			    want);
+			fcw2_checker_init(&cold, FCW2_DEFAULT_MAX_FRAME, 1);
+			ck_assert_int_eq(fcw2_check(&cold, out, len, &flen, NULL),
+			    want);
+			fcw2_checker_free(&cold);
+		}
+		free(out);
+		trec_free(&t);
+	}
+	fcw2_checker_free(&warm);
+	/* every outcome was reached */
+	ck_assert_int_gt(seen[-FCW2_OK], 50);
+	ck_assert_int_gt(seen[-FCW2_ERR_FRAME_CRC], 50);
+	ck_assert_int_gt(seen[-FCW2_ERR_RECORD_CRC], 50);
+	ck_assert_int_gt(seen[-FCW2_ERR_LENGTHS], 5);
+	ck_assert_int_gt(seen[-FCW2_ERR_OP], 50);
 }
 END_TEST
 
@@ -821,6 +910,7 @@ fcw2_suite(void)
 	tcase_add_test(tc, bitflip_random);
 	tcase_add_test(tc, truncation);
 	tcase_add_test(tc, random_splits);
+	tcase_add_test(tc, one_pass_matches_two_passes);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("errors");

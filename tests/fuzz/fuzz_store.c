@@ -1,0 +1,347 @@
+/*
+ * fuzz_store.c: libFuzzer target for recovery: the store opened
+ * (segstore_open) on a data directory holding arbitrary segment bytes and,
+ * optionally, an arbitrary metadata file. Recovery is private to
+ * segment.c; this drives it the way a restart does, in a temporary
+ * directory (under /dev/shm when it exists, else $TMPDIR or /tmp).
+ *
+ * Input layout:
+ *   byte 0     bit 0: two segment files (an older one, then the newest)
+ *              bit 1: frame cap of 4096 bytes instead of the default
+ *              bit 2: rewrite the crcs of the leading whole frames (and
+ *              the record crcs of uncompressed ones) so that recovery
+ *              gets past them
+ *              bit 3: a metadata file
+ *              bit 4: end the metadata with its correct checksum line
+ *              bit 5: verify sealed segments at open
+ *              bits 6-7: fsync mode (always, interval, never, never)
+ *   two files: bytes 1-2 where the older file ends in the segment bytes
+ *              (u16le), byte 3 the newest file's base sequence (the
+ *              older one's is 0; 0 too makes two files at one sequence,
+ *              which open must refuse when both hold bytes)
+ *   metadata:  one length byte, then that many bytes of text
+ *   the rest   the segment bytes
+ *
+ * Invariants: with no metadata file, open succeeds unless both files start
+ * at the same sequence (then it fails); an open that fails says why and changes no
+ * segment file; the newest segment is cut exactly to its longest prefix of
+ * whole valid frames (an independent fcw2_check walk), or removed when that
+ * is empty and the one before recovered the same way; older segments are
+ * not changed; the next sequence follows the last frame kept; the bytes
+ * cut are reported; closing and opening again cuts nothing and keeps the
+ * sequence and the epoch.
+ */
+#include "autoconfig.h"
+
+#include <sys/stat.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <xxhash.h>
+
+#include "crc.h"
+#include "fcw2.h"
+#include "log.h"
+#include "segment.h"
+
+#define FUZZ_SMALL_CAP	4096
+#define FUZZ_OLD_NAME	"segment-00000000000000000000-0.wal"
+
+int	LLVMFuzzerTestOneInput(const uint8_t *, size_t);
+
+static char	fuzz_root[4096];	/* this process's temporary directory */
+static char	fuzz_dir[4200];		/* the data directory inside it */
+
+static void
+fuzz_fail(const char *what, const char *detail)
+{
+	fprintf(stderr, "fuzz_store: invariant broken: %s%s%s\n", what,
+	    detail ? ": " : "", detail ? detail : "");
+	abort();
+}
+
+static void
+fuzz_cleanup(void)
+{
+	char path[8400];
+	struct dirent *de;
+	DIR *d;
+
+	if ((d = opendir(fuzz_dir)) == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 ||
+		    strcmp(de->d_name, "..") == 0)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", fuzz_dir, de->d_name);
+		unlink(path);
+	}
+	closedir(d);
+	rmdir(fuzz_dir);
+}
+
+static void
+fuzz_exit(void)
+{
+	fuzz_cleanup();
+	rmdir(fuzz_root);
+}
+
+static void
+fuzz_setup(void)
+{
+	const char *base = getenv("TMPDIR");
+	struct stat sb;
+
+	if (stat("/dev/shm", &sb) == 0 && S_ISDIR(sb.st_mode) &&
+	    access("/dev/shm", W_OK) == 0)
+		base = "/dev/shm";
+	else if (base == NULL || *base == '\0')
+		base = "/tmp";
+	snprintf(fuzz_root, sizeof(fuzz_root), "%s/fuzz_store-XXXXXX", base);
+	if (mkdtemp(fuzz_root) == NULL)
+		fuzz_fail("mkdtemp", strerror(errno));
+	snprintf(fuzz_dir, sizeof(fuzz_dir), "%s/store", fuzz_root);
+	atexit(fuzz_exit);
+	log_set_level(-1);	/* recovery logs every cut: keep stderr quiet */
+}
+
+static void
+fuzz_put32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+	p[2] = (uint8_t)(v >> 16);
+	p[3] = (uint8_t)(v >> 24);
+}
+
+static void
+fuzz_fix_crcs(uint8_t *p, size_t len)
+{
+	size_t pos = 0, flen, plen;
+
+	while (len - pos >= FCW2_HEADER_LEN &&
+	    memcmp(p + pos, FCW2_MAGIC, 4) == 0) {
+		flen = fcw2_frame_len(p + pos);
+		if (flen > len - pos)
+			break;
+		plen = flen - FCW2_OVERHEAD;
+		if ((p[pos + 4] & FCW2_FLAG_LZ4) == 0 && plen >= 4)
+			fuzz_put32(p + pos + FCW2_HEADER_LEN + plen - 4,
+			    crc_update(0, p + pos + FCW2_HEADER_LEN, plen - 4));
+		fuzz_put32(p + pos + flen - FCW2_CRC_LEN,
+		    crc_update(0, p + pos, flen - FCW2_CRC_LEN));
+		pos += flen;
+	}
+}
+
+/* Longest prefix of whole valid frames (records checked): bytes, frames. */
+static size_t
+fuzz_prefix(const uint8_t *p, size_t len, size_t cap, uint64_t *frames)
+{
+	struct fcw2_checker chk;
+	size_t pos = 0, flen;
+
+	*frames = 0;
+	fcw2_checker_init(&chk, cap, 1);
+	while (pos < len && fcw2_check(&chk, p + pos, len - pos, &flen,
+	    NULL) == FCW2_OK) {
+		pos += flen;
+		(*frames)++;
+	}
+	fcw2_checker_free(&chk);
+	return pos;
+}
+
+static void
+fuzz_write(const char *name, const void *p, size_t len)
+{
+	char path[8400];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", fuzz_dir, name);
+	if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+	    0644)) == -1)
+		fuzz_fail("create", strerror(errno));
+	if (len > 0 && write(fd, p, len) != (ssize_t)len)
+		fuzz_fail("write", strerror(errno));
+	close(fd);
+}
+
+/* Size of a file of the store, or -1 when it is gone. */
+static long long
+fuzz_size(const char *name)
+{
+	char path[8400];
+	struct stat sb;
+
+	snprintf(path, sizeof(path), "%s/%s", fuzz_dir, name);
+	if (stat(path, &sb) == -1) {
+		if (errno != ENOENT)
+			fuzz_fail("stat", strerror(errno));
+		return -1;
+	}
+	return (long long)sb.st_size;
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	static int ready;
+	struct segment_config cf;
+	struct segstore *ss;
+	struct segstore_state st, st2;
+	const uint8_t *in = data + 1;
+	uint8_t *segs = NULL;
+	char errbuf[8600], newname[64], meta[600];
+	size_t left, split = 0, len, cap, p_new, p_old, metalen = 0;
+	uint64_t base_new = 0, n_new, n_old, epoch, cut;
+	long long old_size, new_size;
+	int two, has_meta, dup;
+
+	if (!ready) {
+		fuzz_setup();
+		ready = 1;
+	}
+	if (size < 1)
+		return 0;
+	left = size - 1;
+	two = data[0] & 0x01;
+	has_meta = (data[0] & 0x08) != 0;
+	cap = (data[0] & 0x02) ? FUZZ_SMALL_CAP : FCW2_DEFAULT_MAX_FRAME;
+	if (two) {
+		if (left < 3)
+			return 0;
+		split = (size_t)in[0] | (size_t)in[1] << 8;
+		base_new = in[2];
+		in += 3;
+		left -= 3;
+	}
+	if (has_meta) {
+		if (left < 1 || left - 1 < in[0])
+			return 0;
+		metalen = in[0];
+		memcpy(meta, in + 1, metalen);
+		in += 1 + metalen;
+		left -= 1 + metalen;
+		if (data[0] & 0x10)
+			metalen += (size_t)snprintf(meta + metalen,
+			    sizeof(meta) - metalen, "xxh64 %016llx\n",
+			    (unsigned long long)XXH64(meta, metalen, 0));
+	}
+	len = left;
+	if ((segs = malloc(len + 1)) == NULL)
+		fuzz_fail("out of memory", NULL);
+	memcpy(segs, in, len);
+	if (split > len)
+		split = len;
+	if (!two)
+		split = 0;
+	if (data[0] & 0x04) {
+		fuzz_fix_crcs(segs, split);
+		fuzz_fix_crcs(segs + split, len - split);
+	}
+
+	if (mkdir(fuzz_dir, 0700) == -1)
+		fuzz_fail("mkdir", strerror(errno));
+	/* created 1: sorts after the older file even at the same sequence */
+	snprintf(newname, sizeof(newname), "segment-%020" PRIu64 "-1.wal",
+	    base_new);
+	dup = two && base_new == 0 && split > 0 && len - split > 0;
+	if (two)
+		fuzz_write(FUZZ_OLD_NAME, segs, split);
+	fuzz_write(newname, segs + split, len - split);
+	if (has_meta)
+		fuzz_write("walrelay.meta", meta, metalen);
+
+	memset(&cf, 0, sizeof(cf));
+	cf.dir = fuzz_dir;
+	cf.fsync_mode = (data[0] >> 6) > FSYNC_NEVER ? FSYNC_NEVER :
+	    (data[0] >> 6);
+	cf.fsync_interval_ms = 100;
+	cf.max_frame_bytes = cap;
+	cf.verify_sealed = (data[0] & 0x20) != 0;
+
+	errbuf[0] = '\0';
+	ss = segstore_open(&cf, errbuf, sizeof(errbuf));
+	if (ss == NULL) {
+		if (errbuf[0] == '\0')
+			fuzz_fail("open failed without a reason", NULL);
+		if (!has_meta && !dup)
+			fuzz_fail("open failed without a metadata file", errbuf);
+		/* nothing was cut on the way */
+		if ((two && fuzz_size(FUZZ_OLD_NAME) != (long long)split) ||
+		    fuzz_size(newname) != (long long)(len - split))
+			fuzz_fail("a failed open changed a segment", errbuf);
+		goto out;
+	}
+
+	/* what recovery must have kept */
+	p_new = fuzz_prefix(segs + split, len - split, cap, &n_new);
+	p_old = two ? fuzz_prefix(segs, split, cap, &n_old) : 0;
+	if (!two)
+		n_old = 0;
+	new_size = fuzz_size(newname);
+	old_size = two ? fuzz_size(FUZZ_OLD_NAME) : -1;
+	segstore_poll(ss, &st);
+	if (dup)
+		fuzz_fail("two files at one sequence were accepted", NULL);
+	if (p_new > 0) {
+		if (new_size != (long long)p_new)
+			fuzz_fail("newest segment not cut to its valid prefix",
+			    NULL);
+		if (two && old_size != (long long)split)
+			fuzz_fail("an older segment changed", NULL);
+		if (st.ss_next != base_new + n_new)
+			fuzz_fail("next sequence is not after the last frame",
+			    NULL);
+		cut = len - split - p_new;
+	} else {
+		if (new_size != -1)
+			fuzz_fail("a newest segment without a whole frame kept",
+			    NULL);
+		cut = len - split;
+		if (two && p_old > 0) {
+			if (old_size != (long long)p_old)
+				fuzz_fail("older segment not cut to its valid "
+				    "prefix", NULL);
+			if (st.ss_next != n_old)
+				fuzz_fail("next sequence is not after the last "
+				    "frame", NULL);
+			cut += split - p_old;
+		} else if (two) {
+			if (old_size != -1)
+				fuzz_fail("a segment without a whole frame kept",
+				    NULL);
+			cut += split;
+		}
+	}
+	if (st.ss_cut_bytes != cut)
+		fuzz_fail("cut bytes misreported", NULL);
+	if (st.ss_earliest > st.ss_next)
+		fuzz_fail("earliest after next", NULL);
+	epoch = segstore_epoch(ss);
+	if (segstore_close(ss) != 0)
+		fuzz_fail("close failed", NULL);
+
+	/* a clean stop, then a start: nothing to cut, same place */
+	if ((ss = segstore_open(&cf, errbuf, sizeof(errbuf))) == NULL)
+		fuzz_fail("reopen failed", errbuf);
+	segstore_poll(ss, &st2);
+	if (st2.ss_cut_bytes != 0 || st2.ss_next != st.ss_next ||
+	    segstore_epoch(ss) != epoch)
+		fuzz_fail("reopen after a clean stop moved", NULL);
+	segstore_close(ss);
+out:
+	fuzz_cleanup();
+	free(segs);
+	return 0;
+}
