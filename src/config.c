@@ -48,6 +48,7 @@ enum config_type {
 #define CF_SECRET	0x02	/* never printed */
 #define CF_NONE		0x04	/* address: "none" allowed */
 #define CF_NOEMPTY	0x08	/* string: may not be empty */
+#define CF_URLS		0x10	/* address: or NATS URLs (checked as a whole) */
 
 enum config_group {
 	CG_LISTEN,
@@ -85,7 +86,8 @@ struct config_key {
 #define HOUR_MS		((uint64_t)3600000)
 #define DAY_S		((uint64_t)86400)
 
-static const char *const protocol_names[] = { "auth", "sub", NULL };
+static const char *const protocol_names[] = { "auth", "sub", "jetstream",
+    NULL };
 static const char *const target_names[] = { "stderr", "syslog", NULL };
 
 static const struct config_key config_keys[] = {
@@ -93,13 +95,14 @@ static const struct config_key config_keys[] = {
 	{ "ingest", CT_ADDR, FIELD(ingest), CF_NONE, CG_LISTEN,
 	  "127.0.0.1:7630", 0, 0, NULL, "ADDR",
 	  "ingest listener, the cache connects here ('none' to disable)" },
-	{ "upstream", CT_ADDR, FIELD(upstream), CF_NONE, CG_LISTEN,
+	{ "upstream", CT_ADDR, FIELD(upstream), CF_NONE | CF_URLS, CG_LISTEN,
 	  "none", 0, 0, NULL, "ADDR",
-	  "pull from a cache in listen mode or another relay instead" },
+	  "pull from a cache in listen mode or another relay instead (NATS "
+	  "URLs with upstream-protocol jetstream)" },
 	{ "upstream-protocol", CT_ENUM, FIELD(upstream_protocol), 0, CG_LISTEN,
-	  "auth", 0, 0, protocol_names, "auth|sub",
+	  "auth", 0, 0, protocol_names, "auth|sub|jetstream",
 	  "auth: a cache (FCWAL-AUTH/1, live); sub: a relay (FCWAL-SUB/1, "
-	  "resumes)" },
+	  "resumes); jetstream: a NATS JetStream stream (resumes)" },
 	{ "listen", CT_ADDR, FIELD(listen), 0, CG_LISTEN,
 	  "127.0.0.1:7632", 0, 0, NULL, "ADDR",
 	  "subscriber listener" },
@@ -177,6 +180,48 @@ static const struct config_key config_keys[] = {
 	  FIELD(upstream_tls_server_name), 0, CG_SECURITY, NULL, 0, 0, NULL,
 	  "NAME", "name checked in the upstream's certificate (default: its "
 	  "host)" },
+
+	/* NATS JetStream */
+	{ "jetstream-sink", CT_STRING, FIELD(jetstream_sink), 0, CG_LISTEN,
+	  NULL, 0, 0, NULL, "URL[,URL...]",
+	  "publish every stored frame to this NATS JetStream cluster" },
+	{ "jetstream-stream", CT_STRING, FIELD(jetstream_stream), 0,
+	  CG_LISTEN, NULL, 0, 0, NULL, "NAME",
+	  "the JetStream stream (subject walrelay.NAME) of jetstream-sink or "
+	  "upstream-protocol jetstream" },
+	{ "jetstream-must-exist", CT_BOOL, FIELD(jetstream_must_exist), 0,
+	  CG_LISTEN, "false", 0, 0, NULL, NULL,
+	  "the sink's stream must exist (default: created if absent)" },
+	{ "jetstream-replicas", CT_UINT, FIELD(jetstream_replicas), 0,
+	  CG_LISTEN, "3", 1, 5, NULL, "N",
+	  "replicas of a stream the sink creates (file storage)" },
+	{ "jetstream-window", CT_UINT, FIELD(jetstream_window), 0,
+	  CG_LIMITS, "1024", 1, 65536, NULL, "FRAMES",
+	  "frames the sink publishes ahead of JetStream's acknowledgements" },
+	{ "jetstream-user-file", CT_STRING, FIELD(jetstream_user_file),
+	  0, CG_SECURITY, NULL, 0, 0, NULL, "FILE",
+	  "NATS user and password, one line 'user:password'" },
+	{ "jetstream-token-file", CT_STRING, FIELD(jetstream_token_file),
+	  0, CG_SECURITY, NULL, 0, 0, NULL, "FILE",
+	  "NATS token, one line" },
+	{ "jetstream-nkey", CT_STRING, FIELD(jetstream_nkey), 0,
+	  CG_SECURITY, NULL, 0, 0, NULL, "PUBLIC",
+	  "NATS user NKey (public key U...), with jetstream-nkey-seed-file" },
+	{ "jetstream-nkey-seed-file", CT_STRING,
+	  FIELD(jetstream_nkey_seed_file), 0, CG_SECURITY, NULL, 0, 0, NULL,
+	  "FILE", "the seed (SU...) of jetstream-nkey" },
+	{ "jetstream-creds-file", CT_STRING, FIELD(jetstream_creds_file),
+	  0, CG_SECURITY, NULL, 0, 0, NULL, "FILE",
+	  "NATS credentials file (user JWT and NKey seed)" },
+	{ "jetstream-tls-ca", CT_STRING, FIELD(jetstream_tls_ca), 0,
+	  CG_SECURITY, NULL, 0, 0, NULL, "FILE",
+	  "CA certificates (PEM) of the NATS servers: TLS to NATS" },
+	{ "jetstream-tls-cert", CT_STRING, FIELD(jetstream_tls_cert), 0,
+	  CG_SECURITY, NULL, 0, 0, NULL, "FILE",
+	  "client certificate (PEM) presented to the NATS servers" },
+	{ "jetstream-tls-key", CT_STRING, FIELD(jetstream_tls_key), 0,
+	  CG_SECURITY, NULL, 0, 0, NULL, "FILE",
+	  "private key (PEM) of jetstream-tls-cert" },
 
 	/* limits */
 	{ "auth-timeout", CT_SEC_MS, FIELD(auth_timeout_ms), CF_RELOAD,
@@ -490,6 +535,42 @@ config_addr_check(const char *s, char *err, size_t errlen)
 	return config_addr_split(s, host, sizeof(host), NULL, err, errlen);
 }
 
+int
+config_nats_urls_check(const char *s, char *err, size_t errlen)
+{
+	char one[512], e[256];
+	const char *p = s, *end, *hp;
+	size_t n;
+
+	do {
+		end = strchr(p, ',');
+		n = end != NULL ? (size_t)(end - p) : strlen(p);
+		if (n == 0 || n >= sizeof(one)) {
+			snprintf(err, errlen, "'%s': an empty or overlong URL in "
+			    "the list", s);
+			return -1;
+		}
+		memcpy(one, p, n);
+		one[n] = '\0';
+		hp = one;
+		if (strncmp(one, "nats://", 7) == 0)
+			hp = one + 7;
+		else if (strncmp(one, "tls://", 6) == 0)
+			hp = one + 6;
+		else if (strstr(one, "://") != NULL) {
+			snprintf(err, errlen, "'%s': a NATS URL is nats://HOST:"
+			    "PORT, tls://HOST:PORT or HOST:PORT", one);
+			return -1;
+		}
+		if (config_addr_check(hp, e, sizeof(e)) == -1) {
+			snprintf(err, errlen, "'%s': %s", one, e);
+			return -1;
+		}
+		p = end != NULL ? end + 1 : NULL;
+	} while (p != NULL);
+	return 0;
+}
+
 /* Format a size with the largest suffix that keeps it exact. */
 static void
 config_fmt_size(uint64_t v, char *buf, size_t len)
@@ -595,7 +676,10 @@ config_set(struct wr_config *cfg, const struct config_key *k, const char *s,
 			*sp = NULL;
 			return 0;
 		}
-		if (config_addr_check(s, err, errlen) == -1)
+		/* NATS URLs: checked with upstream-protocol (validate) */
+		if (!((k->ck_flags & CF_URLS) && (strchr(s, ',') != NULL ||
+		    strstr(s, "://") != NULL)) &&
+		    config_addr_check(s, err, errlen) == -1)
 			return -1;
 		free(*sp);
 		if ((*sp = strdup(s)) == NULL) {
@@ -1181,6 +1265,106 @@ config_isset(const struct config_ctx *ctx, const char *name)
 	return k != NULL && ctx->set[k - config_keys];
 }
 
+/* The NATS JetStream keys (jetstream.c). */
+static int
+config_validate_jetstream(const struct wr_config *cfg, char *errbuf,
+    size_t errlen)
+{
+	int source = cfg->upstream != NULL &&
+	    cfg->upstream_protocol == UPSTREAM_PROTO_JETSTREAM;
+	const char *opt[] = { cfg->jetstream_user_file,
+	    cfg->jetstream_token_file, cfg->jetstream_nkey,
+	    cfg->jetstream_nkey_seed_file, cfg->jetstream_creds_file,
+	    cfg->jetstream_tls_ca, cfg->jetstream_tls_cert,
+	    cfg->jetstream_tls_key };
+	size_t nset = 0;
+	char err[512];
+
+	for (size_t i = 0; i < sizeof(opt) / sizeof(opt[0]); i++)
+		nset += opt[i] != NULL;
+	if (cfg->jetstream_sink == NULL && !source) {
+		if (cfg->jetstream_stream != NULL || nset > 0) {
+			snprintf(errbuf, errlen, "the jetstream-* keys need "
+			    "jetstream-sink or upstream-protocol jetstream");
+			return -1;
+		}
+	} else {
+#ifndef HAVE_NATS
+		snprintf(errbuf, errlen, "%s: this walrelay was built without "
+		    "NATS support (install libnats-dev and run configure "
+		    "again, without --without-nats)", source ?
+		    "upstream-protocol jetstream" : "jetstream-sink");
+		return -1;
+#endif
+		if (cfg->jetstream_stream == NULL) {
+			snprintf(errbuf, errlen, "%s needs jetstream-stream "
+			    "NAME (the JetStream stream)", source ?
+			    "upstream-protocol jetstream" : "jetstream-sink");
+			return -1;
+		}
+		if (strlen(cfg->jetstream_stream) > 64 ||
+		    strspn(cfg->jetstream_stream, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		    "abcdefghijklmnopqrstuvwxyz0123456789_-") !=
+		    strlen(cfg->jetstream_stream)) {
+			snprintf(errbuf, errlen, "jetstream-stream '%s': 1 to "
+			    "64 of A-Z a-z 0-9 _ -", cfg->jetstream_stream);
+			return -1;
+		}
+	}
+	if (cfg->jetstream_sink != NULL && config_nats_urls_check(
+	    cfg->jetstream_sink, err, sizeof(err)) == -1) {
+		snprintf(errbuf, errlen, "jetstream-sink: %s", err);
+		return -1;
+	}
+	if (cfg->jetstream_sink != NULL && source) {
+		snprintf(errbuf, errlen, "jetstream-sink and upstream-protocol "
+		    "jetstream together would publish the stream back into "
+		    "itself: a relay is either a sink or an edge");
+		return -1;
+	}
+	if (cfg->upstream != NULL && !source && (strchr(cfg->upstream, ',') !=
+	    NULL || strstr(cfg->upstream, "://") != NULL)) {
+		snprintf(errbuf, errlen, "upstream '%s': NATS URLs need "
+		    "upstream-protocol jetstream (otherwise give HOST:PORT)",
+		    cfg->upstream);
+		return -1;
+	}
+	if (source) {
+		if (config_nats_urls_check(cfg->upstream, err,
+		    sizeof(err)) == -1) {
+			snprintf(errbuf, errlen, "upstream: %s", err);
+			return -1;
+		}
+		if (cfg->upstream_tls) {
+			snprintf(errbuf, errlen, "upstream-tls is for relays "
+			    "and caches: TLS to NATS is jetstream-tls-ca "
+			    "(and tls:// URLs)");
+			return -1;
+		}
+	}
+	if ((cfg->jetstream_nkey == NULL) !=
+	    (cfg->jetstream_nkey_seed_file == NULL)) {
+		snprintf(errbuf, errlen, "jetstream-nkey and "
+		    "jetstream-nkey-seed-file go together");
+		return -1;
+	}
+	if ((cfg->jetstream_tls_cert == NULL) !=
+	    (cfg->jetstream_tls_key == NULL)) {
+		snprintf(errbuf, errlen, "jetstream-tls-cert and "
+		    "jetstream-tls-key go together");
+		return -1;
+	}
+	if ((cfg->jetstream_user_file != NULL) + (cfg->jetstream_token_file !=
+	    NULL) + (cfg->jetstream_nkey != NULL) + (cfg->jetstream_creds_file !=
+	    NULL) > 1) {
+		snprintf(errbuf, errlen, "give one NATS credential: "
+		    "jetstream-user-file, jetstream-token-file, jetstream-nkey "
+		    "or jetstream-creds-file");
+		return -1;
+	}
+	return 0;
+}
+
 /* Rules that take more than one key. */
 static int
 config_validate(const struct wr_config *cfg, const struct config_ctx *ctx,
@@ -1257,7 +1441,7 @@ config_validate(const struct wr_config *cfg, const struct config_ctx *ctx,
 		    "is no upstream (set --upstream)");
 		return -1;
 	}
-	return 0;
+	return config_validate_jetstream(cfg, errbuf, errlen);
 }
 
 static int

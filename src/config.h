@@ -19,7 +19,7 @@ struct wr_config {
 	/* addresses: "host:port", "[v6]:port", or NULL for "none" */
 	char		*ingest;		/* --ingest, 127.0.0.1:7630 */
 	char		*upstream;		/* --upstream, none */
-	int		 upstream_protocol;	/* --upstream-protocol auth|sub, auth */
+	int		 upstream_protocol;	/* --upstream-protocol auth|sub|jetstream */
 	char		*listen;		/* --listen, 127.0.0.1:7632 */
 	char		*http;			/* --http, 127.0.0.1:7633 */
 	char		*data_dir;		/* --data-dir, ./walrelay-data */
@@ -50,6 +50,21 @@ struct wr_config {
 	char		*upstream_tls_key;	/* --upstream-tls-key */
 	char		*upstream_tls_server_name; /* --upstream-tls-server-name */
 
+	/* NATS JetStream (jetstream.c): sink, and source credentials */
+	char		*jetstream_sink;	/* --jetstream-sink URL[,URL...] */
+	char		*jetstream_stream;	/* --jetstream-stream NAME */
+	int		 jetstream_must_exist;	/* --jetstream-must-exist */
+	unsigned	 jetstream_replicas;	/* --jetstream-replicas, 3 */
+	unsigned	 jetstream_window;	/* --jetstream-window, 1024 */
+	char		*jetstream_user_file;	/* --jetstream-user-file */
+	char		*jetstream_token_file;	/* --jetstream-token-file */
+	char		*jetstream_nkey;	/* --jetstream-nkey PUBLIC */
+	char		*jetstream_nkey_seed_file; /* --jetstream-nkey-seed-file */
+	char		*jetstream_creds_file;	/* --jetstream-creds-file */
+	char		*jetstream_tls_ca;	/* --jetstream-tls-ca */
+	char		*jetstream_tls_cert;	/* --jetstream-tls-cert */
+	char		*jetstream_tls_key;	/* --jetstream-tls-key */
+
 	unsigned	 auth_timeout_ms;	/* --auth-timeout SECONDS, 5 */
 	unsigned	 subscriber_timeout_ms;	/* --subscriber-timeout SECONDS, 60 */
 	unsigned	 max_subscribers;	/* --max-subscribers, 1024 */
@@ -79,6 +94,7 @@ struct wr_config {
 enum upstream_protocol {
 	UPSTREAM_PROTO_AUTH = 0,
 	UPSTREAM_PROTO_SUB = 1,
+	UPSTREAM_PROTO_JETSTREAM = 2,	/* --upstream is NATS URLs */
 };
 
 /*
@@ -132,6 +148,11 @@ int	config_addr_check(const char *, char *err, size_t errlen);
  * Split host:port or [v6]:port (the brackets removed from host), with the
  * checks of config_addr_check. 0, or -1 with a message in err.
  */
+/*
+ * A list of NATS server URLs, comma-separated: nats://host:port,
+ * tls://host:port or host:port each. 0, or -1 with err.
+ */
+int	config_nats_urls_check(const char *, char *err, size_t errlen);
 int	config_addr_split(const char *, char *host, size_t hostlen,
 	    uint16_t *port, char *err, size_t errlen);
 

@@ -13,11 +13,13 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 
 #include "fanout.h"
 #include "frame.h"
 #include "http.h"
+#include "jetstream.h"
 #include "log.h"
 #include "relay.h"
 #include "subscriber.h"
@@ -129,6 +131,45 @@ healthz_cb(struct evhttp_request *req, void *arg)
 	evbuffer_free(b);
 }
 
+/*
+ * /readyz?component=jetstream: the JetStream sink or source alone (a NATS
+ * outage never makes the relay itself unready). 1 when answered.
+ */
+static int
+readyz_component(struct evhttp_request *req, struct evbuffer *b)
+{
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *q = uri != NULL ? evhttp_uri_get_query(uri) : NULL;
+	struct evkeyvalq params;
+	const char *comp;
+	char buf[512];
+
+	if (q == NULL)
+		return 0;
+	TAILQ_INIT(&params);
+	if (evhttp_parse_query_str(q, &params) == -1 ||
+	    (comp = evhttp_find_header(&params, "component")) == NULL) {
+		evhttp_clear_headers(&params);
+		return 0;
+	}
+	if (strcmp(comp, "jetstream") != 0) {
+		evbuffer_add_printf(b, "unknown component (known: jetstream)\n");
+		reply(req, 400, "Bad Request", "text/plain", b);
+	} else if (relay->r_js == NULL) {
+		evbuffer_add_printf(b, "not configured: no jetstream-sink and "
+		    "no upstream-protocol jetstream\n");
+		reply(req, 404, "Not Found", "text/plain", b);
+	} else if (!jetstream_ready(relay->r_js, buf, sizeof(buf))) {
+		evbuffer_add_printf(b, "not ready: %s\n", buf);
+		reply(req, 503, "Service Unavailable", "text/plain", b);
+	} else {
+		evbuffer_add_printf(b, "ready\n");
+		reply(req, 200, "OK", "text/plain", b);
+	}
+	evhttp_clear_headers(&params);
+	return 1;
+}
+
 static void
 readyz_cb(struct evhttp_request *req, void *arg)
 {
@@ -139,6 +180,10 @@ readyz_cb(struct evhttp_request *req, void *arg)
 
 	if (b == NULL)
 		return;
+	if (readyz_component(req, b)) {
+		evbuffer_free(b);
+		return;
+	}
 	segstore_poll(relay->r_store, &ss);
 	if ((why = not_ready(&ss, buf, sizeof(buf))) != NULL) {
 		evbuffer_add_printf(b, "not ready: %s\n", why);
@@ -173,6 +218,45 @@ metric_by_reason(struct evbuffer *b, const char *name, const char *help,
 	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s %s\n" \
 	    "walrelay_%s " fmt "\n", name, help, name, type, name, val);	\
 } while (0)
+
+/* The JetStream sink or source, when there is one. */
+static void
+metrics_jetstream(struct evbuffer *b)
+{
+	struct jetstream_status st;
+
+	if (relay->r_js == NULL)
+		return;
+	jetstream_status(relay->r_js, &st);
+	METRIC(b, "jetstream_ready", "gauge", "1 while the JetStream sink or "
+	    "source streams", "%d", st.jst_state == JS_STATE_STREAMING);
+	METRIC(b, "jetstream_messages_total", "counter", "frames published "
+	    "to JetStream and acknowledged (sink) or received (source)",
+	    "%" PRIu64, st.jst_messages);
+	METRIC(b, "jetstream_bytes_total", "counter", "bytes of those frames",
+	    "%" PRIu64, st.jst_bytes);
+	METRIC(b, "jetstream_errors_total", "counter", "JetStream errors: "
+	    "refused publishes, bad messages, failed connects", "%" PRIu64,
+	    st.jst_errors);
+	METRIC(b, "jetstream_resyncs_total", "counter", "times the sink asked "
+	    "JetStream where to continue after a refusal or reconnect", "%"
+	    PRIu64, st.jst_resyncs);
+	METRIC(b, "jetstream_reconnects_total", "counter", "NATS reconnects",
+	    "%" PRIu64, st.jst_reconnects);
+	if (!st.jst_sink)
+		return;
+	METRIC(b, "jetstream_acked_sequence", "gauge", "frames below this are "
+	    "acknowledged by JetStream", "%" PRIu64, st.jst_position);
+	METRIC(b, "jetstream_inflight_frames", "gauge", "frames published, "
+	    "not yet acknowledged", "%" PRIu64, st.jst_inflight);
+	METRIC(b, "jetstream_lag_frames", "gauge", "durable frames JetStream "
+	    "has not acknowledged", "%" PRIu64, st.jst_lag_frames);
+	METRIC(b, "jetstream_lag_bytes", "gauge", "bytes of those frames",
+	    "%" PRIu64, st.jst_lag_bytes);
+	METRIC(b, "jetstream_lag_seconds", "gauge", "age of the oldest frame "
+	    "JetStream has not acknowledged", "%.3f",
+	    (double)st.jst_lag_ms / 1000.0);
+}
 
 static void
 metrics_cb(struct evhttp_request *req, void *arg)
@@ -306,6 +390,7 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	METRIC(b, "chunk_cache_reused_total", "counter", "frame buffers "
 	    "taken from the reuse cache instead of the system", "%lu",
 	    chunk_cache_reused());
+	metrics_jetstream(b);
 	reply(req, 200, "OK", "text/plain; version=0.0.4", b);
 	evbuffer_free(b);
 }
@@ -318,6 +403,41 @@ status_segment(void *arg, const char *name, uint64_t base, uint64_t end,
 
 	evbuffer_add_printf(b, "{\"name\":\"%s\",\"first\":%" PRIu64 ",\"end\":%"
 	    PRIu64 ",\"bytes\":%" PRIu64 "},", name, base, end, bytes);
+}
+
+/* "jetstream":{...} or null, and a comma. */
+static void
+status_jetstream(struct evbuffer *b)
+{
+	struct jetstream_status st;
+	char err[sizeof(st.jst_error) * 2];
+	size_t n = 0;
+
+	if (relay->r_js == NULL) {
+		evbuffer_add_printf(b, "\"jetstream\":null,");
+		return;
+	}
+	jetstream_status(relay->r_js, &st);
+	/* JSON string: the server's words may hold quotes */
+	for (const char *p = st.jst_error; *p && n < sizeof(err) - 2; p++) {
+		if (*p == '"' || *p == '\\')
+			err[n++] = '\\';
+		err[n++] = (unsigned char)*p < 0x20 ? ' ' : *p;
+	}
+	err[n] = '\0';
+	evbuffer_add_printf(b, "\"jetstream\":{\"role\":\"%s\",\"stream\":"
+	    "\"%s\",\"state\":\"%s\",\"ready\":%s,\"server\":\"%s\","
+	    "\"error\":\"%s\",\"%s\":%" PRIu64 ",\"lag_frames\":%" PRIu64
+	    ",\"lag_bytes\":%" PRIu64 ",\"lag_seconds\":%.3f,\"inflight\":%"
+	    PRIu64 ",\"messages\":%" PRIu64 ",\"errors\":%" PRIu64
+	    ",\"resyncs\":%" PRIu64 ",\"reconnects\":%" PRIu64 "},",
+	    st.jst_sink ? "sink" : "source", st.jst_stream,
+	    jetstream_state_name(st.jst_state),
+	    st.jst_state == JS_STATE_STREAMING ? "true" : "false",
+	    st.jst_server, err, st.jst_sink ? "acked" : "next",
+	    st.jst_position, st.jst_lag_frames, st.jst_lag_bytes,
+	    (double)st.jst_lag_ms / 1000.0, st.jst_inflight, st.jst_messages,
+	    st.jst_errors, st.jst_resyncs, st.jst_reconnects);
 }
 
 static void
@@ -351,6 +471,7 @@ status_cb(struct evhttp_request *req, void *arg)
 	    us.us_pull ? "pull" : "ingest", us.us_connected ? "true" : "false",
 	    us.us_paused ? "true" : "false", us.us_name, us.us_peer,
 	    us.us_conn_bytes, us.us_last_frame_ms);
+	status_jetstream(b);
 	if (store_corrupt(&c))
 		evbuffer_add_printf(b, "\"corrupt\":{\"segment\":\"%s\","
 		    "\"offset\":%" PRIu64 ",\"first\":%" PRIu64 ",\"end\":%"

@@ -21,6 +21,7 @@
 #include "config.h"
 #include "fanout.h"
 #include "http.h"
+#include "jetstream.h"
 #include "log.h"
 #include "relay.h"
 #include "segment.h"
@@ -81,6 +82,10 @@ store_event_cb(evutil_socket_t fd, short what, void *arg)
 	fanout_advance(relay->r_fan, relay_sendable());
 	if (relay->r_up != NULL)
 		upstream_flow(relay->r_up);
+	if (relay->r_js != NULL) {
+		jetstream_store_moved(relay->r_js, relay->r_ss);
+		jetstream_flow(relay->r_js);
+	}
 	if (relay->r_stopping)
 		stop_check();
 }
@@ -130,6 +135,92 @@ stop_begin(int sig)
 	dl.tv_usec = (ms % 1000) * 1000;
 	evtimer_add(ev_stop_deadline, &dl);
 	stop_check();
+}
+
+/* ---- NATS JetStream: the relay's side of jetstream.c ----------------- */
+
+static uint64_t
+js_hook_next(void *arg)
+{
+	return segstore_next(relay->r_store);
+}
+
+static uint64_t
+js_hook_epoch(void *arg)
+{
+	return segstore_epoch(relay->r_store);
+}
+
+static int
+js_hook_adopt(void *arg, uint64_t epoch, uint64_t next)
+{
+	if (segstore_adopt(relay->r_store, epoch, next) == -1)
+		return -1;
+	relay_store_update();
+	relay->r_fan->fo_sendable = relay_sendable();
+	return 0;
+}
+
+/* Validated frames from JetStream: stored and published like a pull's. */
+static void
+js_hook_deliver(void *arg, struct chunk *ch)
+{
+	segstore_append(relay->r_store, ch);
+	fanout_publish(relay->r_fan, ch);
+	relay->r_stats.up_frames += ch->ch_nframes;
+	relay->r_stats.up_bytes += ch->ch_len;
+	relay->r_positioned = 1;
+}
+
+/* The store is behind: JetStream's frames wait (upstream_flow's rule). */
+static int
+js_hook_busy(void *arg)
+{
+	struct segstore_state st;
+
+	segstore_poll(relay->r_store, &st);
+	return st.ss_error != 0 ||
+	    st.ss_pending_bytes > relay->r_cfg->ingest_pause_bytes;
+}
+
+static int
+jetstream_setup(const struct wr_config *cfg, char *err, size_t errlen)
+{
+	struct jetstream_config jc;
+	struct jetstream_source_hooks h = { NULL, js_hook_next, js_hook_epoch,
+	    js_hook_adopt, js_hook_deliver, js_hook_busy };
+	int source = cfg->upstream != NULL &&
+	    cfg->upstream_protocol == UPSTREAM_PROTO_JETSTREAM;
+
+	if (cfg->jetstream_sink == NULL && !source)
+		return 0;
+	memset(&jc, 0, sizeof(jc));
+	jc.jc_urls = source ? cfg->upstream : cfg->jetstream_sink;
+	jc.jc_stream = cfg->jetstream_stream;
+	jc.jc_data_dir = cfg->data_dir;
+	jc.jc_must_exist = cfg->jetstream_must_exist;
+	jc.jc_replicas = cfg->jetstream_replicas;
+	jc.jc_window = cfg->jetstream_window;
+	jc.jc_max_frame_bytes = cfg->max_frame_bytes;
+	jc.jc_handoff_bytes = cfg->ingest_resume_bytes > 0 ?
+	    cfg->ingest_resume_bytes : 8 * 1024 * 1024;
+	jc.jc_backoff_min_ms = cfg->upstream_backoff_min_ms;
+	jc.jc_backoff_max_ms = cfg->upstream_backoff_max_ms;
+	jc.jc_user_file = cfg->jetstream_user_file;
+	jc.jc_token_file = cfg->jetstream_token_file;
+	jc.jc_nkey = cfg->jetstream_nkey;
+	jc.jc_nkey_seed_file = cfg->jetstream_nkey_seed_file;
+	jc.jc_creds_file = cfg->jetstream_creds_file;
+	jc.jc_tls_ca = cfg->jetstream_tls_ca;
+	jc.jc_tls_cert = cfg->jetstream_tls_cert;
+	jc.jc_tls_key = cfg->jetstream_tls_key;
+	if (source)
+		relay->r_js = jetstream_source_new(&jc, relay->r_base, &h, err,
+		    errlen);
+	else
+		relay->r_js = jetstream_sink_new(&jc, relay->r_base,
+		    relay->r_store, err, errlen);
+	return relay->r_js != NULL ? 0 : -1;
 }
 
 /* Token files anyone on the machine can read deserve a warning. */
@@ -402,7 +493,8 @@ main(int argc, char **argv)
 	    cfg.fsync_mode == FSYNC_NEVER ? "never" : "interval");
 
 	relay->r_positioned = !(cfg.upstream != NULL &&
-	    cfg.upstream_protocol == UPSTREAM_PROTO_SUB &&
+	    (cfg.upstream_protocol == UPSTREAM_PROTO_SUB ||
+	    cfg.upstream_protocol == UPSTREAM_PROTO_JETSTREAM) &&
 	    relay->r_ss->ss_next == 0);
 	relay->r_store_ev = event_new(relay->r_base, -1, 0, store_event_cb,
 	    NULL);
@@ -416,6 +508,8 @@ main(int argc, char **argv)
 		fatalx("storage: cannot start the writer thread");
 	if ((relay->r_up = upstream_new(err, sizeof(err))) == NULL)
 		fatalx("%s", err);
+	if (jetstream_setup(&cfg, err, sizeof(err)) == -1)
+		fatalx("jetstream: %s", err);
 	if (cfg.http != NULL &&
 	    (relay->r_http = http_new(cfg.http, err, sizeof(err))) == NULL)
 		fatalx("%s", err);
@@ -432,6 +526,9 @@ main(int argc, char **argv)
 
 	/* shutdown, in reverse */
 	http_free(relay->r_http);
+	relay->r_http = NULL;
+	jetstream_free(relay->r_js);	/* records what JetStream acknowledged */
+	relay->r_js = NULL;
 	upstream_free(relay->r_up);
 	relay->r_up = NULL;
 	fanout_free(relay->r_fan);

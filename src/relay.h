@@ -22,6 +22,7 @@ struct subscriber;
 struct http_server;
 struct auth_tokens;
 struct tls_ctx;
+struct jetstream;
 
 /* Counters for /metrics: names match the cache's export counters. */
 struct relay_stats {
@@ -68,6 +69,7 @@ struct relay {
 	 */
 	const struct segstore_state *r_ss;
 	struct upstream		*r_up;
+	struct jetstream	*r_js;		/* sink or source, or NULL */
 	struct fanout		*r_fan;
 	struct http_server	*r_http;
 	struct auth_tokens	*r_tokens;

@@ -759,7 +759,9 @@ upstream_new(char *errbuf, size_t errlen)
 		snprintf(errbuf, errlen, "out of memory");
 		goto fail;
 	}
-	if (cfg->upstream != NULL)
+	/* a JetStream upstream is jetstream.c's (main.c starts it) */
+	if (cfg->upstream != NULL &&
+	    cfg->upstream_protocol != UPSTREAM_PROTO_JETSTREAM)
 		pull_connect(u);
 	return u;
 fail:
