@@ -43,8 +43,10 @@ class Producer(threading.Thread):
     frame, as the cache does when its queue moved on. Records every frame
     it sent and on which connection."""
 
-    def __init__(self, oracle, relay_name, rate=3000, tick=0.01):
+    def __init__(self, oracle, relay_name, rate=3000, tick=0.01,
+                 sock_factory=None):
         super().__init__(daemon=True, name="producer")
+        self.sock_factory = sock_factory
         self.oracle = oracle
         self.relay = relay_name
         self.robj = oracle.relays[relay_name].relay
@@ -118,6 +120,8 @@ class Producer(threading.Thread):
     def _connect(self):
         while not self.stop_ev.is_set():
             try:
+                if self.sock_factory:
+                    return self.sock_factory(self.robj.ingest_addr)
                 return connect(self.robj.ingest_addr, timeout=10)
             except OSError:
                 time.sleep(0.02)       # the relay is down: retry
@@ -184,16 +188,18 @@ class ResumingSubscriber(threading.Thread):
     from the position after its last whole frame, with the epoch it saw."""
 
     def __init__(self, oracle, name, relay_name, token, first="earliest",
-                 rcvbuf=None, sock_factory=None):
+                 rcvbuf=None, sock_factory=None, idle=None):
         super().__init__(daemon=True, name=name)
         self.oracle = oracle
         self.rec = oracle.subscriber(name, relay_name, resuming=True)
         self.robj = oracle.relays[relay_name].relay
         self.token, self.first, self.rcvbuf = token, first, rcvbuf
         self.sock_factory = sock_factory
+        self.idle = idle                  # reconnect after this long silent
         self.stop_ev = threading.Event()
         self.hold = threading.Event()     # set: do not reconnect
         self.connections = 0
+        self.idle_reconnects = 0
         self.refusals = {}
         self.error = None
 
@@ -244,14 +250,19 @@ class ResumingSubscriber(threading.Thread):
             c = self.rec.connect(epoch, int(start), requested=frm)
             fs = FrameSplitter()
             s.settimeout(0.5)
+            last = time.monotonic()
             try:
                 while not self.stop_ev.is_set():
                     try:
                         b = s.recv(1 << 16)
                     except socket.timeout:
+                        if self.idle and time.monotonic() - last > self.idle:
+                            self.idle_reconnects += 1
+                            break
                         continue
                     if not b:
                         break
+                    last = time.monotonic()
                     c.add(fs.feed(b), self.oracle)
             except OSError:
                 pass
