@@ -179,3 +179,117 @@ def test_sigstop_subscriber_past_timeout(walrelay, walcat, workdir, tokfile):
     assert other.connections == 1, "the other subscriber was disconnected"
     print(f"\nsigstop: stopped {held:.1f} s, disconnected at {pos} "
           f"({partial} bytes of a partial frame dropped), resumed at {start2}")
+
+
+# ---- peers that vanish without FIN: two network namespaces --------------------
+
+class NsRelay(Relay):
+    """A relay run inside network namespace ns: its subscriber listener on
+    the namespace's veth address, ingest and HTTP on the namespace's own
+    loopback (reached from sockets made inside the namespace)."""
+
+    def __init__(self, ns, ip, *args, **kw):
+        self.ns, self.ip = ns, ip
+        super().__init__(*args, **kw)
+
+    @property
+    def listen_addr(self):
+        return f"{self.ip}:{self.listen_port}"
+
+    def argv(self):
+        return ["ip", "netns", "exec", self.ns] + super().argv()
+
+    def sock(self, addr, timeout=5):
+        host, port = addr.rsplit(":", 1)
+        return in_netns(self.ns, lambda: socket.create_connection(
+            (host, int(port)), timeout))
+
+    def http(self, path):
+        s = self.sock(f"127.0.0.1:{self.http_port}")
+        try:
+            s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+            data = b""
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                data += b
+        finally:
+            s.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body.decode()
+
+
+@pytest.fixture
+def netns():
+    pair = NetnsPair()
+    try:
+        pair.create()
+    except OSError as e:
+        pair.destroy()
+        pytest.skip(f"cannot create network namespaces here ({e}); the "
+                    f"SIGSTOP test covers a peer with a zero window instead")
+    yield pair
+    pair.destroy()
+
+
+@pytest.mark.timeout(240)
+def test_peers_vanish_without_fin(walrelay, walcat, workdir, tokfile, netns):
+    """Relay a in namespace A serves a local subscriber, a far subscriber
+    and pull relay b (both in namespace B). The link between the
+    namespaces goes down under load: no FIN, no RST, packets dropped. a
+    disconnects both far peers after subscriber-timeout (logged, counted),
+    the local subscriber is not held up; when the link is back the far
+    ones resume exactly and b ends with a's frames."""
+    common = ["--subscribe-token-file", str(tokfile), "--segment-bytes", "256k",
+              "--subscriber-timeout", "2", "--subscriber-buffer", "64k",
+              "--upstream-backoff-min", "10", "--upstream-backoff-max", "200"]
+    a = NsRelay(netns.a, netns.ip_a, walrelay, workdir / "a", workdir / "a.log",
+                args=common)
+    a.start()
+    b = NsRelay(netns.b, netns.ip_b, walrelay, workdir / "b", workdir / "b.log",
+                args=common + ["--upstream", a.listen_addr, "--upstream-protocol",
+                               "sub", "--upstream-token-file", str(tokfile)],
+                ingest=False)
+    b.start()
+    o = Oracle("always", walcat)
+    o.add_relay("a", a)
+    o.add_relay("b", b, upstream="a")
+    wait_until(lambda: b.status()["epoch"] == a.status()["epoch"], 15,
+               "b to adopt a's epoch")
+    o.note_status("a", a.status())
+    o.note_status("b", b.status())
+    prod = Producer(o, "a", rate=3000,
+                    sock_factory=lambda addr: a.sock(addr))
+    local = ResumingSubscriber(o, "sub-local", "a", TOKEN,
+                               sock_factory=lambda addr: a.sock(addr))
+    # a subscriber that cannot tell a dead link from a quiet one without a
+    # liveness rule of its own: under load, 3 s of silence means dead
+    far = ResumingSubscriber(o, "sub-far", "a", TOKEN, idle=3,
+                             sock_factory=lambda addr: b.sock(addr))
+    on_b = ResumingSubscriber(o, "sub-b", "b", TOKEN,
+                              sock_factory=lambda addr: b.sock(addr))
+    subs = [local, far, on_b]
+    for t in [prod] + subs:
+        t.start()
+    try:
+        a.wait_durable(3000)
+        far.wait_position(1000)
+        netns.link(False)
+        t_down = time.monotonic()
+        a.wait_metric('walrelay_subscribers_disconnected_total{reason="timeout"}',
+                      lambda v: v >= 2, timeout=30)
+        # the local subscriber was not held up
+        local.wait_position(a.status()["durable"], timeout=10)
+        down = time.monotonic() - t_down
+        netns.link(True)
+        end = finish(o, prod, {"a": a, "b": b}, subs, ("a", "b"))
+    finally:
+        netns.link(True)
+    log = a.read_log()
+    assert "accepted no byte for 2000 ms" in log
+    assert local.connections == 1
+    assert far.connections >= 2
+    print(f"\nvanish: link down {down:.1f} s, {end} frames; far subscriber "
+          f"reconnected {far.connections - 1} time(s) "
+          f"({far.idle_reconnects} after its own idle limit)")
