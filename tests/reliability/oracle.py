@@ -135,8 +135,8 @@ class StoreSnapshot:
 def read_store(datadir, limit=None):
     """(earliest, next, [(ident, label)], problems) of a store, reading
     every segment file directly. With limit, frames from sequence limit on
-    are ignored (they may be still being written). Raises
-    FileNotFoundError when retention deleted a file while it was read."""
+    are ignored (they may be still being written). Files that retention
+    deletes while they are read are left out: the store starts after them."""
     names = []
     for n in os.listdir(datadir):
         m = SEGMENT_RE.match(n)
@@ -154,7 +154,13 @@ def read_store(datadir, limit=None):
         if limit is not None and base >= limit:
             break
         suffix = next(s for s in SEGMENT_READERS if n.endswith(s))
-        data = SEGMENT_READERS[suffix](os.path.join(datadir, n))
+        try:
+            data = SEGMENT_READERS[suffix](os.path.join(datadir, n))
+        except FileNotFoundError:
+            # retention deleted it while we read: it was the oldest, and
+            # so was everything read before it; the store starts later
+            frames, earliest, expect = [], None, None
+            continue
         if expect is None:
             earliest = expect = base
         elif base != expect:
@@ -499,6 +505,15 @@ class Oracle:
                 cands = [q for (e, q), v in self.known.items()
                          if e == c.epoch and v == first]
                 if not cands:
+                    # the epoch changed (fsync never) around the connect:
+                    # the run belongs to the epoch whose store holds it
+                    for (e, q), v in self.known.items():
+                        if v == first:
+                            c.epoch = e
+                            cands.append(q)
+                    cands = [q for q in cands
+                             if (c.epoch, q) in self.known]
+                if not cands:
                     self.violate(f"stock subscriber {s.name}: the first frame of a "
                                  f"run from {c.relay} ({self.labels.get(first)}) "
                                  f"is in no store seen (epoch {c.epoch})")
@@ -536,6 +551,11 @@ class Oracle:
         if not rec.snapshots:
             return
         epoch = rec.snapshots[-1].epoch
+        if epoch not in self.prod_state and self.prod_state:
+            # a new epoch (fsync never after a crash) names the same store:
+            # go on from where the previous epoch's check stopped
+            self.prod_state[epoch] = max(self.prod_state.values(),
+                                         key=lambda st: st[0])
         seq, prev = self.prod_state.get(epoch, (rec.snapshots[0].earliest, None))
         floor = rec.snapshots[-1].earliest
         if seq < floor and (epoch, seq) not in self.known:

@@ -104,6 +104,7 @@ def test_crash_loop(walrelay, walcat, workdir, tokfile):
     for t in threads:
         t.start()
     kills = {"a": 0, "b": 0}
+    split = False
     kinds = {"random": 0, "rotation": 0, "recovery": 0}
     t0 = time.monotonic()
     try:
@@ -154,10 +155,20 @@ def test_crash_loop(walrelay, walcat, workdir, tokfile):
                        "a to see the producer's end")
             a.wait_durable(a.status()["next"])
             end = a.status()["durable"]
-            wait_until(lambda: b.status()["durable"] == end, 60,
-                       f"b to catch up with a ({end})")
-            for s in subs:
-                s.wait_position(end)
+            if a.status()["epoch"] != b.status()["epoch"]:
+                # fsync never: a took a new epoch after a crash; b refuses
+                # to follow it (its numbers would name other frames) and
+                # keeps what it has. Known limitation: docs/reliability.md
+                assert FSYNC == "never"
+                assert "upstream refused: epoch" in b.read_log()
+                split = True
+                subs[0].wait_position(end)
+                subs[1].wait_position(b.status()["durable"])
+            else:
+                wait_until(lambda: b.status()["durable"] == end, 60,
+                           f"b to catch up with a ({end})")
+                for s in subs:
+                    s.wait_position(end)
     finally:
         for t in threads:
             if hasattr(t, "stop"):
@@ -172,7 +183,7 @@ def test_crash_loop(walrelay, walcat, workdir, tokfile):
         o.snapshot(name, "final")
     o.check()
     if not o.violations:
-        o.check_final(chain=("a", "b"))
+        o.check_final(chain=("a",) if split else ("a", "b"))
     for t in threads:
         assert getattr(t, "error", None) is None, f"{t.name}: {t.error}"
     assert stock.frames > 0, "the stock subscriber received nothing"
