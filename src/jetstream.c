@@ -841,10 +841,17 @@ sink_publish(struct jetstream *j, jsCtx *js, uint64_t seq, uint64_t epoch,
 	jsPubOptions_Init(&po);
 	po.MsgId = id;
 	po.MaxWait = JS_API_WAIT_MS;
+	/*
+	 * The stream holds only our subject, so its last sequence is our
+	 * last message's. Nats-Expected-Last-Sequence, not the subject one:
+	 * a clustered stream checks the subject's against what it has
+	 * applied, which refuses every publish while the one before it is
+	 * still being replicated; the stream's counts the ones in flight.
+	 */
 	if (expect == 0)
 		po.ExpectNoMessage = true;
 	else
-		po.ExpectLastSubjectSeq = expect;
+		po.ExpectLastSeq = expect;
 	s = natsMsg_Create(&m, j->j_subject, NULL, (const char *)p, (int)len);
 	if (s == NATS_OK)
 		s = natsMsgHeader_Set(m, JS_HDR_SEQ, sseq);
@@ -1150,6 +1157,7 @@ sink_publish_span(struct jetstream *j, jsCtx *js, uint64_t epoch,
 static void *
 sink_main(void *arg)
 {
+	static struct log_ratelimit refusals = LOG_RATELIMIT_INIT(5, 60);
 	struct jetstream *j = arg;
 	natsConnection *nc = NULL;
 	jsCtx *js = NULL;
@@ -1174,7 +1182,6 @@ sink_main(void *arg)
 
 	while (!js_stopping(j)) {
 		if (nc == NULL) {
-			js_set_state(j, JS_STATE_CONNECTING, NULL);
 			if (js_connect(j, &nc, &js, &jo, err,
 			    sizeof(err)) == -1) {
 				js_set_state(j, JS_STATE_ERROR, "cannot connect "
@@ -1187,9 +1194,10 @@ sink_main(void *arg)
 		pthread_mutex_lock(&j->j_mtx);
 		if (j->j_resync) {
 			if (j->j_ackerr[0] != '\0')
-				log_warnx("%s: %s; waiting for the frames in "
-				    "flight and asking JetStream where it "
-				    "stands", j->j_name, j->j_ackerr);
+				log_limited(&refusals, LOG_LEVEL_WARN, "%s: %s; "
+				    "waiting for the frames in flight and asking "
+				    "JetStream where it stands", j->j_name,
+				    j->j_ackerr);
 			j->j_ackerr[0] = '\0';
 			j->j_resyncs++;
 			positioned = 0;
@@ -1255,6 +1263,20 @@ sink_main(void *arg)
 }
 
 /* ---- the source (module thread) -------------------------------------- */
+
+/* The JetStream sequence of a delivered message, for log lines. */
+static uint64_t
+source_js_seq(natsMsg *m)
+{
+	jsMsgMetaData *meta = NULL;
+	uint64_t seq = 0;
+
+	if (natsMsg_GetMetaData(&meta, m) == NATS_OK) {
+		seq = meta->Sequence.Stream;
+		jsMsgMetaData_Destroy(meta);
+	}
+	return seq;
+}
 
 /* Hand a run of frames to the loop; waits while the queue is full. */
 static int
@@ -1375,7 +1397,7 @@ source_check(struct jetstream *j, struct fcw2_checker *chk, natsMsg *m,
 	if (js_header_u64(m, JS_HDR_SEQ, 10, &seq) == -1 ||
 	    js_header_u64(m, JS_HDR_EPOCH, 16, &ep) == -1) {
 		snprintf(err, errlen, "JetStream message %" PRIu64 " has no "
-		    "%s and %s headers", natsMsg_GetSequence(m), JS_HDR_SEQ,
+		    "%s and %s headers", source_js_seq(m), JS_HDR_SEQ,
 		    JS_HDR_EPOCH);
 		return -1;
 	}
@@ -1387,14 +1409,14 @@ source_check(struct jetstream *j, struct fcw2_checker *chk, natsMsg *m,
 	if (!empty && seq != next) {
 		snprintf(err, errlen, "expected frame %" PRIu64 ", JetStream "
 		    "delivered frame %" PRIu64 " (JetStream sequence %" PRIu64
-		    ")", next, seq, natsMsg_GetSequence(m));
+		    ")", next, seq, source_js_seq(m));
 		return -1;
 	}
 	rc = p == NULL ? FCW2_NEED_MORE : fcw2_check(chk, p, len, &flen, NULL);
 	if (rc != FCW2_OK || flen != len) {
 		snprintf(err, errlen, "frame %" PRIu64 " (JetStream sequence %"
 		    PRIu64 ") is not one valid FCW2 frame: %s", seq,
-		    natsMsg_GetSequence(m), rc == FCW2_OK ? "bytes after the "
+		    source_js_seq(m), rc == FCW2_OK ? "bytes after the "
 		    "frame" : rc == FCW2_NEED_MORE ? "truncated" :
 		    fcw2_strerror(rc));
 		return -1;
@@ -1426,7 +1448,6 @@ source_main(void *arg)
 	jo.Wait = JS_API_WAIT_MS;
 	while (!js_stopping(j)) {
 		if (nc == NULL) {
-			js_set_state(j, JS_STATE_CONNECTING, NULL);
 			if (js_connect(j, &nc, &js, &jo, err,
 			    sizeof(err)) == -1) {
 				js_set_state(j, JS_STATE_ERROR, "cannot connect "

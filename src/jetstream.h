@@ -4,8 +4,8 @@
  * Sink: every stored frame, in sequence order, becomes one JetStream
  * message on subject walrelay.<stream>: the FCW2 frame byte for byte,
  * headers Walrelay-Seq, Walrelay-Epoch and Nats-Msg-Id <epoch>-<seq>, and
- * Nats-Expected-Last-Subject-Sequence so that the server refuses a gap or
- * a repeat. A thread of this module reads durable frames from the
+ * Nats-Expected-Last-Sequence (the stream holds only this subject) so that
+ * the server refuses a gap or a repeat. A thread of this module reads durable frames from the
  * segment files and publishes them asynchronously with a bounded window
  * of unacknowledged messages; libnats calls back on its own threads. The
  * highest acknowledged position is kept in jetstream-<stream>.state in the
