@@ -1058,8 +1058,12 @@ writer_rotate_due(struct segstore *ss)
 
 /*
  * Write a run of queued chunks to the active segment with one pwritev()
- * where the kernel takes it all. Only whole chunks count as written: the
- * part of a chunk a failed write left behind is cut off again.
+ * where the kernel takes it all. Only the chunks that reached the file
+ * whole count as written; after any failure the file is cut back to the
+ * end of the last of them, so that it never ends in a partial frame and
+ * the next write continues right there. When that cut fails, ss_wtrunc
+ * stays set and nothing more is written or published until a later cut
+ * succeeds (writer_work).
  */
 static int
 writer_write_run(struct segstore *ss)
@@ -1070,7 +1074,7 @@ writer_write_run(struct segstore *ss)
 	uint64_t off = seg->seg_bytes, total = 0, done = 0, good = 0;
 	uint64_t seq = seg->seg_end;
 	ssize_t r;
-	int n = 0, cnt, k, err = 0;
+	int n = 0, cnt, k, err = 0, terr;
 
 	STAILQ_FOREACH(ch, &ss->ss_todo, ch_wentry) {
 		if (n == IOV_MAX || (n > 0 &&
@@ -1096,6 +1100,7 @@ writer_write_run(struct segstore *ss)
 			break;
 		}
 		done += r;
+		/* the retry starts inside v: iov no longer holds the lengths */
 		while (cnt > 0 && (size_t)r >= v->iov_len) {
 			r -= v->iov_len;
 			v++;
@@ -1109,13 +1114,27 @@ writer_write_run(struct segstore *ss)
 	if (err != 0) {
 		snprintf(ss->ss_werr, sizeof(ss->ss_werr), "write to %s/%s",
 		    ss->ss_dir, seg->seg_name);
-		for (k = 0; k < n && good + iov[k].iov_len <= done; k++)
-			good += iov[k].iov_len;
+		/* the chunks' own lengths: which of them reached the file whole */
+		k = 0;
+		STAILQ_FOREACH(ch, &ss->ss_todo, ch_wentry) {
+			if (k == n || good + ch->ch_len > done)
+				break;
+			good += ch->ch_len;
+			k++;
+		}
 		n = k;
-		if (done > good && writer_truncate(ss, off + good) != 0)
-			log_warn("%s/%s: cannot cut a partly written frame "
-			    "at offset %" PRIu64 "; retrying", ss->ss_dir,
+		/*
+		 * Cut whatever the failed write left after them (a partial
+		 * chunk, or blocks a failing file system kept), even when
+		 * the count says nothing: the next write goes to off + good.
+		 */
+		if ((terr = writer_truncate(ss, off + good)) != 0) {
+			errno = terr;
+			log_warn("%s/%s: cannot cut the file back to its last "
+			    "whole frame at offset %" PRIu64 "; nothing more is "
+			    "written until that works", ss->ss_dir,
 			    seg->seg_name, off + good);
+		}
 	} else
 		good = total;
 
@@ -1138,6 +1157,8 @@ writer_write_run(struct segstore *ss)
 	pthread_mutex_unlock(&ss->ss_mtx);
 	if (good > 0)
 		ss->ss_wdirty = 1;
+	if (seg->seg_wb_off > off)
+		seg->seg_wb_off = off;	/* cut back by a failed fdatasync */
 #ifdef HAVE_SYNC_FILE_RANGE
 	/*
 	 * Without an fdatasync after every write, dirty pages pile up until
@@ -1180,10 +1201,18 @@ writer_work(struct segstore *ss, int stopping)
 			segstore_retain(ss);
 		}
 		if ((err = writer_write_run(ss)) != 0) {
-			/* what did fit is made durable all the same */
+			/*
+			 * The whole chunks that did fit are made durable
+			 * (always) or sendable (never) all the same, once
+			 * the file ends right after them.
+			 */
+			if (ss->ss_wtrunc)
+				return err;
 			if (mode == FSYNC_ALWAYS && ss->ss_wdirty &&
 			    (serr = writer_sync(ss)) != 0)
 				return serr;
+			if (mode == FSYNC_NEVER)
+				writer_publish(ss);
 			return err;
 		}
 		if (mode == FSYNC_NEVER)
