@@ -9,8 +9,9 @@
  * after a failed write or fdatasync the writer still holds every frame it
  * has to write again.
  *
- * Start: the newest segment is checked frame by frame and a torn or
- * corrupt tail is cut. Older segments are trusted for their extent (the
+ * Start: the newest segment is checked frame by frame and a torn tail is
+ * cut; a bad frame with valid ones after it is corruption (kept, not
+ * served past), see segment_recover. Older segments are trusted for their extent (the
  * next file's base sequence) and are checked, and indexed, the first time
  * a reader needs them (or at open with verify_sealed). The first chunk
  * after a start always goes to a new segment file, as the cache does.
@@ -45,6 +46,7 @@
 #include "fcw2.h"
 #include "frame.h"
 #include "log.h"
+#include "scan.h"
 #include "segment.h"
 
 #ifndef IOV_MAX
@@ -516,15 +518,125 @@ segment_check_sealed(struct segstore *ss, struct segment *seg, int fd)
 }
 
 /*
- * Recover the newest segment: check every frame and cut a torn or corrupt
- * tail back to the last whole valid frame. Returns 0 or -1 with errbuf.
+ * After the whole valid frames from the start of the newest segment, what
+ * follows at offset bad? Reads from there with the resynchronising
+ * scanner. A torn tail (an incomplete last frame, unwritten or zeroed
+ * space, or anything else with no whole valid frame after it) leaves
+ * *after at 0. Otherwise *after is the number of frames from the bad one
+ * to the last whole valid frame (the bad ones counted), *end the offset
+ * after that frame and *certain whether each bad stretch is exactly one
+ * frame (its length field leads to the next valid frame), so that the
+ * sequence numbers after it are known. Returns 0, or -1 with errbuf.
+ */
+static int
+segment_recover_tail(struct segstore *ss, struct segment *seg, int fd,
+    uint64_t bad, uint64_t *after, uint64_t *end, int *certain,
+    char *errbuf, size_t errlen)
+{
+	struct scan sc;
+	struct scan_event ev;
+	uint8_t hdr[FCW2_HEADER_LEN];
+	uint64_t n = 0;
+	int rc = 0;
+
+	*after = 0;
+	*end = bad;
+	*certain = 1;
+	if (lseek(fd, (off_t)bad, SEEK_SET) == -1) {
+		snprintf(errbuf, errlen, "%s/%s: recovery: %s", ss->ss_dir,
+		    seg->seg_name, strerror(errno));
+		return -1;
+	}
+	scan_init(&sc, ss->ss_cf.max_frame_bytes, 0, 1);
+	scan_start(&sc, fd);
+	for (;;) {
+		if (scan_next(&sc, &ev, errbuf, errlen) == -1) {
+			rc = -1;
+			break;
+		}
+		if (ev.ev_type == SCAN_END || ev.ev_type == SCAN_INCOMPLETE)
+			break;
+		if (ev.ev_type == SCAN_FRAME) {
+			n++;
+			*after = n;
+			*end = bad + ev.ev_offset + ev.ev_len;
+			continue;
+		}
+		/* SCAN_BAD: nothing valid after it is a torn tail */
+		if (!ev.ev_resumed)
+			break;
+		n++;
+		if (pread(fd, hdr, sizeof(hdr), (off_t)(bad + ev.ev_offset)) !=
+		    (ssize_t)sizeof(hdr) || fcw2_frame_len(hdr) != ev.ev_skipped)
+			*certain = 0;
+	}
+	scan_free(&sc);
+	return rc;
+}
+
+/*
+ * Copy bytes [from, to) of a segment that recovery must cut but that hold
+ * whole valid frames to NAME.damaged-MS next to it, for the operator.
+ */
+static void
+segment_save_cut(struct segstore *ss, struct segment *seg, int fd,
+    uint64_t from, uint64_t to)
+{
+	char name[PATH_MAX];
+	uint8_t *buf;
+	uint64_t off;
+	ssize_t n;
+	int out;
+
+	snprintf(name, sizeof(name), "%s.damaged-%" PRIu64, seg->seg_name,
+	    segment_now_ms());
+	if ((buf = malloc(SEGMENT_SCAN_BUF)) == NULL)
+		return;
+	out = openat(ss->ss_dirfd, name, O_WRONLY | O_CREAT | O_EXCL |
+	    O_CLOEXEC, 0644);
+	if (out == -1)
+		goto fail;
+	for (off = from; off < to; off += n) {
+		size_t want = to - off < SEGMENT_SCAN_BUF ? to - off :
+		    SEGMENT_SCAN_BUF;
+
+		if ((n = pread(fd, buf, want, (off_t)off)) <= 0 ||
+		    write(out, buf, n) != n)
+			goto fail;
+	}
+	if (fsync(out) == -1)
+		goto fail;
+	close(out);
+	free(buf);
+	log_warnx("%s/%s: the %" PRIu64 " bytes cut are kept in %s", ss->ss_dir,
+	    seg->seg_name, to - from, name);
+	return;
+fail:
+	log_warn("%s/%s: cannot keep the bytes cut in %s", ss->ss_dir,
+	    seg->seg_name, name);
+	if (out != -1) {
+		close(out);
+		unlinkat(ss->ss_dirfd, name, 0);
+	}
+	free(buf);
+}
+
+/*
+ * Recover the newest segment: check every frame. A torn tail is cut back
+ * to the last whole valid frame. A bad frame with whole valid frames after
+ * it is corruption, not a crash: the frames stay, the store refuses to
+ * serve from the bad frame on (ss_limit, as for a sealed segment) and only
+ * a torn tail after the last valid frame is cut. When the bad stretch
+ * hides how many frames it held, the sequence numbers after it are
+ * unknown: it is cut from the bad frame on (the bytes are kept in a
+ * .damaged file) and *newepoch is set. Returns 0 or -1 with errbuf.
  */
 static int
 segment_recover(struct segstore *ss, struct segment *seg, uint64_t *cut,
-    char *errbuf, size_t errlen)
+    int *newepoch, char *errbuf, size_t errlen)
 {
-	uint64_t frames, bytes;
-	int fd, status;
+	uint64_t frames, bytes, after = 0, end, keep, bad;
+	int fd, status, certain = 1;
 
 	*cut = 0;
 	fd = openat(ss->ss_dirfd, seg->seg_name, O_RDWR | O_CLOEXEC);
@@ -533,14 +645,51 @@ segment_recover(struct segstore *ss, struct segment *seg, uint64_t *cut,
 	if (segment_scan(ss, seg, fd, UINT64_MAX, &frames, &bytes, &status) ==
 	    -1)
 		goto fail;
+	keep = bytes;
+	bad = seg->seg_base + frames;
 	if (bytes < seg->seg_bytes) {
-		*cut = seg->seg_bytes - bytes;
+		if (segment_recover_tail(ss, seg, fd, bytes, &after, &end,
+		    &certain, errbuf, errlen) == -1) {
+			close(fd);
+			return -1;
+		}
+		if (after > 0 && certain) {
+			keep = end;
+			log_error("%s/%s: %s at offset %" PRIu64 " (sequence %"
+			    PRIu64 ") with %" PRIu64 " whole valid frames "
+			    "after it: corruption, not a torn tail. The frames "
+			    "are kept and the relay does not serve from "
+			    "sequence %" PRIu64 " on. Restore the file from a "
+			    "backup or another relay, then restart",
+			    ss->ss_dir, seg->seg_name,
+			    status == FCW2_NEED_MORE ? "bad frame length" :
+			    fcw2_strerror(status), bytes, bad, after - 1, bad);
+			if (bad < ss->ss_limit)
+				ss->ss_limit = bad;
+		} else if (after > 0) {
+			log_error("%s/%s: %s at offset %" PRIu64 " (sequence %"
+			    PRIu64 ") with whole valid frames after it, but "
+			    "how many frames the damaged bytes held is "
+			    "unknown: cutting from there; the sequence numbers "
+			    "from %" PRIu64 " on will name other frames, so "
+			    "the store takes a new epoch", ss->ss_dir,
+			    seg->seg_name, status == FCW2_NEED_MORE ?
+			    "bad frame length" : fcw2_strerror(status), bytes,
+			    bad, bad);
+			segment_save_cut(ss, seg, fd, bytes, seg->seg_bytes);
+			*newepoch = 1;
+		}
+	}
+	if (keep < seg->seg_bytes) {
+		*cut = seg->seg_bytes - keep;
 		log_warnx("%s/%s: cutting %" PRIu64 " bytes at offset %" PRIu64
 		    " (%s at sequence %" PRIu64 "); the segment keeps %"
-		    PRIu64 " frames", ss->ss_dir, seg->seg_name, *cut, bytes,
-		    status == FCW2_NEED_MORE ? "torn frame" :
-		    fcw2_strerror(status), seg->seg_base + frames, frames);
-		if (ftruncate(fd, bytes) == -1)
+		    PRIu64 " frames", ss->ss_dir, seg->seg_name, *cut, keep,
+		    after > 0 && certain ? "torn frame after the last valid "
+		    "one" : status == FCW2_NEED_MORE ? "torn frame" :
+		    fcw2_strerror(status), seg->seg_base + frames +
+		    (certain ? after : 0), frames + (certain ? after : 0));
+		if (ftruncate(fd, keep) == -1)
 			goto fail;
 	}
 	/* what a previous run wrote without fdatasync is durable from here */
@@ -548,8 +697,10 @@ segment_recover(struct segstore *ss, struct segment *seg, uint64_t *cut,
 		goto fail;
 	close(fd);
 	seg->seg_checked = 1;
-	seg->seg_bytes = seg->seg_durable_bytes = bytes;
-	seg->seg_end = seg->seg_durable_end = seg->seg_base + frames;
+	seg->seg_bytes = keep;
+	seg->seg_durable_bytes = bytes;
+	seg->seg_durable_end = seg->seg_base + frames;
+	seg->seg_end = seg->seg_base + frames + (certain ? after : 0);
 	return 0;
 fail:
 	snprintf(errbuf, errlen, "%s/%s: recovery: %s", ss->ss_dir,
@@ -561,7 +712,8 @@ fail:
 
 /* Load the segment files of the directory into ss_segs. */
 static int
-segment_load(struct segstore *ss, uint64_t *cut, char *errbuf, size_t errlen)
+segment_load(struct segstore *ss, uint64_t *cut, int *newepoch, char *errbuf,
+    size_t errlen)
 {
 	struct segment *seg, *prev;
 	struct stat sb;
@@ -622,7 +774,8 @@ segment_load(struct segstore *ss, uint64_t *cut, char *errbuf, size_t errlen)
 
 	/* an all-torn newest segment goes, and the one before is recovered */
 	while ((seg = TAILQ_LAST(&ss->ss_segs, segment_list)) != NULL) {
-		if (segment_recover(ss, seg, &c, errbuf, errlen) == -1)
+		if (segment_recover(ss, seg, &c, newepoch, errbuf, errlen) ==
+		    -1)
 			goto fail;
 		*cut += c;
 		if (seg->seg_bytes > 0)
@@ -659,7 +812,7 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 	pthread_condattr_t ca;
 	char pid[32];
 	uint64_t cut, end;
-	int r, fresh = 0, why = 0, mtx = 0, cond = 0;
+	int r, fresh = 0, why = 0, mtx = 0, cond = 0, lost = 0;
 
 	if ((ss = calloc(1, sizeof(*ss))) == NULL) {
 		snprintf(errbuf, errlen, "out of memory");
@@ -744,7 +897,7 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 	if ((r = segment_meta_read(ss, &old, errbuf, errlen)) == -1)
 		goto fail;
 	fresh = r == 1;
-	if (segment_load(ss, &cut, errbuf, errlen) == -1)
+	if (segment_load(ss, &cut, &lost, errbuf, errlen) == -1)
 		goto fail;
 	ss->ss_st.ss_cut_bytes = cut;
 
@@ -770,6 +923,8 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 			why = 2;
 		else if (end < old.m_base)
 			why = 3;
+		else if (lost)
+			why = 4;
 		if (why != 0) {
 			m.m_epoch = segment_new_epoch();
 			log_warnx("%s: %s: frames subscribers may have seen are "
@@ -778,8 +933,10 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 			    ss->ss_dir, why == 1 ? "the last run stopped "
 			    "uncleanly with fsync=never" : why == 2 ?
 			    "recovery cut frames written with fsync=never" :
-			    "the store ends before the sequence recorded at "
-			    "the last stop", m.m_epoch, old.m_epoch);
+			    why == 3 ? "the store ends before the sequence "
+			    "recorded at the last stop" : "recovery cut whole "
+			    "frames after a corrupt one", m.m_epoch,
+			    old.m_epoch);
 		} else if (old.m_running)
 			log_info("%s: the last run did not stop cleanly; "
 			    "recovered up to sequence %" PRIu64, ss->ss_dir,

@@ -729,27 +729,63 @@ START_TEST(recover_torn_tail_every_byte)
 }
 END_TEST
 
+/*
+ * A bad frame in the newest segment with whole valid frames after it is
+ * corruption, not a torn tail: the frames stay under the same epoch and
+ * the store does not serve from the bad frame on (variant 0: a flipped
+ * bit; 1: a record crc wrong inside a right frame crc; 2: a torn last
+ * frame after them is still cut). When the damaged bytes hide how many
+ * frames they held (3: a length field off by one), they are cut from the
+ * bad frame on, kept in a .damaged file, and the store takes a new epoch.
+ * Unwritten space at the end (4: zeros) and a whole-length last frame
+ * that is bad with nothing after it (5) are torn tails: cut, same epoch.
+ */
 START_TEST(recover_corrupt_middle_of_newest)
 {
 	struct segment_config cf;
 	struct segstore_state st;
+	struct segment_span sp;
 	struct segstore *ss;
 	struct model m;
-	char *dir = tmpdir_new(), path[PATH_MAX];
+	char *dir = tmpdir_new(), path[PATH_MAX], name[128];
 	uint8_t *bad;
-	int variant = _i;
+	uint64_t epoch, want_limit = UINT64_MAX, want_next, want_len;
+	size_t len, zeros = 4096;
+	int variant = _i, newepoch = 0;
+	struct dfile *v;
 
 	config_init(&cf, dir);
 	model_init(&m, 0);
-	make_store(&cf, &m, 6, 5, path, sizeof(path));
-	ck_assert_uint_ge(m.n, 8);
+	ss = store_open(&cf);
+	epoch = segstore_epoch(ss);
+	segstore_close(ss);
+	/* a crash (unclean stop) left the file; then its bytes change */
+	run_unclean_child(&cf, &m);
+	ck_assert_uint_ge(m.n, 12);
+	ck_assert_uint_eq(read_dir(dir, &v), 1);
+	snprintf(name, sizeof(name), "%s", v[0].name);
+	path_of(path, sizeof(path), dir, name);
+	dfiles_free(v, 1);
 
-	bad = malloc(m.len);
+	bad = calloc(1, m.len + zeros);
 	memcpy(bad, m.buf, m.len);
-	if (variant == 0) {
+	len = m.len;
+	want_next = m.n;
+	want_len = m.len;
+	switch (variant) {
+	case 0:
+	case 2:
 		/* a flipped bit: the frame crc no longer matches */
 		bad[m.off[5] + FCW2_HEADER_LEN] ^= 0x10;
-	} else {
+		want_limit = 5;
+		if (variant == 2) {
+			/* and the last frame torn */
+			len = m.off[m.n - 1] + 7;
+			want_next = m.n - 1;
+			want_len = m.off[m.n - 1];
+		}
+		break;
+	case 1: {
 		/*
 		 * A record whose own crc is wrong inside a frame whose crc
 		 * is right: only a check of the record finds it. Frame 4 is
@@ -766,19 +802,91 @@ START_TEST(recover_corrupt_middle_of_newest)
 		f[flen - 3] = (uint8_t)(c >> 8);
 		f[flen - 2] = (uint8_t)(c >> 16);
 		f[flen - 1] = (uint8_t)(c >> 24);
+		want_limit = 4;
+		break;
 	}
-	file_write(path, bad, m.len);
-	free(bad);
+	case 3:
+		bad[m.off[5] + 5] ^= 0x01;		/* payload length */
+		want_next = 5;
+		want_len = m.off[5];
+		newepoch = 1;
+		break;
+	case 4:
+		len = m.len + zeros;			/* unwritten space */
+		break;
+	case 5:
+		bad[m.off[m.n - 1] + FCW2_HEADER_LEN] ^= 0x10;
+		want_next = m.n - 1;
+		want_len = m.off[m.n - 1];
+		break;
+	}
+	file_write(path, bad, len);
 
 	ss = store_open(&cf);
 	segstore_poll(ss, &st);
-	m.n = variant == 0 ? 5 : 4;
-	ck_assert_uint_eq(segstore_next(ss), m.n);
-	ck_assert_uint_eq(st.ss_cut_bytes, m.len - m.off[m.n]);
-	ck_assert_uint_eq(segstore_limit(ss), UINT64_MAX);
+	ck_assert_uint_eq(segstore_next(ss), want_next);
+	ck_assert_uint_eq(st.ss_cut_bytes, len - want_len);
+	ck_assert_uint_eq(segstore_limit(ss), want_limit);
+	if (newepoch)
+		ck_assert_uint_ne(segstore_epoch(ss), epoch);
+	else
+		ck_assert_uint_eq(segstore_epoch(ss), epoch);
+	if (want_limit != UINT64_MAX) {
+		/* served up to the bad frame, not from it on */
+		ck_assert_int_eq(segstore_locate(ss, 0, &sp), 0);
+		ck_assert_uint_eq(sp.sp_end_seq, want_limit);
+		ck_assert_uint_eq(sp.sp_len, m.off[want_limit]);
+		segstore_unpin(ss, sp.sp_pin);
+		ck_assert_int_eq(segstore_locate(ss, want_limit, &sp), -1);
+		ck_assert_int_eq(segstore_locate(ss, want_next - 1, &sp), -1);
+	} else {
+		ck_assert_int_eq(segstore_locate(ss, want_next - 1, &sp), 0);
+		ck_assert_uint_eq(sp.sp_end_seq, want_next);
+		segstore_unpin(ss, sp.sp_pin);
+	}
 	segstore_close(ss);
-	m.len = m.off[m.n];
-	check_files(dir, &m, 0);
+
+	/* the file keeps exactly want_len bytes; nothing else was touched */
+	ck_assert_uint_eq(file_size(path), want_len);
+	{
+		uint8_t *now = malloc(want_len + 1);
+		int fd = open(path, O_RDONLY);
+
+		ck_assert_int_ge(fd, 0);
+		ck_assert_int_eq(read(fd, now, want_len), (ssize_t)want_len);
+		close(fd);
+		ck_assert(memcmp(now, bad, want_len) == 0);
+		free(now);
+	}
+	if (newepoch) {
+		/* the bytes cut are kept next to it, not as a segment */
+		DIR *d = opendir(dir);
+		struct dirent *de;
+		int found = 0;
+
+		ck_assert_ptr_nonnull(d);
+		while ((de = readdir(d)) != NULL)
+			if (strncmp(de->d_name, name, strlen(name)) == 0 &&
+			    strstr(de->d_name, ".damaged-") != NULL) {
+				char p2[PATH_MAX];
+
+				path_of(p2, sizeof(p2), dir, de->d_name);
+				ck_assert_uint_eq(file_size(p2), len - want_len);
+				found = 1;
+			}
+		closedir(d);
+		ck_assert(found);
+	}
+	{
+		char **names, err[512];
+		size_t n;
+
+		ck_assert_int_eq(segment_list_dir(dir, &names, &n, err,
+		    sizeof(err)), 0);
+		ck_assert_uint_eq(n, 1);
+		segment_list_free(names, n);
+	}
+	free(bad);
 	model_free(&m);
 	tmpdir_rm(dir);
 }
@@ -1995,7 +2103,7 @@ segment_suite(void)
 	tc = tcase_create("recovery");
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, recover_torn_tail_every_byte);
-	tcase_add_loop_test(tc, recover_corrupt_middle_of_newest, 0, 2);
+	tcase_add_loop_test(tc, recover_corrupt_middle_of_newest, 0, 6);
 	tcase_add_test(tc, recover_empty_newest);
 	tcase_add_loop_test(tc, corrupt_sealed_sets_limit, 0, 2);
 	suite_add_tcase(s, tc);
