@@ -115,6 +115,8 @@ struct segstore {
 	int			 ss_stop;
 	int			 ss_gave_up;
 	int			 ss_retain_blocked;
+	int			 ss_retaining;	/* a retention pass runs */
+	int			 ss_retain_again; /* asked for meanwhile */
 	int			 ss_retry_now;
 	struct chunk_queue	 ss_queue;	/* appended, not yet taken */
 	struct segment_list	 ss_segs;
@@ -265,6 +267,10 @@ segment_meta_write(struct segstore *ss, const struct segment_meta *m,
 				w = 0;
 				continue;
 			}
+			goto fail;
+		}
+		if (w == 0) {
+			errno = EIO;
 			goto fail;
 		}
 	}
@@ -997,20 +1003,35 @@ fail:
 	return NULL;
 }
 
-/* Retention: any thread. Files are removed without the mutex held. */
+/*
+ * Retention: any thread, one at a time (ss_retaining). Files are removed
+ * without the mutex held, oldest first; when one cannot be removed, it
+ * and every newer one taken go back into the list, so that the store
+ * never has a gap (a gap would look like a segment missing frames at the
+ * next start).
+ */
 void
 segstore_retain(struct segstore *ss)
 {
 	struct segment_list gone = TAILQ_HEAD_INITIALIZER(gone);
 	struct segment *seg, *next;
-	uint64_t now = segment_now_ms(), age_ms;
-	int over, old;
+	uint64_t now, age_ms;
+	int over, old, removed = 0;
 
 	if (ss->ss_cf.retain_bytes == 0 && ss->ss_cf.retain_age_s == 0)
 		return;
 	age_ms = ss->ss_cf.retain_age_s * 1000;
 	pthread_mutex_lock(&ss->ss_mtx);
+	if (ss->ss_retaining) {
+		ss->ss_retain_again = 1;
+		pthread_mutex_unlock(&ss->ss_mtx);
+		return;
+	}
+	ss->ss_retaining = 1;
+again:
+	ss->ss_retain_again = 0;
 	ss->ss_retain_blocked = 0;
+	now = segment_now_ms();
 	/* never the newest: it holds the position the store continues from */
 	while ((seg = TAILQ_FIRST(&ss->ss_segs)) != NULL &&
 	    (next = TAILQ_NEXT(seg, seg_entry)) != NULL &&
@@ -1035,21 +1056,39 @@ segstore_retain(struct segstore *ss)
 	}
 	pthread_mutex_unlock(&ss->ss_mtx);
 
-	if (TAILQ_EMPTY(&gone))
-		return;
 	while ((seg = TAILQ_FIRST(&gone)) != NULL) {
-		TAILQ_REMOVE(&gone, seg, seg_entry);
-		if (unlinkat(ss->ss_dirfd, seg->seg_name, 0) == -1)
+		if (unlinkat(ss->ss_dirfd, seg->seg_name, 0) == -1 &&
+		    errno != ENOENT) {
 			log_warn("%s/%s: retention cannot remove the file; it "
-			    "is no longer served", ss->ss_dir, seg->seg_name);
-		else
-			log_info("%s/%s: removed by retention (sequences %"
-			    PRIu64 " to %" PRIu64 ", %" PRIu64 " bytes)",
-			    ss->ss_dir, seg->seg_name, seg->seg_base,
-			    seg->seg_end, seg->seg_bytes);
+			    "and the newer ones stay and are served, retrying "
+			    "at the next rotation", ss->ss_dir, seg->seg_name);
+			break;
+		}
+		TAILQ_REMOVE(&gone, seg, seg_entry);
+		log_info("%s/%s: removed by retention (sequences %" PRIu64
+		    " to %" PRIu64 ", %" PRIu64 " bytes)", ss->ss_dir,
+		    seg->seg_name, seg->seg_base, seg->seg_end, seg->seg_bytes);
 		segment_free(seg);
+		removed = 1;
 	}
-	segment_fsync_dir(ss);
+
+	pthread_mutex_lock(&ss->ss_mtx);
+	if (!TAILQ_EMPTY(&gone)) {
+		/* only retention takes from the head: it is still theirs */
+		while ((seg = TAILQ_LAST(&gone, segment_list)) != NULL) {
+			TAILQ_REMOVE(&gone, seg, seg_entry);
+			TAILQ_INSERT_HEAD(&ss->ss_segs, seg, seg_entry);
+			ss->ss_st.ss_store_bytes += seg->seg_bytes;
+			ss->ss_st.ss_segments++;
+			ss->ss_st.ss_deleted--;
+		}
+		ss->ss_st.ss_earliest = TAILQ_FIRST(&ss->ss_segs)->seg_base;
+	} else if (ss->ss_retain_again)
+		goto again;
+	ss->ss_retaining = 0;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	if (removed)
+		segment_fsync_dir(ss);
 }
 
 /* ---- writer thread ----------------------------------------------------- */

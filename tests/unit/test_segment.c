@@ -2086,6 +2086,176 @@ START_TEST(write_fault_every_split)
 }
 END_TEST
 
+/* Wait until the writer has finished a round after generation gen. */
+static void
+wait_round(unsigned long gen)
+{
+	uint64_t deadline = mono_ms() + WAIT_MS;
+	struct timespec ts;
+
+	pthread_mutex_lock(&nt_mtx);
+	while (nt_gen == gen && mono_ms() < deadline) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 50 * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&nt_cond, &nt_mtx, &ts);
+	}
+	ck_assert_uint_ne(nt_gen, gen);
+	pthread_mutex_unlock(&nt_mtx);
+}
+
+static unsigned long
+round_gen(void)
+{
+	unsigned long g;
+
+	pthread_mutex_lock(&nt_mtx);
+	g = nt_gen;
+	pthread_mutex_unlock(&nt_mtx);
+	return g;
+}
+
+/*
+ * A write stops one byte short of the end of a chunk and the cut that
+ * should remove the partial chunk fails too: while the cut keeps failing,
+ * nothing more is written, synced or published, even once writes work.
+ */
+START_TEST(write_fault_cut_fails)
+{
+	long live = chunk_live_count();
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	struct dfile *v;
+	char *dir = tmpdir_new(), spec[2 * PATH_MAX], path[PATH_MAX];
+	uint64_t d, size;
+	unsigned long gen;
+	struct chunk *ch;
+	size_t n;
+
+	config_init(&cf, dir);
+	cf.retry_ms = 3600 * 1000;
+	ss = store_open(&cf);
+	store_start(ss);
+	model_init(&m, 0);
+	append_chunks(ss, &m, 1, 3);
+	wait_durable(ss, model_end(&m));
+	d = model_end(&m);
+	size = m.len;
+	n = read_dir(dir, &v);
+	path_of(path, sizeof(path), dir, v[0].name);
+	dfiles_free(v, n);
+
+	ch = model_chunk(&m, 4);
+	snprintf(spec, sizeof(spec), "op=write,path=%s/*.wal,after=%zu;"
+	    "op=truncate,path=%s/*.wal", dir, ch->ch_len - 1, dir);
+	ck_assert_int_eq(wrfault_set(spec), 0);
+	segstore_append(ss, ch);
+	chunk_unref(ch);
+	ck_assert(wait_state(ss, p_error, EIO, WAIT_MS, &st));
+	ck_assert_uint_eq(st.ss_durable, d);
+	ck_assert_uint_eq(st.ss_written, d);
+	ck_assert_uint_eq(file_size(path), m.len - 1);
+
+	/* writes work again, the cut still fails */
+	snprintf(spec, sizeof(spec), "op=truncate,path=%s/*.wal", dir);
+	ck_assert_int_eq(wrfault_set(spec), 0);
+	append_chunks(ss, &m, 2, 3);
+	for (int i = 0; i < 3; i++) {
+		gen = round_gen();
+		segstore_retry(ss);
+		wait_round(gen);
+		segstore_poll(ss, &st);
+		ck_assert_int_eq(st.ss_error, EIO);
+		ck_assert_uint_eq(st.ss_durable, d);
+		ck_assert_uint_eq(st.ss_written, d);
+		ck_assert_uint_eq(file_size(path), size + (m.off[d + 4] -
+		    m.off[d]) - 1);
+	}
+
+	wrfault_clear();
+	segstore_retry(ss);
+	wait_durable(ss, model_end(&m));
+	segstore_close(ss);
+	check_files(dir, &m, 0);
+	ck_assert_int_eq(chunk_live_count(), live);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+/*
+ * Retention cannot remove the oldest segment: it and every newer one stay
+ * (a gap would read as a damaged segment at the next start); once the
+ * fault clears, retention catches up and the store stays contiguous.
+ */
+START_TEST(retain_unlink_failure)
+{
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	struct dfile *v;
+	char *dir = tmpdir_new(), spec[2 * PATH_MAX];
+	uint64_t oldest, seq, first;
+	size_t n;
+
+	config_init(&cf, dir);
+	cf.segment_bytes = 2048;
+	cf.retain_bytes = 8192;
+	ss = store_open(&cf);
+	store_start(ss);
+	model_init(&m, 0);
+	append_chunks(ss, &m, 10, 3);
+	wait_durable(ss, model_end(&m));
+	n = read_dir(dir, &v);
+	oldest = v[0].base;
+	snprintf(spec, sizeof(spec), "op=unlink,path=%s/%s,err=EACCES", dir,
+	    v[0].name);
+	dfiles_free(v, n);
+	ck_assert_int_eq(wrfault_set(spec), 0);
+
+	append_chunks(ss, &m, 80, 3);
+	wait_durable(ss, model_end(&m));
+	ck_assert_uint_ge(wrfault_hits(), 1);
+	segstore_poll(ss, &st);
+	ck_assert_uint_eq(st.ss_earliest, oldest);
+	n = read_dir(dir, &v);
+	ck_assert_uint_eq(v[0].base, oldest);
+	for (size_t i = 1; i < n; i++)
+		ck_assert_uint_eq(v[i].base, v[i - 1].base + v[i - 1].nframes);
+	ck_assert_uint_eq(st.ss_segments, n);
+	dfiles_free(v, n);
+
+	wrfault_clear();
+	append_chunks(ss, &m, 20, 3);
+	wait_durable(ss, model_end(&m));
+	segstore_poll(ss, &st);
+	ck_assert_uint_gt(st.ss_earliest, oldest);
+	segstore_close(ss);
+
+	n = read_dir(dir, &v);
+	seq = first = v[0].base;
+	for (size_t i = 0; i < n; i++) {
+		ck_assert_uint_eq(v[i].base, seq);
+		seq += v[i].nframes;
+	}
+	ck_assert_uint_eq(seq, model_end(&m));
+	dfiles_free(v, n);
+	cf.verify_sealed = 1;
+	ss = store_open(&cf);
+	ck_assert_uint_eq(segstore_limit(ss), UINT64_MAX);
+	segstore_close(ss);
+	check_files(dir, &m, first);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
 static Suite *
 segment_suite(void)
 {
@@ -2137,6 +2307,8 @@ segment_suite(void)
 
 	tc = tcase_create("faults");
 	tcase_set_timeout(tc, 600);
+	tcase_add_test(tc, write_fault_cut_fails);
+	tcase_add_test(tc, retain_unlink_failure);
 	tcase_add_loop_test(tc, write_fault_every_split, 0,
 	    (int)(sizeof(sweep_cases) / sizeof(sweep_cases[0])));
 	suite_add_tcase(s, tc);
