@@ -148,8 +148,8 @@ void		 segstore_unpin(struct segstore *, void *pin);
 void		 segstore_retain(struct segstore *);
 
 /*
- * Sequence past which the store refuses to serve (a corrupt frame in a
- * sealed segment, or one found at open in the newest), or UINT64_MAX.
+ * Sequence past which the store refuses to serve (a corrupt sealed
+ * segment), or UINT64_MAX.
  */
 uint64_t	 segstore_limit(const struct segstore *);
 
