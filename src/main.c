@@ -74,6 +74,9 @@ store_event_cb(evutil_socket_t fd, short what, void *arg)
 {
 	int olderr = relay->r_ss.ss_error;
 
+	/* the writer notifies until it is joined: after teardown, no one */
+	if (relay->r_fan == NULL)
+		return;
 	segstore_poll(relay->r_store, &relay->r_ss);
 	if (relay->r_ss.ss_error != olderr && relay->r_ss.ss_error == 0)
 		log_info("storage: healthy again at sequence %" PRIu64,
@@ -306,13 +309,52 @@ check_exposure(struct wr_config *cfg, struct auth_tokens *tok, char *err,
 	return 0;
 }
 
+/*
+ * The one shutdown order: everything that fires (timers, the store event,
+ * connections) is freed or made inert before what it points to.
+ */
+static void
+teardown(struct event **sig)
+{
+	/* the stop's timers read the fan-out and the store */
+	if (ev_stop_poll != NULL)
+		event_free(ev_stop_poll);
+	if (ev_stop_deadline != NULL)
+		event_free(ev_stop_deadline);
+	ev_stop_poll = ev_stop_deadline = NULL;
+	/* users before what they use: http reads all, upstream publishes */
+	http_free(relay->r_http);
+	relay->r_http = NULL;
+	upstream_free(relay->r_up);
+	relay->r_up = NULL;
+	fanout_free(relay->r_fan);
+	relay->r_fan = NULL;	/* from here store_event_cb does nothing */
+	/* bufferevents free through finalizers: let the loop run them */
+	event_base_loop(relay->r_base, EVLOOP_NONBLOCK);
+	segstore_poll(relay->r_store, &relay->r_ss);
+	/* joins the writer: nothing activates r_store_ev after this */
+	if (segstore_close(relay->r_store) == -1)	/* makes it durable */
+		exit_code = 1;	/* or could not: frames were dropped */
+	relay->r_store = NULL;
+	event_free(relay->r_store_ev);
+	relay->r_store_ev = NULL;
+	for (int i = 0; sig[i] != NULL; i++)
+		event_free(sig[i]);
+	event_base_free(relay->r_base);
+	relay->r_base = NULL;
+	/* connections hold their own reference to an SSL_CTX */
+	tls_free(relay->r_tls);
+	tls_free(relay->r_upstream_tls);
+	relay->r_tls = relay->r_upstream_tls = NULL;
+}
+
 int
 main(int argc, char **argv)
 {
 	static struct wr_config cfg;
 	struct segment_config sc;
 	struct auth_tokens *tok;
-	struct event *sig[4];
+	struct event *sig[4] = { NULL, NULL, NULL, NULL };
 	int signals[4] = { SIGHUP, SIGTERM, SIGINT, -1 };
 	char err[1024];
 	int rc;
@@ -430,28 +472,7 @@ main(int argc, char **argv)
 
 	event_base_dispatch(relay->r_base);
 
-	/* shutdown, in reverse */
-	http_free(relay->r_http);
-	upstream_free(relay->r_up);
-	relay->r_up = NULL;
-	fanout_free(relay->r_fan);
-	/* bufferevents free through finalizers: let the loop run them */
-	event_base_loop(relay->r_base, EVLOOP_NONBLOCK);
-	relay->r_fan = NULL;
-	segstore_poll(relay->r_store, &relay->r_ss);
-	if (segstore_close(relay->r_store) == -1)	/* makes it durable */
-		exit_code = 1;	/* or could not: frames were dropped */
-	relay->r_store = NULL;
-	for (int i = 0; signals[i] != -1; i++)
-		event_free(sig[i]);
-	if (ev_stop_poll != NULL)
-		event_free(ev_stop_poll);
-	if (ev_stop_deadline != NULL)
-		event_free(ev_stop_deadline);
-	event_free(relay->r_store_ev);
-	event_base_free(relay->r_base);
-	tls_free(relay->r_tls);
-	tls_free(relay->r_upstream_tls);
+	teardown(sig);
 	if (chunk_live_count() != 0)
 		log_warnx("stop: %ld frame buffers still referenced at exit",
 		    chunk_live_count());
