@@ -182,41 +182,49 @@ tls_files_client(const struct wr_config *cfg, struct tls_files *tf,
 	tf->tf_server_name = host;
 }
 
+/*
+ * Both TLS contexts that cfg describes (NULL where it has none), or neither:
+ * on failure nothing is left built. The caller swaps them in together.
+ */
 static int
-tls_setup(const struct wr_config *cfg, int reloading, char *err,
-    size_t errlen)
+tls_setup(const struct wr_config *cfg, struct tls_ctx **srv,
+    struct tls_ctx **cli, char *err, size_t errlen)
 {
 	struct tls_files tf;
 	char host[256];
 
+	*srv = *cli = NULL;
 	if (cfg->tls_cert != NULL || cfg->tls_key != NULL) {
 		tls_files_server(cfg, &tf);
-		if (relay->r_tls != NULL && reloading) {
-			if (tls_reload(relay->r_tls, &tf, err, errlen) == -1)
-				return -1;
-		} else if ((relay->r_tls = tls_server_new(&tf, err,
-		    errlen)) == NULL)
+		if ((*srv = tls_server_new(&tf, err, errlen)) == NULL)
 			return -1;
 	}
 	if (cfg->upstream_tls && cfg->upstream != NULL) {
 		tls_files_client(cfg, &tf, host, sizeof(host));
-		if (relay->r_upstream_tls != NULL && reloading) {
-			if (tls_reload(relay->r_upstream_tls, &tf, err,
-			    errlen) == -1)
-				return -1;
-		} else if ((relay->r_upstream_tls = tls_client_new(&tf, err,
-		    errlen)) == NULL)
+		if ((*cli = tls_client_new(&tf, err, errlen)) == NULL) {
+			tls_free(*srv);
+			*srv = NULL;
 			return -1;
+		}
 	}
 	return 0;
 }
 
+/*
+ * All or nothing: the config, the tokens and both TLS contexts are built
+ * from the file first; only if everything loads are they swapped in. Keys
+ * that take a restart keep their running values throughout (config_reload),
+ * so the TLS contexts are rebuilt with the running settings and the new
+ * certificate, key and CA files.
+ */
 static void
 reload(void)
 {
 	struct wr_config *next, *cur = relay->r_cfg;
 	struct auth_tokens *tok;
+	struct tls_ctx *srv, *cli;
 	char err[1024];
+	int restart, applied;
 
 	/* an operator who freed disk space reloads to retry at once */
 	segstore_retry(relay->r_store);
@@ -224,7 +232,7 @@ reload(void)
 		log_warnx("reload: out of memory; keeping the running config");
 		return;
 	}
-	if (config_reload(cur, next, err, sizeof(err)) == -1) {
+	if ((restart = config_reload(cur, next, err, sizeof(err))) == -1) {
 		log_warnx("reload: %s; keeping the running config", err);
 		config_free(next);
 		free(next);
@@ -239,12 +247,26 @@ reload(void)
 		free(next);
 		return;
 	}
-	if (tls_setup(next, 1, err, sizeof(err)) == -1)
-		log_warnx("reload: %s; keeping the running certificates", err);
-	else if (relay->r_tls != NULL || relay->r_upstream_tls != NULL)
-		log_info("reload: TLS certificates reloaded");
+	if (tls_setup(next, &srv, &cli, err, sizeof(err)) == -1) {
+		log_warnx("reload: %s; keeping the running certificates, "
+		    "tokens and config", err);
+		auth_free(tok);
+		free(tok);
+		config_free(next);
+		free(next);
+		return;
+	}
+	/* established connections hold their own reference to the old ones */
+	tls_free(relay->r_tls);
+	tls_free(relay->r_upstream_tls);
+	relay->r_tls = srv;
+	relay->r_upstream_tls = cli;
+	if (srv != NULL || cli != NULL)
+		log_info("reload: TLS certificates reloaded (%s%s%s)",
+		    srv ? "listeners" : "", srv && cli ? " and " : "",
+		    cli ? "upstream" : "");
 	warn_loose(tok, next);
-	config_apply_reload(cur, next);
+	applied = config_apply_reload(cur, next);
 	config_free(next);
 	free(next);
 	auth_free(relay->r_tokens);
@@ -252,8 +274,9 @@ reload(void)
 	relay->r_tokens = tok;
 	log_set_level(cur->log_level);
 	log_info("reload: tokens and limits reloaded (%zu publish, %zu "
-	    "subscribe tokens)", tok->at_publish.ts_count,
-	    tok->at_subscribe.ts_count);
+	    "subscribe tokens); %d changed keys applied, %d not applied "
+	    "(they take a restart)", tok->at_publish.ts_count,
+	    tok->at_subscribe.ts_count, applied, restart);
 }
 
 static void
@@ -384,7 +407,8 @@ main(int argc, char **argv)
 	relay = &the_relay;
 	relay->r_cfg = &cfg;
 	relay->r_tokens = tok;
-	if (tls_setup(&cfg, 0, err, sizeof(err)) == -1) {
+	if (tls_setup(&cfg, &relay->r_tls, &relay->r_upstream_tls, err,
+	    sizeof(err)) == -1) {
 		fprintf(stderr, "walrelay: %s\n", err);
 		tls_free(relay->r_tls);
 		auth_free(tok);
