@@ -4,8 +4,9 @@ HTTP client, a publisher still connected, then SIGTERM).
 
 valgrind is part of the test dependencies: the test is skipped with a
 message when it is missing, and fails instead when WALRELAY_REQUIRE_VALGRIND
-is set (CI sets it). An ASan build cannot run under valgrind: skipped there,
-ASan checks the same stop in that build.
+is set (CI sets it). An ASan build cannot run under valgrind: there the
+same cycle runs without it and ASan checks it (less surely: the stop-poll
+timer had to fire during the last loop run for the old bug to show).
 """
 
 import os
@@ -25,13 +26,16 @@ SUB = "stop-sub-token"
 
 
 def need_valgrind(walrelay):
+    """True: run the relay under valgrind; False: an ASan build, which
+    checks the same stop itself."""
     if is_asan_build(walrelay):
-        pytest.skip("an ASan build does not run under valgrind")
+        return False
     if valgrind_path() is None:
         if os.environ.get("WALRELAY_REQUIRE_VALGRIND"):
             pytest.fail("valgrind is not installed and "
                         "WALRELAY_REQUIRE_VALGRIND is set")
         pytest.skip("valgrind is not installed (apt-get install valgrind)")
+    return True
 
 
 @pytest.fixture
@@ -73,10 +77,10 @@ def read_to_eof(s, out):
 
 
 def test_stop_under_load_is_clean_under_valgrind(walrelay, relays, workdir):
-    need_valgrind(walrelay)
+    vg = need_valgrind(walrelay)
     r = relays("r", ["--publish-token-file", token_file(workdir / "pub", PUB),
                      "--subscribe-token-file", token_file(workdir / "sub", SUB),
-                     "--shutdown-timeout", "60s"], valgrind=True)
+                     "--shutdown-timeout", "60s"], valgrind=vg)
     r.start()
     sent = frames(3000)
 
