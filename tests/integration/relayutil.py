@@ -5,6 +5,7 @@ reaching a value, a process exiting) with a deadline; none is a sleep
 standing in for synchronisation.
 """
 
+import glob
 import json
 import os
 import re
@@ -23,8 +24,9 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
 
 # WALRELAY_VALGRIND=1 (make check-valgrind) runs every relay these tests
 # start under valgrind memcheck; its report goes to the relay's log + ".vg"
-# and any error or definite leak fails the test. valgrind runs the daemon
-# tens of times slower: every deadline here is multiplied by SLOW.
+# + ".PID" (one file per start) and any error or definite leak fails the
+# test. valgrind runs the daemon tens of times slower: every deadline here
+# is multiplied by SLOW.
 VALGRIND = os.environ.get("WALRELAY_VALGRIND", "") not in ("", "0")
 VALGRIND_EXIT = 97
 SLOW = float(os.environ.get("WALRELAY_TIMEOUT_SCALE", "10" if VALGRIND else "1"))
@@ -39,7 +41,7 @@ def valgrind_argv(vglog):
     return [valgrind_path() or "valgrind", "--tool=memcheck",
             f"--error-exitcode={VALGRIND_EXIT}", "--leak-check=full",
             "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite",
-            f"--log-file={vglog}"]
+            f"--log-file={vglog}.%p"]
 
 
 # What memcheck reports, for a log without a summary (a killed process).
@@ -128,7 +130,7 @@ class Relay:
                  valgrind=None):
         """valgrind: run under memcheck (default: WALRELAY_VALGRIND)."""
         self.valgrind = VALGRIND if valgrind is None else valgrind
-        self.vglog = str(logpath) + ".vg"
+        self.vglog = str(logpath) + ".vg"     # .PID: one per start
         self.binary = str(binary)
         self.datadir = str(datadir)
         self.logpath = str(logpath)
@@ -274,14 +276,18 @@ class Relay:
                 raise AssertionError(f"{self.logpath}: sanitizer report:\n{rep}")
         rep = self.valgrind_errors()
         if rep is not None:
-            raise AssertionError(f"{self.vglog}: valgrind report:\n{rep}")
+            raise AssertionError(f"valgrind report: {rep}")
 
     def valgrind_errors(self):
         """What valgrind reported (None: nothing, or not under valgrind)."""
-        if not self.valgrind or not os.path.exists(self.vglog):
+        if not self.valgrind:
             return None
-        with open(self.vglog, "rb") as f:
-            return valgrind_report(f.read().decode(errors="replace"))
+        for path in sorted(glob.glob(glob.escape(self.vglog) + ".*")):
+            with open(path, "rb") as f:
+                rep = valgrind_report(f.read().decode(errors="replace"))
+            if rep is not None:
+                return f"{path}:\n{rep}"
+        return None
 
     def signal(self, sig):
         self.proc.send_signal(sig)
