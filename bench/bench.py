@@ -36,12 +36,14 @@ SYSTEMS = {
     "wr-never": ("walrelay", "fsync never (page cache)"),
     "wr-tls": ("walrelay TLS", "fsync always; subscribers over TLS 1.3"),
     "nats": ("NATS JetStream", "file storage, server default sync (fsync every 2 min)"),
+    "nats-r3": ("NATS JetStream R3", "three local servers, file storage, 3 replicas"),
+    "wr-bridge": ("walrelay via JetStream", "sink relay (fsync always) -> JetStream R3 (three local servers) -> edge relay (fsync always); subscribers on the edge"),
     "redis-always": ("Redis Streams", "AOF appendfsync always"),
     "redis-everysec": ("Redis Streams", "AOF appendfsync everysec"),
     "ncat": ("ncat --broker", "none (memory only, reference)"),
 }
 WR_FSYNC = {"wr-always": "always", "wr-interval": "interval:100",
-            "wr-never": "never", "wr-tls": "always"}
+            "wr-never": "never", "wr-tls": "always", "wr-bridge": "always"}
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -167,15 +169,91 @@ class Env:
 
 # ---- servers ---------------------------------------------------------------
 
+def nats_cluster(env, n=3):
+    """n nats-server processes with routes and JetStream on loopback; returns
+    (processes, client ports) once every node's /healthz says ok."""
+    ports = [(free_port(), free_port(), free_port()) for _ in range(n)]
+    procs = []
+    for i, (cp, rp, hp) in enumerate(ports):
+        d = env.fresh(f"data/n{i}")
+        routes = ", ".join(f"nats-route://127.0.0.1:{r}"
+                           for j, (_, r, _) in enumerate(ports) if j != i)
+        conf = os.path.join(d, "nats.conf")
+        with open(conf, "w") as f:
+            f.write(f"server_name: n{i}\nlisten: 127.0.0.1:{cp}\n"
+                    f"http: 127.0.0.1:{hp}\n"
+                    f"jetstream {{ store_dir: \"{d}\" }}\n"
+                    f"cluster {{ name: bench, listen: 127.0.0.1:{rp}, "
+                    f"routes: [{routes}] }}\n")
+        procs.append(env.spawn(["nats-server", "-c", conf], f"nats-n{i}.log"))
+    deadline = time.time() + 60
+    for _, _, hp in ports:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{hp}/healthz",
+                                            timeout=2) as r:
+                    if b'"ok"' in r.read():
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("the NATS cluster did not become healthy")
+            time.sleep(0.1)
+    return procs, [cp for cp, _, _ in ports]
+
+
+def wr_status(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/status",
+                                timeout=5) as r:
+        return json.loads(r.read())
+
+
 class Server:
     """One server process for one run: start(), addresses, stop()."""
 
     def __init__(self, env, system):
         self.env, self.system, self.proc = env, system, None
+        self.extra = []
 
     def start(self):
         env, s = self.env, self.system
-        if s.startswith("wr-"):
+        if s in ("wr-bridge", "nats-r3"):
+            env.fresh("data")
+            self.extra, ports = nats_cluster(env)
+            self.port = ports[0]
+            self.urls = ",".join(f"nats://127.0.0.1:{p}" for p in ports)
+        if s == "wr-bridge":
+            # the sink: this system's ingest; the edge: its subscribers
+            self.ingest, sink_http = free_port(), free_port()
+            self.extra.append(env.spawn(
+                [env.walrelay, "--data-dir", env.fresh("data/sink"),
+                 "--ingest", f"127.0.0.1:{self.ingest}",
+                 "--listen", f"127.0.0.1:{free_port()}",
+                 "--http", f"127.0.0.1:{sink_http}", "--log-level", "warn",
+                 "--jetstream-sink", self.urls, "--jetstream-stream", "bench"],
+                "walrelay-sink.log"))
+            self.listen, self.http = free_port(), free_port()
+            self.proc = env.spawn(
+                [env.walrelay, "--data-dir", env.fresh("data/edge"),
+                 "--ingest", "none", "--listen", f"127.0.0.1:{self.listen}",
+                 "--http", f"127.0.0.1:{self.http}", "--log-level", "warn",
+                 "--max-subscribers", "20000", "--max-conns-per-ip", "20000",
+                 "--upstream", self.urls, "--upstream-protocol", "jetstream",
+                 "--jetstream-stream", "bench"], "walrelay-edge.log")
+            ok = wait_port(self.ingest) and wait_port(self.http)
+            # one frame through, so that the edge has the origin's positions
+            # before the subscribers come (they take the stream from there)
+            subprocess.run([env.walcat, "produce", "--count", "1", "--quiet",
+                            f"127.0.0.1:{self.ingest}"], check=True)
+            deadline = time.time() + 60
+            while ok and wr_status(self.http)["next"] < 1:
+                if time.time() > deadline:
+                    raise RuntimeError("wr-bridge: the edge got no frame")
+                time.sleep(0.05)
+        elif s == "nats-r3":
+            self.proc = self.extra[0]
+            ok = True
+        elif s.startswith("wr-"):
             d = env.fresh("data")
             self.ingest, self.listen, http = free_port(), free_port(), free_port()
             self.http = http
@@ -232,13 +310,16 @@ class Server:
                 argv += ["--proto", "raw"]
             if s == "wr-tls":
                 argv += ["--tls"]
+            if s == "wr-bridge":
+                argv += ["--proto", "stock"]	# live from the next frame
             if stall:
                 argv += ["--stall", str(stall)]
             return argv
-        if s == "nats":
+        if s in ("nats", "nats-r3"):
             return [os.path.join(env.bin, "natsbench"), "sub", "--url",
                     f"nats://127.0.0.1:{self.port}", "-n", str(n), "--count",
-                    str(count), "--timeout", str(timeout), "--ready", ready]
+                    str(count), "--timeout", str(timeout), "--ready", ready,
+                    "--replicas", "3" if s == "nats-r3" else "1"]
         return [os.path.join(env.bin, "redisbench"), "sub", "--port",
                 str(self.port), "-n", str(n), "--count", str(count),
                 "--timeout", str(timeout), "--ready", ready]
@@ -252,7 +333,7 @@ class Server:
             if rate:
                 argv += ["--rate", str(int(rate))]
             return argv + [f"127.0.0.1:{port}"]
-        if s == "nats":
+        if s in ("nats", "nats-r3"):
             return [os.path.join(env.bin, "natsbench"), "pub", "--url",
                     f"nats://127.0.0.1:{self.port}", "--count", str(count),
                     "--value-bytes", str(vbytes), "--rate", str(int(rate))]
@@ -278,6 +359,8 @@ class Server:
 
     def stop(self):
         self.env.stop(self.proc)
+        for p in self.extra:
+            self.env.stop(p)
         shutil.rmtree(os.path.join(self.env.rundir, "data"),
                       ignore_errors=True)
 

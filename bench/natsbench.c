@@ -2,7 +2,8 @@
  * natsbench: the same workload through NATS JetStream (Debian libnats).
  *
  *   natsbench sub --url nats://127.0.0.1:4222 -n N --count C [--timeout S]
- *                 [--ready FILE]     creates the stream (file storage),
+ *                 [--ready FILE] [--replicas R]
+ *                                    creates the stream (file storage),
  *                                    then N ordered consumers, one
  *                                    connection each; prints RESULT
  *   natsbench pub --url URL --count C --value-bytes V [--rate R]
@@ -98,12 +99,13 @@ main(int argc, char **argv)
 		{ "rate", required_argument, NULL, 'R' },
 		{ "timeout", required_argument, NULL, 't' },
 		{ "ready", required_argument, NULL, 'r' },
+		{ "replicas", required_argument, NULL, 'P' },
 		{ NULL, 0, NULL, 0 }
 	};
 	const char *url = "nats://127.0.0.1:4222", *ready = NULL, *mode;
 	uint64_t count = 1000, rate = 0;
 	size_t vbytes = 100;
-	unsigned n = 1;
+	unsigned n = 1, replicas = 1;
 	double timeout = 60;
 	int c;
 	natsStatus s;
@@ -122,6 +124,7 @@ main(int argc, char **argv)
 		case 'R': rate = strtoull(optarg, NULL, 10); break;
 		case 't': timeout = atof(optarg); break;
 		case 'r': ready = optarg; break;
+		case 'P': replicas = (unsigned)atoi(optarg); break;
 		default: return 3;
 		}
 	}
@@ -180,6 +183,7 @@ main(int argc, char **argv)
 		cfg.Subjects = subjects;
 		cfg.SubjectsLen = 1;
 		cfg.Storage = js_FileStorage;
+		cfg.Replicas = replicas;
 		if ((s = js_AddStream(&si, subs[0].js, &cfg, NULL, &je)) != NATS_OK)
 			return die("add stream", s, je);
 		jsStreamInfo_Destroy(si);
