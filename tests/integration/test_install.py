@@ -130,5 +130,5 @@ def test_readme_commands_are_what_ci_runs(srcdir):
     for pkg in ("libevent-dev", "libssl-dev", "libzstd-dev", "libxxhash-dev",
                 "liblz4-dev", "zlib1g-dev", "check", "openssl",
                 "python3-pytest", "python3-zstandard", "libsystemd-dev",
-                "libisal-dev", "systemd"):
+                "libisal-dev", "systemd", "libnats-dev", "nats-server"):
         assert re.search(rf"(^|\s|\"){re.escape(pkg)}(\s|\"|$)", deps), pkg
