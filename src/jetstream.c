@@ -1092,9 +1092,11 @@ sink_publish_span(struct jetstream *j, jsCtx *js, uint64_t epoch,
 		    fcw2_frame_len(buf + pos)) {
 			size_t want = JS_READ_MAX;
 
-			memmove(buf, buf + pos, have - pos);
-			have -= pos;
-			pos = 0;
+			if (pos > 0) {
+				memmove(buf, buf + pos, have - pos);
+				have -= pos;
+				pos = 0;
+			}
 			if (have >= FCW2_HEADER_LEN &&
 			    fcw2_frame_len(buf) > want)
 				want = fcw2_frame_len(buf);
