@@ -1455,6 +1455,15 @@ config_free(struct wr_config *cfg)
 	}
 	cfg->argv = NULL;
 	cfg->argc = 0;
+	while (cfg->streams != NULL) {
+		struct wr_config *sc = cfg->streams;
+
+		cfg->streams = sc->next_stream;
+		config_free(sc);
+		free(sc);
+	}
+	free(cfg->stream_name);
+	cfg->stream_name = NULL;
 }
 
 size_t

@@ -34,13 +34,6 @@ static struct event	*ev_stop_poll;
 static struct event	*ev_stop_deadline;
 static int		 exit_code;
 
-/* The writer thread calls this: wake the loop (thread-safe). */
-static void
-store_notify(void *arg)
-{
-	event_active(arg, EV_READ, 0);
-}
-
 static void
 stop_finish(void)
 {
@@ -50,39 +43,26 @@ stop_finish(void)
 static void
 stop_check(void)
 {
-	relay_store_update();
-	if (relay->r_ss->ss_durable < relay->r_ss->ss_next &&
-	    relay->r_ss->ss_error == 0)
-		return;		/* still making frames durable */
-	if (!fanout_drained(relay->r_fan))
-		return;
-	if (relay->r_ss->ss_error != 0)
-		log_warnx("stop: storage is failing (%s): %" PRIu64 " frames "
-		    "from sequence %" PRIu64 " are not durable; the writer "
-		    "tries a few more times", strerror(relay->r_ss->ss_error),
-		    relay->r_ss->ss_next - relay->r_ss->ss_durable,
-		    relay->r_ss->ss_durable);
-	else
+	struct stream *st;
+	int failing = 0;
+
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
+		if (!stream_stopped(st))
+			return;
+		failing |= st->st_ss.ss_error != 0;
+	}
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+		if (st->st_ss.ss_error != 0)
+			log_warnx("%s: stop: storage is failing (%s): %" PRIu64
+			    " frames from sequence %" PRIu64 " are not "
+			    "durable; the writer tries a few more times",
+			    st->st_name, strerror(st->st_ss.ss_error),
+			    st->st_ss.ss_next - st->st_ss.ss_durable,
+			    st->st_ss.ss_durable);
+	if (!failing)
 		log_info("stop: everything durable and every subscriber "
 		    "drained");
 	stop_finish();
-}
-
-/* The writer moved: new durable frames, disk trouble, or recovery. */
-static void
-store_event_cb(evutil_socket_t fd, short what, void *arg)
-{
-	int olderr = relay->r_ss->ss_error;
-
-	relay_store_update();
-	if (relay->r_ss->ss_error != olderr && relay->r_ss->ss_error == 0)
-		log_info("storage: healthy again at sequence %" PRIu64,
-		    relay->r_ss->ss_durable);
-	fanout_advance(relay->r_fan, relay_sendable());
-	if (relay->r_up != NULL)
-		upstream_flow(relay->r_up);
-	if (relay->r_stopping)
-		stop_check();
 }
 
 static void
@@ -94,11 +74,23 @@ stop_poll_cb(evutil_socket_t fd, short what, void *arg)
 static void
 stop_deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
-	relay_store_update();
-	log_warnx("stop: gave subscribers %u ms to drain; closing the rest "
-	    "(durable up to sequence %" PRIu64 ")",
-	    relay->r_cfg->shutdown_timeout_ms, relay->r_ss->ss_durable);
+	struct stream *st;
+
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
+		stream_store_update(st);
+		log_warnx("%s: stop: gave subscribers %u ms to drain; closing "
+		    "the rest (durable up to sequence %" PRIu64 ")",
+		    st->st_name, relay->r_cfg->shutdown_timeout_ms,
+		    st->st_ss.ss_durable);
+	}
 	stop_finish();
+}
+
+/* Once a second, for the whole process. */
+static void
+process_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	chunk_cache_tick();	/* no reuse for a second: free kept buffers */
 }
 
 static void
@@ -106,6 +98,7 @@ stop_begin(int sig)
 {
 	struct timeval poll = { 0, STOP_POLL_MS * 1000 };
 	struct timeval dl;
+	struct stream *st;
 	unsigned ms = relay->r_cfg->shutdown_timeout_ms;
 
 	if (relay->r_stopping) {
@@ -116,8 +109,8 @@ stop_begin(int sig)
 	log_info("stop: %s received: no new connections, making everything "
 	    "durable, letting subscribers drain (at most %u ms)",
 	    strsignal(sig), ms);
-	upstream_stop(relay->r_up);
-	fanout_stop(relay->r_fan);
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+		stream_stop(st);
 	ev_stop_poll = event_new(relay->r_base, -1, EV_PERSIST, stop_poll_cb,
 	    NULL);
 	ev_stop_deadline = evtimer_new(relay->r_base, stop_deadline_cb, NULL);
@@ -180,43 +173,64 @@ tls_files_client(const struct wr_config *cfg, struct tls_files *tf,
 }
 
 static int
-tls_setup(const struct wr_config *cfg, int reloading, char *err,
+tls_setup_server(const struct wr_config *cfg, int reloading, char *err,
     size_t errlen)
+{
+	struct tls_files tf;
+
+	if (cfg->tls_cert == NULL && cfg->tls_key == NULL)
+		return 0;
+	tls_files_server(cfg, &tf);
+	if (relay->r_tls != NULL && reloading)
+		return tls_reload(relay->r_tls, &tf, err, errlen);
+	if ((relay->r_tls = tls_server_new(&tf, err, errlen)) == NULL)
+		return -1;
+	return 0;
+}
+
+/* A stream's pull client context: made, or reloaded into *ctx. */
+static int
+tls_setup_client(const struct wr_config *cfg, struct tls_ctx **ctx,
+    char *err, size_t errlen)
 {
 	struct tls_files tf;
 	char host[256];
 
-	if (cfg->tls_cert != NULL || cfg->tls_key != NULL) {
-		tls_files_server(cfg, &tf);
-		if (relay->r_tls != NULL && reloading) {
-			if (tls_reload(relay->r_tls, &tf, err, errlen) == -1)
-				return -1;
-		} else if ((relay->r_tls = tls_server_new(&tf, err,
-		    errlen)) == NULL)
-			return -1;
-	}
-	if (cfg->upstream_tls && cfg->upstream != NULL) {
-		tls_files_client(cfg, &tf, host, sizeof(host));
-		if (relay->r_upstream_tls != NULL && reloading) {
-			if (tls_reload(relay->r_upstream_tls, &tf, err,
-			    errlen) == -1)
-				return -1;
-		} else if ((relay->r_upstream_tls = tls_client_new(&tf, err,
-		    errlen)) == NULL)
-			return -1;
-	}
+	if (!cfg->upstream_tls || cfg->upstream == NULL)
+		return 0;
+	tls_files_client(cfg, &tf, host, sizeof(host));
+	if (*ctx != NULL)
+		return tls_reload(*ctx, &tf, err, errlen);
+	if ((*ctx = tls_client_new(&tf, err, errlen)) == NULL)
+		return -1;
 	return 0;
+}
+
+/* The streams a config defines: its [stream NAME] sections, or itself. */
+static struct wr_config *
+stream_cfg_first(struct wr_config *cfg)
+{
+	return cfg->streams != NULL ? cfg->streams : cfg;
+}
+
+static const char *
+stream_cfg_name(const struct wr_config *sc)
+{
+	return sc->stream_name != NULL ? sc->stream_name : STREAM_DEFAULT;
 }
 
 static void
 reload(void)
 {
-	struct wr_config *next, *cur = relay->r_cfg;
+	struct wr_config *next, *cur = relay->r_cfg, *sc;
+	struct stream *st;
 	struct auth_tokens *tok;
 	char err[1024];
+	size_t npub = 0, nsub = 0, nstreams = 0;
 
 	/* an operator who freed disk space reloads to retry at once */
-	segstore_retry(relay->r_store);
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+		segstore_retry(st->st_store);
 	if ((next = calloc(1, sizeof(*next))) == NULL) {
 		log_warnx("reload: out of memory; keeping the running config");
 		return;
@@ -227,30 +241,50 @@ reload(void)
 		free(next);
 		return;
 	}
-	if ((tok = calloc(1, sizeof(*tok))) == NULL ||
-	    auth_load(tok, next, err, sizeof(err)) == -1) {
-		log_warnx("reload: %s; keeping the running tokens and config",
-		    tok ? err : "out of memory");
+	/* every stream's tokens load, or none change */
+	for (sc = stream_cfg_first(next); sc != NULL; sc = sc->next_stream) {
+		if ((tok = calloc(1, sizeof(*tok))) == NULL ||
+		    auth_load(tok, sc, err, sizeof(err)) == -1) {
+			log_warnx("reload: %s: %s; keeping the running tokens "
+			    "and config", stream_cfg_name(sc),
+			    tok ? err : "out of memory");
+			free(tok);
+			config_free(next);
+			free(next);
+			return;
+		}
+		auth_free(tok);
 		free(tok);
-		config_free(next);
-		free(next);
-		return;
 	}
-	if (tls_setup(next, 1, err, sizeof(err)) == -1)
+	if (tls_setup_server(next, 1, err, sizeof(err)) == -1)
 		log_warnx("reload: %s; keeping the running certificates", err);
-	else if (relay->r_tls != NULL || relay->r_upstream_tls != NULL)
+	else if (relay->r_tls != NULL)
 		log_info("reload: TLS certificates reloaded");
-	warn_loose(tok, next);
 	config_apply_reload(cur, next);
 	config_free(next);
 	free(next);
-	auth_free(relay->r_tokens);
-	free(relay->r_tokens);
-	relay->r_tokens = tok;
 	log_set_level(cur->log_level);
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
+		if (tls_setup_client(st->st_cfg, &st->st_upstream_tls, err,
+		    sizeof(err)) == -1)
+			log_warnx("reload: %s: %s; keeping the running upstream "
+			    "certificates", st->st_name, err);
+		if ((tok = calloc(1, sizeof(*tok))) == NULL ||
+		    auth_load(tok, st->st_cfg, err, sizeof(err)) == -1) {
+			log_warnx("reload: %s: %s; keeping its running tokens",
+			    st->st_name, tok ? err : "out of memory");
+			free(tok);
+			continue;
+		}
+		warn_loose(tok, st->st_cfg);
+		npub += tok->at_publish.ts_count;
+		nsub += tok->at_subscribe.ts_count;
+		stream_set_tokens(st, tok);
+		nstreams++;
+	}
 	log_info("reload: tokens and limits reloaded (%zu publish, %zu "
-	    "subscribe tokens)", tok->at_publish.ts_count,
-	    tok->at_subscribe.ts_count);
+	    "subscribe tokens, %zu stream%s)", npub, nsub, nstreams,
+	    nstreams == 1 ? "" : "s");
 }
 
 static void
@@ -306,15 +340,81 @@ check_exposure(struct wr_config *cfg, struct auth_tokens *tok, char *err,
 	return 0;
 }
 
+/* Load and check what every stream needs before anything starts. */
+struct stream_plan {
+	struct wr_config	*sp_cfg;
+	struct auth_tokens	*sp_tok;
+	struct tls_ctx		*sp_upstream_tls;
+};
+
+static void
+plans_free(struct stream_plan *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (p[i].sp_tok != NULL) {
+			auth_free(p[i].sp_tok);
+			free(p[i].sp_tok);
+		}
+		tls_free(p[i].sp_upstream_tls);
+	}
+	free(p);
+}
+
+static struct stream_plan *
+plans_make(struct wr_config *cfg, size_t *np, char *err, size_t errlen)
+{
+	struct stream_plan *p;
+	struct wr_config *sc;
+	size_t n = 0;
+	char e[900];
+
+	for (sc = stream_cfg_first(cfg); sc != NULL; sc = sc->next_stream)
+		n++;
+	if ((p = calloc(n, sizeof(*p))) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	n = 0;
+	for (sc = stream_cfg_first(cfg); sc != NULL; sc = sc->next_stream) {
+		struct stream_plan *sp = &p[n++];
+
+		sp->sp_cfg = sc;
+		if ((sp->sp_tok = calloc(1, sizeof(*sp->sp_tok))) == NULL) {
+			snprintf(err, errlen, "out of memory");
+			goto fail;
+		}
+		if (auth_load(sp->sp_tok, sc, e, sizeof(e)) == -1 ||
+		    check_exposure(sc, sp->sp_tok, e, sizeof(e)) == -1 ||
+		    tls_setup_client(sc, &sp->sp_upstream_tls, e,
+		    sizeof(e)) == -1) {
+			if (cfg->streams != NULL)
+				snprintf(err, errlen, "stream %s: %s",
+				    stream_cfg_name(sc), e);
+			else
+				snprintf(err, errlen, "%s", e);
+			goto fail;
+		}
+		warn_loose(sp->sp_tok, sc);
+	}
+	*np = n;
+	return p;
+fail:
+	plans_free(p, n);
+	return NULL;
+}
+
 int
 main(int argc, char **argv)
 {
 	static struct wr_config cfg;
-	struct segment_config sc;
-	struct auth_tokens *tok;
-	struct event *sig[4];
+	struct stream_plan *plans;
+	struct stream *st;
+	struct event *sig[4], *tick;
+	struct timeval onesec = { 1, 0 };
 	int signals[4] = { SIGHUP, SIGTERM, SIGINT, -1 };
 	char err[1024];
+	size_t nplans = 0;
+	uint64_t last_next = 0;
 	int rc;
 
 	log_init("walrelay", LOG_LEVEL_INFO, 0);
@@ -328,34 +428,22 @@ main(int argc, char **argv)
 	}
 	log_init("walrelay", cfg.log_level, cfg.log_syslog);
 
-	if ((tok = calloc(1, sizeof(*tok))) == NULL)
-		fatal("calloc");
-	if (auth_load(tok, &cfg, err, sizeof(err)) == -1 ||
-	    check_exposure(&cfg, tok, err, sizeof(err)) == -1) {
-		fprintf(stderr, "walrelay: %s\n", err);
-		auth_free(tok);
-		free(tok);
-		config_free(&cfg);
-		return 2;
-	}
-	warn_loose(tok, &cfg);
 	relay = &the_relay;
 	relay->r_cfg = &cfg;
-	relay->r_tokens = tok;
-	if (tls_setup(&cfg, 0, err, sizeof(err)) == -1) {
+	TAILQ_INIT(&relay->r_streams);
+	if ((plans = plans_make(&cfg, &nplans, err, sizeof(err))) == NULL ||
+	    tls_setup_server(&cfg, 0, err, sizeof(err)) == -1) {
 		fprintf(stderr, "walrelay: %s\n", err);
+		if (plans != NULL)
+			plans_free(plans, nplans);
 		tls_free(relay->r_tls);
-		auth_free(tok);
-		free(tok);
 		config_free(&cfg);
 		return 2;
 	}
 	if (cfg.check_only) {
 		printf("walrelay: configuration OK\n");
+		plans_free(plans, nplans);
 		tls_free(relay->r_tls);
-		tls_free(relay->r_upstream_tls);
-		auth_free(tok);
-		free(tok);
 		config_free(&cfg);
 		return 0;
 	}
@@ -381,77 +469,67 @@ main(int argc, char **argv)
 	if ((relay->r_base = event_base_new()) == NULL)
 		fatalx("cannot create the event loop");
 
-	memset(&sc, 0, sizeof(sc));
-	sc.dir = cfg.data_dir;
-	sc.fsync_mode = cfg.fsync_mode;
-	sc.fsync_interval_ms = cfg.fsync_interval_ms;
-	sc.segment_bytes = cfg.segment_bytes;
-	sc.segment_age_ms = cfg.segment_age_s * 1000;
-	sc.retain_bytes = cfg.retain_bytes;
-	sc.retain_age_s = cfg.retain_age_s;
-	sc.max_frame_bytes = cfg.max_frame_bytes;
-	sc.retry_ms = 1000;
-	sc.verify_sealed = cfg.verify_segments;
-	if ((relay->r_store = segstore_open(&sc, err, sizeof(err))) == NULL)
-		fatalx("storage: %s", err);
-	relay_store_update();
-	log_info("storage: %s, epoch %016" PRIx64 ", frames %" PRIu64 " to %"
-	    PRIu64 ", fsync %s", cfg.data_dir, segstore_epoch(relay->r_store),
-	    relay->r_ss->ss_earliest, relay->r_ss->ss_next,
-	    cfg.fsync_mode == FSYNC_ALWAYS ? "always" :
-	    cfg.fsync_mode == FSYNC_NEVER ? "never" : "interval");
+	for (size_t i = 0; i < nplans; i++) {
+		struct stream_plan *sp = &plans[i];
 
-	relay->r_positioned = !(cfg.upstream != NULL &&
-	    cfg.upstream_protocol == UPSTREAM_PROTO_SUB &&
-	    relay->r_ss->ss_next == 0);
-	relay->r_store_ev = event_new(relay->r_base, -1, 0, store_event_cb,
-	    NULL);
-	if (relay->r_store_ev == NULL)
-		fatalx("out of memory");
-	if ((relay->r_fan = fanout_new(err, sizeof(err))) == NULL)
-		fatalx("%s", err);
-	relay->r_fan->fo_sendable = relay_sendable();
-	if (segstore_start(relay->r_store, store_notify, relay->r_store_ev) ==
-	    -1)
-		fatalx("storage: cannot start the writer thread");
-	if ((relay->r_up = upstream_new(err, sizeof(err))) == NULL)
-		fatalx("%s", err);
+		if ((st = stream_new(stream_cfg_name(sp->sp_cfg), sp->sp_cfg,
+		    sp->sp_tok, sp->sp_upstream_tls, err, sizeof(err))) == NULL)
+			fatalx("%s", err);
+		sp->sp_tok = NULL;		/* the stream's now */
+		sp->sp_upstream_tls = NULL;
+		TAILQ_INSERT_TAIL(&relay->r_streams, st, st_entry);
+		relay->r_nstreams++;
+	}
+	plans_free(plans, nplans);
 	if (cfg.http != NULL &&
 	    (relay->r_http = http_new(cfg.http, err, sizeof(err))) == NULL)
 		fatalx("%s", err);
+	if ((tick = event_new(relay->r_base, -1, EV_PERSIST, process_tick_cb,
+	    NULL)) == NULL || event_add(tick, &onesec) == -1)
+		fatalx("out of memory");
 
 	for (int i = 0; signals[i] != -1; i++) {
 		sig[i] = evsignal_new(relay->r_base, signals[i], signal_cb, NULL);
 		if (sig[i] == NULL || evsignal_add(sig[i], NULL) == -1)
 			fatalx("cannot install signal handlers");
 	}
-	log_info("walrelay %s started (pid %ld)", PACKAGE_VERSION,
-	    (long)getpid());
+	log_info("walrelay %s started (pid %ld, %zu stream%s)",
+	    PACKAGE_VERSION, (long)getpid(), relay->r_nstreams,
+	    relay->r_nstreams == 1 ? "" : "s");
 
 	event_base_dispatch(relay->r_base);
 
 	/* shutdown, in reverse */
+	if (ev_stop_poll != NULL)
+		event_del(ev_stop_poll);
+	if (ev_stop_deadline != NULL)
+		event_del(ev_stop_deadline);
+	event_del(tick);
 	http_free(relay->r_http);
-	upstream_free(relay->r_up);
-	relay->r_up = NULL;
-	fanout_free(relay->r_fan);
-	/* bufferevents free through finalizers: let the loop run them */
+	relay->r_http = NULL;
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
+		if (stream_close(st) == -1)
+			exit_code = 1;	/* frames were dropped */
+		else if (relay->r_nstreams > 1)
+			log_info("%s: stop: frames up to sequence %" PRIu64
+			    " are durable", st->st_name, st->st_ss.ss_next);
+		last_next = st->st_ss.ss_next;
+	}
+	/* the last file spans and bufferevents free from the loop */
 	event_base_loop(relay->r_base, EVLOOP_NONBLOCK);
-	relay->r_fan = NULL;
-	relay_store_update();
-	if (segstore_close(relay->r_store) == -1)	/* makes it durable */
-		exit_code = 1;	/* or could not: frames were dropped */
-	relay->r_store = NULL;
+	while ((st = TAILQ_FIRST(&relay->r_streams)) != NULL) {
+		TAILQ_REMOVE(&relay->r_streams, st, st_entry);
+		stream_free(st);
+	}
 	for (int i = 0; signals[i] != -1; i++)
 		event_free(sig[i]);
+	event_free(tick);
 	if (ev_stop_poll != NULL)
 		event_free(ev_stop_poll);
 	if (ev_stop_deadline != NULL)
 		event_free(ev_stop_deadline);
-	event_free(relay->r_store_ev);
 	event_base_free(relay->r_base);
 	tls_free(relay->r_tls);
-	tls_free(relay->r_upstream_tls);
 	if (chunk_live_count() != 0)
 		log_warnx("stop: %ld frame buffers still referenced at exit",
 		    chunk_live_count());
@@ -461,11 +539,11 @@ main(int argc, char **argv)
 	if (exit_code != 0)
 		log_error("stop: exiting with status %d: frames that could not "
 		    "be made durable were dropped (see above)", exit_code);
-	else
+	else if (relay->r_nstreams == 1)
 		log_info("stop: exiting; frames up to sequence %" PRIu64 " are "
-		    "durable", relay->r_ss->ss_next);
-	auth_free(relay->r_tokens);
-	free(relay->r_tokens);
+		    "durable", last_next);
+	else
+		log_info("stop: exiting; every stream's frames are durable");
 	config_free(&cfg);
 	libevent_global_shutdown();
 	return exit_code;
