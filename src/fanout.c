@@ -59,6 +59,8 @@ struct fanout {
 	struct event		*fo_reaper;
 	uint8_t			*fo_piece;	/* fanout_piece() */
 	int			 fo_stopped;
+	/* its listener is shared: subscribers are routed by their line */
+	int			 fo_routed;
 };
 
 static struct fanout_links *
@@ -94,10 +96,29 @@ fanout_reap_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* The fan-out of a running stream that listens on addr, or NULL. */
+static struct fanout *
+fanout_owner(const char *addr)
+{
+	struct stream *st;
+
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+		if (st->st_fan != NULL && st->st_fan->fo_listener != NULL &&
+		    strcmp(st->st_cfg->listen, addr) == 0)
+			return st->st_fan;
+	return NULL;
+}
+
+int
+fanout_routed(const struct fanout *fo)
+{
+	return fo->fo_routed;
+}
+
 struct fanout *
 fanout_new(struct stream *st, char *errbuf, size_t errlen)
 {
-	struct fanout *fo;
+	struct fanout *fo, *owner;
 
 	if ((fo = calloc(1, sizeof(*fo))) == NULL) {
 		snprintf(errbuf, errlen, "out of memory");
@@ -115,7 +136,13 @@ fanout_new(struct stream *st, char *errbuf, size_t errlen)
 		snprintf(errbuf, errlen, "out of memory");
 		goto fail;
 	}
-	if (st->st_cfg->listen != NULL) {
+	if (st->st_cfg->listen != NULL &&
+	    (owner = fanout_owner(st->st_cfg->listen)) != NULL) {
+		owner->fo_routed = 1;
+		log_info("%s: subscriber: shares %s with stream %s (routed by "
+		    "stream= or subscribe token)", st->st_name,
+		    st->st_cfg->listen, owner->fo_stream->st_name);
+	} else if (st->st_cfg->listen != NULL) {
 		fo->fo_listener = net_listen(st->st_cfg->listen,
 		    fanout_accept_cb, fo, relay->r_tls ? "subscriber (TLS)" :
 		    "subscriber", errbuf, errlen);

@@ -57,6 +57,8 @@ struct chunk	*fanout_find(struct fanout *, uint64_t seq);
 /* Stop accepting subscribers, close those in the handshake (shutdown). */
 void		 fanout_stop(struct fanout *);
 int		 fanout_stopped(const struct fanout *);
+/* Its subscriber listener is shared with other streams. */
+int		 fanout_routed(const struct fanout *);
 /* Every subscriber has been sent everything sendable. */
 int		 fanout_drained(struct fanout *);
 /* Disconnect the streaming subscribers more than max frames behind. */

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include <event2/event.h>
 #include <event2/thread.h>
@@ -219,6 +220,68 @@ stream_cfg_name(const struct wr_config *sc)
 	return sc->stream_name != NULL ? sc->stream_name : STREAM_DEFAULT;
 }
 
+/*
+ * [stream NAME] sections on reload: a running stream takes its section's
+ * reloadable keys; a new section starts a new stream; a section removed
+ * (or a data-dir changed) takes a restart and changes nothing.
+ */
+static void
+reload_streams(struct wr_config *cur, struct wr_config *next)
+{
+	struct wr_config **pp, *sc, **tailp;
+	struct stream *st;
+	struct auth_tokens *tok;
+	struct tls_ctx *utls;
+	char err[1024];
+
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
+		for (sc = next->streams; sc != NULL; sc = sc->next_stream)
+			if (strcmp(sc->stream_name, st->st_name) == 0)
+				break;
+		if (sc == NULL)
+			log_warnx("reload: stream %s is no longer in the "
+			    "config; removing a stream takes a restart (it "
+			    "keeps running)", st->st_name);
+		else if (config_apply_reload(st->st_cfg, sc) > 0)
+			log_warnx("reload: stream %s: the keys above take a "
+			    "restart", st->st_name);
+	}
+	for (tailp = &cur->streams; *tailp != NULL;
+	    tailp = &(*tailp)->next_stream)
+		;
+	for (pp = &next->streams; (sc = *pp) != NULL;) {
+		if (relay_stream(sc->stream_name) != NULL) {
+			pp = &sc->next_stream;
+			continue;
+		}
+		/* a new stream: its config joins the running one */
+		*pp = sc->next_stream;
+		sc->next_stream = NULL;
+		*tailp = sc;
+		tailp = &sc->next_stream;
+		utls = NULL;
+		if ((tok = calloc(1, sizeof(*tok))) == NULL ||
+		    auth_load(tok, sc, err, sizeof(err)) == -1 ||
+		    tls_setup_client(sc, &utls, err, sizeof(err)) == -1) {
+			log_warnx("reload: new stream %s: %s; not started",
+			    sc->stream_name, tok ? err : "out of memory");
+			if (tok != NULL)
+				auth_free(tok);
+			free(tok);
+			tls_free(utls);
+			continue;
+		}
+		if ((st = stream_new(sc->stream_name, sc, tok, utls, err,
+		    sizeof(err))) == NULL) {
+			log_warnx("reload: %s; not started", err);
+			continue;
+		}
+		TAILQ_INSERT_TAIL(&relay->r_streams, st, st_entry);
+		relay->r_nstreams++;
+		log_info("reload: stream %s started", st->st_name);
+	}
+}
+
 static void
 reload(void)
 {
@@ -256,6 +319,14 @@ reload(void)
 		auth_free(tok);
 		free(tok);
 	}
+	if ((cur->streams == NULL) != (next->streams == NULL)) {
+		log_warnx("reload: moving between one stream and [stream NAME] "
+		    "sections takes a restart; keeping the running config");
+		config_free(next);
+		free(next);
+		return;
+	}
+	reload_streams(cur, next);
 	if (tls_setup_server(next, 1, err, sizeof(err)) == -1)
 		log_warnx("reload: %s; keeping the running certificates", err);
 	else if (relay->r_tls != NULL)
@@ -469,6 +540,10 @@ main(int argc, char **argv)
 	if ((relay->r_base = event_base_new()) == NULL)
 		fatalx("cannot create the event loop");
 
+	/* the streams' directories default to <data-dir>/<NAME> */
+	if (cfg.streams != NULL && mkdir(cfg.data_dir, 0700) == -1 &&
+	    errno != EEXIST)
+		fatal("cannot create the data directory %s", cfg.data_dir);
 	for (size_t i = 0; i < nplans; i++) {
 		struct stream_plan *sp = &plans[i];
 

@@ -578,6 +578,61 @@ sub_start_corrupt(struct subscriber *sub, uint64_t start,
 	return segstore_corrupt_at(sub_stream(sub)->st_store, start, bad);
 }
 
+/*
+ * Pick the stream: FCWAL-SUB/1 stream=NAME names it (a stream served on
+ * this listener); on a listener several streams share, a line without it
+ * goes to the stream whose subscribe tokens hold its token. The
+ * subscriber then moves to that stream's fan-out. -1: refused.
+ */
+static int
+sub_route(struct subscriber *sub, const struct handshake_req *req)
+{
+	const char *addr = sub_stream(sub)->st_cfg->listen;
+	struct stream *st, *to = NULL;
+
+	if (req->hr_stream[0] != '\0') {
+		to = relay_stream(req->hr_stream);
+		if (to == NULL || to->st_fan == NULL || to->st_cfg->listen ==
+		    NULL || addr == NULL || strcmp(to->st_cfg->listen,
+		    addr) != 0) {
+			sub_stream(sub)->st_stats.sub_rejected_request++;
+			sub_refuse(sub, "bad-request", "unknown stream");
+			return -1;
+		}
+	} else if (fanout_routed(sub->sub_fan)) {
+		TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+			if (st->st_fan != NULL && st->st_cfg->listen != NULL &&
+			    strcmp(st->st_cfg->listen, addr) == 0 &&
+			    subscribe_required(st) && tokenset_match(
+			    &st->st_tokens->at_subscribe, req->hr_token,
+			    req->hr_token_len)) {
+				to = st;
+				break;
+			}
+		if (to == NULL) {
+			sub_stream(sub)->st_stats.sub_rejected_auth++;
+			if (sub->sub_resuming)
+				sub_refuse(sub, "auth", "not a subscribe token "
+				    "of any stream here (or say stream=NAME)");
+			else {
+				log_limited(&sub_refusals, LOG_LEVEL_WARN,
+				    "%s: refused %s: not a subscribe token of "
+				    "any stream on this listener", sub->sub_name,
+				    sub->sub_peer);
+				subscriber_close(sub, NULL);
+			}
+			return -1;
+		}
+	}
+	if (to != NULL && to->st_fan != sub->sub_fan) {
+		fanout_move(sub->sub_fan, to->st_fan, &sub->sub_link);
+		sub->sub_fan = to->st_fan;
+		log_debug("%s: routed to stream %s", sub->sub_name,
+		    to->st_name);
+	}
+	return 0;
+}
+
 static void
 sub_handshake(struct subscriber *sub)
 {
@@ -621,6 +676,8 @@ sub_handshake(struct subscriber *sub)
 		return;
 	}
 	sub->sub_resuming = req.hr_kind == HANDSHAKE_SUB;
+	if (sub_route(sub, &req) == -1)
+		return;
 	if (subscribe_required(sub_stream(sub)) && !tokenset_match(
 	    &sub_stream(sub)->st_tokens->at_subscribe, req.hr_token, req.hr_token_len)) {
 		sub_stream(sub)->st_stats.sub_rejected_auth++;

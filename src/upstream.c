@@ -66,6 +66,8 @@ struct upstream {
 	struct fcw2_checker	 u_chk;
 	int			 u_paused;
 	int			 u_stopped;
+	/* its ingest listener is shared: route each connection by token */
+	int			 u_routed;
 	/* pull */
 	struct event		*u_retry;
 	unsigned		 u_attempt;
@@ -79,6 +81,8 @@ static void	upconn_event_cb(struct bufferevent *, short, void *);
 static void	pull_schedule(struct upstream *);
 static void	pull_connect(struct upstream *);
 static void	upconn_pull_connected(struct upconn *);
+static struct upstream *upstream_route(struct upstream *, const void *,
+		    size_t);
 
 #define UPCONN_EOF	"connection closed by peer"
 
@@ -330,6 +334,14 @@ upconn_handshake(struct upconn *uc)
 		size_t m = have < 4 ? have : 4;
 		if (memcmp(peek, "FCW2", m) == 0 && memcmp(peek, "FCWA",
 		    m) != 0) {
+			if (uc->uc_up->u_routed) {
+				upconn_stream(uc)->st_stats.up_rejected_auth++;
+				upconn_close(uc, "refused: frames without the "
+				    "auth line on an ingest listener several "
+				    "streams share (the token picks the "
+				    "stream)");
+				return;
+			}
 			if (publish_required(upconn_stream(uc))) {
 				upconn_stream(uc)->st_stats.up_rejected_auth++;
 				upconn_close(uc, "refused: frames without the "
@@ -375,6 +387,24 @@ upconn_handshake(struct upconn *uc)
 		    req.hr_kind == HANDSHAKE_SUB ? "FCWAL-SUB/1 is for the "
 		    "subscriber port" : err);
 		return;
+	}
+	if (uc->uc_up->u_routed) {
+		struct upstream *to = upstream_route(uc->uc_up, req.hr_token,
+		    req.hr_token_len);
+
+		if (to == NULL) {
+			upconn_stream(uc)->st_stats.up_rejected_auth++;
+			upconn_close(uc, "refused: token is not a publish "
+			    "token of any stream on this listener");
+			return;
+		}
+		if (to != uc->uc_up) {
+			TAILQ_REMOVE(&uc->uc_up->u_pending, uc, uc_entry);
+			uc->uc_up = to;
+			TAILQ_INSERT_TAIL(&to->u_pending, uc, uc_entry);
+		}
+		log_debug("%s: routed to stream %s", uc->uc_name,
+		    upconn_stream(uc)->st_name);
 	}
 	if (publish_required(upconn_stream(uc)) && !tokenset_match(
 	    &upconn_stream(uc)->st_tokens->at_publish, req.hr_token,
@@ -750,11 +780,44 @@ upstream_flow(struct upstream *u)
 	}
 }
 
+/* The upstream of a running stream that listens on addr, or NULL. */
+static struct upstream *
+upstream_owner(const char *addr)
+{
+	struct stream *st;
+
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+		if (st->st_up != NULL && st->st_up->u_listener != NULL &&
+		    strcmp(st->st_cfg->ingest, addr) == 0)
+			return st->st_up;
+	return NULL;
+}
+
+/*
+ * On a shared ingest listener: the stream whose publish tokens hold the
+ * token, among those on the listener of u's stream; or NULL.
+ */
+static struct upstream *
+upstream_route(struct upstream *u, const void *tok, size_t len)
+{
+	const char *addr = u->u_stream->st_cfg->ingest;
+	struct stream *st;
+
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+		if (st->st_up != NULL && st->st_cfg->upstream == NULL &&
+		    st->st_cfg->ingest != NULL &&
+		    strcmp(st->st_cfg->ingest, addr) == 0 &&
+		    publish_required(st) && tokenset_match(
+		    &st->st_tokens->at_publish, tok, len))
+			return st->st_up;
+	return NULL;
+}
+
 struct upstream *
 upstream_new(struct stream *st, char *errbuf, size_t errlen)
 {
 	struct wr_config *cfg = st->st_cfg;
-	struct upstream *u;
+	struct upstream *u, *owner;
 
 	if ((u = calloc(1, sizeof(*u))) == NULL) {
 		snprintf(errbuf, errlen, "out of memory");
@@ -766,7 +829,14 @@ upstream_new(struct stream *st, char *errbuf, size_t errlen)
 	if (cfg->ingest != NULL && cfg->upstream != NULL)
 		log_info("ingest: listener not opened: this relay pulls from "
 		    "%s (one upstream at a time)", cfg->upstream);
-	else if (cfg->ingest != NULL) {
+	else if (cfg->ingest != NULL && (owner = upstream_owner(cfg->ingest)) !=
+	    NULL) {
+		/* another stream listens there: it routes by publish token */
+		owner->u_routed = 1;
+		log_info("%s: ingest: shares %s with stream %s (routed by "
+		    "publish token)", st->st_name, cfg->ingest,
+		    owner->u_stream->st_name);
+	} else if (cfg->ingest != NULL) {
 		u->u_listener = net_listen(cfg->ingest, ingest_accept_cb, u,
 		    cfg->tls_ingest ? "ingest (TLS)" : "ingest", errbuf, errlen);
 		if (u->u_listener == NULL)
