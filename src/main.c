@@ -19,10 +19,12 @@
 #include <event2/thread.h>
 
 #include "auth.h"
+#include "preflight.h"
 #include "config.h"
 #include "fanout.h"
 #include "http.h"
 #include "log.h"
+#include "notify.h"
 #include "relay.h"
 #include "segment.h"
 #include "tls.h"
@@ -107,6 +109,7 @@ stop_begin(int sig)
 		_exit(1);
 	}
 	relay->r_stopping = 1;
+	notify_stopping();
 	log_info("stop: %s received: no new connections, making everything "
 	    "durable, letting subscribers drain (at most %u ms)",
 	    strsignal(sig), ms);
@@ -362,8 +365,11 @@ static void
 signal_cb(evutil_socket_t sig, short what, void *arg)
 {
 	if (sig == SIGHUP) {
-		if (!relay->r_stopping)
+		if (!relay->r_stopping) {
+			notify_reloading();
 			reload();
+			notify_ready();
+		}
 		return;
 	}
 	stop_begin(sig);
@@ -512,11 +518,28 @@ main(int argc, char **argv)
 		return 2;
 	}
 	if (cfg.check_only) {
-		printf("walrelay: configuration OK\n");
+		char note[512];
+		struct wr_config *sc;
+
+		rc = 0;
+		for (sc = stream_cfg_first(&cfg); sc != NULL && rc == 0;
+		    sc = sc->next_stream) {
+			if ((rc = preflight_start(sc, note, sizeof(note), err,
+			    sizeof(err))) == -1) {
+				if (cfg.streams != NULL)
+					fprintf(stderr, "walrelay: stream %s: "
+					    "%s\n", stream_cfg_name(sc), err);
+				else
+					fprintf(stderr, "walrelay: %s\n", err);
+			} else if (note[0] != '\0')
+				printf("walrelay: note: %s\n", note);
+		}
+		if (rc == 0)
+			printf("walrelay: configuration OK\n");
 		plans_free(plans, nplans);
 		tls_free(relay->r_tls);
 		config_free(&cfg);
-		return 0;
+		return rc == 0 ? 0 : 2;
 	}
 
 	signal(SIGPIPE, SIG_IGN);
@@ -539,11 +562,22 @@ main(int argc, char **argv)
 	relay->r_started_ms = relay_now_ms();
 	if ((relay->r_base = event_base_new()) == NULL)
 		fatalx("cannot create the event loop");
+	if (notify_init(relay->r_base, err, sizeof(err)) == -1)
+		fatalx("%s", err);
 
 	/* the streams' directories default to <data-dir>/<NAME> */
 	if (cfg.streams != NULL && mkdir(cfg.data_dir, 0700) == -1 &&
 	    errno != EEXIST)
 		fatal("cannot create the data directory %s", cfg.data_dir);
+	/* a taken port or an unusable directory: say so before creating */
+	for (size_t i = 0; i < nplans; i++)
+		if (preflight_start(plans[i].sp_cfg, NULL, 0, err,
+		    sizeof(err)) == -1) {
+			if (cfg.streams != NULL)
+				fatalx("stream %s: %s",
+				    stream_cfg_name(plans[i].sp_cfg), err);
+			fatalx("%s", err);
+		}
 	for (size_t i = 0; i < nplans; i++) {
 		struct stream_plan *sp = &plans[i];
 
@@ -571,6 +605,7 @@ main(int argc, char **argv)
 	log_info("walrelay %s started (pid %ld, %zu stream%s)",
 	    PACKAGE_VERSION, (long)getpid(), relay->r_nstreams,
 	    relay->r_nstreams == 1 ? "" : "s");
+	notify_ready();		/* recovered, every listener bound */
 
 	event_base_dispatch(relay->r_base);
 
@@ -603,6 +638,7 @@ main(int argc, char **argv)
 		event_free(ev_stop_poll);
 	if (ev_stop_deadline != NULL)
 		event_free(ev_stop_deadline);
+	notify_free();
 	event_base_free(relay->r_base);
 	tls_free(relay->r_tls);
 	if (chunk_live_count() != 0)
