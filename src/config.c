@@ -1012,9 +1012,9 @@ config_read_stream(struct wr_config *cfg, struct config_ctx *ctx, FILE *f,
 		*eq = '\0';
 		key = config_trim(s);
 		if (!in_section) {
-			snprintf(errbuf, errlen, "%s:%u: %s: outside a "
-			    "section (put [walrelay] before the keys)", path,
-			    lineno, key);
+			snprintf(errbuf, errlen, "%s:%u: %s: outside the "
+			    "[walrelay] section (put [walrelay] before the "
+			    "keys)", path, lineno, key);
 			goto out;
 		}
 		if ((k = config_find(key, strlen(key))) == NULL) {

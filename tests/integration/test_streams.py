@@ -158,9 +158,16 @@ def test_shared_listener_routes_by_token_and_stream(relays, workdir):
     s = connect(laddr)
     s.sendall(b"FCWAL-SUB/1 sub-a earliest stream=nope\n")
     assert recv_line(s) == "FCWAL-ERR/1 bad-request unknown stream"
-    p = publish(addr, "a", 40, 41, token="nobody")
+    p = connect(addr)
+    p.sendall(b"FCWAL-AUTH/1 nobody\n")
     p.settimeout(10)
-    assert p.recv(1) == b""
+    try:
+        assert p.recv(1) == b""         # closed without a word
+    except ConnectionResetError:
+        pass
+    wait_until(lambda: r.metric('walrelay_upstream_rejected_total'
+                                '{reason="auth"}', "a") == 1, 15,
+               "the refusal counted")
     assert r.metric("walrelay_durable_sequence", "a") == 40
     for c in (sa, sb, pa, pb, s, p):
         c.close()
