@@ -176,23 +176,27 @@ tls_files_client(const struct wr_config *cfg, struct tls_files *tf,
 	tf->tf_server_name = host;
 }
 
+/*
+ * The listeners' TLS context cfg describes, new (NULL when it has none).
+ * A reload builds new contexts and swaps them in only when everything
+ * loaded; connections hold their own reference to the old ones.
+ */
 static int
-tls_setup_server(const struct wr_config *cfg, int reloading, char *err,
-    size_t errlen)
+tls_setup_server(const struct wr_config *cfg, struct tls_ctx **ctx,
+    char *err, size_t errlen)
 {
 	struct tls_files tf;
 
+	*ctx = NULL;
 	if (cfg->tls_cert == NULL && cfg->tls_key == NULL)
 		return 0;
 	tls_files_server(cfg, &tf);
-	if (relay->r_tls != NULL && reloading)
-		return tls_reload(relay->r_tls, &tf, err, errlen);
-	if ((relay->r_tls = tls_server_new(&tf, err, errlen)) == NULL)
+	if ((*ctx = tls_server_new(&tf, err, errlen)) == NULL)
 		return -1;
 	return 0;
 }
 
-/* A stream's pull client context: made, or reloaded into *ctx. */
+/* A stream's pull client context, new (NULL when it has none). */
 static int
 tls_setup_client(const struct wr_config *cfg, struct tls_ctx **ctx,
     char *err, size_t errlen)
@@ -200,11 +204,10 @@ tls_setup_client(const struct wr_config *cfg, struct tls_ctx **ctx,
 	struct tls_files tf;
 	char host[256];
 
+	*ctx = NULL;
 	if (!cfg->upstream_tls || cfg->upstream == NULL)
 		return 0;
 	tls_files_client(cfg, &tf, host, sizeof(host));
-	if (*ctx != NULL)
-		return tls_reload(*ctx, &tf, err, errlen);
 	if ((*ctx = tls_client_new(&tf, err, errlen)) == NULL)
 		return -1;
 	return 0;
@@ -285,14 +288,36 @@ reload_streams(struct wr_config *cur, struct wr_config *next)
 	}
 }
 
+/* The running stream a reloaded config names, or NULL. */
+static struct wr_config *
+reload_find(struct wr_config *next, const char *name)
+{
+	struct wr_config *sc;
+
+	for (sc = stream_cfg_first(next); sc != NULL; sc = sc->next_stream)
+		if (strcmp(stream_cfg_name(sc), name) == 0)
+			return sc;
+	return NULL;
+}
+
+/*
+ * All or nothing: the config, every running stream's tokens and every TLS
+ * context are built from the file first; only if everything loads are they
+ * swapped in. Keys that take a restart keep their running values.
+ */
 static void
 reload(void)
 {
 	struct wr_config *next, *cur = relay->r_cfg, *sc;
 	struct stream *st;
-	struct auth_tokens *tok;
+	struct tls_ctx *srv = NULL;
 	char err[1024];
-	size_t npub = 0, nsub = 0, nstreams = 0;
+	size_t n = 0, npub = 0, nsub = 0;
+	int restart, applied;
+	struct reload_new {
+		struct auth_tokens	*rn_tok;
+		struct tls_ctx		*rn_cli;
+	} *rn = NULL;
 
 	/* an operator who freed disk space reloads to retry at once */
 	TAILQ_FOREACH(st, &relay->r_streams, st_entry)
@@ -301,64 +326,81 @@ reload(void)
 		log_warnx("reload: out of memory; keeping the running config");
 		return;
 	}
-	if (config_reload(cur, next, err, sizeof(err)) == -1) {
+	if ((restart = config_reload(cur, next, err, sizeof(err))) == -1) {
 		log_warnx("reload: %s; keeping the running config", err);
-		config_free(next);
-		free(next);
-		return;
-	}
-	/* every stream's tokens load, or none change */
-	for (sc = stream_cfg_first(next); sc != NULL; sc = sc->next_stream) {
-		if ((tok = calloc(1, sizeof(*tok))) == NULL ||
-		    auth_load(tok, sc, err, sizeof(err)) == -1) {
-			log_warnx("reload: %s: %s; keeping the running tokens "
-			    "and config", stream_cfg_name(sc),
-			    tok ? err : "out of memory");
-			free(tok);
-			config_free(next);
-			free(next);
-			return;
-		}
-		auth_free(tok);
-		free(tok);
+		goto out;
 	}
 	if ((cur->streams == NULL) != (next->streams == NULL)) {
 		log_warnx("reload: moving between one stream and [stream NAME] "
 		    "sections takes a restart; keeping the running config");
-		config_free(next);
-		free(next);
-		return;
+		goto out;
 	}
-	reload_streams(cur, next);
-	if (tls_setup_server(next, 1, err, sizeof(err)) == -1)
-		log_warnx("reload: %s; keeping the running certificates", err);
-	else if (relay->r_tls != NULL)
-		log_info("reload: TLS certificates reloaded");
-	config_apply_reload(cur, next);
+	if ((rn = calloc(relay->r_nstreams, sizeof(*rn))) == NULL) {
+		log_warnx("reload: out of memory; keeping the running config");
+		goto out;
+	}
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
+		struct reload_new *r = &rn[n++];
+
+		/* a removed stream keeps its running settings */
+		if ((sc = reload_find(next, st->st_name)) == NULL)
+			sc = st->st_cfg;
+		if ((r->rn_tok = calloc(1, sizeof(*r->rn_tok))) == NULL ||
+		    auth_load(r->rn_tok, sc, err, sizeof(err)) == -1 ||
+		    tls_setup_client(sc, &r->rn_cli, err, sizeof(err)) == -1) {
+			log_warnx("reload: %s: %s; keeping the running "
+			    "certificates, tokens and config", st->st_name,
+			    r->rn_tok ? err : "out of memory");
+			goto out;
+		}
+	}
+	if (tls_setup_server(next, &srv, err, sizeof(err)) == -1) {
+		log_warnx("reload: %s; keeping the running certificates, "
+		    "tokens and config", err);
+		goto out;
+	}
+	/* everything loaded: swap */
+	tls_free(relay->r_tls);
+	relay->r_tls = srv;
+	srv = NULL;
+	n = 0;
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
+		struct reload_new *r = &rn[n++];
+
+		warn_loose(r->rn_tok, st->st_cfg);
+		npub += r->rn_tok->at_publish.ts_count;
+		nsub += r->rn_tok->at_subscribe.ts_count;
+		stream_set_tokens(st, r->rn_tok);
+		r->rn_tok = NULL;
+		if (r->rn_cli != NULL || st->st_upstream_tls != NULL) {
+			tls_free(st->st_upstream_tls);
+			st->st_upstream_tls = r->rn_cli;
+			r->rn_cli = NULL;
+		}
+	}
+	if (relay->r_tls != NULL)
+		log_info("reload: TLS certificates reloaded (listeners)");
+	if (cur->streams != NULL)
+		reload_streams(cur, next);
+	applied = config_apply_reload(cur, next);
+	log_set_level(cur->log_level);
+	log_info("reload: tokens and limits reloaded (%zu publish, %zu "
+	    "subscribe tokens); %d changed keys applied, %d not applied "
+	    "(they take a restart)", npub, nsub, applied, restart);
+out:
+	if (rn != NULL) {
+		for (size_t i = 0; i < relay->r_nstreams; i++) {
+			if (rn[i].rn_tok != NULL) {
+				auth_free(rn[i].rn_tok);
+				free(rn[i].rn_tok);
+			}
+			tls_free(rn[i].rn_cli);
+		}
+		free(rn);
+	}
+	tls_free(srv);
 	config_free(next);
 	free(next);
-	log_set_level(cur->log_level);
-	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
-		if (tls_setup_client(st->st_cfg, &st->st_upstream_tls, err,
-		    sizeof(err)) == -1)
-			log_warnx("reload: %s: %s; keeping the running upstream "
-			    "certificates", st->st_name, err);
-		if ((tok = calloc(1, sizeof(*tok))) == NULL ||
-		    auth_load(tok, st->st_cfg, err, sizeof(err)) == -1) {
-			log_warnx("reload: %s: %s; keeping its running tokens",
-			    st->st_name, tok ? err : "out of memory");
-			free(tok);
-			continue;
-		}
-		warn_loose(tok, st->st_cfg);
-		npub += tok->at_publish.ts_count;
-		nsub += tok->at_subscribe.ts_count;
-		stream_set_tokens(st, tok);
-		nstreams++;
-	}
-	log_info("reload: tokens and limits reloaded (%zu publish, %zu "
-	    "subscribe tokens, %zu stream%s)", npub, nsub, nstreams,
-	    nstreams == 1 ? "" : "s");
 }
 
 static void
@@ -509,7 +551,7 @@ main(int argc, char **argv)
 	relay->r_cfg = &cfg;
 	TAILQ_INIT(&relay->r_streams);
 	if ((plans = plans_make(&cfg, &nplans, err, sizeof(err))) == NULL ||
-	    tls_setup_server(&cfg, 0, err, sizeof(err)) == -1) {
+	    tls_setup_server(&cfg, &relay->r_tls, err, sizeof(err)) == -1) {
 		fprintf(stderr, "walrelay: %s\n", err);
 		if (plans != NULL)
 			plans_free(plans, nplans);
