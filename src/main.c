@@ -312,7 +312,7 @@ reload(void)
 	struct stream *st;
 	struct tls_ctx *srv = NULL;
 	char err[1024];
-	size_t n = 0, npub = 0, nsub = 0;
+	size_t n = 0, nrn = relay->r_nstreams, npub = 0, nsub = 0, ncli = 0;
 	int restart, applied;
 	struct reload_new {
 		struct auth_tokens	*rn_tok;
@@ -335,7 +335,7 @@ reload(void)
 		    "sections takes a restart; keeping the running config");
 		goto out;
 	}
-	if ((rn = calloc(relay->r_nstreams, sizeof(*rn))) == NULL) {
+	if ((rn = calloc(nrn, sizeof(*rn))) == NULL) {
 		log_warnx("reload: out of memory; keeping the running config");
 		goto out;
 	}
@@ -346,13 +346,21 @@ reload(void)
 		if ((sc = reload_find(next, st->st_name)) == NULL)
 			sc = st->st_cfg;
 		if ((r->rn_tok = calloc(1, sizeof(*r->rn_tok))) == NULL ||
-		    auth_load(r->rn_tok, sc, err, sizeof(err)) == -1 ||
-		    tls_setup_client(sc, &r->rn_cli, err, sizeof(err)) == -1) {
-			log_warnx("reload: %s: %s; keeping the running "
-			    "certificates, tokens and config", st->st_name,
+		    auth_load(r->rn_tok, sc, err, sizeof(err)) == -1) {
+			log_warnx("reload: %s%s%s; keeping the running tokens "
+			    "and config", cur->streams ? st->st_name : "",
+			    cur->streams ? ": " : "",
 			    r->rn_tok ? err : "out of memory");
 			goto out;
 		}
+		if (tls_setup_client(sc, &r->rn_cli, err, sizeof(err)) == -1) {
+			log_warnx("reload: %s%s%s; keeping the running "
+			    "certificates, tokens and config",
+			    cur->streams ? st->st_name : "",
+			    cur->streams ? ": " : "", err);
+			goto out;
+		}
+		ncli += r->rn_cli != NULL;
 	}
 	if (tls_setup_server(next, &srv, err, sizeof(err)) == -1) {
 		log_warnx("reload: %s; keeping the running certificates, "
@@ -378,8 +386,10 @@ reload(void)
 			r->rn_cli = NULL;
 		}
 	}
-	if (relay->r_tls != NULL)
-		log_info("reload: TLS certificates reloaded (listeners)");
+	if (relay->r_tls != NULL || ncli > 0)
+		log_info("reload: TLS certificates reloaded (%s%s%s)",
+		    relay->r_tls ? "listeners" : "",
+		    relay->r_tls && ncli ? " and " : "", ncli ? "upstream" : "");
 	if (cur->streams != NULL)
 		reload_streams(cur, next);
 	applied = config_apply_reload(cur, next);
@@ -389,7 +399,8 @@ reload(void)
 	    "(they take a restart)", npub, nsub, applied, restart);
 out:
 	if (rn != NULL) {
-		for (size_t i = 0; i < relay->r_nstreams; i++) {
+		/* the streams a reload started are not in rn */
+		for (size_t i = 0; i < nrn; i++) {
 			if (rn[i].rn_tok != NULL) {
 				auth_free(rn[i].rn_tok);
 				free(rn[i].rn_tok);
