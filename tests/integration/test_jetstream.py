@@ -261,3 +261,26 @@ def test_config_refused(walrelay, args, msg):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert msg in out.stderr, out.stderr
+
+
+def test_two_streams_one_jetstream_stream_refused(walrelay, workdir):
+    """Streams inherit [walrelay]'s jetstream-stream: two sinks into one
+    JetStream stream would interleave two sequences; refused, named."""
+    conf = workdir / "two.conf"
+    conf.write_text(
+        "[walrelay]\n"
+        "jetstream-sink = nats://127.0.0.1:4222\n"
+        "jetstream-stream = shared\n"
+        f"[stream a]\ndata-dir = {workdir}/a\ningest = 127.0.0.1:17001\n"
+        "listen = 127.0.0.1:17002\n"
+        f"[stream b]\ndata-dir = {workdir}/b\ningest = 127.0.0.1:17003\n"
+        "listen = 127.0.0.1:17004\n")
+    out = subprocess.run([str(walrelay), "--check-config", "-c", str(conf)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "both publish to JetStream stream shared" in out.stderr, out.stderr
+    conf.write_text(conf.read_text().replace(
+        "[stream b]\n", "[stream b]\njetstream-stream = other\n"))
+    out = subprocess.run([str(walrelay), "--check-config", "-c", str(conf)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
