@@ -58,6 +58,16 @@ void		 fanout_unwait(struct fanout *, struct subscriber *);
 struct chunk	*fanout_find(struct fanout *, uint64_t seq);
 /* Stop accepting subscribers (shutdown). */
 void		 fanout_stop(struct fanout *);
+/*
+ * Call fn with the status of every streaming subscriber, oldest
+ * connection first, lag in bytes and time and retention margins filled
+ * in: exact while a subscriber's position is in the tail, interpolated
+ * within its segment file when it is older (one look at the store's
+ * segment list per call). Returns 0, or -1 when out of memory.
+ */
+struct subscriber_status;
+int		 fanout_status_foreach(struct fanout *, void (*fn)(void *arg,
+		    const struct subscriber_status *), void *arg);
 /* Every subscriber has been sent everything sendable. */
 int		 fanout_drained(struct fanout *);
 

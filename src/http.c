@@ -3,11 +3,15 @@
  */
 #include "autoconfig.h"
 
+#include <sys/resource.h>
+
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -15,6 +19,7 @@
 #include <event2/http.h>
 #include <event2/listener.h>
 
+#include "crc.h"
 #include "fanout.h"
 #include "frame.h"
 #include "http.h"
@@ -157,22 +162,236 @@ struct labeled {
 	uint64_t	 value;
 };
 
-/* A counter with one line per reason="..." label. */
+/* A counter with one line per LABEL="..." value. */
 static void
-metric_by_reason(struct evbuffer *b, const char *name, const char *help,
-    const struct labeled *v, size_t n)
+metric_labeled(struct evbuffer *b, const char *name, const char *label,
+    const char *help, const struct labeled *v, size_t n)
 {
 	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s "
 	    "counter\n", name, help, name);
 	for (size_t i = 0; i < n; i++)
-		evbuffer_add_printf(b, "walrelay_%s{reason=\"%s\"} %" PRIu64
-		    "\n", name, v[i].reason, v[i].value);
+		evbuffer_add_printf(b, "walrelay_%s{%s=\"%s\"} %" PRIu64 "\n",
+		    name, label, v[i].reason, v[i].value);
+}
+
+static void
+metric_by_reason(struct evbuffer *b, const char *name, const char *help,
+    const struct labeled *v, size_t n)
+{
+	metric_labeled(b, name, "reason", help, v, n);
 }
 
 #define METRIC(b, name, type, help, fmt, val) do {			\
 	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s %s\n" \
 	    "walrelay_%s " fmt "\n", name, help, name, type, name, val);	\
 } while (0)
+
+/* A histogram of the store's, in seconds. */
+static void
+metric_hist(struct evbuffer *b, const char *name, const char *help,
+    const struct segstore_hist *h)
+{
+	uint64_t n = 0;
+
+	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s "
+	    "histogram\n", name, help, name);
+	for (size_t i = 0; i < SEGSTORE_HIST_BUCKETS; i++) {
+		n += h->sh_count[i];
+		evbuffer_add_printf(b, "walrelay_%s_bucket{le=\"%g\"} %" PRIu64
+		    "\n", name, segstore_hist_bounds_us[i] / 1e6, n);
+	}
+	evbuffer_add_printf(b, "walrelay_%s_bucket{le=\"+Inf\"} %" PRIu64 "\n"
+	    "walrelay_%s_sum %.6f\nwalrelay_%s_count %" PRIu64 "\n", name,
+	    h->sh_total, name, h->sh_sum_us / 1e6, name, h->sh_total);
+}
+
+/*
+ * Process metrics (the names every Prometheus client library uses), read
+ * from /proc when scraped. A value that cannot be read is left out.
+ */
+static void
+metrics_process(struct evbuffer *b)
+{
+	char buf[1024], *p;
+	unsigned long utime, stime;
+	long rss;
+	unsigned long long vsize;
+	struct rlimit rl;
+	struct dirent *de;
+	DIR *d;
+	FILE *f;
+	size_t n;
+	long fds = 0;
+
+	if ((f = fopen("/proc/self/stat", "re")) != NULL) {
+		n = fread(buf, 1, sizeof(buf) - 1, f);
+		buf[n] = '\0';
+		fclose(f);
+		/* after the command name: fields 3 (state) to 24 (rss) */
+		if ((p = strrchr(buf, ')')) != NULL && sscanf(p + 2,
+		    "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %*d "
+		    "%*d %*d %*d %*d %*d %*u %llu %ld", &utime, &stime, &vsize,
+		    &rss) == 4) {
+			evbuffer_add_printf(b, "# HELP process_cpu_seconds_total "
+			    "user and system CPU time spent\n# TYPE "
+			    "process_cpu_seconds_total counter\n"
+			    "process_cpu_seconds_total %.2f\n",
+			    (double)(utime + stime) / sysconf(_SC_CLK_TCK));
+			evbuffer_add_printf(b, "# HELP "
+			    "process_resident_memory_bytes resident memory "
+			    "size\n# TYPE process_resident_memory_bytes gauge\n"
+			    "process_resident_memory_bytes %lld\n",
+			    (long long)rss * sysconf(_SC_PAGESIZE));
+			evbuffer_add_printf(b, "# HELP "
+			    "process_virtual_memory_bytes virtual memory "
+			    "size\n# TYPE process_virtual_memory_bytes gauge\n"
+			    "process_virtual_memory_bytes %llu\n", vsize);
+		}
+	}
+	if ((d = opendir("/proc/self/fd")) != NULL) {
+		while ((de = readdir(d)) != NULL)
+			if (de->d_name[0] != '.')
+				fds++;
+		closedir(d);
+		evbuffer_add_printf(b, "# HELP process_open_fds open file "
+		    "descriptors\n# TYPE process_open_fds gauge\n"
+		    "process_open_fds %ld\n", fds - 1);	/* not d's own */
+	}
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+		evbuffer_add_printf(b, "# HELP process_max_fds the limit on "
+		    "open file descriptors\n# TYPE process_max_fds gauge\n"
+		    "process_max_fds %llu\n", (unsigned long long)rl.rlim_cur);
+	evbuffer_add_printf(b, "# HELP process_start_time_seconds start time "
+	    "of the process since the Unix epoch\n# TYPE "
+	    "process_start_time_seconds gauge\nprocess_start_time_seconds "
+	    "%.3f\n", relay->r_started_ms / 1e3);
+}
+
+/* The subscribers of one scrape, and where the series end. */
+struct sub_series {
+	struct subscriber_status *ss_v;
+	size_t		 ss_n;
+	size_t		 ss_cap;
+	int		 ss_oom;
+};
+
+static void
+sub_series_cb(void *arg, const struct subscriber_status *st)
+{
+	struct sub_series *s = arg;
+	struct subscriber_status *v;
+
+	if (s->ss_n == s->ss_cap) {
+		size_t cap = s->ss_cap ? s->ss_cap * 2 : 16;
+
+		if ((v = reallocarray(s->ss_v, cap, sizeof(*v))) == NULL) {
+			s->ss_oom = 1;
+			return;
+		}
+		s->ss_v = v;
+		s->ss_cap = cap;
+	}
+	s->ss_v[s->ss_n++] = *st;
+}
+
+enum sub_value {
+	SV_LAG_FRAMES,
+	SV_LAG_BYTES,
+	SV_LAG_SECONDS,
+	SV_POSITION,
+	SV_MARGIN_BYTES,
+	SV_MARGIN_SECONDS,
+};
+
+/* The value, or -1 when the subscriber has none (no retention limit). */
+static double
+sub_value(const struct subscriber_status *st, int what)
+{
+	switch (what) {
+	case SV_LAG_FRAMES:
+		return (double)st->sst_lag_frames;
+	case SV_LAG_BYTES:
+		return (double)st->sst_lag_bytes;
+	case SV_LAG_SECONDS:
+		return st->sst_lag_us / 1e6;
+	case SV_POSITION:
+		return (double)st->sst_pos;
+	case SV_MARGIN_BYTES:
+		return st->sst_has_margin_bytes ?
+		    (double)st->sst_margin_bytes : -1;
+	default:
+		return st->sst_has_margin_s ? (double)st->sst_margin_s : -1;
+	}
+}
+
+/*
+ * One family of per-subscriber gauges: a series for each of the first
+ * `max` subscribers (by connection), one with id="other" for the rest:
+ * the largest lag among them, the smallest position and margin (what an
+ * alert needs to know about the worst one).
+ */
+static void
+metric_subs(struct evbuffer *b, const char *name, const char *help,
+    const struct sub_series *s, size_t max, int what)
+{
+	double v, other = -1;
+	int lowest = what >= SV_POSITION;
+
+	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s "
+	    "gauge\n", name, help, name);
+	for (size_t i = 0; i < s->ss_n; i++) {
+		if ((v = sub_value(&s->ss_v[i], what)) < 0)
+			continue;
+		if (i < max)
+			evbuffer_add_printf(b, "walrelay_%s{id=\"%s\",kind=\""
+			    "%s\"} %.15g\n", name, s->ss_v[i].sst_name,
+			    s->ss_v[i].sst_kind, v);
+		else if (other < 0 || (lowest ? v < other : v > other))
+			other = v;
+	}
+	if (other >= 0)
+		evbuffer_add_printf(b, "walrelay_%s{id=\"other\",kind=\"other\"}"
+		    " %.15g\n", name, other);
+}
+
+static void
+metrics_subscribers(struct evbuffer *b)
+{
+	struct sub_series s;
+	size_t max = relay->r_cfg->metrics_max_subscribers;
+
+	memset(&s, 0, sizeof(s));
+	if (fanout_status_foreach(relay->r_fan, sub_series_cb, &s) == -1 ||
+	    s.ss_oom) {
+		log_warnx("http: /metrics: out of memory: per-subscriber "
+		    "series left out");
+		free(s.ss_v);
+		return;
+	}
+	METRIC(b, "subscribers_aggregated", "gauge", "streaming subscribers "
+	    "beyond metrics-max-subscribers, reported together as "
+	    "id=\"other\"", "%zu", s.ss_n > max ? s.ss_n - max : 0);
+	metric_subs(b, "subscriber_lag_frames", "durable frames the "
+	    "subscriber has not been sent yet (queued to its connection)",
+	    &s, max, SV_LAG_FRAMES);
+	metric_subs(b, "subscriber_lag_bytes", "bytes of those frames "
+	    "(estimated within the segment file while it reads from disk)",
+	    &s, max, SV_LAG_BYTES);
+	metric_subs(b, "subscriber_lag_seconds", "time since the relay "
+	    "received the oldest of those frames, 0 when caught up",
+	    &s, max, SV_LAG_SECONDS);
+	metric_subs(b, "subscriber_position", "sequence of the next frame "
+	    "the subscriber is sent", &s, max, SV_POSITION);
+	metric_subs(b, "subscriber_retention_margin_bytes", "bytes the relay "
+	    "can still store before retention by size (retain-bytes) deletes "
+	    "the segment file that holds the subscriber's position (only "
+	    "with retain-bytes)", &s, max, SV_MARGIN_BYTES);
+	metric_subs(b, "subscriber_retention_margin_seconds", "time until "
+	    "retention by age (retain-age) may delete the segment file that "
+	    "holds the subscriber's position (only with retain-age)", &s, max,
+	    SV_MARGIN_SECONDS);
+	free(s.ss_v);
+}
 
 static void
 metrics_cb(struct evhttp_request *req, void *arg)
@@ -181,6 +400,7 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	struct segstore_state sst, *ss = &sst;
 	struct upstream_status us;
 	struct evbuffer *b = evbuffer_new();
+	uint64_t now = relay_now_ms(), last;
 	char buf[512];
 
 	if (b == NULL)
@@ -188,8 +408,15 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	segstore_poll(relay->r_store, ss);
 	upstream_status(relay->r_up, &us);
 
-	METRIC(b, "up", "gauge", "1 while the relay runs", "%d", 1);
-	METRIC(b, "ready", "gauge", "1 when storage is healthy", "%d",
+	evbuffer_add_printf(b, "# HELP walrelay_build_info always 1; the "
+	    "labels say which build runs\n# TYPE walrelay_build_info gauge\n"
+	    "walrelay_build_info{version=\"%s\",crc=\"%s\"} 1\n",
+	    PACKAGE_VERSION, crc_impl());
+	METRIC(b, "up", "gauge", "always 1: the relay answered this scrape "
+	    "(a relay that is down is seen by Prometheus's own up series)",
+	    "%d", 1);
+	METRIC(b, "ready", "gauge", "1 when /readyz answers 200: storage "
+	    "works, no corrupt frame, not stopping; 0 otherwise", "%d",
 	    not_ready(ss, buf, sizeof(buf)) == NULL);
 	METRIC(b, "corrupt_sequence", "gauge", "first stored frame that "
 	    "cannot be served because it is corrupt, -1 when none", "%lld",
@@ -201,22 +428,40 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	    "%" PRIu64, ss->ss_durable);
 	METRIC(b, "earliest_sequence", "gauge", "oldest retained frame",
 	    "%" PRIu64, ss->ss_earliest);
-	METRIC(b, "storage_error", "gauge", "errno of the current disk "
-	    "trouble, 0 when healthy", "%d", ss->ss_error);
-	METRIC(b, "storage_pending_bytes", "gauge", "bytes waiting for the "
-	    "disk", "%zu", ss->ss_pending_bytes);
-	METRIC(b, "storage_fsyncs_total", "counter", "fdatasync calls", "%"
-	    PRIu64, ss->ss_fsyncs);
-	METRIC(b, "storage_write_errors_total", "counter", "failed writes",
-	    "%" PRIu64, ss->ss_write_errors);
-	METRIC(b, "storage_fsync_errors_total", "counter", "failed fsyncs",
-	    "%" PRIu64, ss->ss_fsync_errors);
+	METRIC(b, "storage_failing", "gauge", "1 while writes or fsyncs fail "
+	    "and are retried (the errno is storage_error in /v1/status)", "%d",
+	    ss->ss_error != 0);
+	{
+		const struct labeled err[] = {
+			{ "write", ss->ss_write_errors },
+			{ "fsync", ss->ss_fsync_errors },
+			{ "create", ss->ss_create_errors },
+			{ "truncate", ss->ss_truncate_errors },
+		};
+
+		metric_labeled(b, "storage_errors_total", "op", "failed disk "
+		    "operations of the segment writer, by operation", err,
+		    nitems(err));
+	}
+	METRIC(b, "storage_pending_bytes", "gauge", "bytes received and not "
+	    "durable yet", "%zu", ss->ss_pending_bytes);
+	METRIC(b, "storage_fsyncs_total", "counter", "fdatasync calls that "
+	    "succeeded", "%" PRIu64, ss->ss_fsyncs);
+	metric_hist(b, "storage_fsync_duration_seconds", "time each "
+	    "successful fdatasync of a segment file took", &ss->ss_fsync_time);
+	metric_hist(b, "ingest_to_durable_seconds", "per frame, the time from "
+	    "its read from the upstream until it was durable (fsync always or "
+	    "interval) or written (fsync never), that is sendable",
+	    &ss->ss_durable_time);
 	METRIC(b, "storage_bytes_written_total", "counter", "bytes written to "
-	    "segments", "%" PRIu64, ss->ss_bytes_written);
+	    "segment files", "%" PRIu64, ss->ss_bytes_written);
 	METRIC(b, "segments", "gauge", "segment files", "%" PRIu64,
 	    ss->ss_segments);
 	METRIC(b, "store_bytes", "gauge", "bytes in segment files", "%" PRIu64,
 	    ss->ss_store_bytes);
+	METRIC(b, "retain_bytes", "gauge", "retention limit on store_bytes "
+	    "(retain-bytes), 0 when none", "%" PRIu64,
+	    relay->r_cfg->retain_bytes);
 	METRIC(b, "segments_deleted_total", "counter", "segments deleted by "
 	    "retention", "%" PRIu64, ss->ss_deleted);
 
@@ -224,6 +469,11 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	    "connection streams", "%d", us.us_connected);
 	METRIC(b, "upstream_paused", "gauge", "1 while reading is paused by "
 	    "flow control", "%d", us.us_paused);
+	last = us.us_last_frame_ms != 0 ? us.us_last_frame_ms :
+	    relay->r_started_ms;
+	METRIC(b, "upstream_last_frame_age_seconds", "gauge", "time since "
+	    "the last frame was received (since the start when none was)",
+	    "%.3f", now > last ? (now - last) / 1e3 : 0.0);
 	METRIC(b, "upstream_connections_total", "counter", "upstream "
 	    "connections accepted or made", "%" PRIu64, s->up_connections);
 	{
@@ -248,8 +498,9 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	METRIC(b, "partial_frames_dropped_total", "counter", "partial frames "
 	    "dropped when an upstream connection ended", "%" PRIu64,
 	    s->up_partial_dropped);
-	METRIC(b, "upstream_reconnects_total", "counter", "pull connection "
-	    "attempts", "%" PRIu64, s->up_reconnects);
+	METRIC(b, "upstream_reconnects_total", "counter", "pull connections "
+	    "started (the first one and every reconnect)", "%" PRIu64,
+	    s->up_reconnects);
 	METRIC(b, "upstream_connect_failures_total", "counter", "pull "
 	    "connections that failed", "%" PRIu64, s->up_connect_failures);
 	METRIC(b, "upstream_pauses_total", "counter", "times upstream reading "
@@ -282,10 +533,13 @@ metrics_cb(struct evhttp_request *req, void *arg)
 		    "streaming subscribers disconnected by the relay, by reason",
 		    disc, nitems(disc));
 	}
-	METRIC(b, "frames_sent_total", "counter", "frames queued to "
-	    "subscribers", "%" PRIu64, s->sub_frames_sent);
-	METRIC(b, "bytes_sent_total", "counter", "bytes queued to subscribers",
-	    "%" PRIu64, s->sub_bytes_sent);
+	METRIC(b, "frames_sent_total", "counter", "frames handed to "
+	    "subscriber connections for sending (counted when queued to the "
+	    "connection, sent or not when it closes)", "%" PRIu64,
+	    s->sub_frames_sent);
+	METRIC(b, "bytes_sent_total", "counter", "bytes of those frames, "
+	    "before compression", "%" PRIu64, s->sub_bytes_sent);
+	metrics_subscribers(b);
 	METRIC(b, "disk_reads_total", "counter", "segment spans served to "
 	    "subscribers behind the in-memory tail", "%" PRIu64,
 	    s->sub_disk_reads);
@@ -306,6 +560,23 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	METRIC(b, "chunk_cache_reused_total", "counter", "frame buffers "
 	    "taken from the reuse cache instead of the system", "%lu",
 	    chunk_cache_reused());
+	{
+		const struct labeled rl[] = {
+			{ "success", s->reloads_ok },
+			{ "failure", s->reloads_failed },
+		};
+
+		metric_labeled(b, "reloads_total", "result", "configuration "
+		    "reloads (SIGHUP); a failed one keeps the running "
+		    "configuration", rl, nitems(rl));
+	}
+	METRIC(b, "reload_last_success", "gauge", "1 when the last reload "
+	    "succeeded or there was none, 0 when it failed", "%d",
+	    s->reload_last_ms == 0 || s->reload_last_ok);
+	METRIC(b, "reload_last_timestamp_seconds", "gauge", "time of the last "
+	    "reload since the Unix epoch, 0 when none", "%.3f",
+	    s->reload_last_ms / 1e3);
+	metrics_process(b);
 	reply(req, 200, "OK", "text/plain; version=0.0.4", b);
 	evbuffer_free(b);
 }
@@ -320,6 +591,28 @@ status_segment(void *arg, const char *name, uint64_t base, uint64_t end,
 	    PRIu64 ",\"bytes\":%" PRIu64 "},", name, base, end, bytes);
 }
 
+struct status_json {
+	struct evbuffer	*sj_b;
+};
+
+/* One subscriber as JSON, followed by a comma. */
+static void
+status_sub(void *arg, const struct subscriber_status *st)
+{
+	struct status_json *sj = arg;
+
+	evbuffer_add_printf(sj->sj_b, "{\"id\":\"%s\",\"peer\":\"%s\","
+	    "\"kind\":\"%s\",\"start\":%" PRIu64 ",\"position\":%" PRIu64
+	    ",\"lag\":%" PRIu64 ",\"lag_bytes\":%" PRIu64 ",\"lag_ms\":%"
+	    PRIu64 ",\"bytes_queued\":%" PRIu64 ",\"buffered\":%zu,"
+	    "\"from_disk\":%s,\"zstd\":%s,\"connected_ms\":%" PRIu64 "},",
+	    st->sst_name, st->sst_peer, st->sst_kind, st->sst_start,
+	    st->sst_pos, st->sst_lag_frames, st->sst_lag_bytes,
+	    st->sst_lag_us / 1000, st->sst_bytes_queued, st->sst_buffered,
+	    st->sst_on_disk ? "true" : "false", st->sst_zstd ? "true" : "false",
+	    st->sst_connected_ms);
+}
+
 static void
 status_cb(struct evhttp_request *req, void *arg)
 {
@@ -327,11 +620,10 @@ status_cb(struct evhttp_request *req, void *arg)
 	struct segstore_corrupt c;
 	struct upstream_status us;
 	struct evbuffer *b = evbuffer_new(), *segs = evbuffer_new();
-	struct subscriber *sub;
-	int first = 1;
+	struct status_json sj = { evbuffer_new() };
 	char buf[512];
 
-	if (b == NULL || segs == NULL)
+	if (b == NULL || segs == NULL || sj.sj_b == NULL)
 		goto done;
 	segstore_poll(relay->r_store, ss);
 	upstream_status(relay->r_up, &us);
@@ -362,20 +654,11 @@ status_cb(struct evhttp_request *req, void *arg)
 	if (evbuffer_get_length(segs) > 0)	/* all but the trailing comma */
 		evbuffer_remove_buffer(segs, b, evbuffer_get_length(segs) - 1);
 	evbuffer_add_printf(b, "],\"subscribers\":[");
-	TAILQ_FOREACH(sub, &relay->r_fan->fo_subs, sub_entry) {
-		evbuffer_add_printf(b, "%s{\"id\":\"%s\",\"peer\":\"%s\","
-		    "\"kind\":\"%s\",\"start\":%" PRIu64 ",\"position\":%"
-		    PRIu64 ",\"lag\":%" PRIu64 ",\"bytes_queued\":%" PRIu64
-		    ",\"buffered\":%zu,\"from_disk\":%s,\"zstd\":%s,"
-		    "\"connected_ms\":%" PRIu64 "}", first ? "" : ",",
-		    sub->sub_name, sub->sub_peer,
-		    sub->sub_resuming ? "resuming" : "stock", sub->sub_start,
-		    sub->sub_pos, subscriber_lag(sub), sub->sub_bytes_queued,
-		    evbuffer_get_length(bufferevent_get_output(sub->sub_bev)),
-		    sub->sub_on_disk ? "true" : "false",
-		    sub->sub_zstd ? "true" : "false", sub->sub_connected_ms);
-		first = 0;
-	}
+	if (fanout_status_foreach(relay->r_fan, status_sub, &sj) == -1)
+		goto done;
+	if (evbuffer_get_length(sj.sj_b) > 0)	/* all but the last comma */
+		evbuffer_remove_buffer(sj.sj_b, b,
+		    evbuffer_get_length(sj.sj_b) - 1);
 	evbuffer_add_printf(b, "]}\n");
 	reply(req, 200, "OK", "application/json", b);
 done:
@@ -383,6 +666,8 @@ done:
 		evbuffer_free(b);
 	if (segs != NULL)
 		evbuffer_free(segs);
+	if (sj.sj_b != NULL)
+		evbuffer_free(sj.sj_b);
 }
 
 struct http_server *

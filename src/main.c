@@ -220,7 +220,7 @@ tls_setup(const struct wr_config *cfg, struct tls_ctx **srv,
  * so the TLS contexts are rebuilt with the running settings and the new
  * certificate, key and CA files.
  */
-static void
+static int
 reload(void)
 {
 	struct wr_config *next, *cur = relay->r_cfg;
@@ -233,13 +233,13 @@ reload(void)
 	segstore_retry(relay->r_store);
 	if ((next = calloc(1, sizeof(*next))) == NULL) {
 		log_warnx("reload: out of memory; keeping the running config");
-		return;
+		return -1;
 	}
 	if ((restart = config_reload(cur, next, err, sizeof(err))) == -1) {
 		log_warnx("reload: %s; keeping the running config", err);
 		config_free(next);
 		free(next);
-		return;
+		return -1;
 	}
 	if ((tok = calloc(1, sizeof(*tok))) == NULL ||
 	    auth_load(tok, next, err, sizeof(err)) == -1) {
@@ -248,7 +248,7 @@ reload(void)
 		free(tok);
 		config_free(next);
 		free(next);
-		return;
+		return -1;
 	}
 	if (tls_setup(next, &srv, &cli, err, sizeof(err)) == -1) {
 		log_warnx("reload: %s; keeping the running certificates, "
@@ -257,7 +257,7 @@ reload(void)
 		free(tok);
 		config_free(next);
 		free(next);
-		return;
+		return -1;
 	}
 	/* established connections hold their own reference to the old ones */
 	tls_free(relay->r_tls);
@@ -280,6 +280,7 @@ reload(void)
 	    "subscribe tokens); %d changed keys applied, %d not applied "
 	    "(they take a restart)", tok->at_publish.ts_count,
 	    tok->at_subscribe.ts_count, applied, restart);
+	return 0;
 }
 
 static void
@@ -287,8 +288,15 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 {
 	if (sig == SIGHUP) {
 		if (!relay->r_stopping) {
+			struct relay_stats *st = &relay->r_stats;
+
 			notify_reloading();
-			reload();
+			st->reload_last_ok = reload() == 0;
+			st->reload_last_ms = relay_now_ms();
+			if (st->reload_last_ok)
+				st->reloads_ok++;
+			else
+				st->reloads_failed++;
 			notify_ready();
 		}
 		return;

@@ -55,6 +55,11 @@ struct relay_stats {
 	uint64_t	 sub_frames_sent;
 	uint64_t	 sub_bytes_sent;
 	uint64_t	 sub_disk_reads;	/* spans served from segment files */
+	/* SIGHUP */
+	uint64_t	 reloads_ok;
+	uint64_t	 reloads_failed;	/* the running config was kept */
+	uint64_t	 reload_last_ms;	/* wall clock, 0: none yet */
+	int		 reload_last_ok;
 };
 
 struct relay {

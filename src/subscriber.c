@@ -57,6 +57,25 @@ subscriber_lag(const struct subscriber *sub)
 	return sub->sub_pos < s ? s - sub->sub_pos : 0;
 }
 
+void
+subscriber_status(const struct subscriber *sub, struct subscriber_status *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->sst_id = sub->sub_id;
+	snprintf(st->sst_name, sizeof(st->sst_name), "%s", sub->sub_name);
+	snprintf(st->sst_peer, sizeof(st->sst_peer), "%s", sub->sub_peer);
+	st->sst_kind = sub->sub_resuming ? "resuming" : "stock";
+	st->sst_zstd = sub->sub_zstd;
+	st->sst_on_disk = sub->sub_on_disk;
+	st->sst_start = sub->sub_start;
+	st->sst_pos = sub->sub_pos;
+	st->sst_bytes_queued = sub->sub_bytes_queued;
+	st->sst_buffered = evbuffer_get_length(bufferevent_get_output(
+	    sub->sub_bev));
+	st->sst_connected_ms = sub->sub_connected_ms;
+	st->sst_lag_frames = subscriber_lag(sub);
+}
+
 /* ---- output: plain, or through one zstd stream ------------------------ */
 
 static int

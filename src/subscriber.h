@@ -57,6 +57,38 @@ struct subscriber {
 	TAILQ_ENTRY(subscriber)	 sub_wentry;	/* fo_waiting */
 };
 
+/*
+ * For /v1/status and /metrics: what one streaming subscriber is doing.
+ * subscriber_status fills what the subscriber knows; fanout_status_foreach
+ * adds the lag in bytes and time and the retention margins, which take
+ * the tail and the store.
+ */
+struct subscriber_status {
+	uint64_t	 sst_id;
+	char		 sst_name[24];	/* "sub-42" */
+	char		 sst_peer[64];
+	const char	*sst_kind;	/* "stock" or "resuming" */
+	int		 sst_zstd;
+	int		 sst_on_disk;	/* reading segment files */
+	uint64_t	 sst_start;	/* first frame it asked for */
+	uint64_t	 sst_pos;	/* next frame to queue */
+	uint64_t	 sst_bytes_queued;
+	size_t		 sst_buffered;	/* in its socket's output buffer */
+	uint64_t	 sst_connected_ms;
+	uint64_t	 sst_lag_frames;	/* sendable frames not queued yet */
+	/* fanout_status_foreach */
+	uint64_t	 sst_lag_bytes;	/* their bytes */
+	uint64_t	 sst_lag_us;	/* age of the oldest of them */
+	int		 sst_lag_exact;	/* 0: estimated from segment files */
+	int		 sst_has_margin_bytes;	/* retain-bytes is set */
+	uint64_t	 sst_margin_bytes;	/* bytes until retention by size
+					   may delete its position */
+	int		 sst_has_margin_s;	/* retain-age is set */
+	uint64_t	 sst_margin_s;	/* seconds until retention by age
+					   may delete its position */
+};
+void	subscriber_status(const struct subscriber *, struct subscriber_status *);
+
 /* Accept a connection on the subscriber port. */
 void	subscriber_accept(struct fanout *, int fd, struct sockaddr *, int);
 /* Queue frames up to the high watermark. */
