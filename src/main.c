@@ -213,6 +213,19 @@ tls_setup(const struct wr_config *cfg, struct tls_ctx **srv,
 	return 0;
 }
 
+/* Say what a reload changes in a token set (never the tokens). */
+static void
+reload_log_tokens(const char *role, const struct tokenset *was,
+    const struct tokenset *now)
+{
+	size_t added = tokenset_missing(now, was);
+	size_t removed = tokenset_missing(was, now);
+
+	if (added > 0 || removed > 0)
+		log_info("reload: %s tokens changed: %zu added, %zu removed, "
+		    "%zu now: applied", role, added, removed, now->ts_count);
+}
+
 /*
  * All or nothing: the config, the tokens and both TLS contexts are built
  * from the file first; only if everything loads are they swapped in. Keys
@@ -269,6 +282,12 @@ reload(void)
 		    srv ? "listeners" : "", srv && cli ? " and " : "",
 		    cli ? "upstream" : "");
 	warn_loose(tok, next);
+	reload_log_tokens("publish", &relay->r_tokens->at_publish,
+	    &tok->at_publish);
+	reload_log_tokens("subscribe", &relay->r_tokens->at_subscribe,
+	    &tok->at_subscribe);
+	reload_log_tokens("upstream", &relay->r_tokens->at_upstream,
+	    &tok->at_upstream);
 	applied = config_apply_reload(cur, next);
 	config_free(next);
 	free(next);
