@@ -6,6 +6,7 @@
 #include <sys/resource.h>
 
 #include <dirent.h>
+#include <stddef.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 
 #include "crc.h"
@@ -25,6 +27,7 @@
 #include "http.h"
 #include "log.h"
 #include "relay.h"
+#include "stream.h"
 #include "subscriber.h"
 #include "upstream.h"
 
@@ -69,48 +72,38 @@ http_accept_error_cb(struct evconnlistener *lev, void *arg)
 	evtimer_add(h_self->h_resume, &tv);
 }
 
+/* Every stream ready, or the first reason one is not (into buf). */
 static const char *
-fsync_name(int mode)
+not_ready_all(char *buf, size_t len)
 {
-	switch (mode) {
-	case FSYNC_ALWAYS:
-		return "always";
-	case FSYNC_INTERVAL:
-		return "interval";
-	default:
-		return "never";
-	}
-}
-
-/* The first corrupt range of the store, if any. */
-static int
-store_corrupt(struct segstore_corrupt *c)
-{
-	uint64_t lim = segstore_limit(relay->r_store);
-
-	return lim != UINT64_MAX && segstore_corrupt_at(relay->r_store, lim,
-	    c) == 1;
-}
-
-/* Why the relay is not ready (into buf), or NULL. */
-static const char *
-not_ready(const struct segstore_state *ss, char *buf, size_t len)
-{
-	struct segstore_corrupt c;
+	struct stream *st;
+	char why[512];
+	const char *w;
 
 	if (relay->r_stopping)
 		return "stopping";
-	if (ss->ss_error != 0)
-		return "storage error";
-	if (store_corrupt(&c)) {
-		snprintf(buf, len, "degraded: corrupt frame at sequence %"
-		    PRIu64 " (%s, offset %" PRIu64 "): frames %" PRIu64 " to %"
-		    PRIu64 " cannot be served, readers that reach them are "
-		    "disconnected; live subscribers are served", c.sc_first,
-		    c.sc_name, c.sc_offset, c.sc_first, c.sc_end - 1);
-		return buf;
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
+		if ((w = stream_not_ready(st, why, sizeof(why))) != NULL) {
+			snprintf(buf, len, "stream %s: %s", st->st_name, w);
+			return buf;
+		}
 	}
 	return NULL;
+}
+
+/* The value of query key `key` in the request's URI, or NULL. */
+static const char *
+query_get(struct evhttp_request *req, struct evkeyvalq *q, const char *key)
+{
+	const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
+	const char *query;
+
+	TAILQ_INIT(q);
+	if (u == NULL || (query = evhttp_uri_get_query(u)) == NULL)
+		return NULL;
+	if (evhttp_parse_query_str(query, q) == -1)
+		return NULL;
+	return evhttp_find_header(q, key);
 }
 
 static void
@@ -138,47 +131,80 @@ static void
 readyz_cb(struct evhttp_request *req, void *arg)
 {
 	struct evbuffer *b = evbuffer_new();
-	struct segstore_state ss;
-	const char *why;
-	char buf[512];
+	struct evkeyvalq q;
+	struct stream *st = NULL;
+	const char *name, *why;
+	char buf[640];
 
 	if (b == NULL)
 		return;
-	segstore_poll(relay->r_store, &ss);
-	if ((why = not_ready(&ss, buf, sizeof(buf))) != NULL) {
+	if ((name = query_get(req, &q, "stream")) != NULL &&
+	    (st = relay_stream(name)) == NULL) {
+		evbuffer_add_printf(b, "no such stream\n");
+		reply(req, 404, "Not Found", "text/plain", b);
+		goto done;
+	}
+	if (st != NULL)
+		why = relay->r_stopping ? "stopping" :
+		    stream_not_ready(st, buf, sizeof(buf));
+	else
+		why = not_ready_all(buf, sizeof(buf));
+	if (why != NULL) {
 		evbuffer_add_printf(b, "not ready: %s\n", why);
 		reply(req, 503, "Service Unavailable", "text/plain", b);
 	} else {
 		evbuffer_add_printf(b, "ready\n");
 		reply(req, 200, "OK", "text/plain", b);
 	}
+done:
+	evhttp_clear_headers(&q);
 	evbuffer_free(b);
 }
 
 #define nitems(a)	(sizeof(a) / sizeof((a)[0]))
 
-struct labeled {
-	const char	*reason;
-	uint64_t	 value;
+/* What /metrics and /v1/status show of one stream. */
+struct stream_view {
+	struct stream		*v_st;
+	struct segstore_state	 v_ss;
+	struct upstream_status	 v_us;
+	struct fanout_status	 v_fs;
+	const struct stream_stats *v_s;
+	int			 v_ready;
+	long long		 v_corrupt;	/* first corrupt sequence, -1 */
 };
 
-/* A counter with one line per LABEL="..." value. */
 static void
-metric_labeled(struct evbuffer *b, const char *name, const char *label,
-    const char *help, const struct labeled *v, size_t n)
+stream_view(struct stream *st, struct stream_view *v)
 {
-	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s "
-	    "counter\n", name, help, name);
-	for (size_t i = 0; i < n; i++)
-		evbuffer_add_printf(b, "walrelay_%s{%s=\"%s\"} %" PRIu64 "\n",
-		    name, label, v[i].reason, v[i].value);
+	char buf[512];
+	uint64_t lim;
+
+	v->v_st = st;
+	segstore_poll(st->st_store, &v->v_ss);
+	upstream_status(st->st_up, &v->v_us);
+	fanout_status(st->st_fan, &v->v_fs);
+	v->v_s = &st->st_stats;
+	v->v_ready = stream_not_ready(st, buf, sizeof(buf)) == NULL &&
+	    !relay->r_stopping;
+	lim = segstore_limit(st->st_store);
+	v->v_corrupt = lim == UINT64_MAX ? -1LL : (long long)lim;
 }
 
-static void
-metric_by_reason(struct evbuffer *b, const char *name, const char *help,
-    const struct labeled *v, size_t n)
+/* The views of every stream (NULL when out of memory). */
+static struct stream_view *
+stream_views(size_t *n)
 {
-	metric_labeled(b, name, "reason", help, v, n);
+	struct stream_view *v;
+	struct stream *st;
+	size_t i = 0;
+
+	if ((v = calloc(relay->r_nstreams + 1, sizeof(*v))) == NULL)
+		return NULL;
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+		stream_view(st, &v[i++]);
+	*n = i;
+	return v;
 }
 
 #define METRIC(b, name, type, help, fmt, val) do {			\
@@ -186,23 +212,136 @@ metric_by_reason(struct evbuffer *b, const char *name, const char *help,
 	    "walrelay_%s " fmt "\n", name, help, name, type, name, val);	\
 } while (0)
 
-/* A histogram of the store's, in seconds. */
+/* One line per stream, labelled stream="NAME". */
+#define SMETRIC(b, name, type, help, expr) do {				\
+	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s %s\n", \
+	    name, help, name, type);					\
+	for (size_t i_ = 0; i_ < nv; i_++) {				\
+		const struct stream_view *v = &views[i_];		\
+		evbuffer_add_printf(b, "walrelay_%s{stream=\"%s\"} %lld\n",	\
+		    name, v->v_st->st_name, (long long)(expr));		\
+	}								\
+} while (0)
+
+/* A gauge in seconds (a double), one line per stream. */
+#define SMETRIC_F(b, name, type, help, expr) do {			\
+	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s %s\n", \
+	    name, help, name, type);					\
+	for (size_t i_ = 0; i_ < nv; i_++) {				\
+		const struct stream_view *v = &views[i_];		\
+		evbuffer_add_printf(b, "walrelay_%s{stream=\"%s\"} %.3f\n",	\
+		    name, v->v_st->st_name, (double)(expr));		\
+	}								\
+} while (0)
+
+/* The store's error counters, one line per stream and op="...". */
+#define SOP(b, name, help) do {						\
+	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s " \
+	    "counter\n", name, help, name);				\
+	for (size_t i_ = 0; i_ < nv; i_++) {				\
+		const struct segstore_state *s_ = &views[i_].v_ss;	\
+		const char *n_ = views[i_].v_st->st_name;		\
+		evbuffer_add_printf(b,					\
+		    "walrelay_%s{stream=\"%s\",op=\"write\"} %" PRIu64 "\n" \
+		    "walrelay_%s{stream=\"%s\",op=\"fsync\"} %" PRIu64 "\n" \
+		    "walrelay_%s{stream=\"%s\",op=\"create\"} %" PRIu64 "\n" \
+		    "walrelay_%s{stream=\"%s\",op=\"truncate\"} %" PRIu64 "\n", \
+		    name, n_, s_->ss_write_errors, name, n_,		\
+		    s_->ss_fsync_errors, name, n_, s_->ss_create_errors,	\
+		    name, n_, s_->ss_truncate_errors);			\
+	}								\
+} while (0)
+
+/* Seconds since the stream's last frame (since the start when none). */
+static double
+last_frame_age(const struct stream_view *v)
+{
+	uint64_t now = relay_now_ms(), last = v->v_us.us_last_frame_ms;
+
+	if (last == 0)
+		last = relay->r_started_ms;
+	return now > last ? (now - last) / 1e3 : 0.0;
+}
+
+/* A counter with one line per stream and reason="...". */
+#define SREASON(b, name, help, ...) do {				\
+	static const char *const r_[] = { __VA_ARGS__ };		\
+	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s " \
+	    "counter\n", name, help, name);				\
+	for (size_t i_ = 0; i_ < nv; i_++) {				\
+		const struct stream_view *v = &views[i_];		\
+		for (size_t j_ = 0; j_ < nitems(r_); j_++)		\
+			evbuffer_add_printf(b, "walrelay_%s{stream=\"%s\","	\
+			    "reason=\"%s\"} %" PRIu64 "\n", name,		\
+			    v->v_st->st_name, r_[j_],			\
+			    reason_value(v->v_s, name, r_[j_]));	\
+	}								\
+} while (0)
+
+/* The counter behind each metric_by_reason label. */
+static uint64_t
+reason_value(const struct stream_stats *s, const char *metric,
+    const char *r)
+{
+	if (strcmp(metric, "upstream_rejected_total") == 0) {
+		if (strcmp(r, "auth") == 0)
+			return s->up_rejected_auth;
+		if (strcmp(r, "limit") == 0)
+			return s->up_rejected_limit;
+		if (strcmp(r, "timeout") == 0)
+			return s->up_rejected_timeout;
+		return s->up_rejected_tls;
+	}
+	if (strcmp(metric, "subscribers_rejected_total") == 0) {
+		if (strcmp(r, "auth") == 0)
+			return s->sub_rejected_auth;
+		if (strcmp(r, "busy") == 0)
+			return s->sub_rejected_busy;
+		if (strcmp(r, "request") == 0)
+			return s->sub_rejected_request;
+		if (strcmp(r, "limit") == 0)
+			return s->sub_rejected_limit;
+		if (strcmp(r, "timeout") == 0)
+			return s->sub_rejected_timeout;
+		if (strcmp(r, "tls") == 0)
+			return s->sub_rejected_tls;
+		return s->sub_rejected_corrupt;
+	}
+	/* subscribers_disconnected_total */
+	if (strcmp(r, "gone") == 0)
+		return s->sub_disconnected_gone;
+	if (strcmp(r, "lag") == 0)
+		return s->sub_disconnected_lag;
+	if (strcmp(r, "timeout") == 0)
+		return s->sub_disconnected_timeout;
+	return s->sub_disconnected_corrupt;
+}
+
+/* A histogram of each stream's store, in seconds. */
 static void
 metric_hist(struct evbuffer *b, const char *name, const char *help,
-    const struct segstore_hist *h)
+    const struct stream_view *views, size_t nv, size_t off)
 {
-	uint64_t n = 0;
-
 	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s "
 	    "histogram\n", name, help, name);
-	for (size_t i = 0; i < SEGSTORE_HIST_BUCKETS; i++) {
-		n += h->sh_count[i];
-		evbuffer_add_printf(b, "walrelay_%s_bucket{le=\"%g\"} %" PRIu64
-		    "\n", name, segstore_hist_bounds_us[i] / 1e6, n);
+	for (size_t k = 0; k < nv; k++) {
+		const struct segstore_hist *h = (const struct segstore_hist *)
+		    (const void *)((const char *)&views[k].v_ss + off);
+		const char *sn = views[k].v_st->st_name;
+		uint64_t n = 0;
+
+		for (size_t i = 0; i < SEGSTORE_HIST_BUCKETS; i++) {
+			n += h->sh_count[i];
+			evbuffer_add_printf(b, "walrelay_%s_bucket{stream=\"%s\","
+			    "le=\"%g\"} %" PRIu64 "\n", name, sn,
+			    segstore_hist_bounds_us[i] / 1e6, n);
+		}
+		evbuffer_add_printf(b, "walrelay_%s_bucket{stream=\"%s\","
+		    "le=\"+Inf\"} %" PRIu64 "\nwalrelay_%s_sum{stream=\"%s\"} "
+		    "%.6f\nwalrelay_%s_count{stream=\"%s\"} %" PRIu64 "\n", name,
+		    sn, h->sh_total, name, sn, h->sh_sum_us / 1e6, name, sn,
+		    h->sh_total);
 	}
-	evbuffer_add_printf(b, "walrelay_%s_bucket{le=\"+Inf\"} %" PRIu64 "\n"
-	    "walrelay_%s_sum %.6f\nwalrelay_%s_count %" PRIu64 "\n", name,
-	    h->sh_total, name, h->sh_sum_us / 1e6, name, h->sh_total);
 }
 
 /*
@@ -267,11 +406,12 @@ metrics_process(struct evbuffer *b)
 	    "%.3f\n", relay->r_started_ms / 1e3);
 }
 
-/* The subscribers of one scrape, and where the series end. */
+/* One stream's streaming subscribers, for one scrape. */
 struct sub_series {
 	struct subscriber_status *ss_v;
 	size_t		 ss_n;
 	size_t		 ss_cap;
+	size_t		 ss_max;	/* metrics-max-subscribers */
 	int		 ss_oom;
 };
 
@@ -309,104 +449,131 @@ sub_value(const struct subscriber_status *st, int what)
 {
 	switch (what) {
 	case SV_LAG_FRAMES:
-		return (double)st->sst_lag_frames;
+		return (double)st->ss_lag;
 	case SV_LAG_BYTES:
-		return (double)st->sst_lag_bytes;
+		return (double)st->ss_lag_bytes;
 	case SV_LAG_SECONDS:
-		return st->sst_lag_us / 1e6;
+		return st->ss_lag_us / 1e6;
 	case SV_POSITION:
-		return (double)st->sst_pos;
+		return (double)st->ss_pos;
 	case SV_MARGIN_BYTES:
-		return st->sst_has_margin_bytes ?
-		    (double)st->sst_margin_bytes : -1;
+		return st->ss_has_margin_bytes ?
+		    (double)st->ss_margin_bytes : -1;
 	default:
-		return st->sst_has_margin_s ? (double)st->sst_margin_s : -1;
+		return st->ss_has_margin_s ? (double)st->ss_margin_s : -1;
 	}
 }
 
 /*
- * One family of per-subscriber gauges: a series for each of the first
- * `max` subscribers (by connection), one with id="other" for the rest:
- * the largest lag among them, the smallest position and margin (what an
- * alert needs to know about the worst one).
+ * One family of per-subscriber gauges: in each stream, a series for each
+ * of the first metrics-max-subscribers subscribers (by connection), one
+ * with id="other" for the rest: the largest lag among them, the smallest
+ * position and margin (what an alert needs to know about the worst one).
  */
 static void
 metric_subs(struct evbuffer *b, const char *name, const char *help,
-    const struct sub_series *s, size_t max, int what)
+    const struct stream_view *views, const struct sub_series *ser,
+    size_t nv, int what)
 {
-	double v, other = -1;
 	int lowest = what >= SV_POSITION;
 
 	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s "
 	    "gauge\n", name, help, name);
-	for (size_t i = 0; i < s->ss_n; i++) {
-		if ((v = sub_value(&s->ss_v[i], what)) < 0)
-			continue;
-		if (i < max)
-			evbuffer_add_printf(b, "walrelay_%s{id=\"%s\",kind=\""
-			    "%s\"} %.15g\n", name, s->ss_v[i].sst_name,
-			    s->ss_v[i].sst_kind, v);
-		else if (other < 0 || (lowest ? v < other : v > other))
-			other = v;
+	for (size_t k = 0; k < nv; k++) {
+		const struct sub_series *s = &ser[k];
+		const char *sn = views[k].v_st->st_name;
+		double v, other = -1;
+
+		for (size_t i = 0; i < s->ss_n; i++) {
+			const struct subscriber_status *st = &s->ss_v[i];
+
+			if ((v = sub_value(st, what)) < 0)
+				continue;
+			if (i < s->ss_max)
+				evbuffer_add_printf(b, "walrelay_%s{stream=\"%s\","
+				    "id=\"%s\",kind=\"%s\"} %.15g\n", name, sn,
+				    st->ss_name, st->ss_resuming ? "resuming" :
+				    "stock", v);
+			else if (other < 0 || (lowest ? v < other :
+			    v > other))
+				other = v;
+		}
+		if (other >= 0)
+			evbuffer_add_printf(b, "walrelay_%s{stream=\"%s\","
+			    "id=\"other\",kind=\"other\"} %.15g\n", name, sn,
+			    other);
 	}
-	if (other >= 0)
-		evbuffer_add_printf(b, "walrelay_%s{id=\"other\",kind=\"other\"}"
-		    " %.15g\n", name, other);
 }
 
 static void
-metrics_subscribers(struct evbuffer *b)
+metrics_subscribers(struct evbuffer *b, const struct stream_view *views,
+    size_t nv)
 {
-	struct sub_series s;
-	size_t max = relay->r_cfg->metrics_max_subscribers;
+	struct sub_series *ser;
+	size_t k;
 
-	memset(&s, 0, sizeof(s));
-	if (fanout_status_foreach(relay->r_fan, sub_series_cb, &s) == -1 ||
-	    s.ss_oom) {
-		log_warnx("http: /metrics: out of memory: per-subscriber "
-		    "series left out");
-		free(s.ss_v);
-		return;
+	if ((ser = calloc(nv + 1, sizeof(*ser))) == NULL)
+		goto oom;
+	for (k = 0; k < nv; k++) {
+		ser[k].ss_max = views[k].v_st->st_cfg->metrics_max_subscribers;
+		if (fanout_status_foreach(views[k].v_st->st_fan, sub_series_cb,
+		    &ser[k]) == -1 || ser[k].ss_oom)
+			goto oom;
 	}
-	METRIC(b, "subscribers_aggregated", "gauge", "streaming subscribers "
-	    "beyond metrics-max-subscribers, reported together as "
-	    "id=\"other\"", "%zu", s.ss_n > max ? s.ss_n - max : 0);
+	evbuffer_add_printf(b, "# HELP walrelay_subscribers_aggregated "
+	    "streaming subscribers beyond metrics-max-subscribers, reported "
+	    "together as id=\"other\"\n# TYPE walrelay_subscribers_aggregated "
+	    "gauge\n");
+	for (k = 0; k < nv; k++)
+		evbuffer_add_printf(b, "walrelay_subscribers_aggregated{stream="
+		    "\"%s\"} %zu\n", views[k].v_st->st_name,
+		    ser[k].ss_n > ser[k].ss_max ? ser[k].ss_n - ser[k].ss_max :
+		    0);
 	metric_subs(b, "subscriber_lag_frames", "durable frames the "
 	    "subscriber has not been sent yet (queued to its connection)",
-	    &s, max, SV_LAG_FRAMES);
+	    views, ser, nv, SV_LAG_FRAMES);
 	metric_subs(b, "subscriber_lag_bytes", "bytes of those frames "
 	    "(estimated within the segment file while it reads from disk)",
-	    &s, max, SV_LAG_BYTES);
+	    views, ser, nv, SV_LAG_BYTES);
 	metric_subs(b, "subscriber_lag_seconds", "time since the relay "
-	    "received the oldest of those frames, 0 when caught up",
-	    &s, max, SV_LAG_SECONDS);
+	    "received the oldest of those frames, 0 when caught up", views,
+	    ser, nv, SV_LAG_SECONDS);
 	metric_subs(b, "subscriber_position", "sequence of the next frame "
-	    "the subscriber is sent", &s, max, SV_POSITION);
+	    "the subscriber is sent", views, ser, nv, SV_POSITION);
 	metric_subs(b, "subscriber_retention_margin_bytes", "bytes the relay "
 	    "can still store before retention by size (retain-bytes) deletes "
 	    "the segment file that holds the subscriber's position (only "
-	    "with retain-bytes)", &s, max, SV_MARGIN_BYTES);
+	    "with retain-bytes)", views, ser, nv, SV_MARGIN_BYTES);
 	metric_subs(b, "subscriber_retention_margin_seconds", "time until "
 	    "retention by age (retain-age) may delete the segment file that "
-	    "holds the subscriber's position (only with retain-age)", &s, max,
-	    SV_MARGIN_SECONDS);
-	free(s.ss_v);
+	    "holds the subscriber's position (only with retain-age)", views,
+	    ser, nv, SV_MARGIN_SECONDS);
+	goto done;
+oom:
+	log_warnx("http: /metrics: out of memory: per-subscriber series left "
+	    "out");
+done:
+	if (ser != NULL)
+		for (k = 0; k < nv; k++)
+			free(ser[k].ss_v);
+	free(ser);
 }
 
 static void
 metrics_cb(struct evhttp_request *req, void *arg)
 {
-	struct relay_stats *s = &relay->r_stats;
-	struct segstore_state sst, *ss = &sst;
-	struct upstream_status us;
 	struct evbuffer *b = evbuffer_new();
-	uint64_t now = relay_now_ms(), last;
+	struct stream_view *views;
+	size_t nv = 0;
 	char buf[512];
 
 	if (b == NULL)
 		return;
-	segstore_poll(relay->r_store, ss);
-	upstream_status(relay->r_up, &us);
+	if ((views = stream_views(&nv)) == NULL) {
+		evbuffer_free(b);
+		evhttp_send_error(req, 500, "out of memory");
+		return;
+	}
 
 	evbuffer_add_printf(b, "# HELP walrelay_build_info always 1; the "
 	    "labels say which build runs\n# TYPE walrelay_build_info gauge\n"
@@ -415,142 +582,108 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	METRIC(b, "up", "gauge", "always 1: the relay answered this scrape "
 	    "(a relay that is down is seen by Prometheus's own up series)",
 	    "%d", 1);
-	METRIC(b, "ready", "gauge", "1 when /readyz answers 200: storage "
-	    "works, no corrupt frame, not stopping; 0 otherwise", "%d",
-	    not_ready(ss, buf, sizeof(buf)) == NULL);
-	METRIC(b, "corrupt_sequence", "gauge", "first stored frame that "
-	    "cannot be served because it is corrupt, -1 when none", "%lld",
-	    segstore_limit(relay->r_store) == UINT64_MAX ? -1LL :
-	    (long long)segstore_limit(relay->r_store));
-	METRIC(b, "next_sequence", "gauge", "sequence the next stored frame "
-	    "gets", "%" PRIu64, ss->ss_next);
-	METRIC(b, "durable_sequence", "gauge", "frames below this are durable",
-	    "%" PRIu64, ss->ss_durable);
-	METRIC(b, "earliest_sequence", "gauge", "oldest retained frame",
-	    "%" PRIu64, ss->ss_earliest);
-	METRIC(b, "storage_failing", "gauge", "1 while writes or fsyncs fail "
-	    "and are retried (the errno is storage_error in /v1/status)", "%d",
-	    ss->ss_error != 0);
-	{
-		const struct labeled err[] = {
-			{ "write", ss->ss_write_errors },
-			{ "fsync", ss->ss_fsync_errors },
-			{ "create", ss->ss_create_errors },
-			{ "truncate", ss->ss_truncate_errors },
-		};
-
-		metric_labeled(b, "storage_errors_total", "op", "failed disk "
-		    "operations of the segment writer, by operation", err,
-		    nitems(err));
-	}
-	METRIC(b, "storage_pending_bytes", "gauge", "bytes received and not "
-	    "durable yet", "%zu", ss->ss_pending_bytes);
-	METRIC(b, "storage_fsyncs_total", "counter", "fdatasync calls that "
-	    "succeeded", "%" PRIu64, ss->ss_fsyncs);
-	metric_hist(b, "storage_fsync_duration_seconds", "time each "
-	    "successful fdatasync of a segment file took", &ss->ss_fsync_time);
+	METRIC(b, "streams", "gauge", "streams this process serves", "%zu",
+	    nv);
+	METRIC(b, "all_ready", "gauge", "1 when /readyz answers 200: every "
+	    "stream is ready and the relay is not stopping", "%d",
+	    not_ready_all(buf, sizeof(buf)) == NULL);
+	SMETRIC(b, "ready", "gauge", "1 when /readyz?stream=NAME answers 200: "
+	    "its storage works, no corrupt stored frame, not stopping",
+	    v->v_ready);
+	SMETRIC(b, "corrupt_sequence", "gauge", "first stored frame that "
+	    "cannot be served because it is corrupt, -1 when none",
+	    v->v_corrupt);
+	SMETRIC(b, "next_sequence", "gauge", "sequence the next stored frame "
+	    "gets", v->v_ss.ss_next);
+	SMETRIC(b, "durable_sequence", "gauge", "frames below this are "
+	    "durable", v->v_ss.ss_durable);
+	SMETRIC(b, "earliest_sequence", "gauge", "oldest retained frame",
+	    v->v_ss.ss_earliest);
+	SMETRIC(b, "storage_failing", "gauge", "1 while writes or fsyncs fail "
+	    "and are retried (the errno is storage_error in /v1/status)",
+	    v->v_ss.ss_error != 0);
+	SOP(b, "storage_errors_total", "failed disk operations of the segment "
+	    "writer, by operation");
+	SMETRIC(b, "storage_pending_bytes", "gauge", "bytes received and not "
+	    "durable yet", v->v_ss.ss_pending_bytes);
+	SMETRIC(b, "storage_fsyncs_total", "counter", "fdatasync calls that "
+	    "succeeded", v->v_ss.ss_fsyncs);
+	metric_hist(b, "storage_fsync_duration_seconds", "time each successful "
+	    "fdatasync of a segment file took", views, nv,
+	    offsetof(struct segstore_state, ss_fsync_time));
 	metric_hist(b, "ingest_to_durable_seconds", "per frame, the time from "
 	    "its read from the upstream until it was durable (fsync always or "
-	    "interval) or written (fsync never), that is sendable",
-	    &ss->ss_durable_time);
-	METRIC(b, "storage_bytes_written_total", "counter", "bytes written to "
-	    "segment files", "%" PRIu64, ss->ss_bytes_written);
-	METRIC(b, "segments", "gauge", "segment files", "%" PRIu64,
-	    ss->ss_segments);
-	METRIC(b, "store_bytes", "gauge", "bytes in segment files", "%" PRIu64,
-	    ss->ss_store_bytes);
-	METRIC(b, "retain_bytes", "gauge", "retention limit on store_bytes "
-	    "(retain-bytes), 0 when none", "%" PRIu64,
-	    relay->r_cfg->retain_bytes);
-	METRIC(b, "segments_deleted_total", "counter", "segments deleted by "
-	    "retention", "%" PRIu64, ss->ss_deleted);
+	    "interval) or written (fsync never), that is sendable", views, nv,
+	    offsetof(struct segstore_state, ss_durable_time));
+	SMETRIC(b, "storage_bytes_written_total", "counter", "bytes written "
+	    "to segments", v->v_ss.ss_bytes_written);
+	SMETRIC(b, "segments", "gauge", "segment files", v->v_ss.ss_segments);
+	SMETRIC(b, "store_bytes", "gauge", "bytes in segment files",
+	    v->v_ss.ss_store_bytes);
+	SMETRIC(b, "retain_bytes", "gauge", "retention limit on store_bytes "
+	    "(retain-bytes), 0 when none", v->v_st->st_cfg->retain_bytes);
+	SMETRIC(b, "segments_deleted_total", "counter", "segments deleted by "
+	    "retention", v->v_ss.ss_deleted);
 
-	METRIC(b, "upstream_connected", "gauge", "1 while a publisher or pull "
-	    "connection streams", "%d", us.us_connected);
-	METRIC(b, "upstream_paused", "gauge", "1 while reading is paused by "
-	    "flow control", "%d", us.us_paused);
-	last = us.us_last_frame_ms != 0 ? us.us_last_frame_ms :
-	    relay->r_started_ms;
-	METRIC(b, "upstream_last_frame_age_seconds", "gauge", "time since "
+	SMETRIC(b, "upstream_connected", "gauge", "1 while a publisher or "
+	    "pull connection streams", v->v_us.us_connected);
+	SMETRIC(b, "upstream_paused", "gauge", "1 while reading is paused by "
+	    "flow control", v->v_us.us_paused);
+	SMETRIC_F(b, "upstream_last_frame_age_seconds", "gauge", "time since "
 	    "the last frame was received (since the start when none was)",
-	    "%.3f", now > last ? (now - last) / 1e3 : 0.0);
-	METRIC(b, "upstream_connections_total", "counter", "upstream "
-	    "connections accepted or made", "%" PRIu64, s->up_connections);
-	{
-		const struct labeled rej[] = {
-			{ "auth", s->up_rejected_auth },
-			{ "limit", s->up_rejected_limit },
-			{ "timeout", s->up_rejected_timeout },
-			{ "tls", s->up_rejected_tls },
-		};
+	    last_frame_age(v));
+	SMETRIC(b, "upstream_connections_total", "counter", "upstream "
+	    "connections accepted or made", v->v_s->up_connections);
+	SREASON(b, "upstream_rejected_total", "ingest connections refused, by "
+	    "reason", "auth", "limit", "timeout", "tls");
+	SMETRIC(b, "upstream_replaced_total", "counter", "publishers replaced "
+	    "by a newer connection", v->v_s->up_replaced);
+	SMETRIC(b, "frames_received_total", "counter", "frames validated and "
+	    "stored", v->v_s->up_frames);
+	SMETRIC(b, "bytes_received_total", "counter", "bytes of frames stored",
+	    v->v_s->up_bytes);
+	SMETRIC(b, "bad_frames_total", "counter", "upstream connections "
+	    "closed on an invalid frame", v->v_s->up_bad_frames);
+	SMETRIC(b, "partial_frames_dropped_total", "counter", "partial frames "
+	    "dropped when an upstream connection ended",
+	    v->v_s->up_partial_dropped);
+	SMETRIC(b, "upstream_reconnects_total", "counter", "pull connections "
+	    "started (the first one and every reconnect)",
+	    v->v_s->up_reconnects);
+	SMETRIC(b, "upstream_connect_failures_total", "counter", "pull "
+	    "connections that failed", v->v_s->up_connect_failures);
+	SMETRIC(b, "upstream_pauses_total", "counter", "times upstream "
+	    "reading was paused", v->v_s->up_paused);
 
-		metric_by_reason(b, "upstream_rejected_total", "ingest "
-		    "connections refused, by reason", rej, nitems(rej));
-	}
-	METRIC(b, "upstream_replaced_total", "counter", "publishers replaced "
-	    "by a newer connection", "%" PRIu64, s->up_replaced);
-	METRIC(b, "frames_received_total", "counter", "frames validated and "
-	    "stored", "%" PRIu64, s->up_frames);
-	METRIC(b, "bytes_received_total", "counter", "bytes of frames stored",
-	    "%" PRIu64, s->up_bytes);
-	METRIC(b, "bad_frames_total", "counter", "upstream connections closed "
-	    "on an invalid frame", "%" PRIu64, s->up_bad_frames);
-	METRIC(b, "partial_frames_dropped_total", "counter", "partial frames "
-	    "dropped when an upstream connection ended", "%" PRIu64,
-	    s->up_partial_dropped);
-	METRIC(b, "upstream_reconnects_total", "counter", "pull connections "
-	    "started (the first one and every reconnect)", "%" PRIu64,
-	    s->up_reconnects);
-	METRIC(b, "upstream_connect_failures_total", "counter", "pull "
-	    "connections that failed", "%" PRIu64, s->up_connect_failures);
-	METRIC(b, "upstream_pauses_total", "counter", "times upstream reading "
-	    "was paused", "%" PRIu64, s->up_paused);
-
-	METRIC(b, "active_subscribers", "gauge", "streaming subscribers", "%u",
-	    relay->r_fan->fo_nsubs);
-	METRIC(b, "subscribers_accepted_total", "counter", "subscribers that "
-	    "started streaming", "%" PRIu64, s->sub_accepted);
-	{
-		const struct labeled rej[] = {
-			{ "auth", s->sub_rejected_auth },
-			{ "busy", s->sub_rejected_busy },
-			{ "request", s->sub_rejected_request },
-			{ "limit", s->sub_rejected_limit },
-			{ "timeout", s->sub_rejected_timeout },
-			{ "tls", s->sub_rejected_tls },
-			{ "corrupt", s->sub_rejected_corrupt },
-		};
-		const struct labeled disc[] = {
-			{ "gone", s->sub_disconnected_gone },
-			{ "lag", s->sub_disconnected_lag },
-			{ "timeout", s->sub_disconnected_timeout },
-			{ "corrupt", s->sub_disconnected_corrupt },
-		};
-
-		metric_by_reason(b, "subscribers_rejected_total",
-		    "subscribers refused, by reason", rej, nitems(rej));
-		metric_by_reason(b, "subscribers_disconnected_total",
-		    "streaming subscribers disconnected by the relay, by reason",
-		    disc, nitems(disc));
-	}
-	METRIC(b, "frames_sent_total", "counter", "frames handed to "
+	SMETRIC(b, "active_subscribers", "gauge", "streaming subscribers",
+	    v->v_fs.fs_subscribers);
+	SMETRIC(b, "subscribers_accepted_total", "counter", "subscribers that "
+	    "started streaming", v->v_s->sub_accepted);
+	SREASON(b, "subscribers_rejected_total", "subscribers refused, by "
+	    "reason", "auth", "busy", "request", "limit", "timeout", "tls",
+	    "corrupt");
+	SREASON(b, "subscribers_disconnected_total", "streaming subscribers "
+	    "disconnected by the relay, by reason", "gone", "lag", "timeout",
+	    "corrupt");
+	SMETRIC(b, "frames_sent_total", "counter", "frames handed to "
 	    "subscriber connections for sending (counted when queued to the "
-	    "connection, sent or not when it closes)", "%" PRIu64,
-	    s->sub_frames_sent);
-	METRIC(b, "bytes_sent_total", "counter", "bytes of those frames, "
-	    "before compression", "%" PRIu64, s->sub_bytes_sent);
-	metrics_subscribers(b);
-	METRIC(b, "disk_reads_total", "counter", "segment spans served to "
-	    "subscribers behind the in-memory tail", "%" PRIu64,
-	    s->sub_disk_reads);
-	METRIC(b, "tail_bytes", "gauge", "bytes in the shared in-memory tail",
-	    "%zu", relay->r_fan->fo_tail_bytes);
-	METRIC(b, "tail_buffer_bytes", "gauge", "bytes of the buffers that "
-	    "hold the shared tail", "%zu", relay->r_fan->fo_tail_cap);
+	    "connection, sent or not when it closes)",
+	    v->v_s->sub_frames_sent);
+	SMETRIC(b, "bytes_sent_total", "counter", "bytes of those frames, "
+	    "before compression", v->v_s->sub_bytes_sent);
+	metrics_subscribers(b, views, nv);
+	SMETRIC(b, "disk_reads_total", "counter", "segment spans served to "
+	    "subscribers behind the in-memory tail", v->v_s->sub_disk_reads);
+	SMETRIC(b, "tail_bytes", "gauge", "bytes in the shared in-memory tail",
+	    v->v_fs.fs_tail_bytes);
+	SMETRIC(b, "tail_buffer_bytes", "gauge", "bytes of the buffers that "
+	    "hold the shared tail", v->v_fs.fs_tail_cap);
+	SMETRIC(b, "tail_chunks", "gauge", "frame buffers in the shared tail",
+	    v->v_fs.fs_tail_chunks);
+
+	/* process-wide: frame buffers are shared by every stream */
 	METRIC(b, "zstd_chunks_total", "counter", "chunks compressed once "
 	    "for compress=zstd subscribers", "%lld", chunk_zstd_count());
-	METRIC(b, "tail_chunks", "gauge", "frame buffers in the shared tail",
-	    "%zu", relay->r_fan->fo_tail_chunks);
 	METRIC(b, "chunks_live", "gauge", "frame buffers alive (tail and "
 	    "in flight)", "%ld", chunk_live_count());
 	METRIC(b, "chunk_bytes_live", "gauge", "bytes of frame buffers alive",
@@ -560,25 +693,22 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	METRIC(b, "chunk_cache_reused_total", "counter", "frame buffers "
 	    "taken from the reuse cache instead of the system", "%lu",
 	    chunk_cache_reused());
-	{
-		const struct labeled rl[] = {
-			{ "success", s->reloads_ok },
-			{ "failure", s->reloads_failed },
-		};
-
-		metric_labeled(b, "reloads_total", "result", "configuration "
-		    "reloads (SIGHUP); a failed one keeps the running "
-		    "configuration", rl, nitems(rl));
-	}
+	evbuffer_add_printf(b, "# HELP walrelay_reloads_total configuration "
+	    "reloads (SIGHUP); a failed one keeps the running configuration\n"
+	    "# TYPE walrelay_reloads_total counter\n"
+	    "walrelay_reloads_total{result=\"success\"} %" PRIu64 "\n"
+	    "walrelay_reloads_total{result=\"failure\"} %" PRIu64 "\n",
+	    relay->r_reloads_ok, relay->r_reloads_failed);
 	METRIC(b, "reload_last_success", "gauge", "1 when the last reload "
 	    "succeeded or there was none, 0 when it failed", "%d",
-	    s->reload_last_ms == 0 || s->reload_last_ok);
+	    relay->r_reload_last_ms == 0 || relay->r_reload_last_ok);
 	METRIC(b, "reload_last_timestamp_seconds", "gauge", "time of the last "
 	    "reload since the Unix epoch, 0 when none", "%.3f",
-	    s->reload_last_ms / 1e3);
+	    relay->r_reload_last_ms / 1e3);
 	metrics_process(b);
 	reply(req, 200, "OK", "text/plain; version=0.0.4", b);
 	evbuffer_free(b);
+	free(views);
 }
 
 static void
@@ -591,83 +721,118 @@ status_segment(void *arg, const char *name, uint64_t base, uint64_t end,
 	    PRIu64 ",\"bytes\":%" PRIu64 "},", name, base, end, bytes);
 }
 
-struct status_json {
-	struct evbuffer	*sj_b;
-};
-
-/* One subscriber as JSON, followed by a comma. */
 static void
-status_sub(void *arg, const struct subscriber_status *st)
+status_subscriber(void *arg, const struct subscriber_status *ss)
 {
-	struct status_json *sj = arg;
+	struct evbuffer *b = arg;
 
-	evbuffer_add_printf(sj->sj_b, "{\"id\":\"%s\",\"peer\":\"%s\","
-	    "\"kind\":\"%s\",\"start\":%" PRIu64 ",\"position\":%" PRIu64
-	    ",\"lag\":%" PRIu64 ",\"lag_bytes\":%" PRIu64 ",\"lag_ms\":%"
-	    PRIu64 ",\"bytes_queued\":%" PRIu64 ",\"buffered\":%zu,"
-	    "\"from_disk\":%s,\"zstd\":%s,\"connected_ms\":%" PRIu64 "},",
-	    st->sst_name, st->sst_peer, st->sst_kind, st->sst_start,
-	    st->sst_pos, st->sst_lag_frames, st->sst_lag_bytes,
-	    st->sst_lag_us / 1000, st->sst_bytes_queued, st->sst_buffered,
-	    st->sst_on_disk ? "true" : "false", st->sst_zstd ? "true" : "false",
-	    st->sst_connected_ms);
+	evbuffer_add_printf(b, "{\"id\":\"%s\",\"peer\":\"%s\","
+	    "\"kind\":\"%s\",\"start\":%" PRIu64 ",\"position\":%"
+	    PRIu64 ",\"lag\":%" PRIu64 ",\"lag_bytes\":%" PRIu64
+	    ",\"lag_ms\":%" PRIu64 ",\"bytes_queued\":%" PRIu64
+	    ",\"buffered\":%zu,\"from_disk\":%s,\"zstd\":%s,"
+	    "\"connected_ms\":%" PRIu64 "},", ss->ss_name, ss->ss_peer,
+	    ss->ss_resuming ? "resuming" : "stock", ss->ss_start, ss->ss_pos,
+	    ss->ss_lag, ss->ss_lag_bytes, ss->ss_lag_us / 1000,
+	    ss->ss_bytes_queued, ss->ss_buffered,
+	    ss->ss_on_disk ? "true" : "false", ss->ss_zstd ? "true" : "false",
+	    ss->ss_connected_ms);
 }
 
+/* Move the text of tmp into b without its trailing comma. */
 static void
-status_cb(struct evhttp_request *req, void *arg)
+status_list(struct evbuffer *b, struct evbuffer *tmp)
 {
-	struct segstore_state sst, *ss = &sst;
-	struct segstore_corrupt c;
-	struct upstream_status us;
-	struct evbuffer *b = evbuffer_new(), *segs = evbuffer_new();
-	struct status_json sj = { evbuffer_new() };
-	char buf[512];
+	if (evbuffer_get_length(tmp) > 0) {
+		evbuffer_remove_buffer(tmp, b, evbuffer_get_length(tmp) - 1);
+		evbuffer_drain(tmp, evbuffer_get_length(tmp));
+	}
+}
 
-	if (b == NULL || segs == NULL || sj.sj_b == NULL)
-		goto done;
-	segstore_poll(relay->r_store, ss);
-	upstream_status(relay->r_up, &us);
-	evbuffer_add_printf(b, "{\"version\":\"%s\",\"uptime_ms\":%" PRIu64
-	    ",\"ready\":%s,\"epoch\":\"%016" PRIx64 "\",\"earliest\":%" PRIu64
+/* One stream's fields (no braces). */
+static void
+status_stream(struct evbuffer *b, struct evbuffer *tmp,
+    const struct stream_view *v)
+{
+	struct stream *st = v->v_st;
+	struct segstore_corrupt c;
+
+	evbuffer_add_printf(b, "\"name\":\"%s\",\"data_dir\":\"%s\","
+	    "\"ready\":%s,\"epoch\":\"%016" PRIx64 "\",\"earliest\":%" PRIu64
 	    ",\"next\":%" PRIu64 ",\"durable\":%" PRIu64 ",\"fsync\":\"%s\","
 	    "\"storage_error\":%d,\"pending_bytes\":%zu,\"tail_bytes\":%zu,",
-	    PACKAGE_VERSION, relay_now_ms() - relay->r_started_ms,
-	    not_ready(ss, buf, sizeof(buf)) ? "false" : "true",
-	    segstore_epoch(relay->r_store),
-	    ss->ss_earliest, ss->ss_next, ss->ss_durable,
-	    fsync_name(relay->r_cfg->fsync_mode), ss->ss_error,
-	    ss->ss_pending_bytes, relay->r_fan->fo_tail_bytes);
+	    st->st_name, st->st_cfg->data_dir, v->v_ready ? "true" : "false",
+	    segstore_epoch(st->st_store), v->v_ss.ss_earliest, v->v_ss.ss_next,
+	    v->v_ss.ss_durable, segment_fsync_name(st->st_cfg->fsync_mode),
+	    v->v_ss.ss_error, v->v_ss.ss_pending_bytes,
+	    v->v_fs.fs_tail_bytes);
 	evbuffer_add_printf(b, "\"upstream\":{\"mode\":\"%s\",\"connected\":%s,"
 	    "\"paused\":%s,\"connection\":\"%s\",\"peer\":\"%s\",\"bytes\":%"
 	    PRIu64 ",\"last_frame_ms\":%" PRIu64 "},",
-	    us.us_pull ? "pull" : "ingest", us.us_connected ? "true" : "false",
-	    us.us_paused ? "true" : "false", us.us_name, us.us_peer,
-	    us.us_conn_bytes, us.us_last_frame_ms);
-	if (store_corrupt(&c))
+	    v->v_us.us_pull ? "pull" : "ingest",
+	    v->v_us.us_connected ? "true" : "false",
+	    v->v_us.us_paused ? "true" : "false", v->v_us.us_name,
+	    v->v_us.us_peer, v->v_us.us_conn_bytes, v->v_us.us_last_frame_ms);
+	if (stream_corrupt(st, &c))
 		evbuffer_add_printf(b, "\"corrupt\":{\"segment\":\"%s\","
 		    "\"offset\":%" PRIu64 ",\"first\":%" PRIu64 ",\"end\":%"
 		    PRIu64 "},", c.sc_name, c.sc_offset, c.sc_first, c.sc_end);
 	else
 		evbuffer_add_printf(b, "\"corrupt\":null,");
-	segstore_foreach(relay->r_store, status_segment, segs);
+	segstore_foreach(st->st_store, status_segment, tmp);
 	evbuffer_add_printf(b, "\"segments\":[");
-	if (evbuffer_get_length(segs) > 0)	/* all but the trailing comma */
-		evbuffer_remove_buffer(segs, b, evbuffer_get_length(segs) - 1);
+	status_list(b, tmp);
 	evbuffer_add_printf(b, "],\"subscribers\":[");
-	if (fanout_status_foreach(relay->r_fan, status_sub, &sj) == -1)
+	if (fanout_status_foreach(st->st_fan, status_subscriber, tmp) == -1)
+		log_warnx("http: /v1/status: out of memory: subscribers of "
+		    "stream %s left out", st->st_name);
+	status_list(b, tmp);
+	evbuffer_add_printf(b, "]");
+}
+
+/*
+ * {"version", "uptime_ms", "ready" (every stream), "streams": [...]}; with
+ * one stream, or a stream named "default", that stream's fields are also
+ * at the top level, as before streams.
+ */
+static void
+status_cb(struct evhttp_request *req, void *arg)
+{
+	struct evbuffer *b = evbuffer_new(), *tmp = evbuffer_new();
+	struct stream_view *views = NULL, *top = NULL;
+	size_t nv = 0;
+	char buf[512];
+
+	if (b == NULL || tmp == NULL || (views = stream_views(&nv)) == NULL)
 		goto done;
-	if (evbuffer_get_length(sj.sj_b) > 0)	/* all but the last comma */
-		evbuffer_remove_buffer(sj.sj_b, b,
-		    evbuffer_get_length(sj.sj_b) - 1);
+	for (size_t i = 0; i < nv; i++)
+		if (nv == 1 || strcmp(views[i].v_st->st_name,
+		    STREAM_DEFAULT) == 0)
+			top = &views[i];
+	evbuffer_add_printf(b, "{\"version\":\"%s\",\"uptime_ms\":%" PRIu64
+	    ",\"all_ready\":%s,", PACKAGE_VERSION,
+	    relay_now_ms() - relay->r_started_ms,
+	    not_ready_all(buf, sizeof(buf)) ? "false" : "true");
+	if (top != NULL) {
+		status_stream(b, tmp, top);
+		evbuffer_add_printf(b, ",");
+	} else
+		evbuffer_add_printf(b, "\"ready\":%s,",
+		    not_ready_all(buf, sizeof(buf)) ? "false" : "true");
+	evbuffer_add_printf(b, "\"streams\":[");
+	for (size_t i = 0; i < nv; i++) {
+		evbuffer_add_printf(b, "%s{", i > 0 ? "," : "");
+		status_stream(b, tmp, &views[i]);
+		evbuffer_add_printf(b, "}");
+	}
 	evbuffer_add_printf(b, "]}\n");
 	reply(req, 200, "OK", "application/json", b);
 done:
 	if (b != NULL)
 		evbuffer_free(b);
-	if (segs != NULL)
-		evbuffer_free(segs);
-	if (sj.sj_b != NULL)
-		evbuffer_free(sj.sj_b);
+	if (tmp != NULL)
+		evbuffer_free(tmp);
+	free(views);
 }
 
 struct http_server *

@@ -73,14 +73,22 @@ def scrape(r):
 
 
 def parse(body):
-    """{name: {labels-string: value}}"""
+    """{name: {labels-string: value}}, the series of the process and of
+    the default stream, without its stream="default" label."""
     out = {}
     for line in body.splitlines():
         if not line or line.startswith("#"):
             continue
         m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$", line)
         assert m, line
-        out.setdefault(m.group(1), {})[m.group(2) or ""] = float(m.group(3))
+        labels = m.group(2) or ""
+        if 'stream="' in labels:
+            if 'stream="default"' not in labels:
+                continue
+            labels = labels.replace('stream="default",', "").replace(
+                'stream="default"', "")
+            labels = "" if labels == "{}" else labels
+        out.setdefault(m.group(1), {})[labels] = float(m.group(3))
     return out
 
 
@@ -272,11 +280,6 @@ def exported_names(body):
             if m.group(2) == "histogram":
                 names |= {m.group(1) + s for s in ("_bucket", "_sum", "_count")}
     return names
-
-
-PROMQL_WORDS = {"rate", "increase", "sum", "by", "histogram_quantile", "on",
-                "group_left", "or", "and", "le", "instance", "job", "id",
-                "kind", "op", "result", "reason"}
 
 
 def expr_metrics(expr):
