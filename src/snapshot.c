@@ -47,7 +47,6 @@
 #define SNAP_TMP_PREFIX		"walrelay-snap-"
 #define SNAP_FRAMES_PREFIX	"walrelay-frames-"
 #define SNAP_CHG_OVERHEAD	64	/* per key in the table, roughly */
-#define SNAP_MIN_MEMORY		(1024 * 1024)
 
 enum snap_chg_type {
 	CHG_SET = 1,
@@ -541,7 +540,7 @@ snap_fold_new(const char *dir, uint64_t mem_limit, char *errbuf,
 		snprintf(errbuf, errlen, "out of memory");
 		return NULL;
 	}
-	f->f_limit = mem_limit < SNAP_MIN_MEMORY ? SNAP_MIN_MEMORY : mem_limit;
+	f->f_limit = mem_limit;
 	f->f_nbuckets = 1024;
 	if ((f->f_tab = calloc(f->f_nbuckets, sizeof(*f->f_tab))) == NULL) {
 		free(f->f_dir);
