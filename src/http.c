@@ -20,6 +20,7 @@
 #include "http.h"
 #include "log.h"
 #include "relay.h"
+#include "snapshot.h"
 #include "subscriber.h"
 #include "upstream.h"
 
@@ -219,6 +220,28 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	    ss->ss_store_bytes);
 	METRIC(b, "segments_deleted_total", "counter", "segments deleted by "
 	    "retention", "%" PRIu64, ss->ss_deleted);
+	{
+		struct snapshotter_status sst;
+
+		snapshotter_status(relay->r_snap, &sst);
+		METRIC(b, "snapshots_total", "counter", "snapshots written",
+		    "%" PRIu64, sst.st_taken);
+		METRIC(b, "snapshot_failures_total", "counter", "snapshot jobs "
+		    "that failed", "%" PRIu64, sst.st_failed);
+		METRIC(b, "snapshot_running", "gauge", "1 while a snapshot "
+		    "job runs", "%d", sst.st_running);
+		METRIC(b, "snapshot_covered_sequence", "gauge", "frames below "
+		    "this are in the newest snapshot", "%" PRIu64,
+		    sst.st_have ? sst.st_info.si_covered : 0);
+		METRIC(b, "snapshot_keys", "gauge", "keys in the newest "
+		    "snapshot", "%" PRIu64, sst.st_have ?
+		    sst.st_info.si_entries : 0);
+		METRIC(b, "snapshot_duration_ms", "gauge", "duration of the "
+		    "last snapshot job", "%" PRIu64, sst.st_last_ms);
+		METRIC(b, "snapshot_late_records_total", "counter", "records "
+		    "older than the snapshot before them (raise snapshot-skew)",
+		    "%" PRIu64, sst.st_late_records);
+	}
 
 	METRIC(b, "upstream_connected", "gauge", "1 while a publisher or pull "
 	    "connection streams", "%d", us.us_connected);
@@ -351,6 +374,20 @@ status_cb(struct evhttp_request *req, void *arg)
 	    us.us_pull ? "pull" : "ingest", us.us_connected ? "true" : "false",
 	    us.us_paused ? "true" : "false", us.us_name, us.us_peer,
 	    us.us_conn_bytes, us.us_last_frame_ms);
+	{
+		struct snapshotter_status sst;
+
+		snapshotter_status(relay->r_snap, &sst);
+		if (sst.st_have)
+			evbuffer_add_printf(b, "\"snapshot\":{\"file\":\"%s\","
+			    "\"covered\":%" PRIu64 ",\"timestamp_ms\":%" PRIu64
+			    ",\"keys\":%" PRIu64 ",\"running\":%s},",
+			    sst.st_info.si_name, sst.st_info.si_covered,
+			    sst.st_info.si_ts, sst.st_info.si_entries,
+			    sst.st_running ? "true" : "false");
+		else
+			evbuffer_add_printf(b, "\"snapshot\":null,");
+	}
 	if (store_corrupt(&c))
 		evbuffer_add_printf(b, "\"corrupt\":{\"segment\":\"%s\","
 		    "\"offset\":%" PRIu64 ",\"first\":%" PRIu64 ",\"end\":%"

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "relay.h"
 #include "segment.h"
+#include "snapshot.h"
 #include "tls.h"
 #include "upstream.h"
 
@@ -253,6 +254,49 @@ reload(void)
 	    tok->at_subscribe.ts_count);
 }
 
+static struct event *ev_snap_tick;
+static char snapshot_err[1024];
+
+static void
+snapshot_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	snapshotter_tick(relay->r_snap);
+}
+
+/*
+ * Before anything is served: complete or undo what a stop during a
+ * snapshot left, then check once a second whether one is due.
+ */
+static int
+snapshot_setup(const struct wr_config *cfg)
+{
+	struct snapshot_config sc;
+	struct timeval tv = { 1, 0 };
+
+	memset(&sc, 0, sizeof(sc));
+	sc.sc_dir = cfg->data_dir;
+	sc.sc_every_ms = cfg->snapshot_every_ms;
+	sc.sc_every_bytes = cfg->snapshot_every_bytes;
+	sc.sc_compress = cfg->snapshot_compress;
+	sc.sc_memory = cfg->snapshot_memory;
+	sc.sc_keep = cfg->snapshot_keep;
+	sc.sc_skew_ms = cfg->snapshot_skew_ms;
+	sc.sc_max_frame = cfg->max_frame_bytes;
+	if ((relay->r_snap = snapshotter_open(&sc, relay->r_store,
+	    relay->r_base, snapshot_err, sizeof(snapshot_err))) == NULL)
+		return -1;
+	if (sc.sc_every_ms == 0 && sc.sc_every_bytes == 0)
+		return 0;
+	ev_snap_tick = event_new(relay->r_base, -1, EV_PERSIST,
+	    snapshot_tick_cb, NULL);
+	if (ev_snap_tick == NULL || event_add(ev_snap_tick, &tv) == -1) {
+		snprintf(snapshot_err, sizeof(snapshot_err), "cannot start "
+		    "the snapshot timer");
+		return -1;
+	}
+	return 0;
+}
+
 static void
 signal_cb(evutil_socket_t sig, short what, void *arg)
 {
@@ -401,6 +445,9 @@ main(int argc, char **argv)
 	    cfg.fsync_mode == FSYNC_ALWAYS ? "always" :
 	    cfg.fsync_mode == FSYNC_NEVER ? "never" : "interval");
 
+	if (snapshot_setup(&cfg) == -1)
+		fatalx("snapshots: %s", snapshot_err);
+
 	relay->r_positioned = !(cfg.upstream != NULL &&
 	    cfg.upstream_protocol == UPSTREAM_PROTO_SUB &&
 	    relay->r_ss->ss_next == 0);
@@ -435,6 +482,10 @@ main(int argc, char **argv)
 	upstream_free(relay->r_up);
 	relay->r_up = NULL;
 	fanout_free(relay->r_fan);
+	if (ev_snap_tick != NULL)
+		event_free(ev_snap_tick);
+	snapshotter_close(relay->r_snap);	/* a running job is cancelled */
+	relay->r_snap = NULL;
 	/* bufferevents free through finalizers: let the loop run them */
 	event_base_loop(relay->r_base, EVLOOP_NONBLOCK);
 	relay->r_fan = NULL;

@@ -22,6 +22,7 @@ struct subscriber;
 struct http_server;
 struct auth_tokens;
 struct tls_ctx;
+struct snapshotter;
 
 /* Counters for /metrics: names match the cache's export counters. */
 struct relay_stats {
@@ -61,6 +62,7 @@ struct relay {
 	struct event_base	*r_base;
 	struct wr_config	*r_cfg;
 	struct segstore		*r_store;
+	struct snapshotter	*r_snap;	/* snapshots of the store */
 	/*
 	 * The store's state as of the last relay_store_update(): what the
 	 * loop has acted on (fanout_advance, upstream flow). Read-only for

@@ -1510,9 +1510,10 @@ snap_job_fold_seg(struct snapshotter *sn, struct snap_job *j,
 			    ev.ev_offset);
 			goto out;
 		}
-		if (ev.ev_rec.timestamp_ms < *min_ts)
-			*min_ts = ev.ev_rec.timestamp_ms;
 		if (!fold) {
+			/* the oldest record the cache must replay after it */
+			if (ev.ev_rec.timestamp_ms < *min_ts)
+				*min_ts = ev.ev_rec.timestamp_ms;
 			frames++;
 			continue;
 		}

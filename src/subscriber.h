@@ -53,6 +53,12 @@ struct subscriber {
 	struct segment_span	 sub_span;
 	uint64_t		 sub_span_done;	/* bytes of the span queued */
 	int			 sub_has_span;
+	/* a full resync: the snapshot's SET frames, sent before sub_pos */
+	int			 sub_resync;	/* the reply says snapshot= */
+	int			 sub_snap_fd;	/* -1: none (left) */
+	uint64_t		 sub_snap_off;
+	uint64_t		 sub_snap_len;
+	uint64_t		 sub_snap_entries;
 	TAILQ_ENTRY(subscriber)	 sub_entry;	/* fo_subs, fo_pending, fo_closing */
 	TAILQ_ENTRY(subscriber)	 sub_wentry;	/* fo_waiting */
 };
