@@ -221,26 +221,26 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	METRIC(b, "segments_deleted_total", "counter", "segments deleted by "
 	    "retention", "%" PRIu64, ss->ss_deleted);
 	{
-		struct snapshotter_status sst;
+		struct snapshotter_status snst;
 
-		snapshotter_status(relay->r_snap, &sst);
+		snapshotter_status(relay->r_snap, &snst);
 		METRIC(b, "snapshots_total", "counter", "snapshots written",
-		    "%" PRIu64, sst.st_taken);
+		    "%" PRIu64, snst.st_taken);
 		METRIC(b, "snapshot_failures_total", "counter", "snapshot jobs "
-		    "that failed", "%" PRIu64, sst.st_failed);
+		    "that failed", "%" PRIu64, snst.st_failed);
 		METRIC(b, "snapshot_running", "gauge", "1 while a snapshot "
-		    "job runs", "%d", sst.st_running);
+		    "job runs", "%d", snst.st_running);
 		METRIC(b, "snapshot_covered_sequence", "gauge", "frames below "
 		    "this are in the newest snapshot", "%" PRIu64,
-		    sst.st_have ? sst.st_info.si_covered : 0);
+		    snst.st_have ? snst.st_info.si_covered : 0);
 		METRIC(b, "snapshot_keys", "gauge", "keys in the newest "
-		    "snapshot", "%" PRIu64, sst.st_have ?
-		    sst.st_info.si_entries : 0);
+		    "snapshot", "%" PRIu64, snst.st_have ?
+		    snst.st_info.si_entries : 0);
 		METRIC(b, "snapshot_duration_ms", "gauge", "duration of the "
-		    "last snapshot job", "%" PRIu64, sst.st_last_ms);
+		    "last snapshot job", "%" PRIu64, snst.st_last_ms);
 		METRIC(b, "snapshot_late_records_total", "counter", "records "
 		    "older than the snapshot before them (raise snapshot-skew)",
-		    "%" PRIu64, sst.st_late_records);
+		    "%" PRIu64, snst.st_late_records);
 	}
 
 	METRIC(b, "upstream_connected", "gauge", "1 while a publisher or pull "
@@ -375,16 +375,16 @@ status_cb(struct evhttp_request *req, void *arg)
 	    us.us_paused ? "true" : "false", us.us_name, us.us_peer,
 	    us.us_conn_bytes, us.us_last_frame_ms);
 	{
-		struct snapshotter_status sst;
+		struct snapshotter_status snst;
 
-		snapshotter_status(relay->r_snap, &sst);
-		if (sst.st_have)
+		snapshotter_status(relay->r_snap, &snst);
+		if (snst.st_have)
 			evbuffer_add_printf(b, "\"snapshot\":{\"file\":\"%s\","
 			    "\"covered\":%" PRIu64 ",\"timestamp_ms\":%" PRIu64
 			    ",\"keys\":%" PRIu64 ",\"running\":%s},",
-			    sst.st_info.si_name, sst.st_info.si_covered,
-			    sst.st_info.si_ts, sst.st_info.si_entries,
-			    sst.st_running ? "true" : "false");
+			    snst.st_info.si_name, snst.st_info.si_covered,
+			    snst.st_info.si_ts, snst.st_info.si_entries,
+			    snst.st_running ? "true" : "false");
 		else
 			evbuffer_add_printf(b, "\"snapshot\":null,");
 	}
