@@ -78,6 +78,9 @@ struct wr_config {
 	/* not keys: how this config was made */
 	char		*config_file;		/* -c FILE */
 	int		 check_only;		/* --check-config */
+	int		 print_config;		/* --print-config */
+	unsigned	*src_line;		/* per key: its file line, 0: none */
+	unsigned char	*src_argv;		/* per key: 1 when the command line set it */
 	int		 argc;			/* the command line, kept for reloads */
 	char		**argv;
 };
@@ -90,8 +93,8 @@ enum upstream_protocol {
 /*
  * Build a config from defaults, then -c FILE (if given), then the other
  * arguments (command line wins). Returns 0; or -1 with a message in
- * errbuf naming the file and line or the option; or 1 when --help or
- * --version was printed (exit 0). On -1 and 1 the config is freed.
+ * errbuf naming the file and line or the option; or 1 when --help,
+ * --version or --print-config was printed (exit 0). On -1 and 1 the config is freed.
  */
 int	config_load(int argc, char **argv, struct wr_config *, char *errbuf,
 	    size_t errlen);
@@ -106,18 +109,20 @@ int	config_parse(int argc, char **argv, const char *text, size_t textlen,
 
 /*
  * Re-read the file named by cur->config_file (plus the original command
- * line, which still wins) into next. Returns 0, or -1 with errbuf.
- * The caller swaps only the reloadable keys and logs the ones that
- * need a restart.
+ * line, which still wins) into next. Every key that takes a restart to
+ * change (not reloadable; or, for tls-cert and tls-key, set or removed)
+ * and changed is logged as not applied and gets its running value in
+ * next, and next is validated again with those: whatever the reload
+ * builds from next (TLS contexts, tokens) is what runs. Returns how many
+ * such keys changed, or -1 with errbuf (next is then freed).
  */
 int	config_reload(const struct wr_config *cur, struct wr_config *next,
 	    char *errbuf, size_t errlen);
 
 /*
- * After a successful config_reload: move the reloadable keys of next into
- * cur (next then holds the old values: config_free it) and log a warning
- * for each other key that changed. Returns how many such keys need a
- * restart to apply.
+ * After a successful config_reload: move the changed reloadable keys of
+ * next into cur (next then holds the old values: config_free it), logging
+ * each. Returns how many were applied.
  */
 int	config_apply_reload(struct wr_config *cur, struct wr_config *next);
 
@@ -126,6 +131,12 @@ void	config_free(struct wr_config *);
 void	config_usage(FILE *);
 /* Write the effective config as a [walrelay] file (secrets are file names). */
 void	config_dump(const struct wr_config *, FILE *);
+/*
+ * --print-config: the effective config as a [walrelay] file, each value
+ * followed by where it came from (default, file:line, command line,
+ * environment); secret values are masked.
+ */
+void	config_print(const struct wr_config *, FILE *);
 
 /* The key table, for tests and tools. */
 size_t	config_key_count(void);

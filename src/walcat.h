@@ -15,6 +15,7 @@
 #define WALCAT_EXIT_TORN	1	/* only a torn tail in the last file */
 #define WALCAT_EXIT_CORRUPT	2	/* corruption */
 #define WALCAT_EXIT_ERROR	3	/* usage or I/O error */
+#define WALCAT_EXIT_EMPTY	4	/* no segment file at all */
 
 /* The seq printed for a snapshot's SET frames (they have none). */
 #define WALCAT_SEQ_SNAPSHOT	UINT64_MAX
@@ -35,6 +36,7 @@ int	walcat_dump(int, char **);
 int	walcat_verify(int, char **);
 int	walcat_produce(int, char **);	/* walcat_net.c */
 int	walcat_tail(int, char **);
+int	walcat_health(int, char **);
 int	walcat_repair(int, char **);	/* walcat_repair.c */
 int	walcat_snapshot(int, char **);	/* walcat_snapshot.c */
 
