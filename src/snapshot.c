@@ -1544,20 +1544,6 @@ out:
 	return rc;
 }
 
-/* Test builds only: stop dead at a named step (tests/fault). */
-static void
-snap_step(const char *step)
-{
-#ifdef WR_TEST_HOOKS
-	const char *s = getenv("WALRELAY_TEST_SNAPSHOT_KILL");
-
-	if (s != NULL && strcmp(s, step) == 0)
-		abort();
-#else
-	(void)step;
-#endif
-}
-
 static void *
 snap_job_main(void *arg)
 {
@@ -1593,7 +1579,6 @@ snap_job_main(void *arg)
 		ts--;
 	j->j_records = snap_fold_records(f);
 	j->j_runs = snap_fold_runs(f);
-	snap_step("fold");
 	if (j->j_prev.sm_valid)
 		snprintf(base, sizeof(base), "%s/%s", sn->sn_dir,
 		    j->j_prev.sm_name);
@@ -1605,13 +1590,11 @@ snap_job_main(void *arg)
 	}
 	snap_fold_free(f);
 	f = NULL;
-	snap_step("written");
 
 	snap_name_format(name, sizeof(name), ts, j->j_res.wr_compressed);
 	snap_frames_name(fname, sizeof(fname), ts);
 	if (renameat(sn->sn_dirfd, SNAP_TMP_FRAMES, sn->sn_dirfd, fname) ==
-	    -1 || (snap_step("frames-renamed"), 0) ||
-	    renameat(sn->sn_dirfd, j->j_res.wr_compressed ? SNAP_TMP_LZ4 :
+	    -1 || renameat(sn->sn_dirfd, j->j_res.wr_compressed ? SNAP_TMP_LZ4 :
 	    SNAP_TMP_BODY, sn->sn_dirfd, name) == -1) {
 		snprintf(j->j_err, sizeof(j->j_err), "%s: renaming the "
 		    "snapshot into place: %s", sn->sn_dir, strerror(errno));
@@ -1624,7 +1607,6 @@ snap_job_main(void *arg)
 		    sn->sn_dir, strerror(errno));
 		goto done;
 	}
-	snap_step("renamed");
 
 	memset(&sm, 0, sizeof(sm));
 	sm.sm_valid = 1;
@@ -1638,7 +1620,6 @@ snap_job_main(void *arg)
 		goto done;
 	}
 	renamed = 0;	/* recorded: it stays */
-	snap_step("recorded");
 
 	j->j_info.si_covered = j->j_covered;
 	j->j_info.si_ts = ts;
@@ -1649,7 +1630,6 @@ snap_job_main(void *arg)
 	if (snap_dir_clean(sn->sn_dirfd, sn->sn_dir, name, sn->sn_cf.sc_keep,
 	    err, sizeof(err)) == -1)
 		log_warnx("snapshot: %s", err);
-	snap_step("cleaned");
 	/* the segments it covers leave the directory */
 	segstore_compact(sn->sn_store, j->j_covered, 1);
 	j->j_ok = 1;
