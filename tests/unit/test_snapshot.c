@@ -13,8 +13,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <xxhash.h>
+
 #include "fcw2.h"
 #include "scan.h"
+#include "segment.h"
 #include "snapshot.h"
 
 #define NKEYS	200
@@ -382,6 +385,60 @@ START_TEST(snapshot_names)
 }
 END_TEST
 
+/*
+ * The store's metadata: a file written before snapshots existed opens
+ * unchanged (same epoch), and a recorded snapshot survives a restart.
+ */
+START_TEST(snapshot_meta_compatible)
+{
+	struct segment_config sc;
+	struct segstore *ss;
+	struct segstore_snapmeta sm;
+	char path[256], buf[512], err[512];
+	int len;
+	FILE *fp;
+
+	len = snprintf(buf, sizeof(buf), "# walrelay store metadata; "
+	    "checksummed, do not edit\nversion 1\nepoch 00000000deadbeef\n"
+	    "base 0\nrunning 0\nfsync always\n");
+	snprintf(buf + len, sizeof(buf) - len, "xxh64 %016llx\n",
+	    (unsigned long long)XXH64(buf, len, 0));
+	snprintf(path, sizeof(path), "%s/walrelay.meta", tmpdir);
+	ck_assert_ptr_nonnull(fp = fopen(path, "w"));
+	fputs(buf, fp);
+	fclose(fp);
+
+	memset(&sc, 0, sizeof(sc));
+	sc.dir = tmpdir;
+	ss = segstore_open(&sc, err, sizeof(err));
+	ck_assert_msg(ss != NULL, "%s", err);
+	ck_assert_uint_eq(segstore_epoch(ss), 0xdeadbeef);
+	segstore_snapmeta(ss, &sm);
+	ck_assert_int_eq(sm.sm_valid, 0);
+	memset(&sm, 0, sizeof(sm));
+	sm.sm_valid = 1;
+	sm.sm_covered = 5;
+	sm.sm_ts = 1700000000000ull;
+	sm.sm_entries = 3;
+	snprintf(sm.sm_name, sizeof(sm.sm_name), "snapshot-1700000000000.bin");
+	ck_assert_int_eq(segstore_record_snapshot(ss, &sm, err, sizeof(err)),
+	    0);
+	ck_assert_int_eq(segstore_close(ss), 0);
+
+	ss = segstore_open(&sc, err, sizeof(err));
+	ck_assert_msg(ss != NULL, "%s", err);
+	ck_assert_uint_eq(segstore_epoch(ss), 0xdeadbeef);
+	memset(&sm, 0, sizeof(sm));
+	segstore_snapmeta(ss, &sm);
+	ck_assert_int_eq(sm.sm_valid, 1);
+	ck_assert_uint_eq(sm.sm_covered, 5);
+	ck_assert_uint_eq(sm.sm_ts, 1700000000000ull);
+	ck_assert_uint_eq(sm.sm_entries, 3);
+	ck_assert_str_eq(sm.sm_name, "snapshot-1700000000000.bin");
+	ck_assert_int_eq(segstore_close(ss), 0);
+}
+END_TEST
+
 static Suite *
 snapshot_suite(void)
 {
@@ -396,6 +453,7 @@ snapshot_suite(void)
 	tcase_add_test(tc, snapshot_frames_file);
 	tcase_add_test(tc, snapshot_bad_files);
 	tcase_add_test(tc, snapshot_names);
+	tcase_add_test(tc, snapshot_meta_compatible);
 	suite_add_tcase(s, tc);
 	return s;
 }
