@@ -166,8 +166,10 @@ def main():
     write_stream(os.path.join(extra_stream, "segment-b.wal"), nextra,
                  a.keys, 2)
     data = os.path.join(work, "relay")
+    # the in-memory tail is the relay's other large buffer: 32M of the
+    # 64 MiB the RSS goal allows beside --snapshot-memory
     common = ["--fsync", "interval:100", "--segment-bytes", "64M",
-              "--snapshot-memory", a.memory]
+              "--tail-memory", "32M", "--snapshot-memory", a.memory]
 
     # 1. idle
     r = Relay(a.build, data, common)

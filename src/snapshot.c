@@ -1149,6 +1149,13 @@ snap_write(const char *dir, const char *base, struct snap_fold *f,
 	if (bufw_finish(&body, 1) == -1 || bufw_finish(&frames, 1) == -1)
 		goto fail_io;
 	res->wr_file_bytes = res->wr_body_bytes;
+	/* the changes are merged: their memory goes before compressing */
+	for (size_t i = 0; i < nsrc; i++)
+		if (src[i].s_kind == 2) {
+			free(src[i].s_vec);
+			src[i].s_vec = NULL;
+		}
+	snap_fold_clear(f);
 	if (compress == SNAP_COMPRESS_LZ4 && res->wr_body_bytes <= max_lz4 &&
 	    res->wr_body_bytes <= (uint64_t)LZ4_MAX_INPUT_SIZE) {
 		/* the base's memory is no longer needed */
