@@ -209,7 +209,8 @@ hs_parse_sub(const char *p, const char *end, struct handshake_req *req,
 	const char *f, *eq;
 	size_t flen = 0;
 	char x[40];
-	int seen_epoch = 0, seen_compress = 0, seen_resync = 0;
+	int seen_epoch = 0, seen_compress = 0, seen_stream = 0;
+	int seen_resync = 0;
 
 	if (hs_field(&p, end, &f, &flen) == -1 || flen == 0) {
 		snprintf(err, errlen, flen == 0 && p != NULL ? "empty field "
@@ -281,6 +282,20 @@ hs_parse_sub(const char *p, const char *end, struct handshake_req *req,
 				    sizeof(x)));
 				return -1;
 			}
+		} else if (hs_equal(f, klen, "stream")) {
+			if (seen_stream++) {
+				snprintf(err, errlen, "duplicate option "
+				    "stream");
+				return -1;
+			}
+			if (vlen == 0 || vlen >= sizeof(req->hr_stream)) {
+				snprintf(err, errlen, "bad stream name '%s' "
+				    "(1 to %zu characters)", hs_excerpt(v, vlen,
+				    x, sizeof(x)), sizeof(req->hr_stream) - 1);
+				return -1;
+			}
+			memcpy(req->hr_stream, v, vlen);
+			req->hr_stream[vlen] = '\0';
 		} else if (hs_equal(f, klen, "resync")) {
 			if (seen_resync++) {
 				snprintf(err, errlen, "duplicate option "
@@ -298,8 +313,8 @@ hs_parse_sub(const char *p, const char *end, struct handshake_req *req,
 			}
 		} else {
 			snprintf(err, errlen, "unknown option '%s' (known: "
-			    "epoch, compress, resync)", hs_excerpt(f, klen, x,
-			    sizeof(x)));
+			    "epoch, compress, stream, resync)", hs_excerpt(f,
+			    klen, x, sizeof(x)));
 			return -1;
 		}
 	}

@@ -68,6 +68,7 @@ struct handshake_req {
 	int		 hr_has_epoch;
 	uint64_t	 hr_epoch;
 	int		 hr_compress;	/* enum handshake_compress */
+	char		 hr_stream[65];	/* SUB: stream=NAME, or "" */
 	int		 hr_resync;	/* resync=1: gone falls back to snapshot */
 };
 
