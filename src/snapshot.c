@@ -15,7 +15,9 @@
 #include "autoconfig.h"
 
 #include <sys/types.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 
 #include <dirent.h>
 #include <errno.h>
@@ -47,6 +49,7 @@
 #define SNAP_TMP_PREFIX		"walrelay-snap-"
 #define SNAP_FRAMES_PREFIX	"walrelay-frames-"
 #define SNAP_CHG_OVERHEAD	64	/* per key in the table, roughly */
+#define SNAP_JOB_NICE		10	/* the job yields the CPU to the stream */
 
 enum snap_chg_type {
 	CHG_SET = 1,
@@ -1561,8 +1564,16 @@ snap_job_main(void *arg)
 	uint64_t min_ts = UINT64_MAX, max_ts = 0, ts, t0 = snap_mono_ms();
 	char base[PATH_MAX], name[SNAP_NAME_MAX], fname[SNAP_NAME_MAX];
 	char err[512];
-	int renamed = 0;
+	int renamed = 0, prio;
+	pid_t tid = (pid_t)syscall(SYS_gettid);
 
+	/* Linux: a thread's own nice value; ingest and fanout go first */
+	errno = 0;
+	prio = getpriority(PRIO_PROCESS, (id_t)tid);
+	if (errno == 0 && setpriority(PRIO_PROCESS, (id_t)tid,
+	    prio + SNAP_JOB_NICE > 19 ? 19 : prio + SNAP_JOB_NICE) == -1)
+		log_debug("%s: snapshot: cannot lower the job's priority: %s",
+		    sn->sn_dir, strerror(errno));
 	if ((f = snap_fold_new(sn->sn_dir, sn->sn_cf.sc_memory / 2, err,
 	    sizeof(err))) == NULL) {
 		snprintf(j->j_err, sizeof(j->j_err), "%s", err);
