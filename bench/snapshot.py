@@ -100,8 +100,9 @@ class Relay:
         with urllib.request.urlopen(
                 f"http://127.0.0.1:{self.ports[2]}/metrics", timeout=5) as r:
             for line in r.read().decode().splitlines():
-                if line.startswith(name + " "):
-                    return float(line.split()[1])
+                # one stream: walrelay_x{stream="default"} 1
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    return float(line.rsplit(" ", 1)[1])
         return 0.0
 
     def hwm_kib(self):
