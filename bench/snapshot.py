@@ -11,7 +11,7 @@ What it measures, in order:
      drawn uniformly from --keys) by `walcat produce --dir` with one
      `walcat tail --raw` subscriber: ingest and fanout frames/s;
   2. a restart with --snapshot-every 1: the first snapshot folds the whole
-     stream; its duration (walrelay_snapshot_duration_ms), the relay's
+     stream; its duration (walrelay_snapshot_duration_seconds), the relay's
      peak RSS (VmHWM) against --snapshot-memory + 64 MiB, and the
      snapshot's bytes against the raw stream's;
   3. during that snapshot, the same ingest and fanout again (a second
@@ -183,7 +183,7 @@ def main():
     during = ingest_and_fanout(a.build, r, extra_stream, nextra)
     still = r.metric("walrelay_snapshot_running") == 1
     Relay.wait(lambda: r.metric("walrelay_snapshots_total") >= 1, 3600)
-    dur_ms = r.metric("walrelay_snapshot_duration_ms")
+    dur_ms = 1000 * r.metric("walrelay_snapshot_duration_seconds")
     hwm = r.hwm_kib()
     st = r.status()
     snap = os.path.join(data, st["snapshot"]["file"])

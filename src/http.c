@@ -638,8 +638,8 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	    v->v_sn.st_info.si_covered : 0);
 	SMETRIC(b, "snapshot_keys", "gauge", "keys in the newest snapshot",
 	    v->v_sn.st_have ? v->v_sn.st_info.si_entries : 0);
-	SMETRIC(b, "snapshot_duration_ms", "gauge", "duration of the last "
-	    "snapshot job", v->v_sn.st_last_ms);
+	SMETRIC_F(b, "snapshot_duration_seconds", "gauge", "duration of the "
+	    "last snapshot job", v->v_sn.st_last_ms / 1e3);
 	SMETRIC(b, "snapshot_late_records_total", "counter", "records older "
 	    "than the snapshot before them (raise snapshot-skew)",
 	    v->v_sn.st_late_records);
