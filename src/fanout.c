@@ -230,6 +230,25 @@ fanout_advance(struct fanout *fo, uint64_t sendable)
 }
 
 void
+fanout_blocks_read(struct fanout *fo, uint64_t reads)
+{
+	struct subscriber *sub;
+	uint64_t gen;
+
+	if (reads == fo->fo_blocks_read || fo->fo_advancing)
+		return;
+	fo->fo_blocks_read = reads;
+	fo->fo_advancing = 1;
+	gen = ++fo->fo_wake_gen;
+	while ((sub = TAILQ_FIRST(&fo->fo_waiting)) != NULL &&
+	    sub->sub_wait_gen < gen) {
+		fanout_unwait(fo, sub);
+		subscriber_refill(sub);
+	}
+	fo->fo_advancing = 0;
+}
+
+void
 fanout_wait(struct fanout *fo, struct subscriber *sub)
 {
 	WR_ASSERT(!sub->sub_waiting && sub->sub_state == SUB_STREAM);

@@ -32,6 +32,7 @@ struct fanout {
 	struct subscriber_list	 fo_waiting;
 	uint64_t		 fo_wake_gen;	/* advances that woke subscribers */
 	int			 fo_advancing;	/* in fanout_advance */
+	uint64_t		 fo_blocks_read; /* fanout_blocks_read's last */
 	struct subscriber_list	 fo_pending;	/* in the handshake */
 	struct subscriber_list	 fo_closing;	/* freed from the loop */
 	unsigned		 fo_nsubs;	/* streaming */
@@ -53,6 +54,11 @@ void		 fanout_advance(struct fanout *, uint64_t sendable);
  * fanout_advance started).
  */
 void		 fanout_wait(struct fanout *, struct subscriber *);
+/*
+ * The store finished reading archived blocks (its ss_archive_reads is
+ * now reads): refill the waiting subscribers, some waited for them.
+ */
+void		 fanout_blocks_read(struct fanout *, uint64_t reads);
 void		 fanout_unwait(struct fanout *, struct subscriber *);
 /* The tail chunk that holds frame seq, or NULL. */
 struct chunk	*fanout_find(struct fanout *, uint64_t seq);

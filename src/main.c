@@ -34,6 +34,23 @@ static struct event	*ev_stop_poll;
 static struct event	*ev_stop_deadline;
 static int		 exit_code;
 
+#ifdef WR_TEST_HOOKS
+/*
+ * Test builds only (tests/walrelay-hooks): WALRELAY_TEST_ARCHIVE_CRASH=N
+ * kills the relay with SIGKILL at step N of archiving a segment.
+ */
+static void
+test_archive_step(int step, const char *name, void *arg)
+{
+	const char *e = getenv("WALRELAY_TEST_ARCHIVE_CRASH");
+
+	if (e != NULL && atoi(e) == step) {
+		log_warnx("test: killed at archive step %d (%s)", step, name);
+		raise(SIGKILL);
+	}
+}
+#endif
+
 /* The writer thread calls this: wake the loop (thread-safe). */
 static void
 store_notify(void *arg)
@@ -79,6 +96,7 @@ store_event_cb(evutil_socket_t fd, short what, void *arg)
 		log_info("storage: healthy again at sequence %" PRIu64,
 		    relay->r_ss->ss_durable);
 	fanout_advance(relay->r_fan, relay_sendable());
+	fanout_blocks_read(relay->r_fan, relay->r_ss->ss_archive_reads);
 	if (relay->r_up != NULL)
 		upstream_flow(relay->r_up);
 	if (relay->r_stopping)
@@ -392,6 +410,15 @@ main(int argc, char **argv)
 	sc.max_frame_bytes = cfg.max_frame_bytes;
 	sc.retry_ms = 1000;
 	sc.verify_sealed = cfg.verify_segments;
+	sc.archive.ac_enabled = cfg.archive_after_s > 0 ||
+	    cfg.archive_keep_raw > 0;
+	sc.archive.ac_after_s = cfg.archive_after_s;
+	sc.archive.ac_keep_raw = cfg.archive_keep_raw;
+	sc.archive.ac_level = (int)cfg.archive_level;
+	sc.archive.ac_long = cfg.archive_long;
+#ifdef WR_TEST_HOOKS
+	sc.archive.ac_test_step = test_archive_step;
+#endif
 	if ((relay->r_store = segstore_open(&sc, err, sizeof(err))) == NULL)
 		fatalx("storage: %s", err);
 	relay_store_update();

@@ -215,6 +215,34 @@ sub_unpin_cb(struct evbuffer_file_segment const *seg, int flags, void *arg)
 }
 
 /*
+ * Queue whole frames of an archived span (a block the store decompressed
+ * on its reader thread) up to the high watermark, like a tail chunk.
+ */
+static int
+sub_emit_block(struct sub_stage *st)
+{
+	struct subscriber *sub = st->st_sub;
+	struct segment_span *sp = &sub->sub_span;
+	size_t off = sp->sp_offset + sub->sub_span_done, len, q, room;
+	uint32_t nf;
+
+	q = sub_queued(st);
+	room = relay->r_cfg->subscriber_buffer > q ?
+	    relay->r_cfg->subscriber_buffer - q : 1;
+	len = chunk_cut(sp->sp_chunk, off, room, &nf);
+	if (sub_emit_chunk(st, sp->sp_chunk, off, len) == -1)
+		return -1;
+	sub->sub_span_done += len;
+	sub->sub_pos += nf;
+	relay->r_stats.sub_frames_sent += nf;
+	if (sub->sub_span_done >= sp->sp_len) {
+		segstore_span_release(relay->r_store, sp);
+		sub->sub_has_span = 0;
+	}
+	return 0;
+}
+
+/*
  * Queue part of the current segment span. Plain TCP hands the whole span
  * to sendfile; TLS and zstd read it piecewise.
  */
@@ -227,6 +255,9 @@ sub_emit_span(struct sub_stage *st)
 	uint64_t left = sp->sp_len - sub->sub_span_done;
 	size_t n;
 	ssize_t r;
+
+	if (sp->sp_chunk != NULL)
+		return sub_emit_block(st);
 
 	/* what was staged comes first */
 	if (sub_stage_flush(st) == -1)
@@ -312,6 +343,7 @@ sub_fill(struct sub_stage *st, int *full)
 	struct fanout *fo = fan();
 	uint64_t limit = fo->fo_sendable;
 	size_t hiwat = relay->r_cfg->subscriber_buffer;
+	int rc;
 
 	*full = 0;
 	while (!*full && sub_queued(st) < hiwat &&
@@ -379,8 +411,11 @@ sub_fill(struct sub_stage *st, int *full)
 			continue;
 		}
 		/* older than the tail: the segment files */
-		if (segstore_locate(relay->r_store, sub->sub_pos,
-		    &sub->sub_span) == -1) {
+		rc = segstore_locate(relay->r_store, sub->sub_pos,
+		    &sub->sub_span);
+		if (rc == SEGSTORE_PENDING)
+			break;	/* an archived block: woken once it is read */
+		if (rc == -1) {
 			segstore_poll(relay->r_store, &ss);
 			if (sub->sub_pos < ss.ss_earliest) {
 				relay->r_stats.sub_disconnected_gone++;
@@ -535,7 +570,7 @@ sub_start_corrupt(uint64_t start, struct segstore_corrupt *bad)
 	if (start >= fan()->fo_sendable || fanout_find(fan(), start) != NULL)
 		return 0;
 	if (segstore_locate(relay->r_store, start, &sp) == 0) {
-		segstore_unpin(relay->r_store, sp.sp_pin);
+		segstore_span_release(relay->r_store, &sp);
 		return 0;
 	}
 	return segstore_corrupt_at(relay->r_store, start, bad);
@@ -856,7 +891,7 @@ void
 subscriber_free(struct subscriber *sub)
 {
 	if (sub->sub_has_span)
-		segstore_unpin(relay->r_store, sub->sub_span.sp_pin);
+		segstore_span_release(relay->r_store, &sub->sub_span);
 	if (sub->sub_timer != NULL)
 		event_free(sub->sub_timer);
 	if (sub->sub_bev != NULL)
