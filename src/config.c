@@ -16,6 +16,7 @@
 #include <sys/types.h>
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -26,6 +27,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "auth.h"
 #include "config.h"
 #include "log.h"
 #include "segment.h"
@@ -246,6 +248,7 @@ static const struct config_key config_keys[] = {
 
 /* Option values for getopt_long beyond the short options. */
 #define OPT_CHECK	0x100
+#define OPT_PRINT	0x101
 #define OPT_KEY		0x1000
 #define OPT_NOKEY	0x2000
 
@@ -254,6 +257,7 @@ struct config_ctx {
 	const char	*file;
 	unsigned	 line[NKEYS];	/* file line, 0: not in the file */
 	int		 set[NKEYS];	/* set by the file or the command line */
+	int		 argv_set[NKEYS]; /* set by the command line */
 };
 
 static const char *
@@ -1011,11 +1015,13 @@ config_options(void)
 	size_t n = 0;
 	static char nonames[NKEYS][64];
 
-	if ((o = calloc(2 * NKEYS + 5, sizeof(*o))) == NULL)
+	if ((o = calloc(2 * NKEYS + 6, sizeof(*o))) == NULL)
 		return NULL;
 	o[n++] = (struct option){ "config", required_argument, NULL, 'c' };
 	o[n++] = (struct option){ "check-config", no_argument, NULL,
 	    OPT_CHECK };
+	o[n++] = (struct option){ "print-config", no_argument, NULL,
+	    OPT_PRINT };
 	o[n++] = (struct option){ "help", no_argument, NULL, 'h' };
 	o[n++] = (struct option){ "version", no_argument, NULL, 'V' };
 	for (size_t i = 0; i < NKEYS; i++) {
@@ -1042,7 +1048,8 @@ config_noarg(const char *name)
 	const struct config_key *k;
 
 	if (strcmp(name, "help") == 0 || strcmp(name, "version") == 0 ||
-	    strcmp(name, "check-config") == 0)
+	    strcmp(name, "check-config") == 0 ||
+	    strcmp(name, "print-config") == 0)
 		return 1;
 	if (strncmp(name, "no-", 3) != 0)
 		return 0;
@@ -1111,9 +1118,23 @@ config_argv(struct wr_config *cfg, struct config_ctx *ctx, int pass,
 			    text);
 			goto out;
 		}
+		/*
+		 * A value in the next argument that looks like an option is
+		 * a missing value: "--data-dir --check-config" must not make
+		 * a directory named --check-config.
+		 */
+		if (optarg != NULL && optind >= 2 &&
+		    optarg == cfg->argv[optind - 1] && optarg[0] == '-' &&
+		    (optarg[1] == '-' || isalpha((unsigned char)optarg[1]))) {
+			snprintf(errbuf, errlen, "option '%s' needs a value, but "
+			    "the next argument '%s' is an option (for a value "
+			    "that starts with '-', write %s=VALUE)", text,
+			    optarg, c == 'c' ? "--config" : text);
+			goto out;
+		}
 		/* getopt_long takes unique abbreviations: we do not */
-		if (c >= OPT_KEY || c == OPT_CHECK || (strncmp(text, "--",
-		    2) == 0)) {
+		if (c >= OPT_KEY || c == OPT_CHECK || c == OPT_PRINT ||
+		    (strncmp(text, "--", 2) == 0)) {
 			const char *want = NULL;
 			size_t len = strcspn(text + 2, "=");
 
@@ -1128,7 +1149,8 @@ config_argv(struct wr_config *cfg, struct config_ctx *ctx, int pass,
 			else
 				snprintf(name, sizeof(name), "%s", c == 'c' ?
 				    "config" : c == 'h' ? "help" : c == 'V' ?
-				    "version" : "check-config");
+				    "version" : c == OPT_CHECK ? "check-config" :
+				    "print-config");
 			if (strlen(name) != len || strncmp(text + 2, name,
 			    len) != 0) {
 				snprintf(errbuf, errlen, "unknown option "
@@ -1158,6 +1180,9 @@ config_argv(struct wr_config *cfg, struct config_ctx *ctx, int pass,
 		case OPT_CHECK:
 			cfg->check_only = 1;
 			continue;
+		case OPT_PRINT:
+			cfg->print_config = 1;
+			continue;
 		}
 		if (pass == 0)
 			continue;
@@ -1175,6 +1200,7 @@ config_argv(struct wr_config *cfg, struct config_ctx *ctx, int pass,
 			}
 		}
 		ctx->set[k - config_keys] = 1;
+		ctx->argv_set[k - config_keys] = 1;
 	}
 	if (optind < cfg->argc) {
 		snprintf(errbuf, errlen, "unexpected argument '%s' (options "
@@ -1338,7 +1364,22 @@ config_build(struct wr_config *cfg, int *printed, const char *text,
 		return -1;
 	if (config_argv(cfg, &ctx, 1, printed, errbuf, errlen) == -1)
 		return -1;
-	return config_validate(cfg, &ctx, errbuf, errlen);
+	if (config_validate(cfg, &ctx, errbuf, errlen) == -1)
+		return -1;
+	/* where each value came from, for --print-config */
+	free(cfg->src_line);
+	free(cfg->src_argv);
+	cfg->src_line = calloc(NKEYS, sizeof(*cfg->src_line));
+	cfg->src_argv = calloc(NKEYS, sizeof(*cfg->src_argv));
+	if (cfg->src_line == NULL || cfg->src_argv == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		return -1;
+	}
+	for (size_t i = 0; i < NKEYS; i++) {
+		cfg->src_line[i] = ctx.line[i];
+		cfg->src_argv[i] = ctx.argv_set[i] != 0;
+	}
+	return 0;
 }
 
 int
@@ -1361,6 +1402,11 @@ config_load(int argc, char **argv, struct wr_config *cfg, char *errbuf,
 	}
 	if (printed == 'V') {
 		printf("walrelay %s\n", PACKAGE_VERSION);
+		config_free(cfg);
+		return 1;
+	}
+	if (cfg->print_config) {
+		config_print(cfg, stdout);
 		config_free(cfg);
 		return 1;
 	}
@@ -1462,6 +1508,10 @@ config_free(struct wr_config *cfg)
 	}
 	free(cfg->config_file);
 	cfg->config_file = NULL;
+	free(cfg->src_line);
+	cfg->src_line = NULL;
+	free(cfg->src_argv);
+	cfg->src_argv = NULL;
 	if (cfg->argv != NULL) {
 		for (int i = 0; i < cfg->argc; i++)
 			free(cfg->argv[i]);
@@ -1500,7 +1550,7 @@ config_usage(FILE *f)
 	int group = -1;
 
 	fprintf(f,
-"usage: walrelay [-c FILE] [--check-config] [--OPTION VALUE ...]\n"
+"usage: walrelay [-c FILE] [--check-config | --print-config] [--OPTION VALUE ...]\n"
 "\n"
 "Relays the FCW2 write-ahead-log stream of a cache server: takes it from the\n"
 "cache (or pulls it from a cache or another relay), stores it in segment\n"
@@ -1510,7 +1560,14 @@ config_usage(FILE *f)
 "        read settings from FILE (INI, section [walrelay]); the command line\n"
 "        wins over the file\n"
 "  --check-config\n"
-"        check the configuration and the token files, then exit\n"
+"        check what a start would find, change nothing, then exit: the\n"
+"        configuration, token files, certificates, the data directory\n"
+"        (a writable directory, or one that can be created) and the\n"
+"        listeners' addresses (bound and closed at once)\n"
+"  --print-config\n"
+"        print the effective configuration, each value with where it\n"
+"        comes from (default, file:line, command line, environment),\n"
+"        secrets masked, then exit\n"
 "  -h, --help\n"
 "        print this help and exit\n"
 "  -V, --version\n"
@@ -1559,14 +1616,14 @@ config_usage(FILE *f)
 
 /* A value that would not read back as itself unquoted gets quotes. */
 static void
-config_dump_value(FILE *f, const char *v)
+config_put_value(FILE *f, const char *v)
 {
 	int quote = *v == '\0' || *v == ' ' || *v == '\t' || *v == '"' ||
 	    v[strlen(v) - 1] == ' ' || v[strlen(v) - 1] == '\t' ||
 	    strpbrk(v, "#;\\") != NULL;
 
 	if (!quote) {
-		fprintf(f, "%s\n", v);
+		fputs(v, f);
 		return;
 	}
 	fputc('"', f);
@@ -1575,7 +1632,14 @@ config_dump_value(FILE *f, const char *v)
 			fputc('\\', f);
 		fputc(*v, f);
 	}
-	fputs("\"\n", f);
+	fputc('"', f);
+}
+
+static void
+config_dump_value(FILE *f, const char *v)
+{
+	config_put_value(f, v);
+	fputc('\n', f);
 }
 
 void
@@ -1610,5 +1674,68 @@ config_dump(const struct wr_config *cfg, FILE *f)
 		}
 		fprintf(f, "%s = ", k->ck_name);
 		config_dump_value(f, buf);
+	}
+}
+
+/* Where the value of key i came from. */
+static void
+config_source(const struct wr_config *cfg, size_t i, char *buf, size_t len)
+{
+	if (cfg->src_argv != NULL && cfg->src_argv[i])
+		snprintf(buf, len, "command line (--%s)",
+		    config_keys[i].ck_name);
+	else if (cfg->src_line != NULL && cfg->src_line[i] != 0)
+		snprintf(buf, len, "file %s:%u", cfg->config_file,
+		    cfg->src_line[i]);
+	else
+		snprintf(buf, len, "default");
+}
+
+void
+config_print(const struct wr_config *cfg, FILE *f)
+{
+	static const char *const envs[] = { AUTH_ENV_PUBLISH,
+	    AUTH_ENV_SUBSCRIBE, AUTH_ENV_UPSTREAM };
+	char buf[4096], src[4200];
+	int group = -1;
+
+	fprintf(f, "# walrelay %s: the effective configuration; after each "
+	    "value, where it comes\n# from (default, file:line, command "
+	    "line, environment)\n", PACKAGE_VERSION);
+	fprintf(f, "[walrelay]\n");
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct config_key *k = &config_keys[i];
+
+		if (k->ck_group != group) {
+			group = k->ck_group;
+			fprintf(f, "\n# %s\n", config_groups[group]);
+		}
+		config_source(cfg, i, src, sizeof(src));
+		if (config_format(cfg, k, buf, sizeof(buf)) == -1) {
+			fprintf(f, "#%s =  # not set: %s\n", k->ck_name, src);
+			continue;
+		}
+		if (k->ck_off == offsetof(struct wr_config,
+		    upstream_protocol) && cfg->upstream == NULL) {
+			fprintf(f, "#%s = %s  # %s; unused without an "
+			    "upstream\n", k->ck_name, buf, src);
+			continue;
+		}
+		if (k->ck_flags & CF_SECRET) {
+			fprintf(f, "#%s = ********  # %s; secret, not shown\n",
+			    k->ck_name, src);
+			continue;
+		}
+		fprintf(f, "%s = ", k->ck_name);
+		config_put_value(f, buf);
+		fprintf(f, "  # %s\n", src);
+	}
+	fprintf(f, "\n# Environment\n");
+	for (size_t i = 0; i < sizeof(envs) / sizeof(envs[0]); i++) {
+		if (getenv(envs[i]) != NULL)
+			fprintf(f, "# %s = ********  # environment; tokens, "
+			    "not shown\n", envs[i]);
+		else
+			fprintf(f, "# %s  # not set\n", envs[i]);
 	}
 }

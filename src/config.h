@@ -76,6 +76,9 @@ struct wr_config {
 	/* not keys: how this config was made */
 	char		*config_file;		/* -c FILE */
 	int		 check_only;		/* --check-config */
+	int		 print_config;		/* --print-config */
+	unsigned	*src_line;		/* per key: its file line, 0: none */
+	unsigned char	*src_argv;		/* per key: 1 when the command line set it */
 	int		 argc;			/* the command line, kept for reloads */
 	char		**argv;
 };
@@ -88,8 +91,8 @@ enum upstream_protocol {
 /*
  * Build a config from defaults, then -c FILE (if given), then the other
  * arguments (command line wins). Returns 0; or -1 with a message in
- * errbuf naming the file and line or the option; or 1 when --help or
- * --version was printed (exit 0). On -1 and 1 the config is freed.
+ * errbuf naming the file and line or the option; or 1 when --help,
+ * --version or --print-config was printed (exit 0). On -1 and 1 the config is freed.
  */
 int	config_load(int argc, char **argv, struct wr_config *, char *errbuf,
 	    size_t errlen);
@@ -124,6 +127,12 @@ void	config_free(struct wr_config *);
 void	config_usage(FILE *);
 /* Write the effective config as a [walrelay] file (secrets are file names). */
 void	config_dump(const struct wr_config *, FILE *);
+/*
+ * --print-config: the effective config as a [walrelay] file, each value
+ * followed by where it came from (default, file:line, command line,
+ * environment); secret values are masked.
+ */
+void	config_print(const struct wr_config *, FILE *);
 
 /* The key table, for tests and tools. */
 size_t	config_key_count(void);

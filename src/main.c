@@ -18,10 +18,12 @@
 #include <event2/thread.h>
 
 #include "auth.h"
+#include "preflight.h"
 #include "config.h"
 #include "fanout.h"
 #include "http.h"
 #include "log.h"
+#include "notify.h"
 #include "relay.h"
 #include "segment.h"
 #include "tls.h"
@@ -131,6 +133,7 @@ stop_begin(int sig)
 		_exit(1);
 	}
 	relay->r_stopping = 1;
+	notify_stopping();
 	log_info("stop: %s received: no new connections, making everything "
 	    "durable, letting subscribers drain (at most %u ms)",
 	    strsignal(sig), ms);
@@ -275,8 +278,11 @@ static void
 signal_cb(evutil_socket_t sig, short what, void *arg)
 {
 	if (sig == SIGHUP) {
-		if (!relay->r_stopping)
+		if (!relay->r_stopping) {
+			notify_reloading();
 			reload();
+			notify_ready();
+		}
 		return;
 	}
 	stop_begin(sig);
@@ -369,13 +375,21 @@ main(int argc, char **argv)
 		return 2;
 	}
 	if (cfg.check_only) {
-		printf("walrelay: configuration OK\n");
+		char note[512];
+
+		if ((rc = preflight_start(&cfg, note, sizeof(note), err,
+		    sizeof(err))) == -1)
+			fprintf(stderr, "walrelay: %s\n", err);
+		else if (note[0] != '\0')
+			printf("walrelay: note: %s\n", note);
+		if (rc == 0)
+			printf("walrelay: configuration OK\n");
 		tls_free(relay->r_tls);
 		tls_free(relay->r_upstream_tls);
 		auth_free(tok);
 		free(tok);
 		config_free(&cfg);
-		return 0;
+		return rc == 0 ? 0 : 2;
 	}
 
 	signal(SIGPIPE, SIG_IGN);
@@ -398,7 +412,12 @@ main(int argc, char **argv)
 	relay->r_started_ms = relay_now_ms();
 	if ((relay->r_base = event_base_new()) == NULL)
 		fatalx("cannot create the event loop");
+	if (notify_init(relay->r_base, err, sizeof(err)) == -1)
+		fatalx("%s", err);
 
+	/* a taken port or an unusable directory: say so before creating */
+	if (preflight_start(&cfg, NULL, 0, err, sizeof(err)) == -1)
+		fatalx("%s", err);
 	memset(&sc, 0, sizeof(sc));
 	sc.dir = cfg.data_dir;
 	sc.fsync_mode = cfg.fsync_mode;
@@ -454,6 +473,7 @@ main(int argc, char **argv)
 	}
 	log_info("walrelay %s started (pid %ld)", PACKAGE_VERSION,
 	    (long)getpid());
+	notify_ready();		/* recovered, every listener bound */
 
 	event_base_dispatch(relay->r_base);
 
@@ -476,6 +496,7 @@ main(int argc, char **argv)
 	if (ev_stop_deadline != NULL)
 		event_free(ev_stop_deadline);
 	event_free(relay->r_store_ev);
+	notify_free();
 	event_base_free(relay->r_base);
 	tls_free(relay->r_tls);
 	tls_free(relay->r_upstream_tls);

@@ -9,8 +9,9 @@
  * after a failed write or fdatasync the writer still holds every frame it
  * has to write again.
  *
- * Start: the newest segment is checked frame by frame and a torn or
- * corrupt tail is cut. Older segments are trusted for their extent (the
+ * Start: the newest segment is checked frame by frame and a torn tail is
+ * cut; a bad frame with valid ones after it is corruption (kept, not
+ * served past), see segment_recover. Older segments are trusted for their extent (the
  * next file's base sequence) and are checked, and indexed, the first time
  * a reader needs them (or at open with verify_sealed). The first chunk
  * after a start always goes to a new segment file, as the cache does.
@@ -46,6 +47,7 @@
 #include "fcw2.h"
 #include "frame.h"
 #include "log.h"
+#include "scan.h"
 #include "segment.h"
 
 #ifndef IOV_MAX
@@ -136,6 +138,8 @@ struct segstore {
 	int			 ss_stop;
 	int			 ss_gave_up;
 	int			 ss_retain_blocked;
+	int			 ss_retaining;	/* a retention pass runs */
+	int			 ss_retain_again; /* asked for meanwhile */
 	int			 ss_retry_now;
 	struct chunk_queue	 ss_queue;	/* appended, not yet taken */
 	struct segment_list	 ss_segs;
@@ -301,6 +305,10 @@ segment_meta_write(struct segstore *ss, const struct segment_meta *m,
 				w = 0;
 				continue;
 			}
+			goto fail;
+		}
+		if (w == 0) {
+			errno = EIO;
 			goto fail;
 		}
 	}
@@ -558,15 +566,125 @@ segment_check_sealed(struct segstore *ss, struct segment *seg, int fd)
 }
 
 /*
- * Recover the newest segment: check every frame and cut a torn or corrupt
- * tail back to the last whole valid frame. Returns 0 or -1 with errbuf.
+ * After the whole valid frames from the start of the newest segment, what
+ * follows at offset bad? Reads from there with the resynchronising
+ * scanner. A torn tail (an incomplete last frame, unwritten or zeroed
+ * space, or anything else with no whole valid frame after it) leaves
+ * *after at 0. Otherwise *after is the number of frames from the bad one
+ * to the last whole valid frame (the bad ones counted), *end the offset
+ * after that frame and *certain whether each bad stretch is exactly one
+ * frame (its length field leads to the next valid frame), so that the
+ * sequence numbers after it are known. Returns 0, or -1 with errbuf.
+ */
+static int
+segment_recover_tail(struct segstore *ss, struct segment *seg, int fd,
+    uint64_t bad, uint64_t *after, uint64_t *end, int *certain,
+    char *errbuf, size_t errlen)
+{
+	struct scan sc;
+	struct scan_event ev;
+	uint8_t hdr[FCW2_HEADER_LEN];
+	uint64_t n = 0;
+	int rc = 0;
+
+	*after = 0;
+	*end = bad;
+	*certain = 1;
+	if (lseek(fd, (off_t)bad, SEEK_SET) == -1) {
+		snprintf(errbuf, errlen, "%s/%s: recovery: %s", ss->ss_dir,
+		    seg->seg_name, strerror(errno));
+		return -1;
+	}
+	scan_init(&sc, ss->ss_cf.max_frame_bytes, 0, 1);
+	scan_start(&sc, fd);
+	for (;;) {
+		if (scan_next(&sc, &ev, errbuf, errlen) == -1) {
+			rc = -1;
+			break;
+		}
+		if (ev.ev_type == SCAN_END || ev.ev_type == SCAN_INCOMPLETE)
+			break;
+		if (ev.ev_type == SCAN_FRAME) {
+			n++;
+			*after = n;
+			*end = bad + ev.ev_offset + ev.ev_len;
+			continue;
+		}
+		/* SCAN_BAD: nothing valid after it is a torn tail */
+		if (!ev.ev_resumed)
+			break;
+		n++;
+		if (pread(fd, hdr, sizeof(hdr), (off_t)(bad + ev.ev_offset)) !=
+		    (ssize_t)sizeof(hdr) || fcw2_frame_len(hdr) != ev.ev_skipped)
+			*certain = 0;
+	}
+	scan_free(&sc);
+	return rc;
+}
+
+/*
+ * Copy bytes [from, to) of a segment that recovery must cut but that hold
+ * whole valid frames to NAME.damaged-MS next to it, for the operator.
+ */
+static void
+segment_save_cut(struct segstore *ss, struct segment *seg, int fd,
+    uint64_t from, uint64_t to)
+{
+	char name[PATH_MAX];
+	uint8_t *buf;
+	uint64_t off;
+	ssize_t n;
+	int out;
+
+	snprintf(name, sizeof(name), "%s.damaged-%" PRIu64, seg->seg_name,
+	    segment_now_ms());
+	if ((buf = malloc(SEGMENT_SCAN_BUF)) == NULL)
+		return;
+	out = openat(ss->ss_dirfd, name, O_WRONLY | O_CREAT | O_EXCL |
+	    O_CLOEXEC, 0644);
+	if (out == -1)
+		goto fail;
+	for (off = from; off < to; off += n) {
+		size_t want = to - off < SEGMENT_SCAN_BUF ? to - off :
+		    SEGMENT_SCAN_BUF;
+
+		if ((n = pread(fd, buf, want, (off_t)off)) <= 0 ||
+		    write(out, buf, n) != n)
+			goto fail;
+	}
+	if (fsync(out) == -1)
+		goto fail;
+	close(out);
+	free(buf);
+	log_warnx("%s/%s: the %" PRIu64 " bytes cut are kept in %s", ss->ss_dir,
+	    seg->seg_name, to - from, name);
+	return;
+fail:
+	log_warn("%s/%s: cannot keep the bytes cut in %s", ss->ss_dir,
+	    seg->seg_name, name);
+	if (out != -1) {
+		close(out);
+		unlinkat(ss->ss_dirfd, name, 0);
+	}
+	free(buf);
+}
+
+/*
+ * Recover the newest segment: check every frame. A torn tail is cut back
+ * to the last whole valid frame. A bad frame with whole valid frames after
+ * it is corruption, not a crash: the frames stay, the store refuses to
+ * serve from the bad frame on (ss_limit, as for a sealed segment) and only
+ * a torn tail after the last valid frame is cut. When the bad stretch
+ * hides how many frames it held, the sequence numbers after it are
+ * unknown: it is cut from the bad frame on (the bytes are kept in a
+ * .damaged file) and *newepoch is set. Returns 0 or -1 with errbuf.
  */
 static int
 segment_recover(struct segstore *ss, struct segment *seg, uint64_t *cut,
-    char *errbuf, size_t errlen)
+    int *newepoch, char *errbuf, size_t errlen)
 {
-	uint64_t frames, bytes;
-	int fd, status;
+	uint64_t frames, bytes, after = 0, end, keep, bad;
+	int fd, status, certain = 1;
 
 	*cut = 0;
 	fd = openat(ss->ss_dirfd, seg->seg_name, O_RDWR | O_CLOEXEC);
@@ -575,14 +693,51 @@ segment_recover(struct segstore *ss, struct segment *seg, uint64_t *cut,
 	if (segment_scan(ss, seg, fd, UINT64_MAX, &frames, &bytes, &status) ==
 	    -1)
 		goto fail;
+	keep = bytes;
+	bad = seg->seg_base + frames;
 	if (bytes < seg->seg_bytes) {
-		*cut = seg->seg_bytes - bytes;
+		if (segment_recover_tail(ss, seg, fd, bytes, &after, &end,
+		    &certain, errbuf, errlen) == -1) {
+			close(fd);
+			return -1;
+		}
+		if (after > 0 && certain) {
+			keep = end;
+			log_error("%s/%s: %s at offset %" PRIu64 " (sequence %"
+			    PRIu64 ") with %" PRIu64 " whole valid frames "
+			    "after it: corruption, not a torn tail. The frames "
+			    "are kept and the relay does not serve from "
+			    "sequence %" PRIu64 " on. Restore the file from a "
+			    "backup or another relay, then restart",
+			    ss->ss_dir, seg->seg_name,
+			    status == FCW2_NEED_MORE ? "bad frame length" :
+			    fcw2_strerror(status), bytes, bad, after - 1, bad);
+			if (bad < ss->ss_limit)
+				ss->ss_limit = bad;
+		} else if (after > 0) {
+			log_error("%s/%s: %s at offset %" PRIu64 " (sequence %"
+			    PRIu64 ") with whole valid frames after it, but "
+			    "how many frames the damaged bytes held is "
+			    "unknown: cutting from there; the sequence numbers "
+			    "from %" PRIu64 " on will name other frames, so "
+			    "the store takes a new epoch", ss->ss_dir,
+			    seg->seg_name, status == FCW2_NEED_MORE ?
+			    "bad frame length" : fcw2_strerror(status), bytes,
+			    bad, bad);
+			segment_save_cut(ss, seg, fd, bytes, seg->seg_bytes);
+			*newepoch = 1;
+		}
+	}
+	if (keep < seg->seg_bytes) {
+		*cut = seg->seg_bytes - keep;
 		log_warnx("%s/%s: cutting %" PRIu64 " bytes at offset %" PRIu64
 		    " (%s at sequence %" PRIu64 "); the segment keeps %"
-		    PRIu64 " frames", ss->ss_dir, seg->seg_name, *cut, bytes,
-		    status == FCW2_NEED_MORE ? "torn frame" :
-		    fcw2_strerror(status), seg->seg_base + frames, frames);
-		if (ftruncate(fd, bytes) == -1)
+		    PRIu64 " frames", ss->ss_dir, seg->seg_name, *cut, keep,
+		    after > 0 && certain ? "torn frame after the last valid "
+		    "one" : status == FCW2_NEED_MORE ? "torn frame" :
+		    fcw2_strerror(status), seg->seg_base + frames +
+		    (certain ? after : 0), frames + (certain ? after : 0));
+		if (ftruncate(fd, keep) == -1)
 			goto fail;
 	}
 	/* what a previous run wrote without fdatasync is durable from here */
@@ -590,8 +745,10 @@ segment_recover(struct segstore *ss, struct segment *seg, uint64_t *cut,
 		goto fail;
 	close(fd);
 	seg->seg_checked = 1;
-	seg->seg_bytes = seg->seg_durable_bytes = bytes;
-	seg->seg_end = seg->seg_durable_end = seg->seg_base + frames;
+	seg->seg_bytes = keep;
+	seg->seg_durable_bytes = bytes;
+	seg->seg_durable_end = seg->seg_base + frames;
+	seg->seg_end = seg->seg_base + frames + (certain ? after : 0);
 	return 0;
 fail:
 	snprintf(errbuf, errlen, "%s/%s: recovery: %s", ss->ss_dir,
@@ -699,7 +856,8 @@ segment_load_archived(struct segstore *ss, const char *name, uint64_t base,
 
 /* Load the segment files of the directory into ss_segs. */
 static int
-segment_load(struct segstore *ss, uint64_t *cut, char *errbuf, size_t errlen)
+segment_load(struct segstore *ss, uint64_t *cut, int *newepoch, char *errbuf,
+    size_t errlen)
 {
 	struct segment *seg, *prev;
 	struct stat sb;
@@ -783,7 +941,8 @@ segment_load(struct segstore *ss, uint64_t *cut, char *errbuf, size_t errlen)
 	while ((seg = TAILQ_LAST(&ss->ss_segs, segment_list)) != NULL) {
 		if (seg->seg_archived)
 			break;		/* whole by its index */
-		if (segment_recover(ss, seg, &c, errbuf, errlen) == -1)
+		if (segment_recover(ss, seg, &c, newepoch, errbuf, errlen) ==
+		    -1)
 			goto fail;
 		*cut += c;
 		if (seg->seg_bytes > 0)
@@ -820,7 +979,7 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 	pthread_condattr_t ca;
 	char pid[32];
 	uint64_t cut, end;
-	int r, fresh = 0, why = 0, mtx = 0, cond = 0;
+	int r, fresh = 0, why = 0, mtx = 0, cond = 0, lost = 0;
 
 	if ((ss = calloc(1, sizeof(*ss))) == NULL) {
 		snprintf(errbuf, errlen, "out of memory");
@@ -905,7 +1064,7 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 	if ((r = segment_meta_read(ss, &old, errbuf, errlen)) == -1)
 		goto fail;
 	fresh = r == 1;
-	if (segment_load(ss, &cut, errbuf, errlen) == -1)
+	if (segment_load(ss, &cut, &lost, errbuf, errlen) == -1)
 		goto fail;
 	ss->ss_st.ss_cut_bytes = cut;
 
@@ -931,6 +1090,8 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 			why = 2;
 		else if (end < old.m_base)
 			why = 3;
+		else if (lost)
+			why = 4;
 		if (why != 0) {
 			m.m_epoch = segment_new_epoch();
 			log_warnx("%s: %s: frames subscribers may have seen are "
@@ -939,8 +1100,10 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 			    ss->ss_dir, why == 1 ? "the last run stopped "
 			    "uncleanly with fsync=never" : why == 2 ?
 			    "recovery cut frames written with fsync=never" :
-			    "the store ends before the sequence recorded at "
-			    "the last stop", m.m_epoch, old.m_epoch);
+			    why == 3 ? "the store ends before the sequence "
+			    "recorded at the last stop" : "recovery cut whole "
+			    "frames after a corrupt one", m.m_epoch,
+			    old.m_epoch);
 		} else if (old.m_running)
 			log_info("%s: the last run did not stop cleanly; "
 			    "recovered up to sequence %" PRIu64, ss->ss_dir,
@@ -1007,20 +1170,35 @@ fail:
 	return NULL;
 }
 
-/* Retention: any thread. Files are removed without the mutex held. */
+/*
+ * Retention: any thread, one at a time (ss_retaining). Files are removed
+ * without the mutex held, oldest first; when one cannot be removed, it
+ * and every newer one taken go back into the list, so that the store
+ * never has a gap (a gap would look like a segment missing frames at the
+ * next start).
+ */
 void
 segstore_retain(struct segstore *ss)
 {
 	struct segment_list gone = TAILQ_HEAD_INITIALIZER(gone);
 	struct segment *seg, *next;
-	uint64_t now = segment_now_ms(), age_ms;
-	int over, old;
+	uint64_t now, age_ms;
+	int over, old, removed = 0;
 
 	if (ss->ss_cf.retain_bytes == 0 && ss->ss_cf.retain_age_s == 0)
 		return;
 	age_ms = ss->ss_cf.retain_age_s * 1000;
 	pthread_mutex_lock(&ss->ss_mtx);
+	if (ss->ss_retaining) {
+		ss->ss_retain_again = 1;
+		pthread_mutex_unlock(&ss->ss_mtx);
+		return;
+	}
+	ss->ss_retaining = 1;
+again:
+	ss->ss_retain_again = 0;
 	ss->ss_retain_blocked = 0;
+	now = segment_now_ms();
 	/* never the newest: it holds the position the store continues from */
 	while ((seg = TAILQ_FIRST(&ss->ss_segs)) != NULL &&
 	    (next = TAILQ_NEXT(seg, seg_entry)) != NULL &&
@@ -1041,32 +1219,53 @@ segstore_retain(struct segstore *ss)
 		ss->ss_st.ss_store_bytes -= seg->seg_bytes;
 		ss->ss_st.ss_segments--;
 		ss->ss_st.ss_deleted++;
-		if (seg->seg_archived) {
-			ss->ss_st.ss_archived--;
-			ss->ss_st.ss_archived_bytes -= seg->seg_bytes;
-			ss->ss_st.ss_archive_raw_bytes -=
-			    seg->seg_zidx.ai_raw_bytes;
-		}
 		ss->ss_st.ss_earliest = next->seg_base;
 	}
 	pthread_mutex_unlock(&ss->ss_mtx);
 
-	if (TAILQ_EMPTY(&gone))
-		return;
 	while ((seg = TAILQ_FIRST(&gone)) != NULL) {
-		TAILQ_REMOVE(&gone, seg, seg_entry);
-		if (unlinkat(ss->ss_dirfd, segment_file(seg), 0) == -1)
+		if (unlinkat(ss->ss_dirfd, segment_file(seg), 0) == -1 &&
+		    errno != ENOENT) {
 			log_warn("%s/%s: retention cannot remove the file; it "
-			    "is no longer served", ss->ss_dir,
+			    "and the newer ones stay and are served, retrying "
+			    "at the next rotation", ss->ss_dir,
 			    segment_file(seg));
-		else
-			log_info("%s/%s: removed by retention (sequences %"
-			    PRIu64 " to %" PRIu64 ", %" PRIu64 " bytes)",
-			    ss->ss_dir, segment_file(seg), seg->seg_base,
-			    seg->seg_end, seg->seg_bytes);
+			break;
+		}
+		TAILQ_REMOVE(&gone, seg, seg_entry);
+		log_info("%s/%s: removed by retention (sequences %" PRIu64
+		    " to %" PRIu64 ", %" PRIu64 " bytes)", ss->ss_dir,
+		    segment_file(seg), seg->seg_base, seg->seg_end,
+		    seg->seg_bytes);
+		if (seg->seg_archived) {
+			pthread_mutex_lock(&ss->ss_mtx);
+			ss->ss_st.ss_archived--;
+			ss->ss_st.ss_archived_bytes -= seg->seg_bytes;
+			ss->ss_st.ss_archive_raw_bytes -=
+			    seg->seg_zidx.ai_raw_bytes;
+			pthread_mutex_unlock(&ss->ss_mtx);
+		}
 		segment_free(seg);
+		removed = 1;
 	}
-	segment_fsync_dir(ss);
+
+	pthread_mutex_lock(&ss->ss_mtx);
+	if (!TAILQ_EMPTY(&gone)) {
+		/* only retention takes from the head: it is still theirs */
+		while ((seg = TAILQ_LAST(&gone, segment_list)) != NULL) {
+			TAILQ_REMOVE(&gone, seg, seg_entry);
+			TAILQ_INSERT_HEAD(&ss->ss_segs, seg, seg_entry);
+			ss->ss_st.ss_store_bytes += seg->seg_bytes;
+			ss->ss_st.ss_segments++;
+			ss->ss_st.ss_deleted--;
+		}
+		ss->ss_st.ss_earliest = TAILQ_FIRST(&ss->ss_segs)->seg_base;
+	} else if (ss->ss_retain_again)
+		goto again;
+	ss->ss_retaining = 0;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	if (removed)
+		segment_fsync_dir(ss);
 }
 
 /* ---- writer thread ----------------------------------------------------- */
@@ -1232,8 +1431,12 @@ writer_rotate_due(struct segstore *ss)
 
 /*
  * Write a run of queued chunks to the active segment with one pwritev()
- * where the kernel takes it all. Only whole chunks count as written: the
- * part of a chunk a failed write left behind is cut off again.
+ * where the kernel takes it all. Only the chunks that reached the file
+ * whole count as written; after any failure the file is cut back to the
+ * end of the last of them, so that it never ends in a partial frame and
+ * the next write continues right there. When that cut fails, ss_wtrunc
+ * stays set and nothing more is written or published until a later cut
+ * succeeds (writer_work).
  */
 static int
 writer_write_run(struct segstore *ss)
@@ -1244,7 +1447,7 @@ writer_write_run(struct segstore *ss)
 	uint64_t off = seg->seg_bytes, total = 0, done = 0, good = 0;
 	uint64_t seq = seg->seg_end;
 	ssize_t r;
-	int n = 0, cnt, k, err = 0;
+	int n = 0, cnt, k, err = 0, terr;
 
 	STAILQ_FOREACH(ch, &ss->ss_todo, ch_wentry) {
 		if (n == IOV_MAX || (n > 0 &&
@@ -1270,6 +1473,7 @@ writer_write_run(struct segstore *ss)
 			break;
 		}
 		done += r;
+		/* the retry starts inside v: iov no longer holds the lengths */
 		while (cnt > 0 && (size_t)r >= v->iov_len) {
 			r -= v->iov_len;
 			v++;
@@ -1283,13 +1487,27 @@ writer_write_run(struct segstore *ss)
 	if (err != 0) {
 		snprintf(ss->ss_werr, sizeof(ss->ss_werr), "write to %s/%s",
 		    ss->ss_dir, seg->seg_name);
-		for (k = 0; k < n && good + iov[k].iov_len <= done; k++)
-			good += iov[k].iov_len;
+		/* the chunks' own lengths: which of them reached the file whole */
+		k = 0;
+		STAILQ_FOREACH(ch, &ss->ss_todo, ch_wentry) {
+			if (k == n || good + ch->ch_len > done)
+				break;
+			good += ch->ch_len;
+			k++;
+		}
 		n = k;
-		if (done > good && writer_truncate(ss, off + good) != 0)
-			log_warn("%s/%s: cannot cut a partly written frame "
-			    "at offset %" PRIu64 "; retrying", ss->ss_dir,
+		/*
+		 * Cut whatever the failed write left after them (a partial
+		 * chunk, or blocks a failing file system kept), even when
+		 * the count says nothing: the next write goes to off + good.
+		 */
+		if ((terr = writer_truncate(ss, off + good)) != 0) {
+			errno = terr;
+			log_warn("%s/%s: cannot cut the file back to its last "
+			    "whole frame at offset %" PRIu64 "; nothing more is "
+			    "written until that works", ss->ss_dir,
 			    seg->seg_name, off + good);
+		}
 	} else
 		good = total;
 
@@ -1312,6 +1530,8 @@ writer_write_run(struct segstore *ss)
 	pthread_mutex_unlock(&ss->ss_mtx);
 	if (good > 0)
 		ss->ss_wdirty = 1;
+	if (seg->seg_wb_off > off)
+		seg->seg_wb_off = off;	/* cut back by a failed fdatasync */
 #ifdef HAVE_SYNC_FILE_RANGE
 	/*
 	 * Without an fdatasync after every write, dirty pages pile up until
@@ -1355,10 +1575,18 @@ writer_work(struct segstore *ss, int stopping)
 			segstore_archive_kick(ss);
 		}
 		if ((err = writer_write_run(ss)) != 0) {
-			/* what did fit is made durable all the same */
+			/*
+			 * The whole chunks that did fit are made durable
+			 * (always) or sendable (never) all the same, once
+			 * the file ends right after them.
+			 */
+			if (ss->ss_wtrunc)
+				return err;
 			if (mode == FSYNC_ALWAYS && ss->ss_wdirty &&
 			    (serr = writer_sync(ss)) != 0)
 				return serr;
+			if (mode == FSYNC_NEVER)
+				writer_publish(ss);
 			return err;
 		}
 		if (mode == FSYNC_NEVER)

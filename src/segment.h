@@ -68,7 +68,7 @@ struct segstore_state {
 	uint64_t	 ss_segments;	/* files in the store */
 	uint64_t	 ss_store_bytes;	/* their total size */
 	uint64_t	 ss_deleted;	/* segments deleted by retention */
-	uint64_t	 ss_cut_bytes;	/* torn or corrupt tail cut at open */
+	uint64_t	 ss_cut_bytes;	/* torn tail (or damage) cut at open */
 	uint64_t	 ss_archived;	/* segments held as .wal.zst */
 	uint64_t	 ss_archived_bytes; /* their compressed size */
 	uint64_t	 ss_archive_raw_bytes; /* their frames' raw size */
@@ -95,8 +95,13 @@ struct segstore;
 /*
  * Open the store: create the directory if needed, take the lock, load or
  * create the metadata (a new random epoch), scan the segments, cut a torn
- * or corrupt tail of the newest one back to its last whole valid frame
- * (logged). Older segments are trusted to end where the next one starts
+ * tail of the newest one (an incomplete last frame, or bytes with no whole
+ * valid frame after them) back to its last whole valid frame (logged). A
+ * bad frame in the newest one with whole valid frames after it is
+ * corruption: the frames are kept and the store refuses to serve from the
+ * bad frame on (segstore_limit), unless the damage hides how many frames
+ * it held: then it is cut (the bytes kept in NAME.damaged-MS) under a new
+ * epoch. Older segments are trusted to end where the next one starts
  * and are checked frame by frame when first read (segstore_locate), or
  * here with verify_sealed: a corrupt frame inside one makes the store
  * refuse to serve past it (segstore_limit). The next frame appended goes

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -267,6 +268,19 @@ upconn_close(struct upconn *uc, const char *fmt, ...)
 		TAILQ_REMOVE(&U->u_pending, uc, uc_entry);
 		log_limited(&up_refusals, LOG_LEVEL_WARN, "%s: %s (peer %s)",
 		    uc->uc_name, why, uc->uc_peer);
+		/*
+		 * Refused: reset, not a clean close, so that a producer can
+		 * tell "refused" from "took everything and closed" (the
+		 * protocol has no reply line).
+		 */
+		if (!was_pull && uc->uc_bev != NULL) {
+			struct linger lg = { 1, 0 };
+			evutil_socket_t fd = bufferevent_getfd(uc->uc_bev);
+
+			if (fd != -1)
+				(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg,
+				    sizeof(lg));
+		}
 	}
 	upconn_free(uc);
 	if (was_pull && !U->u_stopped)

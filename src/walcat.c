@@ -1,8 +1,10 @@
 /*
  * walcat.c: the companion tool. One subcommand per entry of walcat_cmds.
  *
- *   walcat dump [--json] [--max-frame-bytes N] PATH
+ *   walcat dump [--json] [--max-frame-bytes N] [--from-seq SEQ] PATH
  *   walcat verify [--max-frame-bytes N] PATH
+ *   walcat produce ... ADDR, walcat tail ... ADDR, walcat health ADDR
+ *   (walcat_net.c)
  *
  * PATH is a segment file or a directory of them (every name ending in
  * .wal or .wal.lz4, in name order, as the cache reads them).
@@ -50,6 +52,9 @@ struct walcat_walk {
 	void		(*ww_frame)(struct walcat_walk *, const char *path,
 			    const struct scan_event *);
 	int		  ww_json;
+	int		  ww_relay_seq;	/* number by the names' sequences */
+	uint64_t	  ww_from;	/* with ww_relay_seq: print from here */
+	uint64_t	  ww_seq;	/* the next frame's sequence */
 
 	uint64_t	  ww_files;
 	uint64_t	  ww_frames;
@@ -63,25 +68,31 @@ struct walcat_walk {
 };
 
 static const struct walcat_cmd walcat_cmds[] = {
-	{ "dump", "[--json] [--max-frame-bytes N] PATH",
+	{ "dump", "[--json] [--max-frame-bytes N] [--from-seq SEQ] PATH",
 	  "print every record, one per line (text or JSON lines)",
 	  walcat_dump },
 	{ "verify", "[--max-frame-bytes N] PATH",
 	  "check every frame, report each problem and a summary",
 	  walcat_verify },
-	{ "produce", "[--token-file F] [--dir PATH | --count N ...] ADDR",
-	  "send frames to a relay as the cache's exporter does",
+	{ "produce", "[--token-file F] [--dir PATH | --count N] [...] ADDR",
+	  "send frames to a relay's ingest ADDR as the cache's exporter does",
 	  walcat_produce },
-	{ "tail", "[--from SEQ] [--token-file F] [--json|--raw] ADDR",
-	  "subscribe to a relay and print the records",
+	{ "tail", "[--from SEQ|earliest|latest] [--position-file F] "
+	  "[--token-file F] [...] ADDR",
+	  "subscribe to a relay's subscriber ADDR and print the records",
 	  walcat_tail },
 	{ "repair", "--from ADDR [--token-file F] [--tls-ca F ...] DIR",
 	  "replace corrupt frames with the same frames from a chain relay",
 	  walcat_repair },
+	{ "health", "[--path P] [--timeout-ms N] ADDR",
+	  "ask a relay's HTTP ADDR for /healthz: exit 0 on 200",
+	  walcat_health },
 };
 #define WALCAT_NCMDS (sizeof(walcat_cmds) / sizeof(walcat_cmds[0]))
 
 static const char *walcat_progname = "walcat";
+
+static int	walcat_name_seq(const char *, uint64_t *);
 
 static const struct walcat_cmd *
 walcat_cmd_find(const char *name)
@@ -99,18 +110,25 @@ walcat_usage(FILE *f)
 {
 	size_t i;
 
-	fprintf(f, "usage: %s COMMAND [OPTIONS] PATH\n\n", walcat_progname);
-	fprintf(f, "Reads and checks FCW2 write-ahead-log segments. PATH is a "
-	    "segment file or a\ndirectory of them (*.wal and *.wal.lz4, in "
-	    "name order).\n\ncommands:\n");
+	fprintf(f, "usage: %s COMMAND [OPTIONS] PATH|ADDR\n\n",
+	    walcat_progname);
+	fprintf(f, "Reads and checks FCW2 write-ahead-log segments, and talks "
+	    "to a relay. PATH is a\nsegment file or a directory of them "
+	    "(*.wal and *.wal.lz4, in name order);\nADDR is host:port or "
+	    "[ipv6]:port.\n\ncommands:\n");
 	for (i = 0; i < WALCAT_NCMDS; i++)
-		fprintf(f, "  %-8s %s\n", walcat_cmds[i].name,
-		    walcat_cmds[i].help);
-	fprintf(f, "\noptions:\n"
+		fprintf(f, "  %s %s\n        %s\n", walcat_cmds[i].name,
+		    walcat_cmds[i].args, walcat_cmds[i].help);
+	fprintf(f, "\noptions of dump and verify:\n"
 	    "  --json                  dump: JSON lines instead of text\n"
 	    "  --max-frame-bytes N     frame size cap (suffix K, M or G; "
 	    "default 64M):\n"
 	    "                          a longer frame is corruption\n"
+	    "  --from-seq SEQ          dump: number the records with the "
+	    "sequences in the\n"
+	    "                          segment file names (a relay's data "
+	    "directory) and\n"
+	    "                          start at SEQ\n"
 	    "  -h, --help              this help; COMMAND --help for one "
 	    "command\n"
 	    "  --version               print the version\n");
@@ -122,7 +140,9 @@ walcat_usage(FILE *f)
 	    "  2  corruption: a bad frame anywhere, or an incomplete frame "
 	    "at the end\n"
 	    "     of a file that is not the last\n"
-	    "  3  usage or I/O error\n");
+	    "  3  usage or I/O error\n"
+	    "  4  no segment file at all (an empty or wrong directory)\n"
+	    "produce, tail and health: see COMMAND --help.\n");
 }
 
 static void
@@ -355,6 +375,23 @@ walcat_walk_files(struct walcat_walk *ww, const struct walcat_files *wf)
 	for (i = 0; i < wf->wf_n; i++) {
 		const char *path = wf->wf_paths[i];
 		int last = (i + 1 == wf->wf_n);
+		uint64_t next;
+
+		if (ww->ww_relay_seq) {
+			if (walcat_name_seq(path, &ww->ww_seq) == -1) {
+				walcat_progress_clear(ww);
+				fprintf(stderr, "%s: %s: the name carries no "
+				    "sequence (segment-SEQ-MS.wal): --from-seq "
+				    "needs a relay's segment files\n",
+				    walcat_progname, path);
+				ww->ww_errors++;
+				continue;
+			}
+			/* wholly before --from-seq: not even opened */
+			if (!last && walcat_name_seq(wf->wf_paths[i + 1],
+			    &next) == 0 && next <= ww->ww_from)
+				continue;
+		}
 
 		if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
 			walcat_progress_clear(ww);
@@ -550,8 +587,24 @@ static void
 walcat_dump_frame(struct walcat_walk *ww, const char *path,
     const struct scan_event *ev)
 {
-	walcat_print_record(stdout, ww->ww_json, ww->ww_frames, &ev->ev_rec,
-	    path, ev->ev_offset);
+	uint64_t seq = ww->ww_frames;
+
+	if (ww->ww_relay_seq) {
+		seq = ww->ww_seq++;
+		if (seq < ww->ww_from)
+			return;
+	}
+	walcat_print_record(stdout, ww->ww_json, seq, &ev->ev_rec, path,
+	    ev->ev_offset);
+}
+
+/* The sequence in a segment file's name (segment-SEQ-MS.wal); 0 or -1. */
+static int
+walcat_name_seq(const char *path, uint64_t *seq)
+{
+	const char *base = strrchr(path, '/');
+
+	return segment_name_parse(base != NULL ? base + 1 : path, seq, NULL);
 }
 
 /*
@@ -560,16 +613,18 @@ walcat_dump_frame(struct walcat_walk *ww, const char *path,
  */
 static int
 walcat_getopt(const char *name, int argc, char **argv, size_t *max_frame,
-    int *json)
+    int *json, int *has_from, uint64_t *from)
 {
 	const struct walcat_cmd *cmd = walcat_cmd_find(name);
-	enum { OPT_MAX_FRAME = 256, OPT_JSON };
+	enum { OPT_MAX_FRAME = 256, OPT_JSON, OPT_FROM_SEQ };
 	static const struct option dump_opts[] = {
 		{ "help", no_argument, NULL, 'h' },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "max-frame-bytes", required_argument, NULL, OPT_MAX_FRAME },
+		{ "from-seq", required_argument, NULL, OPT_FROM_SEQ },
 		{ NULL, 0, NULL, 0 },
 	};
+	char *end;
 	const struct option *opts = dump_opts;
 	int ch;
 
@@ -596,6 +651,18 @@ walcat_getopt(const char *name, int argc, char **argv, size_t *max_frame,
 			if (walcat_max_frame_opt(optarg, max_frame) != 0)
 				return -1;
 			break;
+		case OPT_FROM_SEQ:
+			errno = 0;
+			*from = strtoull(optarg, &end, 10);
+			if (optarg[0] < '0' || optarg[0] > '9' || *end != '\0' ||
+			    errno != 0) {
+				fprintf(stderr, "%s: --from-seq %s: not a "
+				    "sequence number\n", walcat_progname,
+				    optarg);
+				return -1;
+			}
+			*has_from = 1;
+			break;
 		default:
 			walcat_cmd_usage(cmd, stderr);
 			return -1;
@@ -613,19 +680,40 @@ walcat_dump(int argc, char **argv)
 {
 	struct walcat_walk ww;
 	struct walcat_files wf;
-	int json = 0, i;
+	int json = 0, has_from = 0, i;
+	uint64_t from = 0;
 	size_t max_frame = FCW2_DEFAULT_MAX_FRAME;
 
 	if ((i = walcat_getopt("dump", argc, argv, &max_frame,
-	    &json)) < 0)
+	    &json, &has_from, &from)) < 0)
 		return i == -2 ? WALCAT_EXIT_OK : WALCAT_EXIT_ERROR;
 	if (walcat_files_get(argv[i], &wf) != 0)
 		return WALCAT_EXIT_ERROR;
+	if (wf.wf_n == 0) {
+		fprintf(stderr, "%s: %s: no segment files (*.wal, *.wal.lz4)\n",
+		    walcat_progname, argv[i]);
+		walcat_files_free(&wf);
+		return WALCAT_EXIT_EMPTY;
+	}
 
 	memset(&ww, 0, sizeof(ww));
 	ww.ww_max_frame = max_frame;
 	ww.ww_report = stderr;
 	ww.ww_json = json;
+	ww.ww_relay_seq = has_from;
+	ww.ww_from = from;
+	if (has_from) {
+		uint64_t first;
+
+		if (walcat_name_seq(wf.wf_paths[0], &first) == 0 &&
+		    from < first) {
+			fprintf(stderr, "%s: --from-seq %" PRIu64 ": gone, the "
+			    "earliest sequence in %s is %" PRIu64 "\n",
+			    walcat_progname, from, argv[i], first);
+			walcat_files_free(&wf);
+			return WALCAT_EXIT_ERROR;
+		}
+	}
 	ww.ww_frame = walcat_dump_frame;
 	walcat_walk_files(&ww, &wf);
 	walcat_files_free(&wf);
@@ -647,13 +735,20 @@ walcat_verify(int argc, char **argv)
 	size_t max_frame = FCW2_DEFAULT_MAX_FRAME;
 
 	if ((i = walcat_getopt("verify", argc, argv, &max_frame,
-	    NULL)) < 0)
+	    NULL, NULL, NULL)) < 0)
 		return i == -2 ? WALCAT_EXIT_OK : WALCAT_EXIT_ERROR;
 	if (walcat_files_get(argv[i], &wf) != 0)
 		return WALCAT_EXIT_ERROR;
-	if (wf.wf_n == 0)
-		fprintf(stderr, "%s: %s: no segment files (*.wal, *.wal.lz4)\n",
-		    walcat_progname, argv[i]);
+	if (wf.wf_n == 0) {
+		/* nothing checked is not "intact": an alert must fire */
+		fprintf(stderr, "%s: %s: no segment files (*.wal, *.wal.lz4): "
+		    "nothing to verify\n", walcat_progname, argv[i]);
+		printf("summary: files=0 frames=0 bytes=0 problems=0 corrupt=0 "
+		    "torn=0 skipped_bytes=0 errors=0 status=empty\n");
+		walcat_files_free(&wf);
+		return fflush(stdout) == EOF ? WALCAT_EXIT_ERROR :
+		    WALCAT_EXIT_EMPTY;
+	}
 
 	memset(&ww, 0, sizeof(ww));
 	ww.ww_max_frame = max_frame;

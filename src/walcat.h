@@ -15,6 +15,7 @@
 #define WALCAT_EXIT_TORN	1	/* only a torn tail in the last file */
 #define WALCAT_EXIT_CORRUPT	2	/* corruption */
 #define WALCAT_EXIT_ERROR	3	/* usage or I/O error */
+#define WALCAT_EXIT_EMPTY	4	/* no segment file at all */
 
 /*
  * One record as a line: text ("seq op key value_len timestamp_ms expire",
@@ -32,6 +33,7 @@ int	walcat_dump(int, char **);
 int	walcat_verify(int, char **);
 int	walcat_produce(int, char **);	/* walcat_net.c */
 int	walcat_tail(int, char **);
+int	walcat_health(int, char **);
 int	walcat_repair(int, char **);	/* walcat_repair.c */
 
 /* --max-frame-bytes: parse, or print why not and return -1. */

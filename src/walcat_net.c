@@ -149,6 +149,12 @@ walcat_net_token(const char *path, char *tok, size_t len)
 
 /* ---- produce ---------------------------------------------------------- */
 
+/* Connections the relay closes at once, in a row, that mean "refused". */
+#define PRODUCE_REFUSALS	3
+/* After the last frame: how long the relay has to close its side. */
+#define PRODUCE_CLOSE_WAIT_MS	30000
+#define PRODUCE_PROGRESS_NS	200000000ull
+
 struct producer {
 	const char	*addr;
 	char		 auth[HANDSHAKE_LINE_MAX + 2];	/* the line, or "" */
@@ -159,7 +165,49 @@ struct producer {
 	uint64_t	 frames;
 	uint64_t	 bytes;
 	int		 quiet;
+	uint64_t	 conn_writes;	/* batches written on this connection */
+	unsigned	 early_closes;	/* closed by the relay at once, in a row */
+	int		 progress;	/* stderr is a terminal */
+	int		 progress_shown;
+	uint64_t	 t0;
+	uint64_t	 last_progress;
+	uint64_t	 count;		/* frames to send, 0: unknown */
 };
+
+/* One line on the terminal, rewritten in place (stderr only). */
+static void
+producer_progress(struct producer *p, int force)
+{
+	uint64_t now = now_ns();
+	double secs;
+
+	if (!p->progress || (!force && now - p->last_progress <
+	    PRODUCE_PROGRESS_NS))
+		return;
+	p->last_progress = now;
+	secs = (double)(now - p->t0) / 1e9;
+	fprintf(stderr, "\r\033[Kwalcat: produce: %" PRIu64, p->frames);
+	if (p->count > 0)
+		fprintf(stderr, "/%" PRIu64 " frames (%u%%)", p->count,
+		    (unsigned)(p->frames * 100 / p->count));
+	else
+		fprintf(stderr, " frames");
+	fprintf(stderr, ", %.1f MiB, %.0f frames/s, %" PRIu64 " reconnects",
+	    (double)p->bytes / (1024.0 * 1024.0), secs > 0 ?
+	    (double)p->frames / secs : 0.0, p->reconnects);
+	fflush(stderr);
+	p->progress_shown = 1;
+}
+
+static void
+producer_progress_clear(struct producer *p)
+{
+	if (p->progress_shown) {
+		fprintf(stderr, "\r\033[K");
+		fflush(stderr);
+		p->progress_shown = 0;
+	}
+}
 
 static void
 produce_sleep_ms(unsigned ms)
@@ -175,12 +223,14 @@ producer_connect(struct producer *p)
 {
 	for (;;) {
 		if ((p->fd = dial(p->addr, p->reconnects > 0)) != -1) {
+			p->conn_writes = 0;
 			if (p->authlen == 0 || write_all(p->fd, p->auth,
 			    p->authlen, NULL) == 0)
 				return 0;
 			close(p->fd);
 			p->fd = -1;
-		}
+		} else
+			p->early_closes = 0;	/* down, not refusing */
 		/* the cache's exporter: fixed backoff, then again */
 		p->reconnects++;
 		produce_sleep_ms(p->backoff_ms);
@@ -190,9 +240,11 @@ producer_connect(struct producer *p)
 /*
  * Send a batch of whole frames. On a write error: close, wait the fixed
  * backoff, reconnect, resend the auth line and then everything from the
- * frame that failed (the whole frame, as the cache does).
+ * frame that failed (the whole frame, as the cache does). A relay that
+ * closes connection after connection right after accepting them refuses
+ * this producer (a missing or wrong token): -1, said on stderr.
  */
-static void
+static int
 producer_send(struct producer *p, const uint8_t *buf, size_t len,
     uint64_t nframes)
 {
@@ -203,8 +255,24 @@ producer_send(struct producer *p, const uint8_t *buf, size_t len,
 			(void)producer_connect(p);
 		if (write_all(p->fd, buf + off, len - off, &done) == 0) {
 			off = len;
+			p->conn_writes++;
 			break;
 		}
+		if (p->conn_writes <= 1 &&
+		    ++p->early_closes >= PRODUCE_REFUSALS) {
+			producer_progress_clear(p);
+			fprintf(stderr, "walcat: produce: %s closed %d "
+			    "connections in a row as soon as frames arrived: "
+			    "it refuses this producer (a publish token is "
+			    "needed? see --token-file and the relay's log)\n",
+			    p->addr, PRODUCE_REFUSALS);
+			close(p->fd);
+			p->fd = -1;
+			return -1;
+		}
+		if (p->conn_writes > 1)
+			p->early_closes = 0;
+		producer_progress_clear(p);
 		if (!p->quiet)
 			fprintf(stderr, "walcat: produce: write: %s; "
 			    "reconnecting in %u ms\n", strerror(errno),
@@ -225,6 +293,67 @@ producer_send(struct producer *p, const uint8_t *buf, size_t len,
 	}
 	p->frames += nframes;
 	p->bytes += len;
+	producer_progress(p, 0);
+	return 0;
+}
+
+/*
+ * The end: send our end of stream and wait for the relay's. A relay that
+ * took everything closes its side once it has read our end (0); one that
+ * refused the connection resets it (2); no answer in time is 1.
+ */
+static int
+producer_finish(struct producer *p)
+{
+	struct pollfd pfd;
+	uint64_t deadline = now_ns() + PRODUCE_CLOSE_WAIT_MS * 1000000ull;
+	char buf[4096];
+	ssize_t n;
+
+	if (p->fd == -1)
+		return 0;
+	if (shutdown(p->fd, SHUT_WR) == -1 && errno != ENOTCONN) {
+		fprintf(stderr, "walcat: produce: %s: %s: the relay closed "
+		    "the connection before the end\n", p->addr,
+		    strerror(errno));
+		return 2;
+	}
+	for (;;) {
+		uint64_t now = now_ns();
+		int ms;
+
+		if (now >= deadline) {
+			fprintf(stderr, "walcat: produce: %s did not close the "
+			    "connection within %d s of the last frame: not "
+			    "known whether it took them all\n", p->addr,
+			    PRODUCE_CLOSE_WAIT_MS / 1000);
+			return 1;
+		}
+		ms = (int)((deadline - now) / 1000000ull) + 1;
+		pfd.fd = p->fd;
+		pfd.events = POLLIN;
+		if (poll(&pfd, 1, ms) == -1) {
+			if (errno == EINTR)
+				continue;
+			fprintf(stderr, "walcat: produce: poll: %s\n",
+			    strerror(errno));
+			return 3;
+		}
+		if ((n = recv(p->fd, buf, sizeof(buf), MSG_DONTWAIT)) == 0)
+			return 0;
+		if (n > 0 || errno == EAGAIN || errno == EINTR)
+			continue;
+		if (errno == ECONNRESET || errno == EPIPE) {
+			fprintf(stderr, "walcat: produce: %s reset the "
+			    "connection instead of closing it: it refused the "
+			    "frames (a publish token is needed? see "
+			    "--token-file and the relay's log)\n", p->addr);
+			return 2;
+		}
+		fprintf(stderr, "walcat: produce: %s: %s\n", p->addr,
+		    strerror(errno));
+		return 2;
+	}
 }
 
 static void
@@ -248,7 +377,15 @@ produce_usage(FILE *f)
 "                      value bytes, for latency measurements\n"
 "  --seed N            seed of the synthetic data (default 1)\n"
 "  --backoff-ms N      reconnect backoff (default 100, as the cache)\n"
-"  --quiet             no summary on stderr\n");
+"  --quiet             no summary on stderr\n"
+"On a terminal, a progress line on stderr. At the end, produce closes its\n"
+"side and waits for the relay to close its own (the relay has then read\n"
+"everything).\n"
+"exit status: 0 sent, and the relay closed the connection after reading\n"
+"  it all; 1 the relay did not close within 30 s of the end; 2 the relay\n"
+"  refused: it reset the connection, or closed 3 connections in a row as\n"
+"  soon as frames arrived (a missing or wrong publish token); 3 usage or\n"
+"  I/O error.\n");
 }
 
 static int
@@ -311,20 +448,30 @@ produce_replay(struct producer *p, const char *path)
 				break;
 			}
 			if (blen + ev.ev_len > PRODUCE_BATCH && blen > 0) {
-				producer_send(p, batch, blen, bframes);
+				if (producer_send(p, batch, blen, bframes) ==
+				    -1) {
+					rc = 2;
+					blen = 0;
+					break;
+				}
 				blen = 0;
 				bframes = 0;
 			}
 			if (ev.ev_len > PRODUCE_BATCH) {
-				producer_send(p, ev.ev_data, ev.ev_len, 1);
+				if (producer_send(p, ev.ev_data, ev.ev_len,
+				    1) == -1) {
+					rc = 2;
+					break;
+				}
 				continue;
 			}
 			memcpy(batch + blen, ev.ev_data, ev.ev_len);
 			blen += ev.ev_len;
 			bframes++;
 		}
-		if (blen > 0)
-			producer_send(p, batch, blen, bframes);
+		if (blen > 0 && rc == 0 &&
+		    producer_send(p, batch, blen, bframes) == -1)
+			rc = 2;
 		scan_free(&sc);
 		close(fd);
 	}
@@ -424,8 +571,10 @@ walcat_produce(int argc, char **argv)
 		p.authlen = (size_t)n;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	p.progress = !p.quiet && isatty(STDERR_FILENO);
+	p.count = dir == NULL ? count : 0;
 	(void)producer_connect(&p);
-	t0 = now_ns();
+	t0 = p.t0 = now_ns();
 	if (dir != NULL)
 		rc = produce_replay(&p, dir);
 	else {
@@ -471,14 +620,18 @@ walcat_produce(int argc, char **argv)
 				memcpy(val, &ns, 8);
 			}
 			if (blen + maxf > PRODUCE_BATCH && blen > 0) {
-				producer_send(&p, batch, blen, bframes);
+				if (producer_send(&p, batch, blen, bframes) ==
+				    -1)
+					goto refused;
 				blen = 0;
 				bframes = 0;
 			}
 			blen += fcw2_encode(&rec, compress, batch + blen, maxf);
 			bframes++;
 			if (bframes >= batch_frames) {
-				producer_send(&p, batch, blen, bframes);
+				if (producer_send(&p, batch, blen, bframes) ==
+				    -1)
+					goto refused;
 				blen = 0;
 				bframes = 0;
 			}
@@ -488,8 +641,9 @@ walcat_produce(int argc, char **argv)
 				uint64_t now = now_ns();
 				if (due > now + 1000000) {
 					if (blen > 0) {
-						producer_send(&p, batch, blen,
-						    bframes);
+						if (producer_send(&p, batch,
+						    blen, bframes) == -1)
+							goto refused;
 						blen = 0;
 						bframes = 0;
 					}
@@ -500,22 +654,30 @@ walcat_produce(int argc, char **argv)
 				}
 			}
 		}
-		if (blen > 0)
-			producer_send(&p, batch, blen, bframes);
+		if (blen > 0 && producer_send(&p, batch, blen, bframes) == -1) {
+refused:
+			rc = 2;
+		}
 		free(key);
 		free(val);
 		free(batch);
 	}
 	t1 = now_ns();
+	producer_progress(&p, 1);
+	producer_progress_clear(&p);
 	if (p.fd != -1) {
-		shutdown(p.fd, SHUT_WR);
+		int frc = rc == 0 ? producer_finish(&p) : 0;
+
+		if (rc == 0)
+			rc = frc;
 		close(p.fd);
 	}
 	if (!p.quiet) {
 		double secs = (double)(t1 - t0) / 1e9;
 		fprintf(stderr, "walcat: produce: %" PRIu64 " frames, %" PRIu64
-		    " bytes in %.3f s (%.0f frames/s, %.1f MB/s), %" PRIu64
-		    " reconnects\n", p.frames, p.bytes, secs,
+		    " bytes %sin %.3f s (%.0f frames/s, %.1f MB/s), %" PRIu64
+		    " reconnects\n", p.frames, p.bytes, rc == 0 ? "" :
+		    "written, not known to be taken, ", secs,
 		    secs > 0 ? (double)p.frames / secs : 0.0,
 		    secs > 0 ? (double)p.bytes / secs / 1e6 : 0.0, p.reconnects);
 	}
@@ -1062,4 +1224,103 @@ walcat_tail(int argc, char **argv)
 	if (dz != NULL)
 		ZSTD_freeDCtx(dz);
 	return rc;
+}
+
+/* ---- health ----------------------------------------------------------- */
+
+static void
+health_usage(FILE *f)
+{
+	fprintf(f,
+"usage: walcat health [--path P] [--timeout-ms N] ADDR\n"
+"  Ask the relay's HTTP listener at ADDR for P (default /healthz), as a\n"
+"  container's HEALTHCHECK does. Prints the status line.\n"
+"options:\n"
+"  --path P          the path to ask for (/healthz, /readyz)\n"
+"  --timeout-ms N    give up after N ms (default 5000)\n"
+"exit status: 0 the answer was 200, 1 any other answer or none in time,\n"
+"  3 usage error.\n");
+}
+
+int
+walcat_health(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "path", required_argument, NULL, 'p' },
+		{ "timeout-ms", required_argument, NULL, 't' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	const char *path = "/healthz", *addr;
+	char req[512], resp[512], err[300];
+	unsigned long timeout_ms = 5000;
+	struct timeval tv;
+	size_t len = 0;
+	ssize_t n;
+	char *end;
+	int c, fd, code;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'p':
+			path = optarg;
+			break;
+		case 't':
+			timeout_ms = strtoul(optarg, &end, 10);
+			if (*end != '\0' || timeout_ms == 0) {
+				fprintf(stderr, "walcat: health: --timeout-ms "
+				    "%s: not a number of milliseconds\n",
+				    optarg);
+				return 3;
+			}
+			break;
+		case 'h':
+			health_usage(stdout);
+			return 0;
+		default:
+			health_usage(stderr);
+			return 3;
+		}
+	}
+	if (optind + 1 != argc || path[0] != '/' || strpbrk(path, " \r\n")) {
+		health_usage(stderr);
+		return 3;
+	}
+	addr = argv[optind];
+	if (config_addr_check(addr, err, sizeof(err)) == -1) {
+		fprintf(stderr, "walcat: health: %s\n", err);
+		return 3;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	if ((fd = dial(addr, 0)) == -1)
+		return 1;
+	tv.tv_sec = (time_t)(timeout_ms / 1000);
+	tv.tv_usec = (suseconds_t)(timeout_ms % 1000) * 1000;
+	(void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: %s\r\n"
+	    "Connection: close\r\n\r\n", path, addr);
+	if (write_all(fd, req, strlen(req), NULL) == -1) {
+		fprintf(stderr, "walcat: health: %s: %s\n", addr,
+		    strerror(errno));
+		close(fd);
+		return 1;
+	}
+	while (len < sizeof(resp) - 1 && memchr(resp, '\n', len) == NULL) {
+		if ((n = recv(fd, resp + len, sizeof(resp) - 1 - len, 0)) <= 0)
+			break;
+		len += (size_t)n;
+	}
+	close(fd);
+	resp[len] = '\0';
+	resp[strcspn(resp, "\r\n")] = '\0';
+	if (sscanf(resp, "HTTP/%*u.%*u %d", &code) != 1) {
+		fprintf(stderr, "walcat: health: %s%s: no HTTP answer%s%s\n",
+		    addr, path, len == 0 && errno != 0 ? ": " : "",
+		    len == 0 && errno != 0 ? strerror(errno) : "");
+		return 1;
+	}
+	printf("%s%s: %s\n", addr, path, resp);
+	return code == 200 ? 0 : 1;
 }

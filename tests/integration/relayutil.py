@@ -298,3 +298,44 @@ def store_frames(datadir):
 
 def segment_names(datadir):
     return sorted(n for n in os.listdir(datadir) if n.endswith(".wal"))
+
+
+# ---- fault injection (tests/fault/README.md) --------------------------
+
+class FaultControl:
+    """Faults injected into a daemon that preloads tests/fault/wrfault.so:
+    set(spec) replaces the rules (the daemon reads the control file again
+    on its next file system call), clear() removes them, hits() counts the
+    faults injected so far."""
+
+    def __init__(self, builddir, workdir, name="faults"):
+        self.lib = os.path.join(str(builddir), "tests", "fault", "wrfault.so")
+        if not os.path.exists(self.lib):
+            raise AssertionError(f"{self.lib} is not built: run make check "
+                                 f"(or make tests/fault/wrfault.so)")
+        self.path = os.path.join(str(workdir), name)
+        self.logpath = self.path + ".log"
+        self.set("")
+
+    def env(self):
+        """Environment for Relay(env=...)."""
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        asan = (asan + ":" if asan else "") + "verify_asan_link_order=0"
+        return {"LD_PRELOAD": self.lib, "WRFAULT_FILE": self.path,
+                "WRFAULT_LOG": self.logpath, "ASAN_OPTIONS": asan}
+
+    def set(self, spec):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(spec + "\n")
+        os.rename(tmp, self.path)
+
+    def clear(self):
+        self.set("")
+
+    def hits(self):
+        try:
+            with open(self.logpath) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []

@@ -306,9 +306,15 @@ def test_single_file_and_empty_dir(walcat, segdir, workdir):
     assert run(walcat, "verify", path).returncode == 1
     empty = workdir / "empty"
     empty.mkdir()
+    # nothing checked is not "intact": its own status, so that an alert on
+    # `walcat verify /var/lib/walrelay` fires for a wrong or empty directory
     r = run(walcat, "verify", empty)
-    assert r.returncode == 0
+    assert r.returncode == 4
     assert summary(r.stdout)["files"] == "0"
+    assert summary(r.stdout)["status"] == "empty"
+    assert "no segment files" in r.stderr and "nothing to verify" in r.stderr
+    r = run(walcat, "dump", empty)
+    assert r.returncode == 4 and r.stdout == ""
     assert "no segment files" in r.stderr
 
 
@@ -348,20 +354,59 @@ def test_net_commands_refuse_bad_arguments_at_once(walcat):
         assert r.stderr.count("\n") == 1, (args, r.stderr)
 
 
-def test_help(walcat):
+def test_help(walcat, srcdir):
     r = run(walcat, "--help")
     assert r.returncode == 0
-    cmds = re.findall(r"^  (\w+)\s", r.stdout.split("commands:")[1].split("\n\n")[0], re.M)
-    assert {"dump", "verify"} <= set(cmds), r.stdout
-    for code in ("0", "1", "2", "3"):
+    section = r.stdout.split("commands:")[1].split("\n\n")[0]
+    cmds = dict(re.findall(r"^  (\w+) (.*)$", section, re.M))
+    # every command, with the argument it takes
+    assert set(cmds) == {"dump", "verify", "produce", "tail", "health",
+                         "repair"}, r.stdout
+    assert cmds["dump"].endswith(" PATH") and "--from-seq SEQ" in cmds["dump"]
+    assert cmds["verify"].endswith(" PATH")
+    assert cmds["repair"].endswith(" DIR") and "--from ADDR" in cmds["repair"]
+    for net in ("produce", "tail", "health"):
+        assert cmds[net].endswith(" ADDR"), (net, cmds[net])
+    for code in ("0", "1", "2", "3", "4"):
         assert re.search(rf"^  {code}  ", r.stdout, re.M)
-    r = run(walcat, "verify", "--help")
-    assert r.returncode == 0 and "verify" in r.stdout
+    for cmd in cmds:
+        r = run(walcat, cmd, "--help")
+        assert r.returncode == 0 and f"walcat {cmd} " in r.stdout, (cmd, r.stdout)
+    # and the manual page has a section for each, with the same argument
+    man = (srcdir / "man" / "walcat.1").read_text()
+    for cmd, args in cmds.items():
+        last = args.split()[-1]
+        assert re.search(rf"^\.B walcat {cmd}\\?$", man, re.M) or \
+            f".B {cmd}" in man, (cmd, "missing from man/walcat.1")
+        assert re.search(rf"walcat {cmd}\b.*\n(?:.*\n){{0,8}}?.*\b{last}\b",
+                         man), (cmd, last)
+
+
+def open_pty():
+    """A pseudo-terminal (master, slave), or skip the test where none can
+    be opened (no /dev/ptmx, or no devpts mounted, as in some sandboxes)."""
+    try:
+        return pty.openpty()
+    except OSError as e:
+        pytest.skip(f"no pseudo-terminal can be opened here: {e}")
+
+
+def read_pty(master):
+    out = b""
+    while select.select([master], [], [], 0)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
 
 
 def test_progress_on_a_terminal(walcat, segdir):
     d, _ = segdir
-    master, slave = pty.openpty()
+    master, slave = open_pty()
     try:
         p = subprocess.Popen([str(walcat), "verify", str(d)], stdout=subprocess.PIPE,
                              stderr=slave, stdin=subprocess.DEVNULL)
@@ -425,11 +470,6 @@ def test_memory_bounded_on_a_large_file(walcat, workdir):
 
 # ---- tail --position-file: a resumable copy --------------------------------
 
-@pytest.fixture
-def relays(walrelay, workdir):
-    yield from relay_factory(walrelay, workdir)
-
-
 def first_difference(a, b):
     n = min(len(a), len(b))
     for i in range(n):
@@ -444,7 +484,7 @@ def test_tail_position_file_copy_survives_interrupts(relays, walcat, workdir):
     being produced, and started again each time: in the end `out` is the
     relay's stream byte for byte, no frame missing, repeated or torn."""
     rng = random.Random(20261202)
-    r = relays("r", ["--segment-bytes", "1M"])
+    r = relays("r", ["--segment-bytes", "1M"], start=True)
     out = workdir / "copy.wal"
     pos = workdir / "copy.pos"
     out.write_bytes(b"")
@@ -519,7 +559,7 @@ def test_tail_position_file_refuses_a_shorter_copy(relays, walcat, workdir):
     """Resuming into a copy that lost bytes the position counts (opened
     with > instead of >>) is refused; bytes beyond the saved position (a
     kill -9 between the write and the save) are cut and fetched again."""
-    r = relays("r")
+    r = relays("r", start=True)
     subprocess.run([str(walcat), "produce", "--quiet", "--count", "50",
                     r.ingest_addr], check=True, timeout=TIMEOUT)
     r.wait_durable(50)
@@ -553,3 +593,144 @@ def test_tail_position_file_refuses_a_shorter_copy(relays, walcat, workdir):
     pos.write_text("garbage\n")
     p = tail(10)
     assert p.returncode == 3 and b"not a position file" in p.stderr
+# ---- against a running relay --------------------------------------------
+
+from relayutil import relay_factory, segment_names, wait_until  # noqa: E402
+
+
+@pytest.fixture
+def relays(walrelay, workdir):
+    yield from relay_factory(walrelay, workdir, "relay", start=False)
+
+
+def token_file(workdir, name, token):
+    p = workdir / name
+    p.write_text(token + "\n")
+    p.chmod(0o600)
+    return p
+
+
+@pytest.mark.parametrize("count,extra", [
+    (10, []),                       # one small batch: all sent, then reset
+    (50000, []),                    # many batches: writes fail at once
+    (300, ["--rate", "3000"]),      # paced: small batches
+])
+def test_produce_refused_is_a_failure(relays, walcat, workdir, count, extra):
+    """A relay that wants a publish token refuses a producer without one:
+    produce says so and exits 2, quickly, instead of reporting success or
+    reconnecting for ever; the relay stored nothing."""
+    pub = token_file(workdir, "pub", "publish-token-0123456789abcdef")
+    r = relays(args=["--publish-token-file", pub])
+    r.start()
+    res = run(walcat, "produce", "--count", count, *extra, r.ingest_addr,
+              timeout=30)
+    assert res.returncode == 2, res.stderr
+    assert "refuse" in res.stderr and "--token-file" in res.stderr, res.stderr
+    assert r.status()["next"] == 0
+    # with the token, the same command succeeds and everything is stored
+    res = run(walcat, "produce", "--count", count, *extra, "--token-file",
+              pub, r.ingest_addr, timeout=60)
+    assert res.returncode == 0, res.stderr
+    r.wait_durable(count)
+    assert r.stop() == 0
+
+
+def test_produce_wrong_token_is_refused(relays, walcat, workdir):
+    pub = token_file(workdir, "pub", "publish-token-0123456789abcdef")
+    bad = token_file(workdir, "bad", "not-the-publish-token-000000000")
+    r = relays(args=["--publish-token-file", pub])
+    r.start()
+    res = run(walcat, "produce", "--count", 5, "--token-file", bad,
+              r.ingest_addr, timeout=30)
+    assert res.returncode == 2, res.stderr
+    assert r.status()["next"] == 0
+
+
+def test_produce_progress_on_a_terminal(relays, walcat):
+    r = relays()
+    r.start()
+    master, slave = open_pty()
+    try:
+        p = subprocess.Popen([str(walcat), "produce", "--count", "20000",
+                              "--rate", "20000", r.ingest_addr],
+                             stdout=subprocess.PIPE, stderr=slave,
+                             stdin=subprocess.DEVNULL)
+        os.close(slave)
+        slave = -1
+        # read the terminal until the producer has exited and closed it
+        err = b""
+        while True:
+            if not select.select([master], [], [], TIMEOUT)[0]:
+                break
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:         # EIO: the last writer closed it
+                break
+            if not chunk:
+                break
+            err += chunk
+        out, _ = p.communicate(timeout=TIMEOUT)
+    finally:
+        if slave != -1:
+            os.close(slave)
+        os.close(master)
+    assert p.returncode == 0, err
+    # progress lines, rewritten in place, then the summary
+    assert b"\r\x1b[Kwalcat: produce: " in err, err[-500:]
+    assert b"/20000 frames (" in err, err[-500:]
+    assert b"walcat: produce: 20000 frames," in err
+    assert out == b""
+    # not on a pipe: only the summary
+    res = run(walcat, "produce", "--count", 100, r.ingest_addr)
+    assert res.returncode == 0
+    assert "\r" not in res.stderr and res.stderr.count("\n") == 1
+    r.wait_durable(20100)
+
+
+def test_dump_from_seq_numbers_with_the_relays_sequences(relays, walcat):
+    """dump --from-seq on a relay's data directory prints the relay's own
+    sequence numbers (those of /v1/status and subscribers), also after
+    retention deleted the first segments."""
+    r = relays(args=["--segment-bytes", "4k", "--retain-bytes", "16k"])
+    r.start()
+    res = run(walcat, "produce", "--count", 2000, "--value-bytes", 40,
+              r.ingest_addr)
+    assert res.returncode == 0, res.stderr
+    r.wait_durable(2000)
+    assert r.stop() == 0
+    names = segment_names(r.datadir)
+    first = int(names[0].split("-")[1])
+    assert first > 0, "retention should have deleted the first segments"
+    # plain dump counts from 0; --from-seq uses the names' sequences
+    plain = run(walcat, "dump", r.datadir).stdout.splitlines()
+    assert plain[0].split()[0] == "0"
+    res = run(walcat, "dump", "--from-seq", first, r.datadir)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert [int(l.split()[0]) for l in lines] == list(range(first, 2000))
+    assert [l.split(" ", 1)[1] for l in lines] == [l.split(" ", 1)[1] for l in plain]
+    # from the middle of a later file, in JSON too
+    mid = first + (2000 - first) // 2
+    res = run(walcat, "dump", "--json", "--from-seq", mid, r.datadir)
+    seqs = [json.loads(l)["seq"] for l in res.stdout.splitlines()]
+    assert seqs == list(range(mid, 2000))
+    # before the earliest: gone, said so
+    res = run(walcat, "dump", "--from-seq", first - 1, r.datadir)
+    assert res.returncode == 3 and "gone" in res.stderr
+    res = run(walcat, "dump", "--from-seq", "soon", r.datadir)
+    assert res.returncode == 3 and "--from-seq soon" in res.stderr
+
+
+def test_health(relays, walcat):
+    r = relays()
+    r.start()
+    http = f"127.0.0.1:{r.http_port}"
+    res = run(walcat, "health", http)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"{http}/healthz: HTTP/1.") and " 200 " in res.stdout
+    res = run(walcat, "health", "--path", "/nope", http)
+    assert res.returncode == 1 and "404" in res.stdout
+    assert r.stop() == 0
+    res = run(walcat, "health", http)
+    assert res.returncode == 1
+    assert run(walcat, "health", "nohost").returncode == 3

@@ -18,6 +18,7 @@
 #include "segment.h"
 
 #define ETC_CONF	WR_TEST_ETC "/walrelay.conf"
+#define MAN_CONF	WR_TEST_MAN "/walrelay.conf.5"
 #define MAXARGS		64
 
 static char errbuf[1024];
@@ -506,6 +507,119 @@ START_TEST(option_errors)
 }
 END_TEST
 
+static char *dump_string(const struct wr_config *);
+
+/* The dump, kept until the next call (for comparisons in one line). */
+static const char *
+dump_string_of(const struct wr_config *cfg)
+{
+	static char *keep[2];
+	static int n;
+
+	free(keep[n & 1]);
+	keep[n & 1] = dump_string(cfg);
+	return keep[n++ & 1];
+}
+
+/* An option is never taken as the value of the option before it. */
+START_TEST(option_not_a_value)
+{
+	struct wr_config cfg;
+
+	ck_assert_int_eq(load(&cfg, "--data-dir", "--check-config", NULL), -1);
+	assert_err("option '--data-dir' needs a value, but the next argument "
+	    "'--check-config' is an option");
+	ck_assert_int_eq(load(&cfg, "--listen", "--http", "127.0.0.1:1",
+	    NULL), -1);
+	assert_err("option '--listen' needs a value");
+	ck_assert_int_eq(load(&cfg, "-c", "--print-config", NULL), -1);
+	assert_err("option '-c' needs a value, but the next argument "
+	    "'--print-config' is an option (for a value that starts with "
+	    "'-', write --config=VALUE)");
+	ck_assert_int_eq(load(&cfg, "--log-level", "-V", NULL), -1);
+	assert_err("option '--log-level' needs a value");
+	/* written with '=', a value may start with '-' */
+	ck_assert_int_eq(load(&cfg, "--data-dir=--odd", NULL), 0);
+	ck_assert_str_eq(cfg.data_dir, "--odd");
+	config_free(&cfg);
+	/* a negative number is a bad value, not an option */
+	ck_assert_int_eq(load(&cfg, "--max-subscribers", "-1", NULL), -1);
+	assert_err("--max-subscribers: '-1' is not");
+	ck_assert_int_eq(load(&cfg, "--data-dir", "-", NULL), 0);
+	ck_assert_str_eq(cfg.data_dir, "-");
+	config_free(&cfg);
+}
+END_TEST
+
+/* The output of --print-config, for these arguments. */
+static char *
+print_string(struct wr_config *cfg, ...)
+{
+	char *argv[MAXARGS + 1], *buf = NULL;
+	size_t len = 0;
+	int argc = 0;
+	va_list ap;
+	char *a;
+	FILE *f;
+
+	argv[argc++] = "walrelay";
+	va_start(ap, cfg);
+	while ((a = va_arg(ap, char *)) != NULL)
+		argv[argc++] = a;
+	va_end(ap);
+	argv[argc] = NULL;
+	ck_assert_int_eq(config_load(argc, argv, cfg, errbuf, sizeof(errbuf)),
+	    0);
+	ck_assert_ptr_nonnull(f = open_memstream(&buf, &len));
+	config_print(cfg, f);
+	ck_assert_int_eq(fclose(f), 0);
+	return buf;
+}
+
+START_TEST(print_config_sources)
+{
+	struct wr_config cfg, again;
+	char *path, *out, *want, *reparse;
+
+	path = tmpconf("[walrelay]\n# a comment\nsegment-bytes = 1M\n"
+	    "max-subscribers = 7\n");
+	setenv("WALRELAY_SUBSCRIBE_TOKENS", "sekrit-token-1,sekrit-token-2", 1);
+	out = print_string(&cfg, "-c", path, "--max-subscribers", "9", NULL);
+	unsetenv("WALRELAY_SUBSCRIBE_TOKENS");
+	ck_assert_ptr_nonnull(strstr(out, "\ningest = 127.0.0.1:7630  # "
+	    "default\n"));
+	ck_assert_int_gt(asprintf(&want, "\nsegment-bytes = 1M  # file %s:3\n",
+	    path), 0);
+	ck_assert_msg(strstr(out, want) != NULL, "%s lacks %s", out, want);
+	free(want);
+	ck_assert_ptr_nonnull(strstr(out, "\nmax-subscribers = 9  # command "
+	    "line (--max-subscribers)\n"));
+	ck_assert_ptr_nonnull(strstr(out, "#publish-token-file =  # not set: "
+	    "default\n"));
+	/* tokens from the environment: said to be there, never shown */
+	ck_assert_ptr_nonnull(strstr(out, "# WALRELAY_SUBSCRIBE_TOKENS = "
+	    "********  # environment"));
+	ck_assert_ptr_null(strstr(out, "sekrit"));
+	ck_assert_ptr_nonnull(strstr(out, "# WALRELAY_PUBLISH_TOKENS  # not "
+	    "set\n"));
+	/* and it reads back as the same configuration */
+	reparse = tmpconf(out);
+	ck_assert_msg(load(&again, "-c", reparse, NULL) == 0, "%s", errbuf);
+	ck_assert_str_eq(dump_string_of(&cfg), dump_string_of(&again));
+	config_free(&cfg);
+	config_free(&again);
+	free(out);
+	rmconf(reparse);
+	rmconf(path);
+
+	/* --print-config prints and returns 1, as --help does */
+	ck_assert_ptr_nonnull(freopen("/dev/null", "w", stdout));
+	ck_assert_int_eq(load(&cfg, "--print-config", NULL), 1);
+	ck_assert_int_eq(load(&cfg, "--print-config=yes", NULL), -1);
+	assert_err("option '--print-config' takes no value");
+}
+END_TEST
+
 struct rule {
 	const char	*args[12];
 	const char	*want;	/* NULL: valid */
@@ -607,6 +721,103 @@ START_TEST(etc_conf_covers_every_key)
 }
 END_TEST
 
+/*
+ * The shipped file keeps the data where the unit, tmpfiles.d, the
+ * container and the docs say: /var/lib/walrelay. Nothing else is set.
+ */
+START_TEST(etc_conf_data_dir)
+{
+	struct wr_config cfg, def;
+	char line[1024];
+	int active = 0;
+	FILE *f;
+
+	ck_assert_int_eq(load(&cfg, "-c", ETC_CONF, NULL), 0);
+	ck_assert_str_eq(cfg.data_dir, "/var/lib/walrelay");
+	ck_assert_ptr_nonnull(f = fopen(ETC_CONF, "r"));
+	while (fgets(line, sizeof(line), f) != NULL) {
+		char key[128];
+
+		snprintf(key, sizeof(key), "%.*s", (int)strcspn(line, " "),
+		    line);
+		if (config_key_reloadable(key) != -1)
+			active++;
+	}
+	fclose(f);
+	ck_assert_int_eq(active, 1);
+	ck_assert_int_eq(load(&def, NULL), 0);
+	ck_assert_str_eq(def.data_dir, "./walrelay-data");
+	config_free(&def);
+	config_free(&cfg);
+}
+END_TEST
+
+/*
+ * man/walrelay.conf.5 documents every key of the table, once, with the
+ * default --help gives.
+ */
+START_TEST(man_page_covers_every_key)
+{
+	char *usage = NULL, *man = NULL, line[2048], want[600], def[256];
+	char esc[256], *p, *q;
+	size_t len = 0, mlen = 0;
+	FILE *f, *m;
+
+	ck_assert_ptr_nonnull(f = open_memstream(&usage, &len));
+	config_usage(f);
+	ck_assert_int_eq(fclose(f), 0);
+	ck_assert_ptr_nonnull(m = open_memstream(&man, &mlen));
+	ck_assert_ptr_nonnull(f = fopen(MAN_CONF, "r"));
+	while (fgets(line, sizeof(line), f) != NULL)
+		fputs(line, m);
+	fclose(f);
+	ck_assert_int_eq(fclose(m), 0);
+	for (size_t i = 0; i < config_key_count(); i++) {
+		const char *name = config_key_name(i);
+		int found = 0;
+
+		/* man escapes '-' as '\-' */
+		q = esc;
+		for (const char *c = name; *c != '\0'; c++) {
+			if (*c == '-')
+				*q++ = '\\';
+			*q++ = *c;
+		}
+		*q = '\0';
+		snprintf(want, sizeof(want), ".TP\n.BI \"%s = \"", esc);
+		for (p = man; (p = strstr(p, want)) != NULL; p++) {
+			found++;
+			q = p;
+		}
+		ck_assert_msg(found == 1, "walrelay.conf(5): key %s appears %d "
+		    "times", name, found);
+		/* its default, as --help says it */
+		snprintf(want, sizeof(want), "\n  --%s", name);
+		ck_assert_ptr_nonnull(p = strstr(usage, want));
+		ck_assert_ptr_nonnull(p = strstr(p, "\n        (default: "));
+		p += strlen("\n        (default: ");
+		snprintf(def, sizeof(def), "%.*s", (int)strcspn(p, ";)"), p);
+		if (strcmp(def, "on") == 0 || strcmp(def, "off") == 0)
+			snprintf(def, sizeof(def), "%s", strcmp(def, "on") == 0 ?
+			    "true" : "false");
+		p = esc;
+		for (const char *c = def; *c != '\0'; c++) {
+			if (*c == '-')
+				*p++ = '\\';
+			*p++ = *c;
+		}
+		*p = '\0';
+		snprintf(want, sizeof(want), "Default:\n.BR \"%s\"", esc);
+		p = strstr(q + 1, ".TP\n");
+		ck_assert_msg(strstr(q, want) != NULL && (p == NULL ||
+		    strstr(q, want) < p), "walrelay.conf(5): key %s lacks "
+		    "'%s'", name, want);
+	}
+	free(usage);
+	free(man);
+}
+END_TEST
+
 static char *
 dump_string(const struct wr_config *cfg)
 {
@@ -638,9 +849,15 @@ START_TEST(etc_conf_defaults_are_true)
 		char key[128];
 
 		snprintf(key, sizeof(key), "%.*s", (int)klen, line + 1);
+		size_t alen = strcspn(line, " ");
+		char akey[128];
+
+		snprintf(akey, sizeof(akey), "%.*s", (int)alen, line);
 		if (line[0] == '#' && config_key_reloadable(key) != -1 &&
 		    strncmp(line + 1 + klen, " =", 2) == 0)
 			fputs(line + 1, out);	/* uncommented */
+		else if (config_key_reloadable(akey) != -1)
+			continue;	/* a setting of the shipped file */
 		else
 			fputs(line, out);
 	}
@@ -903,11 +1120,15 @@ config_suite(void)
 	tcase_add_loop_test(tc, bad_values, 0, sizeof(bads) / sizeof(bads[0]));
 	tcase_add_test(tc, file_errors);
 	tcase_add_test(tc, option_errors);
+	tcase_add_test(tc, option_not_a_value);
+	tcase_add_test(tc, print_config_sources);
 	tcase_add_loop_test(tc, validation, 0,
 	    sizeof(rules) / sizeof(rules[0]));
 	tcase_add_test(tc, etc_conf_parses);
 	tcase_add_test(tc, etc_conf_covers_every_key);
 	tcase_add_test(tc, etc_conf_defaults_are_true);
+	tcase_add_test(tc, etc_conf_data_dir);
+	tcase_add_test(tc, man_page_covers_every_key);
 	tcase_add_test(tc, dump_reparses);
 	tcase_add_test(tc, parse_from_memory);
 	tcase_add_test(tc, error_is_one_line);

@@ -30,6 +30,7 @@
 #include "frame.h"
 #include "log.h"
 #include "segment.h"
+#include "wrfault.h"
 
 #define WAIT_MS		20000	/* deadline for anything the writer does */
 
@@ -121,9 +122,13 @@ static pthread_mutex_t	 nt_mtx = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t	 nt_cond = PTHREAD_COND_INITIALIZER;
 static unsigned long	 nt_gen;
 
+static void	(*nt_watch)(void);	/* run on the writer thread */
+
 static void
 notify_cb(void *arg)
 {
+	if (nt_watch != NULL)
+		nt_watch();
 	pthread_mutex_lock(&nt_mtx);
 	nt_gen++;
 	pthread_cond_broadcast(&nt_cond);
@@ -724,27 +729,63 @@ START_TEST(recover_torn_tail_every_byte)
 }
 END_TEST
 
+/*
+ * A bad frame in the newest segment with whole valid frames after it is
+ * corruption, not a torn tail: the frames stay under the same epoch and
+ * the store does not serve from the bad frame on (variant 0: a flipped
+ * bit; 1: a record crc wrong inside a right frame crc; 2: a torn last
+ * frame after them is still cut). When the damaged bytes hide how many
+ * frames they held (3: a length field off by one), they are cut from the
+ * bad frame on, kept in a .damaged file, and the store takes a new epoch.
+ * Unwritten space at the end (4: zeros) and a whole-length last frame
+ * that is bad with nothing after it (5) are torn tails: cut, same epoch.
+ */
 START_TEST(recover_corrupt_middle_of_newest)
 {
 	struct segment_config cf;
 	struct segstore_state st;
+	struct segment_span sp;
 	struct segstore *ss;
 	struct model m;
-	char *dir = tmpdir_new(), path[PATH_MAX];
+	char *dir = tmpdir_new(), path[PATH_MAX], name[128];
 	uint8_t *bad;
-	int variant = _i;
+	uint64_t epoch, want_limit = UINT64_MAX, want_next, want_len;
+	size_t len, zeros = 4096;
+	int variant = _i, newepoch = 0;
+	struct dfile *v;
 
 	config_init(&cf, dir);
 	model_init(&m, 0);
-	make_store(&cf, &m, 6, 5, path, sizeof(path));
-	ck_assert_uint_ge(m.n, 8);
+	ss = store_open(&cf);
+	epoch = segstore_epoch(ss);
+	segstore_close(ss);
+	/* a crash (unclean stop) left the file; then its bytes change */
+	run_unclean_child(&cf, &m);
+	ck_assert_uint_ge(m.n, 12);
+	ck_assert_uint_eq(read_dir(dir, &v), 1);
+	snprintf(name, sizeof(name), "%s", v[0].name);
+	path_of(path, sizeof(path), dir, name);
+	dfiles_free(v, 1);
 
-	bad = malloc(m.len);
+	bad = calloc(1, m.len + zeros);
 	memcpy(bad, m.buf, m.len);
-	if (variant == 0) {
+	len = m.len;
+	want_next = m.n;
+	want_len = m.len;
+	switch (variant) {
+	case 0:
+	case 2:
 		/* a flipped bit: the frame crc no longer matches */
 		bad[m.off[5] + FCW2_HEADER_LEN] ^= 0x10;
-	} else {
+		want_limit = 5;
+		if (variant == 2) {
+			/* and the last frame torn */
+			len = m.off[m.n - 1] + 7;
+			want_next = m.n - 1;
+			want_len = m.off[m.n - 1];
+		}
+		break;
+	case 1: {
 		/*
 		 * A record whose own crc is wrong inside a frame whose crc
 		 * is right: only a check of the record finds it. Frame 4 is
@@ -761,19 +802,91 @@ START_TEST(recover_corrupt_middle_of_newest)
 		f[flen - 3] = (uint8_t)(c >> 8);
 		f[flen - 2] = (uint8_t)(c >> 16);
 		f[flen - 1] = (uint8_t)(c >> 24);
+		want_limit = 4;
+		break;
 	}
-	file_write(path, bad, m.len);
-	free(bad);
+	case 3:
+		bad[m.off[5] + 5] ^= 0x01;		/* payload length */
+		want_next = 5;
+		want_len = m.off[5];
+		newepoch = 1;
+		break;
+	case 4:
+		len = m.len + zeros;			/* unwritten space */
+		break;
+	case 5:
+		bad[m.off[m.n - 1] + FCW2_HEADER_LEN] ^= 0x10;
+		want_next = m.n - 1;
+		want_len = m.off[m.n - 1];
+		break;
+	}
+	file_write(path, bad, len);
 
 	ss = store_open(&cf);
 	segstore_poll(ss, &st);
-	m.n = variant == 0 ? 5 : 4;
-	ck_assert_uint_eq(segstore_next(ss), m.n);
-	ck_assert_uint_eq(st.ss_cut_bytes, m.len - m.off[m.n]);
-	ck_assert_uint_eq(segstore_limit(ss), UINT64_MAX);
+	ck_assert_uint_eq(segstore_next(ss), want_next);
+	ck_assert_uint_eq(st.ss_cut_bytes, len - want_len);
+	ck_assert_uint_eq(segstore_limit(ss), want_limit);
+	if (newepoch)
+		ck_assert_uint_ne(segstore_epoch(ss), epoch);
+	else
+		ck_assert_uint_eq(segstore_epoch(ss), epoch);
+	if (want_limit != UINT64_MAX) {
+		/* served up to the bad frame, not from it on */
+		ck_assert_int_eq(segstore_locate(ss, 0, &sp), 0);
+		ck_assert_uint_eq(sp.sp_end_seq, want_limit);
+		ck_assert_uint_eq(sp.sp_len, m.off[want_limit]);
+		segstore_unpin(ss, sp.sp_pin);
+		ck_assert_int_eq(segstore_locate(ss, want_limit, &sp), -1);
+		ck_assert_int_eq(segstore_locate(ss, want_next - 1, &sp), -1);
+	} else {
+		ck_assert_int_eq(segstore_locate(ss, want_next - 1, &sp), 0);
+		ck_assert_uint_eq(sp.sp_end_seq, want_next);
+		segstore_unpin(ss, sp.sp_pin);
+	}
 	segstore_close(ss);
-	m.len = m.off[m.n];
-	check_files(dir, &m, 0);
+
+	/* the file keeps exactly want_len bytes; nothing else was touched */
+	ck_assert_uint_eq(file_size(path), want_len);
+	{
+		uint8_t *now = malloc(want_len + 1);
+		int fd = open(path, O_RDONLY);
+
+		ck_assert_int_ge(fd, 0);
+		ck_assert_int_eq(read(fd, now, want_len), (ssize_t)want_len);
+		close(fd);
+		ck_assert(memcmp(now, bad, want_len) == 0);
+		free(now);
+	}
+	if (newepoch) {
+		/* the bytes cut are kept next to it, not as a segment */
+		DIR *d = opendir(dir);
+		struct dirent *de;
+		int found = 0;
+
+		ck_assert_ptr_nonnull(d);
+		while ((de = readdir(d)) != NULL)
+			if (strncmp(de->d_name, name, strlen(name)) == 0 &&
+			    strstr(de->d_name, ".damaged-") != NULL) {
+				char p2[PATH_MAX];
+
+				path_of(p2, sizeof(p2), dir, de->d_name);
+				ck_assert_uint_eq(file_size(p2), len - want_len);
+				found = 1;
+			}
+		closedir(d);
+		ck_assert(found);
+	}
+	{
+		char **names, err[512];
+		size_t n;
+
+		ck_assert_int_eq(segment_list_dir(dir, &names, &n, err,
+		    sizeof(err)), 0);
+		ck_assert_uint_eq(n, 1);
+		segment_list_free(names, n);
+	}
+	free(bad);
 	model_free(&m);
 	tmpdir_rm(dir);
 }
@@ -1703,6 +1816,469 @@ START_TEST(fsync_never)
 }
 END_TEST
 
+
+/* ---- write faults (tests/fault/wrfault.c) -------------------------------- */
+
+/*
+ * The sweep below appends copies of one chunk of TPL_FRAMES frames after a
+ * first chunk of FIRST_FRAMES, so where each sequence lies in the file is
+ * known in advance: the writer thread checks it after every round (wt_*
+ * are set before the store starts and only read afterwards).
+ */
+#define TPL_FRAMES	4
+#define FIRST_FRAMES	3
+
+static uint8_t		 tpl[4096];
+static size_t		 tpl_off[TPL_FRAMES + 1];
+static size_t		 wt_first_len;
+static struct segstore	*wt_store;
+static char		 wt_path[PATH_MAX];
+static volatile int	 wt_bad;
+static char		 wt_msg[PATH_MAX + 256];
+
+static uint64_t
+wt_offset(uint64_t seq)
+{
+	uint64_t k;
+
+	if (seq <= FIRST_FRAMES)
+		return seq == FIRST_FRAMES ? wt_first_len : 0;
+	k = seq - FIRST_FRAMES;
+	return wt_first_len + (k / TPL_FRAMES) * tpl_off[TPL_FRAMES] +
+	    tpl_off[k % TPL_FRAMES];
+}
+
+/*
+ * After every writer round: each frame published as durable is whole in
+ * the file (the last one is compared byte for byte).
+ */
+static void
+wt_watch(void)
+{
+	struct segstore_state st;
+	struct stat sb;
+	uint8_t buf[1024];
+	uint64_t d, off, len;
+	int fd;
+
+	segstore_poll(wt_store, &st);
+	d = st.ss_durable;
+	if (d <= FIRST_FRAMES || wt_bad)
+		return;
+	if ((fd = open(wt_path, O_RDONLY)) == -1 || fstat(fd, &sb) == -1) {
+		snprintf(wt_msg, sizeof(wt_msg), "%s: %s", wt_path,
+		    strerror(errno));
+		wt_bad = 1;
+		if (fd != -1)
+			close(fd);
+		return;
+	}
+	off = wt_offset(d - 1);
+	len = wt_offset(d) - off;
+	if ((uint64_t)sb.st_size < off + len || len > sizeof(buf) ||
+	    pread(fd, buf, len, off) != (ssize_t)len ||
+	    memcmp(buf, tpl + tpl_off[(d - 1 - FIRST_FRAMES) % TPL_FRAMES],
+	    len) != 0) {
+		snprintf(wt_msg, sizeof(wt_msg), "durable up to %" PRIu64
+		    " but the file (%jd bytes) does not hold frame %" PRIu64
+		    " whole at offset %" PRIu64, d, (intmax_t)sb.st_size,
+		    d - 1, off);
+		wt_bad = 1;
+	}
+	close(fd);
+}
+
+/* Append one copy of the template chunk (the model gets the same bytes). */
+static void
+append_tpl(struct segstore *ss, struct model *m)
+{
+	struct chunk *ch = chunk_new(tpl_off[TPL_FRAMES]);
+
+	REQUIRE(ch != NULL);
+	memcpy(ch->ch_data, tpl, tpl_off[TPL_FRAMES]);
+	ch->ch_len = tpl_off[TPL_FRAMES];
+	ch->ch_nframes = TPL_FRAMES;
+	for (unsigned i = 0; i < TPL_FRAMES; i++) {
+		size_t n = tpl_off[i + 1] - tpl_off[i];
+
+		if (m->len + n > m->cap) {
+			m->cap = (m->len + n) * 2;
+			m->buf = realloc(m->buf, m->cap);
+			REQUIRE(m->buf != NULL);
+		}
+		memcpy(m->buf + m->len, tpl + tpl_off[i], n);
+		m->len += n;
+		if (m->n + 1 >= m->ncap) {
+			m->ncap *= 2;
+			m->off = realloc(m->off, (m->ncap + 1) * sizeof(*m->off));
+			REQUIRE(m->off != NULL);
+		}
+		m->n++;
+		m->off[m->n] = m->len;
+	}
+	REQUIRE(segstore_append(ss, ch) == 0);
+	chunk_unref(ch);
+}
+
+static void
+file_copy(const char *from, const char *to)
+{
+	uint8_t buf[65536];
+	ssize_t n;
+	int in = open(from, O_RDONLY), out;
+
+	REQUIRE(in >= 0);
+	out = open(to, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	REQUIRE(out >= 0);
+	while ((n = read(in, buf, sizeof(buf))) > 0)
+		REQUIRE(write(out, buf, n) == n);
+	REQUIRE(n == 0);
+	close(in);
+	close(out);
+}
+
+/*
+ * A crash now: a copy of the store (segment and metadata) opens with the
+ * same epoch, cuts nothing and holds exactly the frames [0, end) of m.
+ */
+static void
+crash_copy_check(const char *dir, const char *segname, const struct model *m,
+    uint64_t end, uint64_t epoch)
+{
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	char *cdir = tmpdir_new(), a[PATH_MAX], b[PATH_MAX], err[1024];
+	uint8_t *data;
+	int fd;
+
+	path_of(a, sizeof(a), dir, segname);
+	path_of(b, sizeof(b), cdir, segname);
+	file_copy(a, b);
+	path_of(a, sizeof(a), dir, "walrelay.meta");
+	path_of(b, sizeof(b), cdir, "walrelay.meta");
+	file_copy(a, b);
+	config_init(&cf, cdir);
+	ss = segstore_open(&cf, err, sizeof(err));
+	REQUIRE(ss != NULL);
+	segstore_poll(ss, &st);
+	REQUIRE(segstore_epoch(ss) == epoch);
+	REQUIRE(st.ss_cut_bytes == 0);
+	REQUIRE(segstore_next(ss) == end);
+	REQUIRE(segstore_limit(ss) == UINT64_MAX);
+	segstore_close(ss);
+	path_of(b, sizeof(b), cdir, segname);
+	REQUIRE(file_size(b) == m->off[end]);
+	data = malloc(m->off[end] + 1);
+	REQUIRE(data != NULL);
+	REQUIRE((fd = open(b, O_RDONLY)) >= 0);
+	REQUIRE(read(fd, data, m->off[end]) == (ssize_t)m->off[end]);
+	close(fd);
+	REQUIRE(memcmp(data, m->buf, m->off[end]) == 0);
+	free(data);
+	tmpdir_rm(cdir);
+}
+
+static int
+p_error_any(const struct segstore_state *st, uint64_t unused)
+{
+	return st->ss_error != 0;
+}
+
+/*
+ * Every split point of a chunk of several frames: the write of the chunk
+ * stops after k of its bytes (a short write; k = 0: the first call fails)
+ * and every later write fails with err, until the fault is cleared. Then:
+ * the file ends at the last whole chunk, no hole, nothing not in the file
+ * was published as durable, a crash at that moment recovers exactly the
+ * durable frames under the same epoch, and once the fault is cleared the
+ * held frames follow at the right offsets with contiguous sequences.
+ */
+static const struct {
+	int	err;
+	int	mode;
+} sweep_cases[] = {
+	{ EIO, FSYNC_ALWAYS },
+	{ ENOSPC, FSYNC_ALWAYS },
+	{ EFBIG, FSYNC_ALWAYS },
+	{ ENOSPC, FSYNC_INTERVAL },
+	{ EIO, FSYNC_NEVER },
+};
+
+START_TEST(write_fault_every_split)
+{
+	long live = chunk_live_count();
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	struct dfile *v;
+	char *dir = tmpdir_new(), spec[PATH_MAX + 128], segname[128];
+	uint64_t epoch, before, written;
+	size_t n, len, k;
+	int err = sweep_cases[_i].err, mode = sweep_cases[_i].mode;
+
+	/* four frames of different sizes, two of them LZ4 */
+	len = 0;
+	for (unsigned i = 0; i < TPL_FRAMES; i++) {
+		tpl_off[i] = len;
+		len += frame_make(1000 + i, tpl + len, sizeof(tpl) - len);
+	}
+	tpl_off[TPL_FRAMES] = len;
+
+	config_init(&cf, dir);
+	cf.fsync_mode = mode;
+	cf.fsync_interval_ms = 5;
+	cf.retry_ms = 3600 * 1000;	/* segstore_retry clears it */
+	ss = store_open(&cf);
+	epoch = segstore_epoch(ss);
+	store_start(ss);
+	model_init(&m, 0);
+	{
+		struct chunk *ch = model_chunk(&m, FIRST_FRAMES);
+
+		REQUIRE(segstore_append(ss, ch) == 0);
+		chunk_unref(ch);
+	}
+	wait_durable(ss, FIRST_FRAMES);
+	wt_first_len = m.len;
+	n = read_dir(dir, &v);
+	ck_assert_uint_eq(n, 1);
+	snprintf(segname, sizeof(segname), "%s", v[0].name);
+	path_of(wt_path, sizeof(wt_path), dir, segname);
+	dfiles_free(v, n);
+	wt_store = ss;
+	wt_bad = 0;
+	nt_watch = wt_watch;
+
+	for (k = 0; k < len; k++) {
+		before = model_end(&m);
+		snprintf(spec, sizeof(spec), "op=write,path=%s/*.wal,"
+		    "after=%zu,err=%d", dir, k, err);
+		REQUIRE(wrfault_set(spec) == 0);
+		append_tpl(ss, &m);
+		if (!wait_state(ss, p_error_any, 0, WAIT_MS, &st))
+			ck_abort_msg("split %zu: no error", k);
+		REQUIRE(st.ss_error == err);
+		/* the writer waits for segstore_retry: look at the disk */
+		written = st.ss_written;
+		if (written != before || st.ss_durable > written ||
+		    file_size(wt_path) != m.off[written])
+			ck_abort_msg("split %zu: written %" PRIu64 " (expected "
+			    "%" PRIu64 "), durable %" PRIu64 ", file %" PRIu64
+			    " bytes (expected %zu)", k, written, before,
+			    st.ss_durable, file_size(wt_path), m.off[before]);
+		if (mode != FSYNC_INTERVAL)
+			REQUIRE(st.ss_durable == written);
+		if (wt_bad)
+			ck_abort_msg("split %zu: %s", k, wt_msg);
+		if (mode == FSYNC_ALWAYS)
+			crash_copy_check(dir, segname, &m, st.ss_durable,
+			    epoch);
+		/* more frames wait in memory meanwhile */
+		append_tpl(ss, &m);
+		wrfault_clear();
+		segstore_retry(ss);
+		if (!wait_state(ss, p_durable, model_end(&m), WAIT_MS, &st))
+			ck_abort_msg("split %zu: durable %" PRIu64 ", error %d",
+			    k, st.ss_durable, st.ss_error);
+		if (file_size(wt_path) != m.len)
+			ck_abort_msg("split %zu: file %" PRIu64 " bytes, "
+			    "expected %zu", k, file_size(wt_path), m.len);
+		if (wt_bad)
+			ck_abort_msg("split %zu: %s", k, wt_msg);
+	}
+	nt_watch = NULL;
+	segstore_poll(ss, &st);
+	ck_assert_uint_eq(st.ss_pending_bytes, 0);
+	ck_assert_uint_eq(st.ss_write_errors, len);
+	segstore_close(ss);
+	check_files(dir, &m, 0);
+
+	/* a restart continues with the same frames and epoch */
+	ss = store_open(&cf);
+	segstore_poll(ss, &st);
+	ck_assert_uint_eq(segstore_next(ss), model_end(&m));
+	ck_assert_uint_eq(segstore_epoch(ss), epoch);
+	ck_assert_uint_eq(st.ss_cut_bytes, 0);
+	segstore_close(ss);
+	check_files(dir, &m, 0);
+	ck_assert_int_eq(chunk_live_count(), live);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+/* Wait until the writer has finished a round after generation gen. */
+static void
+wait_round(unsigned long gen)
+{
+	uint64_t deadline = mono_ms() + WAIT_MS;
+	struct timespec ts;
+
+	pthread_mutex_lock(&nt_mtx);
+	while (nt_gen == gen && mono_ms() < deadline) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 50 * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&nt_cond, &nt_mtx, &ts);
+	}
+	ck_assert_uint_ne(nt_gen, gen);
+	pthread_mutex_unlock(&nt_mtx);
+}
+
+static unsigned long
+round_gen(void)
+{
+	unsigned long g;
+
+	pthread_mutex_lock(&nt_mtx);
+	g = nt_gen;
+	pthread_mutex_unlock(&nt_mtx);
+	return g;
+}
+
+/*
+ * A write stops one byte short of the end of a chunk and the cut that
+ * should remove the partial chunk fails too: while the cut keeps failing,
+ * nothing more is written, synced or published, even once writes work.
+ */
+START_TEST(write_fault_cut_fails)
+{
+	long live = chunk_live_count();
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	struct dfile *v;
+	char *dir = tmpdir_new(), spec[2 * PATH_MAX], path[PATH_MAX];
+	uint64_t d, size;
+	unsigned long gen;
+	struct chunk *ch;
+	size_t n;
+
+	config_init(&cf, dir);
+	cf.retry_ms = 3600 * 1000;
+	ss = store_open(&cf);
+	store_start(ss);
+	model_init(&m, 0);
+	append_chunks(ss, &m, 1, 3);
+	wait_durable(ss, model_end(&m));
+	d = model_end(&m);
+	size = m.len;
+	n = read_dir(dir, &v);
+	path_of(path, sizeof(path), dir, v[0].name);
+	dfiles_free(v, n);
+
+	ch = model_chunk(&m, 4);
+	snprintf(spec, sizeof(spec), "op=write,path=%s/*.wal,after=%zu;"
+	    "op=truncate,path=%s/*.wal", dir, ch->ch_len - 1, dir);
+	ck_assert_int_eq(wrfault_set(spec), 0);
+	segstore_append(ss, ch);
+	chunk_unref(ch);
+	ck_assert(wait_state(ss, p_error, EIO, WAIT_MS, &st));
+	ck_assert_uint_eq(st.ss_durable, d);
+	ck_assert_uint_eq(st.ss_written, d);
+	ck_assert_uint_eq(file_size(path), m.len - 1);
+
+	/* writes work again, the cut still fails */
+	snprintf(spec, sizeof(spec), "op=truncate,path=%s/*.wal", dir);
+	ck_assert_int_eq(wrfault_set(spec), 0);
+	append_chunks(ss, &m, 2, 3);
+	for (int i = 0; i < 3; i++) {
+		gen = round_gen();
+		segstore_retry(ss);
+		wait_round(gen);
+		segstore_poll(ss, &st);
+		ck_assert_int_eq(st.ss_error, EIO);
+		ck_assert_uint_eq(st.ss_durable, d);
+		ck_assert_uint_eq(st.ss_written, d);
+		ck_assert_uint_eq(file_size(path), size + (m.off[d + 4] -
+		    m.off[d]) - 1);
+	}
+
+	wrfault_clear();
+	segstore_retry(ss);
+	wait_durable(ss, model_end(&m));
+	segstore_close(ss);
+	check_files(dir, &m, 0);
+	ck_assert_int_eq(chunk_live_count(), live);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
+/*
+ * Retention cannot remove the oldest segment: it and every newer one stay
+ * (a gap would read as a damaged segment at the next start); once the
+ * fault clears, retention catches up and the store stays contiguous.
+ */
+START_TEST(retain_unlink_failure)
+{
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	struct dfile *v;
+	char *dir = tmpdir_new(), spec[2 * PATH_MAX];
+	uint64_t oldest, seq, first;
+	size_t n;
+
+	config_init(&cf, dir);
+	cf.segment_bytes = 2048;
+	cf.retain_bytes = 8192;
+	ss = store_open(&cf);
+	store_start(ss);
+	model_init(&m, 0);
+	append_chunks(ss, &m, 10, 3);
+	wait_durable(ss, model_end(&m));
+	n = read_dir(dir, &v);
+	oldest = v[0].base;
+	snprintf(spec, sizeof(spec), "op=unlink,path=%s/%s,err=EACCES", dir,
+	    v[0].name);
+	dfiles_free(v, n);
+	ck_assert_int_eq(wrfault_set(spec), 0);
+
+	append_chunks(ss, &m, 80, 3);
+	wait_durable(ss, model_end(&m));
+	ck_assert_uint_ge(wrfault_hits(), 1);
+	segstore_poll(ss, &st);
+	ck_assert_uint_eq(st.ss_earliest, oldest);
+	n = read_dir(dir, &v);
+	ck_assert_uint_eq(v[0].base, oldest);
+	for (size_t i = 1; i < n; i++)
+		ck_assert_uint_eq(v[i].base, v[i - 1].base + v[i - 1].nframes);
+	ck_assert_uint_eq(st.ss_segments, n);
+	dfiles_free(v, n);
+
+	wrfault_clear();
+	append_chunks(ss, &m, 20, 3);
+	wait_durable(ss, model_end(&m));
+	segstore_poll(ss, &st);
+	ck_assert_uint_gt(st.ss_earliest, oldest);
+	segstore_close(ss);
+
+	n = read_dir(dir, &v);
+	seq = first = v[0].base;
+	for (size_t i = 0; i < n; i++) {
+		ck_assert_uint_eq(v[i].base, seq);
+		seq += v[i].nframes;
+	}
+	ck_assert_uint_eq(seq, model_end(&m));
+	dfiles_free(v, n);
+	cf.verify_sealed = 1;
+	ss = store_open(&cf);
+	ck_assert_uint_eq(segstore_limit(ss), UINT64_MAX);
+	segstore_close(ss);
+	check_files(dir, &m, first);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
 static Suite *
 segment_suite(void)
 {
@@ -1720,7 +2296,7 @@ segment_suite(void)
 	tc = tcase_create("recovery");
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, recover_torn_tail_every_byte);
-	tcase_add_loop_test(tc, recover_corrupt_middle_of_newest, 0, 2);
+	tcase_add_loop_test(tc, recover_corrupt_middle_of_newest, 0, 6);
 	tcase_add_test(tc, recover_empty_newest);
 	tcase_add_loop_test(tc, corrupt_sealed_sets_limit, 0, 2);
 	suite_add_tcase(s, tc);
@@ -1750,6 +2326,14 @@ segment_suite(void)
 	tcase_add_test(tc, fsync_failure_rewrites);
 	tcase_add_test(tc, fsync_interval);
 	tcase_add_test(tc, fsync_never);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("faults");
+	tcase_set_timeout(tc, 600);
+	tcase_add_test(tc, write_fault_cut_fails);
+	tcase_add_test(tc, retain_unlink_failure);
+	tcase_add_loop_test(tc, write_fault_every_split, 0,
+	    (int)(sizeof(sweep_cases) / sizeof(sweep_cases[0])));
 	suite_add_tcase(s, tc);
 	return s;
 }
