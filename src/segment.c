@@ -524,6 +524,12 @@ segment_check_sealed(struct segstore *ss, struct segment *seg, int fd)
 	}
 
 	pthread_mutex_lock(&ss->ss_mtx);
+	if (seg->seg_archived) {
+		/* archived meanwhile: its index and blocks are checked */
+		pthread_mutex_unlock(&ss->ss_mtx);
+		free(tmp.seg_index);
+		return 0;
+	}
 	free(seg->seg_index);
 	seg->seg_index = tmp.seg_index;
 	seg->seg_nindex = tmp.seg_nindex;
@@ -1989,6 +1995,11 @@ segstore_locate(struct segstore *ss, uint64_t seq, struct segment_span *sp)
 	}
 
 	pthread_mutex_lock(&ss->ss_mtx);
+	if (seg->seg_archived) {
+		/* archived since it was pinned: read the archive instead */
+		pthread_mutex_unlock(&ss->ss_mtx);
+		return segment_locate_archived(ss, seg, seq, sp);
+	}
 	iseq = seg->seg_base;
 	ioff = 0;
 	lo = 0;
@@ -2054,7 +2065,7 @@ segstore_corrupt_at(struct segstore *ss, uint64_t seq,
 		    ss->ss_st.ss_durable;
 	if (seq >= end)
 		goto out;
-	snprintf(c->sc_name, sizeof(c->sc_name), "%s", seg->seg_name);
+	snprintf(c->sc_name, sizeof(c->sc_name), "%s", segment_file(seg));
 	c->sc_offset = seg->seg_durable_bytes;
 	c->sc_first = seg->seg_durable_end;
 	c->sc_end = end;
