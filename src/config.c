@@ -50,6 +50,9 @@ enum config_type {
 #define CF_SECRET	0x02	/* never printed */
 #define CF_NONE		0x04	/* address: "none" allowed */
 #define CF_NOEMPTY	0x08	/* string: may not be empty */
+#define CF_PRESENCE	0x10	/* CF_RELOAD while set; setting or removing
+				   it takes a restart (it turns a feature
+				   on or off) */
 
 enum config_group {
 	CG_LISTEN,
@@ -162,11 +165,11 @@ static const struct config_key config_keys[] = {
 	{ "allow-unauthenticated", CT_BOOL, FIELD(allow_unauthenticated),
 	  CF_RELOAD, CG_SECURITY, "false", 0, 0, NULL, NULL,
 	  "serve listeners without tokens on non-loopback addresses" },
-	{ "tls-cert", CT_STRING, FIELD(tls_cert), CF_RELOAD, CG_SECURITY,
-	  NULL, 0, 0, NULL, "FILE",
+	{ "tls-cert", CT_STRING, FIELD(tls_cert), CF_RELOAD | CF_PRESENCE,
+	  CG_SECURITY, NULL, 0, 0, NULL, "FILE",
 	  "certificate chain (PEM): TLS on the subscriber listener" },
-	{ "tls-key", CT_STRING, FIELD(tls_key), CF_RELOAD, CG_SECURITY,
-	  NULL, 0, 0, NULL, "FILE",
+	{ "tls-key", CT_STRING, FIELD(tls_key), CF_RELOAD | CF_PRESENCE,
+	  CG_SECURITY, NULL, 0, 0, NULL, "FILE",
 	  "private key (PEM) of tls-cert" },
 	{ "tls-ca", CT_STRING, FIELD(tls_ca), CF_RELOAD, CG_SECURITY,
 	  NULL, 0, 0, NULL, "FILE",
@@ -1442,11 +1445,49 @@ fail:
 	return -1;
 }
 
+/* A key's value in file syntax for a log line: "not set", never a secret. */
+static void
+config_logvalue(const struct wr_config *cfg, const struct config_key *k,
+    char *buf, size_t len)
+{
+	if (k->ck_flags & CF_SECRET)
+		snprintf(buf, len, "(secret)");
+	else if (config_format(cfg, k, buf, len) == -1)
+		snprintf(buf, len, "not set");
+}
+
+static int
+config_same(const struct wr_config *a, const struct wr_config *b,
+    const struct config_key *k)
+{
+	char va[512], vb[512];
+	int ra, rb;
+
+	ra = config_format(a, k, va, sizeof(va));
+	rb = config_format(b, k, vb, sizeof(vb));
+	return ra == rb && strcmp(va, vb) == 0;
+}
+
+/* From cur's value to next's (they differ): only with a restart? */
+static int
+config_takes_restart(const struct config_key *k, const struct wr_config *cur,
+    const struct wr_config *next)
+{
+	if (!(k->ck_flags & CF_RELOAD))
+		return 1;
+	if (k->ck_flags & CF_PRESENCE)
+		return (*(char *const *)config_cfield(cur, k) == NULL) !=
+		    (*(char *const *)config_cfield(next, k) == NULL);
+	return 0;
+}
+
 int
 config_reload(const struct wr_config *cur, struct wr_config *next,
     char *errbuf, size_t errlen)
 {
-	int printed;
+	struct config_ctx ctx;
+	char was[512], now[512], err[512];
+	int printed, restart = 0;
 
 	memset(next, 0, sizeof(*next));
 	if (config_copy_argv(next, cur->argc, cur->argv) == -1) {
@@ -1455,7 +1496,39 @@ config_reload(const struct wr_config *cur, struct wr_config *next,
 	}
 	if (config_build(next, &printed, NULL, 0, errbuf, errlen) == -1)
 		goto fail;
-	return 0;
+	/*
+	 * A key that takes a restart keeps its running value in next, so
+	 * that what the reload builds from next (TLS contexts, tokens) and
+	 * every later comparison see what runs, not what the file says.
+	 */
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct config_key *k = &config_keys[i];
+
+		if (config_same(cur, next, k) ||
+		    !config_takes_restart(k, cur, next))
+			continue;
+		config_logvalue(cur, k, was, sizeof(was));
+		config_logvalue(next, k, now, sizeof(now));
+		log_warnx("reload: %s changed from %s to %s; %s takes a "
+		    "restart to apply: not applied, %s stays %s", k->ck_name,
+		    was, now, (k->ck_flags & CF_PRESENCE) ? "setting or "
+		    "removing it" : "it", k->ck_name, was);
+		if (config_format(cur, k, was, sizeof(was)) == -1)
+			was[0] = '\0';
+		if (config_set(next, k, was, err, sizeof(err)) == -1) {
+			snprintf(errbuf, errlen, "%s: %s", k->ck_name, err);
+			goto fail;
+		}
+		restart++;
+	}
+	memset(&ctx, 0, sizeof(ctx));
+	if (restart > 0 && config_validate(next, &ctx, err, sizeof(err)) ==
+	    -1) {
+		snprintf(errbuf, errlen, "with the running values of the keys "
+		    "that take a restart: %s", err);
+		goto fail;
+	}
+	return restart;
 fail:
 	config_errclean(errbuf, errlen);
 	config_free(next);
@@ -1465,32 +1538,34 @@ fail:
 int
 config_apply_reload(struct wr_config *cur, struct wr_config *next)
 {
-	char a[256], b[256];
-	int restart = 0;
+	char was[512], now[512];
+	int applied = 0;
 
 	for (size_t i = 0; i < NKEYS; i++) {
 		const struct config_key *k = &config_keys[i];
 		void *cp = config_field(cur, k), *np = config_field(next, k);
-		int ca, cb;
+		char tmp[sizeof(uint64_t)];
 
-		if (k->ck_flags & CF_RELOAD) {
-			/* swap: next now holds the old value, freed with it */
-			char tmp[sizeof(uint64_t)];
-
-			memcpy(tmp, cp, k->ck_size);
-			memcpy(cp, np, k->ck_size);
-			memcpy(np, tmp, k->ck_size);
+		if (config_same(cur, next, k))
+			continue;
+		config_logvalue(cur, k, was, sizeof(was));
+		config_logvalue(next, k, now, sizeof(now));
+		/* config_reload gave next the running value of these */
+		if (config_takes_restart(k, cur, next)) {
+			log_warnx("reload: %s changed from %s to %s; it takes "
+			    "a restart to apply: not applied", k->ck_name, was,
+			    now);
 			continue;
 		}
-		ca = config_format(cur, k, a, sizeof(a));
-		cb = config_format(next, k, b, sizeof(b));
-		if (ca != cb || strcmp(a, b) != 0) {
-			log_warnx("reload: %s changed; it takes a restart to "
-			    "apply", k->ck_name);
-			restart++;
-		}
+		log_info("reload: %s changed from %s to %s: applied",
+		    k->ck_name, was, now);
+		/* swap: next now holds the old value, freed with it */
+		memcpy(tmp, cp, k->ck_size);
+		memcpy(cp, np, k->ck_size);
+		memcpy(np, tmp, k->ck_size);
+		applied++;
 	}
-	return restart;
+	return applied;
 }
 
 void
@@ -1593,7 +1668,9 @@ config_usage(FILE *f)
 		else
 			snprintf(def, sizeof(def), "%s", k->ck_default);
 		fprintf(f, "  %s\n        %s\n        (default: %s%s)\n", arg,
-		    k->ck_help, def, (k->ck_flags & CF_RELOAD) ?
+		    k->ck_help, def, (k->ck_flags & CF_PRESENCE) ?
+		    "; reloaded on SIGHUP, set or unset only by a restart" :
+		    (k->ck_flags & CF_RELOAD) ?
 		    "; reloaded on SIGHUP" : "");
 	}
 	fprintf(f,
@@ -1608,7 +1685,8 @@ config_usage(FILE *f)
 "\n"
 "Signals:\n"
 "  SIGHUP           reload the config file: tokens, TLS certificates and\n"
-"                   limits (a reload that fails keeps the running config)\n"
+"                   limits (a reload that fails keeps the running config;\n"
+"                   other keys keep their running values until a restart)\n"
 "  SIGTERM, SIGINT  stop gracefully: stop accepting, make everything\n"
 "                   durable, let subscribers drain (shutdown-timeout),\n"
 "                   exit 0; a second signal exits at once\n");

@@ -107,18 +107,20 @@ int	config_parse(int argc, char **argv, const char *text, size_t textlen,
 
 /*
  * Re-read the file named by cur->config_file (plus the original command
- * line, which still wins) into next. Returns 0, or -1 with errbuf.
- * The caller swaps only the reloadable keys and logs the ones that
- * need a restart.
+ * line, which still wins) into next. Every key that takes a restart to
+ * change (not reloadable; or, for tls-cert and tls-key, set or removed)
+ * and changed is logged as not applied and gets its running value in
+ * next, and next is validated again with those: whatever the reload
+ * builds from next (TLS contexts, tokens) is what runs. Returns how many
+ * such keys changed, or -1 with errbuf (next is then freed).
  */
 int	config_reload(const struct wr_config *cur, struct wr_config *next,
 	    char *errbuf, size_t errlen);
 
 /*
- * After a successful config_reload: move the reloadable keys of next into
- * cur (next then holds the old values: config_free it) and log a warning
- * for each other key that changed. Returns how many such keys need a
- * restart to apply.
+ * After a successful config_reload: move the changed reloadable keys of
+ * next into cur (next then holds the old values: config_free it), logging
+ * each. Returns how many were applied.
  */
 int	config_apply_reload(struct wr_config *cur, struct wr_config *next);
 

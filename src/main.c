@@ -93,6 +93,9 @@ store_event_cb(evutil_socket_t fd, short what, void *arg)
 {
 	int olderr = relay->r_ss->ss_error;
 
+	/* the writer notifies until it is joined: after teardown, no one */
+	if (relay->r_fan == NULL)
+		return;
 	relay_store_update();
 	if (relay->r_ss->ss_error != olderr && relay->r_ss->ss_error == 0)
 		log_info("storage: healthy again at sequence %" PRIu64,
@@ -200,41 +203,49 @@ tls_files_client(const struct wr_config *cfg, struct tls_files *tf,
 	tf->tf_server_name = host;
 }
 
+/*
+ * Both TLS contexts that cfg describes (NULL where it has none), or neither:
+ * on failure nothing is left built. The caller swaps them in together.
+ */
 static int
-tls_setup(const struct wr_config *cfg, int reloading, char *err,
-    size_t errlen)
+tls_setup(const struct wr_config *cfg, struct tls_ctx **srv,
+    struct tls_ctx **cli, char *err, size_t errlen)
 {
 	struct tls_files tf;
 	char host[256];
 
+	*srv = *cli = NULL;
 	if (cfg->tls_cert != NULL || cfg->tls_key != NULL) {
 		tls_files_server(cfg, &tf);
-		if (relay->r_tls != NULL && reloading) {
-			if (tls_reload(relay->r_tls, &tf, err, errlen) == -1)
-				return -1;
-		} else if ((relay->r_tls = tls_server_new(&tf, err,
-		    errlen)) == NULL)
+		if ((*srv = tls_server_new(&tf, err, errlen)) == NULL)
 			return -1;
 	}
 	if (cfg->upstream_tls && cfg->upstream != NULL) {
 		tls_files_client(cfg, &tf, host, sizeof(host));
-		if (relay->r_upstream_tls != NULL && reloading) {
-			if (tls_reload(relay->r_upstream_tls, &tf, err,
-			    errlen) == -1)
-				return -1;
-		} else if ((relay->r_upstream_tls = tls_client_new(&tf, err,
-		    errlen)) == NULL)
+		if ((*cli = tls_client_new(&tf, err, errlen)) == NULL) {
+			tls_free(*srv);
+			*srv = NULL;
 			return -1;
+		}
 	}
 	return 0;
 }
 
+/*
+ * All or nothing: the config, the tokens and both TLS contexts are built
+ * from the file first; only if everything loads are they swapped in. Keys
+ * that take a restart keep their running values throughout (config_reload),
+ * so the TLS contexts are rebuilt with the running settings and the new
+ * certificate, key and CA files.
+ */
 static void
 reload(void)
 {
 	struct wr_config *next, *cur = relay->r_cfg;
 	struct auth_tokens *tok;
+	struct tls_ctx *srv, *cli;
 	char err[1024];
+	int restart, applied;
 
 	/* an operator who freed disk space reloads to retry at once */
 	segstore_retry(relay->r_store);
@@ -242,7 +253,7 @@ reload(void)
 		log_warnx("reload: out of memory; keeping the running config");
 		return;
 	}
-	if (config_reload(cur, next, err, sizeof(err)) == -1) {
+	if ((restart = config_reload(cur, next, err, sizeof(err))) == -1) {
 		log_warnx("reload: %s; keeping the running config", err);
 		config_free(next);
 		free(next);
@@ -257,12 +268,26 @@ reload(void)
 		free(next);
 		return;
 	}
-	if (tls_setup(next, 1, err, sizeof(err)) == -1)
-		log_warnx("reload: %s; keeping the running certificates", err);
-	else if (relay->r_tls != NULL || relay->r_upstream_tls != NULL)
-		log_info("reload: TLS certificates reloaded");
+	if (tls_setup(next, &srv, &cli, err, sizeof(err)) == -1) {
+		log_warnx("reload: %s; keeping the running certificates, "
+		    "tokens and config", err);
+		auth_free(tok);
+		free(tok);
+		config_free(next);
+		free(next);
+		return;
+	}
+	/* established connections hold their own reference to the old ones */
+	tls_free(relay->r_tls);
+	tls_free(relay->r_upstream_tls);
+	relay->r_tls = srv;
+	relay->r_upstream_tls = cli;
+	if (srv != NULL || cli != NULL)
+		log_info("reload: TLS certificates reloaded (%s%s%s)",
+		    srv ? "listeners" : "", srv && cli ? " and " : "",
+		    cli ? "upstream" : "");
 	warn_loose(tok, next);
-	config_apply_reload(cur, next);
+	applied = config_apply_reload(cur, next);
 	config_free(next);
 	free(next);
 	auth_free(relay->r_tokens);
@@ -270,8 +295,9 @@ reload(void)
 	relay->r_tokens = tok;
 	log_set_level(cur->log_level);
 	log_info("reload: tokens and limits reloaded (%zu publish, %zu "
-	    "subscribe tokens)", tok->at_publish.ts_count,
-	    tok->at_subscribe.ts_count);
+	    "subscribe tokens); %d changed keys applied, %d not applied "
+	    "(they take a restart)", tok->at_publish.ts_count,
+	    tok->at_subscribe.ts_count, applied, restart);
 }
 
 static void
@@ -330,13 +356,53 @@ check_exposure(struct wr_config *cfg, struct auth_tokens *tok, char *err,
 	return 0;
 }
 
+/*
+ * The one shutdown order: everything that fires (timers, the store event,
+ * connections) is freed or made inert before what it points to.
+ */
+static void
+teardown(struct event **sig)
+{
+	/* the stop's timers read the fan-out and the store */
+	if (ev_stop_poll != NULL)
+		event_free(ev_stop_poll);
+	if (ev_stop_deadline != NULL)
+		event_free(ev_stop_deadline);
+	ev_stop_poll = ev_stop_deadline = NULL;
+	/* users before what they use: http reads all, upstream publishes */
+	http_free(relay->r_http);
+	relay->r_http = NULL;
+	upstream_free(relay->r_up);
+	relay->r_up = NULL;
+	fanout_free(relay->r_fan);
+	relay->r_fan = NULL;	/* from here store_event_cb does nothing */
+	/* bufferevents free through finalizers: let the loop run them */
+	event_base_loop(relay->r_base, EVLOOP_NONBLOCK);
+	relay_store_update();
+	/* joins the writer: nothing activates r_store_ev after this */
+	if (segstore_close(relay->r_store) == -1)	/* makes it durable */
+		exit_code = 1;	/* or could not: frames were dropped */
+	relay->r_store = NULL;
+	event_free(relay->r_store_ev);
+	relay->r_store_ev = NULL;
+	for (int i = 0; sig[i] != NULL; i++)
+		event_free(sig[i]);
+	notify_free();
+	event_base_free(relay->r_base);
+	relay->r_base = NULL;
+	/* connections hold their own reference to an SSL_CTX */
+	tls_free(relay->r_tls);
+	tls_free(relay->r_upstream_tls);
+	relay->r_tls = relay->r_upstream_tls = NULL;
+}
+
 int
 main(int argc, char **argv)
 {
 	static struct wr_config cfg;
 	struct segment_config sc;
 	struct auth_tokens *tok;
-	struct event *sig[4];
+	struct event *sig[4] = { NULL, NULL, NULL, NULL };
 	int signals[4] = { SIGHUP, SIGTERM, SIGINT, -1 };
 	char err[1024];
 	int rc;
@@ -366,7 +432,8 @@ main(int argc, char **argv)
 	relay = &the_relay;
 	relay->r_cfg = &cfg;
 	relay->r_tokens = tok;
-	if (tls_setup(&cfg, 0, err, sizeof(err)) == -1) {
+	if (tls_setup(&cfg, &relay->r_tls, &relay->r_upstream_tls, err,
+	    sizeof(err)) == -1) {
 		fprintf(stderr, "walrelay: %s\n", err);
 		tls_free(relay->r_tls);
 		auth_free(tok);
@@ -477,29 +544,7 @@ main(int argc, char **argv)
 
 	event_base_dispatch(relay->r_base);
 
-	/* shutdown, in reverse */
-	http_free(relay->r_http);
-	upstream_free(relay->r_up);
-	relay->r_up = NULL;
-	fanout_free(relay->r_fan);
-	/* bufferevents free through finalizers: let the loop run them */
-	event_base_loop(relay->r_base, EVLOOP_NONBLOCK);
-	relay->r_fan = NULL;
-	relay_store_update();
-	if (segstore_close(relay->r_store) == -1)	/* makes it durable */
-		exit_code = 1;	/* or could not: frames were dropped */
-	relay->r_store = NULL;
-	for (int i = 0; signals[i] != -1; i++)
-		event_free(sig[i]);
-	if (ev_stop_poll != NULL)
-		event_free(ev_stop_poll);
-	if (ev_stop_deadline != NULL)
-		event_free(ev_stop_deadline);
-	event_free(relay->r_store_ev);
-	notify_free();
-	event_base_free(relay->r_base);
-	tls_free(relay->r_tls);
-	tls_free(relay->r_upstream_tls);
+	teardown(sig);
 	if (chunk_live_count() != 0)
 		log_warnx("stop: %ld frame buffers still referenced at exit",
 		    chunk_live_count());

@@ -180,29 +180,6 @@ tls_client_new(const struct tls_files *tf, char *errbuf, size_t errlen)
 	return tls_new(tf, 0, errbuf, errlen);
 }
 
-int
-tls_reload(struct tls_ctx *t, const struct tls_files *tf, char *errbuf,
-    size_t errlen)
-{
-	SSL_CTX *ctx;
-	char *name = NULL;
-
-	if ((ctx = tls_build(tf, t->t_server, errbuf, errlen)) == NULL)
-		return -1;
-	if (tf->tf_server_name != NULL &&
-	    (name = strdup(tf->tf_server_name)) == NULL) {
-		SSL_CTX_free(ctx);
-		snprintf(errbuf, errlen, "out of memory");
-		return -1;
-	}
-	/* established connections hold their own reference to the old one */
-	SSL_CTX_free(t->t_ctx);
-	t->t_ctx = ctx;
-	free(t->t_server_name);
-	t->t_server_name = name;
-	return 0;
-}
-
 void
 tls_free(struct tls_ctx *t)
 {

@@ -2,9 +2,9 @@
  * tls.h: TLS contexts for the listeners (server) and the pull connection
  * (client). The only module that includes OpenSSL headers.
  *
- * A context can be reloaded: a new SSL_CTX is built from the files and
- * swapped in only if everything loads; connections already established
- * keep the context they started with.
+ * A reload builds new contexts from the files and swaps them in only if
+ * every one loads; connections already established keep the SSL_CTX they
+ * started with (each holds a reference).
  */
 #ifndef WALRELAY_TLS_H
 #define WALRELAY_TLS_H
@@ -27,9 +27,6 @@ struct tls_ctx	*tls_server_new(const struct tls_files *, char *errbuf,
 		    size_t errlen);
 struct tls_ctx	*tls_client_new(const struct tls_files *, char *errbuf,
 		    size_t errlen);
-/* Rebuild from the files; on failure keep the old context, return -1. */
-int		 tls_reload(struct tls_ctx *, const struct tls_files *,
-		    char *errbuf, size_t errlen);
 void		 tls_free(struct tls_ctx *);
 
 /* bufferevents over TLS (socket mode, deferred callbacks). */

@@ -25,7 +25,9 @@
  * Invariants: with no metadata file, open succeeds unless both files start
  * at the same sequence (then it fails); an open that fails says why and changes no
  * segment file; the newest segment is cut exactly to its longest prefix of
- * whole valid frames (an independent fcw2_check walk), or removed when that
+ * whole valid frames (an independent fcw2_check walk), or, where whole
+ * valid frames follow a bad one, kept with the store's corruption limit at
+ * the bad frame (not a torn tail: docs/storage.md), or removed when that
  * is empty and the one before recovered the same way; older segments are
  * not changed; the next sequence follows the last frame kept; the bytes
  * cut are reported; closing and opening again cuts nothing and keeps the
@@ -294,7 +296,24 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	segstore_poll(ss, &st);
 	if (dup)
 		fuzz_fail("two files at one sequence were accepted", NULL);
-	if (p_new > 0) {
+	if (new_size > (long long)p_new) {
+		/*
+		 * Whole valid frames after a bad one: corruption, not a torn
+		 * tail. They are kept and nothing is served from the bad
+		 * frame on (docs/storage.md).
+		 */
+		if (new_size > (long long)(len - split))
+			fuzz_fail("newest segment grew", NULL);
+		if (segstore_limit(ss) != base_new + n_new)
+			fuzz_fail("frames kept after a bad frame, but the "
+			    "corruption limit is not at it", NULL);
+		if (two && old_size != (long long)split)
+			fuzz_fail("an older segment changed", NULL);
+		if (st.ss_next < base_new + n_new)
+			fuzz_fail("next sequence is before the last frame",
+			    NULL);
+		cut = len - split - (uint64_t)new_size;
+	} else if (p_new > 0) {
 		if (new_size != (long long)p_new)
 			fuzz_fail("newest segment not cut to its valid prefix",
 			    NULL);

@@ -5,8 +5,11 @@ reaching a value, a process exiting) with a deadline; none is a sleep
 standing in for synchronisation.
 """
 
+import glob
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +20,47 @@ import urllib.request
 # What sanitizer builds (configure --enable-asan) write to the daemon's log.
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
                      "runtime error:")
+
+
+# WALRELAY_VALGRIND=1 (make check-valgrind) runs every relay these tests
+# start under valgrind memcheck; its report goes to the relay's log + ".vg"
+# + ".PID" (one file per start) and any error or definite leak fails the
+# test. valgrind runs the daemon tens of times slower: every deadline here
+# is multiplied by SLOW.
+VALGRIND = os.environ.get("WALRELAY_VALGRIND", "") not in ("", "0")
+VALGRIND_EXIT = 97
+SLOW = float(os.environ.get("WALRELAY_TIMEOUT_SCALE", "10" if VALGRIND else "1"))
+
+
+def valgrind_path():
+    """The valgrind command, or None when it is not installed."""
+    return shutil.which("valgrind")
+
+
+def valgrind_argv(vglog):
+    return [valgrind_path() or "valgrind", "--tool=memcheck",
+            f"--error-exitcode={VALGRIND_EXIT}", "--leak-check=full",
+            "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite",
+            f"--log-file={vglog}.%p"]
+
+
+# What memcheck reports, for a log without a summary (a killed process).
+VALGRIND_MARKERS = ("Invalid read", "Invalid write", "Invalid free",
+                    "Mismatched free", "Conditional jump", "uninitialised",
+                    "Syscall param", "overlap", "definitely lost in",
+                    "Process terminating with default action")
+
+
+def valgrind_report(text):
+    """The errors in a memcheck log, or None when it has none."""
+    m = re.search(r"ERROR SUMMARY: (\d+) errors", text)
+    if m is not None:
+        return text[-8000:] if int(m.group(1)) > 0 else None
+    for marker in VALGRIND_MARKERS:
+        i = text.find(marker)
+        if i != -1:
+            return text[max(0, i - 200):i + 6000]
+    return None
 
 
 def sanitizer_report(text):
@@ -65,7 +109,9 @@ def free_port():
 
 
 def wait_until(cond, timeout=10.0, what="condition", interval=0.01):
-    """Poll cond() until it returns a true value; fail after timeout."""
+    """Poll cond() until it returns a true value; fail after timeout (times
+    SLOW)."""
+    timeout *= SLOW
     deadline = time.monotonic() + timeout
     while True:
         v = cond()
@@ -80,7 +126,11 @@ class Relay:
     """One walrelay process with its own ports and data directory."""
 
     def __init__(self, binary, datadir, logpath, args=(), env=None,
-                 ingest=True, listen=True, http=True, preexec_fn=None):
+                 ingest=True, listen=True, http=True, preexec_fn=None,
+                 valgrind=None):
+        """valgrind: run under memcheck (default: WALRELAY_VALGRIND)."""
+        self.valgrind = VALGRIND if valgrind is None else valgrind
+        self.vglog = str(logpath) + ".vg"     # .PID: one per start
         self.binary = str(binary)
         self.datadir = str(datadir)
         self.logpath = str(logpath)
@@ -102,7 +152,8 @@ class Relay:
         return f"127.0.0.1:{self.listen_port}"
 
     def argv(self):
-        a = [self.binary, "--data-dir", self.datadir]
+        a = valgrind_argv(self.vglog) if self.valgrind else []
+        a += [self.binary, "--data-dir", self.datadir]
         a += ["--ingest", self.ingest_addr if self.ingest_port else "none"]
         if self.listen_port:
             a += ["--listen", self.listen_addr]
@@ -156,7 +207,7 @@ class Relay:
     def http(self, path):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}",
-                                        timeout=5) as r:
+                                        timeout=5 * SLOW) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
@@ -203,7 +254,7 @@ class Relay:
             return self.proc.returncode if self.proc else None
         self.proc.send_signal(signal.SIGTERM)
         try:
-            rc = self.proc.wait(timeout)
+            rc = self.proc.wait(timeout * SLOW)
         finally:
             self.log.close()
         self.check_sanitizers()
@@ -217,12 +268,26 @@ class Relay:
         self.check_sanitizers()
 
     def check_sanitizers(self):
-        """Fail when an ASan/UBSan/LSan build reported an error in the log."""
-        if not os.path.exists(self.logpath):
-            return
-        rep = sanitizer_report(self.read_log())
+        """Fail when an ASan/UBSan/LSan build reported an error in the log,
+        or valgrind one in its own."""
+        if os.path.exists(self.logpath):
+            rep = sanitizer_report(self.read_log())
+            if rep is not None:
+                raise AssertionError(f"{self.logpath}: sanitizer report:\n{rep}")
+        rep = self.valgrind_errors()
         if rep is not None:
-            raise AssertionError(f"{self.logpath}: sanitizer report:\n{rep}")
+            raise AssertionError(f"valgrind report: {rep}")
+
+    def valgrind_errors(self):
+        """What valgrind reported (None: nothing, or not under valgrind)."""
+        if not self.valgrind:
+            return None
+        for path in sorted(glob.glob(glob.escape(self.vglog) + ".*")):
+            with open(path, "rb") as f:
+                rep = valgrind_report(f.read().decode(errors="replace"))
+            if rep is not None:
+                return f"{path}:\n{rep}"
+        return None
 
     def signal(self, sig):
         self.proc.send_signal(sig)
@@ -236,7 +301,7 @@ def connect(addr, timeout=10.0, rcvbuf=None):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.settimeout(timeout)
+    s.settimeout(timeout * SLOW)
     s.connect((host, int(port)))
     return s
 

@@ -750,6 +750,199 @@ def test_certificate_reload(relays, walcat, pki, tokens, workdir):
     first.close()
 
 
+# ---- a reload applies exactly what it says it applies -------------------------
+
+def write_conf(path, keys):
+    """A [walrelay] config file with these keys (None: left out)."""
+    path.write_text("[walrelay]\n" + "".join(
+        f"{k} = {v}\n" for k, v in keys.items() if v is not None))
+    return path
+
+
+RELOAD_DONE = ("reload: tokens and limits reloaded", "; keeping the running")
+
+
+def sighup(r):
+    """SIGHUP, then wait until the reload has ended (applied or not)."""
+    before = sum(log_count(r, t) for t in RELOAD_DONE)
+    r.signal(signal.SIGHUP)
+    wait_until(lambda: sum(log_count(r, t) for t in RELOAD_DONE) > before,
+               10, "the reload to end")
+
+
+def not_applied(key, was, now):
+    return (f"reload: {key} changed from {was} to {now}; ")
+
+
+def assert_not_applied(r, key, was, now):
+    lines = [l for l in r.read_log().splitlines()
+             if not_applied(key, was, now) in l]
+    assert len(lines) == 1, r.read_log()[-3000:]
+    assert lines[0].endswith(f"takes a restart to apply: not applied, "
+                             f"{key} stays {was}"), lines[0]
+
+
+def tls_conf(pki, **more):
+    keys = {"tls-cert": pki.path("server.crt"),
+            "tls-key": pki.path("server.key")}
+    keys.update({k.replace("_", "-"): v for k, v in more.items()})
+    return keys
+
+
+def test_reload_cannot_turn_client_verification_off(relays, walcat, pki,
+                                                     tokens, workdir):
+    keys = tls_conf(pki, tls_ca=pki.path("ca.crt"), tls_verify_client="true")
+    cf = write_conf(workdir / "a.conf", keys)
+    r = relays("a", ["-c", cf] + auth_args(tokens))
+    produce(walcat, r, 20, tokens["pub"])
+    r.wait_durable(20)
+
+    keys["tls-verify-client"] = "false"
+    write_conf(cf, keys)
+    sighup(r)
+    # a client without a certificate is still refused
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = client_ctx(pki.path("ca.crt"), max_version=version)
+        assert attempt_without_good_cert(r.listen_addr, ctx) == b""
+    ctx = client_ctx(pki.path("ca.crt"), pki.path("client.crt"),
+                     pki.path("client.key"))
+    with tls_connect(r.listen_addr, ctx) as s:
+        assert subscribe(s).startswith("FCWAL-OK/1 start=0 ")
+        assert recv_frames(s, 20) == store_frames(r.datadir)
+    # and the log says so
+    assert_not_applied(r, "tls-verify-client", "true", "false")
+    assert "0 changed keys applied, 1 not applied" in r.read_log()
+
+    # later reloads compare with the running value: the file agrees again
+    keys["tls-verify-client"] = "true"
+    write_conf(cf, keys)
+    sighup(r)
+    assert log_count(r, "reload: tls-verify-client changed") == 1
+    assert log_count(r, "0 changed keys applied, 0 not applied") == 1
+
+
+def test_reload_cannot_turn_client_verification_on(relays, walcat, pki,
+                                                    tokens, workdir):
+    keys = tls_conf(pki, tls_ca=pki.path("ca.crt"), tls_verify_client="false")
+    cf = write_conf(workdir / "a.conf", keys)
+    r = relays("a", ["-c", cf] + auth_args(tokens))
+    produce(walcat, r, 20, tokens["pub"])
+    r.wait_durable(20)
+
+    keys["tls-verify-client"] = "true"
+    write_conf(cf, keys)
+    sighup(r)
+    # the running setting holds: no client certificate needed until a restart
+    with tls_connect(r.listen_addr, client_ctx(pki.path("ca.crt"))) as s:
+        assert subscribe(s).startswith("FCWAL-OK/1 start=0 ")
+        assert recv_frames(s, 20) == store_frames(r.datadir)
+    assert_not_applied(r, "tls-verify-client", "false", "true")
+
+
+def test_reload_without_certificate_keeps_tls_on(relays, walcat, pki, tokens,
+                                                 workdir):
+    keys = tls_conf(pki)
+    cf = write_conf(workdir / "a.conf", keys)
+    r = relays("a", ["-c", cf] + auth_args(tokens))
+    produce(walcat, r, 20, tokens["pub"])
+    r.wait_durable(20)
+
+    write_conf(cf, {})
+    sighup(r)
+    log = r.read_log()
+    for key in ("tls-cert", "tls-key"):
+        line = [l for l in log.splitlines()
+                if f"reload: {key} changed from " in l]
+        assert len(line) == 1, log[-3000:]
+        assert line[0].endswith(
+            f"changed from {keys[key]} to not set; setting or removing it "
+            f"takes a restart to apply: not applied, {key} stays "
+            f"{keys[key]}"), line[0]
+    # TLS stays on: plain TCP gets nothing, TLS streams
+    s = connect(r.listen_addr)
+    s.sendall(sub_line(SUB))
+    assert assert_closed_without_frames(s) == b""
+    s.close()
+    with tls_connect(r.listen_addr, client_ctx(pki.path("ca.crt"))) as s:
+        assert subscribe(s).startswith("FCWAL-OK/1 start=0 ")
+        assert recv_frames(s, 20) == store_frames(r.datadir)
+
+
+@pytest.fixture
+def pulling(relays, pki, tokens, tls_upstream, workdir):
+    """b pulls from a over TLS (server name localhost) and serves its own
+    subscribers over TLS, configured by a file it reloads: (a, b, keys,
+    path); b.crt and up-ca.crt are copies b's config names."""
+    a = tls_upstream
+    (workdir / "b.crt").write_bytes((pki.dir / "server.crt").read_bytes())
+    (workdir / "up-ca.crt").write_bytes((pki.dir / "ca.crt").read_bytes())
+    keys = {"tls-cert": workdir / "b.crt", "tls-key": pki.path("server.key"),
+            "upstream": a.listen_addr, "upstream-protocol": "sub",
+            "upstream-tls": "true", "upstream-tls-ca": workdir / "up-ca.crt",
+            "upstream-tls-server-name": "localhost",
+            "upstream-token-file": tokens["up"],
+            "upstream-backoff-min": "50", "upstream-backoff-max": "200",
+            "subscribe-token-file": tokens["sub"]}
+    cf = write_conf(workdir / "b.conf", keys)
+    b = relays("b", ["-c", cf], ingest=False)
+    b.wait_durable(200)
+    return a, b, keys, cf
+
+
+def upstream_restarts_and_b_follows(a, b, walcat, tokens, total):
+    """Stop and start a: b must connect again (with its running client
+    context) and take what a gets next."""
+    assert a.stop() == 0
+    a.start()
+    produce(walcat, a, 50, tokens["pub"])
+    a.wait_durable(total)
+    b.wait_durable(total)
+    assert store_frames(b.datadir) == store_frames(a.datadir)
+
+
+def test_reload_keeps_upstream_server_name(pulling, walcat, tokens):
+    a, b, keys, cf = pulling
+    keys["upstream-tls-server-name"] = "relay-b.example.net"
+    write_conf(cf, keys)
+    sighup(b)
+    upstream_restarts_and_b_follows(a, b, walcat, tokens, 250)
+    assert "hostname mismatch" not in b.read_log()
+    assert_not_applied(b, "upstream-tls-server-name", "localhost",
+                       "relay-b.example.net")
+    assert "TLS certificates reloaded (listeners and upstream)" in b.read_log()
+
+
+def test_reload_with_a_broken_file_keeps_both_contexts(pulling, pki, walcat,
+                                                       tokens, workdir):
+    a, b, keys, cf = pulling
+    ctx = client_ctx(pki.path("ca.crt"))
+    # a new listener certificate that loads, an upstream CA that does not
+    (workdir / "b.crt").write_bytes((pki.dir / "server2.crt").read_bytes())
+    (workdir / "up-ca.crt").write_bytes(
+        b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+    sighup(b)
+    # neither context changed: the listener still shows the old certificate
+    with tls_connect(b.listen_addr, ctx) as s:
+        assert peer_serial(s, pki, workdir)[0] == pki.serial("server.crt")
+        assert subscribe(s).startswith("FCWAL-OK/1 start=0 ")
+        assert recv_frames(s, 200) == store_frames(b.datadir)
+    # and the pull connection still verifies the upstream with the old CA
+    upstream_restarts_and_b_follows(a, b, walcat, tokens, 250)
+    # the log says why, and that nothing was applied
+    line = [l for l in b.read_log().splitlines() if "reload: " in l][-1]
+    assert "TLS CA " + str(workdir / "up-ca.crt") in line, line
+    assert line.endswith("; keeping the running certificates, tokens and "
+                         "config"), line
+    assert "TLS certificates reloaded" not in b.read_log()
+
+    # fixed: both reload, new connections see the new certificate
+    (workdir / "up-ca.crt").write_bytes((pki.dir / "ca.crt").read_bytes())
+    sighup(b)
+    assert "TLS certificates reloaded (listeners and upstream)" in b.read_log()
+    with tls_connect(b.listen_addr, ctx) as s:
+        assert peer_serial(s, pki, workdir)[0] == pki.serial("server2.crt")
+
+
 # ---- open only on loopback ---------------------------------------------------
 
 def run_relay_briefly(walrelay, workdir, args, env=None):

@@ -956,16 +956,17 @@ START_TEST(reload)
 	rewrite(path, "[walrelay]\nmax-subscribers = 6\nsegment-bytes = 2M\n"
 	    "log-level = debug\nmax-lag = 7M\n"
 	    "subscribe-token-file = /new.tokens\n");
+	/* one changed key takes a restart: next keeps its running value */
 	ck_assert_int_eq(config_reload(&cur, &next, errbuf, sizeof(errbuf)),
-	    0);
+	    1);
 	ck_assert_uint_eq(next.max_subscribers, 6);
-	ck_assert_uint_eq(next.segment_bytes, 2 * 1024 * 1024);
+	ck_assert_uint_eq(next.segment_bytes, 1024 * 1024);
 	ck_assert_int_eq(next.log_level, LOG_LEVEL_DEBUG);
 	/* the original command line still wins */
 	ck_assert_uint_eq(next.max_lag_frames, 1024 * 1024);
 
 	/* reloadable keys move over, the others wait for a restart */
-	ck_assert_int_eq(config_apply_reload(&cur, &next), 1);
+	ck_assert_int_eq(config_apply_reload(&cur, &next), 3);
 	ck_assert_uint_eq(cur.max_subscribers, 6);
 	ck_assert_int_eq(cur.log_level, LOG_LEVEL_DEBUG);
 	ck_assert_str_eq(cur.subscribe_token_file, "/new.tokens");
@@ -980,6 +981,82 @@ START_TEST(reload)
 	ck_assert_uint_eq(cur.max_subscribers, 6);
 	ck_assert_ptr_null(next.argv);
 	config_free(&next);	/* harmless after a failure */
+	config_free(&cur);
+	rmconf(path);
+}
+END_TEST
+
+/*
+ * TLS settings that take a restart keep their running values through a
+ * reload, and what the reload builds is checked with them.
+ */
+START_TEST(reload_keeps_restart_keys)
+{
+	struct wr_config cur, next;
+	char *path = tmpconf("[walrelay]\ntls-cert = /a.crt\n"
+	    "tls-key = /a.key\ntls-ca = /ca.crt\ntls-verify-client = true\n"
+	    "upstream = 127.0.0.1:9\nupstream-tls = true\n"
+	    "upstream-tls-server-name = up.example.net\n");
+
+	ck_assert_msg(load(&cur, "-c", path, NULL) == 0, "%s", errbuf);
+
+	/* verify-client and the server name: not applied, running values */
+	rewrite(path, "[walrelay]\ntls-cert = /a.crt\ntls-key = /a.key\n"
+	    "tls-ca = /ca.crt\ntls-verify-client = false\n"
+	    "upstream = 127.0.0.1:9\nupstream-tls = true\n"
+	    "upstream-tls-server-name = other.example.net\n");
+	ck_assert_int_eq(config_reload(&cur, &next, errbuf, sizeof(errbuf)),
+	    2);
+	ck_assert_int_eq(next.tls_verify_client, 1);
+	ck_assert_str_eq(next.upstream_tls_server_name, "up.example.net");
+	ck_assert_int_eq(config_apply_reload(&cur, &next), 0);
+	ck_assert_int_eq(cur.tls_verify_client, 1);
+	config_free(&next);
+
+	/* another certificate file: applied; no certificate: not */
+	rewrite(path, "[walrelay]\ntls-cert = /b.crt\ntls-key = /b.key\n"
+	    "tls-ca = /ca.crt\ntls-verify-client = true\n"
+	    "upstream = 127.0.0.1:9\nupstream-tls = true\n"
+	    "upstream-tls-server-name = up.example.net\n");
+	ck_assert_int_eq(config_reload(&cur, &next, errbuf, sizeof(errbuf)),
+	    0);
+	ck_assert_int_eq(config_apply_reload(&cur, &next), 2);
+	ck_assert_str_eq(cur.tls_cert, "/b.crt");
+	config_free(&next);
+	rewrite(path, "[walrelay]\nupstream = 127.0.0.1:9\n"
+	    "upstream-tls = true\n"
+	    "upstream-tls-server-name = up.example.net\n");
+	/* without tls-ca, the running tls-verify-client is refused */
+	ck_assert_int_eq(config_reload(&cur, &next, errbuf, sizeof(errbuf)),
+	    -1);
+	assert_err("with the running values of the keys that take a "
+	    "restart: tls-verify-client needs tls-ca");
+	config_free(&next);
+	rewrite(path, "[walrelay]\ntls-ca = /ca.crt\n"
+	    "upstream = 127.0.0.1:9\nupstream-tls = true\n"
+	    "upstream-tls-server-name = up.example.net\n");
+	ck_assert_int_eq(config_reload(&cur, &next, errbuf, sizeof(errbuf)),
+	    -1);	/* tls-ca needs tls-cert: the file alone is refused */
+	config_free(&next);
+	rewrite(path, "[walrelay]\ntls-cert = /b.crt\ntls-key = /b.key\n"
+	    "tls-ca = /ca.crt\nupstream = 127.0.0.1:9\n"
+	    "upstream-tls = true\n");
+	ck_assert_int_eq(config_reload(&cur, &next, errbuf, sizeof(errbuf)),
+	    2);
+	config_free(&next);
+	config_free(&cur);
+
+	/* removing the certificate would turn TLS off: not applied */
+	rewrite(path, "[walrelay]\ntls-cert = /a.crt\ntls-key = /a.key\n");
+	ck_assert_msg(load(&cur, "-c", path, NULL) == 0, "%s", errbuf);
+	rewrite(path, "[walrelay]\n");
+	ck_assert_int_eq(config_reload(&cur, &next, errbuf, sizeof(errbuf)),
+	    2);
+	ck_assert_str_eq(next.tls_cert, "/a.crt");
+	ck_assert_str_eq(next.tls_key, "/a.key");
+	ck_assert_int_eq(config_apply_reload(&cur, &next), 0);
+	ck_assert_str_eq(cur.tls_cert, "/a.crt");
+	config_free(&next);
 	config_free(&cur);
 	rmconf(path);
 }
@@ -1133,6 +1210,7 @@ config_suite(void)
 	tcase_add_test(tc, parse_from_memory);
 	tcase_add_test(tc, error_is_one_line);
 	tcase_add_test(tc, reload);
+	tcase_add_test(tc, reload_keeps_restart_keys);
 	tcase_add_test(tc, reloadable_keys);
 	tcase_add_test(tc, usage);
 	suite_add_tcase(s, tc);
