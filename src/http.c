@@ -219,6 +219,14 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	    ss->ss_store_bytes);
 	METRIC(b, "segments_deleted_total", "counter", "segments deleted by "
 	    "retention", "%" PRIu64, ss->ss_deleted);
+	METRIC(b, "archived_segments", "gauge", "segments held as .wal.zst "
+	    "(archive tier)", "%" PRIu64, ss->ss_archived);
+	METRIC(b, "archived_bytes", "gauge", "bytes of the .wal.zst files",
+	    "%" PRIu64, ss->ss_archived_bytes);
+	METRIC(b, "archived_raw_bytes", "gauge", "bytes of the frames they "
+	    "hold", "%" PRIu64, ss->ss_archive_raw_bytes);
+	METRIC(b, "archive_block_reads_total", "counter", "archived blocks "
+	    "decompressed for readers", "%" PRIu64, ss->ss_archive_reads);
 
 	METRIC(b, "upstream_connected", "gauge", "1 while a publisher or pull "
 	    "connection streams", "%d", us.us_connected);
