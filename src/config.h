@@ -42,6 +42,8 @@ struct wr_config {
 	uint64_t	 archive_keep_raw;	/* --archive-keep-raw, 0 = off */
 	unsigned	 archive_level;		/* --archive-level, 3 */
 	int		 archive_long;		/* --archive-long, off */
+	/* Test builds only (tests/walrelay-hooks): archive crash points. */
+	void		(*archive_test_step)(int, const char *, void *);
 
 	char		*tls_cert;		/* --tls-cert */
 	char		*tls_key;		/* --tls-key */
@@ -72,6 +74,16 @@ struct wr_config {
 
 	int		 log_level;		/* --log-level, info */
 	int		 log_syslog;		/* --log-target stderr|syslog */
+
+	/*
+	 * Streams: a config with [stream NAME] sections has one full config
+	 * per section in `streams` (linked by next_stream), each starting from
+	 * this one ([walrelay] and the command line) with its section's keys
+	 * on top. Without sections, this config is the stream "default".
+	 */
+	char		*stream_name;		/* NULL: "default" */
+	struct wr_config *streams;
+	struct wr_config *next_stream;
 
 	/* not keys: how this config was made */
 	char		*config_file;		/* -c FILE */

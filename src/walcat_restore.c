@@ -502,6 +502,7 @@ restore_from_dir(struct restore *rs, const char *dir)
 	scan_init(&sc, rs->rs_max_frame, 0, 1);
 	for (size_t i = 0; i < n && !rs->rs_done; i++) {
 		int zst = scan_is_zstd_name(names[i]);
+		char *zname;
 
 		if ((zst ? archive_name_parse(names[i], &base, NULL) :
 		    segment_name_parse(names[i], &base, NULL)) == -1) {
@@ -520,7 +521,17 @@ restore_from_dir(struct restore *rs, const char *dir)
 			goto out;
 		}
 		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
-		if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
+		if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1 &&
+		    errno == ENOENT && !zst &&
+		    asprintf(&zname, "%s.zst", names[i]) != -1) {
+			/* a running relay archived it meanwhile */
+			free(names[i]);
+			names[i] = zname;
+			zst = 1;
+			snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+			fd = open(path, O_RDONLY | O_CLOEXEC);
+		}
+		if (fd == -1) {
 			restore_progress_clear(rs);
 			fprintf(stderr, "walcat: restore: %s: %s\n", path,
 			    strerror(errno));
