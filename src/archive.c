@@ -691,6 +691,16 @@ archive_mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* CPU time of this thread (the machine may be busy with other work). */
+static uint64_t
+archive_cpu_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 static void
 archive_step(struct archiver *av, int step, const char *name)
 {
@@ -709,7 +719,7 @@ archive_one(struct archiver *av, const struct segstore_pick *pk)
 	const char *dir = segstore_dir(av->av_ss);
 	int dirfd = segstore_dirfd(av->av_ss);
 	char zname[160], tname[170], err[512];
-	uint64_t zbytes = 0, t0 = archive_mono_ms(), ms;
+	uint64_t zbytes = 0, t0 = archive_mono_ms(), ms, cpu0 = archive_cpu_ms();
 	int rawfd = -1, outfd = -1, rc;
 	size_t len = strlen(pk->pk_name);
 
@@ -798,9 +808,10 @@ archive_one(struct archiver *av, const struct segstore_pick *pk)
 	archive_step(av, ARCHIVE_STEP_DONE, zname);
 	ms = archive_mono_ms() - t0;
 	log_info("%s/%s: archived sequences %" PRIu64 " to %" PRIu64 ": %"
-	    PRIu64 " -> %" PRIu64 " bytes (ratio %.2f) in %" PRIu64 " ms",
-	    dir, zname, pk->pk_base, pk->pk_end - 1, pk->pk_bytes, zbytes,
-	    zbytes > 0 ? (double)pk->pk_bytes / (double)zbytes : 0.0, ms);
+	    PRIu64 " -> %" PRIu64 " bytes (ratio %.2f) in %" PRIu64 " ms (%"
+	    PRIu64 " ms of CPU)", dir, zname, pk->pk_base, pk->pk_end - 1,
+	    pk->pk_bytes, zbytes, zbytes > 0 ? (double)pk->pk_bytes /
+	    (double)zbytes : 0.0, ms, archive_cpu_ms() - cpu0);
 	return 0;
 fail:
 	if (outfd != -1) {

@@ -68,6 +68,7 @@
 #define SEGMENT_WALK_BUF	(64 * 1024)
 #define SEGMENT_STOP_TRIES	3	/* write attempts at close under errors */
 #define SEGMENT_BLOCKS		8	/* decompressed archive blocks kept */
+#define SEGMENT_READ_AHEAD	2	/* blocks decompressed ahead of a reader */
 
 struct segment_ipoint {
 	uint64_t		 ip_seq;
@@ -2436,12 +2437,19 @@ segment_locate_archived(struct segstore *ss, struct segment *seg,
 	sp->sp_end_seq = CHUNK_END(b->sb_chunk);
 	sp->sp_len = b->sb_chunk->ch_len - sp->sp_offset;
 	sp->sp_pin = NULL;
-	/* read ahead: a reader here wants the next block soon */
-	if ((uint32_t)idx + 1 < seg->seg_zidx.ai_nblocks &&
-	    CHUNK_END(b->sb_chunk) < dend &&
-	    segment_block_find(ss, seg->seg_base, (uint32_t)idx + 1) == NULL) {
-		if (segment_block_fetch(ss, seg, (uint32_t)idx + 1, b) == 0)
-			return 0;	/* the new entry keeps the pin */
+	/* read ahead: a reader here wants the next blocks soon */
+	for (uint32_t k = (uint32_t)idx + 1; k <= (uint32_t)idx +
+	    SEGMENT_READ_AHEAD && k < seg->seg_zidx.ai_nblocks &&
+	    seg->seg_zidx.ai_blocks[k].ab_seq < dend; k++) {
+		if (segment_block_find(ss, seg->seg_base, k) != NULL)
+			continue;
+		pthread_mutex_lock(&ss->ss_mtx);
+		seg->seg_pins++;	/* the new entry's pin */
+		pthread_mutex_unlock(&ss->ss_mtx);
+		if (segment_block_fetch(ss, seg, k, b) == -1) {
+			segstore_unpin(ss, seg);
+			break;
+		}
 	}
 	segstore_unpin(ss, seg);
 	return 0;
