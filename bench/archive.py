@@ -193,6 +193,27 @@ def main():
                  f"{r['raw_catchup']:.0f} | {r['arch_catchup']:.0f} "
                  f"({r['arch_catchup'] / r['raw_catchup']:.2f}x) | "
                  f"{r['restore_mbps']:.0f} ({r['restore_cpu_mbps']:.0f}) |")
+    t = res[0]
+    o += ["", "Targets (the benchmark's frames; wall-clock rates on a shared "
+          "machine, CPU rates in parentheses):", "",
+          "| target | measured | result |", "|---|---|---|"]
+
+    def verdict(ok):
+        return "met" if ok else "missed"
+    pct = 100 * t["ratio"] / t["zstd_ratio"]
+    o.append(f"| archive ratio within 5% of zstd -3 | {pct:.0f}% | "
+             f"{verdict(pct >= 95)} |")
+    o.append(f"| archive compression ≥ 200 MB/s on one core | "
+             f"{t['mbps']:.0f} ({t['cpu_mbps']:.0f}) MB/s | "
+             f"{verdict(t['mbps'] >= 200)} wall, "
+             f"{verdict(t['cpu_mbps'] >= 200)} CPU |")
+    x = t["arch_catchup"] / t["raw_catchup"]
+    o.append(f"| catch-up from archived ≥ 0.7x raw | {x:.2f}x | "
+             f"{verdict(x >= 0.7)} |")
+    o.append(f"| walcat restore of {t['restore_bytes'] / 2**30:.2f} GiB "
+             f"≥ 1 GB/s | {t['restore_mbps']:.0f} "
+             f"({t['restore_cpu_mbps']:.0f}) MB/s | "
+             f"{verdict(t['restore_mbps'] >= 1000)} |")
     text = "\n".join(o) + "\n"
     for r in res:
         text += f"\n{r['label']}: {r['restore_line']}"

@@ -415,7 +415,19 @@ walcat_walk_files(struct walcat_walk *ww, const struct walcat_files *wf)
 				continue;
 		}
 
-		if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
+		if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1 &&
+		    errno == ENOENT && !scan_is_zstd_name(path)) {
+			char *z;
+
+			/* a running relay archived it meanwhile */
+			if (asprintf(&z, "%s.zst", path) != -1) {
+				free(wf->wf_paths[i]);
+				wf->wf_paths[i] = z;
+				path = z;
+				fd = open(path, O_RDONLY | O_CLOEXEC);
+			}
+		}
+		if (fd == -1) {
 			walcat_progress_clear(ww);
 			fprintf(stderr, "%s: %s: %s\n", walcat_progname, path,
 			    strerror(errno));

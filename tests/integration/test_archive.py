@@ -320,6 +320,7 @@ def test_corrupt_archived_block_is_not_served(relays, tokfile, walcat):
     s, start, _ = sub_ok(r.listen_addr, nxt)
     assert read_frames(s, 10) == want[nxt:nxt + 10]
     s.close()
+    assert r.stop() == 0
     out = subprocess.run([walcat, "verify", r.datadir], capture_output=True,
                          text=True)
     assert out.returncode == 2, out.stdout + out.stderr
