@@ -6,8 +6,10 @@
  *
  * SOURCE is a relay's data directory (raw .wal and archived .wal.zst
  * segments) or a relay's address (FCWAL-SUB/1 from earliest, with a token
- * and TLS as `walcat repair` takes them). Every frame is checked (frame and
- * record crc, LZ4) on the way; the frames are written byte for byte into
+ * and TLS as `walcat repair` takes them). Every frame is checked on the way
+ * (its crc, which covers every byte; with --check-records the record
+ * inside too, as the relay did when it stored it); the frames are written
+ * byte for byte into
  * raw segment files named after their first sequence, as the cache's own
  * recovery reads them.
  *
@@ -37,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <lz4.h>
 #include <zstd.h>
 
 #include "archive.h"
@@ -65,6 +68,7 @@ struct restore {
 	int		 rs_has_time;
 	uint64_t	 rs_until_ms;
 	size_t		 rs_max_frame;
+	int		 rs_check_records;	/* decode every record too */
 	uint64_t	 rs_seg_bytes;
 	int		 rs_progress;
 	long long	 rs_last_progress;
@@ -126,6 +130,9 @@ restore_usage(FILE *f)
 "  --force              restore into a directory that is not empty (its\n"
 "                       segment files are replaced)\n"
 "  --segment-bytes N    start a new file at this size (default 64M)\n"
+"  --check-records      also decode every record (record crc, LZ4, op), as\n"
+"                       the cache's recovery will; by default the frame\n"
+"                       crc is checked, which covers every byte\n"
 "  --max-frame-bytes N  frame size cap (default 64M)\n"
 "  --token-file FILE    the subscribe token (network source)\n"
 "  --tls                connect with TLS (implied by the options below)\n"
@@ -312,7 +319,41 @@ restore_new_file(struct restore *rs, uint64_t seq)
 }
 
 /*
- * One verified frame with sequence seq. Returns 0, 1 when the restore is
+ * The record timestamp of a frame whose crc was checked, without decoding
+ * the whole record: at a fixed offset, or from the first bytes of an LZ4
+ * payload. Returns 0, or -1 when the record cannot hold one.
+ */
+static int
+restore_frame_ts(const uint8_t *p, size_t len, uint64_t *ts)
+{
+	const uint8_t *pl = p + FCW2_HEADER_LEN;
+	size_t plen = len - FCW2_OVERHEAD;
+	uint8_t head[FCW2_RECORD_FIXED];
+	int n;
+
+	if (len < FCW2_OVERHEAD)
+		return -1;
+	if (p[4] & FCW2_FLAG_LZ4) {
+		if (plen <= 4 || plen - 4 > INT_MAX)
+			return -1;
+		n = LZ4_decompress_safe_partial((const char *)pl + 4,
+		    (char *)head, (int)(plen - 4), FCW2_RECORD_FIXED,
+		    FCW2_RECORD_FIXED);
+		if (n < FCW2_RECORD_FIXED)
+			return -1;
+		pl = head;
+	} else if (plen < FCW2_RECORD_FIXED)
+		return -1;
+	*ts = (uint64_t)pl[9] | (uint64_t)pl[10] << 8 |
+	    (uint64_t)pl[11] << 16 | (uint64_t)pl[12] << 24 |
+	    (uint64_t)pl[13] << 32 | (uint64_t)pl[14] << 40 |
+	    (uint64_t)pl[15] << 48 | (uint64_t)pl[16] << 56;
+	return 0;
+}
+
+/*
+ * One verified frame with sequence seq (rec: its decoded record, or NULL
+ * when only the frame was checked). Returns 0, 1 when the restore is
  * complete (--until-seq reached), or -1 (said why).
  */
 static int
@@ -320,7 +361,16 @@ restore_frame(struct restore *rs, uint64_t seq, const uint8_t *p,
     size_t len, const struct fcw2_record *rec)
 {
 	struct rfile *rf;
-	uint64_t ts = rec->timestamp_ms;
+	uint64_t ts;
+
+	if (rec != NULL)
+		ts = rec->timestamp_ms;
+	else if (restore_frame_ts(p, len, &ts) == -1) {
+		restore_progress_clear(rs);
+		fprintf(stderr, "walcat: restore: frame %" PRIu64 " holds no "
+		    "whole record header\n", seq);
+		return -1;
+	}
 
 	if (rs->rs_done)
 		return 1;
@@ -499,7 +549,7 @@ restore_from_dir(struct restore *rs, const char *dir)
 		segment_list_free(names, n);
 		return WALCAT_EXIT_ERROR;
 	}
-	scan_init(&sc, rs->rs_max_frame, 0, 1);
+	scan_init(&sc, rs->rs_max_frame, 0, rs->rs_check_records);
 	for (size_t i = 0; i < n && !rs->rs_done; i++) {
 		int zst = scan_is_zstd_name(names[i]);
 		char *zname;
@@ -576,7 +626,7 @@ restore_from_dir(struct restore *rs, const char *dir)
 				goto out;
 			}
 			if ((r = restore_frame(rs, seq, ev.ev_data, ev.ev_len,
-			    &ev.ev_rec)) == -1)
+			    rs->rs_check_records ? &ev.ev_rec : NULL)) == -1)
 				goto out;
 			if (r == 1)
 				break;
@@ -653,7 +703,7 @@ restore_from_relay(struct restore *rs, const char *addr, const char *token,
 	long n;
 	int linelen, rc = WALCAT_EXIT_ERROR, st, r, have_reply = 0;
 
-	fcw2_decoder_init(&dec, rs->rs_max_frame, 1);
+	fcw2_decoder_init(&dec, rs->rs_max_frame, rs->rs_check_records);
 	linelen = handshake_format_sub(line, sizeof(line), token, strlen(token),
 	    HANDSHAKE_FROM_EARLIEST, 0, 0, 0, HANDSHAKE_COMPRESS_NONE);
 	if (linelen == -1) {
@@ -725,7 +775,7 @@ restore_from_relay(struct restore *rs, const char *addr, const char *token,
 		}
 		while ((st = fcw2_decoder_next(&dec, &fr)) == FCW2_OK) {
 			if ((r = restore_frame(rs, seq, fr.data, fr.len,
-			    &fr.rec)) == -1)
+			    rs->rs_check_records ? &fr.rec : NULL)) == -1)
 				goto out;
 			seq++;
 			if (r == 1 || seq >= rs->rs_source_end)
@@ -829,13 +879,14 @@ int
 walcat_restore(int argc, char **argv)
 {
 	enum { O_SEQ = 256, O_TIME, O_FORCE, O_SEGB, O_MAXF, O_TOKEN, O_TLS,
-	    O_CA, O_CERT, O_KEY, O_NAME };
+	    O_CA, O_CERT, O_KEY, O_NAME, O_RECORDS };
 	static const struct option opts[] = {
 		{ "until-seq", required_argument, NULL, O_SEQ },
 		{ "until-time", required_argument, NULL, O_TIME },
 		{ "force", no_argument, NULL, O_FORCE },
 		{ "segment-bytes", required_argument, NULL, O_SEGB },
 		{ "max-frame-bytes", required_argument, NULL, O_MAXF },
+		{ "check-records", no_argument, NULL, O_RECORDS },
 		{ "token-file", required_argument, NULL, O_TOKEN },
 		{ "tls", no_argument, NULL, O_TLS },
 		{ "tls-ca", required_argument, NULL, O_CA },
@@ -887,6 +938,7 @@ walcat_restore(int argc, char **argv)
 			rs.rs_has_time = 1;
 			break;
 		case O_FORCE: force = 1; break;
+		case O_RECORDS: rs.rs_check_records = 1; break;
 		case O_SEGB:
 		case O_MAXF:
 			if (walcat_max_frame_arg(optarg, &sz) == -1)

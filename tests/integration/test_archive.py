@@ -388,3 +388,29 @@ def test_restore_from_directory_and_relay(relays, tokfile, walcat, workdir):
     # asking beyond the end says so
     out = restore("--until-seq", total + 5, r.datadir, workdir / "o4")
     assert out.returncode == 2 and "ends at sequence" in out.stderr
+
+
+def test_restore_check_records(walcat, workdir):
+    """A frame whose crc is right around a record whose own crc is wrong
+    (the cache's recovery would fail on it): the default restore checks
+    frame crcs; --check-records decodes every record and refuses it."""
+    import zlib
+    from fcw2util import record
+    good = [gen_frame(i) for i in range(20)]
+    rec = bytearray(record(OP_SET, b"bad", b"value", ts=1700000000000))
+    rec[-1] ^= 0xff
+    head = b"FCW2" + struct.pack("<BI", 0, len(rec)) + bytes(rec)
+    bad = head + struct.pack("<I", zlib.crc32(head))
+    src = workdir / "src"
+    src.mkdir()
+    (src / ("segment-%020d-1.wal" % 0)).write_bytes(
+        b"".join(good[:10]) + bad + b"".join(good[11:]))
+    out = subprocess.run([walcat, "restore", "--check-records", src,
+                          workdir / "o1"], capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert "offset" in out.stderr and "sequence 10" in out.stderr
+    assert not any(n.endswith(".wal") for n in os.listdir(workdir / "o1"))
+    out = subprocess.run([walcat, "restore", src, workdir / "o2"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert _restored(workdir / "o2")[1] == good[:10] + [bad] + good[11:]
