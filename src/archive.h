@@ -106,8 +106,8 @@ long	archive_index_find(const struct archive_index *, uint64_t seq);
 
 /*
  * Decompress one block into a new chunk (ch_seq, ch_nframes set; one
- * reference for the caller) and check that it holds exactly the frames
- * the index says, every frame's crc included. Returns 0, or -1 with
+ * reference for the caller): zstd checks the content's XXH64, then the
+ * frame headers must add up to exactly the frames the index says. Returns 0, or -1 with
  * errbuf saying what is wrong at which file offset.
  */
 int	archive_read_block(int fd, const struct archive_block *,
