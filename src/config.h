@@ -44,6 +44,12 @@ struct wr_config {
 	int		 archive_long;		/* --archive-long, off */
 	/* Test builds only (tests/walrelay-hooks): archive crash points. */
 	void		(*archive_test_step)(int, const char *, void *);
+	uint64_t	 snapshot_every_ms;	/* --snapshot-every, 0 = off */
+	uint64_t	 snapshot_every_bytes;	/* --snapshot-every-bytes, 0 = off */
+	int		 snapshot_compress;	/* --snapshot-compress lz4|none */
+	uint64_t	 snapshot_memory;	/* --snapshot-memory, 256M */
+	unsigned	 snapshot_keep;		/* --snapshot-keep, 2 */
+	uint64_t	 snapshot_skew_ms;	/* --snapshot-skew MS, 10000 */
 
 	char		*tls_cert;		/* --tls-cert */
 	char		*tls_key;		/* --tls-key */

@@ -362,7 +362,7 @@ def test_help(walcat, srcdir):
     cmds = dict(re.findall(r"^  (\w+) (.*)$", section, re.M))
     # every command, with the argument it takes
     assert set(cmds) == {"dump", "verify", "produce", "tail", "health",
-                         "repair", "restore"}, r.stdout
+                         "repair", "restore", "snapshot"}, r.stdout
     assert cmds["restore"].endswith(" SOURCE OUTDIR")
     assert cmds["dump"].endswith(" PATH") and "--from-seq SEQ" in cmds["dump"]
     assert cmds["verify"].endswith(" PATH")
