@@ -293,7 +293,7 @@ config_sections_free(struct config_ctx *ctx)
 }
 
 /* [A-Za-z0-9_.-]{1,64} */
-static int
+int
 config_stream_name_ok(const char *s)
 {
 	size_t n = strlen(s);

@@ -147,6 +147,8 @@ size_t	config_key_count(void);
 const char *config_key_name(size_t);
 /* 1 reloadable, 0 not, -1 no such key. */
 int	config_key_reloadable(const char *name);
+/* A stream name: [A-Za-z0-9_.-]{1,64}. 1 or 0. */
+int	config_stream_name_ok(const char *);
 /* host:port or [v6]:port with a port 1-65535; 0, or -1 with err. */
 int	config_addr_check(const char *, char *err, size_t errlen);
 /*

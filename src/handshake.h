@@ -10,7 +10,8 @@
  * before the LF counts, and is dropped). In FCWAL-AUTH/1 the token is every
  * byte after the one space, spaces included; FCWAL-SUB/1 separates its
  * fields with single spaces. <from> is a decimal sequence number, earliest
- * or latest; options are epoch=<1 to 16 hex digits> and compress=zstd|none.
+ * or latest; options are epoch=<1 to 16 hex digits>, compress=zstd|none
+ * and stream=<name> (1 to 64 bytes).
  *
  * Epochs are written as 16 lowercase hex digits (zero-padded, no 0x);
  * parsing accepts 1 to 16 hex digits in either case.
@@ -133,6 +134,10 @@ int	handshake_format_auth(char *buf, size_t len, const char *token,
 int	handshake_format_sub(char *buf, size_t len, const char *token,
 	    size_t toklen, int from_kind, uint64_t from, int has_epoch,
 	    uint64_t epoch, int compress);
+/* The same with a stream=NAME option (stream NULL or "": none). */
+int	handshake_format_sub_stream(char *buf, size_t len, const char *token,
+	    size_t toklen, int from_kind, uint64_t from, int has_epoch,
+	    uint64_t epoch, int compress, const char *stream);
 /* 16 lowercase hex digits and a NUL: buf holds HANDSHAKE_EPOCH_LEN + 1. */
 void	handshake_format_epoch(char *buf, uint64_t epoch);
 /* <from>: earliest, latest or a decimal sequence, exactly len bytes. 0, or -1. */

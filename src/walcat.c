@@ -74,14 +74,16 @@ static const struct walcat_cmd walcat_cmds[] = {
 	{ "verify", "[--max-frame-bytes N] PATH",
 	  "check every frame, report each problem and a summary",
 	  walcat_verify },
-	{ "produce", "[--token-file F] [--dir PATH | --count N] [...] ADDR",
+	{ "produce", "[--token-file F | --config F --stream NAME] "
+	  "[--dir PATH | --count N] [...] ADDR",
 	  "send frames to a relay's ingest ADDR as the cache's exporter does",
 	  walcat_produce },
 	{ "tail", "[--from SEQ|earliest|latest] [--position-file F] "
-	  "[--token-file F] [...] ADDR",
+	  "[--token-file F] [--stream NAME] [...] ADDR",
 	  "subscribe to a relay's subscriber ADDR and print the records",
 	  walcat_tail },
-	{ "repair", "--from ADDR [--token-file F] [--tls-ca F ...] DIR",
+	{ "repair", "--from ADDR [--token-file F] [--stream NAME] "
+	  "[--tls-ca F ...] DIR",
 	  "replace corrupt frames with the same frames from a chain relay",
 	  walcat_repair },
 	{ "health", "[--path P] [--timeout-ms N] ADDR",

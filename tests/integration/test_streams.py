@@ -236,3 +236,82 @@ def test_reload_adds_a_stream(relays, workdir):
     wait_until(lambda: "stream a is no longer in the config" in
                r.read_log(), 15, "the restart warning")
     assert len(r.status()["streams"]) == 2
+
+
+def shared_pair(relays, workdir):
+    """Streams a and b sharing one ingest and one subscriber listener."""
+    ip, lp = free_port(), free_port()
+    text = "[walrelay]\n"
+    for n in ("a", "b"):
+        for kind in ("pub", "sub"):
+            f = workdir / f"{n}.{kind}"
+            f.write_text(f"{kind}-{n}\n")
+            f.chmod(0o600)
+        text += stream_section(
+            n, f"127.0.0.1:{ip}", f"127.0.0.1:{lp}",
+            f"publish-token-file = {workdir}/{n}.pub\n"
+            f"subscribe-token-file = {workdir}/{n}.sub\n")
+    conf = write_conf(workdir, text)
+    r = relays("r", args=["-c", conf], ingest=False, listen=False)
+    return r, conf, f"127.0.0.1:{ip}", f"127.0.0.1:{lp}"
+
+
+def test_walcat_tail_and_produce_stream(relays, workdir, walcat):
+    r, conf, addr, laddr = shared_pair(relays, workdir)
+    publish(addr, "a", 0, 5, token="pub-a").close()
+    wait_until(lambda: r.metric("walrelay_durable_sequence", "a") == 5, 15,
+               "a durable")
+    # produce --stream: the stream's token (and ingest) from the config
+    p = subprocess.run([str(walcat), "produce", "--config", str(conf),
+                        "--stream", "b", "--count", "25", "--quiet"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    wait_until(lambda: r.metric("walrelay_durable_sequence", "b") == 25, 15,
+               "b durable")
+    assert r.metric("walrelay_durable_sequence", "a") == 5
+    # tail --stream names the stream on the shared listener
+    p = subprocess.run([str(walcat), "tail", "--stream", "a", "--token-file",
+                        str(workdir / "a.sub"), "--from", "earliest",
+                        "--count", "5", "--raw", laddr],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b"".join(sframe("a", i) for i in range(5))
+    p = subprocess.run([str(walcat), "tail", "--stream", "b", "--token-file",
+                        str(workdir / "b.sub"), "--from", "earliest",
+                        "--count", "25", "--json", laddr],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) == 25 and '"seq":0' in lines[0].replace(" ", "")
+    # a stream the listener does not serve: the relay's refusal, exit 2
+    p = subprocess.run([str(walcat), "tail", "--stream", "nope",
+                        "--token-file", str(workdir / "a.sub"), laddr],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert "FCWAL-ERR/1 bad-request unknown stream" in p.stderr
+
+
+def test_walcat_stream_usage_errors(walcat, workdir):
+    def run(*args):
+        return subprocess.run([str(walcat), *args], capture_output=True,
+                              text=True, timeout=30)
+    p = run("produce", "--stream", "a", "127.0.0.1:1")
+    assert p.returncode == 3 and "--config" in p.stderr, p.stderr
+    conf = write_conf(workdir, "[walrelay]\n" + stream_section(
+        "a", "127.0.0.1:17630", "127.0.0.1:17632") + stream_section(
+        "p", "127.0.0.1:17631", "127.0.0.1:17633",
+        "upstream = 127.0.0.1:17634\n"))
+    p = run("produce", "--config", str(conf), "--stream", "zz")
+    assert p.returncode == 3 and "defines no stream zz" in p.stderr, p.stderr
+    p = run("produce", "--config", str(conf), "--stream", "p")
+    assert p.returncode == 3 and "pulls from its upstream" in p.stderr, \
+        p.stderr
+    p = run("tail", "--stream", "a/b", "127.0.0.1:1")
+    assert p.returncode == 3 and "not a stream name" in p.stderr, p.stderr
+    p = run("tail", "--stock", "--stream", "a", "127.0.0.1:1")
+    assert p.returncode == 3 and "stock" in p.stderr, p.stderr
+    p = run("repair", "--from", "127.0.0.1:1", "--stream", "a b",
+            str(workdir))
+    assert p.returncode == 3 and "not a stream name" in p.stderr, p.stderr
+    for cmd in ("tail", "produce", "repair"):
+        assert "--stream NAME" in run(cmd, "--help").stdout, cmd

@@ -501,6 +501,19 @@ START_TEST(request_format)
 	ck_assert_int_eq(handshake_format_sub(buf, sizeof(buf), "", 0,
 	    HANDSHAKE_FROM_LATEST, 0, 0, 0, 0), -1);
 
+	/* stream=NAME, parsed back as the relay parses it */
+	n = handshake_format_sub_stream(buf, sizeof(buf), "t", 1,
+	    HANDSHAKE_FROM_LATEST, 0, 0, 0, HANDSHAKE_COMPRESS_NONE, "cache-a");
+	ck_assert_str_eq(buf, "FCWAL-SUB/1 t latest stream=cache-a\n");
+	buf[n - 1] = '\0';
+	ck_assert_int_eq(parse(buf, &req), 0);
+	ck_assert_str_eq(req.hr_stream, "cache-a");
+	handshake_format_sub_stream(buf, sizeof(buf), "t", 1,
+	    HANDSHAKE_FROM_LATEST, 0, 0, 0, HANDSHAKE_COMPRESS_NONE, "");
+	ck_assert_str_eq(buf, "FCWAL-SUB/1 t latest\n");
+	ck_assert_int_eq(handshake_format_sub_stream(buf, sizeof(buf), "t", 1,
+	    HANDSHAKE_FROM_LATEST, 0, 0, 0, 0, "a b"), -1);
+
 	ck_assert_int_eq(handshake_format_auth(buf, sizeof(buf), "a b", 3),
 	    17);
 	ck_assert_str_eq(buf, "FCWAL-AUTH/1 a b\n");
