@@ -11,8 +11,8 @@ import subprocess
 import pytest
 
 from fcw2util import OP_SET, frame
-from relayutil import (connect, free_port, recv_frames, recv_line,
-                       relay_factory, store_frames, wait_until)
+from relayutil import (FaultControl, connect, free_port, recv_frames,
+                       recv_line, relay_factory, store_frames, wait_until)
 
 TEST_TIMEOUT = 150
 
@@ -57,7 +57,7 @@ def stream_section(name, ingest, listen, extra=""):
     return f"[stream {name}]\ningest = {ingest}\nlisten = {listen}\n{extra}"
 
 
-def start_streams(relays, workdir, names, shared=None):
+def start_streams(relays, workdir, names, shared=None, env=None):
     """One relay serving names, each with its own ports."""
     seen = set()
 
@@ -76,7 +76,7 @@ def start_streams(relays, workdir, names, shared=None):
         text += stream_section(n, f"127.0.0.1:{ports[n][0]}",
                                f"127.0.0.1:{ports[n][1]}")
     conf = write_conf(workdir, text)
-    r = relays("r", args=["-c", conf], ingest=False, listen=False)
+    r = relays("r", args=["-c", conf], ingest=False, listen=False, env=env)
     return r, ports
 
 
@@ -315,3 +315,63 @@ def test_walcat_stream_usage_errors(walcat, workdir):
     assert p.returncode == 3 and "not a stream name" in p.stderr, p.stderr
     for cmd in ("tail", "produce", "repair"):
         assert "--stream NAME" in run(cmd, "--help").stdout, cmd
+
+
+def test_full_disk_on_one_stream_leaves_the_others(relays, workdir, builddir):
+    """ENOSPC on every write under stream a's directory: a stops being
+    ready and keeps its frames in memory; b and c stay ready and their
+    subscribers get every new frame; a catches up once the disk frees."""
+    fc = FaultControl(builddir, workdir)
+    names = ["a", "b", "c"]
+    r, ports = start_streams(relays, workdir, names, env=fc.env())
+    subs = {}
+    for n in names:
+        s = connect(f"127.0.0.1:{ports[n][1]}")
+        s.sendall(b"FCWAL-SUB/1 - earliest\n")
+        assert recv_line(s).startswith("FCWAL-OK/1 start=0 ")
+        subs[n] = s
+    pubs = {n: publish(f"127.0.0.1:{ports[n][0]}", n, 0, 50) for n in names}
+    for n in names:
+        assert recv_frames(subs[n], 50) == [sframe(n, i) for i in range(50)]
+    fc.set(f"op=write,path={workdir}/r/a/*,err=ENOSPC")
+    pubs["a"].sendall(b"".join(sframe("a", i) for i in range(50, 150)))
+    wait_until(lambda: r.metric("walrelay_storage_error", "a") != 0, 30,
+               "the disk of stream a to fill")
+    assert fc.hits()
+    code, body = r.http("/readyz?stream=a")
+    assert code == 503 and "storage error" in body, (code, body)
+    assert r.http("/readyz")[0] == 503
+    # while a's disk is full, b and c take and deliver every new frame
+    for rnd in range(3):
+        first, last = 50 + rnd * 200, 250 + rnd * 200
+        for n in ("b", "c"):
+            pubs[n].sendall(b"".join(sframe(n, i)
+                                     for i in range(first, last)))
+        for n in ("b", "c"):
+            assert recv_frames(subs[n], last - first) == \
+                [sframe(n, i) for i in range(first, last)], (n, rnd)
+            code, body = r.http(f"/readyz?stream={n}")
+            assert code == 200, (n, code, body)
+        assert r.metric("walrelay_storage_error", "a") != 0
+        assert r.http("/readyz?stream=a")[0] == 503
+    for n in ("b", "c"):
+        wait_until(lambda: r.metric("walrelay_durable_sequence", n) == 650,
+                   30, f"stream {n} durable")
+        assert r.metric("walrelay_storage_error", n) == 0
+    assert r.metric("walrelay_durable_sequence", "a") < 150
+    # the disk frees: a writes what it kept and its subscriber catches up
+    fc.clear()
+    assert recv_frames(subs["a"], 100) == \
+        [sframe("a", i) for i in range(50, 150)]
+    wait_until(lambda: r.http("/readyz?stream=a")[0] == 200, 30,
+               "stream a ready again")
+    assert r.http("/readyz")[0] == 200
+    for c in list(subs.values()) + list(pubs.values()):
+        c.close()
+    wait_until(lambda: r.metric("walrelay_durable_sequence", "a") == 150, 30,
+               "stream a durable")
+    assert store_frames(str(workdir / "r" / "a")) == \
+        [sframe("a", i) for i in range(150)]
+    for n in ("b", "c"):
+        assert store_frames(str(workdir / "r" / n)) == \
+            [sframe(n, i) for i in range(650)]
