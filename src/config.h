@@ -84,10 +84,14 @@ struct wr_config {
 	int		 check_only;		/* --check-config */
 	int		 print_config;		/* --print-config */
 	unsigned	*src_line;		/* per key: its file line, 0: none */
-	unsigned char	*src_argv;		/* per key: 1 when the command line set it */
+	unsigned char	*src_argv;		/* per key: 1 when the command line set it,
+						   CONFIG_SRC_SECTION when the
+						   stream's own section did */
 	int		 argc;			/* the command line, kept for reloads */
 	char		**argv;
 };
+
+#define CONFIG_SRC_SECTION	2
 
 enum upstream_protocol {
 	UPSTREAM_PROTO_AUTH = 0,
@@ -136,9 +140,11 @@ void	config_usage(FILE *);
 /* Write the effective config as a [walrelay] file (secrets are file names). */
 void	config_dump(const struct wr_config *, FILE *);
 /*
- * --print-config: the effective config as a [walrelay] file, each value
- * followed by where it came from (default, file:line, command line,
- * environment); secret values are masked.
+ * --print-config: the effective config as a [walrelay] file, then one
+ * [stream NAME] section per stream with its every key (process keys
+ * excepted), each value followed by where it came from (default,
+ * file:line, command line, environment; "inherited:" when a stream takes
+ * it from [walrelay]); secret values are masked.
  */
 void	config_print(const struct wr_config *, FILE *);
 

@@ -226,6 +226,10 @@ stream_cfg_name(const struct wr_config *sc)
 	return sc->stream_name != NULL ? sc->stream_name : STREAM_DEFAULT;
 }
 
+static int	routing_clash(const struct wr_config *,
+		    const struct auth_tokens *, const struct wr_config *,
+		    const struct auth_tokens *, char *, size_t);
+
 /*
  * [stream NAME] sections on reload: a running stream takes its section's
  * reloadable keys; a new section starts a new stream; a section removed
@@ -277,6 +281,18 @@ reload_streams(struct wr_config *cur, struct wr_config *next)
 			tls_free(utls);
 			continue;
 		}
+		TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+			if (routing_clash(sc, tok, st->st_cfg, st->st_tokens,
+			    err, sizeof(err)) == -1)
+				break;
+		if (st != NULL) {
+			log_warnx("reload: new stream %s: %s; not started",
+			    sc->stream_name, err);
+			auth_free(tok);
+			free(tok);
+			tls_free(utls);
+			continue;
+		}
 		if ((st = stream_new(sc->stream_name, sc, tok, utls, err,
 		    sizeof(err))) == NULL) {
 			log_warnx("reload: %s; not started", err);
@@ -300,6 +316,15 @@ reload_find(struct wr_config *next, const char *name)
 	return NULL;
 }
 
+/* The settings a running stream will have after the reload. */
+static const struct wr_config *
+reload_cfg(struct wr_config *next, const struct stream *st)
+{
+	struct wr_config *sc;
+
+	return (sc = reload_find(next, st->st_name)) != NULL ? sc : st->st_cfg;
+}
+
 /*
  * All or nothing: the config, every running stream's tokens and every TLS
  * context are built from the file first; only if everything loads are they
@@ -315,6 +340,7 @@ reload(void)
 	size_t n = 0, nrn = relay->r_nstreams, npub = 0, nsub = 0, ncli = 0;
 	int restart, applied;
 	struct reload_new {
+		struct stream		*rn_st;
 		struct auth_tokens	*rn_tok;
 		struct tls_ctx		*rn_cli;
 	} *rn = NULL;
@@ -342,6 +368,7 @@ reload(void)
 	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
 		struct reload_new *r = &rn[n++];
 
+		r->rn_st = st;
 		/* a removed stream keeps its running settings */
 		if ((sc = reload_find(next, st->st_name)) == NULL)
 			sc = st->st_cfg;
@@ -362,6 +389,15 @@ reload(void)
 		}
 		ncli += r->rn_cli != NULL;
 	}
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = i + 1; j < n; j++)
+			if (routing_clash(reload_cfg(next, rn[i].rn_st),
+			    rn[i].rn_tok, reload_cfg(next, rn[j].rn_st),
+			    rn[j].rn_tok, err, sizeof(err)) == -1) {
+				log_warnx("reload: %s; keeping the running "
+				    "tokens and config", err);
+				goto out;
+			}
 	if (tls_setup_server(next, &srv, err, sizeof(err)) == -1) {
 		log_warnx("reload: %s; keeping the running certificates, "
 		    "tokens and config", err);
@@ -470,6 +506,45 @@ check_exposure(struct wr_config *cfg, struct auth_tokens *tok, char *err,
 	return 0;
 }
 
+/*
+ * Two streams that share a listener route its connections by token: a
+ * token both accept there could go to either. 0, or -1 with the streams,
+ * the listener, the key and where the token is.
+ */
+static int
+routing_clash(const struct wr_config *a, const struct auth_tokens *ta,
+    const struct wr_config *b, const struct auth_tokens *tb, char *err,
+    size_t errlen)
+{
+	const struct auth_token *x, *y;
+
+	if (a->upstream == NULL && b->upstream == NULL && a->ingest != NULL &&
+	    b->ingest != NULL && strcmp(a->ingest, b->ingest) == 0 &&
+	    (x = tokenset_shared(&ta->at_publish, &tb->at_publish, &y)) !=
+	    NULL) {
+		snprintf(err, errlen, "streams %s and %s share the ingest "
+		    "listener %s and both take the same publish token (%s and "
+		    "%s): its publishers could not be routed; give each stream "
+		    "its own tokens (publish-token-file)",
+		    stream_cfg_name(a), stream_cfg_name(b), a->ingest,
+		    x->tk_origin, y->tk_origin);
+		return -1;
+	}
+	if (a->listen != NULL && b->listen != NULL &&
+	    strcmp(a->listen, b->listen) == 0 &&
+	    (x = tokenset_shared(&ta->at_subscribe, &tb->at_subscribe, &y)) !=
+	    NULL) {
+		snprintf(err, errlen, "streams %s and %s share the subscriber "
+		    "listener %s and both take the same subscribe token (%s "
+		    "and %s): a stock subscriber could not be routed; give "
+		    "each stream its own tokens (subscribe-token-file)",
+		    stream_cfg_name(a), stream_cfg_name(b), a->listen,
+		    x->tk_origin, y->tk_origin);
+		return -1;
+	}
+	return 0;
+}
+
 /* Load and check what every stream needs before anything starts. */
 struct stream_plan {
 	struct wr_config	*sp_cfg;
@@ -526,6 +601,11 @@ plans_make(struct wr_config *cfg, size_t *np, char *err, size_t errlen)
 		}
 		warn_loose(sp->sp_tok, sc);
 	}
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = i + 1; j < n; j++)
+			if (routing_clash(p[i].sp_cfg, p[i].sp_tok, p[j].sp_cfg,
+			    p[j].sp_tok, err, errlen) == -1)
+				goto fail;
 	*np = n;
 	return p;
 fail:

@@ -864,13 +864,14 @@ subscriber_accept(struct fanout *fo, int fd, struct sockaddr *sa, int salen)
 		evutil_closesocket(fd);
 		return NULL;
 	}
-	if ((src = net_conn_acquire(NET_PORT_SUBSCRIBER, sa,
+	if ((src = net_conn_acquire(NET_PORT_SUBSCRIBER, fo, sa,
 	    relay->r_cfg->max_conns_per_ip)) == NULL) {
 		st->st_stats.sub_rejected_limit++;
 		relay_addr_str(sa, peer, sizeof(peer));
 		log_limited(&sub_refusals, LOG_LEVEL_WARN, "subscriber: refused "
-		    "%s: %u connections from that address, the limit "
-		    "(max-conns-per-ip)", peer, relay->r_cfg->max_conns_per_ip);
+		    "%s: %u connections from that address on the listener of "
+		    "stream %s, the limit (max-conns-per-ip)", peer,
+		    relay->r_cfg->max_conns_per_ip, st->st_name);
 		evutil_closesocket(fd);
 		return NULL;
 	}

@@ -595,13 +595,14 @@ upstream_accept(struct upstream *u, int fd, struct sockaddr *sa, int salen)
 		evutil_closesocket(fd);
 		return;
 	}
-	if ((src = net_conn_acquire(NET_PORT_INGEST, sa,
+	if ((src = net_conn_acquire(NET_PORT_INGEST, u, sa,
 	    relay->r_cfg->max_ingest_conns_per_ip)) == NULL) {
 		u->u_stream->st_stats.up_rejected_limit++;
 		log_limited(&up_refusals, LOG_LEVEL_WARN, "ingest: refused %s: "
-		    "%u ingest connections from that address, the limit "
-		    "(max-ingest-conns-per-ip)", peer,
-		    relay->r_cfg->max_ingest_conns_per_ip);
+		    "%u ingest connections from that address on the listener "
+		    "of stream %s, the limit (max-ingest-conns-per-ip)", peer,
+		    relay->r_cfg->max_ingest_conns_per_ip,
+		    u->u_stream->st_name);
 		evutil_closesocket(fd);
 		return;
 	}
