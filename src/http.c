@@ -20,6 +20,7 @@
 #include "frame.h"
 #include "http.h"
 #include "log.h"
+#include "clock.h"
 #include "relay.h"
 #include "stream.h"
 #include "subscriber.h"
@@ -485,7 +486,7 @@ status_cb(struct evhttp_request *req, void *arg)
 			top = &views[i];
 	evbuffer_add_printf(b, "{\"version\":\"%s\",\"uptime_ms\":%" PRIu64
 	    ",\"all_ready\":%s,", PACKAGE_VERSION,
-	    relay_now_ms() - relay->r_started_ms,
+	    clock_wall_ms() - relay->r_started_ms,
 	    not_ready_all(buf, sizeof(buf)) ? "false" : "true");
 	if (top != NULL) {
 		status_stream(b, tmp, top);

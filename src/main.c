@@ -25,6 +25,7 @@
 #include "http.h"
 #include "log.h"
 #include "notify.h"
+#include "clock.h"
 #include "relay.h"
 #include "segment.h"
 #include "tls.h"
@@ -692,7 +693,7 @@ main(int argc, char **argv)
 	if (evthread_use_pthreads() == -1)
 		fatalx("libevent without thread support");
 
-	relay->r_started_ms = relay_now_ms();
+	relay->r_started_ms = clock_wall_ms();
 	if ((relay->r_base = event_base_new()) == NULL)
 		fatalx("cannot create the event loop");
 	if (notify_init(relay->r_base, err, sizeof(err)) == -1)

@@ -42,7 +42,6 @@ struct relay {
 
 extern struct relay *relay;
 
-uint64_t	relay_now_ms(void);
 uint64_t	relay_conn_id(void);
 /* The stream named name, or NULL. */
 struct stream	*relay_stream(const char *name);

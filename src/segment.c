@@ -43,6 +43,7 @@
 
 #include <xxhash.h>
 
+#include "clock.h"
 #include "fcw2.h"
 #include "frame.h"
 #include "log.h"
@@ -149,19 +150,13 @@ segment_fsync_name(int mode)
 static uint64_t
 segment_now_ms(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	return clock_wall_ms();
 }
 
 static uint64_t
 segment_mono_ms(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	return clock_mono_ms();
 }
 
 static uint64_t

@@ -31,6 +31,7 @@
 #include "segment.h"
 #include "log.h"
 #include "net.h"
+#include "clock.h"
 #include "relay.h"
 #include "stream.h"
 #include "subscriber.h"
@@ -893,7 +894,7 @@ subscriber_accept(struct fanout *fo, int fd, struct sockaddr *sa, int salen)
 	relay_addr_str(sa, sub->sub_peer, sizeof(sub->sub_peer));
 	sub->sub_bev = bev;
 	sub->sub_state = SUB_HANDSHAKE;
-	sub->sub_connected_ms = relay_now_ms();
+	sub->sub_connected_ms = clock_wall_ms();
 	handshake_init(&sub->sub_hs);
 	if ((sub->sub_timer = evtimer_new(relay->r_base, subscriber_timer_cb,
 	    sub)) == NULL) {

@@ -28,6 +28,7 @@
 #include "handshake.h"
 #include "log.h"
 #include "net.h"
+#include "clock.h"
 #include "relay.h"
 #include "stream.h"
 #include "upstream.h"
@@ -133,7 +134,7 @@ upconn_publish(struct upconn *uc)
 	upconn_stream(uc)->st_stats.up_bytes += ch->ch_len;
 	uc->uc_frames += ch->ch_nframes;
 	uc->uc_offset += ch->ch_len;
-	uc->uc_up->u_last_frame_ms = relay_now_ms();
+	uc->uc_up->u_last_frame_ms = clock_wall_ms();
 	if (uc->uc_pull)
 		uc->uc_up->u_attempt = 0;	/* the upstream delivers: backoff over */
 	chunk_unref(ch);
@@ -567,7 +568,7 @@ upconn_new(struct upstream *u, struct bufferevent *bev, const char *peer,
 	snprintf(uc->uc_peer, sizeof(uc->uc_peer), "%s", peer);
 	uc->uc_bev = bev;
 	uc->uc_pull = pull;
-	uc->uc_connected_ms = relay_now_ms();
+	uc->uc_connected_ms = clock_wall_ms();
 	handshake_init(&uc->uc_hs);
 	TAILQ_INSERT_TAIL(&uc->uc_up->u_pending, uc, uc_entry);
 	bufferevent_setcb(bev, upconn_read_cb, NULL, upconn_event_cb, uc);

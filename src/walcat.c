@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "fcw2.h"
 #include "scan.h"
 #include "segment.h"
@@ -269,15 +270,6 @@ nomem:
 	return -1;
 }
 
-static long long
-walcat_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 static void
 walcat_progress(struct walcat_walk *ww, size_t idx, size_t nfiles,
     const char *path, uint64_t done, uint64_t size, int force)
@@ -287,7 +279,7 @@ walcat_progress(struct walcat_walk *ww, size_t idx, size_t nfiles,
 
 	if (!ww->ww_progress)
 		return;
-	now = walcat_now_ns();
+	now = (long long)clock_mono_ns();
 	if (!force && now - ww->ww_last_progress < WALCAT_PROGRESS_NS)
 		return;
 	ww->ww_last_progress = now;

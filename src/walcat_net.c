@@ -24,6 +24,7 @@
 #include <zstd.h>
 
 #include "auth.h"
+#include "clock.h"
 #include "config.h"
 #include "fcw2.h"
 #include "handshake.h"
@@ -32,24 +33,6 @@
 #include "walcat.h"
 
 #define PRODUCE_BATCH	(256 * 1024)
-
-static uint64_t
-now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t
-wall_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* Connect to host:port; -1 with a message on failure. */
 static int
@@ -178,7 +161,7 @@ struct producer {
 static void
 producer_progress(struct producer *p, int force)
 {
-	uint64_t now = now_ns();
+	uint64_t now = clock_mono_ns();
 	double secs;
 
 	if (!p->progress || (!force && now - p->last_progress <
@@ -306,7 +289,7 @@ static int
 producer_finish(struct producer *p)
 {
 	struct pollfd pfd;
-	uint64_t deadline = now_ns() + PRODUCE_CLOSE_WAIT_MS * 1000000ull;
+	uint64_t deadline = clock_mono_ns() + PRODUCE_CLOSE_WAIT_MS * 1000000ull;
 	char buf[4096];
 	ssize_t n;
 
@@ -319,7 +302,7 @@ producer_finish(struct producer *p)
 		return 2;
 	}
 	for (;;) {
-		uint64_t now = now_ns();
+		uint64_t now = clock_mono_ns();
 		int ms;
 
 		if (now >= deadline) {
@@ -664,7 +647,7 @@ walcat_produce(int argc, char **argv)
 	p.progress = !p.quiet && isatty(STDERR_FILENO);
 	p.count = dir == NULL ? count : 0;
 	(void)producer_connect(&p);
-	t0 = p.t0 = now_ns();
+	t0 = p.t0 = clock_mono_ns();
 	if (dir != NULL)
 		rc = produce_replay(&p, dir);
 	else {
@@ -694,7 +677,7 @@ walcat_produce(int argc, char **argv)
 			rec.op = r % 10 == 0 ? FCW2_OP_DEL : r % 10 == 1 ?
 			    FCW2_OP_EXPIRE : FCW2_OP_SET;
 			rec.value_len = rec.op == FCW2_OP_SET ? (uint32_t)vbytes : 0;
-			rec.timestamp_ms = wall_ms();
+			rec.timestamp_ms = clock_wall_ms();
 			rec.expire_at_ms = r % 3 == 0 ? (int64_t)rec.timestamp_ms +
 			    60000 : -1;
 			for (size_t j = 0; j < kbytes; j++)
@@ -702,11 +685,8 @@ walcat_produce(int argc, char **argv)
 			if (randomv && vbytes > 0)
 				val[i % vbytes] = (uint8_t)r;
 			if (stamp && rec.op == FCW2_OP_SET) {
-				struct timespec ts;
-				uint64_t ns;
-				clock_gettime(CLOCK_REALTIME, &ts);
-				ns = (uint64_t)ts.tv_sec * 1000000000ull +
-				    (uint64_t)ts.tv_nsec;
+				uint64_t ns = clock_wall_ns();
+
 				memcpy(val, &ns, 8);
 			}
 			if (blen + maxf > PRODUCE_BATCH && blen > 0) {
@@ -728,7 +708,7 @@ walcat_produce(int argc, char **argv)
 			if (rate > 0) {
 				/* pace: frame i is due at t0 + i/rate */
 				uint64_t due = t0 + (i + 1) * 1000000000ull / rate;
-				uint64_t now = now_ns();
+				uint64_t now = clock_mono_ns();
 				if (due > now + 1000000) {
 					if (blen > 0) {
 						if (producer_send(&p, batch,
@@ -752,7 +732,7 @@ refused:
 		free(val);
 		free(batch);
 	}
-	t1 = now_ns();
+	t1 = clock_mono_ns();
 	producer_progress(&p, 1);
 	producer_progress_clear(&p);
 	if (p.fd != -1) {
