@@ -380,7 +380,7 @@ config_digits(const char *s, uint64_t *v)
 	return s;
 }
 
-static int
+int
 config_parse_size(const char *s, uint64_t *v)
 {
 	const char *end;

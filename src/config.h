@@ -153,6 +153,11 @@ size_t	config_key_count(void);
 const char *config_key_name(size_t);
 /* 1 reloadable, 0 not, -1 no such key. */
 int	config_key_reloadable(const char *name);
+/*
+ * A size: decimal digits and an optional K, M, G or T (either case,
+ * powers of 1024), nothing else; 0, or -1 (also on overflow).
+ */
+int	config_parse_size(const char *, uint64_t *);
 /* A stream name: [A-Za-z0-9_.-]{1,64}. 1 or 0. */
 int	config_stream_name_ok(const char *);
 /* host:port or [v6]:port with a port 1-65535; 0, or -1 with err. */

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "config.h"
 #include "fcw2.h"
 #include "scan.h"
 #include "segment.h"
@@ -124,7 +125,7 @@ walcat_usage(FILE *f)
 		    walcat_cmds[i].args, walcat_cmds[i].help);
 	fprintf(f, "\noptions of dump and verify:\n"
 	    "  --json                  dump: JSON lines instead of text\n"
-	    "  --max-frame-bytes N     frame size cap (suffix K, M or G; "
+	    "  --max-frame-bytes N     frame size cap (suffix K, M, G or T; "
 	    "default 64M):\n"
 	    "                          a longer frame is corruption\n"
 	    "  --from-seq SEQ          dump: number the records with the "
@@ -154,49 +155,13 @@ walcat_cmd_usage(const struct walcat_cmd *cmd, FILE *f)
 	fprintf(f, "usage: %s %s %s\n", walcat_progname, cmd->name, cmd->args);
 }
 
-/* A size with an optional K, M or G suffix (powers of 1024). */
-static int
-walcat_parse_size(const char *s, size_t *out)
-{
-	unsigned long long v;
-	char *end;
-
-	if (*s < '0' || *s > '9')
-		return -1;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno != 0)
-		return -1;
-	switch (*end) {
-	case '\0':
-		break;
-	case 'k': case 'K':
-		v = v > (ULLONG_MAX >> 10) ? ULLONG_MAX : v << 10;
-		end++;
-		break;
-	case 'm': case 'M':
-		v = v > (ULLONG_MAX >> 20) ? ULLONG_MAX : v << 20;
-		end++;
-		break;
-	case 'g': case 'G':
-		v = v > (ULLONG_MAX >> 30) ? ULLONG_MAX : v << 30;
-		end++;
-		break;
-	default:
-		return -1;
-	}
-	if (*end != '\0' || v > SIZE_MAX)
-		return -1;
-	*out = (size_t)v;
-	return 0;
-}
-
 static int
 walcat_max_frame_opt(const char *arg, size_t *out)
 {
-	size_t v;
+	uint64_t v;
 
-	if (walcat_parse_size(arg, &v) != 0 ||
+	/* the relay's own rules: the same values as its max-frame-bytes */
+	if (config_parse_size(arg, &v) != 0 ||
 	    v < FCW2_OVERHEAD + FCW2_RECORD_MIN ||
 	    v - FCW2_OVERHEAD > UINT32_MAX) {
 		fprintf(stderr, "%s: --max-frame-bytes: %s: want a size from "
@@ -205,7 +170,7 @@ walcat_max_frame_opt(const char *arg, size_t *out)
 		    (unsigned long long)UINT32_MAX + FCW2_OVERHEAD);
 		return -1;
 	}
-	*out = v;
+	*out = (size_t)v;
 	return 0;
 }
 
