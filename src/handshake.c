@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <event2/buffer.h>
+
 #include "handshake.h"
 
 #define MAGIC_AUTH	"FCWAL-AUTH/1 "
@@ -57,6 +59,25 @@ handshake_feed(struct handshake *hs, const void *buf, size_t len,
 	hs->hs_len += len;
 	hs->hs_line[hs->hs_len] = '\0';
 	*used = len;
+	return HANDSHAKE_NEED_MORE;
+}
+
+int
+handshake_feed_evbuffer(struct handshake *hs, struct evbuffer *in)
+{
+	unsigned char buf[1024];
+	ev_ssize_t n;
+	size_t used;
+	int rc;
+
+	if (hs->hs_state != HANDSHAKE_NEED_MORE)
+		return hs->hs_state;
+	while ((n = evbuffer_copyout(in, buf, sizeof(buf))) > 0) {
+		rc = handshake_feed(hs, buf, (size_t)n, &used);
+		evbuffer_drain(in, used);
+		if (rc != HANDSHAKE_NEED_MORE)
+			return rc;
+	}
 	return HANDSHAKE_NEED_MORE;
 }
 

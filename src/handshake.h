@@ -18,7 +18,8 @@
  *
  * Pure code, no I/O: the accumulator takes bytes in any split and leaves
  * the bytes after the LF to the caller (on an ingest connection they are
- * the start of the FCW2 stream).
+ * the start of the FCW2 stream). handshake_feed_evbuffer is the read loop
+ * every connection uses, over a libevent input buffer.
  */
 #ifndef WALRELAY_HANDSHAKE_H
 #define WALRELAY_HANDSHAKE_H
@@ -97,6 +98,14 @@ void	handshake_init(struct handshake *);
  */
 int	handshake_feed(struct handshake *, const void *buf, size_t len,
 	    size_t *used);
+/*
+ * handshake_feed over what an input buffer holds: takes (drains) bytes up
+ * to and including the LF, leaving the rest in the buffer. Returns as
+ * handshake_feed: HANDSHAKE_NEED_MORE once the buffer is empty without a
+ * whole line.
+ */
+struct evbuffer;
+int	handshake_feed_evbuffer(struct handshake *, struct evbuffer *);
 int	handshake_done(const struct handshake *);
 /* The complete line (CR LF stripped) and its length. */
 const char *handshake_line(const struct handshake *, size_t *len);

@@ -644,18 +644,9 @@ sub_handshake(struct subscriber *sub)
 	struct fanout_status fs;
 	char err[160], line[HANDSHAKE_LINE_MAX + 2];
 	uint64_t start;
-	size_t used;
-	int rc = HANDSHAKE_NEED_MORE;
+	int rc;
 
-	while (evbuffer_get_length(in) > 0) {
-		unsigned char buf[1024];
-		size_t n = evbuffer_copyout(in, buf, sizeof(buf));
-
-		rc = handshake_feed(&sub->sub_hs, buf, n, &used);
-		evbuffer_drain(in, used);
-		if (rc != HANDSHAKE_NEED_MORE)
-			break;
-	}
+	rc = handshake_feed_evbuffer(&sub->sub_hs, in);
 	if (rc == HANDSHAKE_TOO_LONG) {
 		sub_stream(sub)->st_stats.sub_rejected_request++;
 		log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: refused %s: "

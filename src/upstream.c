@@ -340,7 +340,7 @@ upconn_handshake(struct upconn *uc)
 	struct handshake_req req;
 	unsigned char peek[5];
 	char err[128];
-	size_t have, used;
+	size_t have;
 	int rc;
 
 	have = evbuffer_copyout(in, peek, sizeof(peek));
@@ -377,23 +377,13 @@ upconn_handshake(struct upconn *uc)
 			return;
 		}
 	}
-	while ((have = evbuffer_get_length(in)) > 0) {
-		unsigned char buf[1024];
-		size_t n = evbuffer_copyout(in, buf, sizeof(buf));
-
-		rc = handshake_feed(&uc->uc_hs, buf, n, &used);
-		evbuffer_drain(in, used);
-		if (rc == HANDSHAKE_NEED_MORE)
-			continue;
-		if (rc == HANDSHAKE_TOO_LONG) {
-			upconn_stream(uc)->st_stats.up_rejected_auth++;
-			upconn_close(uc, "refused: auth line longer than 1023 "
-			    "bytes");
-			return;
-		}
-		break;
+	if ((rc = handshake_feed_evbuffer(&uc->uc_hs, in)) ==
+	    HANDSHAKE_TOO_LONG) {
+		upconn_stream(uc)->st_stats.up_rejected_auth++;
+		upconn_close(uc, "refused: auth line longer than 1023 bytes");
+		return;
 	}
-	if (!handshake_done(&uc->uc_hs))
+	if (rc != HANDSHAKE_LINE)
 		return;
 	if (handshake_parse(&uc->uc_hs, &req, err, sizeof(err)) == -1 ||
 	    req.hr_kind != HANDSHAKE_AUTH) {
@@ -439,21 +429,14 @@ upconn_reply(struct upconn *uc)
 	struct evbuffer *in = bufferevent_get_input(uc->uc_bev);
 	struct handshake_reply rep;
 	char err[160];
-	size_t used;
 	int rc;
 
-	while (evbuffer_get_length(in) > 0 && !handshake_done(&uc->uc_hs)) {
-		unsigned char buf[1024];
-		size_t n = evbuffer_copyout(in, buf, sizeof(buf));
-
-		rc = handshake_feed(&uc->uc_hs, buf, n, &used);
-		evbuffer_drain(in, used);
-		if (rc == HANDSHAKE_TOO_LONG) {
-			upconn_close(uc, "upstream reply longer than 1023 bytes");
-			return;
-		}
+	if ((rc = handshake_feed_evbuffer(&uc->uc_hs, in)) ==
+	    HANDSHAKE_TOO_LONG) {
+		upconn_close(uc, "upstream reply longer than 1023 bytes");
+		return;
 	}
-	if (!handshake_done(&uc->uc_hs))
+	if (rc != HANDSHAKE_LINE)
 		return;
 	if (handshake_parse_reply(&uc->uc_hs, &rep, err, sizeof(err)) == -1) {
 		upconn_close(uc, "upstream replied with something else than "

@@ -361,8 +361,11 @@ repair_fetch(struct repair *rp, const struct repair_range *rr, uint64_t first,
 {
 	struct fcw2_checker chk;
 	struct fcw2_record rec;
+	struct handshake hs;
+	struct handshake_reply rep;
 	struct rconn c;
-	char line[HANDSHAKE_LINE_MAX + 2];
+	char line[HANDSHAKE_LINE_MAX + 2], err[HANDSHAKE_LINE_MAX + 64];
+	int hsrc;
 	uint64_t want = rr->rr_end - rr->rr_off, got = 0, k = 0;
 	uint8_t *buf = NULL, hdr[FCW2_HEADER_LEN], *fr = NULL;
 	size_t llen = 0, flen, chklen;
@@ -381,21 +384,25 @@ repair_fetch(struct repair *rp, const struct repair_range *rr, uint64_t first,
 		return NULL;
 	if (rconn_write(&c, line, (size_t)n) == -1)
 		goto fail;
-	/* the reply line */
-	for (;;) {
-		if (rconn_read(&c, line + llen, 1) == -1)
+	/* the reply line, read a byte at a time: the frames follow it */
+	handshake_init(&hs);
+	do {
+		if (rconn_read(&c, line, 1) == -1)
 			goto fail;
-		if (line[llen] == '\n' || llen == sizeof(line) - 2)
-			break;
-		llen++;
+		hsrc = handshake_feed(&hs, line, 1, &llen);
+	} while (hsrc == HANDSHAKE_NEED_MORE);
+	if (hsrc == HANDSHAKE_TOO_LONG || handshake_parse_reply(&hs, &rep,
+	    err, sizeof(err)) == -1) {
+		fprintf(stderr, "walcat: repair: %s: bad reply: %s\n",
+		    rp->rp_addr, hsrc == HANDSHAKE_TOO_LONG ? "longer than "
+		    "1023 bytes" : err);
+		*refused = 1;
+		goto fail;
 	}
-	line[llen] = '\0';
-	if (llen > 0 && line[llen - 1] == '\r')
-		line[--llen] = '\0';
-	if (strncmp(line, "FCWAL-OK/1 ", 11) != 0) {
+	if (!rep.hp_ok) {
 		fprintf(stderr, "walcat: repair: %s refused frames from %" PRIu64
-		    ": %s%s\n", rp->rp_addr, first, line,
-		    strncmp(line, "FCWAL-ERR/1 epoch", 17) == 0 ? " (it is not "
+		    ": %s%s\n", rp->rp_addr, first, handshake_line(&hs, &llen),
+		    strcmp(rep.hp_code, HANDSHAKE_ERR_EPOCH) == 0 ? " (it is not "
 		    "a relay of this store's stream: its sequence numbers name "
 		    "other frames)" : "");
 		*refused = 1;

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/buffer.h>
+
 #include "handshake.h"
 
 static char err[256];
@@ -526,6 +528,41 @@ START_TEST(request_format)
 }
 END_TEST
 
+/* The read loop of every connection: a line in pieces, the rest kept. */
+START_TEST(feed_evbuffer)
+{
+	struct evbuffer *in = evbuffer_new();
+	struct handshake hs;
+	char big[HANDSHAKE_LINE_MAX + 10], rest[8];
+	size_t len;
+
+	ck_assert_ptr_nonnull(in);
+	handshake_init(&hs);
+	ck_assert_int_eq(handshake_feed_evbuffer(&hs, in), HANDSHAKE_NEED_MORE);
+	evbuffer_add(in, "FCWAL-AUTH/1 to", 15);
+	ck_assert_int_eq(handshake_feed_evbuffer(&hs, in), HANDSHAKE_NEED_MORE);
+	ck_assert_uint_eq(evbuffer_get_length(in), 0);
+	evbuffer_add(in, "k\r\nFCW2", 7);
+	ck_assert_int_eq(handshake_feed_evbuffer(&hs, in), HANDSHAKE_LINE);
+	ck_assert_str_eq(handshake_line(&hs, &len), "FCWAL-AUTH/1 tok");
+	/* the bytes after the LF stay for the caller, and stay there */
+	ck_assert_uint_eq(evbuffer_get_length(in), 4);
+	ck_assert_int_eq(handshake_feed_evbuffer(&hs, in), HANDSHAKE_LINE);
+	ck_assert_int_eq(evbuffer_remove(in, rest, sizeof(rest)), 4);
+	ck_assert(memcmp(rest, "FCW2", 4) == 0);
+
+	/* longer than a line: said once the limit is crossed, over any reads */
+	handshake_init(&hs);
+	memset(big, 'x', sizeof(big));
+	evbuffer_add(in, big, 600);
+	ck_assert_int_eq(handshake_feed_evbuffer(&hs, in), HANDSHAKE_NEED_MORE);
+	evbuffer_add(in, big, sizeof(big) - 600);
+	ck_assert_int_eq(handshake_feed_evbuffer(&hs, in), HANDSHAKE_TOO_LONG);
+	ck_assert_int_eq(handshake_feed_evbuffer(&hs, in), HANDSHAKE_TOO_LONG);
+	evbuffer_free(in);
+}
+END_TEST
+
 static Suite *
 handshake_suite(void)
 {
@@ -544,6 +581,7 @@ handshake_suite(void)
 	tcase_add_test(tc, reply_format);
 	tcase_add_test(tc, reply_parse);
 	tcase_add_test(tc, request_format);
+	tcase_add_test(tc, feed_evbuffer);
 	suite_add_tcase(s, tc);
 	return s;
 }
