@@ -306,29 +306,26 @@ chunk_zstd_count(void)
 size_t
 chunk_cut(const struct chunk *ch, size_t off, size_t room, uint32_t *nframes)
 {
-	size_t end = off;
-	uint32_t n = 0;
+	size_t end, limit;
+	uint64_t n;
 
-	while (end < ch->ch_len) {
-		size_t flen = fcw2_frame_len(ch->ch_data + end);
-
-		if (n > 0 && end - off + flen > room)
-			break;
-		end += flen;
-		n++;
+	limit = ch->ch_len - off > room ? off + room : ch->ch_len;
+	end = fcw2_walk(ch->ch_data, off, limit, UINT32_MAX, &n);
+	if (n == 0 && off < ch->ch_len) {
+		/* a frame longer than room goes alone */
+		end = off + fcw2_frame_len(ch->ch_data + off);
+		n = 1;
 	}
-	*nframes = n;
+	*nframes = (uint32_t)n;
 	return end - off;
 }
 
 size_t
 chunk_offset_of(const struct chunk *ch, uint64_t seq)
 {
-	size_t off = 0;
-
-	for (uint64_t s = ch->ch_seq; s < seq && off < ch->ch_len; s++)
-		off += fcw2_frame_len(ch->ch_data + off);
-	return off;
+	if (seq <= ch->ch_seq)
+		return 0;
+	return fcw2_walk(ch->ch_data, 0, ch->ch_len, seq - ch->ch_seq, NULL);
 }
 
 size_t

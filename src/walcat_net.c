@@ -261,14 +261,7 @@ producer_send(struct producer *p, const uint8_t *buf, size_t len,
 			    "reconnecting in %u ms\n", strerror(errno),
 			    p->backoff_ms);
 		/* back up to the start of the frame that failed */
-		{
-			size_t pos = off, end = off + done, start = off;
-			while (pos < end) {
-				start = pos;
-				pos += fcw2_frame_len(buf + pos);
-			}
-			off = pos == end ? end : start;
-		}
+		off = fcw2_walk(buf, off, off + done, UINT64_MAX, NULL);
 		close(p->fd);
 		p->fd = -1;
 		p->reconnects++;
