@@ -45,10 +45,9 @@ http_resume_cb(evutil_socket_t fd, short what, void *arg)
 /*
  * Out of descriptors: pause like the other listeners. Without this error
  * callback libevent logs and retries at once, spinning on the queued
- * connection. (The callback's argument is the evhttp: use h_self.)
+ * connection. (The callback's argument is the evhttp: the server is the
+ * relay's, relay->r_http.)
  */
-static struct http_server *h_self;
-
 static void
 http_accept_error_cb(struct evconnlistener *lev, void *arg)
 {
@@ -64,7 +63,8 @@ http_accept_error_cb(struct evconnlistener *lev, void *arg)
 	log_limited(&rl, LOG_LEVEL_WARN, "http: accept: %s; pausing the "
 	    "listener for %d ms", strerror(err), HTTP_ACCEPT_PAUSE_MS);
 	evconnlistener_disable(lev);
-	evtimer_add(h_self->h_resume, &tv);
+	if (relay->r_http != NULL)
+		evtimer_add(relay->r_http->h_resume, &tv);
 }
 
 /* Every stream ready, or the first reason one is not (into buf). */
@@ -544,7 +544,6 @@ http_new(const char *addr, char *errbuf, size_t errlen)
 		http_free(h);
 		return NULL;
 	}
-	h_self = h;
 	evconnlistener_set_error_cb(lev, http_accept_error_cb);
 	evhttp_set_allowed_methods(h->h_http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
 	evhttp_set_timeout(h->h_http, 10);
@@ -566,7 +565,5 @@ http_free(struct http_server *h)
 		event_free(h->h_resume);
 	if (h->h_http != NULL)
 		evhttp_free(h->h_http);
-	if (h_self == h)
-		h_self = NULL;
 	free(h);
 }
