@@ -17,7 +17,7 @@
 #include <event2/listener.h>
 
 #include "fanout.h"
-#include "frame.h"
+#include "chunk.h"
 #include "http.h"
 #include "log.h"
 #include "clock.h"

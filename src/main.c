@@ -684,7 +684,7 @@ main(int argc, char **argv)
 	 * glibc's default, the threshold rises after the first large free and
 	 * the heap keeps the holes: a slow subscriber then made the relay's
 	 * RSS several times its tail-memory and buffers. Mapping and
-	 * unmapping them is not free either: frame.c keeps freed chunk
+	 * unmapping them is not free either: chunk.c keeps freed chunk
 	 * buffers for reuse (4 MiB at most, released when idle).
 	 */
 	mallopt(M_MMAP_THRESHOLD, 64 * 1024);

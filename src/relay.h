@@ -9,7 +9,7 @@
 #include <sys/socket.h>
 
 #include "config.h"
-#include "frame.h"
+#include "chunk.h"
 #include "segment.h"
 #include "stream.h"
 

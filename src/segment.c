@@ -45,7 +45,7 @@
 
 #include "clock.h"
 #include "fcw2.h"
-#include "frame.h"
+#include "chunk.h"
 #include "log.h"
 #include "scan.h"
 #include "segment.h"

@@ -25,7 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "frame.h"
+#include "chunk.h"
 
 enum fsync_mode {
 	FSYNC_ALWAYS = 0,
@@ -181,7 +181,7 @@ void		 segstore_foreach(struct segstore *, void (*fn)(void *arg,
 		    uint64_t bytes), void *arg);
 
 /*
- * segname.c, shared with walcat: the segment files of a directory (names
+ * segment_name.c, shared with walcat: the segment files of a directory (names
  * ending in .wal or .wal.lz4), sorted by name as the cache's reader does.
  */
 int		 segment_is_wal_name(const char *name);

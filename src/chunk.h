@@ -1,13 +1,13 @@
 /*
- * frame.h: refcounted, immutable chunks of whole FCW2 frames.
+ * chunk.h: refcounted, immutable chunks of whole FCW2 frames.
  *
  * The upstream fills a chunk with validated frames, gives it sequence
  * numbers and publishes it once: the segment writer and every subscriber
  * hold references to the same bytes. A chunk is freed when the last
  * reference goes, whichever thread drops it.
  */
-#ifndef WALRELAY_FRAME_H
-#define WALRELAY_FRAME_H
+#ifndef WALRELAY_CHUNK_H
+#define WALRELAY_CHUNK_H
 
 #include <stdatomic.h>
 #include <stddef.h>

@@ -1,5 +1,5 @@
 /*
- * frame.c: refcounted frame chunks and their bridge to libevent buffers.
+ * chunk.c: refcounted frame chunks and their bridge to libevent buffers.
  */
 #include "autoconfig.h"
 
@@ -11,7 +11,7 @@
 #include <zstd.h>
 
 #include "fcw2.h"
-#include "frame.h"
+#include "chunk.h"
 
 static atomic_long	chunks_live;
 static atomic_llong	chunk_bytes_live;
