@@ -22,6 +22,7 @@ struct chunk {
 	uint32_t		 ch_nframes;
 	size_t			 ch_len;	/* bytes of whole frames */
 	size_t			 ch_cap;
+	uint64_t		 ch_recv_us;	/* read from the upstream (monotonic) */
 	TAILQ_ENTRY(chunk)	 ch_entry;	/* the shared tail (loop thread) */
 	STAILQ_ENTRY(chunk)	 ch_wentry;	/* the writer's queue */
 	uint8_t			*ch_data;

@@ -26,12 +26,12 @@
 #include <zstd.h>
 
 #include "auth.h"
+#include "clock.h"
 #include "fanout.h"
 #include "handshake.h"
 #include "segment.h"
 #include "log.h"
 #include "net.h"
-#include "clock.h"
 #include "relay.h"
 #include "stream.h"
 #include "subscriber.h"

@@ -23,12 +23,12 @@
 #include <event2/listener.h>
 
 #include "auth.h"
+#include "clock.h"
 #include "fanout.h"
 #include "fcw2.h"
 #include "handshake.h"
 #include "log.h"
 #include "net.h"
-#include "clock.h"
 #include "relay.h"
 #include "stream.h"
 #include "upstream.h"
@@ -126,6 +126,7 @@ upconn_publish(struct upconn *uc)
 	}
 	ch->ch_len = uc->uc_checked;
 	ch->ch_nframes = uc->uc_nframes;
+	ch->ch_recv_us = clock_mono_us();
 	if (ch->ch_cap - ch->ch_len > ch->ch_len / 16)
 		chunk_shrink(ch);	/* the tail holds it for a while */
 	segstore_append(upconn_stream(uc)->st_store, ch);
