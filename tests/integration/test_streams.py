@@ -337,7 +337,7 @@ def test_full_disk_on_one_stream_leaves_the_others(relays, workdir, builddir):
         assert recv_frames(subs[n], 50) == [sframe(n, i) for i in range(50)]
     fc.set(f"op=write,path={workdir}/r/a/*,err=ENOSPC")
     pubs["a"].sendall(b"".join(sframe("a", i) for i in range(50, 150)))
-    wait_until(lambda: r.metric("walrelay_storage_error", "a") != 0, 30,
+    wait_until(lambda: r.metric("walrelay_storage_failing", "a") == 1, 30,
                "the disk of stream a to fill")
     assert fc.hits()
     code, body = r.http("/readyz?stream=a")
@@ -354,12 +354,12 @@ def test_full_disk_on_one_stream_leaves_the_others(relays, workdir, builddir):
                 [sframe(n, i) for i in range(first, last)], (n, rnd)
             code, body = r.http(f"/readyz?stream={n}")
             assert code == 200, (n, code, body)
-        assert r.metric("walrelay_storage_error", "a") != 0
+        assert r.metric("walrelay_storage_failing", "a") == 1
         assert r.http("/readyz?stream=a")[0] == 503
     for n in ("b", "c"):
         wait_until(lambda: r.metric("walrelay_durable_sequence", n) == 650,
                    30, f"stream {n} durable")
-        assert r.metric("walrelay_storage_error", n) == 0
+        assert r.metric("walrelay_storage_failing", n) == 0
     assert r.metric("walrelay_durable_sequence", "a") < 150
     # the disk frees: a writes what it kept and its subscriber catches up
     fc.clear()
