@@ -89,6 +89,7 @@ struct segment {
 	size_t			 seg_capindex;
 	unsigned		 seg_pins;
 	int			 seg_rfd;	/* read fd while pinned */
+	int			 seg_compacted;	/* removed: a snapshot covers it */
 };
 TAILQ_HEAD(segment_list, segment);
 
@@ -97,6 +98,8 @@ struct segment_meta {
 	uint64_t		 m_base;
 	int			 m_running;
 	int			 m_mode;
+	/* the newest snapshot (optional line; older files have none) */
+	struct segstore_snapmeta m_snap;
 };
 
 struct segstore {
@@ -108,6 +111,16 @@ struct segstore {
 	uint64_t		 ss_next;	/* loop thread */
 	uint64_t		 ss_open_next;
 	uint64_t		 ss_limit;	/* loop thread */
+	/* Serialises metadata writes (loop and snapshot threads). */
+	pthread_mutex_t		 ss_meta_mtx;
+	struct segstore_snapmeta ss_snap;	/* under ss_meta_mtx */
+	/*
+	 * Compaction (snapshots on): segments ending at or before
+	 * ss_covered are removed, and retention removes nothing newer.
+	 */
+	int			 ss_compact;
+	uint64_t		 ss_covered;
+	uint64_t		 ss_meta_base;	/* m_base of the last write */
 
 	pthread_mutex_t		 ss_mtx;
 	pthread_cond_t		 ss_cond;
@@ -259,11 +272,29 @@ segment_fsync_dir(struct segstore *ss)
  * Metadata: a few text lines, the last one an XXH64 of everything before
  * it. Replaced atomically (temporary file, fsync, rename, fsync directory).
  */
+static int	segment_meta_write_locked(struct segstore *,
+		    const struct segment_meta *, char *, size_t);
+
+/* Any thread: the snapshot line is always the store's current one. */
 static int
 segment_meta_write(struct segstore *ss, const struct segment_meta *m,
     char *errbuf, size_t errlen)
 {
-	char buf[512];
+	struct segment_meta mm = *m;
+	int rc;
+
+	pthread_mutex_lock(&ss->ss_meta_mtx);
+	mm.m_snap = ss->ss_snap;
+	rc = segment_meta_write_locked(ss, &mm, errbuf, errlen);
+	pthread_mutex_unlock(&ss->ss_meta_mtx);
+	return rc;
+}
+
+static int
+segment_meta_write_locked(struct segstore *ss, const struct segment_meta *m,
+    char *errbuf, size_t errlen)
+{
+	char buf[768];
 	int fd = -1, n, len;
 	ssize_t w;
 
@@ -276,6 +307,11 @@ segment_meta_write(struct segstore *ss, const struct segment_meta *m,
 	    "fsync %s\n",
 	    SEGMENT_META_VERSION, m->m_epoch, m->m_base, m->m_running,
 	    segment_mode_names[m->m_mode]);
+	if (m->m_snap.sm_valid)
+		len += snprintf(buf + len, sizeof(buf) - len,
+		    "snapshot %" PRIu64 " %" PRIu64 " %" PRIu64 " %s\n",
+		    m->m_snap.sm_covered, m->m_snap.sm_ts,
+		    m->m_snap.sm_entries, m->m_snap.sm_name);
 	n = snprintf(buf + len, sizeof(buf) - len, "xxh64 %016llx\n",
 	    (unsigned long long)XXH64(buf, len, 0));
 	len += n;
@@ -383,6 +419,19 @@ segment_meta_read(struct segstore *ss, struct segment_meta *m, char *errbuf,
 		} else if (sscanf(line, "running %d", &iv) == 1) {
 			m->m_running = iv != 0;
 			have |= 4;
+		} else if (strncmp(line, "snapshot ", 9) == 0) {
+			unsigned long long c, t, e;
+			char name[SEGSTORE_SNAPNAME_MAX];
+
+			if (sscanf(line, "snapshot %llu %llu %llu %63s", &c, &t,
+			    &e, name) != 4)
+				goto damaged;
+			m->m_snap.sm_valid = 1;
+			m->m_snap.sm_covered = c;
+			m->m_snap.sm_ts = t;
+			m->m_snap.sm_entries = e;
+			snprintf(m->m_snap.sm_name, sizeof(m->m_snap.sm_name),
+			    "%s", name);
 		} else if (sscanf(line, "fsync %15s", mode) == 1) {
 			m->m_mode = -1;
 			for (int i = 0; i < 3; i++)
@@ -859,6 +908,12 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 		return NULL;
 	}
 	mtx = 1;
+	if (pthread_mutex_init(&ss->ss_meta_mtx, NULL) != 0) {
+		snprintf(errbuf, errlen, "pthread_mutex_init failed");
+		pthread_mutex_destroy(&ss->ss_mtx);
+		free(ss);
+		return NULL;
+	}
 	if (pthread_condattr_init(&ca) != 0) {
 		snprintf(errbuf, errlen, "pthread_condattr_init failed");
 		goto fail;
@@ -940,6 +995,7 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 	m.m_mode = ss->ss_cf.fsync_mode;
 	m.m_running = 1;
 	m.m_base = end;
+	ss->ss_snap = old.m_snap;
 	if (fresh) {
 		m.m_epoch = segment_new_epoch();
 		if (seg != NULL)
@@ -979,6 +1035,7 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 		goto fail;
 
 	ss->ss_epoch = m.m_epoch;
+	ss->ss_meta_base = end;
 	ss->ss_next = ss->ss_open_next = end;
 	ss->ss_st.ss_next = ss->ss_st.ss_durable = ss->ss_st.ss_written = end;
 	seg = TAILQ_FIRST(&ss->ss_segs);
@@ -1015,8 +1072,10 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 fail:
 	if (cond)
 		pthread_cond_destroy(&ss->ss_cond);
-	if (mtx)
+	if (mtx) {
 		pthread_mutex_destroy(&ss->ss_mtx);
+		pthread_mutex_destroy(&ss->ss_meta_mtx);
+	}
 	while ((seg = TAILQ_FIRST(&ss->ss_segs)) != NULL) {
 		TAILQ_REMOVE(&ss->ss_segs, seg, seg_entry);
 		segment_free(seg);
@@ -1043,9 +1102,10 @@ segstore_retain(struct segstore *ss)
 	struct segment_list gone = TAILQ_HEAD_INITIALIZER(gone);
 	struct segment *seg, *next;
 	uint64_t now, age_ms;
-	int over, old, removed = 0;
+	int over, old, covered, removed = 0;
 
-	if (ss->ss_cf.retain_bytes == 0 && ss->ss_cf.retain_age_s == 0)
+	if (ss->ss_cf.retain_bytes == 0 && ss->ss_cf.retain_age_s == 0 &&
+	    !ss->ss_compact && ss->ss_covered == 0)
 		return;
 	age_ms = ss->ss_cf.retain_age_s * 1000;
 	pthread_mutex_lock(&ss->ss_mtx);
@@ -1067,7 +1127,10 @@ again:
 		    ss->ss_st.ss_store_bytes > ss->ss_cf.retain_bytes;
 		/* its last frame came before its successor was started */
 		old = age_ms != 0 && now >= next->seg_created_ms + age_ms;
-		if (!over && !old)
+		covered = next->seg_base <= ss->ss_covered;
+		/* with snapshots, only what a snapshot covers may go */
+		if ((!over && !old && !covered) ||
+		    (ss->ss_compact && !covered))
 			break;
 		if (seg->seg_pins > 0) {
 			/* a reader needs it; newer ones stay too */
@@ -1075,6 +1138,7 @@ again:
 			break;
 		}
 		TAILQ_REMOVE(&ss->ss_segs, seg, seg_entry);
+		seg->seg_compacted = covered;
 		TAILQ_INSERT_TAIL(&gone, seg, seg_entry);
 		ss->ss_st.ss_store_bytes -= seg->seg_bytes;
 		ss->ss_st.ss_segments--;
@@ -1092,9 +1156,11 @@ again:
 			break;
 		}
 		TAILQ_REMOVE(&gone, seg, seg_entry);
-		log_info("%s/%s: removed by retention (sequences %" PRIu64
+		log_info("%s/%s: removed %s (sequences %" PRIu64
 		    " to %" PRIu64 ", %" PRIu64 " bytes)", ss->ss_dir,
-		    seg->seg_name, seg->seg_base, seg->seg_end, seg->seg_bytes);
+		    seg->seg_name, seg->seg_compacted ? "as the snapshot covers "
+		    "it" : "by retention", seg->seg_base, seg->seg_end,
+		    seg->seg_bytes);
 		segment_free(seg);
 		removed = 1;
 	}
@@ -1669,6 +1735,7 @@ segstore_close(struct segstore *ss)
 	rc = ss->ss_gave_up ? -1 : 0;
 	pthread_cond_destroy(&ss->ss_cond);
 	pthread_mutex_destroy(&ss->ss_mtx);
+	pthread_mutex_destroy(&ss->ss_meta_mtx);
 	close(ss->ss_lockfd);
 	close(ss->ss_dirfd);
 	free(ss->ss_dir);
@@ -1717,6 +1784,7 @@ segstore_adopt(struct segstore *ss, uint64_t epoch, uint64_t next)
 	log_info("%s: adopted epoch %016" PRIx64 " from sequence %" PRIu64,
 	    ss->ss_dir, epoch, next);
 	ss->ss_epoch = epoch;
+	ss->ss_meta_base = next;
 	ss->ss_next = ss->ss_open_next = next;
 	pthread_mutex_lock(&ss->ss_mtx);
 	ss->ss_st.ss_durable = ss->ss_st.ss_written = next;
@@ -1940,4 +2008,47 @@ segstore_foreach(struct segstore *ss, void (*fn)(void *, const char *,
 		fn(arg, seg->seg_name, seg->seg_base, seg->seg_end,
 		    seg->seg_bytes);
 	pthread_mutex_unlock(&ss->ss_mtx);
+}
+
+void
+segstore_snapmeta(struct segstore *ss, struct segstore_snapmeta *sm)
+{
+	pthread_mutex_lock(&ss->ss_meta_mtx);
+	*sm = ss->ss_snap;
+	pthread_mutex_unlock(&ss->ss_meta_mtx);
+}
+
+int
+segstore_record_snapshot(struct segstore *ss,
+    const struct segstore_snapmeta *sm, char *errbuf, size_t errlen)
+{
+	struct segment_meta m;
+	struct segstore_snapmeta prev;
+	int rc;
+
+	/* the same contents as the last write, but for the snapshot line */
+	pthread_mutex_lock(&ss->ss_meta_mtx);
+	m.m_epoch = ss->ss_epoch;
+	m.m_base = ss->ss_meta_base;
+	m.m_running = 1;
+	m.m_mode = ss->ss_cf.fsync_mode;
+	prev = ss->ss_snap;
+	ss->ss_snap = *sm;
+	m.m_snap = *sm;
+	if ((rc = segment_meta_write_locked(ss, &m, errbuf, errlen)) == -1)
+		ss->ss_snap = prev;
+	pthread_mutex_unlock(&ss->ss_meta_mtx);
+	return rc;
+}
+
+void
+segstore_compact(struct segstore *ss, uint64_t covered, int hold)
+{
+	pthread_mutex_lock(&ss->ss_mtx);
+	if (hold)
+		ss->ss_compact = 1;
+	if (covered > ss->ss_covered)
+		ss->ss_covered = covered;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	segstore_retain(ss);
 }

@@ -103,6 +103,16 @@ struct segment_span {
 
 struct segstore;
 
+/* The newest snapshot as recorded in the metadata (snapshot.c). */
+#define SEGSTORE_SNAPNAME_MAX	64
+struct segstore_snapmeta {
+	int		 sm_valid;
+	uint64_t	 sm_covered;	/* frames [0, covered) are in it */
+	uint64_t	 sm_ts;		/* its timestamp_ms */
+	uint64_t	 sm_entries;
+	char		 sm_name[SEGSTORE_SNAPNAME_MAX];
+};
+
 /*
  * Open the store: create the directory if needed, take the lock, load or
  * create the metadata (a new random epoch), scan the segments, cut a torn
@@ -169,6 +179,24 @@ void		 segstore_unpin(struct segstore *, void *pin);
 
 /* Apply retention now (also run by the store after each rotation). */
 void		 segstore_retain(struct segstore *);
+
+/*
+ * Snapshots (snapshot.c). segstore_snapmeta: the snapshot recorded in the
+ * metadata. segstore_record_snapshot: record a new one (rewrites the
+ * checksummed metadata; 0 or -1 with errbuf). segstore_compact: frames
+ * before covered are in a durable snapshot: remove the segments that end
+ * there (a pinned one once unpinned); with hold, from now on retention
+ * removes nothing a snapshot does not cover. Any thread.
+ *
+ * An archive tier hooks here: a covered segment is then kept only as its
+ * archived .wal.zst copy (the cache reads .wal and .wal.lz4 only), the raw
+ * file removed once that copy is durable.
+ */
+void		 segstore_snapmeta(struct segstore *, struct segstore_snapmeta *);
+int		 segstore_record_snapshot(struct segstore *,
+		    const struct segstore_snapmeta *, char *errbuf, size_t errlen);
+void		 segstore_compact(struct segstore *, uint64_t covered,
+		    int hold);
 
 /*
  * The first sequence the store cannot serve because a segment holds a

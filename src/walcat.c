@@ -88,6 +88,9 @@ static const struct walcat_cmd walcat_cmds[] = {
 	  "[--tls-ca F ...] DIR",
 	  "replace corrupt frames with the same frames from a chain relay",
 	  walcat_repair },
+	{ "snapshot", "show [--keys N] FILE | verify FILE | diff A B",
+	  "inspect, check or compare FCSNAP1 snapshot files",
+	  walcat_snapshot },
 	{ "health", "[--path P] [--timeout-ms N] ADDR",
 	  "ask a relay's HTTP ADDR for /healthz: exit 0 on 200",
 	  walcat_health },
@@ -514,7 +517,10 @@ walcat_print_record(FILE *f, int json, uint64_t seq,
     const struct fcw2_record *rec, const char *file, uint64_t offset)
 {
 	if (json) {
-		fprintf(f, "{\"seq\":%" PRIu64, seq);
+		if (seq == WALCAT_SEQ_SNAPSHOT)
+			fputs("{\"seq\":null", f);
+		else
+			fprintf(f, "{\"seq\":%" PRIu64, seq);
 		if (file != NULL) {
 			fputs(",\"file\":", f);
 			walcat_put_json_string(f, (const uint8_t *)file,
@@ -532,7 +538,10 @@ walcat_print_record(FILE *f, int json, uint64_t seq,
 			fprintf(f, "%" PRId64 "}\n", rec->expire_at_ms);
 		return;
 	}
-	fprintf(f, "%" PRIu64 " %s ", seq, walcat_op_name(rec->op));
+	if (seq == WALCAT_SEQ_SNAPSHOT)
+		fprintf(f, "snapshot %s ", walcat_op_name(rec->op));
+	else
+		fprintf(f, "%" PRIu64 " %s ", seq, walcat_op_name(rec->op));
 	walcat_put_text_key(f, rec->key, rec->key_len);
 	fprintf(f, " %" PRIu32 " %" PRIu64 " ", rec->value_len,
 	    rec->timestamp_ms);

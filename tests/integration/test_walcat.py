@@ -361,7 +361,7 @@ def test_help(walcat, srcdir):
     cmds = dict(re.findall(r"^  (\w+) (.*)$", section, re.M))
     # every command, with the argument it takes
     assert set(cmds) == {"dump", "verify", "produce", "tail", "health",
-                         "repair"}, r.stdout
+                         "repair", "snapshot"}, r.stdout
     assert cmds["dump"].endswith(" PATH") and "--from-seq SEQ" in cmds["dump"]
     assert cmds["verify"].endswith(" PATH")
     assert cmds["repair"].endswith(" DIR") and "--from ADDR" in cmds["repair"]
