@@ -138,6 +138,20 @@ static const struct config_key config_keys[] = {
 	{ "verify-segments", CT_BOOL, FIELD(verify_segments), 0, CG_STORAGE,
 	  "false", 0, 0, NULL, NULL,
 	  "check every sealed segment at start, not when first read" },
+	{ "archive-after", CT_SEC_S, FIELD(archive_after_s), 0, CG_STORAGE,
+	  "0", 0, 100 * 365 * DAY_S, NULL, "SECONDS",
+	  "compress sealed segments this old into .wal.zst, still served "
+	  "(0: off)" },
+	{ "archive-keep-raw", CT_UINT, FIELD(archive_keep_raw), 0, CG_STORAGE,
+	  "0", 0, 1000000, NULL, "N",
+	  "keep the N newest sealed segments raw, compress older ones (0: off)" },
+	{ "archive-level", CT_UINT, FIELD(archive_level), 0, CG_STORAGE,
+	  "3", 1, 19, NULL, "LEVEL",
+	  "zstd level of the archive tier" },
+	{ "archive-long", CT_BOOL, FIELD(archive_long), 0, CG_STORAGE,
+	  "false", 0, 0, NULL, NULL,
+	  "zstd long-distance matching in the archive tier (within a 1 MiB "
+	  "block)" },
 	{ "snapshot-every", CT_SEC_MS, FIELD(snapshot_every_ms), 0,
 	  CG_STORAGE, "0", 0, 365 * DAY_S * 1000, NULL, "SECONDS",
 	  "fold the stream into a snapshot this often, then delete the "

@@ -628,6 +628,14 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	    "(retain-bytes), 0 when none", v->v_st->st_cfg->retain_bytes);
 	SMETRIC(b, "segments_deleted_total", "counter", "segments deleted by "
 	    "retention", v->v_ss.ss_deleted);
+	SMETRIC(b, "archived_segments", "gauge", "segments held as .wal.zst "
+	    "(archive tier)", v->v_ss.ss_archived);
+	SMETRIC(b, "archived_bytes", "gauge", "bytes of the .wal.zst files",
+	    v->v_ss.ss_archived_bytes);
+	SMETRIC(b, "archived_raw_bytes", "gauge", "bytes of the frames they "
+	    "hold", v->v_ss.ss_archive_raw_bytes);
+	SMETRIC(b, "archive_block_reads_total", "counter", "archived blocks "
+	    "decompressed for readers", v->v_ss.ss_archive_reads);
 	SMETRIC(b, "snapshots_total", "counter", "snapshots written",
 	    v->v_sn.st_taken);
 	SMETRIC(b, "snapshot_failures_total", "counter", "snapshot jobs that "

@@ -1481,14 +1481,29 @@ snap_job_fold_seg(struct snapshotter *sn, struct snap_job *j,
 	char err[512];
 	int fd, rc = -1;
 
+	char zname[PATH_MAX];
+	int zst = scan_is_zstd_name(sg->sg_name);
+
 	if ((fd = openat(sn->sn_dirfd, sg->sg_name, O_RDONLY | O_CLOEXEC)) ==
-	    -1) {
+	    -1 && errno == ENOENT && !zst) {
+		/* the archive tier compressed it meanwhile (archive.h) */
+		snprintf(zname, sizeof(zname), "%s.zst", sg->sg_name);
+		fd = openat(sn->sn_dirfd, zname, O_RDONLY | O_CLOEXEC);
+		zst = 1;
+	}
+	if (fd == -1) {
 		snprintf(j->j_err, sizeof(j->j_err), "%s/%s: %s", sn->sn_dir,
 		    sg->sg_name, strerror(errno));
 		return -1;
 	}
 	scan_init(&sc, sn->sn_cf.sc_max_frame, 0, 1);
-	scan_start(&sc, fd);
+	if (zst) {
+		if (scan_start_zstd(&sc, fd) == -1) {
+			snprintf(j->j_err, sizeof(j->j_err), "out of memory");
+			goto out;
+		}
+	} else
+		scan_start(&sc, fd);
 	for (;;) {
 		if (sn->sn_cancel) {
 			snprintf(j->j_err, sizeof(j->j_err), "cancelled");

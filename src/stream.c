@@ -74,6 +74,7 @@ stream_store_cb(evutil_socket_t fd, short what, void *arg)
 		log_info("%s: storage: healthy again at sequence %" PRIu64,
 		    st->st_name, st->st_ss.ss_durable);
 	fanout_advance(st->st_fan, stream_sendable(st));
+	fanout_blocks_read(st->st_fan, st->st_ss.ss_archive_reads);
 	if (st->st_up != NULL)
 		upstream_flow(st->st_up);
 }
@@ -86,6 +87,13 @@ janitor_lag(struct stream *st)
 {
 	if (st->st_cfg->max_lag_frames > 0)
 		fanout_enforce_lag(st->st_fan, st->st_cfg->max_lag_frames);
+}
+
+/* Archive sealed segments now due (by age it changes with the clock). */
+static void
+janitor_archive(struct stream *st)
+{
+	segstore_archive_kick(st->st_store);
 }
 
 /* Delete segments past retention (by age it changes with the clock). */
@@ -114,6 +122,7 @@ static const struct {
 } stream_jobs[] = {
 	{ "lag limits", janitor_lag },
 	{ "retention", janitor_retain },
+	{ "archiving", janitor_archive },
 	{ "snapshots", janitor_snapshot },
 };
 
@@ -181,6 +190,13 @@ stream_new(const char *name, struct wr_config *cfg, struct auth_tokens *tok,
 	sc.max_frame_bytes = cfg->max_frame_bytes;
 	sc.retry_ms = 1000;
 	sc.verify_sealed = cfg->verify_segments;
+	sc.archive.ac_enabled = cfg->archive_after_s > 0 ||
+	    cfg->archive_keep_raw > 0;
+	sc.archive.ac_after_s = cfg->archive_after_s;
+	sc.archive.ac_keep_raw = cfg->archive_keep_raw;
+	sc.archive.ac_level = (int)cfg->archive_level;
+	sc.archive.ac_long = cfg->archive_long;
+	sc.archive.ac_test_step = cfg->archive_test_step;
 	if ((st->st_store = segstore_open(&sc, err, sizeof(err))) == NULL) {
 		snprintf(errbuf, errlen, "stream %s: storage: %s", name, err);
 		goto fail;

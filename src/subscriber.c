@@ -259,6 +259,34 @@ sub_unpin_cb(struct evbuffer_file_segment const *seg, int flags, void *arg)
 }
 
 /*
+ * Queue whole frames of an archived span (a block the store decompressed
+ * on its reader thread) up to the high watermark, like a tail chunk.
+ */
+static int
+sub_emit_block(struct sub_stage *st)
+{
+	struct subscriber *sub = st->st_sub;
+	struct segment_span *sp = &sub->sub_span;
+	size_t off = sp->sp_offset + sub->sub_span_done, len, q, room;
+	size_t hiwat = sub_stream(sub)->st_cfg->subscriber_buffer;
+	uint32_t nf;
+
+	q = sub_queued(st);
+	room = hiwat > q ? hiwat - q : 1;
+	len = chunk_cut(sp->sp_chunk, off, room, &nf);
+	if (sub_emit_chunk(st, sp->sp_chunk, off, len) == -1)
+		return -1;
+	sub->sub_span_done += len;
+	sub->sub_pos += nf;
+	sub_stream(sub)->st_stats.sub_frames_sent += nf;
+	if (sub->sub_span_done >= sp->sp_len) {
+		segstore_span_release(sub_stream(sub)->st_store, sp);
+		sub->sub_has_span = 0;
+	}
+	return 0;
+}
+
+/*
  * Queue part of the current segment span. Plain TCP hands the whole span
  * to sendfile; TLS and zstd read it piecewise.
  */
@@ -271,6 +299,9 @@ sub_emit_span(struct sub_stage *st)
 	uint64_t left = sp->sp_len - sub->sub_span_done;
 	size_t n;
 	ssize_t r;
+
+	if (sp->sp_chunk != NULL)
+		return sub_emit_block(st);
 
 	/* what was staged comes first */
 	if (sub_stage_flush(st) == -1)
@@ -422,6 +453,7 @@ sub_fill(struct sub_stage *st, int *full)
 	struct subscriber *sub = st->st_sub;
 	uint64_t limit = fanout_sendable(sub->sub_fan);
 	size_t hiwat = sub_stream(sub)->st_cfg->subscriber_buffer;
+	int rc;
 
 	*full = 0;
 	while (!*full && sub_queued(st) < hiwat &&
@@ -495,8 +527,11 @@ sub_fill(struct sub_stage *st, int *full)
 			continue;
 		}
 		/* older than the tail: the segment files */
-		if (segstore_locate(sub_stream(sub)->st_store, sub->sub_pos,
-		    &sub->sub_span) == -1) {
+		rc = segstore_locate(sub_stream(sub)->st_store, sub->sub_pos,
+		    &sub->sub_span);
+		if (rc == SEGSTORE_PENDING)
+			break;	/* an archived block: woken once it is read */
+		if (rc == -1) {
 			segstore_poll(sub_stream(sub)->st_store, &ss);
 			if (sub->sub_pos < ss.ss_earliest) {
 				sub_stream(sub)->st_stats.sub_disconnected_gone++;
@@ -648,7 +683,7 @@ sub_start_corrupt(struct subscriber *sub, uint64_t start,
 	    fanout_find(sub->sub_fan, start) != NULL)
 		return 0;
 	if (segstore_locate(sub_stream(sub)->st_store, start, &sp) == 0) {
-		segstore_unpin(sub_stream(sub)->st_store, sp.sp_pin);
+		segstore_span_release(sub_stream(sub)->st_store, &sp);
 		return 0;
 	}
 	return segstore_corrupt_at(sub_stream(sub)->st_store, start, bad);
@@ -1141,7 +1176,8 @@ subscriber_free(struct subscriber *sub)
 	if (sub->sub_snap_fd != -1)
 		close(sub->sub_snap_fd);
 	if (sub->sub_has_span)
-		segstore_unpin(sub_stream(sub)->st_store, sub->sub_span.sp_pin);
+		segstore_span_release(sub_stream(sub)->st_store,
+		    &sub->sub_span);
 	if (sub->sub_timer != NULL)
 		event_free(sub->sub_timer);
 	if (sub->sub_bev != NULL)

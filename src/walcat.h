@@ -38,6 +38,7 @@ int	walcat_produce(int, char **);	/* walcat_net.c */
 int	walcat_tail(int, char **);
 int	walcat_health(int, char **);
 int	walcat_repair(int, char **);	/* walcat_repair.c */
+int	walcat_restore(int, char **);	/* walcat_restore.c */
 int	walcat_snapshot(int, char **);	/* walcat_snapshot.c */
 
 /* --max-frame-bytes: parse, or print why not and return -1. */
