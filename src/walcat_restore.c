@@ -63,6 +63,7 @@ struct rfile {
 
 struct restore {
 	const char	*rs_out;
+	const char	*rs_stream;	/* --stream: stream=NAME, or NULL */
 	int		 rs_dirfd;
 	uint64_t	 rs_until_seq;	/* UINT64_MAX: none */
 	int		 rs_has_time;
@@ -135,6 +136,8 @@ restore_usage(FILE *f)
 "                       crc is checked, which covers every byte\n"
 "  --max-frame-bytes N  frame size cap (default 64M)\n"
 "  --token-file FILE    the subscribe token (network source)\n"
+"  --stream NAME        the stream to restore when the relay serves several\n"
+"                       (stream=NAME in FCWAL-SUB/1; network source)\n"
 "  --tls                connect with TLS (implied by the options below)\n"
 "  --tls-ca FILE        CA certificates (PEM) (default: the system's)\n"
 "  --tls-cert FILE      client certificate (PEM), for mTLS\n"
@@ -704,8 +707,9 @@ restore_from_relay(struct restore *rs, const char *addr, const char *token,
 	int linelen, rc = WALCAT_EXIT_ERROR, st, r, have_reply = 0;
 
 	fcw2_decoder_init(&dec, rs->rs_max_frame, rs->rs_check_records);
-	linelen = handshake_format_sub(line, sizeof(line), token, strlen(token),
-	    HANDSHAKE_FROM_EARLIEST, 0, 0, 0, HANDSHAKE_COMPRESS_NONE);
+	linelen = handshake_format_sub_stream(line, sizeof(line), token,
+	    strlen(token), HANDSHAKE_FROM_EARLIEST, 0, 0, 0,
+	    HANDSHAKE_COMPRESS_NONE, rs->rs_stream);
 	if (linelen == -1) {
 		fprintf(stderr, "walcat: restore: the token does not fit in a "
 		    "handshake line\n");
@@ -879,7 +883,7 @@ int
 walcat_restore(int argc, char **argv)
 {
 	enum { O_SEQ = 256, O_TIME, O_FORCE, O_SEGB, O_MAXF, O_TOKEN, O_TLS,
-	    O_CA, O_CERT, O_KEY, O_NAME, O_RECORDS };
+	    O_CA, O_CERT, O_KEY, O_NAME, O_RECORDS, O_STREAM };
 	static const struct option opts[] = {
 		{ "until-seq", required_argument, NULL, O_SEQ },
 		{ "until-time", required_argument, NULL, O_TIME },
@@ -888,6 +892,7 @@ walcat_restore(int argc, char **argv)
 		{ "max-frame-bytes", required_argument, NULL, O_MAXF },
 		{ "check-records", no_argument, NULL, O_RECORDS },
 		{ "token-file", required_argument, NULL, O_TOKEN },
+		{ "stream", required_argument, NULL, O_STREAM },
 		{ "tls", no_argument, NULL, O_TLS },
 		{ "tls-ca", required_argument, NULL, O_CA },
 		{ "tls-cert", required_argument, NULL, O_CERT },
@@ -949,6 +954,15 @@ walcat_restore(int argc, char **argv)
 				rs.rs_max_frame = sz;
 			break;
 		case O_TOKEN: tokfile = optarg; break;
+		case O_STREAM:
+			if (!config_stream_name_ok(optarg)) {
+				fprintf(stderr, "walcat: restore: --stream %s: "
+				    "not a stream name (1 to 64 of A-Z a-z 0-9 "
+				    "_ . -)\n", optarg);
+				return WALCAT_EXIT_ERROR;
+			}
+			rs.rs_stream = optarg;
+			break;
 		case O_TLS: usetls = 1; break;
 		case O_CA: tf.tf_ca = optarg; break;
 		case O_CERT: tf.tf_cert = optarg; break;

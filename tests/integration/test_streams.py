@@ -285,6 +285,14 @@ def test_walcat_tail_and_produce_stream(relays, workdir, walcat):
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert len(lines) == 25 and '"seq":0' in lines[0].replace(" ", "")
+    # restore --stream: stream b's frames only, from the shared listener
+    p = subprocess.run([str(walcat), "restore", "--stream", "b",
+                        "--token-file", str(workdir / "b.sub"),
+                        "--until-seq", "24", laddr, str(workdir / "rb")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert store_frames(str(workdir / "rb")) == \
+        store_frames(str(workdir / "r" / "b"))
     # a stream the listener does not serve: the relay's refusal, exit 2
     p = subprocess.run([str(walcat), "tail", "--stream", "nope",
                         "--token-file", str(workdir / "a.sub"), laddr],
@@ -315,7 +323,9 @@ def test_walcat_stream_usage_errors(walcat, workdir):
     p = run("repair", "--from", "127.0.0.1:1", "--stream", "a b",
             str(workdir))
     assert p.returncode == 3 and "not a stream name" in p.stderr, p.stderr
-    for cmd in ("tail", "produce", "repair"):
+    p = run("restore", "--stream", "a b", "127.0.0.1:1", str(workdir / "o"))
+    assert p.returncode == 3 and "not a stream name" in p.stderr, p.stderr
+    for cmd in ("tail", "produce", "repair", "restore"):
         assert "--stream NAME" in run(cmd, "--help").stdout, cmd
 
 
