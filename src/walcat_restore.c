@@ -43,6 +43,7 @@
 #include <zstd.h>
 
 #include "archive.h"
+#include "clock.h"
 #include "config.h"
 #include "fcw2.h"
 #include "handshake.h"
@@ -104,15 +105,6 @@ struct restore {
 	uint64_t	 rs_after_t;	/* frames so far with ts > T */
 	uint64_t	 rs_cut_after_t;
 };
-
-static long long
-restore_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 static void
 restore_usage(FILE *f)
@@ -207,7 +199,7 @@ restore_progress(struct restore *rs, int force)
 
 	if (!rs->rs_progress)
 		return;
-	now = restore_now_ns();
+	now = (long long)clock_mono_ns();
 	if (!force && now - rs->rs_last_progress < RESTORE_PROGRESS_NS)
 		return;
 	rs->rs_last_progress = now;
@@ -288,7 +280,6 @@ restore_new_file(struct restore *rs, uint64_t seq)
 {
 	struct rfile *rf;
 	char part[80];
-	struct timespec ts;
 
 	if (restore_seal(rs) == -1)
 		return -1;
@@ -304,10 +295,8 @@ restore_new_file(struct restore *rs, uint64_t seq)
 	}
 	rf = &rs->rs_files[rs->rs_nfiles];
 	memset(rf, 0, sizeof(*rf));
-	clock_gettime(CLOCK_REALTIME, &ts);
 	snprintf(rf->rf_name, sizeof(rf->rf_name), "segment-%020" PRIu64
-	    "-%" PRIu64 ".wal", seq, (uint64_t)ts.tv_sec * 1000 +
-	    (uint64_t)ts.tv_nsec / 1000000);
+	    "-%" PRIu64 ".wal", seq, clock_wall_ms());
 	snprintf(part, sizeof(part), "%s.part", rf->rf_name);
 	rs->rs_fd = openat(rs->rs_dirfd, part, O_WRONLY | O_CREAT | O_TRUNC |
 	    O_CLOEXEC, 0644);
@@ -1021,7 +1010,7 @@ walcat_restore(int argc, char **argv)
 	}
 	if (restore_outdir(&rs, force) == -1)
 		goto out;
-	t0 = restore_now_ns();
+	t0 = (long long)clock_mono_ns();
 	restore_progress(&rs, 1);
 	if (stat(src, &st) == 0 && S_ISDIR(st.st_mode))
 		rc = restore_from_dir(&rs, src);
@@ -1058,7 +1047,7 @@ walcat_restore(int argc, char **argv)
 		    "is sequence %" PRIu64 ", not 0: the cache recovers the "
 		    "state from a snapshot taken at or before it plus these "
 		    "segments\n", rs.rs_first);
-	restore_summary(&rs, (double)(restore_now_ns() - t0) / 1e9);
+	restore_summary(&rs, (double)((long long)clock_mono_ns() - t0) / 1e9);
 	rc = 0;
 out:
 	if (rs.rs_fd != -1)
