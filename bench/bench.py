@@ -614,6 +614,219 @@ def verdict(value, goal, higher=True, unit="", scale=1.0, digits=1):
            f"({100 * (value - goal) / goal:.0f}% over)"
 
 
+# ---- many streams in one relay (docs/streams.md) ---------------------------
+
+def streams_conf(env, d, names, http):
+    """A config with one [stream NAME] per name, each on its own ports."""
+    text = (f"[walrelay]\ndata-dir = {d}\nhttp = 127.0.0.1:{http}\n"
+            "fsync = always\nlog-level = warn\nmax-subscribers = 20000\n")
+    ports, seen = {}, {http}
+
+    def port():
+        # free_port may hand out a port again while nothing listens on it
+        while True:
+            p = free_port()
+            if p not in seen:
+                seen.add(p)
+                return p
+    for n in names:
+        ports[n] = (port(), port())
+        text += (f"[stream {n}]\ningest = 127.0.0.1:{ports[n][0]}\n"
+                 f"listen = 127.0.0.1:{ports[n][1]}\n")
+    conf = os.path.join(d, "walrelay.conf")
+    with open(conf, "w") as f:
+        f.write(text)
+    return conf, ports
+
+
+def wait_ready(http, proc, timeout):
+    """Wait for /readyz 200 (every stream ready); seconds, or None."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http}/readyz",
+                                        timeout=2) as r:
+                if r.status == 200:
+                    return time.monotonic() - t0
+        except OSError:
+            pass
+        time.sleep(0.005)
+    return None
+
+
+def streams_start(env, nstreams):
+    d = env.fresh("data")
+    http = free_port()
+    names = [f"s{i:03d}" for i in range(nstreams)]
+    conf, ports = streams_conf(env, d, names, http)
+    t0 = time.monotonic()
+    proc = env.spawn([env.walrelay, "-c", conf], "walrelay.log")
+    ready = wait_ready(http, proc, 60)
+    if ready is None:
+        env.stop(proc)
+        raise RuntimeError(f"{nstreams} streams: the relay did not become "
+                           f"ready (see {env.rundir}/walrelay.log)")
+    return proc, ports, time.monotonic() - t0
+
+
+def streams_run(env, nstreams, nsubs, count, timeout=120):
+    """nstreams streams, nsubs subscribers each, one producer per stream
+    sending count 1 KiB frames at once. Delivered frames/s = every frame
+    delivered to every subscriber / (the producers' start to the last
+    subscriber's end)."""
+    proc, ports, _ = streams_start(env, nstreams)
+    subs, pubs = [], []
+    res = {"ok": False}
+    try:
+        for i, (ip, lp) in enumerate(ports.values()):
+            ready = os.path.join(env.rundir, f"ready.{i}")
+            if os.path.exists(ready):
+                os.unlink(ready)
+            subs.append((env.spawn(
+                [os.path.join(env.bin, "wrsub"), "--addr",
+                 f"127.0.0.1:{lp}", "-n", str(nsubs), "--count", str(count),
+                 "--timeout", str(timeout), "--ready", ready],
+                "drivers.log", stdout=subprocess.PIPE), ready))
+        for p, ready in subs:
+            if not wait_file(ready, p, 60):
+                raise RuntimeError(f"{nstreams} streams: subscribers not "
+                                   f"ready")
+        c0, t0 = cpu_secs(proc.pid), time.monotonic()
+        for ip, _ in ports.values():
+            pubs.append(env.spawn(
+                [env.walcat, "produce", "--count", str(count),
+                 "--value-bytes", str(SIZES[1024]), "--stamp", "--quiet",
+                 f"127.0.0.1:{ip}"], "drivers.log"))
+        frames, complete, n = 0, 0, 0
+        for p, _ in subs:
+            out, _ = p.communicate(timeout=timeout + 30)
+            m = re.search(rb"RESULT .*", out)
+            if not m:
+                raise RuntimeError(f"{nstreams} streams: no result from "
+                                   f"the subscribers")
+            r = parse_kv(m.group(0).decode())
+            frames += r["frames"]
+            complete += r["complete"]
+            n += r["n"]
+        t1, c1 = time.monotonic(), cpu_secs(proc.pid)
+        res.update(fps=frames / max(t1 - t0, 1e-6), frames=frames,
+                   complete=complete, n=n, rss=vm(proc.pid, "VmHWM"),
+                   cpu=100.0 * (c1 - c0) / max(t1 - t0, 1e-6), ok=True,
+                   timed_out=complete < n)
+    finally:
+        for p in pubs + [p for p, _ in subs]:
+            env.stop(p, signal.SIGKILL, grace=2)
+        env.stop(proc)
+        shutil.rmtree(os.path.join(env.rundir, "data"), ignore_errors=True)
+    return res
+
+
+def streams_idle(env, nstreams):
+    """Start a relay with nstreams idle streams: time to ready, and RSS
+    once every stream is ready and the relay has settled."""
+    proc, _, secs = streams_start(env, nstreams)
+    try:
+        time.sleep(1.0)
+        rss = vm(proc.pid, "VmRSS")
+    finally:
+        env.stop(proc)
+        shutil.rmtree(os.path.join(env.rundir, "data"), ignore_errors=True)
+    return {"start": secs, "rss": rss, "ok": True}
+
+
+def streams_bench(env, reps, quick):
+    """16 x 4 against 1 x 64 in the same run (paired, alternating), and
+    the cost of an idle stream."""
+    count = 20000 if quick else 50000
+    many, one, idle1, idle100 = [], [], [], []
+    for _ in range(reps):
+        for lst, ns, nsub in ((one, 1, 64), (many, 16, 4)):
+            try:
+                r = streams_run(env, ns, nsub, count)
+            except RuntimeError as e:
+                log(f"    {e}")
+                env.stop_all()
+                continue
+            lst.append(r)
+            log(f"    {ns} stream(s) x {nsub} subscribers: {r['fps']:,.0f} "
+                f"frames/s delivered, complete {r['complete']:.0f}/"
+                f"{r['n']:.0f}, CPU {r['cpu']:.0f}%, peak rss "
+                f"{r['rss'] / 2**20:.1f} MiB")
+        for lst, ns in ((idle1, 1), (idle100, 100)):
+            try:
+                r = streams_idle(env, ns)
+            except RuntimeError as e:
+                log(f"    {e}")
+                env.stop_all()
+                continue
+            lst.append(r)
+            log(f"    {ns} idle stream(s): ready in {r['start'] * 1000:.0f} "
+                f"ms, rss {r['rss'] / 2**20:.1f} MiB")
+    return {"many": many, "one": one, "idle1": idle1, "idle100": idle100,
+            "count": count}
+
+
+def streams_rows(S):
+    """The Targets rows of the streams section."""
+    o = []
+    m, one = stat(S["many"], "fps"), stat(S["one"], "fps")
+    if m and one:
+        ratio = m[0] / one[0]
+        o.append(f"| streams: delivered frames/s, 16 streams x 4 subscribers "
+                 f"vs 1 stream x 64 (1 KiB, fsync always, {S['count']:,} "
+                 f"frames per stream, same run) | {ratio:.2f}x "
+                 f"({m[0]:,.0f} vs {one[0]:,.0f}) | ≥ 0.9x | "
+                 f"{verdict(ratio, 0.9, unit='x', digits=2)} |")
+    r1, r100 = stat(S["idle1"], "rss"), stat(S["idle100"], "rss")
+    if r1 and r100:
+        per = (r100[0] - r1[0]) / 99
+        o.append(f"| streams: RSS of an idle stream ((100 idle streams - 1) "
+                 f"/ 99; {r100[0] / 2**20:.1f} vs {r1[0] / 2**20:.1f} MiB) | "
+                 f"{per / 2**20:.2f} MiB | ≤ 2 MiB | "
+                 f"{verdict(per / 2**20, 2.0, higher=False, unit=' MiB', digits=2)} |")
+    st = stat(S["idle100"], "start")
+    if st:
+        o.append(f"| streams: start of a relay with 100 idle streams, until "
+                 f"/readyz answers 200 | {fmt(st, 0.001, 0, ' ms')} | "
+                 f"< 1 s | "
+                 f"{verdict(st[0] * 1000, 1000, higher=False, unit=' ms', digits=0)} |")
+    return o
+
+
+def write_streams_results(args, S, reps, load0, load1, elapsed):
+    day = datetime.date.today().isoformat()
+    os.makedirs(args.results, exist_ok=True)
+    path = os.path.join(args.results, day + "-streams.md")
+    mi = machine()
+    o = [f"# walrelay: many streams in one relay, {day}\n",
+         f"Produced by `bench/run --streams` in {elapsed / 60:.1f} minutes; "
+         f"each figure is the median of {reps} run"
+         f"{'s' if reps > 1 else ''}"
+         + (", with min–max in parentheses" if reps > 1 else "") + ".\n",
+         f"- CPU: {mi['cpu']}, {mi['cores']} cores; load average before / "
+         f"after: {' '.join(load0)} / {' '.join(load1)}",
+         f"- Disk: {mi['disk']}\n",
+         "## Targets\n", "| target | measured | goal | result |",
+         "|---|---|---|---|"] + streams_rows(S) + [""]
+    o.append("| case | delivered frames/s | complete | CPU % | peak RSS MiB |")
+    o.append("|---|---|---|---|---|")
+    for name, key in (("1 stream x 64 subscribers", "one"),
+                      ("16 streams x 4 subscribers", "many")):
+        runs = S[key]
+        if runs:
+            o.append(f"| {name} | {fmt(stat(runs, 'fps'))} | "
+                     f"{sum(r['complete'] for r in runs):.0f}/"
+                     f"{sum(r['n'] for r in runs):.0f} | "
+                     f"{fmt(stat(runs, 'cpu'))} | "
+                     f"{fmt(stat(runs, 'rss'), 2**20, 1)} |")
+    with open(path, "w") as f:
+        f.write("\n".join(o) + "\n")
+    log(f"wrote {path}")
+    print("\n".join(o))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -625,12 +838,24 @@ def main():
     ap.add_argument("--systems", help="comma-separated subset")
     ap.add_argument("--ns", help="subscriber counts, comma-separated")
     ap.add_argument("--sizes", help="frame sizes (100,1024,16384)")
+    ap.add_argument("--streams", action="store_true",
+                    help="only the many-streams section")
     args = ap.parse_args()
     quick = args.quick
     reps = args.reps or (1 if quick else 3)
     env = Env(args)
     started = time.time()
     load0 = loadavg()
+    if args.streams:
+        try:
+            log("== many streams: 16 x 4 vs 1 x 64 subscribers, idle "
+                "streams")
+            S = streams_bench(env, reps, quick)
+        finally:
+            env.stop_all()
+        write_streams_results(args, S, reps, load0, loadavg(),
+                              time.time() - started)
+        return
     ps_busy = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu"],
                              capture_output=True, text=True).stdout
     systems = list(SYSTEMS)
@@ -719,16 +944,22 @@ def main():
                 except RuntimeError as e:
                     log(f"    {e}")
                     env.stop_all()
+        S = None
+        if "wr-always" in systems:
+            log("== many streams: 16 x 4 vs 1 x 64 subscribers, idle "
+                "streams")
+            S = streams_bench(env, reps, quick)
     finally:
         env.stop_all()
     load1 = loadavg()
     elapsed = time.time() - started
     write_results(args, env, R, L, ceil, stall, stall_base, many, ns, sizes,
-                  systems, reps, quick, load0, load1, elapsed, ps_busy)
+                  systems, reps, quick, load0, load1, elapsed, ps_busy, S)
 
 
 def write_results(args, env, R, L, ceil, stall, stall_base, many, ns, sizes,
-                  systems, reps, quick, load0, load1, elapsed, ps_busy):
+                  systems, reps, quick, load0, load1, elapsed, ps_busy,
+                  S=None):
     day = datetime.date.today().isoformat()
     os.makedirs(args.results, exist_ok=True)
     stem = os.path.join(args.results, day + ("-quick" if quick else ""))
@@ -818,6 +1049,8 @@ def write_results(args, env, R, L, ceil, stall, stall_base, many, ns, sizes,
         o.append(f"| peak RSS with 10,000 subscribers | "
                  f"{fmt(mr, 2**20, 0, ' MiB')} | ≤ 1024 MiB | "
                  f"{verdict(mr[0] / 2**20, 1024, higher=False, unit=' MiB', digits=0)} |")
+    if S:
+        o += streams_rows(S)
     o.append("")
 
     # ---- throughput

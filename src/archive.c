@@ -34,6 +34,7 @@
 #include <zstd.h>
 
 #include "archive.h"
+#include "clock.h"
 #include "fcw2.h"
 #include "log.h"
 #include "scan.h"
@@ -682,15 +683,6 @@ struct archiver {
 	int			 av_kick;
 };
 
-static uint64_t
-archive_mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* CPU time of this thread (the machine may be busy with other work). */
 static uint64_t
 archive_cpu_ms(void)
@@ -719,7 +711,7 @@ archive_one(struct archiver *av, const struct segstore_pick *pk)
 	const char *dir = segstore_dir(av->av_ss);
 	int dirfd = segstore_dirfd(av->av_ss);
 	char zname[160], tname[170], err[512];
-	uint64_t zbytes = 0, t0 = archive_mono_ms(), ms, cpu0 = archive_cpu_ms();
+	uint64_t zbytes = 0, t0 = clock_mono_ms(), ms, cpu0 = archive_cpu_ms();
 	int rawfd = -1, outfd = -1, rc;
 	size_t len = strlen(pk->pk_name);
 
@@ -806,7 +798,7 @@ archive_one(struct archiver *av, const struct segstore_pick *pk)
 	if (fsync(dirfd) == -1)
 		log_warn("%s: archive: fsync of the directory", dir);
 	archive_step(av, ARCHIVE_STEP_DONE, zname);
-	ms = archive_mono_ms() - t0;
+	ms = clock_mono_ms() - t0;
 	log_info("%s/%s: archived sequences %" PRIu64 " to %" PRIu64 ": %"
 	    PRIu64 " -> %" PRIu64 " bytes (ratio %.2f) in %" PRIu64 " ms (%"
 	    PRIu64 " ms of CPU)", dir, zname, pk->pk_base, pk->pk_end - 1,
@@ -855,7 +847,7 @@ archiver_main(void *arg)
 		if (av->av_stop || av->av_kick)
 			continue;
 		/* an age limit comes due by itself; a failure is retried */
-		wake = archive_mono_ms() + (failed ? 5000 : ARCHIVE_IDLE_MS);
+		wake = clock_mono_ms() + (failed ? 5000 : ARCHIVE_IDLE_MS);
 		ts.tv_sec = wake / 1000;
 		ts.tv_nsec = (wake % 1000) * 1000000;
 		pthread_cond_timedwait(&av->av_cond, &av->av_mtx, &ts);

@@ -29,7 +29,7 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
-#include "frame.h"
+#include "chunk.h"
 
 #define ARCHIVE_SUFFIX		".wal.zst"
 #define ARCHIVE_TMP_SUFFIX	".wal.zst.tmp"

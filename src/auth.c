@@ -224,6 +224,21 @@ tokenset_match(const struct tokenset *ts, const void *tok, size_t len)
 	return found != 0;
 }
 
+const struct auth_token *
+tokenset_shared(const struct tokenset *a, const struct tokenset *b,
+    const struct auth_token **inb)
+{
+	for (size_t i = 0; i < a->ts_count; i++)
+		for (size_t j = 0; j < b->ts_count; j++)
+			if (CRYPTO_memcmp(a->ts_tokens[i].tk_digest,
+			    b->ts_tokens[j].tk_digest, AUTH_DIGEST_LEN) == 0) {
+				if (inb != NULL)
+					*inb = &b->ts_tokens[j];
+				return &a->ts_tokens[i];
+			}
+	return NULL;
+}
+
 static int
 auth_load_role(struct tokenset *ts, const char *file, const char *env,
     const char *key, int role, int *loose, char *err, size_t errlen)

@@ -64,6 +64,12 @@ void	tokenset_free(struct tokenset *);
 int	tokenset_add(struct tokenset *, const void *tok, size_t len,
 	    const char *origin, char *err, size_t errlen);
 /*
+ * The first token of a that b holds too (and, in *inb, b's), or NULL.
+ * Compares digests: for configuration checks, not for requests.
+ */
+const struct auth_token *tokenset_shared(const struct tokenset *a,
+	    const struct tokenset *b, const struct auth_token **inb);
+/*
  * Add the tokens of a file. *loose is set to 1 when the file can be read
  * by group or others (the caller warns), else 0. 0, or -1 with err (naming
  * the file and line).

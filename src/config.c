@@ -346,8 +346,8 @@ struct config_ctx {
 
 /*
  * Keys of the whole process: a [stream NAME] section may not set them
- * (one HTTP port, one log, one certificate for the listeners, one table
- * of connections per address).
+ * (one HTTP port, one log, one certificate for the listeners, one value
+ * of each per-address limit, counted per listener).
  */
 static const char *const config_process_keys[] = {
 	"http", "log-level", "log-target", "tls-cert", "tls-key", "tls-ca",
@@ -378,7 +378,7 @@ config_sections_free(struct config_ctx *ctx)
 }
 
 /* [A-Za-z0-9_.-]{1,64} */
-static int
+int
 config_stream_name_ok(const char *s)
 {
 	size_t n = strlen(s);
@@ -465,7 +465,7 @@ config_digits(const char *s, uint64_t *v)
 	return s;
 }
 
-static int
+int
 config_parse_size(const char *s, uint64_t *v)
 {
 	const char *end;
@@ -1643,6 +1643,8 @@ config_copy_keys(struct wr_config *dst, const struct wr_config *src)
 	dst->stream_name = NULL;
 	dst->streams = NULL;
 	dst->next_stream = NULL;
+	dst->src_line = NULL;
+	dst->src_argv = NULL;
 	for (size_t i = 0; i < NKEYS; i++) {
 		const struct config_key *k = &config_keys[i];
 		char **sp;
@@ -1738,6 +1740,7 @@ config_streams(struct wr_config *cfg, struct config_ctx *ctx, char *errbuf,
 	for (cs = ctx->sections; cs != NULL; cs = cs->cs_next) {
 		struct config_ctx sctx;
 		struct wr_config *sc;
+		size_t dd;
 
 		if ((sc = calloc(1, sizeof(*sc))) == NULL ||
 		    config_copy_keys(sc, cfg) == -1) {
@@ -1790,6 +1793,24 @@ config_streams(struct wr_config *cfg, struct config_ctx *ctx, char *errbuf,
 			snprintf(errbuf, errlen, "[stream %s]: %s", cs->cs_name,
 			    err);
 			return -1;
+		}
+		/* where each value came from, for --print-config */
+		sc->src_line = calloc(NKEYS, sizeof(*sc->src_line));
+		sc->src_argv = calloc(NKEYS, sizeof(*sc->src_argv));
+		if (sc->src_line == NULL || sc->src_argv == NULL) {
+			snprintf(errbuf, errlen, "out of memory");
+			return -1;
+		}
+		for (size_t i = 0; i < NKEYS; i++) {
+			sc->src_line[i] = sctx.line[i];
+			sc->src_argv[i] = cs->cs_val[i] != NULL ?
+			    CONFIG_SRC_SECTION : ctx->argv_set[i] != 0;
+		}
+		dd = (size_t)(config_find("data-dir", 8) - config_keys);
+		if (cs->cs_val[dd] == NULL) {
+			/* <data-dir>/<NAME>: said as such */
+			sc->src_line[dd] = 0;
+			sc->src_argv[dd] = 0;
 		}
 	}
 	return config_routing_check(cfg, errbuf, errlen);
@@ -2262,18 +2283,59 @@ config_dump(const struct wr_config *cfg, FILE *f)
 	}
 }
 
-/* Where the value of key i came from. */
+/*
+ * Where the value of key i came from; file names the config file. In a
+ * stream's config, a value not from its own section is inherited.
+ */
 static void
-config_source(const struct wr_config *cfg, size_t i, char *buf, size_t len)
+config_source(const struct wr_config *cfg, const char *file, size_t i,
+    char *buf, size_t len)
 {
-	if (cfg->src_argv != NULL && cfg->src_argv[i])
-		snprintf(buf, len, "command line (--%s)",
+	const char *inh = cfg->stream_name != NULL ? "inherited: " : "";
+
+	if (cfg->src_argv != NULL && cfg->src_argv[i] == CONFIG_SRC_SECTION)
+		snprintf(buf, len, "file %s:%u", file, cfg->src_line[i]);
+	else if (cfg->src_argv != NULL && cfg->src_argv[i])
+		snprintf(buf, len, "%scommand line (--%s)", inh,
 		    config_keys[i].ck_name);
 	else if (cfg->src_line != NULL && cfg->src_line[i] != 0)
-		snprintf(buf, len, "file %s:%u", cfg->config_file,
+		snprintf(buf, len, "%sfile %s:%u", inh, file,
 		    cfg->src_line[i]);
+	else if (cfg->stream_name != NULL && config_keys[i].ck_off ==
+	    offsetof(struct wr_config, data_dir))
+		snprintf(buf, len, "default: <data-dir>/%s",
+		    cfg->stream_name);
 	else
-		snprintf(buf, len, "default");
+		snprintf(buf, len, "%sdefault", inh);
+}
+
+/* One key of --print-config. */
+static void
+config_print_key(const struct wr_config *cfg, const char *file, size_t i,
+    FILE *f)
+{
+	const struct config_key *k = &config_keys[i];
+	char buf[4096], src[4200];
+
+	config_source(cfg, file, i, src, sizeof(src));
+	if (config_format(cfg, k, buf, sizeof(buf)) == -1) {
+		fprintf(f, "#%s =  # not set: %s\n", k->ck_name, src);
+		return;
+	}
+	if (k->ck_off == offsetof(struct wr_config, upstream_protocol) &&
+	    cfg->upstream == NULL) {
+		fprintf(f, "#%s = %s  # %s; unused without an upstream\n",
+		    k->ck_name, buf, src);
+		return;
+	}
+	if (k->ck_flags & CF_SECRET) {
+		fprintf(f, "#%s = ********  # %s; secret, not shown\n",
+		    k->ck_name, src);
+		return;
+	}
+	fprintf(f, "%s = ", k->ck_name);
+	config_put_value(f, buf);
+	fprintf(f, "  # %s\n", src);
 }
 
 void
@@ -2281,7 +2343,7 @@ config_print(const struct wr_config *cfg, FILE *f)
 {
 	static const char *const envs[] = { AUTH_ENV_PUBLISH,
 	    AUTH_ENV_SUBSCRIBE, AUTH_ENV_UPSTREAM };
-	char buf[4096], src[4200];
+	const struct wr_config *sc;
 	int group = -1;
 
 	fprintf(f, "# walrelay %s: the effective configuration; after each "
@@ -2289,31 +2351,18 @@ config_print(const struct wr_config *cfg, FILE *f)
 	    "line, environment)\n", PACKAGE_VERSION);
 	fprintf(f, "[walrelay]\n");
 	for (size_t i = 0; i < NKEYS; i++) {
-		const struct config_key *k = &config_keys[i];
-
-		if (k->ck_group != group) {
-			group = k->ck_group;
+		if (config_keys[i].ck_group != group) {
+			group = config_keys[i].ck_group;
 			fprintf(f, "\n# %s\n", config_groups[group]);
 		}
-		config_source(cfg, i, src, sizeof(src));
-		if (config_format(cfg, k, buf, sizeof(buf)) == -1) {
-			fprintf(f, "#%s =  # not set: %s\n", k->ck_name, src);
-			continue;
-		}
-		if (k->ck_off == offsetof(struct wr_config,
-		    upstream_protocol) && cfg->upstream == NULL) {
-			fprintf(f, "#%s = %s  # %s; unused without an "
-			    "upstream\n", k->ck_name, buf, src);
-			continue;
-		}
-		if (k->ck_flags & CF_SECRET) {
-			fprintf(f, "#%s = ********  # %s; secret, not shown\n",
-			    k->ck_name, src);
-			continue;
-		}
-		fprintf(f, "%s = ", k->ck_name);
-		config_put_value(f, buf);
-		fprintf(f, "  # %s\n", src);
+		config_print_key(cfg, cfg->config_file, i, f);
+	}
+	/* each stream's every key but the process's: set here or inherited */
+	for (sc = cfg->streams; sc != NULL; sc = sc->next_stream) {
+		fprintf(f, "\n[stream %s]\n", sc->stream_name);
+		for (size_t i = 0; i < NKEYS; i++)
+			if (!config_is_process_key(config_keys[i].ck_name))
+				config_print_key(sc, cfg->config_file, i, f);
 	}
 	fprintf(f, "\n# Environment\n");
 	for (size_t i = 0; i < sizeof(envs) / sizeof(envs[0]); i++) {

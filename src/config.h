@@ -113,10 +113,14 @@ struct wr_config {
 	int		 check_only;		/* --check-config */
 	int		 print_config;		/* --print-config */
 	unsigned	*src_line;		/* per key: its file line, 0: none */
-	unsigned char	*src_argv;		/* per key: 1 when the command line set it */
+	unsigned char	*src_argv;		/* per key: 1 when the command line set it,
+						   CONFIG_SRC_SECTION when the
+						   stream's own section did */
 	int		 argc;			/* the command line, kept for reloads */
 	char		**argv;
 };
+
+#define CONFIG_SRC_SECTION	2
 
 enum upstream_protocol {
 	UPSTREAM_PROTO_AUTH = 0,
@@ -166,9 +170,11 @@ void	config_usage(FILE *);
 /* Write the effective config as a [walrelay] file (secrets are file names). */
 void	config_dump(const struct wr_config *, FILE *);
 /*
- * --print-config: the effective config as a [walrelay] file, each value
- * followed by where it came from (default, file:line, command line,
- * environment); secret values are masked.
+ * --print-config: the effective config as a [walrelay] file, then one
+ * [stream NAME] section per stream with its every key (process keys
+ * excepted), each value followed by where it came from (default,
+ * file:line, command line, environment; "inherited:" when a stream takes
+ * it from [walrelay]); secret values are masked.
  */
 void	config_print(const struct wr_config *, FILE *);
 
@@ -177,6 +183,13 @@ size_t	config_key_count(void);
 const char *config_key_name(size_t);
 /* 1 reloadable, 0 not, -1 no such key. */
 int	config_key_reloadable(const char *name);
+/*
+ * A size: decimal digits and an optional K, M, G or T (either case,
+ * powers of 1024), nothing else; 0, or -1 (also on overflow).
+ */
+int	config_parse_size(const char *, uint64_t *);
+/* A stream name: [A-Za-z0-9_.-]{1,64}. 1 or 0. */
+int	config_stream_name_ok(const char *);
 /* host:port or [v6]:port with a port 1-65535; 0, or -1 with err. */
 int	config_addr_check(const char *, char *err, size_t errlen);
 /*

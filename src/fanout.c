@@ -12,6 +12,7 @@
 
 #include <event2/event.h>
 
+#include "clock.h"
 #include "config.h"
 #include "fanout.h"
 #include "log.h"
@@ -629,7 +630,7 @@ fanout_status_foreach(struct fanout *fo, void (*fn)(void *,
 	struct subscriber_status st;
 	struct fanout_link *l;
 	struct chunk *ch;
-	uint64_t now_us = chunk_clock_us(), now_ms = relay_now_ms(), after;
+	uint64_t now_us = clock_mono_us(), now_ms = clock_wall_ms(), after;
 	size_t n = 0;
 	int rc = -1;
 

@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
-#include "frame.h"
+#include "chunk.h"
 
 struct fanout;
 struct stream;

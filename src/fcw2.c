@@ -393,3 +393,22 @@ fcw2_decoder_finish(struct fcw2_decoder *dec)
 		return dec->error;
 	return dec->pos == dec->len ? FCW2_OK : FCW2_ERR_TRAILING;
 }
+
+size_t
+fcw2_walk(const uint8_t *buf, size_t off, size_t end, uint64_t max,
+    uint64_t *n)
+{
+	uint64_t k = 0;
+	size_t flen;
+
+	while (k < max && off < end && end - off >= FCW2_HEADER_LEN) {
+		flen = fcw2_frame_len(buf + off);
+		if (flen > end - off)
+			break;
+		off += flen;
+		k++;
+	}
+	if (n != NULL)
+		*n = k;
+	return off;
+}

@@ -92,6 +92,15 @@ fcw2_frame_len(const uint8_t *hdr)
 	    (size_t)hdr[7] << 16 | (size_t)hdr[8] << 24);
 }
 
+/*
+ * Walk the headers of whole frames already checked, back to back in buf
+ * from off: pass at most max frames and stop before a frame that would
+ * end after end. Returns the offset reached (a frame boundary); *n, when
+ * not NULL, the frames passed. Reads headers only, validates nothing.
+ */
+size_t		 fcw2_walk(const uint8_t *buf, size_t off, size_t end,
+		    uint64_t max, uint64_t *n);
+
 /* Parse an uncompressed record that fills exactly len bytes. */
 int		 fcw2_record_parse(const uint8_t *p, size_t len,
 		    struct fcw2_record *rec);

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <event2/buffer.h>
+
 #include "handshake.h"
 
 #define MAGIC_AUTH	"FCWAL-AUTH/1 "
@@ -57,6 +59,25 @@ handshake_feed(struct handshake *hs, const void *buf, size_t len,
 	hs->hs_len += len;
 	hs->hs_line[hs->hs_len] = '\0';
 	*used = len;
+	return HANDSHAKE_NEED_MORE;
+}
+
+int
+handshake_feed_evbuffer(struct handshake *hs, struct evbuffer *in)
+{
+	unsigned char buf[1024];
+	ev_ssize_t n;
+	size_t used;
+	int rc;
+
+	if (hs->hs_state != HANDSHAKE_NEED_MORE)
+		return hs->hs_state;
+	while ((n = evbuffer_copyout(in, buf, sizeof(buf))) > 0) {
+		rc = handshake_feed(hs, buf, (size_t)n, &used);
+		evbuffer_drain(in, used);
+		if (rc != HANDSHAKE_NEED_MORE)
+			return rc;
+	}
 	return HANDSHAKE_NEED_MORE;
 }
 
@@ -581,13 +602,26 @@ handshake_format_sub(char *buf, size_t len, const char *token,
     size_t toklen, int from_kind, uint64_t from, int has_epoch,
     uint64_t epoch, int compress)
 {
+	return handshake_format_sub_stream(buf, len, token, toklen, from_kind,
+	    from, has_epoch, epoch, compress, NULL);
+}
+
+int
+handshake_format_sub_stream(char *buf, size_t len, const char *token,
+    size_t toklen, int from_kind, uint64_t from, int has_epoch,
+    uint64_t epoch, int compress, const char *stream)
+{
 	char f[24], e[HANDSHAKE_EPOCH_LEN + 8];
+	size_t slen = stream != NULL ? strlen(stream) : 0;
 	int n;
 
 	if (toklen == 0 || toklen > HANDSHAKE_LINE_MAX ||
 	    memchr(token, ' ', toklen) != NULL ||
 	    memchr(token, '\n', toklen) != NULL ||
 	    memchr(token, '\0', toklen) != NULL)
+		return -1;
+	if (slen > 64 || strcspn(stream != NULL ? stream : "", " \r\n") !=
+	    slen)
 		return -1;
 	if (from_kind == HANDSHAKE_FROM_EARLIEST)
 		snprintf(f, sizeof(f), "earliest");
@@ -602,9 +636,10 @@ handshake_format_sub(char *buf, size_t len, const char *token,
 		memcpy(e, " epoch=", 7);
 		handshake_format_epoch(e + 7, epoch);
 	}
-	n = snprintf(buf, len, "%s%.*s %s%s%s\n", MAGIC_SUB, (int)toklen,
+	n = snprintf(buf, len, "%s%.*s %s%s%s%s%s\n", MAGIC_SUB, (int)toklen,
 	    token, f, e, compress == HANDSHAKE_COMPRESS_ZSTD ?
-	    " compress=zstd" : "");
+	    " compress=zstd" : "", slen > 0 ? " stream=" : "",
+	    slen > 0 ? stream : "");
 	if (n < 0 || n - 1 > HANDSHAKE_LINE_MAX)
 		return -1;
 	return hs_result(n, len);

@@ -11,15 +11,17 @@
  * byte after the one space, spaces included; FCWAL-SUB/1 separates its
  * fields with single spaces. <from> is a decimal sequence number, earliest,
  * latest or snapshot; options are epoch=<1 to 16 hex digits>,
- * compress=zstd|none and resync=1|0. A reply to snapshot (or to a gone
- * position with resync=1) adds snapshot=<entries>.
+ * compress=zstd|none, resync=1|0 and stream=<name> (1 to 64 bytes). A
+ * reply to snapshot (or to a gone position with resync=1) adds
+ * snapshot=<entries>.
  *
  * Epochs are written as 16 lowercase hex digits (zero-padded, no 0x);
  * parsing accepts 1 to 16 hex digits in either case.
  *
  * Pure code, no I/O: the accumulator takes bytes in any split and leaves
  * the bytes after the LF to the caller (on an ingest connection they are
- * the start of the FCW2 stream).
+ * the start of the FCW2 stream). handshake_feed_evbuffer is the read loop
+ * every connection uses, over a libevent input buffer.
  */
 #ifndef WALRELAY_HANDSHAKE_H
 #define WALRELAY_HANDSHAKE_H
@@ -102,6 +104,14 @@ void	handshake_init(struct handshake *);
  */
 int	handshake_feed(struct handshake *, const void *buf, size_t len,
 	    size_t *used);
+/*
+ * handshake_feed over what an input buffer holds: takes (drains) bytes up
+ * to and including the LF, leaving the rest in the buffer. Returns as
+ * handshake_feed: HANDSHAKE_NEED_MORE once the buffer is empty without a
+ * whole line.
+ */
+struct evbuffer;
+int	handshake_feed_evbuffer(struct handshake *, struct evbuffer *);
 int	handshake_done(const struct handshake *);
 /* The complete line (CR LF stripped) and its length. */
 const char *handshake_line(const struct handshake *, size_t *len);
@@ -142,6 +152,10 @@ int	handshake_format_auth(char *buf, size_t len, const char *token,
 int	handshake_format_sub(char *buf, size_t len, const char *token,
 	    size_t toklen, int from_kind, uint64_t from, int has_epoch,
 	    uint64_t epoch, int compress);
+/* The same with a stream=NAME option (stream NULL or "": none). */
+int	handshake_format_sub_stream(char *buf, size_t len, const char *token,
+	    size_t toklen, int from_kind, uint64_t from, int has_epoch,
+	    uint64_t epoch, int compress, const char *stream);
 /* 16 lowercase hex digits and a NUL: buf holds HANDSHAKE_EPOCH_LEN + 1. */
 void	handshake_format_epoch(char *buf, uint64_t epoch);
 /* <from>: earliest, latest, snapshot or a decimal sequence, exactly len bytes. 0, or -1. */

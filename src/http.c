@@ -21,9 +21,10 @@
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 
+#include "chunk.h"
+#include "clock.h"
 #include "crc.h"
 #include "fanout.h"
-#include "frame.h"
 #include "http.h"
 #include "jetstream.h"
 #include "log.h"
@@ -52,10 +53,9 @@ http_resume_cb(evutil_socket_t fd, short what, void *arg)
 /*
  * Out of descriptors: pause like the other listeners. Without this error
  * callback libevent logs and retries at once, spinning on the queued
- * connection. (The callback's argument is the evhttp: use h_self.)
+ * connection. (The callback's argument is the evhttp: the server is the
+ * relay's, relay->r_http.)
  */
-static struct http_server *h_self;
-
 static void
 http_accept_error_cb(struct evconnlistener *lev, void *arg)
 {
@@ -71,7 +71,8 @@ http_accept_error_cb(struct evconnlistener *lev, void *arg)
 	log_limited(&rl, LOG_LEVEL_WARN, "http: accept: %s; pausing the "
 	    "listener for %d ms", strerror(err), HTTP_ACCEPT_PAUSE_MS);
 	evconnlistener_disable(lev);
-	evtimer_add(h_self->h_resume, &tv);
+	if (relay->r_http != NULL)
+		evtimer_add(relay->r_http->h_resume, &tv);
 }
 
 /* Every stream ready, or the first reason one is not (into buf). */
@@ -304,7 +305,7 @@ stream_views(size_t *n)
 static double
 last_frame_age(const struct stream_view *v)
 {
-	uint64_t now = relay_now_ms(), last = v->v_us.us_last_frame_ms;
+	uint64_t now = clock_wall_ms(), last = v->v_us.us_last_frame_ms;
 
 	if (last == 0)
 		last = relay->r_started_ms;
@@ -999,7 +1000,7 @@ status_cb(struct evhttp_request *req, void *arg)
 			top = &views[i];
 	evbuffer_add_printf(b, "{\"version\":\"%s\",\"uptime_ms\":%" PRIu64
 	    ",\"all_ready\":%s,", PACKAGE_VERSION,
-	    relay_now_ms() - relay->r_started_ms,
+	    clock_wall_ms() - relay->r_started_ms,
 	    not_ready_all(buf, sizeof(buf)) ? "false" : "true");
 	if (top != NULL) {
 		status_stream(b, tmp, top);
@@ -1057,7 +1058,6 @@ http_new(const char *addr, char *errbuf, size_t errlen)
 		http_free(h);
 		return NULL;
 	}
-	h_self = h;
 	evconnlistener_set_error_cb(lev, http_accept_error_cb);
 	evhttp_set_allowed_methods(h->h_http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
 	evhttp_set_timeout(h->h_http, 10);
@@ -1079,7 +1079,5 @@ http_free(struct http_server *h)
 		event_free(h->h_resume);
 	if (h->h_http != NULL)
 		evhttp_free(h->h_http);
-	if (h_self == h)
-		h_self = NULL;
 	free(h);
 }

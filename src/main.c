@@ -19,6 +19,7 @@
 #include <event2/thread.h>
 
 #include "auth.h"
+#include "clock.h"
 #include "preflight.h"
 #include "config.h"
 #include "fanout.h"
@@ -243,6 +244,10 @@ stream_cfg_name(const struct wr_config *sc)
 	return sc->stream_name != NULL ? sc->stream_name : STREAM_DEFAULT;
 }
 
+static int	routing_clash(const struct wr_config *,
+		    const struct auth_tokens *, const struct wr_config *,
+		    const struct auth_tokens *, char *, size_t);
+
 /*
  * [stream NAME] sections on reload: a running stream takes its section's
  * reloadable keys; a new section starts a new stream; a section removed
@@ -294,6 +299,18 @@ reload_streams(struct wr_config *cur, struct wr_config *next)
 			tls_free(utls);
 			continue;
 		}
+		TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+			if (routing_clash(sc, tok, st->st_cfg, st->st_tokens,
+			    err, sizeof(err)) == -1)
+				break;
+		if (st != NULL) {
+			log_warnx("reload: new stream %s: %s; not started",
+			    sc->stream_name, err);
+			auth_free(tok);
+			free(tok);
+			tls_free(utls);
+			continue;
+		}
 		if ((st = stream_new(sc->stream_name, sc, tok, utls, err,
 		    sizeof(err))) == NULL) {
 			log_warnx("reload: %s; not started", err);
@@ -315,6 +332,15 @@ reload_find(struct wr_config *next, const char *name)
 		if (strcmp(stream_cfg_name(sc), name) == 0)
 			return sc;
 	return NULL;
+}
+
+/* The settings a running stream will have after the reload. */
+static const struct wr_config *
+reload_cfg(struct wr_config *next, const struct stream *st)
+{
+	struct wr_config *sc;
+
+	return (sc = reload_find(next, st->st_name)) != NULL ? sc : st->st_cfg;
 }
 
 /* Say what a reload changes in a token set (never the tokens). */
@@ -347,6 +373,7 @@ reload(void)
 	size_t n = 0, nrn = relay->r_nstreams, npub = 0, nsub = 0, ncli = 0;
 	int restart, applied, rc = -1;
 	struct reload_new {
+		struct stream		*rn_st;
 		struct auth_tokens	*rn_tok;
 		struct tls_ctx		*rn_cli;
 	} *rn = NULL;
@@ -374,6 +401,7 @@ reload(void)
 	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
 		struct reload_new *r = &rn[n++];
 
+		r->rn_st = st;
 		/* a removed stream keeps its running settings */
 		if ((sc = reload_find(next, st->st_name)) == NULL)
 			sc = st->st_cfg;
@@ -394,6 +422,15 @@ reload(void)
 		}
 		ncli += r->rn_cli != NULL;
 	}
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = i + 1; j < n; j++)
+			if (routing_clash(reload_cfg(next, rn[i].rn_st),
+			    rn[i].rn_tok, reload_cfg(next, rn[j].rn_st),
+			    rn[j].rn_tok, err, sizeof(err)) == -1) {
+				log_warnx("reload: %s; keeping the running "
+				    "tokens and config", err);
+				goto out;
+			}
 	if (tls_setup_server(next, &srv, err, sizeof(err)) == -1) {
 		log_warnx("reload: %s; keeping the running certificates, "
 		    "tokens and config", err);
@@ -466,7 +503,7 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 		if (!relay->r_stopping) {
 			notify_reloading();
 			relay->r_reload_last_ok = reload() == 0;
-			relay->r_reload_last_ms = relay_now_ms();
+			relay->r_reload_last_ms = clock_wall_ms();
 			if (relay->r_reload_last_ok)
 				relay->r_reloads_ok++;
 			else
@@ -516,6 +553,45 @@ check_exposure(struct wr_config *cfg, struct auth_tokens *tok, char *err,
 			    "connect", l[i].what, l[i].addr, l[i].option);
 			return -1;
 		}
+	}
+	return 0;
+}
+
+/*
+ * Two streams that share a listener route its connections by token: a
+ * token both accept there could go to either. 0, or -1 with the streams,
+ * the listener, the key and where the token is.
+ */
+static int
+routing_clash(const struct wr_config *a, const struct auth_tokens *ta,
+    const struct wr_config *b, const struct auth_tokens *tb, char *err,
+    size_t errlen)
+{
+	const struct auth_token *x, *y;
+
+	if (a->upstream == NULL && b->upstream == NULL && a->ingest != NULL &&
+	    b->ingest != NULL && strcmp(a->ingest, b->ingest) == 0 &&
+	    (x = tokenset_shared(&ta->at_publish, &tb->at_publish, &y)) !=
+	    NULL) {
+		snprintf(err, errlen, "streams %s and %s share the ingest "
+		    "listener %s and both take the same publish token (%s and "
+		    "%s): its publishers could not be routed; give each stream "
+		    "its own tokens (publish-token-file)",
+		    stream_cfg_name(a), stream_cfg_name(b), a->ingest,
+		    x->tk_origin, y->tk_origin);
+		return -1;
+	}
+	if (a->listen != NULL && b->listen != NULL &&
+	    strcmp(a->listen, b->listen) == 0 &&
+	    (x = tokenset_shared(&ta->at_subscribe, &tb->at_subscribe, &y)) !=
+	    NULL) {
+		snprintf(err, errlen, "streams %s and %s share the subscriber "
+		    "listener %s and both take the same subscribe token (%s "
+		    "and %s): a stock subscriber could not be routed; give "
+		    "each stream its own tokens (subscribe-token-file)",
+		    stream_cfg_name(a), stream_cfg_name(b), a->listen,
+		    x->tk_origin, y->tk_origin);
+		return -1;
 	}
 	return 0;
 }
@@ -576,6 +652,11 @@ plans_make(struct wr_config *cfg, size_t *np, char *err, size_t errlen)
 		}
 		warn_loose(sp->sp_tok, sc);
 	}
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = i + 1; j < n; j++)
+			if (routing_clash(p[i].sp_cfg, p[i].sp_tok, p[j].sp_cfg,
+			    p[j].sp_tok, err, errlen) == -1)
+				goto fail;
 	*np = n;
 	return p;
 fail:
@@ -653,7 +734,7 @@ main(int argc, char **argv)
 	 * glibc's default, the threshold rises after the first large free and
 	 * the heap keeps the holes: a slow subscriber then made the relay's
 	 * RSS several times its tail-memory and buffers. Mapping and
-	 * unmapping them is not free either: frame.c keeps freed chunk
+	 * unmapping them is not free either: chunk.c keeps freed chunk
 	 * buffers for reuse (4 MiB at most, released when idle).
 	 */
 	mallopt(M_MMAP_THRESHOLD, 64 * 1024);
@@ -662,7 +743,7 @@ main(int argc, char **argv)
 	if (evthread_use_pthreads() == -1)
 		fatalx("libevent without thread support");
 
-	relay->r_started_ms = relay_now_ms();
+	relay->r_started_ms = clock_wall_ms();
 	if ((relay->r_base = event_base_new()) == NULL)
 		fatalx("cannot create the event loop");
 	if (notify_init(relay->r_base, err, sizeof(err)) == -1)

@@ -136,6 +136,7 @@ struct net_source {
 	int			 ns_family;
 	uint8_t			 ns_addr[16];
 	unsigned		 ns_count;
+	const void		*ns_scope;	/* the listener's owner */
 	unsigned		 ns_port;	/* NET_PORT_* */
 	unsigned		 ns_bucket;
 };
@@ -161,10 +162,12 @@ net_source_key(const struct sockaddr *sa, uint8_t addr[16], int *family)
 }
 
 struct net_source *
-net_conn_acquire(unsigned port, const struct sockaddr *sa, unsigned limit)
+net_conn_acquire(unsigned port, const void *scope, const struct sockaddr *sa,
+    unsigned limit)
 {
 	struct net_source *ns, **table;
 	uint8_t addr[16];
+	uintptr_t sp = (uintptr_t)scope;
 	unsigned h = 2166136261u;
 	int family;
 
@@ -173,14 +176,18 @@ net_conn_acquire(unsigned port, const struct sockaddr *sa, unsigned limit)
 	table = net_source_table[port];
 	for (int i = 0; i < 16; i++)
 		h = (h ^ addr[i]) * 16777619u;
+	for (size_t i = 0; i < sizeof(sp); i++)
+		h = (h ^ (unsigned)((sp >> (i * 8)) & 0xff)) * 16777619u;
 	h %= NET_SOURCE_BUCKETS;
 	for (ns = table[h]; ns != NULL; ns = ns->ns_next)
-		if (ns->ns_family == family && memcmp(ns->ns_addr, addr, 16) == 0)
+		if (ns->ns_family == family && ns->ns_scope == scope &&
+		    memcmp(ns->ns_addr, addr, 16) == 0)
 			break;
 	if (ns == NULL) {
 		if (limit == 0 || (ns = calloc(1, sizeof(*ns))) == NULL)
 			return NULL;
 		ns->ns_family = family;
+		ns->ns_scope = scope;
 		memcpy(ns->ns_addr, addr, 16);
 		ns->ns_port = port;
 		ns->ns_bucket = h;

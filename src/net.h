@@ -22,18 +22,22 @@ struct net_listener	*net_listen(const char *addr, net_accept_cb, void *arg,
 void			 net_listener_free(struct net_listener *);
 
 /*
- * Connections per source address, counted per port (each port has its
- * own table and limit). net_conn_acquire counts one more for the address
- * on that port and returns a handle, or NULL when the address already has
- * `limit` connections there; net_conn_release gives it back.
+ * Connections per source address, counted per listener: scope names the
+ * listener (the stream that owns it), port its kind (each kind has its own
+ * table and limit). A host that connects to many streams' own listeners is
+ * counted once per listener; on a listener several streams share, the
+ * stream is known only after the handshake, so they share the count.
+ * net_conn_acquire counts one more for the address there and returns a
+ * handle, or NULL when the address already has `limit` connections there;
+ * net_conn_release gives it back.
  */
 #define NET_PORT_INGEST		0
 #define NET_PORT_SUBSCRIBER	1
 #define NET_PORTS		2
 
 struct net_source;
-struct net_source	*net_conn_acquire(unsigned port, const struct sockaddr *,
-			    unsigned limit);
+struct net_source	*net_conn_acquire(unsigned port, const void *scope,
+			    const struct sockaddr *, unsigned limit);
 void			 net_conn_release(struct net_source *);
 
 /* A bufferevent for an accepted socket, TLS when tls is non-NULL. */

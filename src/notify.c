@@ -18,6 +18,7 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "clock.h"
 #include "fanout.h"
 #include "log.h"
 #include "notify.h"
@@ -38,15 +39,6 @@ struct notify {
 };
 
 static struct notify N;
-
-static uint64_t
-notify_now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-}
 
 static void
 notify_send(const char *msg)
@@ -108,13 +100,13 @@ notify_status(const char *prefix)
 	notify_status_line(line, sizeof(line));
 	snprintf(msg, sizeof(msg), "%sSTATUS=%s", prefix, line);
 	notify_send(msg);
-	N.n_last_status_us = notify_now_us();
+	N.n_last_status_us = clock_mono_us();
 }
 
 static void
 notify_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
-	uint64_t now = notify_now_us();
+	uint64_t now = clock_mono_us();
 
 	if (N.n_watchdog_us != 0)
 		notify_send("WATCHDOG=1");
@@ -178,7 +170,7 @@ notify_reloading(void)
 	char msg[96];
 
 	snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%" PRIu64
-	    "\nSTATUS=reloading the configuration", notify_now_us());
+	    "\nSTATUS=reloading the configuration", clock_mono_us());
 	notify_send(msg);
 }
 

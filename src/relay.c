@@ -17,15 +17,6 @@
 struct relay *relay;
 
 uint64_t
-relay_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-uint64_t
 relay_conn_id(void)
 {
 	return ++relay->r_next_id;

@@ -9,7 +9,7 @@
 #include <sys/socket.h>
 
 #include "config.h"
-#include "frame.h"
+#include "chunk.h"
 #include "segment.h"
 #include "stream.h"
 
@@ -47,7 +47,6 @@ struct relay {
 
 extern struct relay *relay;
 
-uint64_t	relay_now_ms(void);
 uint64_t	relay_conn_id(void);
 /* The stream named name, or NULL. */
 struct stream	*relay_stream(const char *name);

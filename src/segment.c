@@ -44,8 +44,9 @@
 #include <xxhash.h>
 
 #include "archive.h"
+#include "clock.h"
 #include "fcw2.h"
-#include "frame.h"
+#include "chunk.h"
 #include "log.h"
 #include "scan.h"
 #include "segment.h"
@@ -212,19 +213,13 @@ segment_fsync_name(int mode)
 static uint64_t
 segment_now_ms(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	return clock_wall_ms();
 }
 
 static uint64_t
 segment_mono_ms(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	return clock_mono_ms();
 }
 
 static uint64_t
@@ -1391,7 +1386,7 @@ writer_publish(struct segstore *ss)
 	struct segment *seg = ss->ss_active;
 	struct chunk *ch;
 	size_t bytes = 0;
-	uint64_t now = chunk_clock_us();
+	uint64_t now = clock_mono_us();
 
 	STAILQ_FOREACH(ch, &ss->ss_unsynced, ch_wentry)
 		bytes += ch->ch_len;
@@ -1442,9 +1437,9 @@ writer_sync(struct segstore *ss)
 	if (seg == NULL || (!ss->ss_wdirty && STAILQ_EMPTY(&ss->ss_unsynced)))
 		return 0;
 	start = segment_mono_ms();
-	start_us = chunk_clock_us();
+	start_us = clock_mono_us();
 	if (writer_sync_fd(ss, ss->ss_wfd) == 0) {
-		uint64_t us = chunk_clock_us() - start_us;
+		uint64_t us = clock_mono_us() - start_us;
 
 		ss->ss_last_sync = start;
 		ss->ss_wdirty = 0;

@@ -26,7 +26,7 @@
 #include <stdint.h>
 
 #include "archive.h"
-#include "frame.h"
+#include "chunk.h"
 
 enum fsync_mode {
 	FSYNC_ALWAYS = 0,
@@ -276,7 +276,7 @@ const char	*segstore_dir(const struct segstore *);
 int		 segstore_dirfd(const struct segstore *);
 
 /*
- * segname.c, shared with walcat: the segment files of a directory (names
+ * segment_name.c, shared with walcat: the segment files of a directory (names
  * ending in .wal or .wal.lz4), sorted by name as the cache's reader does.
  */
 int		 segment_is_wal_name(const char *name);

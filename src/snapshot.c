@@ -35,6 +35,7 @@
 #include <lz4.h>
 #include <xxhash.h>
 
+#include "clock.h"
 #include "fcw2.h"
 #include "log.h"
 #include "scan.h"
@@ -56,15 +57,6 @@ enum snap_chg_type {
 	CHG_DEL = 2,
 	CHG_EXPIRE = 3,	/* an expiry for a key that may exist before */
 };
-
-static uint64_t
-snap_mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void
 le32(uint8_t *p, uint32_t v)
@@ -1576,7 +1568,7 @@ snap_job_main(void *arg)
 	struct snap_job *j = sn->sn_job;
 	struct snap_fold *f = NULL;
 	struct segstore_snapmeta sm;
-	uint64_t min_ts = UINT64_MAX, max_ts = 0, ts, t0 = snap_mono_ms();
+	uint64_t min_ts = UINT64_MAX, max_ts = 0, ts, t0 = clock_mono_ms();
 	char base[PATH_MAX], name[SNAP_NAME_MAX], fname[SNAP_NAME_MAX];
 	char err[512];
 	int renamed = 0, prio;
@@ -1675,7 +1667,7 @@ done:
 		fsync(sn->sn_dirfd);
 	}
 	snap_fold_free(f);
-	j->j_ms = snap_mono_ms() - t0;
+	j->j_ms = clock_mono_ms() - t0;
 	event_active(sn->sn_done_ev, 0, 0);
 	return NULL;
 }
@@ -1689,7 +1681,7 @@ snap_done_cb(evutil_socket_t fd, short what, void *arg)
 	pthread_join(sn->sn_thread, NULL);
 	sn->sn_running = 0;
 	sn->sn_job = NULL;
-	sn->sn_last_ms = snap_mono_ms();
+	sn->sn_last_ms = clock_mono_ms();
 	sn->sn_job_ms = j->j_ms;
 	sn->sn_late += j->j_late;
 	if (j->j_ok) {
@@ -1793,7 +1785,7 @@ snap_start(struct snapshotter *sn, int force)
 		goto skip;
 	for (i = first; i < c.c_n - 1; i++)
 		bytes += c.c_v[i].sg_bytes;
-	due = force || (sn->sn_cf.sc_every_ms != 0 && snap_mono_ms() -
+	due = force || (sn->sn_cf.sc_every_ms != 0 && clock_mono_ms() -
 	    sn->sn_last_ms >= sn->sn_cf.sc_every_ms) ||
 	    (sn->sn_cf.sc_every_bytes != 0 && bytes >=
 	    sn->sn_cf.sc_every_bytes);
@@ -1894,7 +1886,7 @@ snapshotter_open(const struct snapshot_config *cf, struct segstore *store,
 	if (sn->sn_cf.sc_max_frame == 0)
 		sn->sn_cf.sc_max_frame = FCW2_DEFAULT_MAX_FRAME;
 	sn->sn_enabled = cf->sc_every_ms != 0 || cf->sc_every_bytes != 0;
-	sn->sn_last_ms = snap_mono_ms();
+	sn->sn_last_ms = clock_mono_ms();
 	sn->sn_store = store;
 	if ((sn->sn_dirfd = open(sn->sn_dir, O_RDONLY | O_DIRECTORY |
 	    O_CLOEXEC)) == -1) {

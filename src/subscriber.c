@@ -29,6 +29,7 @@
 #include <zstd.h>
 
 #include "auth.h"
+#include "clock.h"
 #include "fanout.h"
 #include "handshake.h"
 #include "segment.h"
@@ -811,18 +812,9 @@ sub_handshake(struct subscriber *sub)
 	struct fanout_status fs;
 	char err[160], line[HANDSHAKE_LINE_MAX + 2];
 	uint64_t start;
-	size_t used;
-	int rc = HANDSHAKE_NEED_MORE;
+	int rc;
 
-	while (evbuffer_get_length(in) > 0) {
-		unsigned char buf[1024];
-		size_t n = evbuffer_copyout(in, buf, sizeof(buf));
-
-		rc = handshake_feed(&sub->sub_hs, buf, n, &used);
-		evbuffer_drain(in, used);
-		if (rc != HANDSHAKE_NEED_MORE)
-			break;
-	}
+	rc = handshake_feed_evbuffer(&sub->sub_hs, in);
 	if (rc == HANDSHAKE_TOO_LONG) {
 		sub_stream(sub)->st_stats.sub_rejected_request++;
 		log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: refused %s: "
@@ -1052,13 +1044,14 @@ subscriber_accept(struct fanout *fo, int fd, struct sockaddr *sa, int salen)
 		evutil_closesocket(fd);
 		return NULL;
 	}
-	if ((src = net_conn_acquire(NET_PORT_SUBSCRIBER, sa,
+	if ((src = net_conn_acquire(NET_PORT_SUBSCRIBER, fo, sa,
 	    relay->r_cfg->max_conns_per_ip)) == NULL) {
 		st->st_stats.sub_rejected_limit++;
 		relay_addr_str(sa, peer, sizeof(peer));
 		log_limited(&sub_refusals, LOG_LEVEL_WARN, "subscriber: refused "
-		    "%s: %u connections from that address, the limit "
-		    "(max-conns-per-ip)", peer, relay->r_cfg->max_conns_per_ip);
+		    "%s: %u connections from that address on the listener of "
+		    "stream %s, the limit (max-conns-per-ip)", peer,
+		    relay->r_cfg->max_conns_per_ip, st->st_name);
 		evutil_closesocket(fd);
 		return NULL;
 	}
@@ -1081,7 +1074,7 @@ subscriber_accept(struct fanout *fo, int fd, struct sockaddr *sa, int salen)
 	relay_addr_str(sa, sub->sub_peer, sizeof(sub->sub_peer));
 	sub->sub_bev = bev;
 	sub->sub_state = SUB_HANDSHAKE;
-	sub->sub_connected_ms = relay_now_ms();
+	sub->sub_connected_ms = clock_wall_ms();
 	handshake_init(&sub->sub_hs);
 	if ((sub->sub_timer = evtimer_new(relay->r_base, subscriber_timer_cb,
 	    sub)) == NULL) {

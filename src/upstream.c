@@ -23,6 +23,7 @@
 #include <event2/listener.h>
 
 #include "auth.h"
+#include "clock.h"
 #include "fanout.h"
 #include "fcw2.h"
 #include "handshake.h"
@@ -125,7 +126,7 @@ upconn_publish(struct upconn *uc)
 	}
 	ch->ch_len = uc->uc_checked;
 	ch->ch_nframes = uc->uc_nframes;
-	ch->ch_recv_us = chunk_clock_us();
+	ch->ch_recv_us = clock_mono_us();
 	if (ch->ch_cap - ch->ch_len > ch->ch_len / 16)
 		chunk_shrink(ch);	/* the tail holds it for a while */
 	segstore_append(upconn_stream(uc)->st_store, ch);
@@ -134,7 +135,7 @@ upconn_publish(struct upconn *uc)
 	upconn_stream(uc)->st_stats.up_bytes += ch->ch_len;
 	uc->uc_frames += ch->ch_nframes;
 	uc->uc_offset += ch->ch_len;
-	uc->uc_up->u_last_frame_ms = relay_now_ms();
+	uc->uc_up->u_last_frame_ms = clock_wall_ms();
 	if (uc->uc_pull)
 		uc->uc_up->u_attempt = 0;	/* the upstream delivers: backoff over */
 	chunk_unref(ch);
@@ -340,7 +341,7 @@ upconn_handshake(struct upconn *uc)
 	struct handshake_req req;
 	unsigned char peek[5];
 	char err[128];
-	size_t have, used;
+	size_t have;
 	int rc;
 
 	have = evbuffer_copyout(in, peek, sizeof(peek));
@@ -377,23 +378,13 @@ upconn_handshake(struct upconn *uc)
 			return;
 		}
 	}
-	while ((have = evbuffer_get_length(in)) > 0) {
-		unsigned char buf[1024];
-		size_t n = evbuffer_copyout(in, buf, sizeof(buf));
-
-		rc = handshake_feed(&uc->uc_hs, buf, n, &used);
-		evbuffer_drain(in, used);
-		if (rc == HANDSHAKE_NEED_MORE)
-			continue;
-		if (rc == HANDSHAKE_TOO_LONG) {
-			upconn_stream(uc)->st_stats.up_rejected_auth++;
-			upconn_close(uc, "refused: auth line longer than 1023 "
-			    "bytes");
-			return;
-		}
-		break;
+	if ((rc = handshake_feed_evbuffer(&uc->uc_hs, in)) ==
+	    HANDSHAKE_TOO_LONG) {
+		upconn_stream(uc)->st_stats.up_rejected_auth++;
+		upconn_close(uc, "refused: auth line longer than 1023 bytes");
+		return;
 	}
-	if (!handshake_done(&uc->uc_hs))
+	if (rc != HANDSHAKE_LINE)
 		return;
 	if (handshake_parse(&uc->uc_hs, &req, err, sizeof(err)) == -1 ||
 	    req.hr_kind != HANDSHAKE_AUTH) {
@@ -439,21 +430,14 @@ upconn_reply(struct upconn *uc)
 	struct evbuffer *in = bufferevent_get_input(uc->uc_bev);
 	struct handshake_reply rep;
 	char err[160];
-	size_t used;
 	int rc;
 
-	while (evbuffer_get_length(in) > 0 && !handshake_done(&uc->uc_hs)) {
-		unsigned char buf[1024];
-		size_t n = evbuffer_copyout(in, buf, sizeof(buf));
-
-		rc = handshake_feed(&uc->uc_hs, buf, n, &used);
-		evbuffer_drain(in, used);
-		if (rc == HANDSHAKE_TOO_LONG) {
-			upconn_close(uc, "upstream reply longer than 1023 bytes");
-			return;
-		}
+	if ((rc = handshake_feed_evbuffer(&uc->uc_hs, in)) ==
+	    HANDSHAKE_TOO_LONG) {
+		upconn_close(uc, "upstream reply longer than 1023 bytes");
+		return;
 	}
-	if (!handshake_done(&uc->uc_hs))
+	if (rc != HANDSHAKE_LINE)
 		return;
 	if (handshake_parse_reply(&uc->uc_hs, &rep, err, sizeof(err)) == -1) {
 		upconn_close(uc, "upstream replied with something else than "
@@ -568,7 +552,7 @@ upconn_new(struct upstream *u, struct bufferevent *bev, const char *peer,
 	snprintf(uc->uc_peer, sizeof(uc->uc_peer), "%s", peer);
 	uc->uc_bev = bev;
 	uc->uc_pull = pull;
-	uc->uc_connected_ms = relay_now_ms();
+	uc->uc_connected_ms = clock_wall_ms();
 	handshake_init(&uc->uc_hs);
 	TAILQ_INSERT_TAIL(&uc->uc_up->u_pending, uc, uc_entry);
 	bufferevent_setcb(bev, upconn_read_cb, NULL, upconn_event_cb, uc);
@@ -596,13 +580,14 @@ upstream_accept(struct upstream *u, int fd, struct sockaddr *sa, int salen)
 		evutil_closesocket(fd);
 		return;
 	}
-	if ((src = net_conn_acquire(NET_PORT_INGEST, sa,
+	if ((src = net_conn_acquire(NET_PORT_INGEST, u, sa,
 	    relay->r_cfg->max_ingest_conns_per_ip)) == NULL) {
 		u->u_stream->st_stats.up_rejected_limit++;
 		log_limited(&up_refusals, LOG_LEVEL_WARN, "ingest: refused %s: "
-		    "%u ingest connections from that address, the limit "
-		    "(max-ingest-conns-per-ip)", peer,
-		    relay->r_cfg->max_ingest_conns_per_ip);
+		    "%u ingest connections from that address on the listener "
+		    "of stream %s, the limit (max-ingest-conns-per-ip)", peer,
+		    relay->r_cfg->max_ingest_conns_per_ip,
+		    u->u_stream->st_name);
 		evutil_closesocket(fd);
 		return;
 	}

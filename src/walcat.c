@@ -26,6 +26,8 @@
 #include <unistd.h>
 
 #include "archive.h"
+#include "clock.h"
+#include "config.h"
 #include "fcw2.h"
 #include "scan.h"
 #include "segment.h"
@@ -76,14 +78,16 @@ static const struct walcat_cmd walcat_cmds[] = {
 	{ "verify", "[--max-frame-bytes N] PATH",
 	  "check every frame, report each problem and a summary",
 	  walcat_verify },
-	{ "produce", "[--token-file F] [--dir PATH | --count N] [...] ADDR",
+	{ "produce", "[--token-file F | --config F --stream NAME] "
+	  "[--dir PATH | --count N] [...] ADDR",
 	  "send frames to a relay's ingest ADDR as the cache's exporter does",
 	  walcat_produce },
 	{ "tail", "[--from SEQ|earliest|latest] [--position-file F] "
-	  "[--token-file F] [...] ADDR",
+	  "[--token-file F] [--stream NAME] [...] ADDR",
 	  "subscribe to a relay's subscriber ADDR and print the records",
 	  walcat_tail },
-	{ "repair", "--from ADDR [--token-file F] [--tls-ca F ...] DIR",
+	{ "repair", "--from ADDR [--token-file F] [--stream NAME] "
+	  "[--tls-ca F ...] DIR",
 	  "replace corrupt frames with the same frames from a chain relay",
 	  walcat_repair },
 	{ "restore", "[--until-seq S | --until-time T] [--force] SOURCE OUTDIR",
@@ -130,7 +134,7 @@ walcat_usage(FILE *f)
 		    walcat_cmds[i].args, walcat_cmds[i].help);
 	fprintf(f, "\noptions of dump and verify:\n"
 	    "  --json                  dump: JSON lines instead of text\n"
-	    "  --max-frame-bytes N     frame size cap (suffix K, M or G; "
+	    "  --max-frame-bytes N     frame size cap (suffix K, M, G or T; "
 	    "default 64M):\n"
 	    "                          a longer frame is corruption\n"
 	    "  --from-seq SEQ          dump: number the records with the "
@@ -160,49 +164,13 @@ walcat_cmd_usage(const struct walcat_cmd *cmd, FILE *f)
 	fprintf(f, "usage: %s %s %s\n", walcat_progname, cmd->name, cmd->args);
 }
 
-/* A size with an optional K, M or G suffix (powers of 1024). */
-static int
-walcat_parse_size(const char *s, size_t *out)
-{
-	unsigned long long v;
-	char *end;
-
-	if (*s < '0' || *s > '9')
-		return -1;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno != 0)
-		return -1;
-	switch (*end) {
-	case '\0':
-		break;
-	case 'k': case 'K':
-		v = v > (ULLONG_MAX >> 10) ? ULLONG_MAX : v << 10;
-		end++;
-		break;
-	case 'm': case 'M':
-		v = v > (ULLONG_MAX >> 20) ? ULLONG_MAX : v << 20;
-		end++;
-		break;
-	case 'g': case 'G':
-		v = v > (ULLONG_MAX >> 30) ? ULLONG_MAX : v << 30;
-		end++;
-		break;
-	default:
-		return -1;
-	}
-	if (*end != '\0' || v > SIZE_MAX)
-		return -1;
-	*out = (size_t)v;
-	return 0;
-}
-
 static int
 walcat_max_frame_opt(const char *arg, size_t *out)
 {
-	size_t v;
+	uint64_t v;
 
-	if (walcat_parse_size(arg, &v) != 0 ||
+	/* the relay's own rules: the same values as its max-frame-bytes */
+	if (config_parse_size(arg, &v) != 0 ||
 	    v < FCW2_OVERHEAD + FCW2_RECORD_MIN ||
 	    v - FCW2_OVERHEAD > UINT32_MAX) {
 		fprintf(stderr, "%s: --max-frame-bytes: %s: want a size from "
@@ -211,7 +179,7 @@ walcat_max_frame_opt(const char *arg, size_t *out)
 		    (unsigned long long)UINT32_MAX + FCW2_OVERHEAD);
 		return -1;
 	}
-	*out = v;
+	*out = (size_t)v;
 	return 0;
 }
 
@@ -292,15 +260,6 @@ nomem:
 	return -1;
 }
 
-static long long
-walcat_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 static void
 walcat_progress(struct walcat_walk *ww, size_t idx, size_t nfiles,
     const char *path, uint64_t done, uint64_t size, int force)
@@ -310,7 +269,7 @@ walcat_progress(struct walcat_walk *ww, size_t idx, size_t nfiles,
 
 	if (!ww->ww_progress)
 		return;
-	now = walcat_now_ns();
+	now = (long long)clock_mono_ns();
 	if (!force && now - ww->ww_last_progress < WALCAT_PROGRESS_NS)
 		return;
 	ww->ww_last_progress = now;

@@ -24,6 +24,7 @@
 #include <zstd.h>
 
 #include "auth.h"
+#include "clock.h"
 #include "config.h"
 #include "fcw2.h"
 #include "handshake.h"
@@ -32,24 +33,6 @@
 #include "walcat.h"
 
 #define PRODUCE_BATCH	(256 * 1024)
-
-static uint64_t
-now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t
-wall_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* Connect to host:port; -1 with a message on failure. */
 static int
@@ -178,7 +161,7 @@ struct producer {
 static void
 producer_progress(struct producer *p, int force)
 {
-	uint64_t now = now_ns();
+	uint64_t now = clock_mono_ns();
 	double secs;
 
 	if (!p->progress || (!force && now - p->last_progress <
@@ -278,14 +261,7 @@ producer_send(struct producer *p, const uint8_t *buf, size_t len,
 			    "reconnecting in %u ms\n", strerror(errno),
 			    p->backoff_ms);
 		/* back up to the start of the frame that failed */
-		{
-			size_t pos = off, end = off + done, start = off;
-			while (pos < end) {
-				start = pos;
-				pos += fcw2_frame_len(buf + pos);
-			}
-			off = pos == end ? end : start;
-		}
+		off = fcw2_walk(buf, off, off + done, UINT64_MAX, NULL);
 		close(p->fd);
 		p->fd = -1;
 		p->reconnects++;
@@ -306,7 +282,7 @@ static int
 producer_finish(struct producer *p)
 {
 	struct pollfd pfd;
-	uint64_t deadline = now_ns() + PRODUCE_CLOSE_WAIT_MS * 1000000ull;
+	uint64_t deadline = clock_mono_ns() + PRODUCE_CLOSE_WAIT_MS * 1000000ull;
 	char buf[4096];
 	ssize_t n;
 
@@ -319,7 +295,7 @@ producer_finish(struct producer *p)
 		return 2;
 	}
 	for (;;) {
-		uint64_t now = now_ns();
+		uint64_t now = clock_mono_ns();
 		int ms;
 
 		if (now >= deadline) {
@@ -361,11 +337,18 @@ produce_usage(FILE *f)
 {
 	fprintf(f,
 "usage: walcat produce [options] ADDR\n"
+"       walcat produce --config FILE --stream NAME [options] [ADDR]\n"
 "  Act as the cache's WAL exporter in connect mode: connect to ADDR, send\n"
 "  the auth line (with --token-file), then FCW2 frames. On a write error,\n"
 "  wait a fixed backoff, reconnect and resend the whole frame that failed.\n"
+"  A relay routes a publisher to the stream its publish token belongs to\n"
+"  (FCWAL-AUTH/1 cannot name a stream).\n"
 "options:\n"
 "  --token-file FILE   send FCWAL-AUTH/1 with the first token in FILE\n"
+"  --config FILE       the relay's config file, with --stream:\n"
+"  --stream NAME       publish to stream NAME of that config: its\n"
+"                      publish-token-file's first token, and its ingest\n"
+"                      address when ADDR is not given\n"
 "  --dir PATH          replay the frames of a segment file or directory\n"
 "  --count N           synthetic records to send (default 1000; 0: forever)\n"
 "  --value-bytes N     value size of synthetic SET records (default 100)\n"
@@ -480,6 +463,59 @@ produce_replay(struct producer *p, const char *path)
 	return rc;
 }
 
+/*
+ * --config FILE --stream NAME: the stream's ingest address (when addr is
+ * NULL) and publish token file, from the relay's own config. Strings
+ * point into cfg (kept until the token is read), except the address,
+ * which is copied. -1 (said) when the stream is not there or takes no
+ * publishers.
+ */
+static int
+produce_stream(const char *file, const char *name, struct wr_config *cfg,
+    const char **addr, const char **tokfile)
+{
+	static char addrbuf[300];
+	char *av[] = { "walrelay", "-c", (char *)file, NULL };
+	char err[1024];
+	struct wr_config *sc;
+
+	if (!config_stream_name_ok(name)) {
+		fprintf(stderr, "walcat: produce: --stream %s: not a stream "
+		    "name (1 to 64 of A-Z a-z 0-9 _ . -)\n", name);
+		return -1;
+	}
+	memset(cfg, 0, sizeof(*cfg));
+	if (config_load(3, av, cfg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "walcat: produce: %s\n", err);
+		return -1;
+	}
+	if (cfg->streams == NULL)
+		sc = strcmp(name, "default") == 0 ? cfg : NULL;
+	else
+		for (sc = cfg->streams; sc != NULL; sc = sc->next_stream)
+			if (strcmp(sc->stream_name, name) == 0)
+				break;
+	if (sc == NULL) {
+		fprintf(stderr, "walcat: produce: %s defines no stream %s\n",
+		    file, name);
+		config_free(cfg);
+		return -1;
+	}
+	if (sc->upstream != NULL || sc->ingest == NULL) {
+		fprintf(stderr, "walcat: produce: stream %s of %s takes no "
+		    "publishers: it %s\n", name, file, sc->upstream != NULL ?
+		    "pulls from its upstream" : "has no ingest listener");
+		config_free(cfg);
+		return -1;
+	}
+	if (*addr == NULL) {
+		snprintf(addrbuf, sizeof(addrbuf), "%s", sc->ingest);
+		*addr = addrbuf;
+	}
+	*tokfile = sc->publish_token_file;
+	return 0;
+}
+
 static uint64_t
 xorshift(uint64_t *s)
 {
@@ -507,11 +543,16 @@ walcat_produce(int argc, char **argv)
 		{ "seed", required_argument, NULL, 'S' },
 		{ "backoff-ms", required_argument, NULL, 'b' },
 		{ "quiet", no_argument, NULL, 'q' },
+		{ "config", required_argument, NULL, 'c' },
+		{ "stream", required_argument, NULL, 'N' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
 	struct producer p;
-	const char *dir = NULL, *tokfile = NULL;
+	struct wr_config cfg;
+	const char *dir = NULL, *tokfile = NULL, *cfgfile = NULL;
+	const char *stream = NULL;
+	int have_cfg = 0;
 	uint64_t count = 1000, rate = 0, seed = 1;
 	size_t vbytes = 100, kbytes = 16;
 	int compress = 0, randomv = 0, stamp = 0, c, rc = 0;
@@ -536,17 +577,37 @@ walcat_produce(int argc, char **argv)
 		case 'S': seed = strtoull(optarg, NULL, 10); break;
 		case 'b': p.backoff_ms = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'q': p.quiet = 1; break;
+		case 'c': cfgfile = optarg; break;
+		case 'N': stream = optarg; break;
 		case 'h': produce_usage(stdout); return 0;
 		default: produce_usage(stderr); return 3;
 		}
 	}
-	if (optind + 1 != argc) {
+	if (optind + 1 < argc || (optind == argc && stream == NULL)) {
 		produce_usage(stderr);
+		return 3;
+	}
+	if ((stream == NULL) != (cfgfile == NULL)) {
+		fprintf(stderr, "walcat: produce: --stream and --config go "
+		    "together: a relay routes a publisher by its publish token "
+		    "(FCWAL-AUTH/1 cannot name a stream), so produce takes the "
+		    "stream's token from the relay's config\n");
+		return 3;
+	}
+	if (stream != NULL && tokfile != NULL) {
+		fprintf(stderr, "walcat: produce: --token-file or --stream: the "
+		    "stream's token is its publish-token-file\n");
 		return 3;
 	}
 	if (stamp && vbytes < 8)
 		vbytes = 8;
-	p.addr = argv[optind];
+	p.addr = optind < argc ? argv[optind] : NULL;
+	if (stream != NULL) {
+		if (produce_stream(cfgfile, stream, &cfg, &p.addr,
+		    &tokfile) == -1)
+			return 3;
+		have_cfg = 1;
+	}
 	{
 		char err[300];
 
@@ -559,8 +620,11 @@ walcat_produce(int argc, char **argv)
 	if (tokfile != NULL) {
 		int n;
 
-		if (read_token(tokfile, token, sizeof(token)) == -1)
+		if (read_token(tokfile, token, sizeof(token)) == -1) {
+			if (have_cfg)
+				config_free(&cfg);
 			return 3;
+		}
 		if ((n = handshake_format_auth(p.auth, sizeof(p.auth), token,
 		    strlen(token))) == -1) {
 			fprintf(stderr, "walcat: produce: %s: the token does not "
@@ -570,11 +634,13 @@ walcat_produce(int argc, char **argv)
 		}
 		p.authlen = (size_t)n;
 	}
+	if (have_cfg)
+		config_free(&cfg);	/* p.addr now in argv, or copied */
 	signal(SIGPIPE, SIG_IGN);
 	p.progress = !p.quiet && isatty(STDERR_FILENO);
 	p.count = dir == NULL ? count : 0;
 	(void)producer_connect(&p);
-	t0 = p.t0 = now_ns();
+	t0 = p.t0 = clock_mono_ns();
 	if (dir != NULL)
 		rc = produce_replay(&p, dir);
 	else {
@@ -604,7 +670,7 @@ walcat_produce(int argc, char **argv)
 			rec.op = r % 10 == 0 ? FCW2_OP_DEL : r % 10 == 1 ?
 			    FCW2_OP_EXPIRE : FCW2_OP_SET;
 			rec.value_len = rec.op == FCW2_OP_SET ? (uint32_t)vbytes : 0;
-			rec.timestamp_ms = wall_ms();
+			rec.timestamp_ms = clock_wall_ms();
 			rec.expire_at_ms = r % 3 == 0 ? (int64_t)rec.timestamp_ms +
 			    60000 : -1;
 			for (size_t j = 0; j < kbytes; j++)
@@ -612,11 +678,8 @@ walcat_produce(int argc, char **argv)
 			if (randomv && vbytes > 0)
 				val[i % vbytes] = (uint8_t)r;
 			if (stamp && rec.op == FCW2_OP_SET) {
-				struct timespec ts;
-				uint64_t ns;
-				clock_gettime(CLOCK_REALTIME, &ts);
-				ns = (uint64_t)ts.tv_sec * 1000000000ull +
-				    (uint64_t)ts.tv_nsec;
+				uint64_t ns = clock_wall_ns();
+
 				memcpy(val, &ns, 8);
 			}
 			if (blen + maxf > PRODUCE_BATCH && blen > 0) {
@@ -638,7 +701,7 @@ walcat_produce(int argc, char **argv)
 			if (rate > 0) {
 				/* pace: frame i is due at t0 + i/rate */
 				uint64_t due = t0 + (i + 1) * 1000000000ull / rate;
-				uint64_t now = now_ns();
+				uint64_t now = clock_mono_ns();
 				if (due > now + 1000000) {
 					if (blen > 0) {
 						if (producer_send(&p, batch,
@@ -662,7 +725,7 @@ refused:
 		free(val);
 		free(batch);
 	}
-	t1 = now_ns();
+	t1 = clock_mono_ns();
 	producer_progress(&p, 1);
 	producer_progress_clear(&p);
 	if (p.fd != -1) {
@@ -707,6 +770,10 @@ tail_usage(FILE *f)
 "  --raw               write the frames' bytes to stdout, nothing else\n"
 "  --zstd              ask for a zstd-compressed stream\n"
 "  --stock             the cache's plain handshake (no reply, live only)\n"
+"  --stream NAME       subscribe to stream NAME of a relay that serves\n"
+"                      several on ADDR (stream=NAME in FCWAL-SUB/1); without\n"
+"                      it the relay picks the stream by the token, or serves\n"
+"                      its only one\n"
 "SIGINT or SIGTERM: finish the frames read, save the position, exit 0 (a\n"
 "  second signal exits at once).\n"
 "exit status: 0 when --count frames arrived or after SIGINT/SIGTERM, 1 when\n"
@@ -1031,13 +1098,15 @@ walcat_tail(int argc, char **argv)
 		{ "raw", no_argument, NULL, 'r' },
 		{ "zstd", no_argument, NULL, 'z' },
 		{ "stock", no_argument, NULL, 's' },
+		{ "stream", required_argument, NULL, 'S' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
+	struct handshake_reply hr;
 	struct tailer t;
 	struct tailpos tp;
-	const char *from = "latest", *tokfile = NULL;
-	char token[1100] = "-", line[2200];
+	const char *from = "latest", *tokfile = NULL, *stream = NULL;
+	char token[1100] = "-", line[2200], err[HANDSHAKE_LINE_MAX + 64];
 	int stock = 0, zstd = 0, c, fd, rc = 1, linelen;
 	int from_kind, has_epoch = 0;
 	uint64_t from_seq = 0, epoch = 0;
@@ -1058,12 +1127,24 @@ walcat_tail(int argc, char **argv)
 		case 'r': t.raw = 1; break;
 		case 'z': zstd = 1; break;
 		case 's': stock = 1; break;
+		case 'S': stream = optarg; break;
 		case 'h': tail_usage(stdout); return 0;
 		default: tail_usage(stderr); return 3;
 		}
 	}
 	if (optind + 1 != argc || (stock && (zstd || t.posfile))) {
 		tail_usage(stderr);
+		return 3;
+	}
+	if (stream != NULL && stock) {
+		fprintf(stderr, "walcat: tail: --stream needs FCWAL-SUB/1: a "
+		    "stock subscriber cannot name a stream (the relay routes it "
+		    "by its subscribe token)\n");
+		return 3;
+	}
+	if (stream != NULL && !config_stream_name_ok(stream)) {
+		fprintf(stderr, "walcat: tail: --stream %s: not a stream name "
+		    "(1 to 64 of A-Z a-z 0-9 _ . -)\n", stream);
 		return 3;
 	}
 	if (tokfile != NULL && read_token(tokfile, token, sizeof(token)) == -1)
@@ -1094,9 +1175,10 @@ walcat_tail(int argc, char **argv)
 		linelen = handshake_format_auth(line, sizeof(line), token,
 		    strlen(token));
 	else
-		linelen = handshake_format_sub(line, sizeof(line), token,
-		    strlen(token), from_kind, from_seq, has_epoch, epoch,
-		    zstd ? HANDSHAKE_COMPRESS_ZSTD : HANDSHAKE_COMPRESS_NONE);
+		linelen = handshake_format_sub_stream(line, sizeof(line),
+		    token, strlen(token), from_kind, from_seq, has_epoch,
+		    epoch, zstd ? HANDSHAKE_COMPRESS_ZSTD :
+		    HANDSHAKE_COMPRESS_NONE, stream);
 	if (linelen == -1) {
 		fprintf(stderr, "walcat: tail: the token does not fit in a "
 		    "handshake line (too long, or a space or line break in "
@@ -1174,28 +1256,22 @@ walcat_tail(int argc, char **argv)
 			line[llen] = '\0';
 			if (llen > 0 && line[llen - 1] == '\r')
 				line[--llen] = '\0';
-			if (strncmp(line, "FCWAL-OK/1 ", 11) != 0) {
+			if (handshake_parse_reply_line(line, llen, &hr, err,
+			    sizeof(err)) == -1) {
+				fprintf(stderr, "walcat: tail: bad reply: %s\n",
+				    err);
+				rc = 2;
+				break;
+			}
+			if (!hr.hp_ok) {
 				fprintf(stderr, "walcat: tail: %s\n", line);
 				rc = 2;
 				break;
 			}
-			{
-				char *s = strstr(line, "start=");
-				char *e = strstr(line, "epoch=");
-				if (s == NULL || e == NULL) {
-					fprintf(stderr, "walcat: tail: bad "
-					    "reply: %s\n", line);
-					rc = 2;
-					break;
-				}
-				char *k = strstr(line, " snapshot=");
-
-				t.pos = strtoull(s + 6, NULL, 10);
-				t.epoch = strtoull(e + 6, NULL, 16);
-				t.snap_left = k != NULL ?
-				    strtoull(k + 10, NULL, 10) : 0;
-				t.positioned = t.snap_left == 0;
-			}
+			t.pos = hr.hp_start;
+			t.epoch = hr.hp_epoch;
+			t.snap_left = hr.hp_has_snapshot ? hr.hp_snapshot : 0;
+			t.positioned = t.snap_left == 0;
 			if (!t.raw)
 				fprintf(stderr, "walcat: tail: %s\n", line);
 			have_reply = 1;

@@ -50,6 +50,7 @@ struct repair {
 	const char	*rp_dir;
 	int		 rp_dirfd;
 	const char	*rp_addr;
+	const char	*rp_stream;	/* --stream: stream=NAME, or NULL */
 	char		 rp_token[1100];
 	struct tls_ctx	*rp_tls;
 	size_t		 rp_max_frame;
@@ -86,6 +87,8 @@ repair_usage(FILE *f)
 "options:\n"
 "  --from ADDR             the relay to fetch from (host:port)\n"
 "  --token-file FILE       its subscribe token (first line of FILE)\n"
+"  --stream NAME           the stream to fetch when ADDR serves several\n"
+"                          (stream=NAME in FCWAL-SUB/1)\n"
 "  --tls                   connect with TLS (implied by the options below)\n"
 "  --tls-ca FILE           CA certificates (PEM) (default: the system's)\n"
 "  --tls-cert FILE         client certificate (PEM), for mTLS\n"
@@ -358,17 +361,20 @@ repair_fetch(struct repair *rp, const struct repair_range *rr, uint64_t first,
 {
 	struct fcw2_checker chk;
 	struct fcw2_record rec;
+	struct handshake hs;
+	struct handshake_reply rep;
 	struct rconn c;
-	char line[HANDSHAKE_LINE_MAX + 2];
+	char line[HANDSHAKE_LINE_MAX + 2], err[HANDSHAKE_LINE_MAX + 64];
+	int hsrc;
 	uint64_t want = rr->rr_end - rr->rr_off, got = 0, k = 0;
 	uint8_t *buf = NULL, hdr[FCW2_HEADER_LEN], *fr = NULL;
 	size_t llen = 0, flen, chklen;
 	int n, rc;
 
 	*refused = 0;
-	n = handshake_format_sub(line, sizeof(line), rp->rp_token,
+	n = handshake_format_sub_stream(line, sizeof(line), rp->rp_token,
 	    strlen(rp->rp_token), HANDSHAKE_FROM_SEQ, first, 1, rp->rp_epoch,
-	    HANDSHAKE_COMPRESS_NONE);
+	    HANDSHAKE_COMPRESS_NONE, rp->rp_stream);
 	if (n == -1) {
 		fprintf(stderr, "walcat: repair: the token does not fit in a "
 		    "handshake line (too long, or a space in it)\n");
@@ -378,21 +384,25 @@ repair_fetch(struct repair *rp, const struct repair_range *rr, uint64_t first,
 		return NULL;
 	if (rconn_write(&c, line, (size_t)n) == -1)
 		goto fail;
-	/* the reply line */
-	for (;;) {
-		if (rconn_read(&c, line + llen, 1) == -1)
+	/* the reply line, read a byte at a time: the frames follow it */
+	handshake_init(&hs);
+	do {
+		if (rconn_read(&c, line, 1) == -1)
 			goto fail;
-		if (line[llen] == '\n' || llen == sizeof(line) - 2)
-			break;
-		llen++;
+		hsrc = handshake_feed(&hs, line, 1, &llen);
+	} while (hsrc == HANDSHAKE_NEED_MORE);
+	if (hsrc == HANDSHAKE_TOO_LONG || handshake_parse_reply(&hs, &rep,
+	    err, sizeof(err)) == -1) {
+		fprintf(stderr, "walcat: repair: %s: bad reply: %s\n",
+		    rp->rp_addr, hsrc == HANDSHAKE_TOO_LONG ? "longer than "
+		    "1023 bytes" : err);
+		*refused = 1;
+		goto fail;
 	}
-	line[llen] = '\0';
-	if (llen > 0 && line[llen - 1] == '\r')
-		line[--llen] = '\0';
-	if (strncmp(line, "FCWAL-OK/1 ", 11) != 0) {
+	if (!rep.hp_ok) {
 		fprintf(stderr, "walcat: repair: %s refused frames from %" PRIu64
-		    ": %s%s\n", rp->rp_addr, first, line,
-		    strncmp(line, "FCWAL-ERR/1 epoch", 17) == 0 ? " (it is not "
+		    ": %s%s\n", rp->rp_addr, first, handshake_line(&hs, &llen),
+		    strcmp(rep.hp_code, HANDSHAKE_ERR_EPOCH) == 0 ? " (it is not "
 		    "a relay of this store's stream: its sequence numbers name "
 		    "other frames)" : "");
 		*refused = 1;
@@ -648,7 +658,7 @@ int
 walcat_repair(int argc, char **argv)
 {
 	enum { O_FROM = 256, O_TOKEN, O_TLS, O_CA, O_CERT, O_KEY, O_NAME,
-	    O_TIMEOUT, O_MAXF };
+	    O_TIMEOUT, O_MAXF, O_STREAM };
 	static const struct option opts[] = {
 		{ "from", required_argument, NULL, O_FROM },
 		{ "token-file", required_argument, NULL, O_TOKEN },
@@ -659,6 +669,7 @@ walcat_repair(int argc, char **argv)
 		{ "tls-server-name", required_argument, NULL, O_NAME },
 		{ "timeout", required_argument, NULL, O_TIMEOUT },
 		{ "max-frame-bytes", required_argument, NULL, O_MAXF },
+		{ "stream", required_argument, NULL, O_STREAM },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
@@ -682,6 +693,7 @@ walcat_repair(int argc, char **argv)
 		switch (c) {
 		case O_FROM: rp.rp_addr = optarg; break;
 		case O_TOKEN: tokfile = optarg; break;
+		case O_STREAM: rp.rp_stream = optarg; break;
 		case O_TLS: tls = 1; break;
 		case O_CA: tf.tf_ca = optarg; break;
 		case O_CERT: tf.tf_cert = optarg; break;
@@ -712,6 +724,11 @@ walcat_repair(int argc, char **argv)
 	rp.rp_dir = argv[optind];
 	if (config_addr_check(rp.rp_addr, err, sizeof(err)) == -1) {
 		fprintf(stderr, "walcat: repair: --from: %s\n", err);
+		return WALCAT_EXIT_ERROR;
+	}
+	if (rp.rp_stream != NULL && !config_stream_name_ok(rp.rp_stream)) {
+		fprintf(stderr, "walcat: repair: --stream %s: not a stream name "
+		    "(1 to 64 of A-Z a-z 0-9 _ . -)\n", rp.rp_stream);
 		return WALCAT_EXIT_ERROR;
 	}
 	if (tokfile != NULL && walcat_net_token(tokfile, rp.rp_token,

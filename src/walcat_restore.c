@@ -43,6 +43,7 @@
 #include <zstd.h>
 
 #include "archive.h"
+#include "clock.h"
 #include "config.h"
 #include "fcw2.h"
 #include "handshake.h"
@@ -63,6 +64,7 @@ struct rfile {
 
 struct restore {
 	const char	*rs_out;
+	const char	*rs_stream;	/* --stream: stream=NAME, or NULL */
 	int		 rs_dirfd;
 	uint64_t	 rs_until_seq;	/* UINT64_MAX: none */
 	int		 rs_has_time;
@@ -104,15 +106,6 @@ struct restore {
 	uint64_t	 rs_cut_after_t;
 };
 
-static long long
-restore_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 static void
 restore_usage(FILE *f)
 {
@@ -135,6 +128,8 @@ restore_usage(FILE *f)
 "                       crc is checked, which covers every byte\n"
 "  --max-frame-bytes N  frame size cap (default 64M)\n"
 "  --token-file FILE    the subscribe token (network source)\n"
+"  --stream NAME        the stream to restore when the relay serves several\n"
+"                       (stream=NAME in FCWAL-SUB/1; network source)\n"
 "  --tls                connect with TLS (implied by the options below)\n"
 "  --tls-ca FILE        CA certificates (PEM) (default: the system's)\n"
 "  --tls-cert FILE      client certificate (PEM), for mTLS\n"
@@ -204,7 +199,7 @@ restore_progress(struct restore *rs, int force)
 
 	if (!rs->rs_progress)
 		return;
-	now = restore_now_ns();
+	now = (long long)clock_mono_ns();
 	if (!force && now - rs->rs_last_progress < RESTORE_PROGRESS_NS)
 		return;
 	rs->rs_last_progress = now;
@@ -285,7 +280,6 @@ restore_new_file(struct restore *rs, uint64_t seq)
 {
 	struct rfile *rf;
 	char part[80];
-	struct timespec ts;
 
 	if (restore_seal(rs) == -1)
 		return -1;
@@ -301,10 +295,8 @@ restore_new_file(struct restore *rs, uint64_t seq)
 	}
 	rf = &rs->rs_files[rs->rs_nfiles];
 	memset(rf, 0, sizeof(*rf));
-	clock_gettime(CLOCK_REALTIME, &ts);
 	snprintf(rf->rf_name, sizeof(rf->rf_name), "segment-%020" PRIu64
-	    "-%" PRIu64 ".wal", seq, (uint64_t)ts.tv_sec * 1000 +
-	    (uint64_t)ts.tv_nsec / 1000000);
+	    "-%" PRIu64 ".wal", seq, clock_wall_ms());
 	snprintf(part, sizeof(part), "%s.part", rf->rf_name);
 	rs->rs_fd = openat(rs->rs_dirfd, part, O_WRONLY | O_CREAT | O_TRUNC |
 	    O_CLOEXEC, 0644);
@@ -704,8 +696,9 @@ restore_from_relay(struct restore *rs, const char *addr, const char *token,
 	int linelen, rc = WALCAT_EXIT_ERROR, st, r, have_reply = 0;
 
 	fcw2_decoder_init(&dec, rs->rs_max_frame, rs->rs_check_records);
-	linelen = handshake_format_sub(line, sizeof(line), token, strlen(token),
-	    HANDSHAKE_FROM_EARLIEST, 0, 0, 0, HANDSHAKE_COMPRESS_NONE);
+	linelen = handshake_format_sub_stream(line, sizeof(line), token,
+	    strlen(token), HANDSHAKE_FROM_EARLIEST, 0, 0, 0,
+	    HANDSHAKE_COMPRESS_NONE, rs->rs_stream);
 	if (linelen == -1) {
 		fprintf(stderr, "walcat: restore: the token does not fit in a "
 		    "handshake line\n");
@@ -879,7 +872,7 @@ int
 walcat_restore(int argc, char **argv)
 {
 	enum { O_SEQ = 256, O_TIME, O_FORCE, O_SEGB, O_MAXF, O_TOKEN, O_TLS,
-	    O_CA, O_CERT, O_KEY, O_NAME, O_RECORDS };
+	    O_CA, O_CERT, O_KEY, O_NAME, O_RECORDS, O_STREAM };
 	static const struct option opts[] = {
 		{ "until-seq", required_argument, NULL, O_SEQ },
 		{ "until-time", required_argument, NULL, O_TIME },
@@ -888,6 +881,7 @@ walcat_restore(int argc, char **argv)
 		{ "max-frame-bytes", required_argument, NULL, O_MAXF },
 		{ "check-records", no_argument, NULL, O_RECORDS },
 		{ "token-file", required_argument, NULL, O_TOKEN },
+		{ "stream", required_argument, NULL, O_STREAM },
 		{ "tls", no_argument, NULL, O_TLS },
 		{ "tls-ca", required_argument, NULL, O_CA },
 		{ "tls-cert", required_argument, NULL, O_CERT },
@@ -949,6 +943,15 @@ walcat_restore(int argc, char **argv)
 				rs.rs_max_frame = sz;
 			break;
 		case O_TOKEN: tokfile = optarg; break;
+		case O_STREAM:
+			if (!config_stream_name_ok(optarg)) {
+				fprintf(stderr, "walcat: restore: --stream %s: "
+				    "not a stream name (1 to 64 of A-Z a-z 0-9 "
+				    "_ . -)\n", optarg);
+				return WALCAT_EXIT_ERROR;
+			}
+			rs.rs_stream = optarg;
+			break;
 		case O_TLS: usetls = 1; break;
 		case O_CA: tf.tf_ca = optarg; break;
 		case O_CERT: tf.tf_cert = optarg; break;
@@ -1007,7 +1010,7 @@ walcat_restore(int argc, char **argv)
 	}
 	if (restore_outdir(&rs, force) == -1)
 		goto out;
-	t0 = restore_now_ns();
+	t0 = (long long)clock_mono_ns();
 	restore_progress(&rs, 1);
 	if (stat(src, &st) == 0 && S_ISDIR(st.st_mode))
 		rc = restore_from_dir(&rs, src);
@@ -1044,7 +1047,7 @@ walcat_restore(int argc, char **argv)
 		    "is sequence %" PRIu64 ", not 0: the cache recovers the "
 		    "state from a snapshot taken at or before it plus these "
 		    "segments\n", rs.rs_first);
-	restore_summary(&rs, (double)(restore_now_ns() - t0) / 1e9);
+	restore_summary(&rs, (double)((long long)clock_mono_ns() - t0) / 1e9);
 	rc = 0;
 out:
 	if (rs.rs_fd != -1)

@@ -24,7 +24,7 @@
 
 #include "archive.h"
 #include "fcw2.h"
-#include "frame.h"
+#include "chunk.h"
 #include "log.h"
 #include "segment.h"
 

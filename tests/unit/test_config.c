@@ -90,6 +90,33 @@ assert_err(const char *want)
 	    errbuf, want);
 }
 
+/* The one size parser, used by walrelay's keys and walcat's options. */
+START_TEST(size_parser)
+{
+	uint64_t v;
+
+	ck_assert_int_eq(config_parse_size("0", &v), 0);
+	ck_assert_uint_eq(v, 0);
+	ck_assert_int_eq(config_parse_size("64M", &v), 0);
+	ck_assert_uint_eq(v, 64ull << 20);
+	ck_assert_int_eq(config_parse_size("3k", &v), 0);
+	ck_assert_uint_eq(v, 3072);
+	ck_assert_int_eq(config_parse_size("2T", &v), 0);
+	ck_assert_uint_eq(v, 2ull << 40);
+	ck_assert_int_eq(config_parse_size("18446744073709551615", &v), 0);
+	ck_assert_uint_eq(v, UINT64_MAX);
+	ck_assert_int_eq(config_parse_size("18446744073709551616", &v), -1);
+	ck_assert_int_eq(config_parse_size("16777216T", &v), -1);
+	ck_assert_int_eq(config_parse_size("", &v), -1);
+	ck_assert_int_eq(config_parse_size("K", &v), -1);
+	ck_assert_int_eq(config_parse_size("4KB", &v), -1);
+	ck_assert_int_eq(config_parse_size("4 K", &v), -1);
+	ck_assert_int_eq(config_parse_size("-4", &v), -1);
+	ck_assert_int_eq(config_parse_size("+4", &v), -1);
+	ck_assert_int_eq(config_parse_size("0x10", &v), -1);
+}
+END_TEST
+
 START_TEST(defaults)
 {
 	struct wr_config cfg;
@@ -1213,6 +1240,7 @@ config_suite(void)
 	tcase_add_test(tc, reload_keeps_restart_keys);
 	tcase_add_test(tc, reloadable_keys);
 	tcase_add_test(tc, usage);
+	tcase_add_test(tc, size_parser);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -26,7 +26,7 @@
 #include "config.h"
 #include "fanout.h"
 #include "fcw2.h"
-#include "frame.h"
+#include "chunk.h"
 #include "relay.h"
 #include "stream.h"
 #include "subscriber.h"

@@ -88,6 +88,44 @@ static const struct expect expected[] = {
 	{ 'F', FCW2_OP_SET, "alpha", NULL, 42, 99 },
 };
 
+/* Walking headers: frame boundaries only, never past end. */
+START_TEST(walk_headers)
+{
+	struct fcw2_record rec;
+	uint8_t buf[4096], key[8] = "k", val[300];
+	size_t off[6], len = 0;
+	uint64_t n;
+
+	memset(&rec, 0, sizeof(rec));
+	memset(val, 'v', sizeof(val));
+	rec.op = FCW2_OP_SET;
+	rec.key = key;
+	rec.key_len = 1;
+	rec.value = val;
+	rec.expire_at_ms = -1;
+	for (int i = 0; i < 5; i++) {
+		off[i] = len;
+		rec.value_len = (uint32_t)(i * 50);
+		len += fcw2_encode(&rec, 0, buf + len, sizeof(buf) - len);
+	}
+	off[5] = len;
+	ck_assert_uint_eq(fcw2_walk(buf, 0, len, UINT64_MAX, &n), len);
+	ck_assert_uint_eq(n, 5);
+	ck_assert_uint_eq(fcw2_walk(buf, 0, len, 2, &n), off[2]);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_uint_eq(fcw2_walk(buf, off[1], len, 0, &n), off[1]);
+	ck_assert_uint_eq(n, 0);
+	/* an end inside a frame, or inside a header: the boundary before */
+	ck_assert_uint_eq(fcw2_walk(buf, 0, off[3] + 5, UINT64_MAX, &n), off[3]);
+	ck_assert_uint_eq(n, 3);
+	ck_assert_uint_eq(fcw2_walk(buf, 0, off[4] - 1, UINT64_MAX, &n), off[3]);
+	ck_assert_uint_eq(fcw2_walk(buf, off[2], off[2] + 4, UINT64_MAX, &n),
+	    off[2]);
+	ck_assert_uint_eq(n, 0);
+	ck_assert_uint_eq(fcw2_walk(buf, len, len, UINT64_MAX, NULL), len);
+}
+END_TEST
+
 START_TEST(vectors_decode)
 {
 	const struct expect *e = &expected[_i];
@@ -917,6 +955,7 @@ fcw2_suite(void)
 	tcase_add_test(tc, one_pass_lengths_sharing_a_slot);
 	tcase_add_test(tc, over_cap);
 	tcase_add_test(tc, precise_errors);
+	tcase_add_test(tc, walk_headers);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/buffer.h>
+
 #include "handshake.h"
 
 static char err[256];
@@ -501,6 +503,19 @@ START_TEST(request_format)
 	ck_assert_int_eq(handshake_format_sub(buf, sizeof(buf), "", 0,
 	    HANDSHAKE_FROM_LATEST, 0, 0, 0, 0), -1);
 
+	/* stream=NAME, parsed back as the relay parses it */
+	n = handshake_format_sub_stream(buf, sizeof(buf), "t", 1,
+	    HANDSHAKE_FROM_LATEST, 0, 0, 0, HANDSHAKE_COMPRESS_NONE, "cache-a");
+	ck_assert_str_eq(buf, "FCWAL-SUB/1 t latest stream=cache-a\n");
+	buf[n - 1] = '\0';
+	ck_assert_int_eq(parse(buf, &req), 0);
+	ck_assert_str_eq(req.hr_stream, "cache-a");
+	handshake_format_sub_stream(buf, sizeof(buf), "t", 1,
+	    HANDSHAKE_FROM_LATEST, 0, 0, 0, HANDSHAKE_COMPRESS_NONE, "");
+	ck_assert_str_eq(buf, "FCWAL-SUB/1 t latest\n");
+	ck_assert_int_eq(handshake_format_sub_stream(buf, sizeof(buf), "t", 1,
+	    HANDSHAKE_FROM_LATEST, 0, 0, 0, 0, "a b"), -1);
+
 	ck_assert_int_eq(handshake_format_auth(buf, sizeof(buf), "a b", 3),
 	    17);
 	ck_assert_str_eq(buf, "FCWAL-AUTH/1 a b\n");
@@ -510,6 +525,41 @@ START_TEST(request_format)
 	ck_assert_int_eq(handshake_format_auth(buf, sizeof(buf), "a\0b", 3),
 	    17);
 	ck_assert(memcmp(buf, "FCWAL-AUTH/1 a\0b\n", 18) == 0);
+}
+END_TEST
+
+/* The read loop of every connection: a line in pieces, the rest kept. */
+START_TEST(feed_evbuffer)
+{
+	struct evbuffer *in = evbuffer_new();
+	struct handshake hs;
+	char big[HANDSHAKE_LINE_MAX + 10], rest[8];
+	size_t len;
+
+	ck_assert_ptr_nonnull(in);
+	handshake_init(&hs);
+	ck_assert_int_eq(handshake_feed_evbuffer(&hs, in), HANDSHAKE_NEED_MORE);
+	evbuffer_add(in, "FCWAL-AUTH/1 to", 15);
+	ck_assert_int_eq(handshake_feed_evbuffer(&hs, in), HANDSHAKE_NEED_MORE);
+	ck_assert_uint_eq(evbuffer_get_length(in), 0);
+	evbuffer_add(in, "k\r\nFCW2", 7);
+	ck_assert_int_eq(handshake_feed_evbuffer(&hs, in), HANDSHAKE_LINE);
+	ck_assert_str_eq(handshake_line(&hs, &len), "FCWAL-AUTH/1 tok");
+	/* the bytes after the LF stay for the caller, and stay there */
+	ck_assert_uint_eq(evbuffer_get_length(in), 4);
+	ck_assert_int_eq(handshake_feed_evbuffer(&hs, in), HANDSHAKE_LINE);
+	ck_assert_int_eq(evbuffer_remove(in, rest, sizeof(rest)), 4);
+	ck_assert(memcmp(rest, "FCW2", 4) == 0);
+
+	/* longer than a line: said once the limit is crossed, over any reads */
+	handshake_init(&hs);
+	memset(big, 'x', sizeof(big));
+	evbuffer_add(in, big, 600);
+	ck_assert_int_eq(handshake_feed_evbuffer(&hs, in), HANDSHAKE_NEED_MORE);
+	evbuffer_add(in, big, sizeof(big) - 600);
+	ck_assert_int_eq(handshake_feed_evbuffer(&hs, in), HANDSHAKE_TOO_LONG);
+	ck_assert_int_eq(handshake_feed_evbuffer(&hs, in), HANDSHAKE_TOO_LONG);
+	evbuffer_free(in);
 }
 END_TEST
 
@@ -531,6 +581,7 @@ handshake_suite(void)
 	tcase_add_test(tc, reply_format);
 	tcase_add_test(tc, reply_parse);
 	tcase_add_test(tc, request_format);
+	tcase_add_test(tc, feed_evbuffer);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -27,7 +27,7 @@
 #include <zlib.h>
 
 #include "fcw2.h"
-#include "frame.h"
+#include "chunk.h"
 #include "log.h"
 #include "segment.h"
 #include "wrfault.h"

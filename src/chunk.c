@@ -1,5 +1,5 @@
 /*
- * frame.c: refcounted frame chunks and their bridge to libevent buffers.
+ * chunk.c: refcounted frame chunks and their bridge to libevent buffers.
  */
 #include "autoconfig.h"
 
@@ -12,7 +12,7 @@
 #include <zstd.h>
 
 #include "fcw2.h"
-#include "frame.h"
+#include "chunk.h"
 
 static atomic_long	chunks_live;
 static atomic_llong	chunk_bytes_live;
@@ -152,15 +152,6 @@ chunk_cache_reused(void)
 	n = cbuf_reused;
 	pthread_mutex_unlock(&cbuf_mtx);
 	return n;
-}
-
-uint64_t
-chunk_clock_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
 struct chunk *
@@ -316,29 +307,26 @@ chunk_zstd_count(void)
 size_t
 chunk_cut(const struct chunk *ch, size_t off, size_t room, uint32_t *nframes)
 {
-	size_t end = off;
-	uint32_t n = 0;
+	size_t end, limit;
+	uint64_t n;
 
-	while (end < ch->ch_len) {
-		size_t flen = fcw2_frame_len(ch->ch_data + end);
-
-		if (n > 0 && end - off + flen > room)
-			break;
-		end += flen;
-		n++;
+	limit = ch->ch_len - off > room ? off + room : ch->ch_len;
+	end = fcw2_walk(ch->ch_data, off, limit, UINT32_MAX, &n);
+	if (n == 0 && off < ch->ch_len) {
+		/* a frame longer than room goes alone */
+		end = off + fcw2_frame_len(ch->ch_data + off);
+		n = 1;
 	}
-	*nframes = n;
+	*nframes = (uint32_t)n;
 	return end - off;
 }
 
 size_t
 chunk_offset_of(const struct chunk *ch, uint64_t seq)
 {
-	size_t off = 0;
-
-	for (uint64_t s = ch->ch_seq; s < seq && off < ch->ch_len; s++)
-		off += fcw2_frame_len(ch->ch_data + off);
-	return off;
+	if (seq <= ch->ch_seq)
+		return 0;
+	return fcw2_walk(ch->ch_data, 0, ch->ch_len, seq - ch->ch_seq, NULL);
 }
 
 size_t

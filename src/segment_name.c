@@ -1,5 +1,5 @@
 /*
- * segname.c: segment file names and directory listings, in the cache's
+ * segment_name.c: segment file names and directory listings, in the cache's
  * naming and sort order (every name ending in .wal or .wal.lz4, by name).
  */
 #include "autoconfig.h"

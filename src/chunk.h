@@ -1,13 +1,13 @@
 /*
- * frame.h: refcounted, immutable chunks of whole FCW2 frames.
+ * chunk.h: refcounted, immutable chunks of whole FCW2 frames.
  *
  * The upstream fills a chunk with validated frames, gives it sequence
  * numbers and publishes it once: the segment writer and every subscriber
  * hold references to the same bytes. A chunk is freed when the last
  * reference goes, whichever thread drops it.
  */
-#ifndef WALRELAY_FRAME_H
-#define WALRELAY_FRAME_H
+#ifndef WALRELAY_CHUNK_H
+#define WALRELAY_CHUNK_H
 
 #include <stdatomic.h>
 #include <stddef.h>
@@ -35,9 +35,6 @@ struct chunk {
 };
 TAILQ_HEAD(chunk_list, chunk);
 STAILQ_HEAD(chunk_queue, chunk);
-
-/* The clock of ch_recv_us: CLOCK_MONOTONIC in microseconds. */
-uint64_t	 chunk_clock_us(void);
 
 /* End sequence (exclusive). */
 #define CHUNK_END(ch)	((ch)->ch_seq + (ch)->ch_nframes)

@@ -1,5 +1,5 @@
 /*
- * test_frame.c: refcounted chunks: frame walking, cutting, live counters.
+ * test_chunk.c: refcounted chunks: frame walking, cutting, live counters.
  */
 #include "autoconfig.h"
 
@@ -10,7 +10,7 @@
 #include <event2/buffer.h>
 
 #include "fcw2.h"
-#include "frame.h"
+#include "chunk.h"
 
 /* A chunk of n SET frames whose values are i*7 bytes long. */
 static struct chunk *
@@ -285,7 +285,7 @@ END_TEST
 int
 main(void)
 {
-	Suite *s = suite_create("frame");
+	Suite *s = suite_create("chunk");
 	TCase *tc = tcase_create("chunk");
 	SRunner *sr;
 	int failed;
