@@ -26,8 +26,8 @@
 #include <nats/nats.h>
 #endif
 
+#include "chunk.h"
 #include "fcw2.h"
-#include "frame.h"
 #include "jetstream.h"
 #include "log.h"
 #include "segment.h"
