@@ -92,11 +92,22 @@ static const char *
 not_ready(const struct segstore_state *ss, char *buf, size_t len)
 {
 	struct segstore_corrupt c;
+	struct upstream_status us;
 
 	if (relay->r_stopping)
 		return "stopping";
 	if (ss->ss_error != 0)
 		return "storage error";
+	if (!relay->r_positioned)
+		return "not positioned yet: waiting to adopt the upstream's "
+		    "epoch and position";
+	if (relay->r_up != NULL) {
+		upstream_status(relay->r_up, &us);
+		if (us.us_epoch[0] != '\0') {
+			snprintf(buf, len, "%s", us.us_epoch);
+			return buf;
+		}
+	}
 	if (store_corrupt(&c)) {
 		snprintf(buf, len, "degraded: corrupt frame at sequence %"
 		    PRIu64 " (%s, offset %" PRIu64 "): frames %" PRIu64 " to %"
