@@ -2,7 +2,7 @@
 
 A relay preloads the fault injection library (tests/fault/wrfault.so) and
 takes a producer's stream with a resuming and a stock subscriber, small
-segments (a rotation every ~100 ms) and tight retention, while the test
+segments (a rotation every ~100 ms) and 4 MiB retention, while the test
 makes one file system call after another fail through the control file:
 
 - writes of segment data: ENOSPC, EIO, EFBIG, cut short at a point inside
@@ -49,7 +49,7 @@ from relayutil import FaultControl, Relay, wait_until
 
 FULL = os.environ.get("DISK_FAULTS", "") == "full"
 SEGMENT = 64 * 1024
-RETAIN = 1024 * 1024
+RETAIN = 4 * 1024 * 1024      # about 16,000 frames: more than a case stores
 SEED = int(os.environ.get("DISK_FAULTS_SEED", "0")) or random.randrange(1, 1 << 31)
 
 # (name, kind, rule); {d} is the data directory. Kinds: "error" (the store
@@ -81,6 +81,8 @@ ROTATION_CASES = [
     ("open of a new segment ENOSPC", "error",
      "op=open,path={d}/segment-*.wal,err=ENOSPC"),
     ("fsync of the directory EIO", "error", "op=sync,path={d},dir=1,err=EIO"),
+    ("fsync of the directory EIO, the new file cannot be removed", "error",
+     "op=sync,path={d},dir=1,err=EIO;op=unlink,path={d}/segment-*.wal,err=EIO"),
     ("ftruncate after a failed write EIO", "error",
      "op=write,path={d}/segment-*.wal,after=3000,err=ENOSPC;"
      "op=truncate,path={d}/segment-*.wal,err=EIO"),
@@ -128,8 +130,8 @@ def ready(r):
 
 
 class Case:
-    def __init__(self, r, fc, subs, o, name, kind, rule):
-        self.r, self.fc, self.subs, self.o = r, fc, subs, o
+    def __init__(self, r, fc, prod, subs, o, name, kind, rule):
+        self.r, self.fc, self.prod, self.subs, self.o = r, fc, prod, subs, o
         self.name, self.kind = name, kind
         self.rule = rule.format(d=r.datadir)
         self.figures = {}
@@ -152,10 +154,25 @@ class Case:
         wait_until(lambda: r.status()["durable"] >= d + 300, 30,
                    f"{self.name}: storing to go on after the fault")
         assert ready(r)[0] == 200, ready(r)
-        self.o.snapshot("a", f"after {self.name}")
-        self.o.check()
-        assert not self.o.violations, self.o.report()
-        self.o.compact()
+        self.checkpoint()
+
+    def checkpoint(self):
+        """The oracle's checks with the producer held: the store holds
+        every frame sent, every resuming subscriber has them all, so that
+        any run a stock subscriber holds starts inside the snapshot."""
+        r, prod = self.r, self.prod
+        prod.paused.set()
+        try:
+            wait_until(lambda: r.status()["durable"] == prod.next_pid, 30,
+                       f"{self.name}: every frame sent to be durable")
+            for s in self.subs:
+                s.wait_position(prod.next_pid, 30)
+            self.o.snapshot("a", f"after {self.name}")
+            self.o.check()
+            assert not self.o.violations, self.o.report()
+            self.o.compact()
+        finally:
+            prod.paused.clear()
 
     def run_error(self, st0, h0):
         r, fc = self.r, self.fc
@@ -286,7 +303,7 @@ def test_disk_faults_under_load(walrelay, walcat, builddir, workdir, tokfile,
     try:
         a.wait_durable(1000, timeout=60)
         for name, kind, rule in matrix(rng):
-            c = Case(a, fc, subs, o, name, kind, rule)
+            c = Case(a, fc, prod, subs, o, name, kind, rule)
             c.run()
             results.append((name, c.figures))
             print(f"  {name}: {c.figures}", flush=True)
@@ -308,9 +325,18 @@ def test_disk_faults_under_load(walrelay, walcat, builddir, workdir, tokfile,
     o.verify("a", "after stop")
     o.snapshot("a", "final")
     check_scenario(o, chain=("a",))
+    # a restart finds every frame at its sequence, in the same epoch
+    epoch = o.relays["a"].snapshots[-1].epoch
+    a.start()
+    st = a.status()
+    assert (st["epoch"], st["next"]) == (epoch, end), st
+    assert a.stop() == 0
     for t in threads:
         assert getattr(t, "error", None) is None, f"{t.name}: {t.error}"
     assert stock.frames > 0
+    # every frame stored was seen by a snapshot or a subscriber before
+    # retention deleted it, and checked against what the producer sent
+    assert o.stats["unobserved"] == 0, o.stats
     record_figures("disk_faults", {
         "fsync": fsync, "seed": SEED, "full": FULL, "cases": len(results),
         "faults_injected": len(fc.hits()), "frames_sent": prod.next_pid,
