@@ -241,13 +241,68 @@ static const struct config_key config_keys[] = {
 #define OPT_KEY		0x1000
 #define OPT_NOKEY	0x2000
 
+/* One [stream NAME] section: its keys, applied on top of [walrelay]. */
+struct config_section {
+	char			 cs_name[65];
+	unsigned		 cs_line;
+	char			*cs_val[NKEYS];	/* NULL: inherited */
+	unsigned		 cs_vline[NKEYS];
+	struct config_section	*cs_next;
+};
+
 /* What one load saw: where each key was set. */
 struct config_ctx {
 	const char	*file;
 	unsigned	 line[NKEYS];	/* file line, 0: not in the file */
 	int		 set[NKEYS];	/* set by the file or the command line */
 	int		 argv_set[NKEYS]; /* set by the command line */
+	struct config_section *sections;	/* in file order */
 };
+
+/*
+ * Keys of the whole process: a [stream NAME] section may not set them
+ * (one HTTP port, one log, one certificate for the listeners, one table
+ * of connections per address).
+ */
+static const char *const config_process_keys[] = {
+	"http", "log-level", "log-target", "tls-cert", "tls-key", "tls-ca",
+	"tls-verify-client", "tls-ingest", "max-conns-per-ip",
+	"max-ingest-conns-per-ip", "shutdown-timeout", NULL
+};
+
+static int
+config_is_process_key(const char *name)
+{
+	for (size_t i = 0; config_process_keys[i] != NULL; i++)
+		if (strcmp(config_process_keys[i], name) == 0)
+			return 1;
+	return 0;
+}
+
+static void
+config_sections_free(struct config_ctx *ctx)
+{
+	struct config_section *cs;
+
+	while ((cs = ctx->sections) != NULL) {
+		ctx->sections = cs->cs_next;
+		for (size_t i = 0; i < NKEYS; i++)
+			free(cs->cs_val[i]);
+		free(cs);
+	}
+}
+
+/* [A-Za-z0-9_.-]{1,64} */
+static int
+config_stream_name_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 64)
+		return 0;
+	return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	    "0123456789_.-") == n;
+}
 
 static const char *
 config_typename(const struct config_key *k)
@@ -877,7 +932,10 @@ config_read_stream(struct wr_config *cfg, struct config_ctx *ctx, FILE *f,
 	ssize_t n;
 	unsigned lineno = 0;
 	int in_section = 0, rc = -1;
+	struct config_section *sec = NULL, **tailp = &ctx->sections;
 
+	while (*tailp != NULL)
+		tailp = &(*tailp)->cs_next;
 	while ((n = getline(&line, &cap, f)) != -1) {
 		lineno++;
 		if ((size_t)n != strlen(line)) {
@@ -907,10 +965,43 @@ config_read_stream(struct wr_config *cfg, struct config_ctx *ctx, FILE *f,
 				goto out;
 			}
 			s = config_trim(s + 1);
+			if (strncmp(s, "stream", 6) == 0 && (s[6] == ' ' ||
+			    s[6] == '\t' || s[6] == '\0')) {
+				struct config_section *cs;
+				char *name = config_trim(s + 6);
+
+				if (!config_stream_name_ok(name)) {
+					snprintf(errbuf, errlen, "%s:%u: bad "
+					    "stream name '%.64s' (1 to 64 of "
+					    "A-Z a-z 0-9 _ . -)", path, lineno,
+					    name);
+					goto out;
+				}
+				for (cs = ctx->sections; cs != NULL;
+				    cs = cs->cs_next)
+					if (strcmp(cs->cs_name, name) == 0) {
+						snprintf(errbuf, errlen, "%s:%u: "
+						    "[stream %s] already on "
+						    "line %u", path, lineno,
+						    name, cs->cs_line);
+						goto out;
+					}
+				if ((sec = calloc(1, sizeof(*sec))) == NULL) {
+					snprintf(errbuf, errlen, "out of memory");
+					goto out;
+				}
+				snprintf(sec->cs_name, sizeof(sec->cs_name),
+				    "%s", name);
+				sec->cs_line = lineno;
+				*tailp = sec;
+				tailp = &sec->cs_next;
+				in_section = 2;
+				continue;
+			}
 			if (strcmp(s, "walrelay") != 0) {
 				snprintf(errbuf, errlen, "%s:%u: unknown "
-				    "section [%s] (walrelay reads only "
-				    "[walrelay])", path, lineno, s);
+				    "section [%s] (walrelay reads [walrelay] "
+				    "and [stream NAME])", path, lineno, s);
 				goto out;
 			}
 			in_section = 1;
@@ -934,6 +1025,33 @@ config_read_stream(struct wr_config *cfg, struct config_ctx *ctx, FILE *f,
 			    sizeof(err));
 			snprintf(errbuf, errlen, "%s:%u: %s", path, lineno, err);
 			goto out;
+		}
+		if (in_section == 2) {
+			size_t i = (size_t)(k - config_keys);
+
+			if (config_is_process_key(key)) {
+				snprintf(errbuf, errlen, "%s:%u: %s: a setting "
+				    "of the whole process, not of one stream: "
+				    "set it in [walrelay]", path, lineno, key);
+				goto out;
+			}
+			if (sec->cs_val[i] != NULL) {
+				snprintf(errbuf, errlen, "%s:%u: %s: already "
+				    "set on line %u", path, lineno, key,
+				    sec->cs_vline[i]);
+				goto out;
+			}
+			if (config_value(eq + 1, &val, err, sizeof(err)) == -1) {
+				snprintf(errbuf, errlen, "%s:%u: %s: %s", path,
+				    lineno, key, err);
+				goto out;
+			}
+			if ((sec->cs_val[i] = strdup(val)) == NULL) {
+				snprintf(errbuf, errlen, "out of memory");
+				goto out;
+			}
+			sec->cs_vline[i] = lineno;
+			continue;
 		}
 		if (ctx->line[k - config_keys] != 0) {
 			snprintf(errbuf, errlen, "%s:%u: %s: already set on "
@@ -1223,7 +1341,8 @@ config_validate(const struct wr_config *cfg, const struct config_ctx *ctx,
 	    cfg->upstream_tls_cert, cfg->upstream_tls_key,
 	    cfg->upstream_tls_server_name };
 
-	if (cfg->ingest == NULL && cfg->upstream == NULL) {
+	if (cfg->ingest == NULL && cfg->upstream == NULL &&
+	    ctx->sections == NULL) {
 		snprintf(errbuf, errlen, "nothing to relay: ingest is 'none' "
 		    "and there is no upstream (set --ingest or --upstream)");
 		return -1;
@@ -1289,6 +1408,158 @@ config_validate(const struct wr_config *cfg, const struct config_ctx *ctx,
 	return 0;
 }
 
+/* A copy of cfg's keys (not its streams nor how it was made). */
+static int
+config_copy_keys(struct wr_config *dst, const struct wr_config *src)
+{
+	*dst = *src;
+	dst->config_file = NULL;
+	dst->argc = 0;
+	dst->argv = NULL;
+	dst->stream_name = NULL;
+	dst->streams = NULL;
+	dst->next_stream = NULL;
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct config_key *k = &config_keys[i];
+		char **sp;
+
+		if (k->ck_type != CT_STRING && k->ck_type != CT_ADDR)
+			continue;
+		sp = config_field(dst, k);
+		if (*sp != NULL && (*sp = strdup(*sp)) == NULL)
+			return -1;
+	}
+	return 0;
+}
+
+/*
+ * Two streams may share a listener only when each connection on it can
+ * be routed: ingest by publish token (each sharing stream has its own
+ * publish tokens), subscribers by stream= or by subscribe token (each has
+ * its own subscribe tokens, for stock subscribers).
+ */
+static int
+config_routing_check(const struct wr_config *cfg, char *errbuf, size_t errlen)
+{
+	const struct wr_config *a, *b;
+
+	for (a = cfg->streams; a != NULL; a = a->next_stream) {
+		for (b = a->next_stream; b != NULL; b = b->next_stream) {
+			if (a->upstream == NULL && b->upstream == NULL &&
+			    a->ingest != NULL && b->ingest != NULL &&
+			    strcmp(a->ingest, b->ingest) == 0 &&
+			    (a->publish_token_file == NULL ||
+			    b->publish_token_file == NULL)) {
+				snprintf(errbuf, errlen, "streams %s and %s "
+				    "share the ingest listener %s, but stream "
+				    "%s has no publish-token-file: its "
+				    "publishers could not be told apart (give "
+				    "each stream its own ingest address, or "
+				    "each its own publish tokens)",
+				    a->stream_name, b->stream_name, a->ingest,
+				    a->publish_token_file == NULL ?
+				    a->stream_name : b->stream_name);
+				return -1;
+			}
+			if (a->listen != NULL && b->listen != NULL &&
+			    strcmp(a->listen, b->listen) == 0 &&
+			    (a->subscribe_token_file == NULL ||
+			    b->subscribe_token_file == NULL)) {
+				snprintf(errbuf, errlen, "streams %s and %s "
+				    "share the subscriber listener %s (listen), "
+				    "but stream %s has no subscribe-token-file: "
+				    "a stock subscriber could not be routed "
+				    "(give each stream its own listen address, "
+				    "or each its own subscribe tokens; "
+				    "FCWAL-SUB/1 subscribers may also say "
+				    "stream=NAME)", a->stream_name,
+				    b->stream_name, a->listen,
+				    a->subscribe_token_file == NULL ?
+				    a->stream_name : b->stream_name);
+				return -1;
+			}
+		}
+	}
+	for (a = cfg->streams; a != NULL; a = a->next_stream)
+		for (b = a->next_stream; b != NULL; b = b->next_stream)
+			if (strcmp(a->data_dir, b->data_dir) == 0) {
+				snprintf(errbuf, errlen, "streams %s and %s "
+				    "have the same data-dir %s", a->stream_name,
+				    b->stream_name, a->data_dir);
+				return -1;
+			}
+	return 0;
+}
+
+/* One config per [stream NAME] section: [walrelay], then its keys. */
+static int
+config_streams(struct wr_config *cfg, struct config_ctx *ctx, char *errbuf,
+    size_t errlen)
+{
+	struct wr_config **tailp = &cfg->streams;
+	struct config_section *cs;
+	char err[512];
+
+	for (cs = ctx->sections; cs != NULL; cs = cs->cs_next) {
+		struct config_ctx sctx;
+		struct wr_config *sc;
+
+		if ((sc = calloc(1, sizeof(*sc))) == NULL ||
+		    config_copy_keys(sc, cfg) == -1) {
+			if (sc != NULL) {
+				config_free(sc);
+				free(sc);
+			}
+			snprintf(errbuf, errlen, "out of memory");
+			return -1;
+		}
+		*tailp = sc;
+		tailp = &sc->next_stream;
+		if ((sc->stream_name = strdup(cs->cs_name)) == NULL) {
+			snprintf(errbuf, errlen, "out of memory");
+			return -1;
+		}
+		memcpy(&sctx, ctx, sizeof(sctx));
+		sctx.sections = NULL;
+		for (size_t i = 0; i < NKEYS; i++) {
+			const struct config_key *k = &config_keys[i];
+
+			if (cs->cs_val[i] == NULL)
+				continue;
+			if (config_set(sc, k, cs->cs_val[i], err,
+			    sizeof(err)) == -1) {
+				snprintf(errbuf, errlen, "%s:%u: %s: %s",
+				    ctx->file ? ctx->file : "(config)",
+				    cs->cs_vline[i], k->ck_name, err);
+				return -1;
+			}
+			sctx.set[i] = 1;
+			sctx.line[i] = cs->cs_vline[i];
+		}
+		if (cs->cs_val[config_find("data-dir", 8) - config_keys] ==
+		    NULL) {
+			/* <data-dir>/<NAME> */
+			size_t n = strlen(cfg->data_dir) + strlen(cs->cs_name) +
+			    2;
+			char *d;
+
+			if ((d = malloc(n)) == NULL) {
+				snprintf(errbuf, errlen, "out of memory");
+				return -1;
+			}
+			snprintf(d, n, "%s/%s", cfg->data_dir, cs->cs_name);
+			free(sc->data_dir);
+			sc->data_dir = d;
+		}
+		if (config_validate(sc, &sctx, err, sizeof(err)) == -1) {
+			snprintf(errbuf, errlen, "[stream %s]: %s", cs->cs_name,
+			    err);
+			return -1;
+		}
+	}
+	return config_routing_check(cfg, errbuf, errlen);
+}
+
 static int
 config_copy_argv(struct wr_config *cfg, int argc, char *const *argv)
 {
@@ -1347,14 +1618,15 @@ config_build(struct wr_config *cfg, int *printed, const char *text,
 	if (text != NULL) {
 		if (config_read_text(cfg, &ctx, text, textlen, errbuf,
 		    errlen) == -1)
-			return -1;
+			goto fail;
 	} else if (cfg->config_file != NULL && config_read_file(cfg, &ctx,
 	    cfg->config_file, errbuf, errlen) == -1)
-		return -1;
+		goto fail;
 	if (config_argv(cfg, &ctx, 1, printed, errbuf, errlen) == -1)
-		return -1;
-	if (config_validate(cfg, &ctx, errbuf, errlen) == -1)
-		return -1;
+		goto fail;
+	if (config_validate(cfg, &ctx, errbuf, errlen) == -1 ||
+	    config_streams(cfg, &ctx, errbuf, errlen) == -1)
+		goto fail;
 	/* where each value came from, for --print-config */
 	free(cfg->src_line);
 	free(cfg->src_argv);
@@ -1362,13 +1634,17 @@ config_build(struct wr_config *cfg, int *printed, const char *text,
 	cfg->src_argv = calloc(NKEYS, sizeof(*cfg->src_argv));
 	if (cfg->src_line == NULL || cfg->src_argv == NULL) {
 		snprintf(errbuf, errlen, "out of memory");
-		return -1;
+		goto fail;
 	}
 	for (size_t i = 0; i < NKEYS; i++) {
 		cfg->src_line[i] = ctx.line[i];
 		cfg->src_argv[i] = ctx.argv_set[i] != 0;
 	}
+	config_sections_free(&ctx);
 	return 0;
+fail:
+	config_sections_free(&ctx);
+	return -1;
 }
 
 int
@@ -1580,6 +1856,15 @@ config_free(struct wr_config *cfg)
 	}
 	cfg->argv = NULL;
 	cfg->argc = 0;
+	while (cfg->streams != NULL) {
+		struct wr_config *sc = cfg->streams;
+
+		cfg->streams = sc->next_stream;
+		config_free(sc);
+		free(sc);
+	}
+	free(cfg->stream_name);
+	cfg->stream_name = NULL;
 }
 
 size_t
@@ -1618,7 +1903,8 @@ config_usage(FILE *f)
 "files and serves it to subscribers, live or from any retained position.\n"
 "\n"
 "  -c, --config FILE\n"
-"        read settings from FILE (INI, section [walrelay]); the command line\n"
+"        read settings from FILE (INI, section [walrelay], and one\n"
+"        [stream NAME] section per stream, see docs/streams.md); the command line\n"
 "        wins over the file\n"
 "  --check-config\n"
 "        check what a start would find, change nothing, then exit: the\n"

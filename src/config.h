@@ -69,6 +69,16 @@ struct wr_config {
 	int		 log_level;		/* --log-level, info */
 	int		 log_syslog;		/* --log-target stderr|syslog */
 
+	/*
+	 * Streams: a config with [stream NAME] sections has one full config
+	 * per section in `streams` (linked by next_stream), each starting from
+	 * this one ([walrelay] and the command line) with its section's keys
+	 * on top. Without sections, this config is the stream "default".
+	 */
+	char		*stream_name;		/* NULL: "default" */
+	struct wr_config *streams;
+	struct wr_config *next_stream;
+
 	/* not keys: how this config was made */
 	char		*config_file;		/* -c FILE */
 	int		 check_only;		/* --check-config */

@@ -1,5 +1,6 @@
 /*
- * fanout.h: the shared in-memory tail and the subscribers that read it.
+ * fanout.h: one stream's shared in-memory tail and the subscribers that
+ * read it.
  *
  * The tail is one list of refcounted chunks in sequence order. Nothing is
  * pushed to subscribers at publish time: each one is a cursor that refills
@@ -15,50 +16,87 @@
 
 #include "frame.h"
 
+struct fanout;
+struct stream;
 struct subscriber;
-TAILQ_HEAD(subscriber_list, subscriber);
 
-struct fanout {
-	struct chunk_list	 fo_tail;
-	size_t			 fo_tail_bytes;
-	size_t			 fo_tail_cap;	/* their buffers' sizes */
-	size_t			 fo_tail_chunks;
-	uint64_t		 fo_sendable;	/* frames below this may be sent */
-	struct subscriber_list	 fo_subs;	/* streaming */
-	/*
-	 * Streaming, caught up: woken by fanout_advance. Only fanout_wait and
-	 * fanout_unwait change it; it stays ordered by sub_wait_gen.
-	 */
-	struct subscriber_list	 fo_waiting;
-	uint64_t		 fo_wake_gen;	/* advances that woke subscribers */
-	int			 fo_advancing;	/* in fanout_advance */
-	struct subscriber_list	 fo_pending;	/* in the handshake */
-	struct subscriber_list	 fo_closing;	/* freed from the loop */
-	unsigned		 fo_nsubs;	/* streaming */
-	struct net_listener	*fo_listener;
-	struct event		*fo_reaper;
-	struct event		*fo_tick;	/* lag policy, retention by age */
-	int			 fo_stopped;
+/*
+ * A subscriber's place in its fan-out's lists. The subscriber embeds it;
+ * only fanout.c reads or writes its fields.
+ */
+struct fanout_link {
+	struct subscriber		*fl_sub;
+	int				 fl_list;	/* which list */
+	int				 fl_waiting;	/* on fo_waiting */
+	uint64_t			 fl_wait_gen;	/* fo_wake_gen then */
+	TAILQ_ENTRY(fanout_link)	 fl_entry;
+	TAILQ_ENTRY(fanout_link)	 fl_wentry;	/* fo_waiting */
 };
 
-struct fanout	*fanout_new(char *errbuf, size_t errlen);
+/* For /metrics and /v1/status. */
+struct fanout_status {
+	unsigned	 fs_subscribers;	/* streaming */
+	unsigned	 fs_pending;		/* in the handshake */
+	size_t		 fs_tail_bytes;
+	size_t		 fs_tail_cap;		/* their buffers' sizes */
+	size_t		 fs_tail_chunks;
+	uint64_t	 fs_sendable;
+};
+
+/* The fan-out of stream st; it opens st's subscriber listener, if any. */
+struct fanout	*fanout_new(struct stream *st, char *errbuf, size_t errlen);
 void		 fanout_free(struct fanout *);
+struct stream	*fanout_stream(const struct fanout *);
 /* A new chunk of stored frames (takes a reference). */
 void		 fanout_publish(struct fanout *, struct chunk *);
 /* Frames below `sendable` may now be sent: wake the caught-up, trim. */
 void		 fanout_advance(struct fanout *, uint64_t sendable);
+uint64_t	 fanout_sendable(const struct fanout *);
+/* The tail chunk that holds frame seq, or NULL. */
+struct chunk	*fanout_find(struct fanout *, uint64_t seq);
+/* Stop accepting subscribers, close those in the handshake (shutdown). */
+void		 fanout_stop(struct fanout *);
+int		 fanout_stopped(const struct fanout *);
+/* Its subscriber listener is shared with other streams. */
+int		 fanout_routed(const struct fanout *);
+/* Every subscriber has been sent everything sendable. */
+int		 fanout_drained(struct fanout *);
+/* Disconnect the streaming subscribers more than max frames behind. */
+void		 fanout_enforce_lag(struct fanout *, uint64_t max);
+void		 fanout_status(const struct fanout *, struct fanout_status *);
+/*
+ * Call fn for each streaming subscriber, oldest first. fn may close the
+ * subscriber it is given (and only that one).
+ */
+void		 fanout_foreach(struct fanout *,
+		    void (*fn)(struct subscriber *, void *), void *arg);
+/*
+ * A buffer of FANOUT_PIECE bytes for reading segment files piecewise
+ * (TLS, zstd): one reader at a time, on the loop; NULL when out of memory.
+ */
+#define FANOUT_PIECE	(256 * 1024)
+uint8_t		*fanout_piece(struct fanout *);
+
+/*
+ * The subscriber side (subscriber.c). A new connection joins as pending
+ * (fanout_join); fanout_start makes it streaming; fanout_leave takes it
+ * off every list and frees it from the loop (subscriber_free), never
+ * inside the caller's callback.
+ */
+void		 fanout_join(struct fanout *, struct fanout_link *,
+		    struct subscriber *);
+void		 fanout_start(struct fanout *, struct fanout_link *);
+void		 fanout_leave(struct fanout *, struct fanout_link *);
+/* Move a pending subscriber to another stream's fan-out (routing). */
+void		 fanout_move(struct fanout *from, struct fanout *to,
+		    struct fanout_link *);
 /*
  * Wait for new sendable frames (a subscriber that has queued everything),
  * or stop waiting (a subscriber being closed, even from a refill that
  * fanout_advance started).
  */
-void		 fanout_wait(struct fanout *, struct subscriber *);
-void		 fanout_unwait(struct fanout *, struct subscriber *);
-/* The tail chunk that holds frame seq, or NULL. */
-struct chunk	*fanout_find(struct fanout *, uint64_t seq);
-/* Stop accepting subscribers (shutdown). */
-void		 fanout_stop(struct fanout *);
-/* Every subscriber has been sent everything sendable. */
-int		 fanout_drained(struct fanout *);
+void		 fanout_wait(struct fanout *, struct fanout_link *);
+void		 fanout_unwait(struct fanout *, struct fanout_link *);
+int		 fanout_waiting(const struct fanout_link *);
 
 #endif

@@ -207,7 +207,7 @@ hs_parse_sub(const char *p, const char *end, struct handshake_req *req,
 	const char *f, *eq;
 	size_t flen = 0;
 	char x[40];
-	int seen_epoch = 0, seen_compress = 0;
+	int seen_epoch = 0, seen_compress = 0, seen_stream = 0;
 
 	if (hs_field(&p, end, &f, &flen) == -1 || flen == 0) {
 		snprintf(err, errlen, flen == 0 && p != NULL ? "empty field "
@@ -278,9 +278,23 @@ hs_parse_sub(const char *p, const char *end, struct handshake_req *req,
 				    sizeof(x)));
 				return -1;
 			}
+		} else if (hs_equal(f, klen, "stream")) {
+			if (seen_stream++) {
+				snprintf(err, errlen, "duplicate option "
+				    "stream");
+				return -1;
+			}
+			if (vlen == 0 || vlen >= sizeof(req->hr_stream)) {
+				snprintf(err, errlen, "bad stream name '%s' "
+				    "(1 to %zu characters)", hs_excerpt(v, vlen,
+				    x, sizeof(x)), sizeof(req->hr_stream) - 1);
+				return -1;
+			}
+			memcpy(req->hr_stream, v, vlen);
+			req->hr_stream[vlen] = '\0';
 		} else {
 			snprintf(err, errlen, "unknown option '%s' (known: "
-			    "epoch, compress)", hs_excerpt(f, klen, x,
+			    "epoch, compress, stream)", hs_excerpt(f, klen, x,
 			    sizeof(x)));
 			return -1;
 		}

@@ -65,6 +65,7 @@ struct handshake_req {
 	int		 hr_has_epoch;
 	uint64_t	 hr_epoch;
 	int		 hr_compress;	/* enum handshake_compress */
+	char		 hr_stream[65];	/* SUB: stream=NAME, or "" */
 };
 
 struct handshake_reply {

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include <event2/event.h>
 #include <event2/thread.h>
@@ -36,13 +37,6 @@ static struct event	*ev_stop_poll;
 static struct event	*ev_stop_deadline;
 static int		 exit_code;
 
-/* The writer thread calls this: wake the loop (thread-safe). */
-static void
-store_notify(void *arg)
-{
-	event_active(arg, EV_READ, 0);
-}
-
 static void
 stop_finish(void)
 {
@@ -52,42 +46,26 @@ stop_finish(void)
 static void
 stop_check(void)
 {
-	relay_store_update();
-	if (relay->r_ss->ss_durable < relay->r_ss->ss_next &&
-	    relay->r_ss->ss_error == 0)
-		return;		/* still making frames durable */
-	if (!fanout_drained(relay->r_fan))
-		return;
-	if (relay->r_ss->ss_error != 0)
-		log_warnx("stop: storage is failing (%s): %" PRIu64 " frames "
-		    "from sequence %" PRIu64 " are not durable; the writer "
-		    "tries a few more times", strerror(relay->r_ss->ss_error),
-		    relay->r_ss->ss_next - relay->r_ss->ss_durable,
-		    relay->r_ss->ss_durable);
-	else
+	struct stream *st;
+	int failing = 0;
+
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
+		if (!stream_stopped(st))
+			return;
+		failing |= st->st_ss.ss_error != 0;
+	}
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+		if (st->st_ss.ss_error != 0)
+			log_warnx("%s: stop: storage is failing (%s): %" PRIu64
+			    " frames from sequence %" PRIu64 " are not "
+			    "durable; the writer tries a few more times",
+			    st->st_name, strerror(st->st_ss.ss_error),
+			    st->st_ss.ss_next - st->st_ss.ss_durable,
+			    st->st_ss.ss_durable);
+	if (!failing)
 		log_info("stop: everything durable and every subscriber "
 		    "drained");
 	stop_finish();
-}
-
-/* The writer moved: new durable frames, disk trouble, or recovery. */
-static void
-store_event_cb(evutil_socket_t fd, short what, void *arg)
-{
-	int olderr = relay->r_ss->ss_error;
-
-	/* the writer notifies until it is joined: after teardown, no one */
-	if (relay->r_fan == NULL)
-		return;
-	relay_store_update();
-	if (relay->r_ss->ss_error != olderr && relay->r_ss->ss_error == 0)
-		log_info("storage: healthy again at sequence %" PRIu64,
-		    relay->r_ss->ss_durable);
-	fanout_advance(relay->r_fan, relay_sendable());
-	if (relay->r_up != NULL)
-		upstream_flow(relay->r_up);
-	if (relay->r_stopping)
-		stop_check();
 }
 
 static void
@@ -99,11 +77,23 @@ stop_poll_cb(evutil_socket_t fd, short what, void *arg)
 static void
 stop_deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
-	relay_store_update();
-	log_warnx("stop: gave subscribers %u ms to drain; closing the rest "
-	    "(durable up to sequence %" PRIu64 ")",
-	    relay->r_cfg->shutdown_timeout_ms, relay->r_ss->ss_durable);
+	struct stream *st;
+
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
+		stream_store_update(st);
+		log_warnx("%s: stop: gave subscribers %u ms to drain; closing "
+		    "the rest (durable up to sequence %" PRIu64 ")",
+		    st->st_name, relay->r_cfg->shutdown_timeout_ms,
+		    st->st_ss.ss_durable);
+	}
 	stop_finish();
+}
+
+/* Once a second, for the whole process. */
+static void
+process_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	chunk_cache_tick();	/* no reuse for a second: free kept buffers */
 }
 
 static void
@@ -111,6 +101,7 @@ stop_begin(int sig)
 {
 	struct timeval poll = { 0, STOP_POLL_MS * 1000 };
 	struct timeval dl;
+	struct stream *st;
 	unsigned ms = relay->r_cfg->shutdown_timeout_ms;
 
 	if (relay->r_stopping) {
@@ -122,8 +113,8 @@ stop_begin(int sig)
 	log_info("stop: %s received: no new connections, making everything "
 	    "durable, letting subscribers drain (at most %u ms)",
 	    strsignal(sig), ms);
-	upstream_stop(relay->r_up);
-	fanout_stop(relay->r_fan);
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+		stream_stop(st);
 	ev_stop_poll = event_new(relay->r_base, -1, EV_PERSIST, stop_poll_cb,
 	    NULL);
 	ev_stop_deadline = evtimer_new(relay->r_base, stop_deadline_cb, NULL);
@@ -186,100 +177,241 @@ tls_files_client(const struct wr_config *cfg, struct tls_files *tf,
 }
 
 /*
- * Both TLS contexts that cfg describes (NULL where it has none), or neither:
- * on failure nothing is left built. The caller swaps them in together.
+ * The listeners' TLS context cfg describes, new (NULL when it has none).
+ * A reload builds new contexts and swaps them in only when everything
+ * loaded; connections hold their own reference to the old ones.
  */
 static int
-tls_setup(const struct wr_config *cfg, struct tls_ctx **srv,
-    struct tls_ctx **cli, char *err, size_t errlen)
+tls_setup_server(const struct wr_config *cfg, struct tls_ctx **ctx,
+    char *err, size_t errlen)
+{
+	struct tls_files tf;
+
+	*ctx = NULL;
+	if (cfg->tls_cert == NULL && cfg->tls_key == NULL)
+		return 0;
+	tls_files_server(cfg, &tf);
+	if ((*ctx = tls_server_new(&tf, err, errlen)) == NULL)
+		return -1;
+	return 0;
+}
+
+/* A stream's pull client context, new (NULL when it has none). */
+static int
+tls_setup_client(const struct wr_config *cfg, struct tls_ctx **ctx,
+    char *err, size_t errlen)
 {
 	struct tls_files tf;
 	char host[256];
 
-	*srv = *cli = NULL;
-	if (cfg->tls_cert != NULL || cfg->tls_key != NULL) {
-		tls_files_server(cfg, &tf);
-		if ((*srv = tls_server_new(&tf, err, errlen)) == NULL)
-			return -1;
-	}
-	if (cfg->upstream_tls && cfg->upstream != NULL) {
-		tls_files_client(cfg, &tf, host, sizeof(host));
-		if ((*cli = tls_client_new(&tf, err, errlen)) == NULL) {
-			tls_free(*srv);
-			*srv = NULL;
-			return -1;
-		}
-	}
+	*ctx = NULL;
+	if (!cfg->upstream_tls || cfg->upstream == NULL)
+		return 0;
+	tls_files_client(cfg, &tf, host, sizeof(host));
+	if ((*ctx = tls_client_new(&tf, err, errlen)) == NULL)
+		return -1;
 	return 0;
 }
 
+/* The streams a config defines: its [stream NAME] sections, or itself. */
+static struct wr_config *
+stream_cfg_first(struct wr_config *cfg)
+{
+	return cfg->streams != NULL ? cfg->streams : cfg;
+}
+
+static const char *
+stream_cfg_name(const struct wr_config *sc)
+{
+	return sc->stream_name != NULL ? sc->stream_name : STREAM_DEFAULT;
+}
+
 /*
- * All or nothing: the config, the tokens and both TLS contexts are built
- * from the file first; only if everything loads are they swapped in. Keys
- * that take a restart keep their running values throughout (config_reload),
- * so the TLS contexts are rebuilt with the running settings and the new
- * certificate, key and CA files.
+ * [stream NAME] sections on reload: a running stream takes its section's
+ * reloadable keys; a new section starts a new stream; a section removed
+ * (or a data-dir changed) takes a restart and changes nothing.
+ */
+static void
+reload_streams(struct wr_config *cur, struct wr_config *next)
+{
+	struct wr_config **pp, *sc, **tailp;
+	struct stream *st;
+	struct auth_tokens *tok;
+	struct tls_ctx *utls;
+	char err[1024];
+
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
+		for (sc = next->streams; sc != NULL; sc = sc->next_stream)
+			if (strcmp(sc->stream_name, st->st_name) == 0)
+				break;
+		if (sc == NULL)
+			log_warnx("reload: stream %s is no longer in the "
+			    "config; removing a stream takes a restart (it "
+			    "keeps running)", st->st_name);
+		else if (config_apply_reload(st->st_cfg, sc) > 0)
+			log_warnx("reload: stream %s: the keys above take a "
+			    "restart", st->st_name);
+	}
+	for (tailp = &cur->streams; *tailp != NULL;
+	    tailp = &(*tailp)->next_stream)
+		;
+	for (pp = &next->streams; (sc = *pp) != NULL;) {
+		if (relay_stream(sc->stream_name) != NULL) {
+			pp = &sc->next_stream;
+			continue;
+		}
+		/* a new stream: its config joins the running one */
+		*pp = sc->next_stream;
+		sc->next_stream = NULL;
+		*tailp = sc;
+		tailp = &sc->next_stream;
+		utls = NULL;
+		if ((tok = calloc(1, sizeof(*tok))) == NULL ||
+		    auth_load(tok, sc, err, sizeof(err)) == -1 ||
+		    tls_setup_client(sc, &utls, err, sizeof(err)) == -1) {
+			log_warnx("reload: new stream %s: %s; not started",
+			    sc->stream_name, tok ? err : "out of memory");
+			if (tok != NULL)
+				auth_free(tok);
+			free(tok);
+			tls_free(utls);
+			continue;
+		}
+		if ((st = stream_new(sc->stream_name, sc, tok, utls, err,
+		    sizeof(err))) == NULL) {
+			log_warnx("reload: %s; not started", err);
+			continue;
+		}
+		TAILQ_INSERT_TAIL(&relay->r_streams, st, st_entry);
+		relay->r_nstreams++;
+		log_info("reload: stream %s started", st->st_name);
+	}
+}
+
+/* The running stream a reloaded config names, or NULL. */
+static struct wr_config *
+reload_find(struct wr_config *next, const char *name)
+{
+	struct wr_config *sc;
+
+	for (sc = stream_cfg_first(next); sc != NULL; sc = sc->next_stream)
+		if (strcmp(stream_cfg_name(sc), name) == 0)
+			return sc;
+	return NULL;
+}
+
+/*
+ * All or nothing: the config, every running stream's tokens and every TLS
+ * context are built from the file first; only if everything loads are they
+ * swapped in. Keys that take a restart keep their running values.
  */
 static void
 reload(void)
 {
-	struct wr_config *next, *cur = relay->r_cfg;
-	struct auth_tokens *tok;
-	struct tls_ctx *srv, *cli;
+	struct wr_config *next, *cur = relay->r_cfg, *sc;
+	struct stream *st;
+	struct tls_ctx *srv = NULL;
 	char err[1024];
+	size_t n = 0, nrn = relay->r_nstreams, npub = 0, nsub = 0, ncli = 0;
 	int restart, applied;
+	struct reload_new {
+		struct auth_tokens	*rn_tok;
+		struct tls_ctx		*rn_cli;
+	} *rn = NULL;
 
 	/* an operator who freed disk space reloads to retry at once */
-	segstore_retry(relay->r_store);
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+		segstore_retry(st->st_store);
 	if ((next = calloc(1, sizeof(*next))) == NULL) {
 		log_warnx("reload: out of memory; keeping the running config");
 		return;
 	}
 	if ((restart = config_reload(cur, next, err, sizeof(err))) == -1) {
 		log_warnx("reload: %s; keeping the running config", err);
-		config_free(next);
-		free(next);
-		return;
+		goto out;
 	}
-	if ((tok = calloc(1, sizeof(*tok))) == NULL ||
-	    auth_load(tok, next, err, sizeof(err)) == -1) {
-		log_warnx("reload: %s; keeping the running tokens and config",
-		    tok ? err : "out of memory");
-		free(tok);
-		config_free(next);
-		free(next);
-		return;
+	if ((cur->streams == NULL) != (next->streams == NULL)) {
+		log_warnx("reload: moving between one stream and [stream NAME] "
+		    "sections takes a restart; keeping the running config");
+		goto out;
 	}
-	if (tls_setup(next, &srv, &cli, err, sizeof(err)) == -1) {
+	if ((rn = calloc(nrn, sizeof(*rn))) == NULL) {
+		log_warnx("reload: out of memory; keeping the running config");
+		goto out;
+	}
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
+		struct reload_new *r = &rn[n++];
+
+		/* a removed stream keeps its running settings */
+		if ((sc = reload_find(next, st->st_name)) == NULL)
+			sc = st->st_cfg;
+		if ((r->rn_tok = calloc(1, sizeof(*r->rn_tok))) == NULL ||
+		    auth_load(r->rn_tok, sc, err, sizeof(err)) == -1) {
+			log_warnx("reload: %s%s%s; keeping the running tokens "
+			    "and config", cur->streams ? st->st_name : "",
+			    cur->streams ? ": " : "",
+			    r->rn_tok ? err : "out of memory");
+			goto out;
+		}
+		if (tls_setup_client(sc, &r->rn_cli, err, sizeof(err)) == -1) {
+			log_warnx("reload: %s%s%s; keeping the running "
+			    "certificates, tokens and config",
+			    cur->streams ? st->st_name : "",
+			    cur->streams ? ": " : "", err);
+			goto out;
+		}
+		ncli += r->rn_cli != NULL;
+	}
+	if (tls_setup_server(next, &srv, err, sizeof(err)) == -1) {
 		log_warnx("reload: %s; keeping the running certificates, "
 		    "tokens and config", err);
-		auth_free(tok);
-		free(tok);
-		config_free(next);
-		free(next);
-		return;
+		goto out;
 	}
-	/* established connections hold their own reference to the old ones */
+	/* everything loaded: swap */
 	tls_free(relay->r_tls);
-	tls_free(relay->r_upstream_tls);
 	relay->r_tls = srv;
-	relay->r_upstream_tls = cli;
-	if (srv != NULL || cli != NULL)
+	srv = NULL;
+	n = 0;
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
+		struct reload_new *r = &rn[n++];
+
+		warn_loose(r->rn_tok, st->st_cfg);
+		npub += r->rn_tok->at_publish.ts_count;
+		nsub += r->rn_tok->at_subscribe.ts_count;
+		stream_set_tokens(st, r->rn_tok);
+		r->rn_tok = NULL;
+		if (r->rn_cli != NULL || st->st_upstream_tls != NULL) {
+			tls_free(st->st_upstream_tls);
+			st->st_upstream_tls = r->rn_cli;
+			r->rn_cli = NULL;
+		}
+	}
+	if (relay->r_tls != NULL || ncli > 0)
 		log_info("reload: TLS certificates reloaded (%s%s%s)",
-		    srv ? "listeners" : "", srv && cli ? " and " : "",
-		    cli ? "upstream" : "");
-	warn_loose(tok, next);
+		    relay->r_tls ? "listeners" : "",
+		    relay->r_tls && ncli ? " and " : "", ncli ? "upstream" : "");
+	if (cur->streams != NULL)
+		reload_streams(cur, next);
 	applied = config_apply_reload(cur, next);
-	config_free(next);
-	free(next);
-	auth_free(relay->r_tokens);
-	free(relay->r_tokens);
-	relay->r_tokens = tok;
 	log_set_level(cur->log_level);
 	log_info("reload: tokens and limits reloaded (%zu publish, %zu "
 	    "subscribe tokens); %d changed keys applied, %d not applied "
-	    "(they take a restart)", tok->at_publish.ts_count,
-	    tok->at_subscribe.ts_count, applied, restart);
+	    "(they take a restart)", npub, nsub, applied, restart);
+out:
+	if (rn != NULL) {
+		/* the streams a reload started are not in rn */
+		for (size_t i = 0; i < nrn; i++) {
+			if (rn[i].rn_tok != NULL) {
+				auth_free(rn[i].rn_tok);
+				free(rn[i].rn_tok);
+			}
+			tls_free(rn[i].rn_cli);
+		}
+		free(rn);
+	}
+	tls_free(srv);
+	config_free(next);
+	free(next);
 }
 
 static void
@@ -338,55 +470,81 @@ check_exposure(struct wr_config *cfg, struct auth_tokens *tok, char *err,
 	return 0;
 }
 
-/*
- * The one shutdown order: everything that fires (timers, the store event,
- * connections) is freed or made inert before what it points to.
- */
+/* Load and check what every stream needs before anything starts. */
+struct stream_plan {
+	struct wr_config	*sp_cfg;
+	struct auth_tokens	*sp_tok;
+	struct tls_ctx		*sp_upstream_tls;
+};
+
 static void
-teardown(struct event **sig)
+plans_free(struct stream_plan *p, size_t n)
 {
-	/* the stop's timers read the fan-out and the store */
-	if (ev_stop_poll != NULL)
-		event_free(ev_stop_poll);
-	if (ev_stop_deadline != NULL)
-		event_free(ev_stop_deadline);
-	ev_stop_poll = ev_stop_deadline = NULL;
-	/* users before what they use: http reads all, upstream publishes */
-	http_free(relay->r_http);
-	relay->r_http = NULL;
-	upstream_free(relay->r_up);
-	relay->r_up = NULL;
-	fanout_free(relay->r_fan);
-	relay->r_fan = NULL;	/* from here store_event_cb does nothing */
-	/* bufferevents free through finalizers: let the loop run them */
-	event_base_loop(relay->r_base, EVLOOP_NONBLOCK);
-	relay_store_update();
-	/* joins the writer: nothing activates r_store_ev after this */
-	if (segstore_close(relay->r_store) == -1)	/* makes it durable */
-		exit_code = 1;	/* or could not: frames were dropped */
-	relay->r_store = NULL;
-	event_free(relay->r_store_ev);
-	relay->r_store_ev = NULL;
-	for (int i = 0; sig[i] != NULL; i++)
-		event_free(sig[i]);
-	notify_free();
-	event_base_free(relay->r_base);
-	relay->r_base = NULL;
-	/* connections hold their own reference to an SSL_CTX */
-	tls_free(relay->r_tls);
-	tls_free(relay->r_upstream_tls);
-	relay->r_tls = relay->r_upstream_tls = NULL;
+	for (size_t i = 0; i < n; i++) {
+		if (p[i].sp_tok != NULL) {
+			auth_free(p[i].sp_tok);
+			free(p[i].sp_tok);
+		}
+		tls_free(p[i].sp_upstream_tls);
+	}
+	free(p);
+}
+
+static struct stream_plan *
+plans_make(struct wr_config *cfg, size_t *np, char *err, size_t errlen)
+{
+	struct stream_plan *p;
+	struct wr_config *sc;
+	size_t n = 0;
+	char e[900];
+
+	for (sc = stream_cfg_first(cfg); sc != NULL; sc = sc->next_stream)
+		n++;
+	if ((p = calloc(n, sizeof(*p))) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	n = 0;
+	for (sc = stream_cfg_first(cfg); sc != NULL; sc = sc->next_stream) {
+		struct stream_plan *sp = &p[n++];
+
+		sp->sp_cfg = sc;
+		if ((sp->sp_tok = calloc(1, sizeof(*sp->sp_tok))) == NULL) {
+			snprintf(err, errlen, "out of memory");
+			goto fail;
+		}
+		if (auth_load(sp->sp_tok, sc, e, sizeof(e)) == -1 ||
+		    check_exposure(sc, sp->sp_tok, e, sizeof(e)) == -1 ||
+		    tls_setup_client(sc, &sp->sp_upstream_tls, e,
+		    sizeof(e)) == -1) {
+			if (cfg->streams != NULL)
+				snprintf(err, errlen, "stream %s: %s",
+				    stream_cfg_name(sc), e);
+			else
+				snprintf(err, errlen, "%s", e);
+			goto fail;
+		}
+		warn_loose(sp->sp_tok, sc);
+	}
+	*np = n;
+	return p;
+fail:
+	plans_free(p, n);
+	return NULL;
 }
 
 int
 main(int argc, char **argv)
 {
 	static struct wr_config cfg;
-	struct segment_config sc;
-	struct auth_tokens *tok;
-	struct event *sig[4] = { NULL, NULL, NULL, NULL };
+	struct stream_plan *plans;
+	struct stream *st;
+	struct event *sig[4], *tick;
+	struct timeval onesec = { 1, 0 };
 	int signals[4] = { SIGHUP, SIGTERM, SIGINT, -1 };
 	char err[1024];
+	size_t nplans = 0;
+	uint64_t last_next = 0;
 	int rc;
 
 	log_init("walrelay", LOG_LEVEL_INFO, 0);
@@ -400,43 +558,39 @@ main(int argc, char **argv)
 	}
 	log_init("walrelay", cfg.log_level, cfg.log_syslog);
 
-	if ((tok = calloc(1, sizeof(*tok))) == NULL)
-		fatal("calloc");
-	if (auth_load(tok, &cfg, err, sizeof(err)) == -1 ||
-	    check_exposure(&cfg, tok, err, sizeof(err)) == -1) {
-		fprintf(stderr, "walrelay: %s\n", err);
-		auth_free(tok);
-		free(tok);
-		config_free(&cfg);
-		return 2;
-	}
-	warn_loose(tok, &cfg);
 	relay = &the_relay;
 	relay->r_cfg = &cfg;
-	relay->r_tokens = tok;
-	if (tls_setup(&cfg, &relay->r_tls, &relay->r_upstream_tls, err,
-	    sizeof(err)) == -1) {
+	TAILQ_INIT(&relay->r_streams);
+	if ((plans = plans_make(&cfg, &nplans, err, sizeof(err))) == NULL ||
+	    tls_setup_server(&cfg, &relay->r_tls, err, sizeof(err)) == -1) {
 		fprintf(stderr, "walrelay: %s\n", err);
+		if (plans != NULL)
+			plans_free(plans, nplans);
 		tls_free(relay->r_tls);
-		auth_free(tok);
-		free(tok);
 		config_free(&cfg);
 		return 2;
 	}
 	if (cfg.check_only) {
 		char note[512];
+		struct wr_config *sc;
 
-		if ((rc = preflight_start(&cfg, note, sizeof(note), err,
-		    sizeof(err))) == -1)
-			fprintf(stderr, "walrelay: %s\n", err);
-		else if (note[0] != '\0')
-			printf("walrelay: note: %s\n", note);
+		rc = 0;
+		for (sc = stream_cfg_first(&cfg); sc != NULL && rc == 0;
+		    sc = sc->next_stream) {
+			if ((rc = preflight_start(sc, note, sizeof(note), err,
+			    sizeof(err))) == -1) {
+				if (cfg.streams != NULL)
+					fprintf(stderr, "walrelay: stream %s: "
+					    "%s\n", stream_cfg_name(sc), err);
+				else
+					fprintf(stderr, "walrelay: %s\n", err);
+			} else if (note[0] != '\0')
+				printf("walrelay: note: %s\n", note);
+		}
 		if (rc == 0)
 			printf("walrelay: configuration OK\n");
+		plans_free(plans, nplans);
 		tls_free(relay->r_tls);
-		tls_free(relay->r_upstream_tls);
-		auth_free(tok);
-		free(tok);
 		config_free(&cfg);
 		return rc == 0 ? 0 : 2;
 	}
@@ -464,60 +618,82 @@ main(int argc, char **argv)
 	if (notify_init(relay->r_base, err, sizeof(err)) == -1)
 		fatalx("%s", err);
 
+	/* the streams' directories default to <data-dir>/<NAME> */
+	if (cfg.streams != NULL && mkdir(cfg.data_dir, 0700) == -1 &&
+	    errno != EEXIST)
+		fatal("cannot create the data directory %s", cfg.data_dir);
 	/* a taken port or an unusable directory: say so before creating */
-	if (preflight_start(&cfg, NULL, 0, err, sizeof(err)) == -1)
-		fatalx("%s", err);
-	memset(&sc, 0, sizeof(sc));
-	sc.dir = cfg.data_dir;
-	sc.fsync_mode = cfg.fsync_mode;
-	sc.fsync_interval_ms = cfg.fsync_interval_ms;
-	sc.segment_bytes = cfg.segment_bytes;
-	sc.segment_age_ms = cfg.segment_age_s * 1000;
-	sc.retain_bytes = cfg.retain_bytes;
-	sc.retain_age_s = cfg.retain_age_s;
-	sc.max_frame_bytes = cfg.max_frame_bytes;
-	sc.retry_ms = 1000;
-	sc.verify_sealed = cfg.verify_segments;
-	if ((relay->r_store = segstore_open(&sc, err, sizeof(err))) == NULL)
-		fatalx("storage: %s", err);
-	relay_store_update();
-	log_info("storage: %s, epoch %016" PRIx64 ", frames %" PRIu64 " to %"
-	    PRIu64 ", fsync %s", cfg.data_dir, segstore_epoch(relay->r_store),
-	    relay->r_ss->ss_earliest, relay->r_ss->ss_next,
-	    cfg.fsync_mode == FSYNC_ALWAYS ? "always" :
-	    cfg.fsync_mode == FSYNC_NEVER ? "never" : "interval");
+	for (size_t i = 0; i < nplans; i++)
+		if (preflight_start(plans[i].sp_cfg, NULL, 0, err,
+		    sizeof(err)) == -1) {
+			if (cfg.streams != NULL)
+				fatalx("stream %s: %s",
+				    stream_cfg_name(plans[i].sp_cfg), err);
+			fatalx("%s", err);
+		}
+	for (size_t i = 0; i < nplans; i++) {
+		struct stream_plan *sp = &plans[i];
 
-	relay->r_positioned = !(cfg.upstream != NULL &&
-	    cfg.upstream_protocol == UPSTREAM_PROTO_SUB &&
-	    relay->r_ss->ss_next == 0);
-	relay->r_store_ev = event_new(relay->r_base, -1, 0, store_event_cb,
-	    NULL);
-	if (relay->r_store_ev == NULL)
-		fatalx("out of memory");
-	if ((relay->r_fan = fanout_new(err, sizeof(err))) == NULL)
-		fatalx("%s", err);
-	relay->r_fan->fo_sendable = relay_sendable();
-	if (segstore_start(relay->r_store, store_notify, relay->r_store_ev) ==
-	    -1)
-		fatalx("storage: cannot start the writer thread");
-	if ((relay->r_up = upstream_new(err, sizeof(err))) == NULL)
-		fatalx("%s", err);
+		if ((st = stream_new(stream_cfg_name(sp->sp_cfg), sp->sp_cfg,
+		    sp->sp_tok, sp->sp_upstream_tls, err, sizeof(err))) == NULL)
+			fatalx("%s", err);
+		sp->sp_tok = NULL;		/* the stream's now */
+		sp->sp_upstream_tls = NULL;
+		TAILQ_INSERT_TAIL(&relay->r_streams, st, st_entry);
+		relay->r_nstreams++;
+	}
+	plans_free(plans, nplans);
 	if (cfg.http != NULL &&
 	    (relay->r_http = http_new(cfg.http, err, sizeof(err))) == NULL)
 		fatalx("%s", err);
+	if ((tick = event_new(relay->r_base, -1, EV_PERSIST, process_tick_cb,
+	    NULL)) == NULL || event_add(tick, &onesec) == -1)
+		fatalx("out of memory");
 
 	for (int i = 0; signals[i] != -1; i++) {
 		sig[i] = evsignal_new(relay->r_base, signals[i], signal_cb, NULL);
 		if (sig[i] == NULL || evsignal_add(sig[i], NULL) == -1)
 			fatalx("cannot install signal handlers");
 	}
-	log_info("walrelay %s started (pid %ld)", PACKAGE_VERSION,
-	    (long)getpid());
+	log_info("walrelay %s started (pid %ld, %zu stream%s)",
+	    PACKAGE_VERSION, (long)getpid(), relay->r_nstreams,
+	    relay->r_nstreams == 1 ? "" : "s");
 	notify_ready();		/* recovered, every listener bound */
 
 	event_base_dispatch(relay->r_base);
 
-	teardown(sig);
+	/* shutdown, in reverse */
+	if (ev_stop_poll != NULL)
+		event_del(ev_stop_poll);
+	if (ev_stop_deadline != NULL)
+		event_del(ev_stop_deadline);
+	event_del(tick);
+	http_free(relay->r_http);
+	relay->r_http = NULL;
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
+		if (stream_close(st) == -1)
+			exit_code = 1;	/* frames were dropped */
+		else if (relay->r_nstreams > 1)
+			log_info("%s: stop: frames up to sequence %" PRIu64
+			    " are durable", st->st_name, st->st_ss.ss_next);
+		last_next = st->st_ss.ss_next;
+	}
+	/* the last file spans and bufferevents free from the loop */
+	event_base_loop(relay->r_base, EVLOOP_NONBLOCK);
+	while ((st = TAILQ_FIRST(&relay->r_streams)) != NULL) {
+		TAILQ_REMOVE(&relay->r_streams, st, st_entry);
+		stream_free(st);
+	}
+	for (int i = 0; signals[i] != -1; i++)
+		event_free(sig[i]);
+	event_free(tick);
+	if (ev_stop_poll != NULL)
+		event_free(ev_stop_poll);
+	if (ev_stop_deadline != NULL)
+		event_free(ev_stop_deadline);
+	notify_free();
+	event_base_free(relay->r_base);
+	tls_free(relay->r_tls);
 	if (chunk_live_count() != 0)
 		log_warnx("stop: %ld frame buffers still referenced at exit",
 		    chunk_live_count());
@@ -527,11 +703,11 @@ main(int argc, char **argv)
 	if (exit_code != 0)
 		log_error("stop: exiting with status %d: frames that could not "
 		    "be made durable were dropped (see above)", exit_code);
-	else
+	else if (relay->r_nstreams == 1)
 		log_info("stop: exiting; frames up to sequence %" PRIu64 " are "
-		    "durable", relay->r_ss->ss_next);
-	auth_free(relay->r_tokens);
-	free(relay->r_tokens);
+		    "durable", last_next);
+	else
+		log_info("stop: exiting; every stream's frames are durable");
 	config_free(&cfg);
 	libevent_global_shutdown();
 	return exit_code;

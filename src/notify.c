@@ -67,19 +67,35 @@ void
 notify_status_line(char *buf, size_t len)
 {
 	struct upstream_status us;
+	struct fanout_status fs;
+	struct stream *st, *one = NULL;
 	const char *state;
+	unsigned subs = 0, connected = 0;
+	int failing = 0;
 
-	memset(&us, 0, sizeof(us));
-	if (relay->r_up != NULL)
-		upstream_status(relay->r_up, &us);
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry) {
+		one = st;
+		memset(&us, 0, sizeof(us));
+		if (st->st_up != NULL)
+			upstream_status(st->st_up, &us);
+		if (st->st_fan != NULL) {
+			fanout_status(st->st_fan, &fs);
+			subs += fs.fs_subscribers;
+		}
+		connected += us.us_connected != 0;
+		failing |= st->st_ss.ss_error != 0;
+	}
 	state = relay->r_stopping ? "stopping" : N.n_ready ? "ready" :
 	    "starting";
-	snprintf(buf, len, "%s: next=%" PRIu64 " durable=%" PRIu64
-	    " subscribers=%u upstream=%s%s", state, relay->r_ss->ss_next,
-	    relay->r_ss->ss_durable, relay->r_fan != NULL ?
-	    relay->r_fan->fo_nsubs : 0, us.us_connected ? "connected" :
-	    "disconnected", relay->r_ss->ss_error != 0 ? " storage=failing" :
-	    "");
+	if (relay->r_nstreams == 1 && one != NULL)
+		snprintf(buf, len, "%s: next=%" PRIu64 " durable=%" PRIu64
+		    " subscribers=%u upstream=%s%s", state, one->st_ss.ss_next,
+		    one->st_ss.ss_durable, subs, connected ? "connected" :
+		    "disconnected", failing ? " storage=failing" : "");
+	else
+		snprintf(buf, len, "%s: streams=%zu subscribers=%u "
+		    "upstreams-connected=%u%s", state, relay->r_nstreams, subs,
+		    connected, failing ? " storage=failing" : "");
 }
 
 static void

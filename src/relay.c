@@ -16,9 +16,6 @@
 
 struct relay *relay;
 
-/* Behind relay->r_ss, which is const for everyone else. */
-static struct segstore_state relay_ss;
-
 uint64_t
 relay_now_ms(void)
 {
@@ -34,18 +31,15 @@ relay_conn_id(void)
 	return ++relay->r_next_id;
 }
 
-const struct segstore_state *
-relay_store_update(void)
+struct stream *
+relay_stream(const char *name)
 {
-	segstore_poll(relay->r_store, &relay_ss);
-	relay->r_ss = &relay_ss;
-	return relay->r_ss;
-}
+	struct stream *st;
 
-uint64_t
-relay_sendable(void)
-{
-	return relay->r_ss->ss_durable;
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+		if (strcmp(st->st_name, name) == 0)
+			return st;
+	return NULL;
 }
 
 int

@@ -139,6 +139,14 @@ struct segstore {
 
 static const char *const segment_mode_names[] = { "always", "interval", "never" };
 
+const char *
+segment_fsync_name(int mode)
+{
+	if (mode < FSYNC_ALWAYS || mode > FSYNC_NEVER)
+		return "unknown";
+	return segment_mode_names[mode];
+}
+
 static uint64_t
 segment_now_ms(void)
 {

@@ -32,6 +32,8 @@ enum fsync_mode {
 	FSYNC_INTERVAL = 1,
 	FSYNC_NEVER = 2,
 };
+/* "always", "interval", "never": the one place that names them. */
+const char	*segment_fsync_name(int);
 
 struct segment_config {
 	const char	*dir;

@@ -27,12 +27,45 @@
 
 #include "auth.h"
 #include "fanout.h"
+#include "handshake.h"
+#include "segment.h"
 #include "log.h"
 #include "net.h"
 #include "relay.h"
+#include "stream.h"
 #include "subscriber.h"
 
-#define SUB_READ_PIECE		(256 * 1024)	/* pread size for TLS/zstd */
+struct subscriber {
+	uint64_t		 sub_id;
+	char			 sub_name[24];	/* "sub-42" */
+	char			 sub_peer[64];
+	struct fanout		*sub_fan;	/* its stream's */
+	struct bufferevent	*sub_bev;
+	struct net_source	*sub_src;	/* per-address count */
+	int			 sub_state;
+	int			 sub_resuming;	/* FCWAL-SUB/1 */
+	int			 sub_zstd;
+	void			*sub_zc;	/* ZSTD_CCtx */
+	int			 sub_zopen;	/* sub_zc has an unfinished frame */
+	struct handshake	 sub_hs;
+	struct event		*sub_timer;	/* auth deadline, flush deadline */
+	uint64_t		 sub_start;	/* first frame it asked for */
+	uint64_t		 sub_pos;	/* next frame to queue */
+	uint64_t		 sub_bytes_queued;
+	uint64_t		 sub_connected_ms;
+	/*
+	 * Reached a frame the store cannot serve: nothing more is queued,
+	 * it is closed once what is queued has been written.
+	 */
+	int			 sub_ending;
+	int			 sub_on_disk;	/* reading segment files */
+	/* a segment span being read piecewise (TLS, zstd) */
+	struct segment_span	 sub_span;
+	uint64_t		 sub_span_done;	/* bytes of the span queued */
+	int			 sub_has_span;
+	struct fanout_link	 sub_link;	/* its place in sub_fan's lists */
+};
+
 #define SUB_FLUSH_TIMEOUT_MS	2000		/* to write an error reply */
 #define SUB_MAX_WRITE		(1024 * 1024)	/* bytes per write callback */
 #define SUBSCRIBER_ZSTD_LEVEL	1		/* fast: the link is rarely slower */
@@ -43,16 +76,17 @@ static void	subscriber_read_cb(struct bufferevent *, void *);
 static void	subscriber_write_cb(struct bufferevent *, void *);
 static void	subscriber_event_cb(struct bufferevent *, short, void *);
 
-static struct fanout *
-fan(void)
+/* The subscriber's stream. */
+static struct stream *
+sub_stream(const struct subscriber *sub)
 {
-	return relay->r_fan;
+	return fanout_stream(sub->sub_fan);
 }
 
 uint64_t
 subscriber_lag(const struct subscriber *sub)
 {
-	uint64_t s = fan()->fo_sendable;
+	uint64_t s = fanout_sendable(sub->sub_fan);
 
 	return sub->sub_pos < s ? s - sub->sub_pos : 0;
 }
@@ -139,7 +173,7 @@ sub_emit_chunk(struct sub_stage *st, struct chunk *ch, size_t off,
 	struct subscriber *sub = st->st_sub;
 
 	sub->sub_bytes_queued += len;
-	relay->r_stats.sub_bytes_sent += len;
+	sub_stream(sub)->st_stats.sub_bytes_sent += len;
 	if (sub->sub_zstd && off == 0 && len == ch->ch_len) {
 		/*
 		 * A whole chunk: its zstd frame is made once and shared by
@@ -196,22 +230,21 @@ sub_emit_chunk(struct sub_stage *st, struct chunk *ch, size_t off,
 	    off, len);
 }
 
-/* The read buffer for TLS and zstd catch-up: one reader at a time. */
-static uint8_t	*piece;
-
-void
-subscriber_shutdown(void)
-{
-	free(piece);
-	piece = NULL;
-}
+/* A segment pinned while a file span is queued, and whose it is. */
+struct sub_pin {
+	struct stream	*sp_stream;
+	void		*sp_pin;
+};
 
 static void
 sub_unpin_cb(struct evbuffer_file_segment const *seg, int flags, void *arg)
 {
-	/* the store may be gone at shutdown: it unpins everything itself */
-	if (relay != NULL && relay->r_store != NULL)
-		segstore_unpin(relay->r_store, arg);
+	struct sub_pin *p = arg;
+
+	/* the store may be closed at shutdown: it unpins everything itself */
+	if (p->sp_stream->st_store != NULL)
+		segstore_unpin(p->sp_stream->st_store, p->sp_pin);
+	free(p);
 }
 
 /*
@@ -233,15 +266,21 @@ sub_emit_span(struct sub_stage *st)
 		return -1;
 	if (!sub->sub_zstd && !net_bev_is_tls(sub->sub_bev)) {
 		struct evbuffer_file_segment *seg;
+		struct sub_pin *pin;
 
+		if ((pin = malloc(sizeof(*pin))) == NULL)
+			return -1;
+		pin->sp_stream = sub_stream(sub);
+		pin->sp_pin = sp->sp_pin;
 		seg = evbuffer_file_segment_new(sp->sp_fd,
 		    (ev_off_t)sp->sp_offset, (ev_off_t)sp->sp_len,
 		    EVBUF_FS_DISABLE_LOCKING);
-		if (seg == NULL)
+		if (seg == NULL) {
+			free(pin);
 			return -1;
+		}
 		/* the pin now lives as long as the buffer holds the bytes */
-		evbuffer_file_segment_add_cleanup_cb(seg, sub_unpin_cb,
-		    sp->sp_pin);
+		evbuffer_file_segment_add_cleanup_cb(seg, sub_unpin_cb, pin);
 		sub->sub_has_span = 0;
 		if (evbuffer_add_file_segment(out, seg, 0,
 		    (ev_off_t)sp->sp_len) == -1) {
@@ -251,8 +290,10 @@ sub_emit_span(struct sub_stage *st)
 		evbuffer_file_segment_free(seg);
 		r = (ssize_t)left;
 	} else {
-		n = left > SUB_READ_PIECE ? SUB_READ_PIECE : (size_t)left;
-		if (piece == NULL && (piece = malloc(SUB_READ_PIECE)) == NULL)
+		uint8_t *piece;
+
+		n = left > FANOUT_PIECE ? FANOUT_PIECE : (size_t)left;
+		if ((piece = fanout_piece(sub->sub_fan)) == NULL)
 			return -1;
 		r = pread(sp->sp_fd, piece, n, (off_t)(sp->sp_offset +
 		    sub->sub_span_done));
@@ -267,15 +308,15 @@ sub_emit_span(struct sub_stage *st)
 		} else if (evbuffer_add(out, piece, (size_t)r) == -1)
 			return -1;
 		if ((uint64_t)r == left) {
-			segstore_unpin(relay->r_store, sp->sp_pin);
+			segstore_unpin(sub_stream(sub)->st_store, sp->sp_pin);
 			sub->sub_has_span = 0;
 		}
 	}
 	sub->sub_span_done += (uint64_t)r;
 	sub->sub_bytes_queued += (uint64_t)r;
-	relay->r_stats.sub_bytes_sent += (uint64_t)r;
+	sub_stream(sub)->st_stats.sub_bytes_sent += (uint64_t)r;
 	if (!sub->sub_has_span) {
-		relay->r_stats.sub_frames_sent += sp->sp_end_seq - sub->sub_pos;
+		sub_stream(sub)->st_stats.sub_frames_sent += sp->sp_end_seq - sub->sub_pos;
 		sub->sub_pos = sp->sp_end_seq;
 	}
 	return 0;
@@ -289,7 +330,7 @@ sub_emit_span(struct sub_stage *st)
 static void
 sub_corrupt(struct subscriber *sub, const struct segstore_corrupt *c)
 {
-	relay->r_stats.sub_disconnected_corrupt++;
+	sub_stream(sub)->st_stats.sub_disconnected_corrupt++;
 	log_warnx("%s: %s subscriber %s reached sequence %" PRIu64 ", which "
 	    "cannot be served: %s is corrupt at offset %" PRIu64 " (frames %"
 	    PRIu64 " to %" PRIu64 " unreadable); disconnecting it once the "
@@ -309,9 +350,8 @@ static int
 sub_fill(struct sub_stage *st, int *full)
 {
 	struct subscriber *sub = st->st_sub;
-	struct fanout *fo = fan();
-	uint64_t limit = fo->fo_sendable;
-	size_t hiwat = relay->r_cfg->subscriber_buffer;
+	uint64_t limit = fanout_sendable(sub->sub_fan);
+	size_t hiwat = sub_stream(sub)->st_cfg->subscriber_buffer;
 
 	*full = 0;
 	while (!*full && sub_queued(st) < hiwat &&
@@ -325,7 +365,7 @@ sub_fill(struct sub_stage *st, int *full)
 				return SUB_FILL_ERROR;
 			continue;
 		}
-		if ((ch = fanout_find(fo, sub->sub_pos)) != NULL) {
+		if ((ch = fanout_find(sub->sub_fan, sub->sub_pos)) != NULL) {
 			size_t off = chunk_offset_of(ch, sub->sub_pos);
 
 			if (sub->sub_on_disk) {
@@ -360,7 +400,7 @@ sub_fill(struct sub_stage *st, int *full)
 				}
 				if (sub_emit_chunk(st, ch, off, len) == -1)
 					return SUB_FILL_ERROR;
-				relay->r_stats.sub_frames_sent += nf;
+				sub_stream(sub)->st_stats.sub_frames_sent += nf;
 				sub->sub_pos += nf;
 				if (sub->sub_pos < CHUNK_END(ch)) {
 					off += len;
@@ -379,17 +419,17 @@ sub_fill(struct sub_stage *st, int *full)
 			continue;
 		}
 		/* older than the tail: the segment files */
-		if (segstore_locate(relay->r_store, sub->sub_pos,
+		if (segstore_locate(sub_stream(sub)->st_store, sub->sub_pos,
 		    &sub->sub_span) == -1) {
-			segstore_poll(relay->r_store, &ss);
+			segstore_poll(sub_stream(sub)->st_store, &ss);
 			if (sub->sub_pos < ss.ss_earliest) {
-				relay->r_stats.sub_disconnected_gone++;
+				sub_stream(sub)->st_stats.sub_disconnected_gone++;
 				subscriber_close(sub, "its position %" PRIu64
 				    " was deleted by retention (earliest is now %"
 				    PRIu64 ")", sub->sub_pos, ss.ss_earliest);
 				return SUB_FILL_CLOSED;
 			}
-			if (segstore_corrupt_at(relay->r_store, sub->sub_pos,
+			if (segstore_corrupt_at(sub_stream(sub)->st_store, sub->sub_pos,
 			    &bad) == 1)
 				sub_corrupt(sub, &bad);
 			break;
@@ -400,7 +440,7 @@ sub_fill(struct sub_stage *st, int *full)
 			    "segment files from sequence %" PRIu64,
 			    sub->sub_name, sub->sub_pos);
 		}
-		relay->r_stats.sub_disk_reads++;
+		sub_stream(sub)->st_stats.sub_disk_reads++;
 		sub->sub_has_span = 1;
 		sub->sub_span_done = 0;
 	}
@@ -420,7 +460,6 @@ void
 subscriber_refill(struct subscriber *sub)
 {
 	struct sub_stage st;
-	struct fanout *fo = fan();
 	int full, rc;
 
 	if (sub->sub_state != SUB_STREAM || sub->sub_ending)
@@ -449,9 +488,9 @@ subscriber_refill(struct subscriber *sub)
 	 * new frames become sendable, so wait for fanout_advance.
 	 */
 	if (!full && evbuffer_get_length(bufferevent_get_output(sub->sub_bev)) <
-	    relay->r_cfg->subscriber_buffer && !sub->sub_has_span &&
-	    !sub->sub_waiting)
-		fanout_wait(fo, sub);
+	    sub_stream(sub)->st_cfg->subscriber_buffer && !sub->sub_has_span &&
+	    !fanout_waiting(&sub->sub_link))
+		fanout_wait(sub->sub_fan, &sub->sub_link);
 }
 
 /* ---- handshake ------------------------------------------------------- */
@@ -488,36 +527,32 @@ sub_refuse(struct subscriber *sub, const char *code, const char *fmt, ...)
 }
 
 static int
-subscribe_required(void)
+subscribe_required(const struct stream *st)
 {
-	return relay->r_tokens != NULL &&
-	    relay->r_tokens->at_subscribe.ts_count > 0;
+	return st->st_tokens != NULL &&
+	    st->st_tokens->at_subscribe.ts_count > 0;
 }
 
 static void
 sub_start(struct subscriber *sub, uint64_t start)
 {
-	struct fanout *fo = fan();
-
-	TAILQ_REMOVE(&fo->fo_pending, sub, sub_entry);
-	TAILQ_INSERT_TAIL(&fo->fo_subs, sub, sub_entry);
-	fo->fo_nsubs++;
-	relay->r_stats.sub_accepted++;
+	fanout_start(sub->sub_fan, &sub->sub_link);
+	sub_stream(sub)->st_stats.sub_accepted++;
 	evtimer_del(sub->sub_timer);
 	sub->sub_state = SUB_STREAM;
 	sub->sub_start = sub->sub_pos = start;
 	log_info("%s: %s subscriber %s from sequence %" PRIu64 "%s",
 	    sub->sub_name, sub->sub_resuming ? "resuming" : "stock",
 	    sub->sub_peer, start, sub->sub_zstd ? " (zstd)" : "");
-	if (relay->r_cfg->subscriber_timeout_ms > 0) {
+	if (sub_stream(sub)->st_cfg->subscriber_timeout_ms > 0) {
 		struct timeval tv = {
-			relay->r_cfg->subscriber_timeout_ms / 1000,
-			(relay->r_cfg->subscriber_timeout_ms % 1000) * 1000
+			sub_stream(sub)->st_cfg->subscriber_timeout_ms / 1000,
+			(sub_stream(sub)->st_cfg->subscriber_timeout_ms % 1000) * 1000
 		};
 		bufferevent_set_timeouts(sub->sub_bev, NULL, &tv);
 	}
 	bufferevent_setwatermark(sub->sub_bev, EV_WRITE,
-	    relay->r_cfg->subscriber_buffer / 2, 0);
+	    sub_stream(sub)->st_cfg->subscriber_buffer / 2, 0);
 	bufferevent_enable(sub->sub_bev, EV_WRITE);
 	subscriber_refill(sub);
 }
@@ -528,17 +563,74 @@ sub_start(struct subscriber *sub, uint64_t start)
  * reply can say so instead of an OK followed by a disconnection.
  */
 static int
-sub_start_corrupt(uint64_t start, struct segstore_corrupt *bad)
+sub_start_corrupt(struct subscriber *sub, uint64_t start,
+    struct segstore_corrupt *bad)
 {
 	struct segment_span sp;
 
-	if (start >= fan()->fo_sendable || fanout_find(fan(), start) != NULL)
+	if (start >= fanout_sendable(sub->sub_fan) ||
+	    fanout_find(sub->sub_fan, start) != NULL)
 		return 0;
-	if (segstore_locate(relay->r_store, start, &sp) == 0) {
-		segstore_unpin(relay->r_store, sp.sp_pin);
+	if (segstore_locate(sub_stream(sub)->st_store, start, &sp) == 0) {
+		segstore_unpin(sub_stream(sub)->st_store, sp.sp_pin);
 		return 0;
 	}
-	return segstore_corrupt_at(relay->r_store, start, bad);
+	return segstore_corrupt_at(sub_stream(sub)->st_store, start, bad);
+}
+
+/*
+ * Pick the stream: FCWAL-SUB/1 stream=NAME names it (a stream served on
+ * this listener); on a listener several streams share, a line without it
+ * goes to the stream whose subscribe tokens hold its token. The
+ * subscriber then moves to that stream's fan-out. -1: refused.
+ */
+static int
+sub_route(struct subscriber *sub, const struct handshake_req *req)
+{
+	const char *addr = sub_stream(sub)->st_cfg->listen;
+	struct stream *st, *to = NULL;
+
+	if (req->hr_stream[0] != '\0') {
+		to = relay_stream(req->hr_stream);
+		if (to == NULL || to->st_fan == NULL || to->st_cfg->listen ==
+		    NULL || addr == NULL || strcmp(to->st_cfg->listen,
+		    addr) != 0) {
+			sub_stream(sub)->st_stats.sub_rejected_request++;
+			sub_refuse(sub, "bad-request", "unknown stream");
+			return -1;
+		}
+	} else if (fanout_routed(sub->sub_fan)) {
+		TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+			if (st->st_fan != NULL && st->st_cfg->listen != NULL &&
+			    strcmp(st->st_cfg->listen, addr) == 0 &&
+			    subscribe_required(st) && tokenset_match(
+			    &st->st_tokens->at_subscribe, req->hr_token,
+			    req->hr_token_len)) {
+				to = st;
+				break;
+			}
+		if (to == NULL) {
+			sub_stream(sub)->st_stats.sub_rejected_auth++;
+			if (sub->sub_resuming)
+				sub_refuse(sub, "auth", "not a subscribe token "
+				    "of any stream here (or say stream=NAME)");
+			else {
+				log_limited(&sub_refusals, LOG_LEVEL_WARN,
+				    "%s: refused %s: not a subscribe token of "
+				    "any stream on this listener", sub->sub_name,
+				    sub->sub_peer);
+				subscriber_close(sub, NULL);
+			}
+			return -1;
+		}
+	}
+	if (to != NULL && to->st_fan != sub->sub_fan) {
+		fanout_move(sub->sub_fan, to->st_fan, &sub->sub_link);
+		sub->sub_fan = to->st_fan;
+		log_debug("%s: routed to stream %s", sub->sub_name,
+		    to->st_name);
+	}
+	return 0;
 }
 
 static void
@@ -548,6 +640,7 @@ sub_handshake(struct subscriber *sub)
 	struct handshake_req req;
 	struct segstore_state sst, *st = &sst;
 	struct segstore_corrupt bad;
+	struct fanout_status fs;
 	char err[160], line[HANDSHAKE_LINE_MAX + 2];
 	uint64_t start;
 	size_t used;
@@ -563,7 +656,7 @@ sub_handshake(struct subscriber *sub)
 			break;
 	}
 	if (rc == HANDSHAKE_TOO_LONG) {
-		relay->r_stats.sub_rejected_request++;
+		sub_stream(sub)->st_stats.sub_rejected_request++;
 		log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: refused %s: "
 		    "line longer than 1023 bytes", sub->sub_name, sub->sub_peer);
 		subscriber_close(sub, NULL);
@@ -572,7 +665,7 @@ sub_handshake(struct subscriber *sub)
 	if (!handshake_done(&sub->sub_hs))
 		return;
 	if (handshake_parse(&sub->sub_hs, &req, err, sizeof(err)) == -1) {
-		relay->r_stats.sub_rejected_request++;
+		sub_stream(sub)->st_stats.sub_rejected_request++;
 		if (handshake_is_sub(&sub->sub_hs))
 			sub_refuse(sub, "bad-request", "%s", err);
 		else {
@@ -583,9 +676,11 @@ sub_handshake(struct subscriber *sub)
 		return;
 	}
 	sub->sub_resuming = req.hr_kind == HANDSHAKE_SUB;
-	if (subscribe_required() && !tokenset_match(
-	    &relay->r_tokens->at_subscribe, req.hr_token, req.hr_token_len)) {
-		relay->r_stats.sub_rejected_auth++;
+	if (sub_route(sub, &req) == -1)
+		return;
+	if (subscribe_required(sub_stream(sub)) && !tokenset_match(
+	    &sub_stream(sub)->st_tokens->at_subscribe, req.hr_token, req.hr_token_len)) {
+		sub_stream(sub)->st_stats.sub_rejected_auth++;
 		if (sub->sub_resuming)
 			sub_refuse(sub, "auth", "not a subscribe token");
 		else {
@@ -597,22 +692,23 @@ sub_handshake(struct subscriber *sub)
 		}
 		return;
 	}
-	if (fan()->fo_nsubs >= relay->r_cfg->max_subscribers) {
-		relay->r_stats.sub_rejected_busy++;
+	fanout_status(sub->sub_fan, &fs);
+	if (fs.fs_subscribers >= sub_stream(sub)->st_cfg->max_subscribers) {
+		sub_stream(sub)->st_stats.sub_rejected_busy++;
 		if (sub->sub_resuming)
 			sub_refuse(sub, "busy", "%u subscribers connected, the "
-			    "limit", fan()->fo_nsubs);
+			    "limit", fs.fs_subscribers);
 		else {
 			log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: refused "
 			    "%s: %u subscribers connected, the limit",
-			    sub->sub_name, sub->sub_peer, fan()->fo_nsubs);
+			    sub->sub_name, sub->sub_peer, fs.fs_subscribers);
 			subscriber_close(sub, NULL);
 		}
 		return;
 	}
-	if (!relay->r_positioned) {
+	if (!sub_stream(sub)->st_positioned) {
 		/* its numbers would change when it adopts the upstream's */
-		relay->r_stats.sub_rejected_busy++;
+		sub_stream(sub)->st_stats.sub_rejected_busy++;
 		if (sub->sub_resuming)
 			sub_refuse(sub, "busy", "this relay has not yet taken "
 			    "its positions from its upstream");
@@ -624,16 +720,16 @@ sub_handshake(struct subscriber *sub)
 		}
 		return;
 	}
-	segstore_poll(relay->r_store, st);
+	segstore_poll(sub_stream(sub)->st_store, st);
 	if (!sub->sub_resuming) {
 		sub_start(sub, st->ss_next);
 		return;
 	}
-	if (req.hr_has_epoch && req.hr_epoch != segstore_epoch(relay->r_store)) {
-		relay->r_stats.sub_rejected_request++;
+	if (req.hr_has_epoch && req.hr_epoch != segstore_epoch(sub_stream(sub)->st_store)) {
+		sub_stream(sub)->st_stats.sub_rejected_request++;
 		sub_refuse(sub, "epoch", "epoch is %016" PRIx64 ", not %016" PRIx64
 		    ": sequence numbers no longer name the same frames",
-		    segstore_epoch(relay->r_store), req.hr_epoch);
+		    segstore_epoch(sub_stream(sub)->st_store), req.hr_epoch);
 		return;
 	}
 	switch (req.hr_from_kind) {
@@ -646,19 +742,19 @@ sub_handshake(struct subscriber *sub)
 	default:
 		start = req.hr_from;
 		if (start < st->ss_earliest) {
-			relay->r_stats.sub_rejected_request++;
+			sub_stream(sub)->st_stats.sub_rejected_request++;
 			sub_refuse(sub, "gone", "earliest=%" PRIu64,
 			    st->ss_earliest);
 			return;
 		}
 		if (start > st->ss_next) {
-			relay->r_stats.sub_rejected_request++;
+			sub_stream(sub)->st_stats.sub_rejected_request++;
 			sub_refuse(sub, "future", "next=%" PRIu64, st->ss_next);
 			return;
 		}
 	}
-	if (sub_start_corrupt(start, &bad)) {
-		relay->r_stats.sub_rejected_corrupt++;
+	if (sub_start_corrupt(sub, start, &bad)) {
+		sub_stream(sub)->st_stats.sub_rejected_corrupt++;
 		log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: resuming "
 		    "subscriber %s asked for sequence %" PRIu64 ", which cannot "
 		    "be served: %s is corrupt at offset %" PRIu64 " (frames %"
@@ -681,7 +777,7 @@ sub_handshake(struct subscriber *sub)
 		sub->sub_zstd = 1;
 	}
 	handshake_format_ok(line, sizeof(line), start, st->ss_earliest,
-	    st->ss_next, segstore_epoch(relay->r_store));
+	    st->ss_next, segstore_epoch(sub_stream(sub)->st_store));
 	bufferevent_write(sub->sub_bev, line, strlen(line));
 	sub_start(sub, start);
 }
@@ -725,17 +821,17 @@ subscriber_event_cb(struct bufferevent *bev, short what, void *arg)
 	struct subscriber *sub = arg;
 
 	if (what & BEV_EVENT_TIMEOUT) {
-		relay->r_stats.sub_disconnected_timeout++;
+		sub_stream(sub)->st_stats.sub_disconnected_timeout++;
 		subscriber_close(sub, "accepted no byte for %u ms, disconnected "
 		    "at sequence %" PRIu64 " (%" PRIu64 " frames behind)",
-		    relay->r_cfg->subscriber_timeout_ms, sub->sub_pos,
+		    sub_stream(sub)->st_cfg->subscriber_timeout_ms, sub->sub_pos,
 		    subscriber_lag(sub));
 	} else if (what & BEV_EVENT_EOF)
 		subscriber_close(sub, sub->sub_state == SUB_HANDSHAKE ?
 		    NULL : "closed by the subscriber");
 	else if (what & BEV_EVENT_ERROR) {
 		if (sub->sub_state == SUB_HANDSHAKE && net_bev_is_tls(bev))
-			relay->r_stats.sub_rejected_tls++;
+			sub_stream(sub)->st_stats.sub_rejected_tls++;
 		subscriber_close(sub, "connection error: %s",
 		    net_bev_error(bev));
 	}
@@ -747,46 +843,48 @@ subscriber_timer_cb(evutil_socket_t fd, short what, void *arg)
 	struct subscriber *sub = arg;
 
 	if (sub->sub_state == SUB_HANDSHAKE) {
-		relay->r_stats.sub_rejected_timeout++;
+		sub_stream(sub)->st_stats.sub_rejected_timeout++;
 		log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: refused %s: no "
 		    "handshake line within %u ms", sub->sub_name, sub->sub_peer,
-		    relay->r_cfg->auth_timeout_ms);
+		    sub_stream(sub)->st_cfg->auth_timeout_ms);
 	}
 	subscriber_close(sub, NULL);
 }
 
-void
+struct subscriber *
 subscriber_accept(struct fanout *fo, int fd, struct sockaddr *sa, int salen)
 {
+	struct stream *st = fanout_stream(fo);
 	struct subscriber *sub;
 	struct bufferevent *bev;
 	struct net_source *src;
 	char peer[64];
 
-	if (fo->fo_stopped) {
+	if (fanout_stopped(fo)) {
 		evutil_closesocket(fd);
-		return;
+		return NULL;
 	}
 	if ((src = net_conn_acquire(NET_PORT_SUBSCRIBER, sa,
 	    relay->r_cfg->max_conns_per_ip)) == NULL) {
-		relay->r_stats.sub_rejected_limit++;
+		st->st_stats.sub_rejected_limit++;
 		relay_addr_str(sa, peer, sizeof(peer));
 		log_limited(&sub_refusals, LOG_LEVEL_WARN, "subscriber: refused "
 		    "%s: %u connections from that address, the limit "
 		    "(max-conns-per-ip)", peer, relay->r_cfg->max_conns_per_ip);
 		evutil_closesocket(fd);
-		return;
+		return NULL;
 	}
 	if ((bev = net_bev_accepted(fd, relay->r_tls)) == NULL) {
 		net_conn_release(src);
 		evutil_closesocket(fd);
-		return;
+		return NULL;
 	}
 	if ((sub = calloc(1, sizeof(*sub))) == NULL) {
 		net_conn_release(src);
 		bufferevent_free(bev);
-		return;
+		return NULL;
 	}
+	sub->sub_fan = fo;
 	sub->sub_src = src;
 	sub->sub_id = relay_conn_id();
 	snprintf(sub->sub_name, sizeof(sub->sub_name), "sub-%" PRIu64,
@@ -801,9 +899,9 @@ subscriber_accept(struct fanout *fo, int fd, struct sockaddr *sa, int salen)
 		net_conn_release(src);
 		bufferevent_free(bev);
 		free(sub);
-		return;
+		return NULL;
 	}
-	TAILQ_INSERT_TAIL(&fo->fo_pending, sub, sub_entry);
+	fanout_join(fo, &sub->sub_link, sub);
 	bufferevent_setcb(bev, subscriber_read_cb, subscriber_write_cb,
 	    subscriber_event_cb, sub);
 	/*
@@ -812,16 +910,16 @@ subscriber_accept(struct fanout *fo, int fd, struct sockaddr *sa, int salen)
 	 * write take whatever the socket accepts, up to SUB_MAX_WRITE.
 	 */
 	bufferevent_set_max_single_write(bev, SUB_MAX_WRITE);
-	sub_arm_timer(sub, relay->r_cfg->auth_timeout_ms);
+	sub_arm_timer(sub, st->st_cfg->auth_timeout_ms);
 	bufferevent_enable(bev, EV_READ);
 	log_debug("%s: accepted %s on the subscriber port", sub->sub_name,
 	    sub->sub_peer);
+	return sub;
 }
 
 void
 subscriber_close(struct subscriber *sub, const char *fmt, ...)
 {
-	struct fanout *fo = fan();
 	char why[512];
 	va_list ap;
 
@@ -839,24 +937,62 @@ subscriber_close(struct subscriber *sub, const char *fmt, ...)
 			log_limited(&sub_refusals, LOG_LEVEL_INFO, "%s: %s "
 			    "(peer %s)", sub->sub_name, why, sub->sub_peer);
 	}
-	if (sub->sub_waiting)
-		fanout_unwait(fo, sub);
-	if (sub->sub_state == SUB_STREAM) {
-		fo->fo_nsubs--;
-		TAILQ_REMOVE(&fo->fo_subs, sub, sub_entry);
-	} else
-		TAILQ_REMOVE(&fo->fo_pending, sub, sub_entry);
 	sub->sub_state = SUB_DEAD;
 	bufferevent_disable(sub->sub_bev, EV_READ | EV_WRITE);
-	TAILQ_INSERT_TAIL(&fo->fo_closing, sub, sub_entry);
-	event_active(fo->fo_reaper, 0, 0);
+	fanout_leave(sub->sub_fan, &sub->sub_link);
+}
+
+int
+subscriber_drained(const struct subscriber *sub)
+{
+	return sub->sub_pos >= fanout_sendable(sub->sub_fan) &&
+	    evbuffer_get_length(bufferevent_get_output(sub->sub_bev)) == 0;
+}
+
+void
+subscriber_enforce_lag(struct subscriber *sub, uint64_t max)
+{
+	uint64_t lag = subscriber_lag(sub);
+
+	/* one stopped at a corrupt frame is closing already */
+	if (lag <= max || sub->sub_ending || sub->sub_state != SUB_STREAM)
+		return;
+	sub_stream(sub)->st_stats.sub_disconnected_lag++;
+	subscriber_close(sub, "%" PRIu64 " frames behind, over the limit of %"
+	    PRIu64 " (max-lag): disconnected", lag, max);
+}
+
+void
+subscriber_status(const struct subscriber *sub, struct subscriber_status *ss)
+{
+	memset(ss, 0, sizeof(*ss));
+	snprintf(ss->ss_name, sizeof(ss->ss_name), "%s", sub->sub_name);
+	snprintf(ss->ss_peer, sizeof(ss->ss_peer), "%s", sub->sub_peer);
+	ss->ss_state = sub->sub_state;
+	ss->ss_resuming = sub->sub_resuming;
+	ss->ss_zstd = sub->sub_zstd;
+	ss->ss_on_disk = sub->sub_on_disk;
+	ss->ss_waiting = fanout_waiting(&sub->sub_link);
+	ss->ss_start = sub->sub_start;
+	ss->ss_pos = sub->sub_pos;
+	ss->ss_lag = subscriber_lag(sub);
+	ss->ss_bytes_queued = sub->sub_bytes_queued;
+	ss->ss_buffered = evbuffer_get_length(bufferevent_get_output(
+	    sub->sub_bev));
+	ss->ss_connected_ms = sub->sub_connected_ms;
+}
+
+struct evbuffer *
+subscriber_output(struct subscriber *sub)
+{
+	return bufferevent_get_output(sub->sub_bev);
 }
 
 void
 subscriber_free(struct subscriber *sub)
 {
 	if (sub->sub_has_span)
-		segstore_unpin(relay->r_store, sub->sub_span.sp_pin);
+		segstore_unpin(sub_stream(sub)->st_store, sub->sub_span.sp_pin);
 	if (sub->sub_timer != NULL)
 		event_free(sub->sub_timer);
 	if (sub->sub_bev != NULL)

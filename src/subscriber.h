@@ -1,21 +1,18 @@
 /*
  * subscriber.h: one downstream connection: the handshake, the cursor, the
  * refill from the tail or the segment files, the lag policy, the one close
- * path.
+ * path. Each subscriber belongs to one stream's fan-out.
  */
 #ifndef WALRELAY_SUBSCRIBER_H
 #define WALRELAY_SUBSCRIBER_H
 
+#include <stddef.h>
 #include <stdint.h>
-#include <sys/queue.h>
+#include <sys/socket.h>
 
-#include "handshake.h"
-#include "segment.h"
-
-struct bufferevent;
-struct event;
+struct evbuffer;
 struct fanout;
-struct net_source;
+struct subscriber;
 
 enum subscriber_state {
 	SUB_HANDSHAKE,
@@ -24,50 +21,46 @@ enum subscriber_state {
 	SUB_DEAD,	/* closed, waiting to be freed from the loop */
 };
 
-struct subscriber {
-	uint64_t		 sub_id;
-	char			 sub_name[24];	/* "sub-42" */
-	char			 sub_peer[64];
-	struct bufferevent	*sub_bev;
-	struct net_source	*sub_src;	/* per-address count */
-	int			 sub_state;
-	int			 sub_resuming;	/* FCWAL-SUB/1 */
-	int			 sub_zstd;
-	void			*sub_zc;	/* ZSTD_CCtx */
-	int			 sub_zopen;	/* sub_zc has an unfinished frame */
-	struct handshake	 sub_hs;
-	struct event		*sub_timer;	/* auth deadline, flush deadline */
-	uint64_t		 sub_start;	/* first frame it asked for */
-	uint64_t		 sub_pos;	/* next frame to queue */
-	uint64_t		 sub_bytes_queued;
-	uint64_t		 sub_connected_ms;
-	int			 sub_waiting;	/* on fo_waiting */
-	uint64_t		 sub_wait_gen;	/* fo_wake_gen when it began waiting */
-	/*
-	 * Reached a frame the store cannot serve: nothing more is queued,
-	 * it is closed once what is queued has been written.
-	 */
-	int			 sub_ending;
-	int			 sub_on_disk;	/* reading segment files */
-	/* a segment span being read piecewise (TLS, zstd) */
-	struct segment_span	 sub_span;
-	uint64_t		 sub_span_done;	/* bytes of the span queued */
-	int			 sub_has_span;
-	TAILQ_ENTRY(subscriber)	 sub_entry;	/* fo_subs, fo_pending, fo_closing */
-	TAILQ_ENTRY(subscriber)	 sub_wentry;	/* fo_waiting */
+/* For /v1/status and tests. */
+struct subscriber_status {
+	char		 ss_name[24];	/* "sub-42" */
+	char		 ss_peer[64];
+	int		 ss_state;	/* enum subscriber_state */
+	int		 ss_resuming;	/* FCWAL-SUB/1 */
+	int		 ss_zstd;
+	int		 ss_on_disk;	/* reading segment files */
+	int		 ss_waiting;	/* caught up, waiting for frames */
+	uint64_t	 ss_start;	/* first frame it asked for */
+	uint64_t	 ss_pos;	/* next frame to queue */
+	uint64_t	 ss_lag;
+	uint64_t	 ss_bytes_queued;
+	size_t		 ss_buffered;	/* bytes in its output buffer */
+	uint64_t	 ss_connected_ms;
 };
 
-/* Accept a connection on the subscriber port. */
-void	subscriber_accept(struct fanout *, int fd, struct sockaddr *, int);
+/*
+ * Accept a connection on a subscriber listener of fo's stream. On a
+ * listener several streams share, the handshake picks the stream and the
+ * subscriber moves there. Returns the subscriber, or NULL (fd closed).
+ */
+struct subscriber *subscriber_accept(struct fanout *, int fd,
+		    struct sockaddr *, int);
 /* Queue frames up to the high watermark. */
-void	subscriber_refill(struct subscriber *);
+void		 subscriber_refill(struct subscriber *);
 /* The one close path: log, count, unlink; freed later from the loop. */
-void	subscriber_close(struct subscriber *, const char *, ...)
-	    __attribute__((format(printf, 2, 3)));
-void	subscriber_free(struct subscriber *);
-/* Free what subscribers share (at exit, after the last one is freed). */
-void	subscriber_shutdown(void);
+void		 subscriber_close(struct subscriber *, const char *, ...)
+		    __attribute__((format(printf, 2, 3)));
+/* Only from the fan-out's reaper. */
+void		 subscriber_free(struct subscriber *);
 /* Frames the subscriber is behind the newest sendable frame. */
-uint64_t subscriber_lag(const struct subscriber *);
+uint64_t	 subscriber_lag(const struct subscriber *);
+/* Sent everything sendable, and its output buffer is empty. */
+int		 subscriber_drained(const struct subscriber *);
+/* Close it when more than max frames behind (max-lag). */
+void		 subscriber_enforce_lag(struct subscriber *, uint64_t max);
+void		 subscriber_status(const struct subscriber *,
+		    struct subscriber_status *);
+/* Its output buffer (tests watch what is queued). */
+struct evbuffer	*subscriber_output(struct subscriber *);
 
 #endif

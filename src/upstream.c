@@ -29,6 +29,7 @@
 #include "log.h"
 #include "net.h"
 #include "relay.h"
+#include "stream.h"
 #include "upstream.h"
 
 enum upconn_state {
@@ -38,6 +39,7 @@ enum upconn_state {
 };
 
 struct upconn {
+	struct upstream		*uc_up;		/* its stream's */
 	uint64_t		 uc_id;
 	char			 uc_name[24];	/* "up-3", "pull-4" */
 	char			 uc_peer[64];
@@ -58,12 +60,15 @@ struct upconn {
 TAILQ_HEAD(upconn_list, upconn);
 
 struct upstream {
+	struct stream		*u_stream;
 	struct net_listener	*u_listener;
 	struct upconn_list	 u_pending;	/* accepted, not yet publishing */
 	struct upconn		*u_publisher;	/* the one that streams */
 	struct fcw2_checker	 u_chk;
 	int			 u_paused;
 	int			 u_stopped;
+	/* its ingest listener is shared: route each connection by token */
+	int			 u_routed;
 	/* pull */
 	struct event		*u_retry;
 	unsigned		 u_attempt;
@@ -79,13 +84,19 @@ static void	upconn_event_cb(struct bufferevent *, short, void *);
 static void	pull_schedule(struct upstream *);
 static void	pull_connect(struct upstream *);
 static void	upconn_pull_connected(struct upconn *);
+static struct upstream *upstream_route(struct upstream *, const void *,
+		    size_t);
 
 #define UPCONN_EOF	"connection closed by peer"
 #define UPCONN_REFUSED	"upstream refused the subscription"
 
 static struct log_ratelimit up_refusals = LOG_RATELIMIT_INIT(10, 10);
 
-static struct upstream *U;
+static struct stream *
+upconn_stream(const struct upconn *uc)
+{
+	return uc->uc_up->u_stream;
+}
 
 /* ---- the data path --------------------------------------------------- */
 
@@ -119,15 +130,15 @@ upconn_publish(struct upconn *uc)
 	ch->ch_nframes = uc->uc_nframes;
 	if (ch->ch_cap - ch->ch_len > ch->ch_len / 16)
 		chunk_shrink(ch);	/* the tail holds it for a while */
-	segstore_append(relay->r_store, ch);
-	fanout_publish(relay->r_fan, ch);
-	relay->r_stats.up_frames += ch->ch_nframes;
-	relay->r_stats.up_bytes += ch->ch_len;
+	segstore_append(upconn_stream(uc)->st_store, ch);
+	fanout_publish(upconn_stream(uc)->st_fan, ch);
+	upconn_stream(uc)->st_stats.up_frames += ch->ch_nframes;
+	upconn_stream(uc)->st_stats.up_bytes += ch->ch_len;
 	uc->uc_frames += ch->ch_nframes;
 	uc->uc_offset += ch->ch_len;
-	U->u_last_frame_ms = relay_now_ms();
+	uc->uc_up->u_last_frame_ms = relay_now_ms();
 	if (uc->uc_pull)
-		U->u_attempt = 0;	/* the upstream delivers: backoff over */
+		uc->uc_up->u_attempt = 0;	/* the upstream delivers: backoff over */
 	chunk_unref(ch);
 
 	uc->uc_chunk = rest;
@@ -146,7 +157,7 @@ upconn_check(struct upconn *uc, size_t *need)
 
 	*need = 0;
 	while (uc->uc_checked < ch->ch_len) {
-		rc = fcw2_check(&U->u_chk, ch->ch_data + uc->uc_checked,
+		rc = fcw2_check(&uc->uc_up->u_chk, ch->ch_data + uc->uc_checked,
 		    ch->ch_len - uc->uc_checked, &flen, NULL);
 		if (rc == FCW2_NEED_MORE) {
 			*need = flen;
@@ -207,7 +218,7 @@ upconn_ingest(struct upconn *uc)
 		if ((rc = upconn_check(uc, &need)) != 0) {
 			uint64_t off = uc->uc_offset + uc->uc_checked;
 
-			relay->r_stats.up_bad_frames++;
+			upconn_stream(uc)->st_stats.up_bad_frames++;
 			/* keep the frames before it, drop it and the rest */
 			uc->uc_chunk->ch_len = uc->uc_checked;
 			(void)upconn_publish(uc);
@@ -222,7 +233,7 @@ upconn_ingest(struct upconn *uc)
 		upconn_close(uc, "out of memory");
 		return -1;
 	}
-	upstream_flow(U);
+	upstream_flow(uc->uc_up);
 	return 0;
 }
 
@@ -245,6 +256,7 @@ upconn_free(struct upconn *uc)
 static void
 upconn_close(struct upconn *uc, const char *fmt, ...)
 {
+	struct upstream *u = uc->uc_up;
 	char why[512];
 	va_list ap;
 	int was_pull = uc->uc_pull;
@@ -254,12 +266,12 @@ upconn_close(struct upconn *uc, const char *fmt, ...)
 	va_end(ap);
 
 	if (uc->uc_chunk != NULL && uc->uc_chunk->ch_len > uc->uc_checked) {
-		relay->r_stats.up_partial_dropped++;
+		upconn_stream(uc)->st_stats.up_partial_dropped++;
 		log_info("%s: dropped a partial frame of %zu bytes at close",
 		    uc->uc_name, uc->uc_chunk->ch_len - uc->uc_checked);
 	}
-	if (uc == U->u_publisher) {
-		U->u_publisher = NULL;
+	if (uc == uc->uc_up->u_publisher) {
+		uc->uc_up->u_publisher = NULL;
 		/* a publisher that hangs up is routine; anything else is not */
 		if (strcmp(why, UPCONN_REFUSED) == 0)
 			log_debug("%s: %s (peer %s)", uc->uc_name, why,
@@ -271,7 +283,7 @@ upconn_close(struct upconn *uc, const char *fmt, ...)
 			log_warnx("%s: %s (peer %s, %" PRIu64 " frames stored)",
 			    uc->uc_name, why, uc->uc_peer, uc->uc_frames);
 	} else {
-		TAILQ_REMOVE(&U->u_pending, uc, uc_entry);
+		TAILQ_REMOVE(&uc->uc_up->u_pending, uc, uc_entry);
 		log_limited(&up_refusals, LOG_LEVEL_WARN, "%s: %s (peer %s)",
 		    uc->uc_name, why, uc->uc_peer);
 		/*
@@ -289,40 +301,40 @@ upconn_close(struct upconn *uc, const char *fmt, ...)
 		}
 	}
 	upconn_free(uc);
-	if (was_pull && !U->u_stopped)
-		pull_schedule(U);
+	if (was_pull && !u->u_stopped)
+		pull_schedule(u);
 }
 
 /* This connection now streams; the previous publisher is replaced. */
 static void
 upconn_promote(struct upconn *uc)
 {
-	struct upconn *old = U->u_publisher;
+	struct upconn *old = uc->uc_up->u_publisher;
 
-	TAILQ_REMOVE(&U->u_pending, uc, uc_entry);
+	TAILQ_REMOVE(&uc->uc_up->u_pending, uc, uc_entry);
 	if (uc->uc_timer != NULL) {
 		event_free(uc->uc_timer);
 		uc->uc_timer = NULL;
 	}
-	U->u_publisher = NULL;
+	uc->uc_up->u_publisher = NULL;
 	if (old != NULL) {
-		relay->r_stats.up_replaced++;
-		TAILQ_INSERT_TAIL(&U->u_pending, old, uc_entry);
+		upconn_stream(uc)->st_stats.up_replaced++;
+		TAILQ_INSERT_TAIL(&uc->uc_up->u_pending, old, uc_entry);
 		upconn_close(old, "replaced by %s", uc->uc_name);
 	}
-	U->u_publisher = uc;
+	uc->uc_up->u_publisher = uc;
 	uc->uc_state = UC_STREAM;
 	log_info("%s: publisher %s streaming, next sequence %" PRIu64,
-	    uc->uc_name, uc->uc_peer, segstore_next(relay->r_store));
-	if (U->u_paused)
+	    uc->uc_name, uc->uc_peer, segstore_next(upconn_stream(uc)->st_store));
+	if (uc->uc_up->u_paused)
 		bufferevent_disable(uc->uc_bev, EV_READ);
 }
 
 static int
-publish_required(void)
+publish_required(const struct stream *st)
 {
-	return relay->r_tokens != NULL &&
-	    relay->r_tokens->at_publish.ts_count > 0;
+	return st->st_tokens != NULL &&
+	    st->st_tokens->at_publish.ts_count > 0;
 }
 
 /* Ingest: the optional auth line, then frames. */
@@ -342,8 +354,16 @@ upconn_handshake(struct upconn *uc)
 		size_t m = have < 4 ? have : 4;
 		if (memcmp(peek, "FCW2", m) == 0 && memcmp(peek, "FCWA",
 		    m) != 0) {
-			if (publish_required()) {
-				relay->r_stats.up_rejected_auth++;
+			if (uc->uc_up->u_routed) {
+				upconn_stream(uc)->st_stats.up_rejected_auth++;
+				upconn_close(uc, "refused: frames without the "
+				    "auth line on an ingest listener several "
+				    "streams share (the token picks the "
+				    "stream)");
+				return;
+			}
+			if (publish_required(upconn_stream(uc))) {
+				upconn_stream(uc)->st_stats.up_rejected_auth++;
 				upconn_close(uc, "refused: frames without the "
 				    "auth line, and publish tokens are "
 				    "configured");
@@ -356,7 +376,7 @@ upconn_handshake(struct upconn *uc)
 		if (m < 4)
 			return;	/* cannot tell yet */
 		if (memcmp(peek, "FCWAL", have < 5 ? have : 5) != 0) {
-			relay->r_stats.up_rejected_auth++;
+			upconn_stream(uc)->st_stats.up_rejected_auth++;
 			upconn_close(uc, "refused: neither an auth line nor an "
 			    "FCW2 frame");
 			return;
@@ -371,7 +391,7 @@ upconn_handshake(struct upconn *uc)
 		if (rc == HANDSHAKE_NEED_MORE)
 			continue;
 		if (rc == HANDSHAKE_TOO_LONG) {
-			relay->r_stats.up_rejected_auth++;
+			upconn_stream(uc)->st_stats.up_rejected_auth++;
 			upconn_close(uc, "refused: auth line longer than 1023 "
 			    "bytes");
 			return;
@@ -382,15 +402,34 @@ upconn_handshake(struct upconn *uc)
 		return;
 	if (handshake_parse(&uc->uc_hs, &req, err, sizeof(err)) == -1 ||
 	    req.hr_kind != HANDSHAKE_AUTH) {
-		relay->r_stats.up_rejected_auth++;
+		upconn_stream(uc)->st_stats.up_rejected_auth++;
 		upconn_close(uc, "refused: not an auth line (%s)",
 		    req.hr_kind == HANDSHAKE_SUB ? "FCWAL-SUB/1 is for the "
 		    "subscriber port" : err);
 		return;
 	}
-	if (publish_required() && !tokenset_match(&relay->r_tokens->at_publish,
-	    req.hr_token, req.hr_token_len)) {
-		relay->r_stats.up_rejected_auth++;
+	if (uc->uc_up->u_routed) {
+		struct upstream *to = upstream_route(uc->uc_up, req.hr_token,
+		    req.hr_token_len);
+
+		if (to == NULL) {
+			upconn_stream(uc)->st_stats.up_rejected_auth++;
+			upconn_close(uc, "refused: token is not a publish "
+			    "token of any stream on this listener");
+			return;
+		}
+		if (to != uc->uc_up) {
+			TAILQ_REMOVE(&uc->uc_up->u_pending, uc, uc_entry);
+			uc->uc_up = to;
+			TAILQ_INSERT_TAIL(&to->u_pending, uc, uc_entry);
+		}
+		log_debug("%s: routed to stream %s", uc->uc_name,
+		    upconn_stream(uc)->st_name);
+	}
+	if (publish_required(upconn_stream(uc)) && !tokenset_match(
+	    &upconn_stream(uc)->st_tokens->at_publish, req.hr_token,
+	    req.hr_token_len)) {
+		upconn_stream(uc)->st_stats.up_rejected_auth++;
 		upconn_close(uc, "refused: token is not a publish token");
 		return;
 	}
@@ -411,25 +450,27 @@ upconn_handshake(struct upconn *uc)
 static void
 upconn_refused(struct upconn *uc, const struct handshake_reply *rep)
 {
+	struct upstream *u = uc->uc_up;
+	struct segstore *ss = upconn_stream(uc)->st_store;
+
 	if (strcmp(rep->hp_code, "epoch") == 0)
-		snprintf(U->u_epoch, sizeof(U->u_epoch), "upstream epoch "
+		snprintf(u->u_epoch, sizeof(u->u_epoch), "upstream epoch "
 		    "changed: %s refused epoch %016" PRIx64 " (%.160s); serving "
 		    "sequences up to %" PRIu64 " of it, restart on an empty "
 		    "data directory to follow the upstream", uc->uc_peer,
-		    segstore_epoch(relay->r_store), rep->hp_text,
-		    segstore_next(relay->r_store));
+		    segstore_epoch(ss), rep->hp_text, segstore_next(ss));
 	else
-		U->u_epoch[0] = '\0';
-	if (strcmp(U->u_refused, rep->hp_code) == 0) {
+		u->u_epoch[0] = '\0';
+	if (strcmp(u->u_refused, rep->hp_code) == 0) {
 		log_debug("%s: upstream refused again: %s %s", uc->uc_name,
 		    rep->hp_code, rep->hp_text);
 		return;
 	}
-	snprintf(U->u_refused, sizeof(U->u_refused), "%s", rep->hp_code);
-	if (U->u_epoch[0] != '\0')
+	snprintf(u->u_refused, sizeof(u->u_refused), "%s", rep->hp_code);
+	if (u->u_epoch[0] != '\0')
 		log_error("%s: %s; retrying every %u ms, logged again when "
-		    "the upstream's answer changes", uc->uc_name, U->u_epoch,
-		    relay->r_cfg->upstream_backoff_max_ms);
+		    "the upstream's answer changes", uc->uc_name, u->u_epoch,
+		    upconn_stream(uc)->st_cfg->upstream_backoff_max_ms);
 	else
 		log_error("%s: upstream refused: %s %s; logged again when the "
 		    "upstream's answer changes", uc->uc_name, rep->hp_code,
@@ -469,8 +510,8 @@ upconn_reply(struct upconn *uc)
 		upconn_close(uc, UPCONN_REFUSED);
 		return;
 	}
-	if (segstore_next(relay->r_store) == 0) {
-		if (segstore_adopt(relay->r_store, rep.hp_epoch,
+	if (segstore_next(upconn_stream(uc)->st_store) == 0) {
+		if (segstore_adopt(upconn_stream(uc)->st_store, rep.hp_epoch,
 		    rep.hp_start) == -1) {
 			upconn_close(uc, "cannot adopt the upstream's position");
 			return;
@@ -478,23 +519,23 @@ upconn_reply(struct upconn *uc)
 		log_info("%s: adopted upstream epoch %016" PRIx64 " starting at "
 		    "sequence %" PRIu64, uc->uc_name, rep.hp_epoch,
 		    rep.hp_start);
-	} else if (rep.hp_start != segstore_next(relay->r_store) ||
-	    rep.hp_epoch != segstore_epoch(relay->r_store)) {
+	} else if (rep.hp_start != segstore_next(upconn_stream(uc)->st_store) ||
+	    rep.hp_epoch != segstore_epoch(upconn_stream(uc)->st_store)) {
 		log_error("%s: upstream would start at %" PRIu64 " epoch %016"
 		    PRIx64 ", this relay is at %" PRIu64 " epoch %016" PRIx64,
 		    uc->uc_name, rep.hp_start, rep.hp_epoch,
-		    segstore_next(relay->r_store),
-		    segstore_epoch(relay->r_store));
+		    segstore_next(upconn_stream(uc)->st_store),
+		    segstore_epoch(upconn_stream(uc)->st_store));
 		upconn_close(uc, "position mismatch with the upstream");
 		return;
 	}
 	uc->uc_state = UC_STREAM;
-	U->u_attempt = 0;
-	if (U->u_refused[0] != '\0')
+	uc->uc_up->u_attempt = 0;
+	if (uc->uc_up->u_refused[0] != '\0')
 		log_info("%s: the upstream takes this relay's position again",
 		    uc->uc_name);
-	U->u_refused[0] = U->u_epoch[0] = '\0';
-	relay->r_positioned = 1;
+	uc->uc_up->u_refused[0] = uc->uc_up->u_epoch[0] = '\0';
+	upconn_stream(uc)->st_positioned = 1;
 	log_info("%s: streaming from %s at sequence %" PRIu64 " (upstream "
 	    "earliest %" PRIu64 ", next %" PRIu64 ")", uc->uc_name, uc->uc_peer,
 	    rep.hp_start, rep.hp_earliest, rep.hp_next);
@@ -538,10 +579,10 @@ upconn_event_cb(struct bufferevent *bev, short what, void *arg)
 	} else if (what & BEV_EVENT_ERROR) {
 		const char *e = net_bev_error(bev);
 		if (uc->uc_pull && uc->uc_state == UC_HANDSHAKE)
-			relay->r_stats.up_connect_failures++;
+			upconn_stream(uc)->st_stats.up_connect_failures++;
 		else if (!uc->uc_pull && uc->uc_state == UC_HANDSHAKE &&
 		    net_bev_is_tls(bev))
-			relay->r_stats.up_rejected_tls++;
+			upconn_stream(uc)->st_stats.up_rejected_tls++;
 		upconn_close(uc, "connection error: %s", e);
 	}
 }
@@ -551,22 +592,24 @@ upconn_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct upconn *uc = arg;
 
-	relay->r_stats.up_rejected_timeout++;
-	if (publish_required())
+	upconn_stream(uc)->st_stats.up_rejected_timeout++;
+	if (publish_required(upconn_stream(uc)))
 		upconn_close(uc, "refused: no auth line within %u ms",
-		    relay->r_cfg->auth_timeout_ms);
+		    upconn_stream(uc)->st_cfg->auth_timeout_ms);
 	else
 		upconn_close(uc, "closed: no frame or auth line within %u "
-		    "ms (auth-timeout)", relay->r_cfg->auth_timeout_ms);
+		    "ms (auth-timeout)", upconn_stream(uc)->st_cfg->auth_timeout_ms);
 }
 
 static struct upconn *
-upconn_new(struct bufferevent *bev, const char *peer, int pull)
+upconn_new(struct upstream *u, struct bufferevent *bev, const char *peer,
+    int pull)
 {
 	struct upconn *uc;
 
 	if ((uc = calloc(1, sizeof(*uc))) == NULL)
 		return NULL;
+	uc->uc_up = u;
 	uc->uc_id = relay_conn_id();
 	snprintf(uc->uc_name, sizeof(uc->uc_name), "%s-%" PRIu64,
 	    pull ? "pull" : "up", uc->uc_id);
@@ -575,7 +618,7 @@ upconn_new(struct bufferevent *bev, const char *peer, int pull)
 	uc->uc_pull = pull;
 	uc->uc_connected_ms = relay_now_ms();
 	handshake_init(&uc->uc_hs);
-	TAILQ_INSERT_TAIL(&U->u_pending, uc, uc_entry);
+	TAILQ_INSERT_TAIL(&uc->uc_up->u_pending, uc, uc_entry);
 	bufferevent_setcb(bev, upconn_read_cb, NULL, upconn_event_cb, uc);
 	bufferevent_set_max_single_read(bev, UPSTREAM_READ_MAX);
 	return uc;
@@ -584,6 +627,12 @@ upconn_new(struct bufferevent *bev, const char *peer, int pull)
 static void
 ingest_accept_cb(int fd, struct sockaddr *sa, int salen, void *arg)
 {
+	upstream_accept(arg, fd, sa, salen);
+}
+
+void
+upstream_accept(struct upstream *u, int fd, struct sockaddr *sa, int salen)
+{
 	struct bufferevent *bev;
 	struct net_source *src;
 	struct upconn *uc;
@@ -591,13 +640,13 @@ ingest_accept_cb(int fd, struct sockaddr *sa, int salen, void *arg)
 	char peer[64];
 
 	relay_addr_str(sa, peer, sizeof(peer));
-	if (U->u_stopped) {
+	if (u->u_stopped) {
 		evutil_closesocket(fd);
 		return;
 	}
 	if ((src = net_conn_acquire(NET_PORT_INGEST, sa,
 	    relay->r_cfg->max_ingest_conns_per_ip)) == NULL) {
-		relay->r_stats.up_rejected_limit++;
+		u->u_stream->st_stats.up_rejected_limit++;
 		log_limited(&up_refusals, LOG_LEVEL_WARN, "ingest: refused %s: "
 		    "%u ingest connections from that address, the limit "
 		    "(max-ingest-conns-per-ip)", peer,
@@ -611,21 +660,21 @@ ingest_accept_cb(int fd, struct sockaddr *sa, int salen, void *arg)
 		evutil_closesocket(fd);
 		return;
 	}
-	if ((uc = upconn_new(bev, peer, 0)) == NULL) {
+	if ((uc = upconn_new(u, bev, peer, 0)) == NULL) {
 		net_conn_release(src);
 		bufferevent_free(bev);
 		return;
 	}
 	uc->uc_src = src;
-	relay->r_stats.up_connections++;
+	u->u_stream->st_stats.up_connections++;
 	log_debug("%s: accepted %s on the ingest port", uc->uc_name, peer);
 	/*
 	 * With or without tokens: the cache connects when it has a frame to
 	 * send, so a connection silent for auth-timeout is not a publisher
 	 * and must not hold an ingest slot (max-ingest-conns-per-ip).
 	 */
-	tv.tv_sec = relay->r_cfg->auth_timeout_ms / 1000;
-	tv.tv_usec = (relay->r_cfg->auth_timeout_ms % 1000) * 1000;
+	tv.tv_sec = u->u_stream->st_cfg->auth_timeout_ms / 1000;
+	tv.tv_usec = (u->u_stream->st_cfg->auth_timeout_ms % 1000) * 1000;
 	if ((uc->uc_timer = evtimer_new(relay->r_base, upconn_timeout_cb,
 	    uc)) == NULL) {
 		upconn_close(uc, "out of memory");
@@ -647,7 +696,7 @@ pull_retry_cb(evutil_socket_t fd, short what, void *arg)
 static void
 pull_schedule(struct upstream *u)
 {
-	struct wr_config *cfg = relay->r_cfg;
+	struct wr_config *cfg = u->u_stream->st_cfg;
 	uint64_t delay = cfg->upstream_backoff_min_ms;
 	uint32_t r = 0;
 	struct timeval tv;
@@ -682,27 +731,27 @@ pull_connect(struct upstream *u)
 
 	if (u->u_stopped)
 		return;
-	if (relay_addr_parse(relay->r_cfg->upstream, &ss, &sslen, err,
+	if (relay_addr_parse(u->u_stream->st_cfg->upstream, &ss, &sslen, err,
 	    sizeof(err)) == -1) {
 		log_warnx("pull: %s", err);
-		relay->r_stats.up_connect_failures++;
+		u->u_stream->st_stats.up_connect_failures++;
 		pull_schedule(u);
 		return;
 	}
-	if ((bev = net_bev_connect(relay->r_upstream_tls,
-	    relay->r_cfg->upstream_tls_server_name)) == NULL) {
+	if ((bev = net_bev_connect(u->u_stream->st_upstream_tls,
+	    u->u_stream->st_cfg->upstream_tls_server_name)) == NULL) {
 		pull_schedule(u);
 		return;
 	}
-	if ((uc = upconn_new(bev, relay->r_cfg->upstream, 1)) == NULL) {
+	if ((uc = upconn_new(u, bev, u->u_stream->st_cfg->upstream, 1)) == NULL) {
 		bufferevent_free(bev);
 		pull_schedule(u);
 		return;
 	}
-	relay->r_stats.up_reconnects++;
+	u->u_stream->st_stats.up_reconnects++;
 	if (bufferevent_socket_connect(bev, (struct sockaddr *)&ss,
 	    (int)sslen) == -1) {
-		relay->r_stats.up_connect_failures++;
+		u->u_stream->st_stats.up_connect_failures++;
 		upconn_close(uc, "cannot connect: %s",
 		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 		return;
@@ -713,13 +762,13 @@ static void
 upconn_pull_connected(struct upconn *uc)
 {
 	struct evbuffer *out = bufferevent_get_output(uc->uc_bev);
-	const char *tok = auth_upstream_token(relay->r_tokens);
-	struct segstore *ss = relay->r_store;
+	const char *tok = auth_upstream_token(upconn_stream(uc)->st_tokens);
+	struct segstore *ss = upconn_stream(uc)->st_store;
 	const char *t = tok ? tok : "-";
 	char line[HANDSHAKE_LINE_MAX + 2];
 	int n;
 
-	if (relay->r_cfg->upstream_protocol == UPSTREAM_PROTO_AUTH)
+	if (upconn_stream(uc)->st_cfg->upstream_protocol == UPSTREAM_PROTO_AUTH)
 		n = handshake_format_auth(line, sizeof(line), tok ? tok : "",
 		    tok ? strlen(tok) : 0);
 	else if (segstore_next(ss) == 0)
@@ -735,9 +784,9 @@ upconn_pull_connected(struct upconn *uc)
 		return;
 	}
 	evbuffer_add(out, line, (size_t)n);
-	if (relay->r_cfg->upstream_protocol == UPSTREAM_PROTO_AUTH) {
-		TAILQ_REMOVE(&U->u_pending, uc, uc_entry);
-		U->u_publisher = uc;
+	if (upconn_stream(uc)->st_cfg->upstream_protocol == UPSTREAM_PROTO_AUTH) {
+		TAILQ_REMOVE(&uc->uc_up->u_pending, uc, uc_entry);
+		uc->uc_up->u_publisher = uc;
 		uc->uc_state = UC_STREAM;
 		/*
 		 * No reply in this protocol: a cache that refuses the token
@@ -748,13 +797,13 @@ upconn_pull_connected(struct upconn *uc)
 		    "it writes (gaps while disconnected cannot be detected)",
 		    uc->uc_name, uc->uc_peer);
 	} else {
-		TAILQ_REMOVE(&U->u_pending, uc, uc_entry);
-		U->u_publisher = uc;
+		TAILQ_REMOVE(&uc->uc_up->u_pending, uc, uc_entry);
+		uc->uc_up->u_publisher = uc;
 		uc->uc_state = UC_REPLY;
 		log_info("%s: connected to relay %s, asking from sequence %"
 		    PRIu64, uc->uc_name, uc->uc_peer, segstore_next(ss));
 	}
-	if (U->u_paused)
+	if (uc->uc_up->u_paused)
 		bufferevent_disable(uc->uc_bev, EV_READ);
 	else
 		bufferevent_enable(uc->uc_bev, EV_READ);
@@ -766,10 +815,10 @@ void
 upstream_flow(struct upstream *u)
 {
 	struct segstore_state st;
-	struct wr_config *cfg = relay->r_cfg;
+	struct wr_config *cfg = u->u_stream->st_cfg;
 	int pause;
 
-	segstore_poll(relay->r_store, &st);
+	segstore_poll(u->u_stream->st_store, &st);
 	if (!u->u_paused)
 		pause = st.ss_error != 0 ||
 		    st.ss_pending_bytes > cfg->ingest_pause_bytes;
@@ -780,7 +829,7 @@ upstream_flow(struct upstream *u)
 		return;
 	u->u_paused = pause;
 	if (pause) {
-		relay->r_stats.up_paused++;
+		u->u_stream->st_stats.up_paused++;
 		if (st.ss_error)
 			log_warnx("upstream: paused reading: storage error "
 			    "(%s); resumes when the disk recovers",
@@ -798,23 +847,63 @@ upstream_flow(struct upstream *u)
 	}
 }
 
-struct upstream *
-upstream_new(char *errbuf, size_t errlen)
+/* The upstream of a running stream that listens on addr, or NULL. */
+static struct upstream *
+upstream_owner(const char *addr)
 {
-	struct wr_config *cfg = relay->r_cfg;
-	struct upstream *u;
+	struct stream *st;
+
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+		if (st->st_up != NULL && st->st_up->u_listener != NULL &&
+		    strcmp(st->st_cfg->ingest, addr) == 0)
+			return st->st_up;
+	return NULL;
+}
+
+/*
+ * On a shared ingest listener: the stream whose publish tokens hold the
+ * token, among those on the listener of u's stream; or NULL.
+ */
+static struct upstream *
+upstream_route(struct upstream *u, const void *tok, size_t len)
+{
+	const char *addr = u->u_stream->st_cfg->ingest;
+	struct stream *st;
+
+	TAILQ_FOREACH(st, &relay->r_streams, st_entry)
+		if (st->st_up != NULL && st->st_cfg->upstream == NULL &&
+		    st->st_cfg->ingest != NULL &&
+		    strcmp(st->st_cfg->ingest, addr) == 0 &&
+		    publish_required(st) && tokenset_match(
+		    &st->st_tokens->at_publish, tok, len))
+			return st->st_up;
+	return NULL;
+}
+
+struct upstream *
+upstream_new(struct stream *st, char *errbuf, size_t errlen)
+{
+	struct wr_config *cfg = st->st_cfg;
+	struct upstream *u, *owner;
 
 	if ((u = calloc(1, sizeof(*u))) == NULL) {
 		snprintf(errbuf, errlen, "out of memory");
 		return NULL;
 	}
-	U = u;
+	u->u_stream = st;
 	TAILQ_INIT(&u->u_pending);
 	fcw2_checker_init(&u->u_chk, cfg->max_frame_bytes, 1);
 	if (cfg->ingest != NULL && cfg->upstream != NULL)
 		log_info("ingest: listener not opened: this relay pulls from "
 		    "%s (one upstream at a time)", cfg->upstream);
-	else if (cfg->ingest != NULL) {
+	else if (cfg->ingest != NULL && (owner = upstream_owner(cfg->ingest)) !=
+	    NULL) {
+		/* another stream listens there: it routes by publish token */
+		owner->u_routed = 1;
+		log_info("%s: ingest: shares %s with stream %s (routed by "
+		    "publish token)", st->st_name, cfg->ingest,
+		    owner->u_stream->st_name);
+	} else if (cfg->ingest != NULL) {
 		u->u_listener = net_listen(cfg->ingest, ingest_accept_cb, u,
 		    cfg->tls_ingest ? "ingest (TLS)" : "ingest", errbuf, errlen);
 		if (u->u_listener == NULL)
@@ -863,7 +952,6 @@ upstream_free(struct upstream *u)
 		event_free(u->u_retry);
 	fcw2_checker_free(&u->u_chk);
 	free(u);
-	U = NULL;
 }
 
 void
@@ -871,7 +959,7 @@ upstream_status(const struct upstream *u, struct upstream_status *st)
 {
 	memset(st, 0, sizeof(*st));
 	st->us_paused = u->u_paused;
-	st->us_pull = relay->r_cfg->upstream != NULL;
+	st->us_pull = u->u_stream->st_cfg->upstream != NULL;
 	st->us_last_frame_ms = u->u_last_frame_ms;
 	snprintf(st->us_epoch, sizeof(st->us_epoch), "%s", u->u_epoch);
 	if (u->u_publisher != NULL) {

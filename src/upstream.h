@@ -8,15 +8,21 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
+struct stream;
 struct upstream;
 struct wr_config;
 
 /* Bytes read from the socket in one go, and the chunk size they fill. */
 #define UPSTREAM_READ_MAX	(1024 * 1024)
 
-struct upstream	*upstream_new(char *errbuf, size_t errlen);
+/* Stream st's upstream: its ingest listener, or its pull client. */
+struct upstream	*upstream_new(struct stream *st, char *errbuf, size_t errlen);
 void		 upstream_free(struct upstream *);
+/* A connection accepted on an ingest listener of u's stream. */
+void		 upstream_accept(struct upstream *, int fd, struct sockaddr *,
+		    int);
 /* Storage moved: pause or resume reading (two thresholds). */
 void		 upstream_flow(struct upstream *);
 /* Stop accepting and close every upstream connection (shutdown). */

@@ -217,7 +217,10 @@ class Relay:
         assert code == 200, body
         return json.loads(body)
 
-    def metrics(self):
+    def metrics(self, stream="default"):
+        """The series of the process and of one stream, that stream's
+        without their stream="NAME" label (stream=None: every series as
+        it is written)."""
         code, body = self.http("/metrics")
         assert code == 200, body
         out = {}
@@ -225,11 +228,20 @@ class Relay:
             if not line or line.startswith("#"):
                 continue
             name, value = line.rsplit(" ", 1)
+            if stream is not None and "{" in name:
+                base, labels = name[:-1].split("{", 1)
+                parts = [p for p in labels.split(",") if p]
+                mine = 'stream="%s"' % stream
+                if any(p.startswith("stream=") for p in parts):
+                    if mine not in parts:
+                        continue
+                    parts.remove(mine)
+                name = base + ("{%s}" % ",".join(parts) if parts else "")
             out[name] = float(value)
         return out
 
-    def metric(self, name):
-        return self.metrics().get(name, 0.0)
+    def metric(self, name, stream="default"):
+        return self.metrics(stream).get(name, 0.0)
 
     def wait_metric(self, name, cond, timeout=15.0):
         return wait_until(lambda: cond(self.metric(name)), timeout,

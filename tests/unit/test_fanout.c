@@ -12,51 +12,134 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/socket.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <time.h>
+#include <errno.h>
+#include <fcntl.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "auth.h"
 #include "config.h"
 #include "fanout.h"
 #include "fcw2.h"
 #include "frame.h"
 #include "relay.h"
+#include "stream.h"
 #include "subscriber.h"
+#include "upstream.h"
+
+#include <event2/thread.h>
 
 static struct relay	 t_relay;
 static struct wr_config	 t_cfg;
+static struct stream	*st;
 static struct fanout	*fo;
+static char		 t_dir[64];
+
+/* One stream in a fresh directory, no listeners: connections come in
+ * through socket pairs. */
+static void
+stream_setup(const char *publish_tokens)
+{
+	char *argv[] = { "walrelay", "--data-dir", t_dir, "--http", "none", "--fsync", "never",
+	    "--tail-memory", "64M", "--subscriber-buffer", "1M", NULL };
+	struct auth_tokens *tok;
+	char err[512];
+
+	snprintf(t_dir, sizeof(t_dir), "/tmp/test_fanout.XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(t_dir));
+	memset(&t_relay, 0, sizeof(t_relay));
+	memset(&t_cfg, 0, sizeof(t_cfg));
+	ck_assert_int_eq(evthread_use_pthreads(), 0);
+	ck_assert_msg(config_parse(11, argv, NULL, 0, &t_cfg, err,
+	    sizeof(err)) == 0, "%s", err);
+	/* no listeners: the test connects through socket pairs */
+	free(t_cfg.listen);
+	t_cfg.listen = NULL;
+	free(t_cfg.ingest);
+	t_cfg.ingest = NULL;
+	t_relay.r_cfg = &t_cfg;
+	TAILQ_INIT(&t_relay.r_streams);
+	ck_assert_ptr_nonnull(t_relay.r_base = event_base_new());
+	relay = &t_relay;
+	ck_assert_ptr_nonnull(tok = calloc(1, sizeof(*tok)));
+	tokenset_init(&tok->at_publish);
+	tokenset_init(&tok->at_subscribe);
+	tokenset_init(&tok->at_upstream);
+	if (publish_tokens != NULL)
+		ck_assert_int_eq(tokenset_load_list(&tok->at_publish,
+		    publish_tokens, "test", err, sizeof(err)), 0);
+	st = stream_new("default", &t_cfg, tok, NULL, err, sizeof(err));
+	ck_assert_msg(st != NULL, "%s", err);
+	TAILQ_INSERT_TAIL(&t_relay.r_streams, st, st_entry);
+	t_relay.r_nstreams = 1;
+	fo = st->st_fan;
+}
 
 static void
 setup(void)
 {
-	char err[256];
+	stream_setup(NULL);
+}
 
-	memset(&t_relay, 0, sizeof(t_relay));
-	memset(&t_cfg, 0, sizeof(t_cfg));
-	t_cfg.tail_memory = 64 << 20;
-	t_cfg.subscriber_buffer = 1 << 20;
-	t_relay.r_cfg = &t_cfg;
-	ck_assert_ptr_nonnull(t_relay.r_base = event_base_new());
-	relay = &t_relay;
-	fo = fanout_new(err, sizeof(err));
-	ck_assert_msg(fo != NULL, "%s", err);
-	relay->r_fan = fo;
+static void
+setup_tokens(void)
+{
+	stream_setup("secret-1");
 }
 
 static void
 teardown(void)
 {
-	fanout_free(fo);
-	relay->r_fan = NULL;
+	char cmd[128];
+
+	TAILQ_REMOVE(&t_relay.r_streams, st, st_entry);
+	ck_assert_int_eq(stream_close(st), 0);
+	event_base_loop(t_relay.r_base, EVLOOP_NONBLOCK);
+	stream_free(st);
+	config_free(&t_cfg);
 	event_base_free(t_relay.r_base);
 	relay = NULL;
+	ck_assert_int_eq(chunk_live_count(), 0);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", t_dir);
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+/* Run the loop until cond() holds, for at most 5 seconds. */
+#define LOOP_UNTIL(cond) do {						\
+	struct timespec t0_, t1_;					\
+	clock_gettime(CLOCK_MONOTONIC, &t0_);				\
+	while (!(cond)) {						\
+		event_base_loop(t_relay.r_base, EVLOOP_ONCE |		\
+		    EVLOOP_NONBLOCK);					\
+		clock_gettime(CLOCK_MONOTONIC, &t1_);			\
+		ck_assert_msg(t1_.tv_sec - t0_.tv_sec < 5, "timed out: %s", \
+		    #cond);						\
+		if (!(cond))						\
+			usleep(1000);	/* poll; the writer is a thread */ \
+	}								\
+} while (0)
+
+static struct sockaddr_in
+loopback(void)
+{
+	struct sockaddr_in sin;
+
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(0x7f000001);
+	sin.sin_port = htons(40000);
+	return sin;
 }
 
 /*
- * A subscriber on one end of a socket pair. Its bufferevent never writes
- * (writing is not enabled): what it was sent stays in its output buffer.
+ * A subscriber on one end of a socket pair, through its real handshake.
+ * The test reads what it was queued from its output buffer (the loop is
+ * not run between publishing and checking), or from the other end.
  */
 struct peer {
 	struct subscriber	*p_sub;
@@ -77,29 +160,42 @@ peer_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info,
 	}
 }
 
-/* A streaming subscriber at pos, as sub_start makes one. */
-static void
-peer_new(struct peer *p, uint64_t pos)
+static int
+peer_state(struct peer *p)
 {
-	struct bufferevent *bev;
+	struct subscriber_status ss;
+
+	subscriber_status(p->p_sub, &ss);
+	return ss.ss_state;
+}
+
+static int
+peer_waiting(struct peer *p)
+{
+	struct subscriber_status ss;
+
+	subscriber_status(p->p_sub, &ss);
+	return ss.ss_waiting;
+}
+
+/* A stock subscriber: its auth line, then it streams from the next frame. */
+static void
+peer_new(struct peer *p)
+{
+	struct sockaddr_in sin = loopback();
+	const char *line = "FCWAL-AUTH/1 anything\n";
 	int sv[2];
 
 	memset(p, 0, sizeof(*p));
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-	ck_assert_ptr_nonnull(bev = bufferevent_socket_new(t_relay.r_base,
-	    sv[0], BEV_OPT_CLOSE_ON_FREE));
 	p->p_fd = sv[1];
-	ck_assert_ptr_nonnull(p->p_sub = calloc(1, sizeof(*p->p_sub)));
-	p->p_sub->sub_bev = bev;
-	snprintf(p->p_sub->sub_name, sizeof(p->p_sub->sub_name), "sub-%d",
-	    sv[0]);
-	p->p_sub->sub_state = SUB_STREAM;
-	p->p_sub->sub_pos = p->p_sub->sub_start = pos;
-	TAILQ_INSERT_TAIL(&fo->fo_subs, p->p_sub, sub_entry);
-	fo->fo_nsubs++;
-	evbuffer_add_cb(bufferevent_get_output(bev), peer_out_cb, p);
-	subscriber_refill(p->p_sub);	/* nothing sendable: it waits */
-	ck_assert_int_eq(p->p_sub->sub_waiting, 1);
+	ck_assert_ptr_nonnull(p->p_sub = subscriber_accept(fo, sv[0],
+	    (struct sockaddr *)&sin, sizeof(sin)));
+	ck_assert_int_eq(write(p->p_fd, line, strlen(line)),
+	    (ssize_t)strlen(line));
+	LOOP_UNTIL(peer_state(p) == SUB_STREAM);
+	evbuffer_add_cb(subscriber_output(p->p_sub), peer_out_cb, p);
+	ck_assert_int_eq(peer_waiting(p), 1);	/* nothing sendable yet */
 }
 
 static void
@@ -144,11 +240,11 @@ publish(uint64_t first, uint32_t n)
 	fanout_advance(fo, first + n);
 }
 
-/* The peer has received exactly frames [first, end), nothing else. */
+/* The peer has been queued exactly frames [first, end), nothing else. */
 static void
 assert_frames(struct peer *p, uint64_t first, uint64_t end)
 {
-	struct evbuffer *in = bufferevent_get_output(p->p_sub->sub_bev);
+	struct evbuffer *in = subscriber_output(p->p_sub);
 	uint8_t want[1 << 14], *got;
 	size_t len = 0;
 
@@ -169,20 +265,22 @@ START_TEST(test_close_during_advance)
 {
 	struct peer a, b;
 
-	peer_new(&a, 0);
-	peer_new(&b, 0);
+	struct fanout_status fs;
+
+	peer_new(&a);
+	peer_new(&b);
 	a.p_close = b.p_sub;	/* a's first bytes close b */
 	publish(0, 2);
 	assert_frames(&a, 0, 2);
-	ck_assert_int_eq(b.p_sub->sub_state, SUB_DEAD);
-	ck_assert_int_eq(b.p_sub->sub_waiting, 0);
-	ck_assert_int_eq(a.p_sub->sub_waiting, 1);
-	ck_assert_ptr_eq(TAILQ_FIRST(&fo->fo_waiting), a.p_sub);
-	ck_assert_ptr_eq(TAILQ_LAST(&fo->fo_waiting, subscriber_list), a.p_sub);
+	ck_assert_int_eq(peer_state(&b), SUB_DEAD);
+	ck_assert_int_eq(peer_waiting(&b), 0);
+	ck_assert_int_eq(peer_waiting(&a), 1);
+	fanout_status(fo, &fs);
+	ck_assert_uint_eq(fs.fs_subscribers, 1);
 
 	publish(2, 3);
 	assert_frames(&a, 0, 5);
-	ck_assert_int_eq(a.p_sub->sub_waiting, 1);
+	ck_assert_int_eq(peer_waiting(&a), 1);
 	peer_free(&a);
 	peer_free(&b);
 }
@@ -198,7 +296,7 @@ START_TEST(test_staged_bytes_stay_with_their_subscriber)
 	struct peer p[4];
 
 	for (int i = 0; i < 4; i++)
-		peer_new(&p[i], 0);
+		peer_new(&p[i]);
 	publish(0, 3);
 	/* p[2] leaves; p[3] asks for nothing it was not sent */
 	subscriber_close(p[2].p_sub, "test");
@@ -210,10 +308,155 @@ START_TEST(test_staged_bytes_stay_with_their_subscriber)
 	for (int i = 0; i < 4; i++) {
 		assert_frames(&p[i], 0, i == 2 ? 3 : 8);
 		if (i != 2)
-			ck_assert_int_eq(p[i].p_sub->sub_waiting, 1);
+			ck_assert_int_eq(peer_waiting(&p[i]), 1);
 	}
 	for (int i = 0; i < 4; i++)
 		peer_free(&p[i]);
+}
+END_TEST
+
+/* ---- upstream -> store -> fan-out -> subscriber, over socket pairs --- */
+
+/* A publisher connection on the stream's upstream; returns our end. */
+static int
+publisher_new(void)
+{
+	struct sockaddr_in sin = loopback();
+	int sv[2];
+
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	upstream_accept(st->st_up, sv[0], (struct sockaddr *)&sin,
+	    sizeof(sin));
+	return sv[1];
+}
+
+static void
+send_frames(int fd, uint64_t first, uint32_t n)
+{
+	uint8_t buf[1 << 14];
+	size_t len = 0;
+
+	for (uint32_t i = 0; i < n; i++)
+		len += frame_bytes(first + i, buf + len, sizeof(buf) - len);
+	ck_assert_int_eq(write(fd, buf, len), (ssize_t)len);
+}
+
+/* Read what the peer's end has received, until want bytes or 5 s. */
+static size_t
+peer_read(struct peer *p, uint8_t *buf, size_t want)
+{
+	size_t got = 0;
+	ssize_t n;
+
+	fcntl(p->p_fd, F_SETFL, O_NONBLOCK);
+	LOOP_UNTIL(got >= want || ((n = read(p->p_fd, buf + got,
+	    want - got)) > 0 && (got += (size_t)n) >= want));
+	return got;
+}
+
+static int
+peer_eof(int fd)
+{
+	char c;
+
+	fcntl(fd, F_SETFL, O_NONBLOCK);
+	return read(fd, &c, 1) == 0;
+}
+
+/*
+ * Frames written to the publisher's socket are validated, stored, made
+ * durable and reach a subscriber's socket, byte for byte, in order.
+ */
+START_TEST(test_upstream_to_subscriber)
+{
+	uint8_t want[1 << 14], got[1 << 14];
+	struct peer a;
+	size_t len = 0;
+	int pub;
+
+	peer_new(&a);
+	pub = publisher_new();
+	send_frames(pub, 0, 5);
+	send_frames(pub, 5, 7);
+	for (uint64_t s = 0; s < 12; s++)
+		len += frame_bytes(s, want + len, sizeof(want) - len);
+	ck_assert_uint_eq(peer_read(&a, got, len), len);
+	ck_assert(memcmp(got, want, len) == 0);
+	ck_assert_uint_eq(st->st_stats.up_frames, 12);
+	ck_assert_uint_eq(st->st_ss.ss_durable, 12);
+	close(pub);
+	peer_free(&a);
+}
+END_TEST
+
+/*
+ * A bad frame closes the publisher's connection: the frames before it
+ * are stored and sent, nothing from it on.
+ */
+START_TEST(test_upstream_bad_frame)
+{
+	uint8_t want[1 << 14], got[1 << 14];
+	struct peer a;
+	size_t len = 0;
+	int pub;
+
+	peer_new(&a);
+	pub = publisher_new();
+	send_frames(pub, 0, 3);
+	ck_assert_int_eq(write(pub, "FCW2garbage-garbage-garbage-garbage", 35),
+	    35);
+	for (uint64_t s = 0; s < 3; s++)
+		len += frame_bytes(s, want + len, sizeof(want) - len);
+	ck_assert_uint_eq(peer_read(&a, got, len), len);
+	ck_assert(memcmp(got, want, len) == 0);
+	LOOP_UNTIL(peer_eof(pub));
+	ck_assert_uint_eq(st->st_stats.up_bad_frames, 1);
+	ck_assert_uint_eq(st->st_ss.ss_next, 3);
+	close(pub);
+	peer_free(&a);
+}
+END_TEST
+
+/* With publish tokens, a wrong token is refused and nothing is stored. */
+START_TEST(test_upstream_token)
+{
+	const char *bad = "FCWAL-AUTH/1 wrong\n", *good = "FCWAL-AUTH/1 secret-1\n";
+	int pub;
+
+	pub = publisher_new();
+	ck_assert_int_eq(write(pub, bad, strlen(bad)), (ssize_t)strlen(bad));
+	send_frames(pub, 0, 2);
+	LOOP_UNTIL(peer_eof(pub));
+	ck_assert_uint_eq(st->st_stats.up_rejected_auth, 1);
+	close(pub);
+
+	pub = publisher_new();
+	ck_assert_int_eq(write(pub, good, strlen(good)), (ssize_t)strlen(good));
+	send_frames(pub, 0, 2);
+	LOOP_UNTIL(stream_store_update(st)->ss_durable == 2);
+	ck_assert_uint_eq(st->st_stats.up_frames, 2);
+	close(pub);
+}
+END_TEST
+
+/* A subscriber over max-lag is closed by the stream's janitor. */
+START_TEST(test_janitor_lag)
+{
+	struct peer a;
+	struct fanout_status fs;
+
+	peer_new(&a);
+	/* a subscriber that takes nothing: lag grows past the limit */
+	t_cfg.max_lag_frames = 5;
+	t_cfg.subscriber_buffer = 1;
+	publish(0, 20);
+	fanout_enforce_lag(fo, t_cfg.max_lag_frames);
+	ck_assert_int_eq(peer_state(&a), SUB_DEAD);
+	ck_assert_uint_eq(st->st_stats.sub_disconnected_lag, 1);
+	event_base_loop(t_relay.r_base, EVLOOP_NONBLOCK);
+	fanout_status(fo, &fs);
+	ck_assert_uint_eq(fs.fs_subscribers, 0);
+	peer_free(&a);
 }
 END_TEST
 
@@ -226,6 +469,13 @@ fanout_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_close_during_advance);
 	tcase_add_test(tc, test_staged_bytes_stay_with_their_subscriber);
+	tcase_add_test(tc, test_upstream_to_subscriber);
+	tcase_add_test(tc, test_upstream_bad_frame);
+	tcase_add_test(tc, test_janitor_lag);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("tokens");
+	tcase_add_checked_fixture(tc, setup_tokens, teardown);
+	tcase_add_test(tc, test_upstream_token);
 	suite_add_tcase(s, tc);
 	return s;
 }

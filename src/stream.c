@@ -1,0 +1,302 @@
+/*
+ * stream.c: one stream's life: open its store, start its writer thread,
+ * fan-out and upstream; the durable -> sendable step when the writer
+ * reports; the janitor; the stream's part of shutdown.
+ */
+#include "autoconfig.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "auth.h"
+#include "config.h"
+#include "fanout.h"
+#include "log.h"
+#include "relay.h"
+#include "stream.h"
+#include "subscriber.h"
+#include "tls.h"
+#include "upstream.h"
+
+#define STREAM_JANITOR_MS	1000
+
+int
+stream_name_valid(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > STREAM_NAME_MAX)
+		return 0;
+	for (; *s != '\0'; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		    (*s >= '0' && *s <= '9') || *s == '_' || *s == '.' ||
+		    *s == '-'))
+			return 0;
+	return 1;
+}
+
+const struct segstore_state *
+stream_store_update(struct stream *st)
+{
+	segstore_poll(st->st_store, &st->st_ss);
+	return &st->st_ss;
+}
+
+uint64_t
+stream_sendable(const struct stream *st)
+{
+	return st->st_ss.ss_durable;
+}
+
+/* The writer thread calls this: wake the loop (thread-safe). */
+static void
+stream_store_notify(void *arg)
+{
+	event_active(arg, EV_READ, 0);
+}
+
+/* The writer moved: new durable frames, disk trouble, or recovery. */
+static void
+stream_store_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct stream *st = arg;
+	int olderr = st->st_ss.ss_error;
+
+	if (st->st_fan == NULL || st->st_store == NULL)
+		return;		/* closing */
+	stream_store_update(st);
+	if (st->st_ss.ss_error != olderr && st->st_ss.ss_error == 0)
+		log_info("%s: storage: healthy again at sequence %" PRIu64,
+		    st->st_name, st->st_ss.ss_durable);
+	fanout_advance(st->st_fan, stream_sendable(st));
+	if (st->st_up != NULL)
+		upstream_flow(st->st_up);
+}
+
+/* ---- the janitor: the stream's periodic housekeeping ---------------- */
+
+/* Disconnect subscribers over the operator's lag limit (max-lag). */
+static void
+janitor_lag(struct stream *st)
+{
+	if (st->st_cfg->max_lag_frames > 0)
+		fanout_enforce_lag(st->st_fan, st->st_cfg->max_lag_frames);
+}
+
+/* Delete segments past retention (by age it changes with the clock). */
+static void
+janitor_retain(struct stream *st)
+{
+	if (st->st_cfg->retain_age_s > 0 || st->st_cfg->retain_bytes > 0)
+		segstore_retain(st->st_store);
+}
+
+/*
+ * Every job runs once a second, in this order, on the loop: each one
+ * only starts work (a thread for anything that touches the disk at
+ * length) and hands results back to the loop.
+ */
+static const struct {
+	const char	*j_what;
+	void		(*j_run)(struct stream *);
+} stream_jobs[] = {
+	{ "lag limits", janitor_lag },
+	{ "retention", janitor_retain },
+};
+
+static void
+stream_janitor_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct stream *st = arg;
+
+	if (st->st_stopping)
+		return;
+	for (size_t i = 0; i < sizeof(stream_jobs) / sizeof(stream_jobs[0]);
+	    i++)
+		stream_jobs[i].j_run(st);
+}
+
+/* ---- life cycle ------------------------------------------------------ */
+
+struct stream *
+stream_new(const char *name, struct wr_config *cfg, struct auth_tokens *tok,
+    struct tls_ctx *upstream_tls, char *errbuf, size_t errlen)
+{
+	struct segment_config sc;
+	struct stream *st;
+	struct timeval tv = { STREAM_JANITOR_MS / 1000,
+	    (STREAM_JANITOR_MS % 1000) * 1000 };
+	char err[512];
+
+	if ((st = calloc(1, sizeof(*st))) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		return NULL;
+	}
+	snprintf(st->st_name, sizeof(st->st_name), "%s", name);
+	st->st_cfg = cfg;
+	st->st_tokens = tok;
+	st->st_upstream_tls = upstream_tls;
+
+	memset(&sc, 0, sizeof(sc));
+	sc.dir = cfg->data_dir;
+	sc.fsync_mode = cfg->fsync_mode;
+	sc.fsync_interval_ms = cfg->fsync_interval_ms;
+	sc.segment_bytes = cfg->segment_bytes;
+	sc.segment_age_ms = cfg->segment_age_s * 1000;
+	sc.retain_bytes = cfg->retain_bytes;
+	sc.retain_age_s = cfg->retain_age_s;
+	sc.max_frame_bytes = cfg->max_frame_bytes;
+	sc.retry_ms = 1000;
+	sc.verify_sealed = cfg->verify_segments;
+	if ((st->st_store = segstore_open(&sc, err, sizeof(err))) == NULL) {
+		snprintf(errbuf, errlen, "stream %s: storage: %s", name, err);
+		goto fail;
+	}
+	stream_store_update(st);
+	log_info("%s: storage: %s, epoch %016" PRIx64 ", frames %" PRIu64
+	    " to %" PRIu64 ", fsync %s", st->st_name, cfg->data_dir,
+	    segstore_epoch(st->st_store), st->st_ss.ss_earliest,
+	    st->st_ss.ss_next, segment_fsync_name(cfg->fsync_mode));
+
+	st->st_positioned = !(cfg->upstream != NULL &&
+	    cfg->upstream_protocol == UPSTREAM_PROTO_SUB &&
+	    st->st_ss.ss_next == 0);
+	if ((st->st_store_ev = event_new(relay->r_base, -1, 0,
+	    stream_store_cb, st)) == NULL ||
+	    (st->st_janitor = event_new(relay->r_base, -1, EV_PERSIST,
+	    stream_janitor_cb, st)) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		goto fail;
+	}
+	if ((st->st_fan = fanout_new(st, err, sizeof(err))) == NULL) {
+		snprintf(errbuf, errlen, "stream %s: %s", name, err);
+		goto fail;
+	}
+	if (segstore_start(st->st_store, stream_store_notify,
+	    st->st_store_ev) == -1) {
+		snprintf(errbuf, errlen, "stream %s: storage: cannot start the "
+		    "writer thread", name);
+		goto fail;
+	}
+	if ((st->st_up = upstream_new(st, err, sizeof(err))) == NULL) {
+		snprintf(errbuf, errlen, "stream %s: %s", name, err);
+		goto fail;
+	}
+	event_add(st->st_janitor, &tv);
+	return st;
+fail:
+	stream_free(st);
+	return NULL;
+}
+
+void
+stream_stop(struct stream *st)
+{
+	st->st_stopping = 1;
+	if (st->st_up != NULL)
+		upstream_stop(st->st_up);
+	if (st->st_fan != NULL)
+		fanout_stop(st->st_fan);
+}
+
+int
+stream_stopped(struct stream *st)
+{
+	const struct segstore_state *ss = stream_store_update(st);
+
+	if (ss->ss_durable < ss->ss_next && ss->ss_error == 0)
+		return 0;	/* still making frames durable */
+	return fanout_drained(st->st_fan);
+}
+
+void
+stream_set_tokens(struct stream *st, struct auth_tokens *tok)
+{
+	auth_free(st->st_tokens);
+	free(st->st_tokens);
+	st->st_tokens = tok;
+}
+
+int
+stream_corrupt(struct stream *st, struct segstore_corrupt *c)
+{
+	uint64_t lim = segstore_limit(st->st_store);
+
+	return lim != UINT64_MAX && segstore_corrupt_at(st->st_store, lim,
+	    c) == 1;
+}
+
+const char *
+stream_not_ready(struct stream *st, char *buf, size_t len)
+{
+	struct segstore_state ss;
+	struct segstore_corrupt c;
+	struct upstream_status us;
+
+	if (relay->r_stopping || st->st_stopping)
+		return "stopping";
+	segstore_poll(st->st_store, &ss);
+	if (ss.ss_error != 0)
+		return "storage error";
+	if (!st->st_positioned)
+		return "not positioned yet: waiting to adopt the upstream's "
+		    "epoch and position";
+	if (st->st_up != NULL) {
+		upstream_status(st->st_up, &us);
+		if (us.us_epoch[0] != '\0') {
+			snprintf(buf, len, "%s", us.us_epoch);
+			return buf;
+		}
+	}
+	if (stream_corrupt(st, &c)) {
+		snprintf(buf, len, "degraded: corrupt frame at sequence %"
+		    PRIu64 " (%s, offset %" PRIu64 "): frames %" PRIu64 " to %"
+		    PRIu64 " cannot be served, readers that reach them are "
+		    "disconnected; live subscribers are served", c.sc_first,
+		    c.sc_name, c.sc_offset, c.sc_first, c.sc_end - 1);
+		return buf;
+	}
+	return NULL;
+}
+
+int
+stream_close(struct stream *st)
+{
+	int rc = 0;
+
+	upstream_free(st->st_up);
+	st->st_up = NULL;
+	fanout_free(st->st_fan);
+	st->st_fan = NULL;
+	/* bufferevents free through finalizers: let the loop run them */
+	event_base_loop(relay->r_base, EVLOOP_NONBLOCK);
+	if (st->st_store != NULL) {
+		stream_store_update(st);
+		if (segstore_close(st->st_store) == -1)	/* makes it durable */
+			rc = -1;	/* or could not: frames were dropped */
+		st->st_store = NULL;
+		event_del(st->st_store_ev);
+	}
+	return rc;
+}
+
+void
+stream_free(struct stream *st)
+{
+	if (st == NULL)
+		return;
+	if (st->st_store != NULL || st->st_fan != NULL || st->st_up != NULL)
+		(void)stream_close(st);
+	if (st->st_janitor != NULL)
+		event_free(st->st_janitor);
+	if (st->st_store_ev != NULL)
+		event_free(st->st_store_ev);
+	tls_free(st->st_upstream_tls);
+	auth_free(st->st_tokens);
+	free(st->st_tokens);
+	free(st);
+}
