@@ -320,3 +320,19 @@ auth_upstream_token(const struct auth_tokens *at)
 		return NULL;
 	return at->at_upstream.ts_tokens[0].tk_data;
 }
+
+size_t
+tokenset_missing(const struct tokenset *a, const struct tokenset *b)
+{
+	size_t n = 0, i, j;
+
+	for (i = 0; i < a->ts_count; i++) {
+		for (j = 0; j < b->ts_count; j++)
+			if (memcmp(a->ts_tokens[i].tk_digest,
+			    b->ts_tokens[j].tk_digest, AUTH_DIGEST_LEN) == 0)
+				break;
+		if (j == b->ts_count)
+			n++;
+	}
+	return n;
+}

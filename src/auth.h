@@ -82,6 +82,8 @@ int	tokenset_load_list(struct tokenset *, const char *list,
  * digests compared with CRYPTO_memcmp). An empty set matches nothing.
  */
 int	tokenset_match(const struct tokenset *, const void *tok, size_t len);
+/* How many tokens of a are not in b (for a reload's log). */
+size_t	tokenset_missing(const struct tokenset *a, const struct tokenset *b);
 
 /*
  * Load every role from the files named by cfg and from the environment.

@@ -193,6 +193,10 @@ static const struct config_key config_keys[] = {
 	{ "max-subscribers", CT_UINT, FIELD(max_subscribers), CF_RELOAD,
 	  CG_LIMITS, "1024", 1, 1000000, NULL, "N",
 	  "subscribers at once; more are refused with 'busy'" },
+	{ "metrics-max-subscribers", CT_UINT, FIELD(metrics_max_subscribers),
+	  CF_RELOAD, CG_LIMITS, "100", 0, 1000000, NULL, "N",
+	  "subscribers with their own series on /metrics; the others are "
+	  "reported together as id=\"other\"" },
 	{ "max-conns-per-ip", CT_UINT, FIELD(max_conns_per_ip), CF_RELOAD,
 	  CG_LIMITS, "64", 1, 1000000, NULL, "N",
 	  "subscriber-port connections at once from one source address" },

@@ -53,6 +53,8 @@ struct wr_config {
 	unsigned	 auth_timeout_ms;	/* --auth-timeout SECONDS, 5 */
 	unsigned	 subscriber_timeout_ms;	/* --subscriber-timeout SECONDS, 60 */
 	unsigned	 max_subscribers;	/* --max-subscribers, 1024 */
+	unsigned	 metrics_max_subscribers; /* --metrics-max-subscribers,
+						   100 */
 	unsigned	 max_conns_per_ip;	/* --max-conns-per-ip, 64
 						   (subscriber port) */
 	unsigned	 max_ingest_conns_per_ip; /* --max-ingest-conns-per-ip,

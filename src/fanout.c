@@ -423,3 +423,228 @@ fanout_piece(struct fanout *fo)
 		fo->fo_piece = malloc(FANOUT_PIECE);
 	return fo->fo_piece;
 }
+
+/* ---- status: lag in bytes and time, retention margins ------------------ */
+
+struct fo_seg {
+	uint64_t	 fs_base;
+	uint64_t	 fs_end;
+	uint64_t	 fs_bytes;
+	uint64_t	 fs_created_ms;
+};
+
+struct fo_index {
+	struct fo_seg	*fi_segs;	/* oldest first */
+	size_t		 fi_nsegs;
+	size_t		 fi_capsegs;
+	int		 fi_oom;
+	struct chunk	**fi_chunks;	/* the sendable tail, oldest first */
+	uint64_t	*fi_after;	/* bytes of the sendable tail after each */
+	size_t		 fi_nchunks;
+};
+
+static void
+fanout_seg_cb(void *arg, const char *name, uint64_t base, uint64_t end,
+    uint64_t bytes)
+{
+	struct fo_index *fi = arg;
+	struct fo_seg *v;
+	uint64_t created = 0;
+
+	if (fi->fi_nsegs == fi->fi_capsegs) {
+		size_t cap = fi->fi_capsegs ? fi->fi_capsegs * 2 : 64;
+
+		if ((v = reallocarray(fi->fi_segs, cap, sizeof(*v))) == NULL) {
+			fi->fi_oom = 1;
+			return;
+		}
+		fi->fi_segs = v;
+		fi->fi_capsegs = cap;
+	}
+	(void)segment_name_parse(name, &base, &created);
+	v = &fi->fi_segs[fi->fi_nsegs++];
+	v->fs_base = base;
+	v->fs_end = end;
+	v->fs_bytes = bytes;
+	v->fs_created_ms = created;
+}
+
+/* The segment that holds seq (the newest for later ones), or -1. */
+static ssize_t
+fanout_seg_of(const struct fo_index *fi, uint64_t seq)
+{
+	size_t lo = 0, hi = fi->fi_nsegs;
+
+	if (hi == 0 || seq < fi->fi_segs[0].fs_base)
+		return -1;
+	while (hi - lo > 1) {		/* the last one with base <= seq */
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (fi->fi_segs[mid].fs_base <= seq)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return (ssize_t)lo;
+}
+
+/* Bytes of the frames [from, to) in segment files, by interpolation. */
+static uint64_t
+fanout_seg_bytes(const struct fo_index *fi, uint64_t from, uint64_t to)
+{
+	ssize_t i = fanout_seg_of(fi, from);
+	uint64_t bytes = 0;
+
+	for (; i >= 0 && (size_t)i < fi->fi_nsegs && from < to; i++) {
+		const struct fo_seg *g = &fi->fi_segs[i];
+		uint64_t lo = from > g->fs_base ? from : g->fs_base;
+		uint64_t hi = to < g->fs_end ? to : g->fs_end;
+
+		if (g->fs_end > g->fs_base && hi > lo)
+			bytes += (uint64_t)((long double)g->fs_bytes *
+			    (hi - lo) / (g->fs_end - g->fs_base));
+	}
+	return bytes;
+}
+
+/* The sendable tail chunk that holds seq, or -1. */
+static ssize_t
+fanout_chunk_of(const struct fo_index *fi, uint64_t seq)
+{
+	size_t lo = 0, hi = fi->fi_nchunks;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (CHUNK_END(fi->fi_chunks[mid]) <= seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == fi->fi_nchunks || fi->fi_chunks[lo]->ch_seq > seq)
+		return -1;
+	return (ssize_t)lo;
+}
+
+static void
+fanout_lag(const struct fanout *fo, const struct fo_index *fi,
+    struct subscriber_status *st, uint64_t now_us, uint64_t now_ms)
+{
+	uint64_t p = st->ss_pos, s = fo->fo_sendable, t;
+	ssize_t i;
+
+	st->ss_lag_exact = 1;
+	if (p >= s)
+		return;
+	if ((i = fanout_chunk_of(fi, p)) != -1) {
+		struct chunk *ch = fi->fi_chunks[i];
+
+		st->ss_lag_bytes = ch->ch_len - chunk_offset_of(ch, p) +
+		    fi->fi_after[i];
+		if (ch->ch_recv_us != 0 && now_us > ch->ch_recv_us)
+			st->ss_lag_us = now_us - ch->ch_recv_us;
+		return;
+	}
+	/* on disk: up to the tail's first sendable frame, then the tail */
+	st->ss_lag_exact = 0;
+	t = fi->fi_nchunks > 0 ? fi->fi_chunks[0]->ch_seq : s;
+	if (t < p)
+		t = p;
+	st->ss_lag_bytes = fanout_seg_bytes(fi, p, t) +
+	    (fi->fi_nchunks > 0 && p < t ? fi->fi_chunks[0]->ch_len +
+	    fi->fi_after[0] : 0);
+	if ((i = fanout_seg_of(fi, p)) != -1) {
+		const struct fo_seg *g = &fi->fi_segs[i];
+		uint64_t next = (size_t)i + 1 < fi->fi_nsegs ?
+		    fi->fi_segs[i + 1].fs_created_ms : now_ms;
+		uint64_t at = g->fs_created_ms;
+
+		/* frames arrived between its creation and the next's */
+		if (g->fs_end > g->fs_base && next > at && p > g->fs_base)
+			at += (uint64_t)((long double)(next - at) *
+			    (p - g->fs_base) / (g->fs_end - g->fs_base));
+		if (now_ms > at)
+			st->ss_lag_us = (now_ms - at) * 1000;
+	}
+}
+
+static void
+fanout_margins(const struct fanout *fo, const struct fo_index *fi,
+    struct subscriber_status *st, uint64_t now_ms)
+{
+	const struct wr_config *cfg = fo->fo_stream->st_cfg;
+	ssize_t i = fanout_seg_of(fi, st->ss_pos);
+	uint64_t kept = 0;
+
+	st->ss_has_margin_bytes = cfg->retain_bytes != 0;
+	st->ss_has_margin_s = cfg->retain_age_s != 0;
+	if (i == -1)		/* no segment, or its position is gone */
+		return;
+	if (st->ss_has_margin_bytes) {
+		/* retention deletes the oldest files while over the limit */
+		for (size_t k = (size_t)i; k < fi->fi_nsegs; k++)
+			kept += fi->fi_segs[k].fs_bytes;
+		st->ss_margin_bytes = cfg->retain_bytes > kept ?
+		    cfg->retain_bytes - kept : 0;
+	}
+	if (st->ss_has_margin_s) {
+		/* a file goes retain-age after its successor was started */
+		if ((size_t)i + 1 == fi->fi_nsegs)
+			st->ss_margin_s = cfg->retain_age_s;
+		else {
+			uint64_t at = fi->fi_segs[i + 1].fs_created_ms +
+			    cfg->retain_age_s * 1000;
+
+			st->ss_margin_s = at > now_ms ? (at - now_ms) / 1000 :
+			    0;
+		}
+	}
+}
+
+int
+fanout_status_foreach(struct fanout *fo, void (*fn)(void *,
+    const struct subscriber_status *), void *arg)
+{
+	struct fo_index fi;
+	struct subscriber_status st;
+	struct fanout_link *l;
+	struct chunk *ch;
+	uint64_t now_us = chunk_clock_us(), now_ms = relay_now_ms(), after;
+	size_t n = 0;
+	int rc = -1;
+
+	memset(&fi, 0, sizeof(fi));
+	if (TAILQ_EMPTY(&fo->fo_subs))
+		return 0;
+	segstore_foreach(fo->fo_stream->st_store, fanout_seg_cb, &fi);
+	if (fi.fi_oom)
+		goto done;
+	if (fo->fo_tail_chunks > 0 &&
+	    ((fi.fi_chunks = calloc(fo->fo_tail_chunks,
+	    sizeof(*fi.fi_chunks))) == NULL ||
+	    (fi.fi_after = calloc(fo->fo_tail_chunks,
+	    sizeof(*fi.fi_after))) == NULL))
+		goto done;
+	TAILQ_FOREACH(ch, &fo->fo_tail, ch_entry) {
+		if (CHUNK_END(ch) > fo->fo_sendable || n == fo->fo_tail_chunks)
+			break;
+		fi.fi_chunks[n++] = ch;
+	}
+	fi.fi_nchunks = n;
+	for (after = 0; n > 0; n--) {
+		fi.fi_after[n - 1] = after;
+		after += fi.fi_chunks[n - 1]->ch_len;
+	}
+	TAILQ_FOREACH(l, &fo->fo_subs, fl_entry) {
+		subscriber_status(l->fl_sub, &st);
+		fanout_lag(fo, &fi, &st, now_us, now_ms);
+		fanout_margins(fo, &fi, &st, now_ms);
+		fn(arg, &st);
+	}
+	rc = 0;
+done:
+	free(fi.fi_segs);
+	free(fi.fi_chunks);
+	free(fi.fi_after);
+	return rc;
+}

@@ -71,6 +71,16 @@ void		 fanout_status(const struct fanout *, struct fanout_status *);
 void		 fanout_foreach(struct fanout *,
 		    void (*fn)(struct subscriber *, void *), void *arg);
 /*
+ * For /metrics and /v1/status: call fn with the status of each streaming
+ * subscriber, oldest first, with the lag in bytes and time and the
+ * retention margins filled in: exact while a subscriber's position is in
+ * the tail, interpolated within its segment file when it is older (one
+ * look at the store's segment list per call). 0, or -1 when out of memory.
+ */
+struct subscriber_status;
+int		 fanout_status_foreach(struct fanout *, void (*fn)(void *arg,
+		    const struct subscriber_status *), void *arg);
+/*
  * A buffer of FANOUT_PIECE bytes for reading segment files piecewise
  * (TLS, zstd): one reader at a time, on the loop; NULL when out of memory.
  */

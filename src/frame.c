@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/buffer.h>
 #include <zstd.h>
@@ -151,6 +152,15 @@ chunk_cache_reused(void)
 	n = cbuf_reused;
 	pthread_mutex_unlock(&cbuf_mtx);
 	return n;
+}
+
+uint64_t
+chunk_clock_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
 struct chunk *
@@ -366,6 +376,7 @@ chunk_list_merge(struct chunk_list *list, uint64_t from, uint64_t to,
 		if (k == 1 || (m = chunk_new(len)) == NULL)
 			continue;	/* nothing to gain, or keep them apart */
 		m->ch_seq = first->ch_seq;
+		m->ch_recv_us = first->ch_recv_us;	/* the oldest frame's */
 		if (capdelta != NULL)
 			*capdelta += (long long)m->ch_cap;
 		for (struct chunk *c = first; c != ch; c = next) {

@@ -22,6 +22,7 @@ struct chunk {
 	uint32_t		 ch_nframes;
 	size_t			 ch_len;	/* bytes of whole frames */
 	size_t			 ch_cap;
+	uint64_t		 ch_recv_us;	/* read from the upstream (monotonic) */
 	TAILQ_ENTRY(chunk)	 ch_entry;	/* the shared tail (loop thread) */
 	STAILQ_ENTRY(chunk)	 ch_wentry;	/* the writer's queue */
 	uint8_t			*ch_data;
@@ -34,6 +35,9 @@ struct chunk {
 };
 TAILQ_HEAD(chunk_list, chunk);
 STAILQ_HEAD(chunk_queue, chunk);
+
+/* The clock of ch_recv_us: CLOCK_MONOTONIC in microseconds. */
+uint64_t	 chunk_clock_us(void);
 
 /* End sequence (exclusive). */
 #define CHUNK_END(ch)	((ch)->ch_seq + (ch)->ch_nframes)

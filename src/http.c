@@ -3,11 +3,16 @@
  */
 #include "autoconfig.h"
 
+#include <sys/resource.h>
+
+#include <dirent.h>
+#include <stddef.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -16,6 +21,7 @@
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 
+#include "crc.h"
 #include "fanout.h"
 #include "frame.h"
 #include "http.h"
@@ -217,6 +223,46 @@ stream_views(size_t *n)
 	}								\
 } while (0)
 
+/* A gauge in seconds (a double), one line per stream. */
+#define SMETRIC_F(b, name, type, help, expr) do {			\
+	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s %s\n", \
+	    name, help, name, type);					\
+	for (size_t i_ = 0; i_ < nv; i_++) {				\
+		const struct stream_view *v = &views[i_];		\
+		evbuffer_add_printf(b, "walrelay_%s{stream=\"%s\"} %.3f\n",	\
+		    name, v->v_st->st_name, (double)(expr));		\
+	}								\
+} while (0)
+
+/* The store's error counters, one line per stream and op="...". */
+#define SOP(b, name, help) do {						\
+	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s " \
+	    "counter\n", name, help, name);				\
+	for (size_t i_ = 0; i_ < nv; i_++) {				\
+		const struct segstore_state *s_ = &views[i_].v_ss;	\
+		const char *n_ = views[i_].v_st->st_name;		\
+		evbuffer_add_printf(b,					\
+		    "walrelay_%s{stream=\"%s\",op=\"write\"} %" PRIu64 "\n" \
+		    "walrelay_%s{stream=\"%s\",op=\"fsync\"} %" PRIu64 "\n" \
+		    "walrelay_%s{stream=\"%s\",op=\"create\"} %" PRIu64 "\n" \
+		    "walrelay_%s{stream=\"%s\",op=\"truncate\"} %" PRIu64 "\n", \
+		    name, n_, s_->ss_write_errors, name, n_,		\
+		    s_->ss_fsync_errors, name, n_, s_->ss_create_errors,	\
+		    name, n_, s_->ss_truncate_errors);			\
+	}								\
+} while (0)
+
+/* Seconds since the stream's last frame (since the start when none). */
+static double
+last_frame_age(const struct stream_view *v)
+{
+	uint64_t now = relay_now_ms(), last = v->v_us.us_last_frame_ms;
+
+	if (last == 0)
+		last = relay->r_started_ms;
+	return now > last ? (now - last) / 1e3 : 0.0;
+}
+
 /* A counter with one line per stream and reason="...". */
 #define SREASON(b, name, help, ...) do {				\
 	static const char *const r_[] = { __VA_ARGS__ };		\
@@ -271,6 +317,248 @@ reason_value(const struct stream_stats *s, const char *metric,
 	return s->sub_disconnected_corrupt;
 }
 
+/* A histogram of each stream's store, in seconds. */
+static void
+metric_hist(struct evbuffer *b, const char *name, const char *help,
+    const struct stream_view *views, size_t nv, size_t off)
+{
+	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s "
+	    "histogram\n", name, help, name);
+	for (size_t k = 0; k < nv; k++) {
+		const struct segstore_hist *h = (const struct segstore_hist *)
+		    (const void *)((const char *)&views[k].v_ss + off);
+		const char *sn = views[k].v_st->st_name;
+		uint64_t n = 0;
+
+		for (size_t i = 0; i < SEGSTORE_HIST_BUCKETS; i++) {
+			n += h->sh_count[i];
+			evbuffer_add_printf(b, "walrelay_%s_bucket{stream=\"%s\","
+			    "le=\"%g\"} %" PRIu64 "\n", name, sn,
+			    segstore_hist_bounds_us[i] / 1e6, n);
+		}
+		evbuffer_add_printf(b, "walrelay_%s_bucket{stream=\"%s\","
+		    "le=\"+Inf\"} %" PRIu64 "\nwalrelay_%s_sum{stream=\"%s\"} "
+		    "%.6f\nwalrelay_%s_count{stream=\"%s\"} %" PRIu64 "\n", name,
+		    sn, h->sh_total, name, sn, h->sh_sum_us / 1e6, name, sn,
+		    h->sh_total);
+	}
+}
+
+/*
+ * Process metrics (the names every Prometheus client library uses), read
+ * from /proc when scraped. A value that cannot be read is left out.
+ */
+static void
+metrics_process(struct evbuffer *b)
+{
+	char buf[1024], *p;
+	unsigned long utime, stime;
+	long rss;
+	unsigned long long vsize;
+	struct rlimit rl;
+	struct dirent *de;
+	DIR *d;
+	FILE *f;
+	size_t n;
+	long fds = 0;
+
+	if ((f = fopen("/proc/self/stat", "re")) != NULL) {
+		n = fread(buf, 1, sizeof(buf) - 1, f);
+		buf[n] = '\0';
+		fclose(f);
+		/* after the command name: fields 3 (state) to 24 (rss) */
+		if ((p = strrchr(buf, ')')) != NULL && sscanf(p + 2,
+		    "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %*d "
+		    "%*d %*d %*d %*d %*d %*u %llu %ld", &utime, &stime, &vsize,
+		    &rss) == 4) {
+			evbuffer_add_printf(b, "# HELP process_cpu_seconds_total "
+			    "user and system CPU time spent\n# TYPE "
+			    "process_cpu_seconds_total counter\n"
+			    "process_cpu_seconds_total %.2f\n",
+			    (double)(utime + stime) / sysconf(_SC_CLK_TCK));
+			evbuffer_add_printf(b, "# HELP "
+			    "process_resident_memory_bytes resident memory "
+			    "size\n# TYPE process_resident_memory_bytes gauge\n"
+			    "process_resident_memory_bytes %lld\n",
+			    (long long)rss * sysconf(_SC_PAGESIZE));
+			evbuffer_add_printf(b, "# HELP "
+			    "process_virtual_memory_bytes virtual memory "
+			    "size\n# TYPE process_virtual_memory_bytes gauge\n"
+			    "process_virtual_memory_bytes %llu\n", vsize);
+		}
+	}
+	if ((d = opendir("/proc/self/fd")) != NULL) {
+		while ((de = readdir(d)) != NULL)
+			if (de->d_name[0] != '.')
+				fds++;
+		closedir(d);
+		evbuffer_add_printf(b, "# HELP process_open_fds open file "
+		    "descriptors\n# TYPE process_open_fds gauge\n"
+		    "process_open_fds %ld\n", fds - 1);	/* not d's own */
+	}
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+		evbuffer_add_printf(b, "# HELP process_max_fds the limit on "
+		    "open file descriptors\n# TYPE process_max_fds gauge\n"
+		    "process_max_fds %llu\n", (unsigned long long)rl.rlim_cur);
+	evbuffer_add_printf(b, "# HELP process_start_time_seconds start time "
+	    "of the process since the Unix epoch\n# TYPE "
+	    "process_start_time_seconds gauge\nprocess_start_time_seconds "
+	    "%.3f\n", relay->r_started_ms / 1e3);
+}
+
+/* One stream's streaming subscribers, for one scrape. */
+struct sub_series {
+	struct subscriber_status *ss_v;
+	size_t		 ss_n;
+	size_t		 ss_cap;
+	size_t		 ss_max;	/* metrics-max-subscribers */
+	int		 ss_oom;
+};
+
+static void
+sub_series_cb(void *arg, const struct subscriber_status *st)
+{
+	struct sub_series *s = arg;
+	struct subscriber_status *v;
+
+	if (s->ss_n == s->ss_cap) {
+		size_t cap = s->ss_cap ? s->ss_cap * 2 : 16;
+
+		if ((v = reallocarray(s->ss_v, cap, sizeof(*v))) == NULL) {
+			s->ss_oom = 1;
+			return;
+		}
+		s->ss_v = v;
+		s->ss_cap = cap;
+	}
+	s->ss_v[s->ss_n++] = *st;
+}
+
+enum sub_value {
+	SV_LAG_FRAMES,
+	SV_LAG_BYTES,
+	SV_LAG_SECONDS,
+	SV_POSITION,
+	SV_MARGIN_BYTES,
+	SV_MARGIN_SECONDS,
+};
+
+/* The value, or -1 when the subscriber has none (no retention limit). */
+static double
+sub_value(const struct subscriber_status *st, int what)
+{
+	switch (what) {
+	case SV_LAG_FRAMES:
+		return (double)st->ss_lag;
+	case SV_LAG_BYTES:
+		return (double)st->ss_lag_bytes;
+	case SV_LAG_SECONDS:
+		return st->ss_lag_us / 1e6;
+	case SV_POSITION:
+		return (double)st->ss_pos;
+	case SV_MARGIN_BYTES:
+		return st->ss_has_margin_bytes ?
+		    (double)st->ss_margin_bytes : -1;
+	default:
+		return st->ss_has_margin_s ? (double)st->ss_margin_s : -1;
+	}
+}
+
+/*
+ * One family of per-subscriber gauges: in each stream, a series for each
+ * of the first metrics-max-subscribers subscribers (by connection), one
+ * with id="other" for the rest: the largest lag among them, the smallest
+ * position and margin (what an alert needs to know about the worst one).
+ */
+static void
+metric_subs(struct evbuffer *b, const char *name, const char *help,
+    const struct stream_view *views, const struct sub_series *ser,
+    size_t nv, int what)
+{
+	int lowest = what >= SV_POSITION;
+
+	evbuffer_add_printf(b, "# HELP walrelay_%s %s\n# TYPE walrelay_%s "
+	    "gauge\n", name, help, name);
+	for (size_t k = 0; k < nv; k++) {
+		const struct sub_series *s = &ser[k];
+		const char *sn = views[k].v_st->st_name;
+		double v, other = -1;
+
+		for (size_t i = 0; i < s->ss_n; i++) {
+			const struct subscriber_status *st = &s->ss_v[i];
+
+			if ((v = sub_value(st, what)) < 0)
+				continue;
+			if (i < s->ss_max)
+				evbuffer_add_printf(b, "walrelay_%s{stream=\"%s\","
+				    "id=\"%s\",kind=\"%s\"} %.15g\n", name, sn,
+				    st->ss_name, st->ss_resuming ? "resuming" :
+				    "stock", v);
+			else if (other < 0 || (lowest ? v < other :
+			    v > other))
+				other = v;
+		}
+		if (other >= 0)
+			evbuffer_add_printf(b, "walrelay_%s{stream=\"%s\","
+			    "id=\"other\",kind=\"other\"} %.15g\n", name, sn,
+			    other);
+	}
+}
+
+static void
+metrics_subscribers(struct evbuffer *b, const struct stream_view *views,
+    size_t nv)
+{
+	struct sub_series *ser;
+	size_t k;
+
+	if ((ser = calloc(nv + 1, sizeof(*ser))) == NULL)
+		goto oom;
+	for (k = 0; k < nv; k++) {
+		ser[k].ss_max = views[k].v_st->st_cfg->metrics_max_subscribers;
+		if (fanout_status_foreach(views[k].v_st->st_fan, sub_series_cb,
+		    &ser[k]) == -1 || ser[k].ss_oom)
+			goto oom;
+	}
+	evbuffer_add_printf(b, "# HELP walrelay_subscribers_aggregated "
+	    "streaming subscribers beyond metrics-max-subscribers, reported "
+	    "together as id=\"other\"\n# TYPE walrelay_subscribers_aggregated "
+	    "gauge\n");
+	for (k = 0; k < nv; k++)
+		evbuffer_add_printf(b, "walrelay_subscribers_aggregated{stream="
+		    "\"%s\"} %zu\n", views[k].v_st->st_name,
+		    ser[k].ss_n > ser[k].ss_max ? ser[k].ss_n - ser[k].ss_max :
+		    0);
+	metric_subs(b, "subscriber_lag_frames", "durable frames the "
+	    "subscriber has not been sent yet (queued to its connection)",
+	    views, ser, nv, SV_LAG_FRAMES);
+	metric_subs(b, "subscriber_lag_bytes", "bytes of those frames "
+	    "(estimated within the segment file while it reads from disk)",
+	    views, ser, nv, SV_LAG_BYTES);
+	metric_subs(b, "subscriber_lag_seconds", "time since the relay "
+	    "received the oldest of those frames, 0 when caught up", views,
+	    ser, nv, SV_LAG_SECONDS);
+	metric_subs(b, "subscriber_position", "sequence of the next frame "
+	    "the subscriber is sent", views, ser, nv, SV_POSITION);
+	metric_subs(b, "subscriber_retention_margin_bytes", "bytes the relay "
+	    "can still store before retention by size (retain-bytes) deletes "
+	    "the segment file that holds the subscriber's position (only "
+	    "with retain-bytes)", views, ser, nv, SV_MARGIN_BYTES);
+	metric_subs(b, "subscriber_retention_margin_seconds", "time until "
+	    "retention by age (retain-age) may delete the segment file that "
+	    "holds the subscriber's position (only with retain-age)", views,
+	    ser, nv, SV_MARGIN_SECONDS);
+	goto done;
+oom:
+	log_warnx("http: /metrics: out of memory: per-subscriber series left "
+	    "out");
+done:
+	if (ser != NULL)
+		for (k = 0; k < nv; k++)
+			free(ser[k].ss_v);
+	free(ser);
+}
+
 static void
 metrics_cb(struct evhttp_request *req, void *arg)
 {
@@ -287,12 +575,20 @@ metrics_cb(struct evhttp_request *req, void *arg)
 		return;
 	}
 
-	METRIC(b, "up", "gauge", "1 while the relay runs", "%d", 1);
+	evbuffer_add_printf(b, "# HELP walrelay_build_info always 1; the "
+	    "labels say which build runs\n# TYPE walrelay_build_info gauge\n"
+	    "walrelay_build_info{version=\"%s\",crc=\"%s\"} 1\n",
+	    PACKAGE_VERSION, crc_impl());
+	METRIC(b, "up", "gauge", "always 1: the relay answered this scrape "
+	    "(a relay that is down is seen by Prometheus's own up series)",
+	    "%d", 1);
 	METRIC(b, "streams", "gauge", "streams this process serves", "%zu",
 	    nv);
-	METRIC(b, "all_ready", "gauge", "1 when every stream is ready", "%d",
+	METRIC(b, "all_ready", "gauge", "1 when /readyz answers 200: every "
+	    "stream is ready and the relay is not stopping", "%d",
 	    not_ready_all(buf, sizeof(buf)) == NULL);
-	SMETRIC(b, "ready", "gauge", "1 when the stream's storage is healthy",
+	SMETRIC(b, "ready", "gauge", "1 when /readyz?stream=NAME answers 200: "
+	    "its storage works, no corrupt stored frame, not stopping",
 	    v->v_ready);
 	SMETRIC(b, "corrupt_sequence", "gauge", "first stored frame that "
 	    "cannot be served because it is corrupt, -1 when none",
@@ -303,21 +599,29 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	    "durable", v->v_ss.ss_durable);
 	SMETRIC(b, "earliest_sequence", "gauge", "oldest retained frame",
 	    v->v_ss.ss_earliest);
-	SMETRIC(b, "storage_error", "gauge", "errno of the current disk "
-	    "trouble, 0 when healthy", v->v_ss.ss_error);
-	SMETRIC(b, "storage_pending_bytes", "gauge", "bytes waiting for the "
-	    "disk", v->v_ss.ss_pending_bytes);
-	SMETRIC(b, "storage_fsyncs_total", "counter", "fdatasync calls",
-	    v->v_ss.ss_fsyncs);
-	SMETRIC(b, "storage_write_errors_total", "counter", "failed writes",
-	    v->v_ss.ss_write_errors);
-	SMETRIC(b, "storage_fsync_errors_total", "counter", "failed fsyncs",
-	    v->v_ss.ss_fsync_errors);
+	SMETRIC(b, "storage_failing", "gauge", "1 while writes or fsyncs fail "
+	    "and are retried (the errno is storage_error in /v1/status)",
+	    v->v_ss.ss_error != 0);
+	SOP(b, "storage_errors_total", "failed disk operations of the segment "
+	    "writer, by operation");
+	SMETRIC(b, "storage_pending_bytes", "gauge", "bytes received and not "
+	    "durable yet", v->v_ss.ss_pending_bytes);
+	SMETRIC(b, "storage_fsyncs_total", "counter", "fdatasync calls that "
+	    "succeeded", v->v_ss.ss_fsyncs);
+	metric_hist(b, "storage_fsync_duration_seconds", "time each successful "
+	    "fdatasync of a segment file took", views, nv,
+	    offsetof(struct segstore_state, ss_fsync_time));
+	metric_hist(b, "ingest_to_durable_seconds", "per frame, the time from "
+	    "its read from the upstream until it was durable (fsync always or "
+	    "interval) or written (fsync never), that is sendable", views, nv,
+	    offsetof(struct segstore_state, ss_durable_time));
 	SMETRIC(b, "storage_bytes_written_total", "counter", "bytes written "
 	    "to segments", v->v_ss.ss_bytes_written);
 	SMETRIC(b, "segments", "gauge", "segment files", v->v_ss.ss_segments);
 	SMETRIC(b, "store_bytes", "gauge", "bytes in segment files",
 	    v->v_ss.ss_store_bytes);
+	SMETRIC(b, "retain_bytes", "gauge", "retention limit on store_bytes "
+	    "(retain-bytes), 0 when none", v->v_st->st_cfg->retain_bytes);
 	SMETRIC(b, "segments_deleted_total", "counter", "segments deleted by "
 	    "retention", v->v_ss.ss_deleted);
 
@@ -325,6 +629,9 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	    "pull connection streams", v->v_us.us_connected);
 	SMETRIC(b, "upstream_paused", "gauge", "1 while reading is paused by "
 	    "flow control", v->v_us.us_paused);
+	SMETRIC_F(b, "upstream_last_frame_age_seconds", "gauge", "time since "
+	    "the last frame was received (since the start when none was)",
+	    last_frame_age(v));
 	SMETRIC(b, "upstream_connections_total", "counter", "upstream "
 	    "connections accepted or made", v->v_s->up_connections);
 	SREASON(b, "upstream_rejected_total", "ingest connections refused, by "
@@ -340,8 +647,9 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	SMETRIC(b, "partial_frames_dropped_total", "counter", "partial frames "
 	    "dropped when an upstream connection ended",
 	    v->v_s->up_partial_dropped);
-	SMETRIC(b, "upstream_reconnects_total", "counter", "pull connection "
-	    "attempts", v->v_s->up_reconnects);
+	SMETRIC(b, "upstream_reconnects_total", "counter", "pull connections "
+	    "started (the first one and every reconnect)",
+	    v->v_s->up_reconnects);
 	SMETRIC(b, "upstream_connect_failures_total", "counter", "pull "
 	    "connections that failed", v->v_s->up_connect_failures);
 	SMETRIC(b, "upstream_pauses_total", "counter", "times upstream "
@@ -357,10 +665,13 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	SREASON(b, "subscribers_disconnected_total", "streaming subscribers "
 	    "disconnected by the relay, by reason", "gone", "lag", "timeout",
 	    "corrupt");
-	SMETRIC(b, "frames_sent_total", "counter", "frames queued to "
-	    "subscribers", v->v_s->sub_frames_sent);
-	SMETRIC(b, "bytes_sent_total", "counter", "bytes queued to "
-	    "subscribers", v->v_s->sub_bytes_sent);
+	SMETRIC(b, "frames_sent_total", "counter", "frames handed to "
+	    "subscriber connections for sending (counted when queued to the "
+	    "connection, sent or not when it closes)",
+	    v->v_s->sub_frames_sent);
+	SMETRIC(b, "bytes_sent_total", "counter", "bytes of those frames, "
+	    "before compression", v->v_s->sub_bytes_sent);
+	metrics_subscribers(b, views, nv);
 	SMETRIC(b, "disk_reads_total", "counter", "segment spans served to "
 	    "subscribers behind the in-memory tail", v->v_s->sub_disk_reads);
 	SMETRIC(b, "tail_bytes", "gauge", "bytes in the shared in-memory tail",
@@ -382,6 +693,19 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	METRIC(b, "chunk_cache_reused_total", "counter", "frame buffers "
 	    "taken from the reuse cache instead of the system", "%lu",
 	    chunk_cache_reused());
+	evbuffer_add_printf(b, "# HELP walrelay_reloads_total configuration "
+	    "reloads (SIGHUP); a failed one keeps the running configuration\n"
+	    "# TYPE walrelay_reloads_total counter\n"
+	    "walrelay_reloads_total{result=\"success\"} %" PRIu64 "\n"
+	    "walrelay_reloads_total{result=\"failure\"} %" PRIu64 "\n",
+	    relay->r_reloads_ok, relay->r_reloads_failed);
+	METRIC(b, "reload_last_success", "gauge", "1 when the last reload "
+	    "succeeded or there was none, 0 when it failed", "%d",
+	    relay->r_reload_last_ms == 0 || relay->r_reload_last_ok);
+	METRIC(b, "reload_last_timestamp_seconds", "gauge", "time of the last "
+	    "reload since the Unix epoch, 0 when none", "%.3f",
+	    relay->r_reload_last_ms / 1e3);
+	metrics_process(b);
 	reply(req, 200, "OK", "text/plain; version=0.0.4", b);
 	evbuffer_free(b);
 	free(views);
@@ -398,21 +722,21 @@ status_segment(void *arg, const char *name, uint64_t base, uint64_t end,
 }
 
 static void
-status_subscriber(struct subscriber *sub, void *arg)
+status_subscriber(void *arg, const struct subscriber_status *ss)
 {
 	struct evbuffer *b = arg;
-	struct subscriber_status ss;
 
-	subscriber_status(sub, &ss);
 	evbuffer_add_printf(b, "{\"id\":\"%s\",\"peer\":\"%s\","
 	    "\"kind\":\"%s\",\"start\":%" PRIu64 ",\"position\":%"
-	    PRIu64 ",\"lag\":%" PRIu64 ",\"bytes_queued\":%" PRIu64
+	    PRIu64 ",\"lag\":%" PRIu64 ",\"lag_bytes\":%" PRIu64
+	    ",\"lag_ms\":%" PRIu64 ",\"bytes_queued\":%" PRIu64
 	    ",\"buffered\":%zu,\"from_disk\":%s,\"zstd\":%s,"
-	    "\"connected_ms\":%" PRIu64 "},", ss.ss_name, ss.ss_peer,
-	    ss.ss_resuming ? "resuming" : "stock", ss.ss_start, ss.ss_pos,
-	    ss.ss_lag, ss.ss_bytes_queued, ss.ss_buffered,
-	    ss.ss_on_disk ? "true" : "false", ss.ss_zstd ? "true" : "false",
-	    ss.ss_connected_ms);
+	    "\"connected_ms\":%" PRIu64 "},", ss->ss_name, ss->ss_peer,
+	    ss->ss_resuming ? "resuming" : "stock", ss->ss_start, ss->ss_pos,
+	    ss->ss_lag, ss->ss_lag_bytes, ss->ss_lag_us / 1000,
+	    ss->ss_bytes_queued, ss->ss_buffered,
+	    ss->ss_on_disk ? "true" : "false", ss->ss_zstd ? "true" : "false",
+	    ss->ss_connected_ms);
 }
 
 /* Move the text of tmp into b without its trailing comma. */
@@ -459,7 +783,9 @@ status_stream(struct evbuffer *b, struct evbuffer *tmp,
 	evbuffer_add_printf(b, "\"segments\":[");
 	status_list(b, tmp);
 	evbuffer_add_printf(b, "],\"subscribers\":[");
-	fanout_foreach(st->st_fan, status_subscriber, tmp);
+	if (fanout_status_foreach(st->st_fan, status_subscriber, tmp) == -1)
+		log_warnx("http: /v1/status: out of memory: subscribers of "
+		    "stream %s left out", st->st_name);
 	status_list(b, tmp);
 	evbuffer_add_printf(b, "]");
 }

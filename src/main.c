@@ -300,12 +300,27 @@ reload_find(struct wr_config *next, const char *name)
 	return NULL;
 }
 
+/* Say what a reload changes in a token set (never the tokens). */
+static void
+reload_log_tokens(const struct stream *st, const char *role,
+    const struct tokenset *was, const struct tokenset *now)
+{
+	size_t added = tokenset_missing(now, was);
+	size_t removed = tokenset_missing(was, now);
+
+	if (added > 0 || removed > 0)
+		log_info("reload: %s%s%s tokens changed: %zu added, %zu "
+		    "removed, %zu now: applied", relay->r_cfg->streams ?
+		    st->st_name : "", relay->r_cfg->streams ? ": " : "", role,
+		    added, removed, now->ts_count);
+}
+
 /*
  * All or nothing: the config, every running stream's tokens and every TLS
  * context are built from the file first; only if everything loads are they
  * swapped in. Keys that take a restart keep their running values.
  */
-static void
+static int
 reload(void)
 {
 	struct wr_config *next, *cur = relay->r_cfg, *sc;
@@ -313,7 +328,7 @@ reload(void)
 	struct tls_ctx *srv = NULL;
 	char err[1024];
 	size_t n = 0, nrn = relay->r_nstreams, npub = 0, nsub = 0, ncli = 0;
-	int restart, applied;
+	int restart, applied, rc = -1;
 	struct reload_new {
 		struct auth_tokens	*rn_tok;
 		struct tls_ctx		*rn_cli;
@@ -324,7 +339,7 @@ reload(void)
 		segstore_retry(st->st_store);
 	if ((next = calloc(1, sizeof(*next))) == NULL) {
 		log_warnx("reload: out of memory; keeping the running config");
-		return;
+		return -1;
 	}
 	if ((restart = config_reload(cur, next, err, sizeof(err))) == -1) {
 		log_warnx("reload: %s; keeping the running config", err);
@@ -376,6 +391,17 @@ reload(void)
 		struct reload_new *r = &rn[n++];
 
 		warn_loose(r->rn_tok, st->st_cfg);
+		if (st->st_tokens != NULL) {
+			reload_log_tokens(st, "publish",
+			    &st->st_tokens->at_publish,
+			    &r->rn_tok->at_publish);
+			reload_log_tokens(st, "subscribe",
+			    &st->st_tokens->at_subscribe,
+			    &r->rn_tok->at_subscribe);
+			reload_log_tokens(st, "upstream",
+			    &st->st_tokens->at_upstream,
+			    &r->rn_tok->at_upstream);
+		}
 		npub += r->rn_tok->at_publish.ts_count;
 		nsub += r->rn_tok->at_subscribe.ts_count;
 		stream_set_tokens(st, r->rn_tok);
@@ -397,6 +423,7 @@ reload(void)
 	log_info("reload: tokens and limits reloaded (%zu publish, %zu "
 	    "subscribe tokens); %d changed keys applied, %d not applied "
 	    "(they take a restart)", npub, nsub, applied, restart);
+	rc = 0;
 out:
 	if (rn != NULL) {
 		/* the streams a reload started are not in rn */
@@ -412,6 +439,7 @@ out:
 	tls_free(srv);
 	config_free(next);
 	free(next);
+	return rc;
 }
 
 static void
@@ -420,7 +448,12 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 	if (sig == SIGHUP) {
 		if (!relay->r_stopping) {
 			notify_reloading();
-			reload();
+			relay->r_reload_last_ok = reload() == 0;
+			relay->r_reload_last_ms = relay_now_ms();
+			if (relay->r_reload_last_ok)
+				relay->r_reloads_ok++;
+			else
+				relay->r_reloads_failed++;
 			notify_ready();
 		}
 		return;

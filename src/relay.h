@@ -38,6 +38,11 @@ struct relay {
 	uint64_t		 r_next_id;	/* connection ids */
 	int			 r_stopping;
 	uint64_t		 r_started_ms;
+	/* SIGHUP, for /metrics */
+	uint64_t		 r_reloads_ok;
+	uint64_t		 r_reloads_failed;	/* kept the running config */
+	uint64_t		 r_reload_last_ms;	/* wall clock, 0: none yet */
+	int			 r_reload_last_ok;
 };
 
 extern struct relay *relay;

@@ -137,6 +137,26 @@ struct segstore {
 	char			 ss_werr[PATH_MAX + 64];
 };
 
+/* 100 us to 10 s */
+const uint64_t segstore_hist_bounds_us[SEGSTORE_HIST_BUCKETS] = {
+	100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000,
+	250000, 500000, 1000000, 2500000, 5000000, 10000000,
+};
+
+/* Count n observations of us microseconds (with the mutex held). */
+static void
+segment_hist_add(struct segstore_hist *h, uint64_t us, uint64_t n)
+{
+	size_t i;
+
+	for (i = 0; i < SEGSTORE_HIST_BUCKETS; i++)
+		if (us <= segstore_hist_bounds_us[i])
+			break;
+	h->sh_count[i] += n;
+	h->sh_total += n;
+	h->sh_sum_us += us * n;
+}
+
 static const char *const segment_mode_names[] = { "always", "interval", "never" };
 
 const char *
@@ -1127,10 +1147,17 @@ writer_publish(struct segstore *ss)
 	struct segment *seg = ss->ss_active;
 	struct chunk *ch;
 	size_t bytes = 0;
+	uint64_t now = chunk_clock_us();
 
 	STAILQ_FOREACH(ch, &ss->ss_unsynced, ch_wentry)
 		bytes += ch->ch_len;
 	pthread_mutex_lock(&ss->ss_mtx);
+	/* one clock read per commit; each chunk's frames share its time */
+	STAILQ_FOREACH(ch, &ss->ss_unsynced, ch_wentry)
+		if (ch->ch_recv_us != 0)
+			segment_hist_add(&ss->ss_st.ss_durable_time,
+			    now > ch->ch_recv_us ? now - ch->ch_recv_us : 0,
+			    ch->ch_nframes);
 	ss->ss_st.ss_durable = ss->ss_st.ss_written;
 	if (seg != NULL) {
 		seg->seg_durable_end = seg->seg_end;
@@ -1165,17 +1192,21 @@ static int
 writer_sync(struct segstore *ss)
 {
 	struct segment *seg = ss->ss_active;
-	uint64_t start;
+	uint64_t start, start_us;
 	int err;
 
 	if (seg == NULL || (!ss->ss_wdirty && STAILQ_EMPTY(&ss->ss_unsynced)))
 		return 0;
 	start = segment_mono_ms();
+	start_us = chunk_clock_us();
 	if (writer_sync_fd(ss, ss->ss_wfd) == 0) {
+		uint64_t us = chunk_clock_us() - start_us;
+
 		ss->ss_last_sync = start;
 		ss->ss_wdirty = 0;
 		pthread_mutex_lock(&ss->ss_mtx);
 		ss->ss_st.ss_fsyncs++;
+		segment_hist_add(&ss->ss_st.ss_fsync_time, us, 1);
 		pthread_mutex_unlock(&ss->ss_mtx);
 		writer_publish(ss);
 		return 0;
@@ -1412,6 +1443,9 @@ writer_work(struct segstore *ss, int stopping)
 	    (err = writer_truncate(ss, ss->ss_active->seg_bytes)) != 0) {
 		snprintf(ss->ss_werr, sizeof(ss->ss_werr), "truncating %s/%s",
 		    ss->ss_dir, ss->ss_active->seg_name);
+		pthread_mutex_lock(&ss->ss_mtx);
+		ss->ss_st.ss_truncate_errors++;
+		pthread_mutex_unlock(&ss->ss_mtx);
 		return err;
 	}
 	if ((err = writer_dirsync(ss)) != 0)
@@ -1423,8 +1457,12 @@ writer_work(struct segstore *ss, int stopping)
 			writer_seal(ss);
 		}
 		if (ss->ss_active == NULL) {
-			if ((err = writer_create(ss, ch->ch_seq)) != 0)
+			if ((err = writer_create(ss, ch->ch_seq)) != 0) {
+				pthread_mutex_lock(&ss->ss_mtx);
+				ss->ss_st.ss_create_errors++;
+				pthread_mutex_unlock(&ss->ss_mtx);
 				return err;
+			}
 			segstore_retain(ss);
 		}
 		if ((err = writer_write_run(ss)) != 0) {

@@ -52,6 +52,18 @@ struct segment_config {
 	void		*sync_arg;
 };
 
+/*
+ * A latency histogram: counts per bucket (not cumulative), the last one
+ * for everything over the largest bound of segstore_hist_bounds_us.
+ */
+#define SEGSTORE_HIST_BUCKETS	16
+extern const uint64_t segstore_hist_bounds_us[SEGSTORE_HIST_BUCKETS];
+struct segstore_hist {
+	uint64_t	 sh_count[SEGSTORE_HIST_BUCKETS + 1];
+	uint64_t	 sh_total;
+	uint64_t	 sh_sum_us;
+};
+
 /* What segstore_poll reports (a snapshot; loop thread). */
 struct segstore_state {
 	uint64_t	 ss_durable;	/* frames [earliest, durable) are durable */
@@ -63,6 +75,15 @@ struct segstore_state {
 	uint64_t	 ss_fsyncs;
 	uint64_t	 ss_write_errors;
 	uint64_t	 ss_fsync_errors;
+	uint64_t	 ss_create_errors;	/* creating a segment file */
+	uint64_t	 ss_truncate_errors;	/* cutting a file back */
+	/* fdatasync calls that succeeded, by duration */
+	struct segstore_hist ss_fsync_time;
+	/*
+	 * Frames by the time from their read from the upstream (ch_recv_us)
+	 * to durable (fsync always, interval) or written (never).
+	 */
+	struct segstore_hist ss_durable_time;
 	uint64_t	 ss_bytes_written;
 	uint64_t	 ss_segments;	/* files in the store */
 	uint64_t	 ss_store_bytes;	/* their total size */

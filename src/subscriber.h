@@ -21,7 +21,7 @@ enum subscriber_state {
 	SUB_DEAD,	/* closed, waiting to be freed from the loop */
 };
 
-/* For /v1/status and tests. */
+/* For /v1/status, /metrics and tests. */
 struct subscriber_status {
 	char		 ss_name[24];	/* "sub-42" */
 	char		 ss_peer[64];
@@ -36,6 +36,16 @@ struct subscriber_status {
 	uint64_t	 ss_bytes_queued;
 	size_t		 ss_buffered;	/* bytes in its output buffer */
 	uint64_t	 ss_connected_ms;
+	/* filled by fanout_status_foreach only */
+	uint64_t	 ss_lag_bytes;	/* bytes of the ss_lag frames */
+	uint64_t	 ss_lag_us;	/* age of the oldest of them */
+	int		 ss_lag_exact;	/* 0: estimated from segment files */
+	int		 ss_has_margin_bytes;	/* retain-bytes is set */
+	uint64_t	 ss_margin_bytes;	/* bytes until retention by size
+					   may delete its position */
+	int		 ss_has_margin_s;	/* retain-age is set */
+	uint64_t	 ss_margin_s;	/* seconds until retention by age
+					   may delete its position */
 };
 
 /*

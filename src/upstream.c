@@ -128,6 +128,7 @@ upconn_publish(struct upconn *uc)
 	}
 	ch->ch_len = uc->uc_checked;
 	ch->ch_nframes = uc->uc_nframes;
+	ch->ch_recv_us = chunk_clock_us();
 	if (ch->ch_cap - ch->ch_len > ch->ch_len / 16)
 		chunk_shrink(ch);	/* the tail holds it for a while */
 	segstore_append(upconn_stream(uc)->st_store, ch);

@@ -827,12 +827,12 @@ def test_disk_full_pauses_and_resumes(relays, walcat):
     t = threading.Thread(target=sender, daemon=True)
     t.start()
     try:
-        wait_until(lambda: r.metric("walrelay_storage_error") != 0 and
+        wait_until(lambda: r.metric("walrelay_storage_failing") == 1 and
                    r.metric("walrelay_upstream_paused") == 1, 30,
                    "the relay to stall on the file size limit")
         m = r.metrics()
-        assert m["walrelay_storage_error"] == 27         # EFBIG
-        assert m["walrelay_storage_write_errors_total"] >= 1
+        assert m['walrelay_storage_errors_total{op="write"}'] >= 1
+        assert m['walrelay_storage_errors_total{op="fsync"}'] == 0
         assert m["walrelay_ready"] == 0
         code, body = r.http("/readyz")
         assert code == 503 and "storage error" in body, (code, body)
@@ -863,11 +863,12 @@ def test_disk_full_pauses_and_resumes(relays, walcat):
         assert state["error"] is None, state["error"]
         assert state["done"]
         r.wait_durable(len(frames), timeout=TIMEOUT)
-        wait_until(lambda: r.metric("walrelay_storage_error") == 0, 10,
+        wait_until(lambda: r.metric("walrelay_storage_failing") == 0, 10,
                    "storage to be healthy")
         assert r.http("/readyz")[0] == 200
         m = r.metrics()
         assert m["walrelay_upstream_paused"] == 0
+        assert m["walrelay_ready"] == 1
         assert m["walrelay_next_sequence"] == len(frames)
         assert "disk writes work again" in r.read_log()
     finally:
@@ -897,7 +898,7 @@ def test_stop_while_disk_full(relays, walcat):
     t = threading.Thread(target=try_send, args=(s, b"".join(frames)),
                          daemon=True)
     t.start()
-    wait_until(lambda: r.metric("walrelay_storage_error") == 27 and
+    wait_until(lambda: r.status()["storage_error"] == 27 and
                r.metric("walrelay_upstream_paused") == 1, 30,
                "the relay to stall on the file size limit")
     assert r.stop() == 1

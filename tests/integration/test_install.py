@@ -54,6 +54,8 @@ def test_install_file_list(installed, dirs, srcdir):
         f"{d['systemdsystemunitdir']}/walrelay.service",
         f"{d['sysusersdir']}/walrelay.conf", f"{d['tmpfilesdir']}/walrelay.conf",
         f"{d['docdir']}/README.md", f"{d['docdir']}/walrelay.conf",
+        f"{d['pkgdatadir']}/grafana/walrelay.json",
+        f"{d['pkgdatadir']}/prometheus/walrelay-rules.yml",
     } | {f"{d['docdir']}/{n}" for n in os.listdir(srcdir / "docs")
          if n.endswith(".md")}
     assert files_under(installed) == want

@@ -175,7 +175,7 @@ def test_write_fault_live_subscriber(relays, workdir, builddir, tokfile, mode,
         fc.set(f"op=write,path={datadir_glob},after={after},err={err}")
         batch = frames[sent:sent + 200]
         f = Feeder(r.ingest_addr, batch)
-        wait_until(lambda: r.metric("walrelay_storage_error") != 0, 60,
+        wait_until(lambda: r.metric("walrelay_storage_failing") == 1, 60,
                    "the write fault to hit")
         assert len(fc.hits()) > hits
         code, body = r.http("/readyz")

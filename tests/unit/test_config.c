@@ -1069,7 +1069,7 @@ START_TEST(reloadable_keys)
 	    "tls-key", "tls-ca", "upstream-tls-ca", "upstream-tls-cert",
 	    "upstream-tls-key", "auth-timeout", "subscriber-timeout",
 	    "max-subscribers", "max-conns-per-ip", "max-ingest-conns-per-ip",
-	    "max-lag",
+	    "max-lag", "metrics-max-subscribers",
 	    "log-level", "allow-unauthenticated" };
 	size_t nyes = 0;
 
