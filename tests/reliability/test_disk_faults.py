@@ -48,6 +48,7 @@ from oracle import FrameSplitter, Oracle, check_scenario
 from relayutil import FaultControl, Relay, wait_until
 
 FULL = os.environ.get("DISK_FAULTS", "") == "full"
+FSYNC_ERRORS = 'walrelay_storage_errors_total{op="fsync"}'
 SEGMENT = 64 * 1024
 RETAIN = 4 * 1024 * 1024      # about 16,000 frames: more than a case stores
 SEED = int(os.environ.get("DISK_FAULTS_SEED", "0")) or random.randrange(1, 1 << 31)
@@ -150,6 +151,7 @@ class Case:
         r, fc = self.r, self.fc
         st0 = r.status()
         h0 = len(fc.hits())
+        self.fsync_errors0 = r.metric(FSYNC_ERRORS)   # before the rule
         fc.set(self.rule)
         getattr(self, "run_" + self.kind)(st0, h0)
         fc.clear()
@@ -219,9 +221,8 @@ class Case:
         """One failed call, then the disk works: the next retry succeeds
         with the rule still in place."""
         r, fc = self.r, self.fc
-        e0 = r.metric("walrelay_storage_fsync_errors_total")
         wait_until(lambda: len(fc.hits()) > h0, 30, f"{self.name}: the fault")
-        wait_until(lambda: r.metric("walrelay_storage_fsync_errors_total") > e0,
+        wait_until(lambda: r.metric(FSYNC_ERRORS) > self.fsync_errors0,
                    30, f"{self.name}: the failure to be counted")
         t = time.monotonic()
         wait_until(lambda: ready(r)[0] == 200 and
