@@ -1084,8 +1084,11 @@ def test_abuse_idle_and_garbage_connections(relays, walcat, tokens):
     try:
         payloads = garbage_payloads(rng, n_junk)
         for i in range(n_idle + n_junk):
+            # taken before connect(): the relay cannot accept earlier, so
+            # a slow test process cannot make a connection look short-lived
+            t0 = time.monotonic()
             s = connect(r.listen_addr, timeout=10)
-            c = {"s": s, "t0": time.monotonic(), "data": bytearray(),
+            c = {"s": s, "t0": t0, "data": bytearray(),
                  "end": None, "how": None,
                  "kind": "idle" if i % 2 == 0 else "junk"}
             if c["kind"] == "junk":
