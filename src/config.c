@@ -92,6 +92,7 @@ struct config_key {
 
 static const char *const protocol_names[] = { "auth", "sub", NULL };
 static const char *const target_names[] = { "stderr", "syslog", NULL };
+static const char *const compress_names[] = { "lz4", "none", NULL };
 
 static const struct config_key config_keys[] = {
 	/* listeners */
@@ -137,6 +138,41 @@ static const struct config_key config_keys[] = {
 	{ "verify-segments", CT_BOOL, FIELD(verify_segments), 0, CG_STORAGE,
 	  "false", 0, 0, NULL, NULL,
 	  "check every sealed segment at start, not when first read" },
+	{ "archive-after", CT_SEC_S, FIELD(archive_after_s), 0, CG_STORAGE,
+	  "0", 0, 100 * 365 * DAY_S, NULL, "SECONDS",
+	  "compress sealed segments this old into .wal.zst, still served "
+	  "(0: off)" },
+	{ "archive-keep-raw", CT_UINT, FIELD(archive_keep_raw), 0, CG_STORAGE,
+	  "0", 0, 1000000, NULL, "N",
+	  "keep the N newest sealed segments raw, compress older ones (0: off)" },
+	{ "archive-level", CT_UINT, FIELD(archive_level), 0, CG_STORAGE,
+	  "3", 1, 19, NULL, "LEVEL",
+	  "zstd level of the archive tier" },
+	{ "archive-long", CT_BOOL, FIELD(archive_long), 0, CG_STORAGE,
+	  "false", 0, 0, NULL, NULL,
+	  "zstd long-distance matching in the archive tier (within a 1 MiB "
+	  "block)" },
+	{ "snapshot-every", CT_SEC_MS, FIELD(snapshot_every_ms), 0,
+	  CG_STORAGE, "0", 0, 365 * DAY_S * 1000, NULL, "SECONDS",
+	  "fold the stream into a snapshot this often, then delete the "
+	  "segments it covers (0: not by time)" },
+	{ "snapshot-every-bytes", CT_SIZE, FIELD(snapshot_every_bytes), 0,
+	  CG_STORAGE, "0", 0, UINT64_MAX, NULL, "BYTES",
+	  "also snapshot once this much is in sealed segments after the last "
+	  "one (0: not by size)" },
+	{ "snapshot-compress", CT_ENUM, FIELD(snapshot_compress), 0,
+	  CG_STORAGE, "lz4", 0, 0, compress_names, "lz4|none",
+	  "snapshot-{ts}.bin.lz4 or snapshot-{ts}.bin" },
+	{ "snapshot-memory", CT_SIZE, FIELD(snapshot_memory), 0, CG_STORAGE,
+	  "256M", MIB, TIB, NULL, "BYTES",
+	  "memory a snapshot may use; more goes through sorted runs on disk" },
+	{ "snapshot-keep", CT_UINT, FIELD(snapshot_keep), 0, CG_STORAGE,
+	  "2", 1, 1000, NULL, "N",
+	  "snapshot files kept, the newest included" },
+	{ "snapshot-skew", CT_MS_MS, FIELD(snapshot_skew_ms), 0, CG_STORAGE,
+	  "10000", 0, HOUR_MS, NULL, "MS",
+	  "how much older than their neighbours records may arrive: the "
+	  "snapshot's timestamp is set this far back" },
 
 	/* security */
 	{ "publish-token-file", CT_STRING, FIELD(publish_token_file),

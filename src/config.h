@@ -38,6 +38,18 @@ struct wr_config {
 	uint64_t	 retain_age_s;		/* --retain-age, 0 = unlimited */
 	uint64_t	 max_frame_bytes;	/* --max-frame-bytes, 64M */
 	int		 verify_segments;	/* --verify-segments, off */
+	uint64_t	 archive_after_s;	/* --archive-after, 0 = off */
+	uint64_t	 archive_keep_raw;	/* --archive-keep-raw, 0 = off */
+	unsigned	 archive_level;		/* --archive-level, 3 */
+	int		 archive_long;		/* --archive-long, off */
+	/* Test builds only (tests/walrelay-hooks): archive crash points. */
+	void		(*archive_test_step)(int, const char *, void *);
+	uint64_t	 snapshot_every_ms;	/* --snapshot-every, 0 = off */
+	uint64_t	 snapshot_every_bytes;	/* --snapshot-every-bytes, 0 = off */
+	int		 snapshot_compress;	/* --snapshot-compress lz4|none */
+	uint64_t	 snapshot_memory;	/* --snapshot-memory, 256M */
+	unsigned	 snapshot_keep;		/* --snapshot-keep, 2 */
+	uint64_t	 snapshot_skew_ms;	/* --snapshot-skew MS, 10000 */
 
 	char		*tls_cert;		/* --tls-cert */
 	char		*tls_key;		/* --tls-key */

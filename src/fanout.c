@@ -51,6 +51,7 @@ struct fanout {
 	struct fanout_links	 fo_waiting;
 	uint64_t		 fo_wake_gen;	/* advances that woke subscribers */
 	int			 fo_advancing;	/* in fanout_advance */
+	uint64_t		 fo_blocks_read; /* fanout_blocks_read's last */
 	struct fanout_links	 fo_pending;	/* in the handshake */
 	struct fanout_links	 fo_closing;	/* freed from the loop */
 	unsigned		 fo_nsubs;	/* streaming */
@@ -275,6 +276,25 @@ fanout_advance(struct fanout *fo, uint64_t sendable)
 	}
 	fo->fo_advancing = 0;
 	fanout_trim(fo);
+}
+
+void
+fanout_blocks_read(struct fanout *fo, uint64_t reads)
+{
+	struct fanout_link *l;
+	uint64_t gen;
+
+	if (reads == fo->fo_blocks_read || fo->fo_advancing)
+		return;
+	fo->fo_blocks_read = reads;
+	fo->fo_advancing = 1;
+	gen = ++fo->fo_wake_gen;
+	while ((l = TAILQ_FIRST(&fo->fo_waiting)) != NULL &&
+	    l->fl_wait_gen < gen) {
+		fanout_unwait(fo, l);
+		subscriber_refill(l->fl_sub);
+	}
+	fo->fo_advancing = 0;
 }
 
 uint64_t

@@ -51,6 +51,11 @@ struct stream	*fanout_stream(const struct fanout *);
 void		 fanout_publish(struct fanout *, struct chunk *);
 /* Frames below `sendable` may now be sent: wake the caught-up, trim. */
 void		 fanout_advance(struct fanout *, uint64_t sendable);
+/*
+ * The store finished reading archived blocks (its ss_archive_reads is
+ * now reads): refill the waiting subscribers, some waited for them.
+ */
+void		 fanout_blocks_read(struct fanout *, uint64_t reads);
 uint64_t	 fanout_sendable(const struct fanout *);
 /* The tail chunk that holds frame seq, or NULL. */
 struct chunk	*fanout_find(struct fanout *, uint64_t seq);

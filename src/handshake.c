@@ -143,6 +143,8 @@ handshake_parse_from(const char *s, size_t len, int *kind, uint64_t *seq)
 		*kind = HANDSHAKE_FROM_EARLIEST;
 	else if (hs_equal(s, len, "latest"))
 		*kind = HANDSHAKE_FROM_LATEST;
+	else if (hs_equal(s, len, "snapshot"))
+		*kind = HANDSHAKE_FROM_SNAPSHOT;
 	else if (hs_parse_u64(s, len, seq) == 0)
 		*kind = HANDSHAKE_FROM_SEQ;
 	else
@@ -208,6 +210,7 @@ hs_parse_sub(const char *p, const char *end, struct handshake_req *req,
 	size_t flen = 0;
 	char x[40];
 	int seen_epoch = 0, seen_compress = 0, seen_stream = 0;
+	int seen_resync = 0;
 
 	if (hs_field(&p, end, &f, &flen) == -1 || flen == 0) {
 		snprintf(err, errlen, flen == 0 && p != NULL ? "empty field "
@@ -218,7 +221,7 @@ hs_parse_sub(const char *p, const char *end, struct handshake_req *req,
 	req->hr_token_len = flen;
 	if (hs_field(&p, end, &f, &flen) == -1) {
 		snprintf(err, errlen, "missing <from> (a sequence number, "
-		    "earliest or latest)");
+		    "earliest, latest or snapshot)");
 		return -1;
 	}
 	if (flen == 0) {
@@ -229,7 +232,8 @@ hs_parse_sub(const char *p, const char *end, struct handshake_req *req,
 	if (handshake_parse_from(f, flen, &req->hr_from_kind,
 	    &req->hr_from) == -1) {
 		snprintf(err, errlen, "bad <from> '%s' (a sequence number, "
-		    "earliest or latest)", hs_excerpt(f, flen, x, sizeof(x)));
+		    "earliest, latest or snapshot)", hs_excerpt(f, flen, x,
+		    sizeof(x)));
 		return -1;
 	}
 	while (hs_field(&p, end, &f, &flen) == 0) {
@@ -292,10 +296,25 @@ hs_parse_sub(const char *p, const char *end, struct handshake_req *req,
 			}
 			memcpy(req->hr_stream, v, vlen);
 			req->hr_stream[vlen] = '\0';
+		} else if (hs_equal(f, klen, "resync")) {
+			if (seen_resync++) {
+				snprintf(err, errlen, "duplicate option "
+				    "resync");
+				return -1;
+			}
+			if (hs_equal(v, vlen, "1"))
+				req->hr_resync = 1;
+			else if (hs_equal(v, vlen, "0"))
+				req->hr_resync = 0;
+			else {
+				snprintf(err, errlen, "bad resync '%s' (1 or "
+				    "0)", hs_excerpt(v, vlen, x, sizeof(x)));
+				return -1;
+			}
 		} else {
 			snprintf(err, errlen, "unknown option '%s' (known: "
-			    "epoch, compress, stream)", hs_excerpt(f, klen, x,
-			    sizeof(x)));
+			    "epoch, compress, stream, resync)", hs_excerpt(f,
+			    klen, x, sizeof(x)));
 			return -1;
 		}
 	}
@@ -429,6 +448,16 @@ handshake_parse_reply_line(const char *line, size_t len,
 			return -1;
 		}
 		klen = (size_t)(eq - f);
+		if (hs_equal(f, klen, "snapshot")) {
+			if (rep->hp_has_snapshot || hs_parse_u64(eq + 1,
+			    flen - klen - 1, &rep->hp_snapshot) == -1) {
+				snprintf(err, errlen, "FCWAL-OK/1: bad or "
+				    "repeated snapshot=");
+				return -1;
+			}
+			rep->hp_has_snapshot = 1;
+			continue;
+		}
 		for (i = 0; i < 4; i++)
 			if (hs_equal(f, klen, keys[i]))
 				break;
@@ -492,6 +521,18 @@ handshake_format_ok(char *buf, size_t len, uint64_t start,
 }
 
 int
+handshake_format_ok_snapshot(char *buf, size_t len, uint64_t start,
+    uint64_t earliest, uint64_t next, uint64_t epoch, uint64_t entries)
+{
+	char e[HANDSHAKE_EPOCH_LEN + 1];
+
+	handshake_format_epoch(e, epoch);
+	return hs_result(snprintf(buf, len, "FCWAL-OK/1 start=%" PRIu64
+	    " earliest=%" PRIu64 " next=%" PRIu64 " epoch=%s snapshot=%"
+	    PRIu64 "\n", start, earliest, next, e, entries), len);
+}
+
+int
 handshake_format_err(char *buf, size_t len, const char *code,
     const char *text)
 {
@@ -552,6 +593,8 @@ handshake_format_sub(char *buf, size_t len, const char *token,
 		snprintf(f, sizeof(f), "earliest");
 	else if (from_kind == HANDSHAKE_FROM_LATEST)
 		snprintf(f, sizeof(f), "latest");
+	else if (from_kind == HANDSHAKE_FROM_SNAPSHOT)
+		snprintf(f, sizeof(f), "snapshot");
 	else
 		snprintf(f, sizeof(f), "%" PRIu64, from);
 	e[0] = '\0';

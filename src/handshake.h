@@ -9,8 +9,10 @@
  * A line is at most HANDSHAKE_LINE_MAX bytes before its LF (a CR right
  * before the LF counts, and is dropped). In FCWAL-AUTH/1 the token is every
  * byte after the one space, spaces included; FCWAL-SUB/1 separates its
- * fields with single spaces. <from> is a decimal sequence number, earliest
- * or latest; options are epoch=<1 to 16 hex digits> and compress=zstd|none.
+ * fields with single spaces. <from> is a decimal sequence number, earliest,
+ * latest or snapshot; options are epoch=<1 to 16 hex digits>,
+ * compress=zstd|none and resync=1|0. A reply to snapshot (or to a gone
+ * position with resync=1) adds snapshot=<entries>.
  *
  * Epochs are written as 16 lowercase hex digits (zero-padded, no 0x);
  * parsing accepts 1 to 16 hex digits in either case.
@@ -49,6 +51,7 @@ enum handshake_from {
 	HANDSHAKE_FROM_SEQ = 0,
 	HANDSHAKE_FROM_EARLIEST = 1,
 	HANDSHAKE_FROM_LATEST = 2,
+	HANDSHAKE_FROM_SNAPSHOT = 3,	/* full resync: snapshot, then stream */
 };
 
 enum handshake_compress {
@@ -66,6 +69,7 @@ struct handshake_req {
 	uint64_t	 hr_epoch;
 	int		 hr_compress;	/* enum handshake_compress */
 	char		 hr_stream[65];	/* SUB: stream=NAME, or "" */
+	int		 hr_resync;	/* resync=1: gone falls back to snapshot */
 };
 
 struct handshake_reply {
@@ -74,6 +78,8 @@ struct handshake_reply {
 	uint64_t	 hp_earliest;
 	uint64_t	 hp_next;
 	uint64_t	 hp_epoch;
+	int		 hp_has_snapshot;
+	uint64_t	 hp_snapshot;	/* snapshot=: SET frames before start */
 	char		 hp_code[32];	/* FCWAL-ERR/1 */
 	char		 hp_text[HANDSHAKE_LINE_MAX + 1];
 };
@@ -126,6 +132,9 @@ int	handshake_parse_reply_line(const char *line, size_t len,
  */
 int	handshake_format_ok(char *buf, size_t len, uint64_t start,
 	    uint64_t earliest, uint64_t next, uint64_t epoch);
+/* The same with snapshot=<entries> (a full resync). */
+int	handshake_format_ok_snapshot(char *buf, size_t len, uint64_t start,
+	    uint64_t earliest, uint64_t next, uint64_t epoch, uint64_t entries);
 int	handshake_format_err(char *buf, size_t len, const char *code,
 	    const char *text);
 int	handshake_format_auth(char *buf, size_t len, const char *token,
@@ -135,7 +144,7 @@ int	handshake_format_sub(char *buf, size_t len, const char *token,
 	    uint64_t epoch, int compress);
 /* 16 lowercase hex digits and a NUL: buf holds HANDSHAKE_EPOCH_LEN + 1. */
 void	handshake_format_epoch(char *buf, uint64_t epoch);
-/* <from>: earliest, latest or a decimal sequence, exactly len bytes. 0, or -1. */
+/* <from>: earliest, latest, snapshot or a decimal sequence, exactly len bytes. 0, or -1. */
 int	handshake_parse_from(const char *s, size_t len, int *kind,
 	    uint64_t *seq);
 /* 1 to 16 hex digits, exactly len bytes. 0, or -1. */

@@ -27,6 +27,7 @@
 #include "http.h"
 #include "log.h"
 #include "relay.h"
+#include "snapshot.h"
 #include "stream.h"
 #include "subscriber.h"
 #include "upstream.h"
@@ -172,6 +173,7 @@ struct stream_view {
 	const struct stream_stats *v_s;
 	int			 v_ready;
 	long long		 v_corrupt;	/* first corrupt sequence, -1 */
+	struct snapshotter_status v_sn;
 };
 
 static void
@@ -189,6 +191,7 @@ stream_view(struct stream *st, struct stream_view *v)
 	    !relay->r_stopping;
 	lim = segstore_limit(st->st_store);
 	v->v_corrupt = lim == UINT64_MAX ? -1LL : (long long)lim;
+	snapshotter_status(st->st_snap, &v->v_sn);
 }
 
 /* The views of every stream (NULL when out of memory). */
@@ -624,6 +627,30 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	    "(retain-bytes), 0 when none", v->v_st->st_cfg->retain_bytes);
 	SMETRIC(b, "segments_deleted_total", "counter", "segments deleted by "
 	    "retention", v->v_ss.ss_deleted);
+	SMETRIC(b, "archived_segments", "gauge", "segments held as .wal.zst "
+	    "(archive tier)", v->v_ss.ss_archived);
+	SMETRIC(b, "archived_bytes", "gauge", "bytes of the .wal.zst files",
+	    v->v_ss.ss_archived_bytes);
+	SMETRIC(b, "archived_raw_bytes", "gauge", "bytes of the frames they "
+	    "hold", v->v_ss.ss_archive_raw_bytes);
+	SMETRIC(b, "archive_block_reads_total", "counter", "archived blocks "
+	    "decompressed for readers", v->v_ss.ss_archive_reads);
+	SMETRIC(b, "snapshots_total", "counter", "snapshots written",
+	    v->v_sn.st_taken);
+	SMETRIC(b, "snapshot_failures_total", "counter", "snapshot jobs that "
+	    "failed", v->v_sn.st_failed);
+	SMETRIC(b, "snapshot_running", "gauge", "1 while a snapshot job runs",
+	    v->v_sn.st_running);
+	SMETRIC(b, "snapshot_covered_sequence", "gauge", "frames below this "
+	    "are in the newest snapshot", v->v_sn.st_have ?
+	    v->v_sn.st_info.si_covered : 0);
+	SMETRIC(b, "snapshot_keys", "gauge", "keys in the newest snapshot",
+	    v->v_sn.st_have ? v->v_sn.st_info.si_entries : 0);
+	SMETRIC_F(b, "snapshot_duration_seconds", "gauge", "duration of the "
+	    "last snapshot job", v->v_sn.st_last_ms / 1e3);
+	SMETRIC(b, "snapshot_late_records_total", "counter", "records older "
+	    "than the snapshot before them (raise snapshot-skew)",
+	    v->v_sn.st_late_records);
 
 	SMETRIC(b, "upstream_connected", "gauge", "1 while a publisher or "
 	    "pull connection streams", v->v_us.us_connected);
@@ -773,6 +800,15 @@ status_stream(struct evbuffer *b, struct evbuffer *tmp,
 	    v->v_us.us_connected ? "true" : "false",
 	    v->v_us.us_paused ? "true" : "false", v->v_us.us_name,
 	    v->v_us.us_peer, v->v_us.us_conn_bytes, v->v_us.us_last_frame_ms);
+	if (v->v_sn.st_have)
+		evbuffer_add_printf(b, "\"snapshot\":{\"file\":\"%s\","
+		    "\"covered\":%" PRIu64 ",\"timestamp_ms\":%" PRIu64
+		    ",\"keys\":%" PRIu64 ",\"running\":%s},",
+		    v->v_sn.st_info.si_name, v->v_sn.st_info.si_covered,
+		    v->v_sn.st_info.si_ts, v->v_sn.st_info.si_entries,
+		    v->v_sn.st_running ? "true" : "false");
+	else
+		evbuffer_add_printf(b, "\"snapshot\":null,");
 	if (stream_corrupt(st, &c))
 		evbuffer_add_printf(b, "\"corrupt\":{\"segment\":\"%s\","
 		    "\"offset\":%" PRIu64 ",\"first\":%" PRIu64 ",\"end\":%"

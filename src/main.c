@@ -30,6 +30,23 @@
 #include "tls.h"
 #include "upstream.h"
 
+#ifdef WR_TEST_HOOKS
+/*
+ * Test builds only (tests/walrelay-hooks): WALRELAY_TEST_ARCHIVE_CRASH=N
+ * kills the relay with SIGKILL at step N of archiving a segment.
+ */
+static void
+test_archive_step(int step, const char *name, void *arg)
+{
+	const char *e = getenv("WALRELAY_TEST_ARCHIVE_CRASH");
+
+	if (e != NULL && atoi(e) == step) {
+		log_warnx("test: killed at archive step %d (%s)", step, name);
+		raise(SIGKILL);
+	}
+}
+#endif
+
 #define STOP_POLL_MS	20
 
 static struct relay	 the_relay;
@@ -667,6 +684,9 @@ main(int argc, char **argv)
 	for (size_t i = 0; i < nplans; i++) {
 		struct stream_plan *sp = &plans[i];
 
+#ifdef WR_TEST_HOOKS
+		sp->sp_cfg->archive_test_step = test_archive_step;
+#endif
 		if ((st = stream_new(stream_cfg_name(sp->sp_cfg), sp->sp_cfg,
 		    sp->sp_tok, sp->sp_upstream_tls, err, sizeof(err))) == NULL)
 			fatalx("%s", err);

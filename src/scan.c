@@ -11,7 +11,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <zstd.h>
+
 #include "scan.h"
+
+#define SCAN_ZIN	(128 * 1024)
 
 void
 scan_init(struct scan *sc, size_t max_frame_bytes, size_t block,
@@ -31,6 +35,10 @@ scan_free(struct scan *sc)
 	free(sc->sc_buf);
 	sc->sc_buf = NULL;
 	sc->sc_cap = sc->sc_len = sc->sc_pos = 0;
+	ZSTD_freeDCtx(sc->sc_zd);
+	sc->sc_zd = NULL;
+	free(sc->sc_zin);
+	sc->sc_zin = NULL;
 }
 
 void
@@ -41,6 +49,117 @@ scan_start(struct scan *sc, int fd)
 	sc->sc_len = sc->sc_pos = 0;
 	sc->sc_base = 0;
 	sc->sc_read = 0;
+	ZSTD_freeDCtx(sc->sc_zd);
+	sc->sc_zd = NULL;
+	sc->sc_corrupt = 0;
+}
+
+int
+scan_is_zstd_name(const char *name)
+{
+	size_t l = strlen(name);
+
+	return l > 8 && strcmp(name + l - 8, ".wal.zst") == 0;
+}
+
+int
+scan_start_zstd(struct scan *sc, int fd)
+{
+	scan_start(sc, fd);
+	if ((sc->sc_zd = ZSTD_createDCtx()) == NULL)
+		return -1;
+	if (sc->sc_zin == NULL && (sc->sc_zin = malloc(SCAN_ZIN)) == NULL)
+		return -1;
+	sc->sc_zlen = sc->sc_zpos = 0;
+	sc->sc_zoff = sc->sc_zframe = 0;
+	sc->sc_zeof = sc->sc_zmid = 0;
+	return 0;
+}
+
+int
+scan_corrupt(const struct scan *sc)
+{
+	return sc->sc_corrupt;
+}
+
+uint64_t
+scan_input_read(const struct scan *sc)
+{
+	return sc->sc_zd != NULL ? sc->sc_zoff + sc->sc_zpos : sc->sc_read;
+}
+
+/*
+ * Read up to len bytes of the segment: from the file, or decompressed
+ * from it. Returns the count, 0 at the end, or -1 (errbuf says why).
+ */
+static ssize_t
+scan_read(struct scan *sc, uint8_t *buf, size_t len, char *errbuf,
+    size_t errlen)
+{
+	ZSTD_outBuffer out = { buf, len, 0 };
+	ssize_t n;
+	size_t r;
+
+	if (sc->sc_zd == NULL) {
+		while ((n = read(sc->sc_fd, buf, len)) == -1 && errno == EINTR)
+			;
+		if (n == -1)
+			snprintf(errbuf, errlen, "read at offset %llu: %s",
+			    (unsigned long long)(sc->sc_base + sc->sc_len),
+			    strerror(errno));
+		return n;
+	}
+	while (out.pos == 0) {
+		if (sc->sc_zpos == sc->sc_zlen) {
+			if (sc->sc_zeof) {
+				if (sc->sc_zmid) {
+					sc->sc_corrupt = 1;
+					snprintf(errbuf, errlen, "corrupt block "
+					    "at offset %llu: the file ends "
+					    "inside it",
+					    (unsigned long long)sc->sc_zframe);
+					return -1;
+				}
+				return 0;
+			}
+			sc->sc_zoff += sc->sc_zlen;
+			sc->sc_zlen = sc->sc_zpos = 0;
+			while ((n = read(sc->sc_fd, sc->sc_zin, SCAN_ZIN)) ==
+			    -1 && errno == EINTR)
+				;
+			if (n == -1) {
+				snprintf(errbuf, errlen, "read at offset %llu: "
+				    "%s", (unsigned long long)sc->sc_zoff,
+				    strerror(errno));
+				return -1;
+			}
+			if (n == 0)
+				sc->sc_zeof = 1;
+			sc->sc_zlen = (size_t)n;
+			continue;
+		}
+		{
+			ZSTD_inBuffer in = { sc->sc_zin, sc->sc_zlen,
+			    sc->sc_zpos };
+
+			if (!sc->sc_zmid)
+				sc->sc_zframe = sc->sc_zoff + sc->sc_zpos;
+			sc->sc_zmid = 1;
+			r = ZSTD_decompressStream(sc->sc_zd, &out, &in);
+			sc->sc_zpos = in.pos;
+			if (ZSTD_isError(r)) {
+				sc->sc_corrupt = 1;
+				snprintf(errbuf, errlen, "corrupt block at "
+				    "offset %llu: %s",
+				    (unsigned long long)sc->sc_zframe,
+				    ZSTD_getErrorName(r));
+				return -1;
+			}
+			if (r == 0)
+				sc->sc_zmid = 0;	/* a frame ended */
+		}
+	}
+	return (ssize_t)out.pos;
 }
 
 uint64_t
@@ -83,16 +202,10 @@ scan_fill(struct scan *sc, size_t want, char *errbuf, size_t errlen)
 			sc->sc_buf = nb;
 			sc->sc_cap = cap;
 		}
-		n = read(sc->sc_fd, sc->sc_buf + sc->sc_len,
-		    sc->sc_cap - sc->sc_len);
-		if (n == -1) {
-			if (errno == EINTR)
-				continue;
-			snprintf(errbuf, errlen, "read at offset %llu: %s",
-			    (unsigned long long)(sc->sc_base + sc->sc_len),
-			    strerror(errno));
+		n = scan_read(sc, sc->sc_buf + sc->sc_len,
+		    sc->sc_cap - sc->sc_len, errbuf, errlen);
+		if (n == -1)
 			return -1;
-		}
 		if (n == 0) {
 			sc->sc_eof = 1;
 			break;

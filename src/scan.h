@@ -71,8 +71,20 @@ struct scan {
 	size_t			 sc_pos;	/* next byte to look at */
 	uint64_t		 sc_base;	/* file offset of sc_buf[0] */
 	uint64_t		 sc_read;	/* bytes read from the file */
+	/* an archived segment (.wal.zst): the file is decompressed */
+	void			*sc_zd;		/* ZSTD_DCtx, or NULL */
+	uint8_t			*sc_zin;
+	size_t			 sc_zlen;	/* compressed bytes held */
+	size_t			 sc_zpos;
+	uint64_t		 sc_zoff;	/* file offset of sc_zin[0] */
+	uint64_t		 sc_zframe;	/* file offset of the zstd frame */
+	int			 sc_zeof;
+	int			 sc_zmid;	/* inside a zstd frame */
+	int			 sc_corrupt;	/* a compressed block is bad */
 };
 
+/* Does the name end in .wal.zst (an archived segment)? */
+int	scan_is_zstd_name(const char *);
 /*
  * max_frame_bytes: the frame cap (a larger length is corruption); block:
  * the read size (0: SCAN_BLOCK); check_records: decode the record inside
@@ -83,6 +95,16 @@ void	scan_init(struct scan *, size_t max_frame_bytes, size_t block,
 void	scan_free(struct scan *);
 /* Start scanning fd (not owned) from its current position, as offset 0. */
 void	scan_start(struct scan *, int fd);
+/*
+ * The same for an archived segment (.wal.zst): offsets are those of the
+ * raw segment it holds. A block that does not decompress makes scan_next
+ * fail with its file offset in errbuf and scan_corrupt() true.
+ * Returns 0, or -1 when out of memory.
+ */
+int	scan_start_zstd(struct scan *, int fd);
+int	scan_corrupt(const struct scan *);
+/* File bytes read so far (compressed ones for .wal.zst): progress. */
+uint64_t scan_input_read(const struct scan *);
 /*
  * The next event. Returns 0, or -1 on a read error or when out of memory
  * (errbuf says which); after SCAN_END it keeps returning SCAN_END.

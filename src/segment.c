@@ -43,6 +43,7 @@
 
 #include <xxhash.h>
 
+#include "archive.h"
 #include "fcw2.h"
 #include "frame.h"
 #include "log.h"
@@ -66,6 +67,8 @@
 #define SEGMENT_SCAN_BUF	(1024 * 1024)
 #define SEGMENT_WALK_BUF	(64 * 1024)
 #define SEGMENT_STOP_TRIES	3	/* write attempts at close under errors */
+#define SEGMENT_BLOCKS		8	/* decompressed archive blocks kept */
+#define SEGMENT_READ_AHEAD	2	/* blocks decompressed ahead of a reader */
 
 struct segment_ipoint {
 	uint64_t		 ip_seq;
@@ -88,14 +91,38 @@ struct segment {
 	size_t			 seg_capindex;
 	unsigned		 seg_pins;
 	int			 seg_rfd;	/* read fd while pinned */
+	/*
+	 * Archived: served from seg_zname by blocks (seg_zidx, fixed once
+	 * set). seg_name stays the raw file's name: a reader that pinned it
+	 * before keeps reading its open file.
+	 */
+	int			 seg_archived;
+	int			 seg_noarchive;	/* archiving failed: keep raw */
+	char			*seg_zname;
+	struct archive_index	 seg_zidx;
+	int			 seg_compacted;	/* removed: a snapshot covers it */
 };
 TAILQ_HEAD(segment_list, segment);
+
+/* A decompressed archive block, or one being decompressed (loop thread). */
+enum { SB_FREE = 0, SB_PENDING, SB_READY };
+struct segment_block {
+	int			 sb_state;
+	uint64_t		 sb_base;	/* its segment's base sequence */
+	uint32_t		 sb_idx;	/* block number in the segment */
+	struct segment		*sb_seg;	/* pinned while pending */
+	struct chunk		*sb_chunk;	/* SB_READY */
+	uint64_t		 sb_used;
+	struct archive_job	 sb_job;
+};
 
 struct segment_meta {
 	uint64_t		 m_epoch;
 	uint64_t		 m_base;
 	int			 m_running;
 	int			 m_mode;
+	/* the newest snapshot (optional line; older files have none) */
+	struct segstore_snapmeta m_snap;
 };
 
 struct segstore {
@@ -107,6 +134,16 @@ struct segstore {
 	uint64_t		 ss_next;	/* loop thread */
 	uint64_t		 ss_open_next;
 	uint64_t		 ss_limit;	/* loop thread */
+	/* Serialises metadata writes (loop and snapshot threads). */
+	pthread_mutex_t		 ss_meta_mtx;
+	struct segstore_snapmeta ss_snap;	/* under ss_meta_mtx */
+	/*
+	 * Compaction (snapshots on): segments ending at or before
+	 * ss_covered are removed, and retention removes nothing newer.
+	 */
+	int			 ss_compact;
+	uint64_t		 ss_covered;
+	uint64_t		 ss_meta_base;	/* m_base of the last write */
 
 	pthread_mutex_t		 ss_mtx;
 	pthread_cond_t		 ss_cond;
@@ -135,6 +172,12 @@ struct segstore {
 	uint64_t		 ss_last_sync;	/* monotonic ms */
 	uint64_t		 ss_failures;	/* attempts since the last success */
 	char			 ss_werr[PATH_MAX + 64];
+
+	/* The archive tier. */
+	struct archiver		*ss_archiver;
+	struct archive_reader	*ss_reader;
+	struct segment_block	 ss_blocks[SEGMENT_BLOCKS];	/* loop thread */
+	uint64_t		 ss_block_tick;
 };
 
 /* 100 us to 10 s */
@@ -208,7 +251,16 @@ segment_free(struct segment *seg)
 		close(seg->seg_rfd);
 	free(seg->seg_index);
 	free(seg->seg_name);
+	free(seg->seg_zname);
+	archive_index_free(&seg->seg_zidx);
 	free(seg);
+}
+
+/* The file that holds the segment's frames now. */
+static const char *
+segment_file(const struct segment *seg)
+{
+	return seg->seg_archived ? seg->seg_zname : seg->seg_name;
 }
 
 static struct segment *
@@ -265,11 +317,29 @@ segment_fsync_dir(struct segstore *ss)
  * Metadata: a few text lines, the last one an XXH64 of everything before
  * it. Replaced atomically (temporary file, fsync, rename, fsync directory).
  */
+static int	segment_meta_write_locked(struct segstore *,
+		    const struct segment_meta *, char *, size_t);
+
+/* Any thread: the snapshot line is always the store's current one. */
 static int
 segment_meta_write(struct segstore *ss, const struct segment_meta *m,
     char *errbuf, size_t errlen)
 {
-	char buf[512];
+	struct segment_meta mm = *m;
+	int rc;
+
+	pthread_mutex_lock(&ss->ss_meta_mtx);
+	mm.m_snap = ss->ss_snap;
+	rc = segment_meta_write_locked(ss, &mm, errbuf, errlen);
+	pthread_mutex_unlock(&ss->ss_meta_mtx);
+	return rc;
+}
+
+static int
+segment_meta_write_locked(struct segstore *ss, const struct segment_meta *m,
+    char *errbuf, size_t errlen)
+{
+	char buf[768];
 	int fd = -1, n, len;
 	ssize_t w;
 
@@ -282,6 +352,11 @@ segment_meta_write(struct segstore *ss, const struct segment_meta *m,
 	    "fsync %s\n",
 	    SEGMENT_META_VERSION, m->m_epoch, m->m_base, m->m_running,
 	    segment_mode_names[m->m_mode]);
+	if (m->m_snap.sm_valid)
+		len += snprintf(buf + len, sizeof(buf) - len,
+		    "snapshot %" PRIu64 " %" PRIu64 " %" PRIu64 " %s\n",
+		    m->m_snap.sm_covered, m->m_snap.sm_ts,
+		    m->m_snap.sm_entries, m->m_snap.sm_name);
 	n = snprintf(buf + len, sizeof(buf) - len, "xxh64 %016llx\n",
 	    (unsigned long long)XXH64(buf, len, 0));
 	len += n;
@@ -389,6 +464,19 @@ segment_meta_read(struct segstore *ss, struct segment_meta *m, char *errbuf,
 		} else if (sscanf(line, "running %d", &iv) == 1) {
 			m->m_running = iv != 0;
 			have |= 4;
+		} else if (strncmp(line, "snapshot ", 9) == 0) {
+			unsigned long long c, t, e;
+			char name[SEGSTORE_SNAPNAME_MAX];
+
+			if (sscanf(line, "snapshot %llu %llu %llu %63s", &c, &t,
+			    &e, name) != 4)
+				goto damaged;
+			m->m_snap.sm_valid = 1;
+			m->m_snap.sm_covered = c;
+			m->m_snap.sm_ts = t;
+			m->m_snap.sm_entries = e;
+			snprintf(m->m_snap.sm_name, sizeof(m->m_snap.sm_name),
+			    "%s", name);
 		} else if (sscanf(line, "fsync %15s", mode) == 1) {
 			m->m_mode = -1;
 			for (int i = 0; i < 3; i++)
@@ -515,6 +603,12 @@ segment_check_sealed(struct segstore *ss, struct segment *seg, int fd)
 	}
 
 	pthread_mutex_lock(&ss->ss_mtx);
+	if (seg->seg_archived) {
+		/* archived meanwhile: its index and blocks are checked */
+		pthread_mutex_unlock(&ss->ss_mtx);
+		free(tmp.seg_index);
+		return 0;
+	}
 	free(seg->seg_index);
 	seg->seg_index = tmp.seg_index;
 	seg->seg_nindex = tmp.seg_nindex;
@@ -749,6 +843,102 @@ fail:
 	return -1;
 }
 
+/*
+ * An archived segment found at open. Right after a raw segment of the same
+ * base, it is the end of an archive step a stop interrupted: a .wal.zst is
+ * only ever renamed into place once complete and durable, so it wins and
+ * the raw file goes (unless its index is damaged: then the raw one stays).
+ */
+static int
+segment_load_archived(struct segstore *ss, const char *name, uint64_t base,
+    uint64_t created, int *removed, char *errbuf, size_t errlen)
+{
+	struct segment *prev = TAILQ_LAST(&ss->ss_segs, segment_list), *seg;
+	struct archive_index idx;
+	struct stat sb;
+	char err[256], raw[128];
+	int fd, haveraw;
+
+	haveraw = prev != NULL && prev->seg_base == base && !prev->seg_archived;
+	if ((fd = openat(ss->ss_dirfd, name, O_RDONLY | O_CLOEXEC)) == -1 ||
+	    fstat(fd, &sb) == -1) {
+		snprintf(errbuf, errlen, "%s/%s: %s", ss->ss_dir, name,
+		    strerror(errno));
+		if (fd != -1)
+			close(fd);
+		return -1;
+	}
+	if (archive_index_read(fd, &idx, err, sizeof(err)) == -1 ||
+	    idx.ai_base != base) {
+		if (idx.ai_blocks != NULL) {
+			snprintf(err, sizeof(err), "its index starts at "
+			    "sequence %" PRIu64, idx.ai_base);
+			archive_index_free(&idx);
+		}
+		close(fd);
+		if (haveraw) {
+			if (unlinkat(ss->ss_dirfd, name, 0) == -1) {
+				snprintf(errbuf, errlen, "%s/%s: remove: %s",
+				    ss->ss_dir, name, strerror(errno));
+				return -1;
+			}
+			log_warnx("%s/%s: %s; removed it, the raw segment %s "
+			    "is served", ss->ss_dir, name, err, prev->seg_name);
+			*removed = 1;
+			return 0;
+		}
+		snprintf(errbuf, errlen, "%s/%s: %s, and no raw segment holds "
+		    "its frames; move it out of the directory (zstd -d may "
+		    "still recover most of it) or restore it from a backup",
+		    ss->ss_dir, name, err);
+		return -1;
+	}
+	close(fd);
+	if (haveraw) {
+		if (unlinkat(ss->ss_dirfd, prev->seg_name, 0) == -1) {
+			snprintf(errbuf, errlen, "%s/%s: remove: %s", ss->ss_dir,
+			    prev->seg_name, strerror(errno));
+			archive_index_free(&idx);
+			return -1;
+		}
+		log_info("%s/%s: removed: an interrupted archive step left it "
+		    "next to %s, which holds the same frames", ss->ss_dir,
+		    prev->seg_name, name);
+		*removed = 1;
+		seg = prev;
+	} else {
+		if (prev != NULL && prev->seg_base == base) {
+			snprintf(errbuf, errlen, "%s: %s and %s both start at "
+			    "sequence %" PRIu64 "; move the one that does not "
+			    "belong out of the directory", ss->ss_dir,
+			    segment_file(prev), name, base);
+			archive_index_free(&idx);
+			return -1;
+		}
+		snprintf(raw, sizeof(raw), "%.*s", (int)(strlen(name) - 4),
+		    name);
+		if ((seg = segment_new(raw, base, created)) == NULL) {
+			snprintf(errbuf, errlen, "out of memory");
+			archive_index_free(&idx);
+			return -1;
+		}
+		if (prev != NULL && !prev->seg_archived)
+			prev->seg_end = prev->seg_durable_end = base;
+		TAILQ_INSERT_TAIL(&ss->ss_segs, seg, seg_entry);
+	}
+	if ((seg->seg_zname = strdup(name)) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		archive_index_free(&idx);
+		return -1;
+	}
+	seg->seg_archived = 1;
+	seg->seg_zidx = idx;
+	seg->seg_checked = 1;
+	seg->seg_bytes = seg->seg_durable_bytes = (uint64_t)sb.st_size;
+	seg->seg_end = seg->seg_durable_end = base + idx.ai_nframes;
+	return 0;
+}
+
 /* Load the segment files of the directory into ss_segs. */
 static int
 segment_load(struct segstore *ss, uint64_t *cut, int *newepoch, char *errbuf,
@@ -762,9 +952,30 @@ segment_load(struct segstore *ss, uint64_t *cut, int *newepoch, char *errbuf,
 	int removed = 0;
 
 	*cut = 0;
-	if (segment_list_dir(ss->ss_dir, &names, &n, errbuf, errlen) == -1)
+	if (segment_list_dir_all(ss->ss_dir, &names, &n, errbuf, errlen) == -1)
 		return -1;
 	for (size_t i = 0; i < n; i++) {
+		size_t nl = strlen(names[i]), tl = strlen(ARCHIVE_TMP_SUFFIX);
+
+		if (nl > tl && strcmp(names[i] + nl - tl, ARCHIVE_TMP_SUFFIX) ==
+		    0) {
+			/* a stop while archiving: the raw segment serves */
+			if (unlinkat(ss->ss_dirfd, names[i], 0) == -1) {
+				snprintf(errbuf, errlen, "%s/%s: remove: %s",
+				    ss->ss_dir, names[i], strerror(errno));
+				goto fail;
+			}
+			log_info("%s/%s: removed an unfinished archive file",
+			    ss->ss_dir, names[i]);
+			removed = 1;
+			continue;
+		}
+		if (archive_name_parse(names[i], &base, &created) == 0) {
+			if (segment_load_archived(ss, names[i], base, created,
+			    &removed, errbuf, errlen) == -1)
+				goto fail;
+			continue;
+		}
 		if (segment_name_parse(names[i], &base, &created) == -1) {
 			log_warnx("%s/%s: not a segment name; ignored",
 			    ss->ss_dir, names[i]);
@@ -798,7 +1009,7 @@ segment_load(struct segstore *ss, uint64_t *cut, int *newepoch, char *errbuf,
 			snprintf(errbuf, errlen, "%s: %s and %s both start at "
 			    "sequence %" PRIu64 "; move the one that does not "
 			    "belong out of the directory", ss->ss_dir,
-			    prev->seg_name, names[i], base);
+			    segment_file(prev), names[i], base);
 			goto fail;
 		}
 		if ((seg = segment_new(names[i], base, created)) == NULL) {
@@ -806,13 +1017,15 @@ segment_load(struct segstore *ss, uint64_t *cut, int *newepoch, char *errbuf,
 			goto fail;
 		}
 		seg->seg_bytes = seg->seg_durable_bytes = sb.st_size;
-		if (prev != NULL)
+		if (prev != NULL && !prev->seg_archived)
 			prev->seg_end = prev->seg_durable_end = base;
 		TAILQ_INSERT_TAIL(&ss->ss_segs, seg, seg_entry);
 	}
 
 	/* an all-torn newest segment goes, and the one before is recovered */
 	while ((seg = TAILQ_LAST(&ss->ss_segs, segment_list)) != NULL) {
+		if (seg->seg_archived)
+			break;		/* whole by its index */
 		if (segment_recover(ss, seg, &c, newepoch, errbuf, errlen) ==
 		    -1)
 			goto fail;
@@ -865,6 +1078,12 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 		return NULL;
 	}
 	mtx = 1;
+	if (pthread_mutex_init(&ss->ss_meta_mtx, NULL) != 0) {
+		snprintf(errbuf, errlen, "pthread_mutex_init failed");
+		pthread_mutex_destroy(&ss->ss_mtx);
+		free(ss);
+		return NULL;
+	}
 	if (pthread_condattr_init(&ca) != 0) {
 		snprintf(errbuf, errlen, "pthread_condattr_init failed");
 		goto fail;
@@ -946,6 +1165,7 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 	m.m_mode = ss->ss_cf.fsync_mode;
 	m.m_running = 1;
 	m.m_base = end;
+	ss->ss_snap = old.m_snap;
 	if (fresh) {
 		m.m_epoch = segment_new_epoch();
 		if (seg != NULL)
@@ -985,6 +1205,7 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 		goto fail;
 
 	ss->ss_epoch = m.m_epoch;
+	ss->ss_meta_base = end;
 	ss->ss_next = ss->ss_open_next = end;
 	ss->ss_st.ss_next = ss->ss_st.ss_durable = ss->ss_st.ss_written = end;
 	seg = TAILQ_FIRST(&ss->ss_segs);
@@ -992,6 +1213,12 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 	TAILQ_FOREACH(seg, &ss->ss_segs, seg_entry) {
 		ss->ss_st.ss_segments++;
 		ss->ss_st.ss_store_bytes += seg->seg_bytes;
+		if (seg->seg_archived) {
+			ss->ss_st.ss_archived++;
+			ss->ss_st.ss_archived_bytes += seg->seg_bytes;
+			ss->ss_st.ss_archive_raw_bytes +=
+			    seg->seg_zidx.ai_raw_bytes;
+		}
 	}
 
 	if (ss->ss_cf.verify_sealed) {
@@ -1021,8 +1248,10 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 fail:
 	if (cond)
 		pthread_cond_destroy(&ss->ss_cond);
-	if (mtx)
+	if (mtx) {
 		pthread_mutex_destroy(&ss->ss_mtx);
+		pthread_mutex_destroy(&ss->ss_meta_mtx);
+	}
 	while ((seg = TAILQ_FIRST(&ss->ss_segs)) != NULL) {
 		TAILQ_REMOVE(&ss->ss_segs, seg, seg_entry);
 		segment_free(seg);
@@ -1049,9 +1278,10 @@ segstore_retain(struct segstore *ss)
 	struct segment_list gone = TAILQ_HEAD_INITIALIZER(gone);
 	struct segment *seg, *next;
 	uint64_t now, age_ms;
-	int over, old, removed = 0;
+	int over, old, covered, removed = 0;
 
-	if (ss->ss_cf.retain_bytes == 0 && ss->ss_cf.retain_age_s == 0)
+	if (ss->ss_cf.retain_bytes == 0 && ss->ss_cf.retain_age_s == 0 &&
+	    !ss->ss_compact && ss->ss_covered == 0)
 		return;
 	age_ms = ss->ss_cf.retain_age_s * 1000;
 	pthread_mutex_lock(&ss->ss_mtx);
@@ -1073,7 +1303,10 @@ again:
 		    ss->ss_st.ss_store_bytes > ss->ss_cf.retain_bytes;
 		/* its last frame came before its successor was started */
 		old = age_ms != 0 && now >= next->seg_created_ms + age_ms;
-		if (!over && !old)
+		covered = next->seg_base <= ss->ss_covered;
+		/* with snapshots, only what a snapshot covers may go */
+		if ((!over && !old && !covered) ||
+		    (ss->ss_compact && !covered))
 			break;
 		if (seg->seg_pins > 0) {
 			/* a reader needs it; newer ones stay too */
@@ -1081,6 +1314,7 @@ again:
 			break;
 		}
 		TAILQ_REMOVE(&ss->ss_segs, seg, seg_entry);
+		seg->seg_compacted = covered;
 		TAILQ_INSERT_TAIL(&gone, seg, seg_entry);
 		ss->ss_st.ss_store_bytes -= seg->seg_bytes;
 		ss->ss_st.ss_segments--;
@@ -1090,17 +1324,28 @@ again:
 	pthread_mutex_unlock(&ss->ss_mtx);
 
 	while ((seg = TAILQ_FIRST(&gone)) != NULL) {
-		if (unlinkat(ss->ss_dirfd, seg->seg_name, 0) == -1 &&
+		if (unlinkat(ss->ss_dirfd, segment_file(seg), 0) == -1 &&
 		    errno != ENOENT) {
 			log_warn("%s/%s: retention cannot remove the file; it "
 			    "and the newer ones stay and are served, retrying "
-			    "at the next rotation", ss->ss_dir, seg->seg_name);
+			    "at the next rotation", ss->ss_dir,
+			    segment_file(seg));
 			break;
 		}
 		TAILQ_REMOVE(&gone, seg, seg_entry);
-		log_info("%s/%s: removed by retention (sequences %" PRIu64
+		log_info("%s/%s: removed %s (sequences %" PRIu64
 		    " to %" PRIu64 ", %" PRIu64 " bytes)", ss->ss_dir,
-		    seg->seg_name, seg->seg_base, seg->seg_end, seg->seg_bytes);
+		    segment_file(seg), seg->seg_compacted ? "as the snapshot "
+		    "covers it" : "by retention", seg->seg_base, seg->seg_end,
+		    seg->seg_bytes);
+		if (seg->seg_archived) {
+			pthread_mutex_lock(&ss->ss_mtx);
+			ss->ss_st.ss_archived--;
+			ss->ss_st.ss_archived_bytes -= seg->seg_bytes;
+			ss->ss_st.ss_archive_raw_bytes -=
+			    seg->seg_zidx.ai_raw_bytes;
+			pthread_mutex_unlock(&ss->ss_mtx);
+		}
 		segment_free(seg);
 		removed = 1;
 	}
@@ -1448,8 +1693,17 @@ writer_work(struct segstore *ss, int stopping)
 		pthread_mutex_unlock(&ss->ss_mtx);
 		return err;
 	}
-	if ((err = writer_dirsync(ss)) != 0)
-		return err;
+	if (ss->ss_wdirsync && ss->ss_active != NULL) {
+		/* a rotation whose directory fsync failed: finish it */
+		if ((err = writer_dirsync(ss)) != 0) {
+			pthread_mutex_lock(&ss->ss_mtx);
+			ss->ss_st.ss_create_errors++;
+			pthread_mutex_unlock(&ss->ss_mtx);
+			return err;
+		}
+		segstore_retain(ss);
+		segstore_archive_kick(ss);
+	}
 	while ((ch = STAILQ_FIRST(&ss->ss_todo)) != NULL) {
 		if (ss->ss_active != NULL && writer_rotate_due(ss)) {
 			if ((err = writer_sync(ss)) != 0)
@@ -1464,6 +1718,7 @@ writer_work(struct segstore *ss, int stopping)
 				return err;
 			}
 			segstore_retain(ss);
+			segstore_archive_kick(ss);
 		}
 		if ((err = writer_write_run(ss)) != 0) {
 			/*
@@ -1630,6 +1885,10 @@ segstore_writer(void *arg)
 
 /* ---- loop thread ------------------------------------------------------- */
 
+static int	segment_archive_start(struct segstore *);
+static void	segment_archive_stop(struct segstore *);
+static void	segment_blocks_reap(struct segstore *);
+
 int
 segstore_start(struct segstore *ss, void (*notify)(void *), void *arg)
 {
@@ -1650,7 +1909,7 @@ segstore_start(struct segstore *ss, void (*notify)(void *), void *arg)
 		return -1;
 	}
 	ss->ss_started = 1;
-	return 0;
+	return segment_archive_start(ss);
 }
 
 int
@@ -1663,6 +1922,7 @@ segstore_close(struct segstore *ss)
 
 	if (ss == NULL)
 		return 0;
+	segment_archive_stop(ss);
 	pthread_mutex_lock(&ss->ss_mtx);
 	ss->ss_stop = 1;
 	pthread_cond_signal(&ss->ss_cond);
@@ -1693,6 +1953,7 @@ segstore_close(struct segstore *ss)
 	rc = ss->ss_gave_up ? -1 : 0;
 	pthread_cond_destroy(&ss->ss_cond);
 	pthread_mutex_destroy(&ss->ss_mtx);
+	pthread_mutex_destroy(&ss->ss_meta_mtx);
 	close(ss->ss_lockfd);
 	close(ss->ss_dirfd);
 	free(ss->ss_dir);
@@ -1741,6 +2002,7 @@ segstore_adopt(struct segstore *ss, uint64_t epoch, uint64_t next)
 	log_info("%s: adopted epoch %016" PRIx64 " from sequence %" PRIu64,
 	    ss->ss_dir, epoch, next);
 	ss->ss_epoch = epoch;
+	ss->ss_meta_base = next;
 	ss->ss_next = ss->ss_open_next = next;
 	pthread_mutex_lock(&ss->ss_mtx);
 	ss->ss_st.ss_durable = ss->ss_st.ss_written = next;
@@ -1779,6 +2041,7 @@ segstore_retry(struct segstore *ss)
 void
 segstore_poll(struct segstore *ss, struct segstore_state *st)
 {
+	segment_blocks_reap(ss);
 	pthread_mutex_lock(&ss->ss_mtx);
 	*st = ss->ss_st;
 	pthread_mutex_unlock(&ss->ss_mtx);
@@ -1824,13 +2087,16 @@ segment_walk(int fd, uint64_t seq, uint64_t off, uint64_t target,
 	return 0;
 }
 
+static int	segment_locate_archived(struct segstore *, struct segment *,
+		    uint64_t, struct segment_span *);
+
 int
 segstore_locate(struct segstore *ss, uint64_t seq, struct segment_span *sp)
 {
 	struct segment *seg;
 	uint64_t iseq, ioff, dbytes, dend, off;
 	size_t lo, hi, mid;
-	int checked;
+	int checked, archived;
 
 	pthread_mutex_lock(&ss->ss_mtx);
 	if (seq < ss->ss_st.ss_earliest || seq >= ss->ss_st.ss_durable) {
@@ -1846,10 +2112,22 @@ segstore_locate(struct segstore *ss, uint64_t seq, struct segment_span *sp)
 	}
 	seg->seg_pins++;
 	checked = seg->seg_checked;
+	archived = seg->seg_archived;
 	pthread_mutex_unlock(&ss->ss_mtx);
 
+	sp->sp_chunk = NULL;
+	if (archived)
+		return segment_locate_archived(ss, seg, seq, sp);
 	if (seg->seg_rfd == -1 && (seg->seg_rfd = openat(ss->ss_dirfd,
 	    seg->seg_name, O_RDONLY | O_CLOEXEC)) == -1) {
+		int gone = errno == ENOENT;
+
+		pthread_mutex_lock(&ss->ss_mtx);
+		archived = seg->seg_archived;
+		pthread_mutex_unlock(&ss->ss_mtx);
+		/* archived meanwhile: the raw file was just removed */
+		if (gone && archived)
+			return segment_locate_archived(ss, seg, seq, sp);
 		log_warn("%s/%s: open for reading", ss->ss_dir, seg->seg_name);
 		goto fail;
 	}
@@ -1859,6 +2137,11 @@ segstore_locate(struct segstore *ss, uint64_t seq, struct segment_span *sp)
 	}
 
 	pthread_mutex_lock(&ss->ss_mtx);
+	if (seg->seg_archived) {
+		/* archived since it was pinned: read the archive instead */
+		pthread_mutex_unlock(&ss->ss_mtx);
+		return segment_locate_archived(ss, seg, seq, sp);
+	}
 	iseq = seg->seg_base;
 	ioff = 0;
 	lo = 0;
@@ -1924,7 +2207,7 @@ segstore_corrupt_at(struct segstore *ss, uint64_t seq,
 		    ss->ss_st.ss_durable;
 	if (seq >= end)
 		goto out;
-	snprintf(c->sc_name, sizeof(c->sc_name), "%s", seg->seg_name);
+	snprintf(c->sc_name, sizeof(c->sc_name), "%s", segment_file(seg));
 	c->sc_offset = seg->seg_durable_bytes;
 	c->sc_first = seg->seg_durable_end;
 	c->sc_end = end;
@@ -1940,6 +2223,8 @@ segstore_unpin(struct segstore *ss, void *pin)
 	struct segment *seg = pin;
 	int retain;
 
+	if (seg == NULL)
+		return;		/* an archived span holds no pin */
 	/* the loop thread alone changes pins and the read fd */
 	if (seg->seg_pins == 1 && seg->seg_rfd != -1) {
 		close(seg->seg_rfd);
@@ -1961,7 +2246,390 @@ segstore_foreach(struct segstore *ss, void (*fn)(void *, const char *,
 
 	pthread_mutex_lock(&ss->ss_mtx);
 	TAILQ_FOREACH(seg, &ss->ss_segs, seg_entry)
-		fn(arg, seg->seg_name, seg->seg_base, seg->seg_end,
+		fn(arg, segment_file(seg), seg->seg_base, seg->seg_end,
 		    seg->seg_bytes);
 	pthread_mutex_unlock(&ss->ss_mtx);
+}
+
+void
+segstore_span_release(struct segstore *ss, struct segment_span *sp)
+{
+	if (sp->sp_chunk != NULL) {
+		chunk_unref(sp->sp_chunk);
+		sp->sp_chunk = NULL;
+	} else
+		segstore_unpin(ss, sp->sp_pin);
+	sp->sp_pin = NULL;
+}
+
+/* ---- the archive tier ------------------------------------------------- */
+
+/* The reader thread finished a block: count it, wake the loop. */
+static void
+segment_reader_notify(void *arg)
+{
+	struct segstore *ss = arg;
+
+	pthread_mutex_lock(&ss->ss_mtx);
+	ss->ss_st.ss_archive_reads++;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	if (ss->ss_notify != NULL)
+		ss->ss_notify(ss->ss_notify_arg);
+}
+
+static int
+segment_archive_start(struct segstore *ss)
+{
+	char err[256];
+
+	if ((ss->ss_reader = archive_reader_start(segment_reader_notify, ss,
+	    err, sizeof(err))) == NULL) {
+		log_warnx("%s: %s", ss->ss_dir, err);
+		return -1;
+	}
+	if (!ss->ss_cf.archive.ac_enabled)
+		return 0;
+	if ((ss->ss_archiver = archiver_start(ss, &ss->ss_cf.archive,
+	    ss->ss_cf.max_frame_bytes, err, sizeof(err))) == NULL) {
+		log_warnx("%s: %s", ss->ss_dir, err);
+		return -1;
+	}
+	log_info("%s: archive tier on: sealed segments %s%s%s become .wal.zst "
+	    "(zstd level %d%s)", ss->ss_dir, ss->ss_cf.archive.ac_after_s > 0 ?
+	    "older than archive-after" : "", ss->ss_cf.archive.ac_after_s > 0 &&
+	    ss->ss_cf.archive.ac_keep_raw > 0 ? " and " : "",
+	    ss->ss_cf.archive.ac_keep_raw > 0 ? "beyond the archive-keep-raw "
+	    "newest" : "", ss->ss_cf.archive.ac_level != 0 ?
+	    ss->ss_cf.archive.ac_level : ARCHIVE_DEFAULT_LEVEL,
+	    ss->ss_cf.archive.ac_long ? ", long-distance matching" : "");
+	return 0;
+}
+
+/* Loop thread, before the writer stops: no thread touches the store after. */
+static void
+segment_archive_stop(struct segstore *ss)
+{
+	struct segment_block *b;
+
+	archiver_stop(ss->ss_archiver);
+	ss->ss_archiver = NULL;
+	archive_reader_stop(ss->ss_reader);
+	ss->ss_reader = NULL;
+	for (size_t i = 0; i < SEGMENT_BLOCKS; i++) {
+		b = &ss->ss_blocks[i];
+		if (b->sb_state == SB_PENDING) {
+			if (b->sb_job.aj_chunk != NULL)
+				chunk_unref(b->sb_job.aj_chunk);
+			segstore_unpin(ss, b->sb_seg);
+		} else if (b->sb_state == SB_READY)
+			chunk_unref(b->sb_chunk);
+		memset(b, 0, sizeof(*b));
+	}
+}
+
+void
+segstore_archive_kick(struct segstore *ss)
+{
+	archiver_kick(ss->ss_archiver);
+}
+
+const char *
+segstore_dir(const struct segstore *ss)
+{
+	return ss->ss_dir;
+}
+
+int
+segstore_dirfd(const struct segstore *ss)
+{
+	return ss->ss_dirfd;
+}
+
+int
+segstore_archive_pick(struct segstore *ss, uint64_t after_s,
+    uint64_t keep_raw, struct segstore_pick *pk)
+{
+	struct segment *seg, *next;
+	uint64_t now = segment_now_ms(), newer;
+	int rc = 1;
+
+	pthread_mutex_lock(&ss->ss_mtx);
+	TAILQ_FOREACH(seg, &ss->ss_segs, seg_entry) {
+		/* sealed: a newer file exists, so its frames are all here */
+		if ((next = TAILQ_NEXT(seg, seg_entry)) == NULL)
+			break;
+		if (seg->seg_archived || seg->seg_noarchive ||
+		    seg == ss->ss_active || seg->seg_durable_end < seg->seg_end)
+			continue;
+		if (after_s > 0 && now < next->seg_created_ms + after_s * 1000)
+			break;		/* newer ones were sealed later */
+		if (keep_raw > 0) {
+			newer = 0;
+			for (struct segment *s = next; s != NULL &&
+			    TAILQ_NEXT(s, seg_entry) != NULL;
+			    s = TAILQ_NEXT(s, seg_entry))
+				if (!s->seg_archived)
+					newer++;
+			if (newer < keep_raw)
+				break;
+		}
+		snprintf(pk->pk_name, sizeof(pk->pk_name), "%s", seg->seg_name);
+		pk->pk_base = seg->seg_base;
+		pk->pk_end = seg->seg_end;
+		pk->pk_bytes = seg->seg_bytes;
+		rc = 0;
+		break;
+	}
+	pthread_mutex_unlock(&ss->ss_mtx);
+	return rc;
+}
+
+static struct segment *
+segment_by_base(struct segstore *ss, uint64_t base)
+{
+	struct segment *seg;
+
+	TAILQ_FOREACH(seg, &ss->ss_segs, seg_entry)
+		if (seg->seg_base == base)
+			return seg;
+	return NULL;
+}
+
+void
+segstore_archive_skip(struct segstore *ss, uint64_t base)
+{
+	struct segment *seg;
+
+	pthread_mutex_lock(&ss->ss_mtx);
+	if ((seg = segment_by_base(ss, base)) != NULL)
+		seg->seg_noarchive = 1;
+	pthread_mutex_unlock(&ss->ss_mtx);
+}
+
+int
+segstore_archive_commit(struct segstore *ss, uint64_t base,
+    const char *zname, struct archive_index *idx, uint64_t zbytes)
+{
+	struct segment *seg;
+	char *name;
+
+	if ((name = strdup(zname)) == NULL)
+		return -1;
+	pthread_mutex_lock(&ss->ss_mtx);
+	if ((seg = segment_by_base(ss, base)) == NULL || seg->seg_archived ||
+	    seg->seg_end != idx->ai_base + idx->ai_nframes) {
+		pthread_mutex_unlock(&ss->ss_mtx);
+		free(name);
+		return -1;
+	}
+	ss->ss_st.ss_store_bytes -= seg->seg_bytes;
+	ss->ss_st.ss_store_bytes += zbytes;
+	ss->ss_st.ss_archived++;
+	ss->ss_st.ss_archived_bytes += zbytes;
+	ss->ss_st.ss_archive_raw_bytes += idx->ai_raw_bytes;
+	seg->seg_zname = name;
+	seg->seg_zidx = *idx;
+	memset(idx, 0, sizeof(*idx));
+	seg->seg_bytes = zbytes;
+	seg->seg_durable_bytes = zbytes;
+	seg->seg_archived = 1;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	return 0;
+}
+
+/*
+ * Blocks the reader thread finished: keep them (SB_READY) or, when one
+ * failed its checks, stop serving the segment at its first frame (loop
+ * thread).
+ */
+static void
+segment_blocks_reap(struct segstore *ss)
+{
+	struct segment_block *b;
+	struct segment *seg;
+
+	if (ss->ss_reader == NULL)
+		return;
+	for (size_t i = 0; i < SEGMENT_BLOCKS; i++) {
+		b = &ss->ss_blocks[i];
+		if (b->sb_state != SB_PENDING ||
+		    !archive_reader_done(ss->ss_reader, &b->sb_job))
+			continue;
+		seg = b->sb_seg;
+		if (b->sb_job.aj_chunk != NULL) {
+			b->sb_chunk = b->sb_job.aj_chunk;
+			b->sb_job.aj_chunk = NULL;
+			b->sb_state = SB_READY;
+		} else {
+			b->sb_state = SB_FREE;
+			if (!b->sb_job.aj_enoent) {
+				const struct archive_block *ab =
+				    &b->sb_job.aj_blk;
+
+				log_error("%s/%s; frames %" PRIu64 " to %" PRIu64
+				    " cannot be served and a reader that "
+				    "reaches them is disconnected. Stop the "
+				    "relay and restore the file from a backup "
+				    "or another relay of the chain", ss->ss_dir,
+				    b->sb_job.aj_err, ab->ab_seq, seg->seg_end -
+				    1);
+				pthread_mutex_lock(&ss->ss_mtx);
+				if (ab->ab_seq < seg->seg_durable_end) {
+					seg->seg_durable_end = ab->ab_seq;
+					seg->seg_durable_bytes = ab->ab_zoff;
+				}
+				pthread_mutex_unlock(&ss->ss_mtx);
+				if (ab->ab_seq < ss->ss_limit)
+					ss->ss_limit = ab->ab_seq;
+			}
+		}
+		b->sb_seg = NULL;
+		segstore_unpin(ss, seg);
+	}
+}
+
+/* Queue block idx of seg (pinned by the caller: the entry keeps the pin). */
+static int
+segment_block_fetch(struct segstore *ss, struct segment *seg, uint32_t idx,
+    const struct segment_block *keep)
+{
+	struct segment_block *b, *victim = NULL;
+
+	for (size_t i = 0; i < SEGMENT_BLOCKS; i++) {
+		b = &ss->ss_blocks[i];
+		if (b->sb_state == SB_FREE) {
+			victim = b;
+			break;
+		}
+		if (b->sb_state == SB_READY && b != keep &&
+		    (victim == NULL || b->sb_used < victim->sb_used))
+			victim = b;
+	}
+	if (victim == NULL)
+		return -1;	/* every entry is being read: ask again */
+	if (victim->sb_state == SB_READY)
+		chunk_unref(victim->sb_chunk);
+	memset(victim, 0, sizeof(*victim));
+	victim->sb_state = SB_PENDING;
+	victim->sb_base = seg->seg_base;
+	victim->sb_idx = idx;
+	victim->sb_seg = seg;
+	victim->sb_used = ++ss->ss_block_tick;
+	victim->sb_job.aj_dirfd = ss->ss_dirfd;
+	snprintf(victim->sb_job.aj_name, sizeof(victim->sb_job.aj_name), "%s",
+	    seg->seg_zname);
+	victim->sb_job.aj_blk = seg->seg_zidx.ai_blocks[idx];
+	victim->sb_job.aj_max_frame = ss->ss_cf.max_frame_bytes;
+	archive_reader_submit(ss->ss_reader, &victim->sb_job);
+	return 0;
+}
+
+static struct segment_block *
+segment_block_find(struct segstore *ss, uint64_t base, uint32_t idx)
+{
+	for (size_t i = 0; i < SEGMENT_BLOCKS; i++)
+		if (ss->ss_blocks[i].sb_state != SB_FREE &&
+		    ss->ss_blocks[i].sb_base == base &&
+		    ss->ss_blocks[i].sb_idx == idx)
+			return &ss->ss_blocks[i];
+	return NULL;
+}
+
+/* segstore_locate in an archived segment, pinned by the caller. */
+static int
+segment_locate_archived(struct segstore *ss, struct segment *seg,
+    uint64_t seq, struct segment_span *sp)
+{
+	struct segment_block *b;
+	uint64_t dend;
+	long idx;
+
+	if (ss->ss_reader == NULL)
+		goto fail;		/* not started */
+	segment_blocks_reap(ss);
+	pthread_mutex_lock(&ss->ss_mtx);
+	dend = seg->seg_durable_end;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	if (seq >= dend || (idx = archive_index_find(&seg->seg_zidx, seq)) < 0)
+		goto fail;
+	if ((b = segment_block_find(ss, seg->seg_base, (uint32_t)idx)) == NULL) {
+		if (segment_block_fetch(ss, seg, (uint32_t)idx, NULL) == -1)
+			segstore_unpin(ss, seg);
+		return SEGSTORE_PENDING;	/* the entry keeps the pin */
+	}
+	if (b->sb_state == SB_PENDING) {
+		segstore_unpin(ss, seg);
+		return SEGSTORE_PENDING;
+	}
+	b->sb_used = ++ss->ss_block_tick;
+	chunk_ref(b->sb_chunk);
+	sp->sp_chunk = b->sb_chunk;
+	sp->sp_fd = -1;
+	sp->sp_seq = seq;
+	sp->sp_offset = chunk_offset_of(b->sb_chunk, seq);
+	sp->sp_end_seq = CHUNK_END(b->sb_chunk);
+	sp->sp_len = b->sb_chunk->ch_len - sp->sp_offset;
+	sp->sp_pin = NULL;
+	/* read ahead: a reader here wants the next blocks soon */
+	for (uint32_t k = (uint32_t)idx + 1; k <= (uint32_t)idx +
+	    SEGMENT_READ_AHEAD && k < seg->seg_zidx.ai_nblocks &&
+	    seg->seg_zidx.ai_blocks[k].ab_seq < dend; k++) {
+		if (segment_block_find(ss, seg->seg_base, k) != NULL)
+			continue;
+		pthread_mutex_lock(&ss->ss_mtx);
+		seg->seg_pins++;	/* the new entry's pin */
+		pthread_mutex_unlock(&ss->ss_mtx);
+		if (segment_block_fetch(ss, seg, k, b) == -1) {
+			segstore_unpin(ss, seg);
+			break;
+		}
+	}
+	segstore_unpin(ss, seg);
+	return 0;
+fail:
+	segstore_unpin(ss, seg);
+	return -1;
+}
+
+void
+segstore_snapmeta(struct segstore *ss, struct segstore_snapmeta *sm)
+{
+	pthread_mutex_lock(&ss->ss_meta_mtx);
+	*sm = ss->ss_snap;
+	pthread_mutex_unlock(&ss->ss_meta_mtx);
+}
+
+int
+segstore_record_snapshot(struct segstore *ss,
+    const struct segstore_snapmeta *sm, char *errbuf, size_t errlen)
+{
+	struct segment_meta m;
+	struct segstore_snapmeta prev;
+	int rc;
+
+	/* the same contents as the last write, but for the snapshot line */
+	pthread_mutex_lock(&ss->ss_meta_mtx);
+	m.m_epoch = ss->ss_epoch;
+	m.m_base = ss->ss_meta_base;
+	m.m_running = 1;
+	m.m_mode = ss->ss_cf.fsync_mode;
+	prev = ss->ss_snap;
+	ss->ss_snap = *sm;
+	m.m_snap = *sm;
+	if ((rc = segment_meta_write_locked(ss, &m, errbuf, errlen)) == -1)
+		ss->ss_snap = prev;
+	pthread_mutex_unlock(&ss->ss_meta_mtx);
+	return rc;
+}
+
+void
+segstore_compact(struct segstore *ss, uint64_t covered, int hold)
+{
+	pthread_mutex_lock(&ss->ss_mtx);
+	if (hold)
+		ss->ss_compact = 1;
+	if (covered > ss->ss_covered)
+		ss->ss_covered = covered;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	segstore_retain(ss);
 }

@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "archive.h"
 #include "frame.h"
 
 enum fsync_mode {
@@ -50,6 +51,8 @@ struct segment_config {
 	/* Tests only: replaces fdatasync() on segment files when set. */
 	int		(*sync_fn)(int fd, void *arg);
 	void		*sync_arg;
+	/* The archive tier (archive.h); off unless ac_enabled. */
+	struct archive_config archive;
 };
 
 /*
@@ -89,11 +92,20 @@ struct segstore_state {
 	uint64_t	 ss_store_bytes;	/* their total size */
 	uint64_t	 ss_deleted;	/* segments deleted by retention */
 	uint64_t	 ss_cut_bytes;	/* torn tail (or damage) cut at open */
+	uint64_t	 ss_archived;	/* segments held as .wal.zst */
+	uint64_t	 ss_archived_bytes; /* their compressed size */
+	uint64_t	 ss_archive_raw_bytes; /* their frames' raw size */
+	uint64_t	 ss_archive_reads; /* blocks decompressed for readers */
 };
 
-/* A byte range of one segment file, ending at a frame boundary. */
+/*
+ * A byte range of one segment file, ending at a frame boundary; or, for an
+ * archived segment, of one decompressed block (sp_chunk set, sp_fd -1,
+ * sp_offset inside the chunk, no pin: the reference keeps the bytes).
+ */
 struct segment_span {
 	int		 sp_fd;		/* owned by the store; valid while pinned */
+	struct chunk	*sp_chunk;	/* archived: a reference, or NULL */
 	uint64_t	 sp_offset;	/* file offset of the frame with sp_seq */
 	uint64_t	 sp_len;	/* durable bytes from sp_offset in this file */
 	uint64_t	 sp_seq;	/* first frame of the span */
@@ -102,6 +114,16 @@ struct segment_span {
 };
 
 struct segstore;
+
+/* The newest snapshot as recorded in the metadata (snapshot.c). */
+#define SEGSTORE_SNAPNAME_MAX	64
+struct segstore_snapmeta {
+	int		 sm_valid;
+	uint64_t	 sm_covered;	/* frames [0, covered) are in it */
+	uint64_t	 sm_ts;		/* its timestamp_ms */
+	uint64_t	 sm_entries;
+	char		 sm_name[SEGSTORE_SNAPNAME_MAX];
+};
 
 /*
  * Open the store: create the directory if needed, take the lock, load or
@@ -162,13 +184,41 @@ void		 segstore_poll(struct segstore *, struct segstore_state *);
  * not be deleted until segstore_unpin), -1 when seq is older than what is
  * retained or not durable yet. Reads frame headers to find the offset; the
  * span ends at the durable end of that segment.
+ *
+ * In an archived segment the span is the rest of the decompressed block
+ * that holds seq (sp_chunk). Blocks are decompressed on the store's reader
+ * thread: when the block is not in memory yet, returns SEGSTORE_PENDING
+ * and calls the notify callback once it is (ss_archive_reads moves); ask
+ * again then. A block that fails its checks is reported (file, offset)
+ * and made a corrupt range (segstore_corrupt_at).
  */
+#define SEGSTORE_PENDING	1
 int		 segstore_locate(struct segstore *, uint64_t seq,
 		    struct segment_span *);
 void		 segstore_unpin(struct segstore *, void *pin);
+/* Done with a span: unpin it or drop its chunk reference. */
+void		 segstore_span_release(struct segstore *, struct segment_span *);
 
 /* Apply retention now (also run by the store after each rotation). */
 void		 segstore_retain(struct segstore *);
+
+/*
+ * Snapshots (snapshot.c). segstore_snapmeta: the snapshot recorded in the
+ * metadata. segstore_record_snapshot: record a new one (rewrites the
+ * checksummed metadata; 0 or -1 with errbuf). segstore_compact: frames
+ * before covered are in a durable snapshot: remove the segments that end
+ * there (a pinned one once unpinned); with hold, from now on retention
+ * removes nothing a snapshot does not cover. Any thread.
+ *
+ * An archive tier hooks here: a covered segment is then kept only as its
+ * archived .wal.zst copy (the cache reads .wal and .wal.lz4 only), the raw
+ * file removed once that copy is durable.
+ */
+void		 segstore_snapmeta(struct segstore *, struct segstore_snapmeta *);
+int		 segstore_record_snapshot(struct segstore *,
+		    const struct segstore_snapmeta *, char *errbuf, size_t errlen);
+void		 segstore_compact(struct segstore *, uint64_t covered,
+		    int hold);
 
 /*
  * The first sequence the store cannot serve because a segment holds a
@@ -202,6 +252,30 @@ void		 segstore_foreach(struct segstore *, void (*fn)(void *arg,
 		    uint64_t bytes), void *arg);
 
 /*
+ * The archive tier's side of the store (archive.c calls these on the
+ * archiver thread). pick: the oldest sealed raw segment the rules make due
+ * (0), or 1 when none is. commit: serve the segment from zname (already
+ * durable under that name) and take idx; -1 when the segment is gone.
+ * skip: never try that segment again in this run.
+ */
+struct segstore_pick {
+	char		 pk_name[128];
+	uint64_t	 pk_base;
+	uint64_t	 pk_end;
+	uint64_t	 pk_bytes;
+};
+int		 segstore_archive_pick(struct segstore *, uint64_t after_s,
+		    uint64_t keep_raw, struct segstore_pick *);
+int		 segstore_archive_commit(struct segstore *, uint64_t base,
+		    const char *zname, struct archive_index *idx,
+		    uint64_t zbytes);
+void		 segstore_archive_skip(struct segstore *, uint64_t base);
+/* Look for segments to archive now (the janitor, after a rotation). */
+void		 segstore_archive_kick(struct segstore *);
+const char	*segstore_dir(const struct segstore *);
+int		 segstore_dirfd(const struct segstore *);
+
+/*
  * segname.c, shared with walcat: the segment files of a directory (names
  * ending in .wal or .wal.lz4), sorted by name as the cache's reader does.
  */
@@ -209,6 +283,12 @@ int		 segment_is_wal_name(const char *name);
 int		 segment_list_dir(const char *dir, char ***names, size_t *n,
 		    char *errbuf, size_t errlen);
 void		 segment_list_free(char **names, size_t n);
+/*
+ * The same with archived segments (.wal.zst) and the archiver's
+ * temporary files (.wal.zst.tmp) too: what the relay and walcat read.
+ */
+int		 segment_list_dir_all(const char *dir, char ***names,
+		    size_t *n, char *errbuf, size_t errlen);
 /* Parse a segment file name; returns 0 and the base sequence, or -1. */
 int		 segment_name_parse(const char *name, uint64_t *base_seq,
 		    uint64_t *created_ms);

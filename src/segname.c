@@ -56,9 +56,9 @@ cmp_names(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-int
-segment_list_dir(const char *dir, char ***names, size_t *n, char *errbuf,
-    size_t errlen)
+static int
+list_dir(const char *dir, char ***names, size_t *n, char *errbuf,
+    size_t errlen, int all)
 {
 	DIR *d;
 	struct dirent *de;
@@ -70,7 +70,9 @@ segment_list_dir(const char *dir, char ***names, size_t *n, char *errbuf,
 		return -1;
 	}
 	while ((de = readdir(d)) != NULL) {
-		if (de->d_name[0] == '.' || !segment_is_wal_name(de->d_name))
+		if (de->d_name[0] == '.' || (!segment_is_wal_name(de->d_name) &&
+		    (!all || (!has_suffix(de->d_name, ".wal.zst") &&
+		    !has_suffix(de->d_name, ".wal.zst.tmp")))))
 			continue;
 		if (len == cap) {
 			char **nv;
@@ -94,6 +96,20 @@ nomem:
 	segment_list_free(v, len);
 	snprintf(errbuf, errlen, "%s: out of memory", dir);
 	return -1;
+}
+
+int
+segment_list_dir(const char *dir, char ***names, size_t *n, char *errbuf,
+    size_t errlen)
+{
+	return list_dir(dir, names, n, errbuf, errlen, 0);
+}
+
+int
+segment_list_dir_all(const char *dir, char ***names, size_t *n, char *errbuf,
+    size_t errlen)
+{
+	return list_dir(dir, names, n, errbuf, errlen, 1);
 }
 
 void

@@ -17,6 +17,7 @@
 #include "fanout.h"
 #include "log.h"
 #include "relay.h"
+#include "snapshot.h"
 #include "stream.h"
 #include "subscriber.h"
 #include "tls.h"
@@ -73,6 +74,7 @@ stream_store_cb(evutil_socket_t fd, short what, void *arg)
 		log_info("%s: storage: healthy again at sequence %" PRIu64,
 		    st->st_name, st->st_ss.ss_durable);
 	fanout_advance(st->st_fan, stream_sendable(st));
+	fanout_blocks_read(st->st_fan, st->st_ss.ss_archive_reads);
 	if (st->st_up != NULL)
 		upstream_flow(st->st_up);
 }
@@ -87,12 +89,26 @@ janitor_lag(struct stream *st)
 		fanout_enforce_lag(st->st_fan, st->st_cfg->max_lag_frames);
 }
 
+/* Archive sealed segments now due (by age it changes with the clock). */
+static void
+janitor_archive(struct stream *st)
+{
+	segstore_archive_kick(st->st_store);
+}
+
 /* Delete segments past retention (by age it changes with the clock). */
 static void
 janitor_retain(struct stream *st)
 {
 	if (st->st_cfg->retain_age_s > 0 || st->st_cfg->retain_bytes > 0)
 		segstore_retain(st->st_store);
+}
+
+/* Start a snapshot job when one is due (snapshot-every, -every-bytes). */
+static void
+janitor_snapshot(struct stream *st)
+{
+	snapshotter_tick(st->st_snap);
 }
 
 /*
@@ -106,6 +122,8 @@ static const struct {
 } stream_jobs[] = {
 	{ "lag limits", janitor_lag },
 	{ "retention", janitor_retain },
+	{ "archiving", janitor_archive },
+	{ "snapshots", janitor_snapshot },
 };
 
 static void
@@ -121,6 +139,26 @@ stream_janitor_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* ---- life cycle ------------------------------------------------------ */
+
+static int
+stream_snapshot_open(struct stream *st, char *errbuf, size_t errlen)
+{
+	const struct wr_config *cfg = st->st_cfg;
+	struct snapshot_config sc;
+
+	memset(&sc, 0, sizeof(sc));
+	sc.sc_dir = cfg->data_dir;
+	sc.sc_every_ms = cfg->snapshot_every_ms;
+	sc.sc_every_bytes = cfg->snapshot_every_bytes;
+	sc.sc_compress = cfg->snapshot_compress;
+	sc.sc_memory = cfg->snapshot_memory;
+	sc.sc_keep = cfg->snapshot_keep;
+	sc.sc_skew_ms = cfg->snapshot_skew_ms;
+	sc.sc_max_frame = cfg->max_frame_bytes;
+	st->st_snap = snapshotter_open(&sc, st->st_store, relay->r_base,
+	    errbuf, errlen);
+	return st->st_snap != NULL ? 0 : -1;
+}
 
 struct stream *
 stream_new(const char *name, struct wr_config *cfg, struct auth_tokens *tok,
@@ -152,6 +190,13 @@ stream_new(const char *name, struct wr_config *cfg, struct auth_tokens *tok,
 	sc.max_frame_bytes = cfg->max_frame_bytes;
 	sc.retry_ms = 1000;
 	sc.verify_sealed = cfg->verify_segments;
+	sc.archive.ac_enabled = cfg->archive_after_s > 0 ||
+	    cfg->archive_keep_raw > 0;
+	sc.archive.ac_after_s = cfg->archive_after_s;
+	sc.archive.ac_keep_raw = cfg->archive_keep_raw;
+	sc.archive.ac_level = (int)cfg->archive_level;
+	sc.archive.ac_long = cfg->archive_long;
+	sc.archive.ac_test_step = cfg->archive_test_step;
 	if ((st->st_store = segstore_open(&sc, err, sizeof(err))) == NULL) {
 		snprintf(errbuf, errlen, "stream %s: storage: %s", name, err);
 		goto fail;
@@ -161,6 +206,13 @@ stream_new(const char *name, struct wr_config *cfg, struct auth_tokens *tok,
 	    " to %" PRIu64 ", fsync %s", st->st_name, cfg->data_dir,
 	    segstore_epoch(st->st_store), st->st_ss.ss_earliest,
 	    st->st_ss.ss_next, segment_fsync_name(cfg->fsync_mode));
+
+	/* before anything is served: complete or undo an interrupted one */
+	if (stream_snapshot_open(st, err, sizeof(err)) == -1) {
+		snprintf(errbuf, errlen, "stream %s: snapshots: %s", name, err);
+		goto fail;
+	}
+	stream_store_update(st);
 
 	st->st_positioned = !(cfg->upstream != NULL &&
 	    cfg->upstream_protocol == UPSTREAM_PROTO_SUB &&
@@ -274,6 +326,9 @@ stream_close(struct stream *st)
 	st->st_fan = NULL;
 	/* bufferevents free through finalizers: let the loop run them */
 	event_base_loop(relay->r_base, EVLOOP_NONBLOCK);
+	/* a running snapshot job is cancelled and joined: it uses the store */
+	snapshotter_close(st->st_snap);
+	st->st_snap = NULL;
 	if (st->st_store != NULL) {
 		stream_store_update(st);
 		if (segstore_close(st->st_store) == -1)	/* makes it durable */
@@ -289,7 +344,8 @@ stream_free(struct stream *st)
 {
 	if (st == NULL)
 		return;
-	if (st->st_store != NULL || st->st_fan != NULL || st->st_up != NULL)
+	if (st->st_store != NULL || st->st_fan != NULL || st->st_up != NULL ||
+	    st->st_snap != NULL)
 		(void)stream_close(st);
 	if (st->st_janitor != NULL)
 		event_free(st->st_janitor);

@@ -20,6 +20,7 @@ struct fanout;
 struct auth_tokens;
 struct tls_ctx;
 struct wr_config;
+struct snapshotter;
 
 /* Stream names: [A-Za-z0-9_.-]{1,64}. */
 #define STREAM_NAME_MAX		64
@@ -76,6 +77,7 @@ struct stream {
 	struct fanout		*st_fan;
 	struct event		*st_store_ev;	/* writer -> loop */
 	struct event		*st_janitor;	/* once a second */
+	struct snapshotter	*st_snap;	/* snapshots, compaction */
 	struct stream_stats	 st_stats;
 	/*
 	 * 0 while an empty stream that pulls from another relay has not yet

@@ -13,11 +13,14 @@
 #include "autoconfig.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -32,6 +35,7 @@
 #include "log.h"
 #include "net.h"
 #include "relay.h"
+#include "snapshot.h"
 #include "stream.h"
 #include "subscriber.h"
 
@@ -63,6 +67,12 @@ struct subscriber {
 	struct segment_span	 sub_span;
 	uint64_t		 sub_span_done;	/* bytes of the span queued */
 	int			 sub_has_span;
+	/* a full resync: the snapshot's SET frames, sent before sub_pos */
+	int			 sub_resync;	/* the reply says snapshot= */
+	int			 sub_snap_fd;	/* -1: none (left) */
+	uint64_t		 sub_snap_off;
+	uint64_t		 sub_snap_len;
+	uint64_t		 sub_snap_entries;
 	struct fanout_link	 sub_link;	/* its place in sub_fan's lists */
 };
 
@@ -248,6 +258,34 @@ sub_unpin_cb(struct evbuffer_file_segment const *seg, int flags, void *arg)
 }
 
 /*
+ * Queue whole frames of an archived span (a block the store decompressed
+ * on its reader thread) up to the high watermark, like a tail chunk.
+ */
+static int
+sub_emit_block(struct sub_stage *st)
+{
+	struct subscriber *sub = st->st_sub;
+	struct segment_span *sp = &sub->sub_span;
+	size_t off = sp->sp_offset + sub->sub_span_done, len, q, room;
+	size_t hiwat = sub_stream(sub)->st_cfg->subscriber_buffer;
+	uint32_t nf;
+
+	q = sub_queued(st);
+	room = hiwat > q ? hiwat - q : 1;
+	len = chunk_cut(sp->sp_chunk, off, room, &nf);
+	if (sub_emit_chunk(st, sp->sp_chunk, off, len) == -1)
+		return -1;
+	sub->sub_span_done += len;
+	sub->sub_pos += nf;
+	sub_stream(sub)->st_stats.sub_frames_sent += nf;
+	if (sub->sub_span_done >= sp->sp_len) {
+		segstore_span_release(sub_stream(sub)->st_store, sp);
+		sub->sub_has_span = 0;
+	}
+	return 0;
+}
+
+/*
  * Queue part of the current segment span. Plain TCP hands the whole span
  * to sendfile; TLS and zstd read it piecewise.
  */
@@ -260,6 +298,9 @@ sub_emit_span(struct sub_stage *st)
 	uint64_t left = sp->sp_len - sub->sub_span_done;
 	size_t n;
 	ssize_t r;
+
+	if (sp->sp_chunk != NULL)
+		return sub_emit_block(st);
 
 	/* what was staged comes first */
 	if (sub_stage_flush(st) == -1)
@@ -340,6 +381,65 @@ sub_corrupt(struct subscriber *sub, const struct segstore_corrupt *c)
 	sub->sub_ending = 1;
 }
 
+/*
+ * Queue the snapshot's SET frames (a full resync), before anything at
+ * sub_pos. Plain TCP hands the rest of the file to sendfile; TLS and zstd
+ * read it piecewise.
+ */
+static int
+sub_emit_snapshot(struct sub_stage *st)
+{
+	struct subscriber *sub = st->st_sub;
+	struct evbuffer *out = bufferevent_get_output(sub->sub_bev);
+	uint64_t left = sub->sub_snap_len - sub->sub_snap_off;
+	ssize_t r = 0;
+	size_t n;
+
+	if (sub_stage_flush(st) == -1)
+		return -1;
+	if (left > 0 && !sub->sub_zstd && !net_bev_is_tls(sub->sub_bev)) {
+		/* the buffer owns the descriptor from here on */
+		if (evbuffer_add_file(out, sub->sub_snap_fd,
+		    (ev_off_t)sub->sub_snap_off, (ev_off_t)left) == -1)
+			return -1;
+		sub->sub_snap_fd = -1;
+		r = (ssize_t)left;
+	} else if (left > 0) {
+		uint8_t *piece;
+
+		n = left > FANOUT_PIECE ? FANOUT_PIECE : (size_t)left;
+		if ((piece = fanout_piece(sub->sub_fan)) == NULL)
+			return -1;
+		r = pread(sub->sub_snap_fd, piece, n, (off_t)sub->sub_snap_off);
+		if (r <= 0) {
+			if (r == 0)
+				errno = EIO;
+			return -1;
+		}
+		if (sub->sub_zstd) {
+			if (zstd_push(sub, piece, (size_t)r, ZSTD_e_continue) == -1)
+				return -1;
+		} else if (evbuffer_add(out, piece, (size_t)r) == -1)
+			return -1;
+	}
+	sub->sub_snap_off += (uint64_t)r;
+	sub->sub_bytes_queued += (uint64_t)r;
+	sub_stream(sub)->st_stats.sub_bytes_sent += (uint64_t)r;
+	if (sub->sub_snap_off == sub->sub_snap_len) {
+		if (sub->sub_snap_fd != -1)
+			close(sub->sub_snap_fd);
+		sub->sub_snap_fd = -1;
+		sub_stream(sub)->st_stats.sub_frames_sent +=
+		    sub->sub_snap_entries;
+		log_info("%s: snapshot queued (%" PRIu64 " SET frames, %" PRIu64
+		    " bytes); the stream follows from sequence %" PRIu64,
+		    sub->sub_name, sub->sub_snap_entries, sub->sub_snap_len,
+		    sub->sub_pos);
+		sub->sub_snap_len = 0;
+	}
+	return 0;
+}
+
 /* What sub_fill did. */
 #define SUB_FILL_OK	0
 #define SUB_FILL_ERROR	(-1)	/* errno set: close the subscriber */
@@ -352,14 +452,21 @@ sub_fill(struct sub_stage *st, int *full)
 	struct subscriber *sub = st->st_sub;
 	uint64_t limit = fanout_sendable(sub->sub_fan);
 	size_t hiwat = sub_stream(sub)->st_cfg->subscriber_buffer;
+	int rc;
 
 	*full = 0;
 	while (!*full && sub_queued(st) < hiwat &&
-	    (sub->sub_pos < limit || sub->sub_has_span)) {
+	    (sub->sub_pos < limit || sub->sub_has_span ||
+	    sub->sub_snap_len > 0)) {
 		struct segstore_state ss;
 		struct segstore_corrupt bad;
 		struct chunk *ch;
 
+		if (sub->sub_snap_len > 0) {
+			if (sub_emit_snapshot(st) == -1)
+				return SUB_FILL_ERROR;
+			continue;
+		}
 		if (sub->sub_has_span) {
 			if (sub_emit_span(st) == -1)
 				return SUB_FILL_ERROR;
@@ -419,8 +526,11 @@ sub_fill(struct sub_stage *st, int *full)
 			continue;
 		}
 		/* older than the tail: the segment files */
-		if (segstore_locate(sub_stream(sub)->st_store, sub->sub_pos,
-		    &sub->sub_span) == -1) {
+		rc = segstore_locate(sub_stream(sub)->st_store, sub->sub_pos,
+		    &sub->sub_span);
+		if (rc == SEGSTORE_PENDING)
+			break;	/* an archived block: woken once it is read */
+		if (rc == -1) {
 			segstore_poll(sub_stream(sub)->st_store, &ss);
 			if (sub->sub_pos < ss.ss_earliest) {
 				sub_stream(sub)->st_stats.sub_disconnected_gone++;
@@ -489,7 +599,7 @@ subscriber_refill(struct subscriber *sub)
 	 */
 	if (!full && evbuffer_get_length(bufferevent_get_output(sub->sub_bev)) <
 	    sub_stream(sub)->st_cfg->subscriber_buffer && !sub->sub_has_span &&
-	    !fanout_waiting(&sub->sub_link))
+	    sub->sub_snap_len == 0 && !fanout_waiting(&sub->sub_link))
 		fanout_wait(sub->sub_fan, &sub->sub_link);
 }
 
@@ -572,7 +682,7 @@ sub_start_corrupt(struct subscriber *sub, uint64_t start,
 	    fanout_find(sub->sub_fan, start) != NULL)
 		return 0;
 	if (segstore_locate(sub_stream(sub)->st_store, start, &sp) == 0) {
-		segstore_unpin(sub_stream(sub)->st_store, sp.sp_pin);
+		segstore_span_release(sub_stream(sub)->st_store, &sp);
 		return 0;
 	}
 	return segstore_corrupt_at(sub_stream(sub)->st_store, start, bad);
@@ -630,6 +740,64 @@ sub_route(struct subscriber *sub, const struct handshake_req *req)
 		log_debug("%s: routed to stream %s", sub->sub_name,
 		    to->st_name);
 	}
+	return 0;
+}
+
+/*
+ * A full resync: the newest snapshot's SET frames, then the stream from
+ * the sequence after it. With no snapshot, a store that still holds the
+ * stream from sequence 0 serves it whole (an empty snapshot). 0 with
+ * *start, or -1 after refusing the subscriber.
+ */
+static int
+sub_snapshot_open(struct subscriber *sub, const struct segstore_state *st,
+    uint64_t *start)
+{
+	struct stream *strm = sub_stream(sub);
+	struct snapshot_info si;
+	struct stat sb;
+	char path[PATH_MAX];
+	int fd;
+
+	sub->sub_resync = 1;
+	if (!snapshotter_current(strm->st_snap, &si)) {
+		if (st->ss_earliest == 0) {
+			*start = 0;
+			return 0;
+		}
+		strm->st_stats.sub_rejected_request++;
+		sub_refuse(sub, "gone", "earliest=%" PRIu64 " and no snapshot "
+		    "covers the frames before it", st->ss_earliest);
+		return -1;
+	}
+	if (si.si_covered < st->ss_earliest) {
+		strm->st_stats.sub_rejected_request++;
+		sub_refuse(sub, "gone", "earliest=%" PRIu64 " and the newest "
+		    "snapshot ends at %" PRIu64 " (snapshots are off; "
+		    "retention went past it)", st->ss_earliest,
+		    si.si_covered);
+		return -1;
+	}
+	snprintf(path, sizeof(path), "%s/%s", strm->st_cfg->data_dir,
+	    si.si_frames);
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1 ||
+	    fstat(fd, &sb) == -1) {
+		log_warn("%s: %s", sub->sub_name, path);
+		if (fd != -1)
+			close(fd);
+		strm->st_stats.sub_rejected_busy++;
+		sub_refuse(sub, "busy", "the snapshot is being replaced; try "
+		    "again");
+		return -1;
+	}
+	sub->sub_snap_fd = fd;
+	sub->sub_snap_off = 0;
+	sub->sub_snap_len = (uint64_t)sb.st_size;
+	sub->sub_snap_entries = si.si_entries;
+	*start = si.si_covered;
+	log_info("%s: full resync from %s (%" PRIu64 " keys, timestamp %"
+	    PRIu64 "), then the stream from sequence %" PRIu64, sub->sub_name,
+	    si.si_name, si.si_entries, si.si_ts, si.si_covered);
 	return 0;
 }
 
@@ -739,8 +907,21 @@ sub_handshake(struct subscriber *sub)
 	case HANDSHAKE_FROM_LATEST:
 		start = st->ss_next;
 		break;
+	case HANDSHAKE_FROM_SNAPSHOT:
+		if (sub_snapshot_open(sub, st, &start) == -1)
+			return;
+		break;
 	default:
 		start = req.hr_from;
+		if (start < st->ss_earliest && req.hr_resync) {
+			log_info("%s: %s asked for sequence %" PRIu64 ", which "
+			    "is gone (earliest is %" PRIu64 "): full resync",
+			    sub->sub_name, sub->sub_peer, start,
+			    st->ss_earliest);
+			if (sub_snapshot_open(sub, st, &start) == -1)
+				return;
+			break;
+		}
 		if (start < st->ss_earliest) {
 			sub_stream(sub)->st_stats.sub_rejected_request++;
 			sub_refuse(sub, "gone", "earliest=%" PRIu64,
@@ -776,8 +957,15 @@ sub_handshake(struct subscriber *sub)
 		    SUBSCRIBER_ZSTD_LEVEL);
 		sub->sub_zstd = 1;
 	}
-	handshake_format_ok(line, sizeof(line), start, st->ss_earliest,
-	    st->ss_next, segstore_epoch(sub_stream(sub)->st_store));
+	if (sub->sub_resync)
+		handshake_format_ok_snapshot(line, sizeof(line), start,
+		    st->ss_earliest, st->ss_next,
+		    segstore_epoch(sub_stream(sub)->st_store),
+		    sub->sub_snap_entries);
+	else
+		handshake_format_ok(line, sizeof(line), start,
+		    st->ss_earliest, st->ss_next,
+		    segstore_epoch(sub_stream(sub)->st_store));
 	bufferevent_write(sub->sub_bev, line, strlen(line));
 	sub_start(sub, start);
 }
@@ -887,6 +1075,7 @@ subscriber_accept(struct fanout *fo, int fd, struct sockaddr *sa, int salen)
 	sub->sub_fan = fo;
 	sub->sub_src = src;
 	sub->sub_id = relay_conn_id();
+	sub->sub_snap_fd = -1;
 	snprintf(sub->sub_name, sizeof(sub->sub_name), "sub-%" PRIu64,
 	    sub->sub_id);
 	relay_addr_str(sa, sub->sub_peer, sizeof(sub->sub_peer));
@@ -991,8 +1180,11 @@ subscriber_output(struct subscriber *sub)
 void
 subscriber_free(struct subscriber *sub)
 {
+	if (sub->sub_snap_fd != -1)
+		close(sub->sub_snap_fd);
 	if (sub->sub_has_span)
-		segstore_unpin(sub_stream(sub)->st_store, sub->sub_span.sp_pin);
+		segstore_span_release(sub_stream(sub)->st_store,
+		    &sub->sub_span);
 	if (sub->sub_timer != NULL)
 		event_free(sub->sub_timer);
 	if (sub->sub_bev != NULL)

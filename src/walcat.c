@@ -7,7 +7,8 @@
  *   (walcat_net.c)
  *
  * PATH is a segment file or a directory of them (every name ending in
- * .wal or .wal.lz4, in name order, as the cache reads them).
+ * .wal or .wal.lz4, in name order, as the cache reads them, and the
+ * relay's archived segments, .wal.zst, in their place).
  */
 #include "autoconfig.h"
 
@@ -24,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "archive.h"
 #include "fcw2.h"
 #include "scan.h"
 #include "segment.h"
@@ -84,6 +86,12 @@ static const struct walcat_cmd walcat_cmds[] = {
 	{ "repair", "--from ADDR [--token-file F] [--tls-ca F ...] DIR",
 	  "replace corrupt frames with the same frames from a chain relay",
 	  walcat_repair },
+	{ "restore", "[--until-seq S | --until-time T] [--force] SOURCE OUTDIR",
+	  "rebuild a cache's WAL directory up to a point in time",
+	  walcat_restore },
+	{ "snapshot", "show [--keys N] FILE | verify FILE | diff A B",
+	  "inspect, check or compare FCSNAP1 snapshot files",
+	  walcat_snapshot },
 	{ "health", "[--path P] [--timeout-ms N] ADDR",
 	  "ask a relay's HTTP ADDR for /healthz: exit 0 on 200",
 	  walcat_health },
@@ -114,7 +122,8 @@ walcat_usage(FILE *f)
 	    walcat_progname);
 	fprintf(f, "Reads and checks FCW2 write-ahead-log segments, and talks "
 	    "to a relay. PATH is a\nsegment file or a directory of them "
-	    "(*.wal and *.wal.lz4, in name order);\nADDR is host:port or "
+	    "(*.wal, *.wal.lz4 and archived *.wal.zst, in name order);\n"
+	    "ADDR is host:port or "
 	    "[ipv6]:port.\n\ncommands:\n");
 	for (i = 0; i < WALCAT_NCMDS; i++)
 		fprintf(f, "  %s %s\n        %s\n", walcat_cmds[i].name,
@@ -242,10 +251,26 @@ walcat_files_get(const char *path, struct walcat_files *wf)
 		wf->wf_n = 1;
 		return 0;
 	}
-	if (segment_list_dir(path, &names, &n, errbuf, sizeof(errbuf)) != 0) {
+	if (segment_list_dir_all(path, &names, &n, errbuf, sizeof(errbuf)) !=
+	    0) {
 		fprintf(stderr, "%s: %s\n", walcat_progname, errbuf);
 		return -1;
 	}
+	/* the archiver's temporary files, and a raw file being replaced */
+	for (i = 0, len = 0; i < n; i++) {
+		uint64_t b1, b2;
+		size_t l = strlen(names[i]);
+
+		if ((l > 4 && strcmp(names[i] + l - 4, ".tmp") == 0) ||
+		    (i + 1 < n && segment_name_parse(names[i], &b1, NULL) ==
+		    0 && archive_name_parse(names[i + 1], &b2, NULL) == 0 &&
+		    b1 == b2)) {
+			free(names[i]);
+			continue;
+		}
+		names[len++] = names[i];
+	}
+	n = len;
 	len = strlen(path);
 	sep = (len > 0 && path[len - 1] == '/') ? "" : "/";
 	for (i = 0; i < n; i++) {
@@ -393,7 +418,19 @@ walcat_walk_files(struct walcat_walk *ww, const struct walcat_files *wf)
 				continue;
 		}
 
-		if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
+		if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1 &&
+		    errno == ENOENT && !scan_is_zstd_name(path)) {
+			char *z;
+
+			/* a running relay archived it meanwhile */
+			if (asprintf(&z, "%s.zst", path) != -1) {
+				free(wf->wf_paths[i]);
+				wf->wf_paths[i] = z;
+				path = z;
+				fd = open(path, O_RDONLY | O_CLOEXEC);
+			}
+		}
+		if (fd == -1) {
 			walcat_progress_clear(ww);
 			fprintf(stderr, "%s: %s: %s\n", walcat_progname, path,
 			    strerror(errno));
@@ -406,12 +443,29 @@ walcat_walk_files(struct walcat_walk *ww, const struct walcat_files *wf)
 		posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 #endif
 		ww->ww_files++;
-		scan_start(&sc, fd);
+		if (scan_is_zstd_name(path)) {
+			if (scan_start_zstd(&sc, fd) == -1) {
+				fprintf(stderr, "%s: out of memory\n",
+				    walcat_progname);
+				ww->ww_errors++;
+				close(fd);
+				continue;
+			}
+		} else
+			scan_start(&sc, fd);
 		walcat_progress(ww, i, wf->wf_n, path, 0, (uint64_t)st.st_size,
 		    1);
 		for (tick = 0;; tick++) {
 			if (scan_next(&sc, &ev, errbuf, sizeof(errbuf)) != 0) {
 				walcat_progress_clear(ww);
+				if (scan_corrupt(&sc)) {
+					/* an archived block: nothing after it */
+					fprintf(ww->ww_report, "%s: %s: "
+					    "corrupt; the rest of the file "
+					    "cannot be read\n", path, errbuf);
+					ww->ww_corrupt++;
+					break;
+				}
 				fprintf(stderr, "%s: %s: %s\n", walcat_progname,
 				    path, errbuf);
 				ww->ww_errors++;
@@ -427,7 +481,7 @@ walcat_walk_files(struct walcat_walk *ww, const struct walcat_files *wf)
 				walcat_report_event(ww, path, last, &ev);
 			if ((tick & 1023) == 0)
 				walcat_progress(ww, i, wf->wf_n, path,
-				    scan_bytes_read(&sc), (uint64_t)st.st_size,
+				    scan_input_read(&sc), (uint64_t)st.st_size,
 				    0);
 		}
 		ww->ww_bytes += scan_bytes_read(&sc);
@@ -555,7 +609,10 @@ walcat_print_record(FILE *f, int json, uint64_t seq,
     const struct fcw2_record *rec, const char *file, uint64_t offset)
 {
 	if (json) {
-		fprintf(f, "{\"seq\":%" PRIu64, seq);
+		if (seq == WALCAT_SEQ_SNAPSHOT)
+			fputs("{\"seq\":null", f);
+		else
+			fprintf(f, "{\"seq\":%" PRIu64, seq);
 		if (file != NULL) {
 			fputs(",\"file\":", f);
 			walcat_put_json_string(f, (const uint8_t *)file,
@@ -573,7 +630,10 @@ walcat_print_record(FILE *f, int json, uint64_t seq,
 			fprintf(f, "%" PRId64 "}\n", rec->expire_at_ms);
 		return;
 	}
-	fprintf(f, "%" PRIu64 " %s ", seq, walcat_op_name(rec->op));
+	if (seq == WALCAT_SEQ_SNAPSHOT)
+		fprintf(f, "snapshot %s ", walcat_op_name(rec->op));
+	else
+		fprintf(f, "%" PRIu64 " %s ", seq, walcat_op_name(rec->op));
 	walcat_put_text_key(f, rec->key, rec->key_len);
 	fprintf(f, " %" PRIu32 " %" PRIu64 " ", rec->value_len,
 	    rec->timestamp_ms);

@@ -17,6 +17,9 @@
 #define WALCAT_EXIT_ERROR	3	/* usage or I/O error */
 #define WALCAT_EXIT_EMPTY	4	/* no segment file at all */
 
+/* The seq printed for a snapshot's SET frames (they have none). */
+#define WALCAT_SEQ_SNAPSHOT	UINT64_MAX
+
 /*
  * One record as a line: text ("seq op key value_len timestamp_ms expire",
  * key escaped with \xNN) or, with json set, a JSON object; file (NULL:
@@ -35,6 +38,8 @@ int	walcat_produce(int, char **);	/* walcat_net.c */
 int	walcat_tail(int, char **);
 int	walcat_health(int, char **);
 int	walcat_repair(int, char **);	/* walcat_repair.c */
+int	walcat_restore(int, char **);	/* walcat_restore.c */
+int	walcat_snapshot(int, char **);	/* walcat_snapshot.c */
 
 /* --max-frame-bytes: parse, or print why not and return -1. */
 int	walcat_max_frame_arg(const char *, size_t *);

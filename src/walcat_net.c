@@ -694,7 +694,9 @@ tail_usage(FILE *f)
 "  Subscribe to a relay (FCWAL-SUB/1, resumable) or, with --stock, to a\n"
 "  relay or cache in listen mode (FCWAL-AUTH/1, live), and print records.\n"
 "options:\n"
-"  --from SEQ|earliest|latest   where to start (default latest)\n"
+"  --from SEQ|earliest|latest|snapshot   where to start (default latest;\n"
+"                      snapshot: the relay's newest snapshot as SET frames,\n"
+"                      then the stream after it)\n"
 "  --token-file FILE   the subscribe token (first line of FILE)\n"
 "  --position-file F   resume from the position and epoch saved in F and\n"
 "                      keep it up to date (written atomically, after the\n"
@@ -722,6 +724,7 @@ struct tailer {
 	const char	*posfile;
 	struct fcw2_decoder dec;
 	int		 positioned;	/* the reply gave pos and epoch */
+	uint64_t	 snap_left;	/* snapshot SET frames still to come */
 	int		 saved;		/* pos was saved since the last frame */
 	/* standard output */
 	int		 reg;		/* a regular file: sized, synced */
@@ -995,9 +998,14 @@ tail_frames(struct tailer *t, const uint8_t *p, size_t len)
 				return 3;
 			}
 		} else
-			walcat_print_record(stdout, t->json, t->pos, &fr.rec,
-			    NULL, 0);
-		t->pos++;
+			walcat_print_record(stdout, t->json, t->snap_left > 0 ?
+			    WALCAT_SEQ_SNAPSHOT : t->pos, &fr.rec, NULL, 0);
+		if (t->snap_left > 0) {
+			/* the position counts from start once it is over */
+			if (--t->snap_left == 0)
+				t->positioned = 1;
+		} else
+			t->pos++;
 		t->got++;
 		t->saved = 0;
 		if (t->count && t->got >= t->count)
@@ -1063,7 +1071,7 @@ walcat_tail(int argc, char **argv)
 	if (handshake_parse_from(from, strlen(from), &from_kind,
 	    &from_seq) == -1) {
 		fprintf(stderr, "walcat: tail: --from %s: use a sequence "
-		    "number, earliest or latest\n", from);
+		    "number, earliest, latest or snapshot\n", from);
 		return 3;
 	}
 	if (t.posfile != NULL) {
@@ -1180,9 +1188,13 @@ walcat_tail(int argc, char **argv)
 					rc = 2;
 					break;
 				}
+				char *k = strstr(line, " snapshot=");
+
 				t.pos = strtoull(s + 6, NULL, 10);
 				t.epoch = strtoull(e + 6, NULL, 16);
-				t.positioned = 1;
+				t.snap_left = k != NULL ?
+				    strtoull(k + 10, NULL, 10) : 0;
+				t.positioned = t.snap_left == 0;
 			}
 			if (!t.raw)
 				fprintf(stderr, "walcat: tail: %s\n", line);

@@ -372,7 +372,7 @@ def test_handshake_replies(relays, tokfile):
             "sequence numbers no longer name the same frames")
     assert refused(addr, f"FCWAL-SUB/1 {TOKEN} 12x") == \
         ("FCWAL-ERR/1 bad-request bad <from> '12x' (a sequence number, "
-         "earliest or latest)")
+         "earliest, latest or snapshot)")
     for bad in (f"FCWAL-SUB/1 {TOKEN} latest colour=blue",
                 f"FCWAL-SUB/1 {TOKEN} latest compress=gzip",
                 f"FCWAL-SUB/1 {TOKEN} latest compress=zstd compress=none",

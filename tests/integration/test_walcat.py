@@ -53,9 +53,10 @@ def segdir(workdir, vectors):
             where[label] = (d / name, len(data))
             data += vectors[label][0]
         (d / name).write_bytes(data)
-    # files the cache's reader ignores, and so must walcat
+    # files the cache's reader ignores, and so must walcat (it reads a
+    # relay's archived .wal.zst segments too: test_archive.py)
     (d / "walrelay.meta").write_bytes(b"not a segment")
-    (d / "segment-00000000000000000009-1.wal.zst").write_bytes(b"\x28\xb5")
+    (d / "segment-00000000000000000009-1.wal.gz").write_bytes(b"\x1f\x8b")
     return d, where
 
 
@@ -361,7 +362,8 @@ def test_help(walcat, srcdir):
     cmds = dict(re.findall(r"^  (\w+) (.*)$", section, re.M))
     # every command, with the argument it takes
     assert set(cmds) == {"dump", "verify", "produce", "tail", "health",
-                         "repair"}, r.stdout
+                         "repair", "restore", "snapshot"}, r.stdout
+    assert cmds["restore"].endswith(" SOURCE OUTDIR")
     assert cmds["dump"].endswith(" PATH") and "--from-seq SEQ" in cmds["dump"]
     assert cmds["verify"].endswith(" PATH")
     assert cmds["repair"].endswith(" DIR") and "--from ADDR" in cmds["repair"]

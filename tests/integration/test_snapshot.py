@@ -1,0 +1,435 @@
+"""Snapshots: the relay folds the stream into the cache's own FCSNAP1
+format, deletes the segments a snapshot covers, and serves "snapshot then
+stream" to subscribers.
+
+The oracles here are independent of the relay's code: a dictionary that
+applies the records in order (the model), and the cache's recovery rule
+written from the format description (newest snapshot-* by name, then every
+.wal / .wal.lz4 segment in name order, skipping records older than the
+snapshot), with its own FCSNAP1 and LZ4 block decoders.
+"""
+
+import os
+import random
+import struct
+import zlib
+
+import pytest
+
+from fcw2util import OP_DEL, OP_EXPIRE, OP_SET, frame
+from relayutil import (connect, is_asan_build, recv_exact, recv_line,
+                       relay_factory, wait_until)
+
+TS0 = 1_700_000_000_000
+PAST = 1000                   # an expiry long before every record
+FUTURE = 4_000_000_000_000    # an expiry long after every record
+SKEW_MS = 50                  # records arrive up to 20 ms out of order
+LIVE_AFTER = 10 ** 6          # keys whose expiry is below this are dead
+
+# ---- an independent reader of the cache's formats ----------------------
+
+
+def lz4_block(src, size):
+    """Decode one LZ4 block (the format's description, not the library)."""
+    out = bytearray()
+    i = 0
+    while i < len(src):
+        tok = src[i]
+        i += 1
+        lit = tok >> 4
+        if lit == 15:
+            while True:
+                b = src[i]
+                i += 1
+                lit += b
+                if b != 255:
+                    break
+        out += src[i:i + lit]
+        i += lit
+        if i >= len(src):
+            break
+        off = src[i] | src[i + 1] << 8
+        i += 2
+        ml = tok & 15
+        if ml == 15:
+            while True:
+                b = src[i]
+                i += 1
+                ml += b
+                if b != 255:
+                    break
+        ml += 4
+        start = len(out) - off
+        assert off > 0 and start >= 0, "bad LZ4 offset"
+        if off >= ml:
+            out += out[start:start + ml]
+        else:
+            for k in range(ml):
+                out.append(out[start + k])
+    assert len(out) == size, f"LZ4 block gave {len(out)} bytes, not {size}"
+    return bytes(out)
+
+
+def parse_record(p):
+    op, klen, vlen, ts, exp = struct.unpack_from("<BIIQq", p, 0)
+    key = p[25:25 + klen]
+    val = p[25 + klen:25 + klen + vlen]
+    crc, = struct.unpack_from("<I", p, 25 + klen + vlen)
+    assert crc == zlib.crc32(p[:25 + klen + vlen]), "bad record crc"
+    assert op in (OP_SET, OP_DEL, OP_EXPIRE)
+    return op, key, val, ts, (None if exp < 0 else exp)
+
+
+def read_frames(data, quiet=True):
+    """Records of a run of FCW2 frames. quiet: stop at a short tail, a bad
+    magic or a bad frame crc, as the cache's reader does."""
+    out, off = [], 0
+    while off + 9 <= len(data):
+        if data[off:off + 4] != b"FCW2":
+            assert quiet, "bad magic"
+            break
+        flags = data[off + 4]
+        plen, = struct.unpack_from("<I", data, off + 5)
+        end = off + 13 + plen
+        if end > len(data):
+            break
+        crc, = struct.unpack_from("<I", data, end - 4)
+        if crc != zlib.crc32(data[off:end - 4]):
+            assert quiet, "bad frame crc"
+            break
+        payload = data[off + 9:end - 4]
+        if flags & 1:
+            raw, = struct.unpack_from("<I", payload, 0)
+            payload = lz4_block(payload[4:], raw)
+        out.append(parse_record(payload))
+        off = end
+    return out
+
+
+def load_snapshot(path):
+    """(timestamp_ms, {key: (value, expire or None)}) of an FCSNAP1 file."""
+    with open(path, "rb") as f:
+        body = f.read()
+    if path.endswith(".lz4"):
+        raw, = struct.unpack_from("<I", body, 0)
+        body = lz4_block(body[4:], raw)
+    assert body[:8] == b"FCSNAP1\0"
+    version, ts, count = struct.unpack_from("<IQQ", body, 8)
+    assert version == 1
+    off, state = 28, {}
+    for _ in range(count):
+        klen, vlen, exp = struct.unpack_from("<IIQ", body, off)
+        off += 16
+        key = body[off:off + klen]
+        val = body[off + klen:off + klen + vlen]
+        off += klen + vlen
+        state[key] = (val, None if exp == 2 ** 64 - 1 else exp)
+    assert off == len(body), "bytes after the last entry"
+    return ts, state
+
+
+def apply(state, rec, min_ts=0):
+    op, key, val, ts, exp = rec
+    if ts < min_ts:
+        return
+    if op == OP_SET:
+        state[key] = (val, exp)
+    elif op == OP_DEL:
+        state.pop(key, None)
+    elif key in state:
+        state[key] = (state[key][0], exp)
+
+
+def cache_recover(d):
+    """The cache's recovery of directory d (FCW2.md section 6)."""
+    names = sorted(os.listdir(d))
+    snaps = [n for n in names if n.startswith("snapshot-")]
+    state, snap_ts = {}, 0
+    if snaps:
+        snap_ts, state = load_snapshot(os.path.join(d, snaps[-1]))
+    for n in names:
+        if n.endswith(".wal") or n.endswith(".wal.lz4"):
+            with open(os.path.join(d, n), "rb") as f:
+                for rec in read_frames(f.read()):
+                    apply(state, rec, snap_ts)
+    return state
+
+
+def live(state):
+    return {k: v for k, v in state.items()
+            if v[1] is None or v[1] > LIVE_AFTER}
+
+# ---- the model and the stream --------------------------------------------
+
+
+def gen_records(n, seed, nkeys=300):
+    """Random SET/DEL/EXPIRE over nkeys keys, each rewritten many times;
+    expiries in the past and the future; timestamps rising with up to 20
+    ms of disorder (the cache's shards interleave). EXPIRE never targets a
+    key whose expiry has passed (such a key no longer exists)."""
+    rnd = random.Random(seed)
+    model, recs = {}, []
+    for i in range(n):
+        key = b"key-%d" % rnd.randrange(nkeys)
+        ts = TS0 + 2 * i - rnd.randrange(20)
+        r = rnd.random()
+        if r < 0.6:
+            exp = rnd.choice([None, None, PAST, FUTURE + i])
+            val = bytes(rnd.randrange(256) for _ in range(rnd.randrange(40)))
+            rec = (OP_SET, key, val, ts, exp)
+        elif r < 0.8 or key not in model or (model[key][1] is not None and
+                                             model[key][1] < LIVE_AFTER):
+            rec = (OP_DEL, key, b"", ts, None)
+        else:
+            rec = (OP_EXPIRE, key, b"", ts, rnd.choice([None, FUTURE - i]))
+        apply(model, rec)
+        recs.append(rec)
+    return recs
+
+
+def model_of(recs):
+    state = {}
+    for r in recs:
+        apply(state, r)
+    return state
+
+
+def encode(recs):
+    return b"".join(frame(op, k, v, ts, -1 if e is None else e)
+                    for op, k, v, ts, e in recs)
+
+
+SNAP_ARGS = ["--segment-bytes", "4096", "--snapshot-every", "1",
+             "--snapshot-skew", str(SKEW_MS)]
+
+
+@pytest.fixture
+def relays(walrelay, workdir):
+    yield from relay_factory(walrelay, workdir)
+
+
+def send(relay, recs):
+    s = connect(relay.ingest_addr)
+    s.sendall(encode(recs))
+    s.close()
+
+
+def newest_base(datadir):
+    wal = sorted(n for n in os.listdir(datadir) if n.endswith(".wal"))
+    return int(wal[-1].split("-")[1])
+
+
+def wait_snapshot_covers_all(relay, total):
+    """Wait until every frame but the newest segment's is in a snapshot."""
+    relay.wait_durable(total)
+
+    def done():
+        st = relay.status()
+        sn = st.get("snapshot")
+        return (sn is not None and not sn["running"] and
+                sn["covered"] == newest_base(relay.datadir) and
+                st["earliest"] == sn["covered"]) and sn
+    return wait_until(done, 60, "a snapshot of every sealed segment")
+
+
+@pytest.mark.parametrize("compress", ["lz4", "none"])
+def test_snapshots_match_model_and_cache_recovery(relays, compress):
+    r = relays(args=SNAP_ARGS + ["--snapshot-compress", compress,
+                                 "--snapshot-keep", "2"])
+    recs = gen_records(6000, seed=compress)
+    sent = 0
+    for batch in range(4):
+        chunk = recs[sent:sent + 1500]
+        send(r, chunk)
+        sent += len(chunk)
+        sn = wait_snapshot_covers_all(r, sent)
+        path = os.path.join(r.datadir, sn["file"])
+        assert path.endswith(".bin.lz4" if compress == "lz4" else ".bin")
+        ts, state = load_snapshot(path)
+        assert ts == sn["timestamp_ms"]
+        covered = sn["covered"]
+        assert 0 < covered < sent
+        # the snapshot: the model up to what it covers, expired keys dropped
+        want = {k: v for k, v in model_of(recs[:covered]).items()
+                if v[1] is None or v[1] >= ts}
+        assert state == want
+        assert sn["keys"] == len(state)
+        # its timestamp lets the cache replay every record after it
+        assert ts <= min(rec[3] for rec in recs[covered:sent]) - SKEW_MS
+        # the directory after compaction: the cache recovers the model
+        assert live(cache_recover(r.datadir)) == live(model_of(recs[:sent]))
+        # covered segments are gone, at most snapshot-keep snapshots stay
+        names = os.listdir(r.datadir)
+        assert min(int(n.split("-")[1]) for n in names
+                   if n.endswith(".wal")) == covered
+        assert len([n for n in names if n.startswith("snapshot-")]) <= 2
+        # the newest snapshot sorts last by name
+        assert sorted(n for n in names if n.startswith("snapshot-"))[-1] \
+            == sn["file"]
+    assert r.metric("walrelay_snapshots_total") >= 4
+    assert r.stop() == 0
+    # a restart keeps the directory as it is and serves the same snapshot
+    r.start()
+    assert r.status()["snapshot"]["covered"] == covered
+    assert live(cache_recover(r.datadir)) == live(model_of(recs))
+
+
+def read_snapshot_then_stream(relay, line, total, producer=None):
+    """Subscribe with line; apply the snapshot's SET frames, then the
+    stream until `total` frames are accounted for. Returns (reply, state)."""
+    s = connect(relay.listen_addr, timeout=30)
+    s.sendall(line.encode() + b"\n")
+    reply = recv_line(s)
+    assert reply.startswith("FCWAL-OK/1 "), reply
+    kv = dict(f.split("=", 1) for f in reply.split()[1:])
+    start, entries = int(kv["start"]), int(kv["snapshot"])
+    state, snap_ts = {}, None
+    for _ in range(entries):
+        rec = read_one(s)
+        assert rec[0] == OP_SET
+        snap_ts = rec[3] if snap_ts is None else snap_ts
+        assert rec[3] == snap_ts      # all at the snapshot's timestamp
+        apply(state, rec)
+    if producer is not None:
+        producer()
+    for _ in range(total - start):
+        apply(state, read_one(s))
+    s.close()
+    return kv, state
+
+
+def read_one(s):
+    hdr = recv_exact(s, 9)
+    plen, = struct.unpack_from("<I", hdr, 5)
+    rest = recv_exact(s, plen + 4)
+    recs = read_frames(hdr + rest, quiet=False)
+    assert len(recs) == 1
+    return recs[0]
+
+
+def test_subscriber_bootstraps_from_snapshot_then_live(relays):
+    r = relays(args=SNAP_ARGS)
+    recs = gen_records(5000, seed=7)
+    send(r, recs[:3000])
+    sn = wait_snapshot_covers_all(r, 3000)
+    assert sn["covered"] > 0
+
+    kv, state = read_snapshot_then_stream(
+        r, "FCWAL-SUB/1 t snapshot", 5000,
+        producer=lambda: send(r, recs[3000:]))
+    assert int(kv["start"]) == sn["covered"]
+    assert int(kv["snapshot"]) == sn["keys"]
+    assert live(state) == live(model_of(recs))
+
+    # a position compaction removed: gone, or a full resync with resync=1
+    s = connect(r.listen_addr)
+    s.sendall(b"FCWAL-SUB/1 t 0\n")
+    assert recv_line(s).startswith("FCWAL-ERR/1 gone earliest=")
+    s.close()
+    kv, state = read_snapshot_then_stream(r, "FCWAL-SUB/1 t 0 resync=1",
+                                          5000)
+    assert "snapshot" in kv
+    assert live(state) == live(model_of(recs))
+
+
+def test_snapshot_without_snapshots_serves_the_whole_stream(relays):
+    r = relays(args=["--segment-bytes", "4096"])
+    recs = gen_records(500, seed=3)
+    send(r, recs)
+    r.wait_durable(500)
+    kv, state = read_snapshot_then_stream(r, "FCWAL-SUB/1 t snapshot", 500)
+    assert kv["start"] == "0" and kv["snapshot"] == "0"
+    assert live(state) == live(model_of(recs))
+
+
+def killat_lib():
+    path = os.path.join(os.environ.get("WALRELAY_BUILDDIR", "."),
+                        "tests", "fault", "killat.so")
+    if not os.path.exists(path):
+        pytest.skip("tests/fault/killat.so is not built (make check)")
+    return path
+
+
+# Where a stop hurts most: around every rename and deletion of a snapshot
+# job, and its metadata update (the first walrelay.meta rename is the
+# start's own).
+CRASH_POINTS = [
+    "rename:walrelay-frames-*:1:after",
+    "rename:snapshot-*:1:before",
+    "rename:snapshot-*:1:after",
+    "rename:walrelay.meta:2:before",
+    "rename:walrelay.meta:2:after",
+    "unlink:segment-*:1:before",
+    "unlink:segment-*:1:after",
+    "unlink:segment-*:3:after",
+    "unlink:snapshot-*:1:after",
+    "unlink:walrelay-frames-*:1:before",
+]
+
+
+def stored_or_dead(r, n):
+    """Every frame sent is stored (a new ingest connection replaces the
+    old one, dropping what it has not read yet), or the relay is dead."""
+    if not r.alive():
+        return True
+    try:
+        return r.status()["durable"] >= n
+    except OSError:
+        return not r.alive()
+
+
+def snapshots_or_dead(r, n):
+    if not r.alive():
+        return True
+    try:
+        return r.metric("walrelay_snapshots_total") >= n
+    except OSError:
+        return not r.alive()
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_kill_during_compaction_leaves_a_recoverable_directory(
+        relays, walrelay, point):
+    lib = killat_lib()
+    env = {"LD_PRELOAD": lib, "WR_KILLAT": point}
+    if is_asan_build(walrelay):
+        env["ASAN_OPTIONS"] = (os.environ.get("ASAN_OPTIONS", "") +
+                               ":verify_asan_link_order=0").lstrip(":")
+    r = relays(args=SNAP_ARGS + ["--snapshot-keep", "1"], env=env)
+    recs = gen_records(9000, seed=point)
+    sent = 0
+    while r.alive() and sent < len(recs):
+        try:
+            send(r, recs[sent:sent + 500])
+        except OSError:
+            break
+        sent += 500
+        wait_until(lambda: stored_or_dead(r, sent), 30, "stored frames")
+        # let a snapshot job run between batches
+        wait_until(lambda: snapshots_or_dead(r, sent // 1500), 30,
+                   "a snapshot or the kill")
+    wait_until(lambda: not r.alive(), 60, f"the kill at {point}")
+    r.kill9()
+
+    # the start completes or undoes the interrupted step before serving
+    r.env = None
+    r.start()
+    nxt = r.status()["next"]
+    assert 0 < nxt <= sent
+    assert live(cache_recover(r.datadir)) == live(model_of(recs[:nxt]))
+    names = os.listdir(r.datadir)
+    assert not [n for n in names if n.endswith(".tmp")]
+    snaps = sorted(n for n in names if n.startswith("snapshot-"))
+    sn = r.status()["snapshot"]
+    if snaps:
+        assert sn is not None and snaps[-1] == sn["file"]
+        # nothing the snapshot covers is left for the cache to replay
+        assert min(int(n.split("-")[1]) for n in names
+                   if n.endswith(".wal")) == sn["covered"]
+    else:
+        assert sn is None
+    # and snapshots go on from there
+    send(r, recs[nxt:nxt + 1500])
+    wait_snapshot_covers_all(r, nxt + 1500)
+    assert live(cache_recover(r.datadir)) == \
+        live(model_of(recs[:nxt + 1500]))
