@@ -169,6 +169,7 @@ struct segstore {
 	int			 ss_wfd;
 	int			 ss_wdirty;	/* written since the last sync */
 	int			 ss_wtrunc;	/* a partial frame may be on disk */
+	int			 ss_wdirsync;	/* the active file's entry not durable */
 	uint64_t		 ss_last_sync;	/* monotonic ms */
 	uint64_t		 ss_failures;	/* attempts since the last success */
 	char			 ss_werr[PATH_MAX + 64];
@@ -1481,6 +1482,21 @@ writer_seal(struct segstore *ss)
 	pthread_mutex_unlock(&ss->ss_mtx);
 }
 
+/* Make the active segment's directory entry durable, once. */
+static int
+writer_dirsync(struct segstore *ss)
+{
+	if (!ss->ss_wdirsync || ss->ss_active == NULL)
+		return 0;
+	if (fsync(ss->ss_dirfd) == -1) {
+		snprintf(ss->ss_werr, sizeof(ss->ss_werr), "fsync of %s for "
+		    "the new segment %s", ss->ss_dir, ss->ss_active->seg_name);
+		return errno;
+	}
+	ss->ss_wdirsync = 0;
+	return 0;
+}
+
 static int
 writer_create(struct segstore *ss, uint64_t seq)
 {
@@ -1502,13 +1518,6 @@ writer_create(struct segstore *ss, uint64_t seq)
 		segment_free(seg);
 		return err;
 	}
-	if (fsync(ss->ss_dirfd) == -1) {
-		err = errno;
-		close(fd);
-		unlinkat(ss->ss_dirfd, name, 0);
-		segment_free(seg);
-		return err;
-	}
 	seg->seg_checked = 1;
 	ss->ss_wfd = fd;
 	ss->ss_wdirty = 0;
@@ -1519,7 +1528,15 @@ writer_create(struct segstore *ss, uint64_t seq)
 	ss->ss_st.ss_segments++;
 	pthread_mutex_unlock(&ss->ss_mtx);
 	log_debug("%s/%s: new segment", ss->ss_dir, name);
-	return 0;
+	/*
+	 * The file stays the active segment even when the directory fsync
+	 * fails: removing it could fail as well and leave an empty file at
+	 * this base sequence that the store no longer knows of (read as a
+	 * gap once retention removed the segments around it). Nothing is
+	 * written to it until its entry is durable (writer_dirsync).
+	 */
+	ss->ss_wdirsync = 1;
+	return writer_dirsync(ss);
 }
 
 static int
@@ -1670,6 +1687,17 @@ writer_work(struct segstore *ss, int stopping)
 		ss->ss_st.ss_truncate_errors++;
 		pthread_mutex_unlock(&ss->ss_mtx);
 		return err;
+	}
+	if (ss->ss_wdirsync && ss->ss_active != NULL) {
+		/* a rotation whose directory fsync failed: finish it */
+		if ((err = writer_dirsync(ss)) != 0) {
+			pthread_mutex_lock(&ss->ss_mtx);
+			ss->ss_st.ss_create_errors++;
+			pthread_mutex_unlock(&ss->ss_mtx);
+			return err;
+		}
+		segstore_retain(ss);
+		segstore_archive_kick(ss);
 	}
 	while ((ch = STAILQ_FIRST(&ss->ss_todo)) != NULL) {
 		if (ss->ss_active != NULL && writer_rotate_due(ss)) {

@@ -394,12 +394,23 @@ stream_not_ready(struct stream *st, char *buf, size_t len)
 {
 	struct segstore_state ss;
 	struct segstore_corrupt c;
+	struct upstream_status us;
 
 	if (relay->r_stopping || st->st_stopping)
 		return "stopping";
 	segstore_poll(st->st_store, &ss);
 	if (ss.ss_error != 0)
 		return "storage error";
+	if (!st->st_positioned)
+		return "not positioned yet: waiting to adopt the upstream's "
+		    "epoch and position";
+	if (st->st_up != NULL) {
+		upstream_status(st->st_up, &us);
+		if (us.us_epoch[0] != '\0') {
+			snprintf(buf, len, "%s", us.us_epoch);
+			return buf;
+		}
+	}
 	if (stream_corrupt(st, &c)) {
 		snprintf(buf, len, "degraded: corrupt frame at sequence %"
 		    PRIu64 " (%s, offset %" PRIu64 "): frames %" PRIu64 " to %"

@@ -73,6 +73,8 @@ struct upstream {
 	/* pull */
 	struct event		*u_retry;
 	unsigned		 u_attempt;
+	char			 u_refused[32];	/* code of the last refusal */
+	char			 u_epoch[384];	/* why the upstream's epoch is not ours */
 	uint64_t		 u_last_frame_ms;
 };
 
@@ -87,6 +89,7 @@ static struct upstream *upstream_route(struct upstream *, const void *,
 		    size_t);
 
 #define UPCONN_EOF	"connection closed by peer"
+#define UPCONN_REFUSED	"upstream refused the subscription"
 
 static struct log_ratelimit up_refusals = LOG_RATELIMIT_INIT(10, 10);
 
@@ -272,7 +275,10 @@ upconn_close(struct upconn *uc, const char *fmt, ...)
 	if (uc == uc->uc_up->u_publisher) {
 		uc->uc_up->u_publisher = NULL;
 		/* a publisher that hangs up is routine; anything else is not */
-		if (strcmp(why, UPCONN_EOF) == 0)
+		if (strcmp(why, UPCONN_REFUSED) == 0)
+			log_debug("%s: %s (peer %s)", uc->uc_name, why,
+			    uc->uc_peer);	/* upconn_reply said why */
+		else if (strcmp(why, UPCONN_EOF) == 0)
 			log_info("%s: %s (peer %s, %" PRIu64 " frames stored)",
 			    uc->uc_name, why, uc->uc_peer, uc->uc_frames);
 		else
@@ -423,6 +429,46 @@ upconn_handshake(struct upconn *uc)
 	upconn_ingest(uc);
 }
 
+/*
+ * The upstream refused the subscription. A refusal is logged when it
+ * differs from the one before (a relay retrying at its backoff would log
+ * the same line forever). An epoch refusal does not go away by retrying:
+ * the upstream's store restarted under a new epoch (a crash with fsync
+ * never), so its sequence numbers no longer name this relay's frames.
+ * This relay keeps serving what it has, reports unready and retries at
+ * the longest backoff; the operator restarts it on an empty data
+ * directory to follow the new epoch (docs/operations.md).
+ */
+static void
+upconn_refused(struct upconn *uc, const struct handshake_reply *rep)
+{
+	struct upstream *u = uc->uc_up;
+	struct segstore *ss = upconn_stream(uc)->st_store;
+
+	if (strcmp(rep->hp_code, "epoch") == 0)
+		snprintf(u->u_epoch, sizeof(u->u_epoch), "upstream epoch "
+		    "changed: %s refused epoch %016" PRIx64 " (%.160s); serving "
+		    "sequences up to %" PRIu64 " of it, restart on an empty "
+		    "data directory to follow the upstream", uc->uc_peer,
+		    segstore_epoch(ss), rep->hp_text, segstore_next(ss));
+	else
+		u->u_epoch[0] = '\0';
+	if (strcmp(u->u_refused, rep->hp_code) == 0) {
+		log_debug("%s: upstream refused again: %s %s", uc->uc_name,
+		    rep->hp_code, rep->hp_text);
+		return;
+	}
+	snprintf(u->u_refused, sizeof(u->u_refused), "%s", rep->hp_code);
+	if (u->u_epoch[0] != '\0')
+		log_error("%s: %s; retrying every %u ms, logged again when "
+		    "the upstream's answer changes", uc->uc_name, u->u_epoch,
+		    upconn_stream(uc)->st_cfg->upstream_backoff_max_ms);
+	else
+		log_error("%s: upstream refused: %s %s; logged again when the "
+		    "upstream's answer changes", uc->uc_name, rep->hp_code,
+		    rep->hp_text);
+}
+
 /* Pull from a relay: the reply line, then frames from our next sequence. */
 static void
 upconn_reply(struct upconn *uc)
@@ -445,9 +491,8 @@ upconn_reply(struct upconn *uc)
 		return;
 	}
 	if (!rep.hp_ok) {
-		log_error("%s: upstream refused: %s %s", uc->uc_name,
-		    rep.hp_code, rep.hp_text);
-		upconn_close(uc, "upstream refused the subscription");
+		upconn_refused(uc, &rep);
+		upconn_close(uc, UPCONN_REFUSED);
 		return;
 	}
 	if (segstore_next(upconn_stream(uc)->st_store) == 0) {
@@ -471,6 +516,10 @@ upconn_reply(struct upconn *uc)
 	}
 	uc->uc_state = UC_STREAM;
 	uc->uc_up->u_attempt = 0;
+	if (uc->uc_up->u_refused[0] != '\0')
+		log_info("%s: the upstream takes this relay's position again",
+		    uc->uc_name);
+	uc->uc_up->u_refused[0] = uc->uc_up->u_epoch[0] = '\0';
 	upconn_stream(uc)->st_positioned = 1;
 	log_info("%s: streaming from %s at sequence %" PRIu64 " (upstream "
 	    "earliest %" PRIu64 ", next %" PRIu64 ")", uc->uc_name, uc->uc_peer,
@@ -640,7 +689,7 @@ pull_schedule(struct upstream *u)
 
 	for (unsigned i = 0; i < u->u_attempt && delay < cfg->upstream_backoff_max_ms; i++)
 		delay *= 2;
-	if (delay > cfg->upstream_backoff_max_ms)
+	if (delay > cfg->upstream_backoff_max_ms || u->u_epoch[0] != '\0')
 		delay = cfg->upstream_backoff_max_ms;
 	/* jitter: between half and all of the delay */
 	(void)getrandom(&r, sizeof(r), GRND_NONBLOCK);
@@ -648,8 +697,12 @@ pull_schedule(struct upstream *u)
 	u->u_attempt++;
 	tv.tv_sec = delay / 1000;
 	tv.tv_usec = (delay % 1000) * 1000;
-	log_info("pull: reconnecting to %s in %" PRIu64 " ms (attempt %u)",
-	    cfg->upstream, delay, u->u_attempt);
+	if (u->u_refused[0] != '\0')
+		log_debug("pull: reconnecting to %s in %" PRIu64 " ms (attempt "
+		    "%u)", cfg->upstream, delay, u->u_attempt);
+	else
+		log_info("pull: reconnecting to %s in %" PRIu64 " ms (attempt "
+		    "%u)", cfg->upstream, delay, u->u_attempt);
 	evtimer_add(u->u_retry, &tv);
 }
 
@@ -896,6 +949,7 @@ upstream_status(const struct upstream *u, struct upstream_status *st)
 	st->us_paused = u->u_paused;
 	st->us_pull = u->u_stream->st_cfg->upstream != NULL;
 	st->us_last_frame_ms = u->u_last_frame_ms;
+	snprintf(st->us_epoch, sizeof(st->us_epoch), "%s", u->u_epoch);
 	if (u->u_publisher != NULL) {
 		st->us_connected = u->u_publisher->uc_state == UC_STREAM;
 		snprintf(st->us_peer, sizeof(st->us_peer), "%s",

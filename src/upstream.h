@@ -37,6 +37,7 @@ struct upstream_status {
 	char		 us_name[24];
 	uint64_t	 us_conn_bytes;	/* bytes taken on the current connection */
 	uint64_t	 us_last_frame_ms;
+	char		 us_epoch[384];	/* "upstream epoch changed: ...", or "" */
 };
 void		 upstream_status(const struct upstream *, struct upstream_status *);
 

@@ -55,7 +55,9 @@ struct wrfault_rule {
 	char			 r_path[PATH_MAX];
 	unsigned long long	 r_after;	/* bytes (write) or calls */
 	int			 r_err;		/* 0: delay only */
-	int			 r_short;	/* cut the crossing write */
+	int			 r_short;	/* 1: cut the crossing write; 2: cut only */
+	int			 r_dir;		/* -1: any; 1: directories; 0: files */
+	unsigned long long	 r_every;	/* short=only: bytes between cuts */
 	unsigned long		 r_times;	/* failures, then off; 0: all */
 	unsigned		 r_delay_ms;
 	unsigned long long	 r_passed;
@@ -123,6 +125,7 @@ parse_rule(char *s, struct wrfault_rule *r)
 	snprintf(r->r_path, sizeof(r->r_path), "*");
 	r->r_err = EIO;
 	r->r_short = 1;
+	r->r_dir = -1;
 	for (kv = strtok_r(s, ",", &save); kv != NULL;
 	    kv = strtok_r(NULL, ",", &save)) {
 		while (*kv == ' ' || *kv == '\t')
@@ -148,7 +151,10 @@ parse_rule(char *s, struct wrfault_rule *r)
 			if ((r->r_err = parse_errno(v)) == -1)
 				return -1;
 		} else if (strcmp(kv, "short") == 0)
-			r->r_short = strcmp(v, "0") != 0;
+			r->r_short = strcmp(v, "only") == 0 ? 2 :
+			    strcmp(v, "0") != 0;
+		else if (strcmp(kv, "dir") == 0)
+			r->r_dir = strcmp(v, "0") != 0;
 		else if (strcmp(kv, "times") == 0) {
 			r->r_times = strtoul(v, &end, 10);
 			if (*v == '\0' || *end != '\0')
@@ -160,6 +166,9 @@ parse_rule(char *s, struct wrfault_rule *r)
 		} else
 			return -1;
 	}
+	if (r->r_short == 2 && (r->r_op != OP_WRITE || r->r_after == 0))
+		return -1;
+	r->r_every = r->r_after;
 	return op ? 0 : -1;
 }
 
@@ -325,7 +334,8 @@ sleep_ms(unsigned ms)
  * write), or -1 with *err to fail the call.
  */
 static long long
-decide(int op, const char *path, const char *path2, size_t len, int *err)
+decide(int op, const char *path, const char *path2, int isdir, size_t len,
+    int *err)
 {
 	struct wrfault_rule *r;
 	unsigned delay = 0;
@@ -342,10 +352,24 @@ decide(int op, const char *path, const char *path2, size_t len, int *err)
 		if (fnmatch(r->r_path, path, 0) != 0 && (path2 == NULL ||
 		    fnmatch(r->r_path, path2, 0) != 0))
 			continue;
+		if (r->r_dir != -1 && r->r_dir != isdir)
+			continue;
 		if (op == OP_WRITE) {
 			if (r->r_passed + len <= r->r_after) {
 				r->r_passed += len;
 				continue;
+			}
+			if (r->r_short == 2) {
+				/* a short count, no error; the next cut is
+				 * r_every bytes further on */
+				allow = (long long)(r->r_after - r->r_passed);
+				r->r_passed = r->r_after;
+				r->r_after += r->r_every;
+				r->r_failed++;
+				snprintf(what, sizeof(what), "short %lld of %zu",
+				    allow, len);
+				log_hit(r, path, what);
+				break;
 			}
 			if (r->r_err != 0 && r->r_short &&
 			    r->r_passed < r->r_after) {
@@ -421,11 +445,14 @@ static long long
 decide_fd(int op, int fd, size_t len, int *err)
 {
 	char path[PATH_MAX];
+	struct stat sb;
+	int isdir;
 
 	if (wf_nrules == 0 && wf_ctl[0] == '\0')
 		return (long long)len;
 	fd_path(fd, path, sizeof(path));
-	return decide(op, path, NULL, len, err);
+	isdir = fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode);
+	return decide(op, path, NULL, isdir, len, err);
 }
 
 ssize_t
@@ -572,7 +599,7 @@ decide_at(int op, int dirfd, const char *name, int dirfd2,
 	at_path(dirfd, name, path, sizeof(path));
 	if (name2 != NULL)
 		at_path(dirfd2, name2, path2, sizeof(path2));
-	return decide(op, path, name2 != NULL ? path2 : NULL, 0, err);
+	return decide(op, path, name2 != NULL ? path2 : NULL, 0, 0, err);
 }
 
 int

@@ -28,7 +28,8 @@
  * whole valid frames (an independent fcw2_check walk), or, where whole
  * valid frames follow a bad one, kept with the store's corruption limit at
  * the bad frame (not a torn tail: docs/storage.md), or removed when that
- * is empty and the one before recovered the same way; older segments are
+ * is empty and the one before recovered the same way (cut to its prefix,
+ * or kept as corruption, or removed); older segments are
  * not changed; the next sequence follows the last frame kept; the bytes
  * cut are reported; closing and opening again cuts nothing and keeps the
  * sequence and the epoch.
@@ -304,7 +305,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		 */
 		if (new_size > (long long)(len - split))
 			fuzz_fail("newest segment grew", NULL);
-		if (segstore_limit(ss) != base_new + n_new)
+		/*
+		 * At the bad frame, or lower: at the first bad frame of an
+		 * older segment checked at open (verify_sealed).
+		 */
+		if (segstore_limit(ss) != base_new + n_new &&
+		    !(cf.verify_sealed && two && p_old < split &&
+		    segstore_limit(ss) == n_old))
 			fuzz_fail("frames kept after a bad frame, but the "
 			    "corruption limit is not at it", NULL);
 		if (two && old_size != (long long)split)
@@ -328,7 +335,23 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			fuzz_fail("a newest segment without a whole frame kept",
 			    NULL);
 		cut = len - split;
-		if (two && p_old > 0) {
+		if (two && old_size > (long long)p_old) {
+			/*
+			 * The older segment is now the newest: whole valid
+			 * frames after a bad one in it are kept as
+			 * corruption too.
+			 */
+			if (old_size > (long long)split)
+				fuzz_fail("older segment grew", NULL);
+			if (segstore_limit(ss) != n_old)
+				fuzz_fail("frames kept after a bad frame in the "
+				    "older segment, but the corruption limit "
+				    "is not at it", NULL);
+			if (st.ss_next < n_old)
+				fuzz_fail("next sequence is before the last "
+				    "frame", NULL);
+			cut += split - (uint64_t)old_size;
+		} else if (two && p_old > 0) {
 			if (old_size != (long long)p_old)
 				fuzz_fail("older segment not cut to its valid "
 				    "prefix", NULL);

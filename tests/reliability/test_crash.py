@@ -157,10 +157,12 @@ def test_crash_loop(walrelay, walcat, workdir, tokfile):
             end = a.status()["durable"]
             if a.status()["epoch"] != b.status()["epoch"]:
                 # fsync never: a took a new epoch after a crash; b refuses
-                # to follow it (its numbers would name other frames) and
-                # keeps what it has. Known limitation: docs/reliability.md
+                # to follow it (its numbers would name other frames), keeps
+                # serving what it has and says so (docs/operations.md)
                 assert FSYNC == "never"
-                assert "upstream refused: epoch" in b.read_log()
+                assert "upstream epoch changed" in b.read_log()
+                code, body = b.http("/readyz")
+                assert code == 503 and "upstream epoch changed" in body, body
                 split = True
                 subs[0].wait_position(end)
                 subs[1].wait_position(b.status()["durable"])

@@ -2284,6 +2284,67 @@ START_TEST(retain_unlink_failure)
 }
 END_TEST
 
+/*
+ * The directory fsync that makes a new segment durable fails, and so does
+ * any removal: the store keeps the new file as its active segment and
+ * writes nothing to it until that fsync works, so that no empty file the
+ * store does not know of stays behind (it would read as a gap once
+ * retention removed the segments around it).
+ */
+START_TEST(rotate_dirsync_failure)
+{
+	struct segment_config cf;
+	struct segstore_state st;
+	struct segstore *ss;
+	struct model m;
+	struct dfile *v;
+	char *dir = tmpdir_new(), spec[2 * PATH_MAX];
+	uint64_t first;
+	size_t n;
+
+	config_init(&cf, dir);
+	cf.segment_bytes = 2048;
+	cf.retain_bytes = 8192;
+	cf.retry_ms = 3600 * 1000;
+	ss = store_open(&cf);
+	store_start(ss);
+	model_init(&m, 0);
+	append_chunks(ss, &m, 10, 3);
+	wait_durable(ss, model_end(&m));
+
+	snprintf(spec, sizeof(spec), "op=sync,path=%s,dir=1;"
+	    "op=unlink,path=%s/*.wal", dir, dir);
+	ck_assert_int_eq(wrfault_set(spec), 0);
+	append_chunks(ss, &m, 20, 3);
+	ck_assert(wait_state(ss, p_error, EIO, WAIT_MS, &st));
+	ck_assert_uint_lt(st.ss_durable, model_end(&m));
+	/* the new file is there, empty, at the next sequence */
+	n = read_dir(dir, &v);
+	ck_assert_uint_eq(v[n - 1].len, 0);
+	ck_assert_uint_eq(v[n - 1].base, st.ss_durable);
+	dfiles_free(v, n);
+
+	wrfault_clear();
+	segstore_retry(ss);
+	wait_durable(ss, model_end(&m));
+	/* retention removes the segments around that sequence */
+	append_chunks(ss, &m, 80, 3);
+	wait_durable(ss, model_end(&m));
+	segstore_close(ss);
+
+	n = read_dir(dir, &v);
+	first = v[0].base;
+	dfiles_free(v, n);
+	cf.verify_sealed = 1;
+	ss = store_open(&cf);
+	ck_assert_uint_eq(segstore_limit(ss), UINT64_MAX);
+	segstore_close(ss);
+	check_files(dir, &m, first);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
 static Suite *
 segment_suite(void)
 {
@@ -2337,6 +2398,7 @@ segment_suite(void)
 	tcase_set_timeout(tc, 600);
 	tcase_add_test(tc, write_fault_cut_fails);
 	tcase_add_test(tc, retain_unlink_failure);
+	tcase_add_test(tc, rotate_dirsync_failure);
 	tcase_add_loop_test(tc, write_fault_every_split, 0,
 	    (int)(sizeof(sweep_cases) / sizeof(sweep_cases[0])));
 	suite_add_tcase(s, tc);
