@@ -48,6 +48,8 @@
 #define ARCHIVE_TRAILER_LEN	8
 #define ARCHIVE_MAX_BLOCKS	(1u << 24)
 #define ARCHIVE_IDLE_MS		1000	/* look for work at least this often */
+/* zstd decodes at most 128 KiB (an RLE block) per 4 bytes */
+#define ARCHIVE_ZSTD_MAX_RATIO	32768
 
 static void
 put32(uint8_t *p, uint32_t v)
@@ -461,6 +463,16 @@ archive_read_block(int fd, const struct archive_block *b, size_t max_frame,
 	uint32_t n = 0;
 
 	*out = NULL;
+	/* a damaged length is refused before its memory is allocated */
+	if ((uint64_t)b->ab_raw_len > (uint64_t)b->ab_zlen *
+	    ARCHIVE_ZSTD_MAX_RATIO) {
+		snprintf(errbuf, errlen, "corrupt block at offset %" PRIu64
+		    " (sequences %" PRIu64 " to %" PRIu64 "): the index states "
+		    "%" PRIu32 " raw bytes, more than its %" PRIu32 " bytes of "
+		    "zstd can hold", b->ab_zoff, b->ab_seq, b->ab_seq +
+		    b->ab_nframes - 1, b->ab_raw_len, b->ab_zlen);
+		return -1;
+	}
 	if ((z = malloc(b->ab_zlen > 0 ? b->ab_zlen : 1)) == NULL ||
 	    (ch = chunk_new(b->ab_raw_len)) == NULL) {
 		snprintf(errbuf, errlen, "out of memory");

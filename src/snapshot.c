@@ -333,7 +333,12 @@ struct snap_reader {
 	uint8_t		*sr_body;	/* decompressed .lz4 body */
 	uint64_t	 sr_left;	/* entries still to read */
 	uint64_t	 sr_count;
+	uint64_t	 sr_size;	/* bytes of the body ... */
+	uint64_t	 sr_off;	/* ... and read so far */
 };
+
+/* An LZ4 block decodes to at most 255 bytes per byte of it. */
+#define SNAP_LZ4_MAX_RATIO	255
 
 struct snap_reader *
 snap_reader_open(const char *path, uint64_t max_body, uint64_t *ts,
@@ -357,6 +362,12 @@ snap_reader_open(const char *path, uint64_t max_body, uint64_t *ts,
 		return NULL;
 	}
 	if (!lz4) {
+		if (fstat(fd, &sb) == -1) {
+			snprintf(errbuf, errlen, "%s: %s", path,
+			    strerror(errno));
+			goto fail;
+		}
+		sr->sr_size = (uint64_t)sb.st_size;
 		if (bufr_init_fd(&sr->sr_in, fd) == -1) {
 			snprintf(errbuf, errlen, "out of memory");
 			goto fail;
@@ -398,6 +409,14 @@ snap_reader_open(const char *path, uint64_t max_body, uint64_t *ts,
 			    "the limit of %" PRIu64, path, raw, max_body);
 			goto fail;
 		}
+		/* refused before its memory is allocated */
+		if ((uint64_t)raw > (uint64_t)(sb.st_size - 4) *
+		    SNAP_LZ4_MAX_RATIO) {
+			snprintf(errbuf, errlen, "%s: states a body of %u "
+			    "bytes, more than its %lld bytes of LZ4 can hold",
+			    path, raw, (long long)sb.st_size - 4);
+			goto fail;
+		}
 		if ((sr->sr_body = malloc(raw ? raw : 1)) == NULL) {
 			snprintf(errbuf, errlen, "out of memory");
 			goto fail;
@@ -416,6 +435,7 @@ snap_reader_open(const char *path, uint64_t max_body, uint64_t *ts,
 		sr->sr_in.mem = sr->sr_body;
 		sr->sr_in.buf = sr->sr_body;
 		sr->sr_in.len = raw;
+		sr->sr_size = raw;
 		close(fd);
 		fd = -1;
 	}
@@ -436,6 +456,7 @@ snap_reader_open(const char *path, uint64_t max_body, uint64_t *ts,
 	}
 	*ts = rd64(h + 12);
 	*count = sr->sr_count = sr->sr_left = rd64(h + 20);
+	sr->sr_off = SNAP_HEADER_LEN;
 	return sr;
 fail:
 	free(comp);
@@ -468,10 +489,21 @@ snap_reader_next(struct snap_reader *sr, struct snap_entry *e, char *errbuf,
 	e->se_klen = rd32(p);
 	e->se_vlen = rd32(p + 4);
 	e->se_expire = rd64(p + 8);
+	sr->sr_off += SNAP_ENTRY_FIXED;
+	/* a damaged length is refused before its memory is allocated */
+	if ((uint64_t)e->se_klen + e->se_vlen > sr->sr_size - sr->sr_off) {
+		snprintf(errbuf, errlen, "entry %" PRIu64 " of %" PRIu64
+		    " states %" PRIu64 " bytes of key and value, past the end "
+		    "of the body (%" PRIu64 " bytes)", sr->sr_count -
+		    sr->sr_left, sr->sr_count, (uint64_t)e->se_klen +
+		    e->se_vlen, sr->sr_size);
+		return -1;
+	}
 	/* p stays valid: the key and value are read as one piece */
 	if ((r = bufr_need(&sr->sr_in, (size_t)e->se_klen + e->se_vlen,
 	    &p)) != 1)
 		goto truncated;
+	sr->sr_off += (uint64_t)e->se_klen + e->se_vlen;
 	e->se_key = p;
 	e->se_val = p + e->se_klen;
 	sr->sr_left--;

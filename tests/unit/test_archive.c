@@ -332,6 +332,25 @@ START_TEST(test_corrupt_block)
 	}
 	close(fd);
 	free(file);
+
+	/*
+	 * An index entry that states more raw bytes than its zstd frame can
+	 * hold (a damaged index whose checksum still matches) is refused
+	 * before that much memory is allocated.
+	 */
+	{
+		struct archive_block b = idx.ai_blocks[1];
+
+		b.ab_raw_len = UINT32_MAX;
+		snprintf(path, sizeof(path), "%s/c.wal.zst", dir);
+		ck_assert_int_ne(fd = open(path, O_RDONLY), -1);
+		ck_assert_int_eq(archive_read_block(fd, &b, 64 << 20, &ch, err,
+		    sizeof(err)), -1);
+		ck_assert_ptr_null(ch);
+		ck_assert_msg(strstr(err, "states 4294967295 raw bytes, more "
+		    "than its") != NULL, "%s", err);
+		close(fd);
+	}
 	archive_index_free(&idx);
 	model_free(&m);
 	tmpdir_rm(dir);

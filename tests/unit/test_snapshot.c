@@ -367,6 +367,48 @@ START_TEST(snapshot_bad_files)
 }
 END_TEST
 
+/*
+ * Damaged lengths are refused before their memory is allocated (found by
+ * tests/fuzz/fuzz_snapshot: corpus/snapshot/found-*): an entry that states
+ * more bytes than the file has left, and a .bin.lz4 that states a body
+ * larger than its LZ4 block can decode to.
+ */
+START_TEST(snapshot_damaged_lengths)
+{
+	struct snap_reader *sr;
+	char path[256], err[256];
+	uint64_t ts, count;
+	FILE *fp;
+	static const uint8_t hdr[28] = { 'F', 'C', 'S', 'N', 'A', 'P', '1', 0,
+	    1, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0 };
+	struct snap_entry e;
+
+	snprintf(path, sizeof(path), "%s/snapshot-5.bin", tmpdir);
+	fp = fopen(path, "w");
+	fwrite(hdr, 1, sizeof(hdr), fp);
+	/* a key of 4 GiB - 1 bytes, then 3 bytes */
+	fwrite("\377\377\377\377\1\0\0\0\377\377\377\377\377\377\377\377abc",
+	    1, 19, fp);
+	fclose(fp);
+	sr = snap_reader_open(path, 0, &ts, &count, err, sizeof(err));
+	ck_assert_ptr_nonnull(sr);
+	ck_assert_int_eq(snap_reader_next(sr, &e, err, sizeof(err)), -1);
+	ck_assert_msg(strstr(err, "entry 0 of 1 states 4294967296 bytes") !=
+	    NULL && strstr(err, "past the end") != NULL, "%s", err);
+	snap_reader_close(sr);
+
+	/* 1 GiB stated, 3 bytes of LZ4 */
+	snprintf(path, sizeof(path), "%s/snapshot-5.bin.lz4", tmpdir);
+	fp = fopen(path, "w");
+	fwrite("\0\0\0\100\20ab", 1, 7, fp);
+	fclose(fp);
+	ck_assert_ptr_null(snap_reader_open(path, 0, &ts, &count, err,
+	    sizeof(err)));
+	ck_assert_msg(strstr(err, "states a body of 1073741824 bytes, more "
+	    "than its 3 bytes of LZ4 can hold") != NULL, "%s", err);
+}
+END_TEST
+
 START_TEST(snapshot_names)
 {
 	uint64_t ts;
@@ -452,6 +494,7 @@ snapshot_suite(void)
 	tcase_add_test(tc, snapshot_expire_on_base);
 	tcase_add_test(tc, snapshot_frames_file);
 	tcase_add_test(tc, snapshot_bad_files);
+	tcase_add_test(tc, snapshot_damaged_lengths);
 	tcase_add_test(tc, snapshot_names);
 	tcase_add_test(tc, snapshot_meta_compatible);
 	suite_add_tcase(s, tc);
