@@ -10,6 +10,7 @@ schedule itself (how long a peer stays stopped or unreachable).
 
 import bisect
 import ctypes
+import http.client
 import os
 import random
 import re
@@ -28,12 +29,23 @@ OK_RE = re.compile(r"^FCWAL-OK/1 start=(\d+) earliest=(\d+) next=(\d+) "
 ERR_RE = re.compile(r"^FCWAL-ERR/1 (\S+)")
 
 
-def producer_frame(pid):
-    """Frame number pid of the producer's stream: unique, sizes vary."""
+def producer_key(pid, keys=None):
+    """The key of frame pid: unique, or one of keys keys (a snapshot then
+    holds a bounded state, and keys are rewritten)."""
+    return b"p%012d" % (pid if keys is None else pid % keys)
+
+
+def producer_value(pid):
     vlen = 40 + (pid * 7919) % 360
     unit = b"%012d:" % pid
-    value = (unit * (vlen // len(unit) + 1))[:vlen]
-    return frame(OP_SET, b"p%012d" % pid, value, ts=1700000000000 + pid)
+    return (unit * (vlen // len(unit) + 1))[:vlen]
+
+
+def producer_frame(pid, keys=None):
+    """Frame number pid of the producer's stream: unique (the value
+    carries pid), sizes vary; timestamps rise with pid."""
+    return frame(OP_SET, producer_key(pid, keys), producer_value(pid),
+                 ts=1700000000000 + pid)
 
 
 class Producer(threading.Thread):
@@ -44,8 +56,9 @@ class Producer(threading.Thread):
     it sent and on which connection."""
 
     def __init__(self, oracle, relay_name, rate=3000, tick=0.01,
-                 sock_factory=None):
+                 sock_factory=None, keys=None):
         super().__init__(daemon=True, name="producer")
+        self.keys = keys         # None: every frame sets a new key
         self.sock_factory = sock_factory
         self.oracle = oracle
         self.relay = relay_name
@@ -60,6 +73,12 @@ class Producer(threading.Thread):
         self.error = None
         self.done = threading.Event()
         oracle.producer = self
+
+    def key(self, pid):
+        return producer_key(pid, self.keys)
+
+    def value(self, pid):
+        return producer_value(pid)
 
     def conn_of(self, pid):
         i = bisect.bisect_right(self.firsts, pid) - 1
@@ -152,7 +171,7 @@ class Producer(threading.Thread):
                         time.sleep(self.tick)
                         continue
                     pids = range(self.next_pid, self.next_pid + per_tick)
-                    frames = [producer_frame(p) for p in pids]
+                    frames = [producer_frame(p, self.keys) for p in pids]
                     with self.oracle.lock:
                         for p, f in zip(pids, frames):
                             self.sent[ident(f)] = p
@@ -365,6 +384,7 @@ class StatusPoller(threading.Thread):
         self.stop_ev = threading.Event()
         self.segments = {n: set() for n in oracle.relays}
         self.deleted = {n: {} for n in oracle.relays}     # starts -> count
+        self.snaps = {n: {} for n in oracle.relays}       # starts -> count
 
     def run(self):
         while not self.stop_ev.wait(self.interval):
@@ -375,18 +395,32 @@ class StatusPoller(threading.Thread):
                     continue
                 try:
                     st = r.status()
-                    m = r.metric("walrelay_segments_deleted_total")
-                except (OSError, AssertionError, ValueError):
-                    continue
+                    ms = r.metrics()
+                except (OSError, AssertionError, ValueError,
+                        http.client.HTTPException):
+                    continue        # killed while it answered
                 if r.starts != starts:
                     continue
                 self.oracle.note_status(name, st)
                 for seg in st.get("segments", []):
                     self.segments[name].add(seg["name"])
+                m = ms.get("walrelay_segments_deleted_total", 0)
                 self.deleted[name][starts] = max(m, self.deleted[name].get(starts, 0))
+                m = ms.get("walrelay_snapshots_total", 0)
+                self.snaps[name][starts] = max(m, self.snaps[name].get(starts, 0))
 
     def rotations(self, name):
-        return len(self.segments[name])
+        """Segments seen (an archived one counts once, by its raw name)."""
+        return len({n[:-4] if n.endswith(".zst") else n
+                    for n in self.segments[name]})
+
+    def archived(self, name):
+        """Archived segments (.wal.zst) seen."""
+        return sum(1 for n in self.segments[name] if n.endswith(".zst"))
+
+    def snapshots(self, name):
+        """Snapshots taken (walrelay_snapshots_total over every start)."""
+        return int(sum(self.snaps[name].values()))
 
     def deletions(self, name):
         return int(sum(self.deleted[name].values()))

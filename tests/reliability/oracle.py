@@ -41,6 +41,7 @@ once compact() has dropped what is checked. A disk-fault scenario plugs in
 the same way: record, then call check_scenario(oracle) at the end.
 """
 
+import array
 import hashlib
 import os
 import re
@@ -50,11 +51,30 @@ import threading
 import time
 import zlib
 
-SEGMENT_RE = re.compile(r"^segment-(\d{20})-(\d+)\.wal$")
-# Archiving (`.wal.zst`) does not exist yet: its reader goes here (a suffix
-# and a function returning the file's FCW2 bytes), and read_store() picks
-# it up from the segment listing.
-SEGMENT_READERS = {".wal": lambda path: open(path, "rb").read()}
+SEGMENT_RE = re.compile(r"^segment-(\d{20})-(\d+)\.wal(\.zst)?$")
+
+
+def read_archived(path):
+    """The raw segment an archived one (.wal.zst) holds: its zstd frames
+    decompressed one after another (the index is a skippable frame)."""
+    import zstandard
+    with open(path, "rb") as f:
+        r = zstandard.ZstdDecompressor().stream_reader(
+            f, read_across_frames=True)
+        try:
+            return r.read()
+        except zstandard.ZstdError as e:
+            raise ArchiveError(f"{os.path.basename(path)}: does not "
+                               f"decompress: {e}") from None
+
+
+class ArchiveError(Exception):
+    pass
+
+
+# A suffix of a segment file and a function returning its FCW2 bytes.
+SEGMENT_READERS = {".wal": lambda path: open(path, "rb").read(),
+                   ".wal.zst": read_archived}
 
 
 class OracleViolation(AssertionError):
@@ -138,9 +158,14 @@ def read_store(datadir, limit=None):
     are ignored (they may be still being written). Files that retention
     deletes while they are read are left out: the store starts after them."""
     names = []
-    for n in os.listdir(datadir):
+    listing = set(os.listdir(datadir))
+    for n in listing:
         m = SEGMENT_RE.match(n)
         if m:
+            if not m.group(3) and n + ".zst" in listing:
+                # archived, the raw file not removed yet: either holds
+                # every frame (docs/archive.md); read the one that stays
+                continue
             names.append((int(m.group(1)), n))
         elif n.endswith(".wal") or n.endswith(".wal.lz4"):
             names.append((None, n))
@@ -153,9 +178,19 @@ def read_store(datadir, limit=None):
             continue
         if limit is not None and base >= limit:
             break
-        suffix = next(s for s in SEGMENT_READERS if n.endswith(s))
         try:
-            data = SEGMENT_READERS[suffix](os.path.join(datadir, n))
+            try:
+                data = SEGMENT_READERS[".wal.zst" if n.endswith(".zst")
+                                      else ".wal"](os.path.join(datadir, n))
+            except FileNotFoundError:
+                if n.endswith(".zst"):
+                    raise
+                # archived meanwhile: the raw file went after the
+                # .wal.zst was in place
+                data = read_archived(os.path.join(datadir, n + ".zst"))
+        except ArchiveError as e:
+            problems.append(str(e))
+            continue
         except FileNotFoundError:
             # retention deleted it while we read: it was the oldest, and
             # so was everything read before it; the store starts later
@@ -298,9 +333,13 @@ class Oracle:
         self.violations = []
         self.producer = None
         self.prod_state = {}     # epoch -> (next seq to check, previous id)
+        # epoch -> producer frame number of each sequence from 0 (None
+        # once a sequence went unobserved): the cache recovery check
+        self.seq_pids = {}
         self.stats = {"snapshots": 0, "crashes": 0, "frames_checked": 0,
                       "sub_frames": 0, "stock_runs": 0, "verifies": 0,
-                      "gone": 0, "unobserved": 0}
+                      "gone": 0, "unobserved": 0, "recovery_checks": 0,
+                      "recovery_unchecked": 0}
 
     # -- recording ---------------------------------------------------------
 
@@ -557,13 +596,22 @@ class Oracle:
             self.prod_state[epoch] = max(self.prod_state.values(),
                                          key=lambda st: st[0])
         seq, prev = self.prod_state.get(epoch, (rec.snapshots[0].earliest, None))
+        if epoch not in self.seq_pids:
+            self.seq_pids[epoch] = array.array("q") if seq == 0 else None
+        pids = self.seq_pids[epoch]
         floor = rec.snapshots[-1].earliest
         if seq < floor and (epoch, seq) not in self.known:
             self.stats["unobserved"] += floor - seq
             seq, prev = floor, None
+            pids = self.seq_pids[epoch] = None
         while (epoch, seq) in self.known:
             fid = self.known[(epoch, seq)]
             pid = p.sent.get(fid)
+            if pids is not None:
+                if pid is None or len(pids) != seq:
+                    pids = self.seq_pids[epoch] = None
+                else:
+                    pids.append(pid)
             if pid is None:
                 self.violate(f"{origin}: sequence {seq} holds "
                              f"{self.labels.get(fid, fid)}, a frame the producer "
@@ -578,6 +626,75 @@ class Oracle:
             self.stats["frames_checked"] += 1
             seq += 1
         self.prod_state[epoch] = (seq, prev)
+
+    def check_cache_recovery(self, name, why):
+        """The data directory of relay name (stopped or killed), recovered
+        with the cache's rule (cacheformat.cache_recover: the newest
+        snapshot, then the segments, archived ones decompressed), holds
+        exactly the state of the store's frames from sequence 0: for every
+        key the value of the last producer frame that set it. Needs a
+        producer with a bounded key space (Producer(keys=N)) and every
+        sequence observed in order (else the check is counted as
+        skipped)."""
+        from cacheformat import cache_recover
+        self.check()                # walk what was observed so far
+        rec = self.relays[name]
+        d = rec.relay.datadir
+        p = self.producer
+        for attempt in range(5):
+            try:
+                state = cache_recover(d, read_archived)
+                earliest, nxt, frames, _ = read_store(d)
+                break
+            except FileNotFoundError:
+                # a relay still starting completes what a crash left
+                if attempt == 4:
+                    raise
+            except (AssertionError, ArchiveError, IndexError,
+                    struct.error) as e:
+                self.violate(f"the data directory of {name} ({why}) is not "
+                             f"recoverable by the cache's rule: "
+                             f"{type(e).__name__}: {e}")
+                return
+        with self.lock:
+            epoch = rec.last_epoch
+            pids = self.seq_pids.get(epoch)
+            if pids is None or earliest > len(pids):
+                self.stats["recovery_unchecked"] += 1
+                return
+            tail = []
+            for fid, _ in frames[len(pids) - earliest:] if nxt > len(pids) \
+                    else []:
+                pid = p.sent.get(fid)
+                if pid is None:
+                    return          # check 6 reports a frame never sent
+                tail.append(pid)
+            upto = min(nxt, len(pids))
+            want = {}
+            # the last frame of each key: walk back from the end
+            for pid in reversed(tail):
+                want.setdefault(p.key(pid), pid)
+            for i in range(upto - 1, -1, -1):
+                if len(want) == p.keys:
+                    break
+                want.setdefault(p.key(pids[i]), pids[i])
+            self.stats["recovery_checks"] += 1
+        bad = []
+        for key, pid in want.items():
+            got = state.get(key)
+            if got != (p.value(pid), None):
+                bad.append(f"{key.decode()}: producer frame {pid} "
+                           f"expected, the cache recovers "
+                           f"{'nothing' if got is None else got[0][:13]}")
+        for key in state:
+            if key not in want:
+                bad.append(f"{key!r}: recovered, but no frame of the store "
+                           f"sets it")
+        if bad:
+            self.violate(f"the data directory of {name} ({why}), recovered "
+                         f"with the cache's rule, differs from the store's "
+                         f"frames 0..{nxt - 1} in {len(bad)} key(s): "
+                         + "; ".join(bad[:5]))
 
     def check_final(self, chain=()):
         """At the end of a scenario (every relay caught up, stores

@@ -5,9 +5,18 @@ it, and let the oracle check every promise after every cycle.
     resuming subscribers on a and b, a stock subscriber on a
 
 Segments are small (64 KiB: a rotation about every 80 ms) and retention
-tight (3 MiB), so kills land during rotation and retention; a third of the
-kills wait until the newest segment is about to rotate; a quarter of the
-restarts are killed again a few milliseconds later, during recovery.
+tight (3 MiB), so kills land during rotation and retention. Both relays
+archive every segment sealed a second ago (.wal.zst); b also takes a
+snapshot every second, which deletes the segments it covers (a keeps its
+segments for b to resume from). The kills: at random moments; when the
+newest segment is about to rotate; while a segment is being archived (its
+.wal.zst.tmp exists); while b writes a snapshot (walrelay-snap-*.tmp);
+at an exact rename or unlink of archiving, snapshotting or retention
+(tests/fault/killat.so, on a restart: the relay kills itself there); and
+a quarter of the restarts are killed again a few milliseconds later,
+during recovery. After every kill of b, its directory must be one the
+cache recovers to exactly the state of b's frames (oracle.py,
+check_cache_recovery).
 
     make check-crash CYCLES=N          # CRASH_SEED=S to replay a run,
                                        # CRASH_FSYNC=interval:20 or never
@@ -15,6 +24,8 @@ restarts are killed again a few milliseconds later, during recovery.
 
 import os
 import random
+import signal
+import subprocess
 import time
 
 import pytest
@@ -23,12 +34,35 @@ from conftest import TOKEN, record_figures
 from harness import (Producer, ResumingSubscriber, StatusPoller,
                      StockSubscriber)
 from oracle import Oracle
-from relayutil import Relay, wait_until
+from relayutil import Relay, is_asan_build, wait_until
 
 CYCLES = int(os.environ.get("CRASH_CYCLES", "20"))
 FSYNC = os.environ.get("CRASH_FSYNC", "always")
 SEED = int(os.environ.get("CRASH_SEED", "0")) or random.randrange(1, 1 << 31)
 SEGMENT = 64 * 1024
+KEYS = 1000          # the producer's key space: b's snapshots stay small
+ARCHIVE_ARGS = ["--archive-after", "1", "--archive-level", "1"]
+SNAPSHOT_ARGS = ["--snapshot-every", "1", "--snapshot-keep", "2",
+                 "--snapshot-skew", "100"]
+
+# Exact kill points (tests/fault/killat.c: OP:PATTERN:N:WHEN) of
+# archiving (the .wal.zst rename, the raw segment's removal), retention
+# (removal of a raw or archived segment) and, on b, snapshotting (the
+# frames file's and the snapshot's renames, the metadata update, removal
+# of covered segments, superseded snapshots and frames files).
+ARCHIVE_POINTS = [
+    "rename:*.wal.zst:1:before", "rename:*.wal.zst:1:after",
+    "rename:*.wal.zst:3:after",
+    "unlink:segment-*.wal:1:before", "unlink:segment-*.wal:1:after",
+    "unlink:segment-*.wal.zst:1:before", "unlink:segment-*.wal.zst:1:after",
+]
+SNAPSHOT_POINTS = [
+    "rename:walrelay-frames-*:1:before", "rename:walrelay-frames-*:1:after",
+    "rename:snapshot-*:1:before", "rename:snapshot-*:1:after",
+    "rename:walrelay.meta:2:before", "rename:walrelay.meta:2:after",
+    "unlink:snapshot-*:1:before", "unlink:snapshot-*:1:after",
+    "unlink:walrelay-frames-*:1:after",
+]
 
 
 def chain(walrelay, workdir, tokfile, fsync):
@@ -36,16 +70,52 @@ def chain(walrelay, workdir, tokfile, fsync):
               "--segment-bytes", "64k", "--retain-bytes", "3M",
               "--tail-memory", "1M", "--subscriber-buffer", "64k",
               "--upstream-backoff-min", "10", "--upstream-backoff-max", "100",
-              "--shutdown-timeout", "3", "--log-level", "info"]
+              "--shutdown-timeout", "3", "--log-level", "info"] + ARCHIVE_ARGS
     a = Relay(walrelay, workdir / "a", workdir / "a.log",
               args=[str(x) for x in common])
     a.start()
     b = Relay(walrelay, workdir / "b", workdir / "b.log",
-              args=[str(x) for x in common] + [
+              args=[str(x) for x in common] + SNAPSHOT_ARGS + [
                   "--upstream", a.listen_addr, "--upstream-protocol", "sub",
                   "--upstream-token-file", str(tokfile)], ingest=False)
     b.start()
     return a, b
+
+
+def killat_env(walrelay, builddir, point):
+    """The environment that makes a relay kill itself at point."""
+    lib = os.path.join(str(builddir), "tests", "fault", "killat.so")
+    if not os.path.exists(lib):
+        pytest.fail("tests/fault/killat.so is not built (make check-crash "
+                    "builds it)")
+    env = {"LD_PRELOAD": lib, "WR_KILLAT": point}
+    if is_asan_build(walrelay):
+        env["ASAN_OPTIONS"] = (os.environ.get("ASAN_OPTIONS", "") +
+                               ":verify_asan_link_order=0").lstrip(":")
+    return env
+
+
+def file_appears(r, pred, deadline):
+    """Wait until a file of r's data directory satisfies pred (a
+    temporary file of archiving or snapshotting exists): the kill then
+    lands while that work is under way. True if it did before the
+    deadline."""
+    while time.monotonic() < deadline:
+        try:
+            if any(pred(n) for n in os.listdir(r.datadir)):
+                return True
+        except FileNotFoundError:
+            pass
+        time.sleep(0.001)
+    return False
+
+
+def archiving(n):
+    return n.endswith(".wal.zst.tmp")
+
+
+def snapshotting(n):
+    return n.startswith("walrelay-snap-") and n.endswith(".tmp")
 
 
 def follow_upstream(a, b):
@@ -81,8 +151,8 @@ def catch_up(relays, subs, timeout=60):
         s.wait_position(target, timeout)
 
 
-@pytest.mark.timeout(max(240, CYCLES * 12 + 120))
-def test_crash_loop(walrelay, walcat, workdir, tokfile):
+@pytest.mark.timeout(max(300, CYCLES * 15 + 120))
+def test_crash_loop(walrelay, walcat, workdir, tokfile, builddir):
     print(f"\ncrash loop: {CYCLES} cycles, seed {SEED}, fsync {FSYNC} "
           f"(CRASH_SEED={SEED} replays the schedule)")
     rng = random.Random(SEED)
@@ -92,7 +162,7 @@ def test_crash_loop(walrelay, walcat, workdir, tokfile):
     o.add_relay("a", a)
     o.add_relay("b", b, upstream="a")
     poller = StatusPoller(o)
-    prod = Producer(o, "a", rate=3000)
+    prod = Producer(o, "a", rate=3000, keys=KEYS)
     subs = [ResumingSubscriber(o, "sub-a", "a", TOKEN),
             ResumingSubscriber(o, "sub-b", "b", TOKEN)]
     stock = StockSubscriber(o, "stock-a", "a", TOKEN)
@@ -105,34 +175,71 @@ def test_crash_loop(walrelay, walcat, workdir, tokfile):
         t.start()
     kills = {"a": 0, "b": 0}
     split = False
-    kinds = {"random": 0, "rotation": 0, "recovery": 0}
+    kinds = {"random": 0, "rotation": 0, "recovery": 0, "archiving": 0,
+             "snapshotting": 0, "exact": 0}
+    exact = {}
+
+    def after_kill(name, why):
+        o.crashed(name)
+        kills[name] += 1
+        o.verify(name, why, allow_torn=True)
+        if name == "b":
+            o.check_cache_recovery("b", why)
+
     t0 = time.monotonic()
     try:
         a.wait_durable(500)
+        o.snapshot("a", "start")    # the producer check starts at 0
         for cycle in range(CYCLES):
             name = rng.choice("ab")
             r = relays[name]
-            if rng.random() < 1 / 3:
-                near_rotation(r, time.monotonic() + 2)
+            x = rng.random()
+            deadline = time.monotonic() + 3
+            if x < 0.2:
+                near_rotation(r, deadline - 1)
                 kinds["rotation"] += 1
+            elif x < 0.35 and file_appears(r, archiving, deadline):
+                kinds["archiving"] += 1
+            elif x >= 0.35 and x < 0.5 and name == "b" and \
+                    file_appears(r, snapshotting, deadline):
+                kinds["snapshotting"] += 1
             else:
                 # the fault schedule: a random moment, not a synchronisation
                 time.sleep(rng.uniform(0.02, 0.5))
                 kinds["random"] += 1
             r.kill9()
-            o.crashed(name)
-            kills[name] += 1
-            o.verify(name, f"cycle {cycle}: after kill -9", allow_torn=True)
+            after_kill(name, f"cycle {cycle}: after kill -9")
+            if x >= 0.5 and x < 0.65:
+                # restart it to kill itself at an exact point
+                point = rng.choice(ARCHIVE_POINTS + (SNAPSHOT_POINTS
+                                                     if name == "b" else []))
+                r.env = killat_env(walrelay, builddir, point)
+                r.start(wait=False)
+                r.env = None
+                try:
+                    rc = r.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    rc = None
+                    r.kill9()     # not reached in time: a random kill
+                    kinds["random"] += 1
+                r.log.close()
+                if rc == -signal.SIGKILL:
+                    exact[point] = exact.get(point, 0) + 1
+                    kinds["exact"] += 1
+                elif rc is not None:
+                    # it exited by itself (a port taken at start): the
+                    # next start takes new ports
+                    assert r._lost_port_race(), \
+                        f"{name} exited with {rc}:\n{r.read_log()[-2000:]}"
+                    kinds["random"] += 1
+                after_kill(name, f"cycle {cycle}: killed at {point}")
             if rng.random() < 0.25:
                 # kill it again while it recovers
                 r.start(wait=False)
                 time.sleep(rng.uniform(0, 0.02))
                 r.kill9()
-                o.crashed(name)
-                kills[name] += 1
                 kinds["recovery"] += 1
-                o.verify(name, f"cycle {cycle}: killed in recovery",
-                         allow_torn=True)
+                after_kill(name, f"cycle {cycle}: killed in recovery")
             r.start()
             if name == "a":
                 follow_upstream(a, b)
@@ -183,6 +290,7 @@ def test_crash_loop(walrelay, walcat, workdir, tokfile):
     for name in relays:
         o.verify(name, "after the final stop")
         o.snapshot(name, "final")
+    o.check_cache_recovery("b", "after the final stop")
     o.check()
     if not o.violations:
         o.check_final(chain=("a",) if split else ("a", "b"))
@@ -200,6 +308,10 @@ def test_crash_loop(walrelay, walcat, workdir, tokfile):
                "retention_deleted_a": poller.deletions("a"),
                "retention_deleted_b": poller.deletions("b"),
                "sub_connections": sum(s.connections for s in subs),
+               "archived_a": poller.archived("a"),
+               "archived_b": poller.archived("b"),
+               "snapshots_b": poller.snapshots("b"),
+               "exact_points": exact,
                **{k: v for k, v in o.stats.items()}}
     record_figures("crash_loop", figures)
     assert not o.violations, (o.report() + f"\n(seed {SEED}: rerun with "

@@ -283,3 +283,60 @@ def test_real_relay_store_cut_behind_its_back(walrelay, workdir, tokfile):
     assert any("recovery after a crash lost durable frames" in x and
                ("sub-1" in x or "durable=" in x) for x in o.violations), \
         o.violations
+
+
+def test_cache_recovery_of_a_snapshot_directory(walrelay, workdir, tokfile):
+    """A relay's directory with a snapshot, archived segments after it and
+    raw ones, recovered with the cache's rule, holds the state of the
+    relay's frames; without an archived segment, or without the snapshot,
+    the oracle reports the keys that differ."""
+    r = Relay(walrelay, workdir / "a", workdir / "a.log",
+              args=["--subscribe-token-file", str(tokfile),
+                    "--segment-bytes", "16k", "--snapshot-every", "1",
+                    "--snapshot-keep", "1"])
+    r.start()
+    o = Oracle("always")
+    o.add_relay("a", r)
+    o.snapshot("a", "empty")     # the producer check starts at 0
+    prod = Producer(o, "a", rate=2000, keys=10 ** 6)
+    sub = ResumingSubscriber(o, "sub-1", "a", TOKEN)
+    prod.start()
+    sub.start()
+    try:
+        r.wait_metric("walrelay_snapshots_total", lambda v: v >= 1, 30)
+        # then no more snapshots, and segments archived after it
+        assert r.stop() == 0
+        r.extra = r.extra[:-4] + ["--archive-after", "1"]
+        r.start()
+        wait_until(lambda: sum(n.endswith(".wal.zst")
+                               for n in os.listdir(r.datadir)) >= 2,
+                   30, "two archived segments")
+    finally:
+        sub.stop()
+        prod.finish()
+        assert r.stop() == 0
+    o.snapshot("a", "stopped")
+    o.check()
+    o.check_cache_recovery("a", "stopped")
+    assert o.violations == [] and o.stats["recovery_checks"] == 1, \
+        (o.violations, o.stats)
+
+    # an archived segment left out: the keys it set are missing
+    names = sorted(os.listdir(r.datadir))
+    zst = [n for n in names if n.endswith(".wal.zst")][-1]
+    os.rename(os.path.join(r.datadir, zst),
+              os.path.join(r.datadir, zst + ".hidden"))
+    o.check_cache_recovery("a", "archived segment hidden")
+    os.rename(os.path.join(r.datadir, zst + ".hidden"),
+              os.path.join(r.datadir, zst))
+    assert len(o.violations) == 1 and "archived segment hidden" in \
+        o.violations[0] and "expected, the cache recovers nothing" in \
+        o.violations[0], o.violations
+
+    # no snapshot: the keys only it held are not recovered
+    snap = [n for n in names if n.startswith("snapshot-")][-1]
+    os.unlink(os.path.join(r.datadir, snap))
+    o.check_cache_recovery("a", "snapshot removed")
+    assert len(o.violations) == 2 and "snapshot removed" in \
+        o.violations[1] and "expected, the cache recovers nothing" in \
+        o.violations[1], o.violations
