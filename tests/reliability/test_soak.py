@@ -5,7 +5,9 @@ oracle checking as it goes.
     resuming subscribers on a and b for the whole run; churn: short-lived
     resuming subscribers from random positions and stock subscribers,
     about two a second; SIGHUP to both relays every 5 s; rotation (256 KiB
-    segments) and retention (12 MiB) all the time.
+    segments), retention (12 MiB), archiving (segments sealed 2 s ago,
+    .wal.zst) and snapshots (every 3 s, two kept; a's .bin.lz4, b's .bin,
+    deleting the segments they cover) all the time.
 
 Every second it samples each relay's RSS, open file descriptors and
 threads from /proc. It fails if the oracle finds a violation or if any
@@ -15,9 +17,12 @@ the first third of the rest by at most a margin (RSS: 10% + 4 MiB; fds: 4;
 threads: 1). The slope of a least-squares line over the second half is
 reported too.
 
-Archiving and snapshots do not exist in the relay yet: when they do, add
-their options to SOAK_ARGS and their checks to `soak_hooks` (called every
-check round with the relays and the oracle).
+At the end both relays are stopped and the oracle checks, besides its
+usual checks, that each data directory recovered with the cache's rule
+holds the state of the relay's frames (check_cache_recovery; the producer
+rewrites 1,000 keys), and that both relays took snapshots and archived
+segments throughout. `soak_hooks` are called every check round with the
+relays and the oracle.
 """
 
 import os
@@ -37,8 +42,40 @@ from relayutil import Relay, connect, recv_line, wait_until
 MINUTES = float(os.environ.get("SOAK_MINUTES", "0"))
 SOAK_ARGS = ["--segment-bytes", "256k", "--retain-bytes", "12M",
              "--tail-memory", "4M", "--subscriber-buffer", "256k",
-             "--upstream-backoff-min", "10", "--upstream-backoff-max", "100"]
+             "--upstream-backoff-min", "10", "--upstream-backoff-max", "100",
+             "--archive-after", "2", "--archive-level", "1",
+             "--snapshot-every", "3", "--snapshot-keep", "2",
+             "--snapshot-skew", "100"]
+SNAPSHOT_COMPRESS = {"a": "lz4", "b": "none"}
+KEYS = 1000
 MARGINS = {"rss_kib": (0.10, 4096), "fds": (0, 4), "threads": (0, 1)}
+
+
+class Progress:
+    """Snapshots taken and segments archived, per relay, seen every round:
+    both must go on for the whole run, not only at its start."""
+
+    def __init__(self):
+        self.rounds = {}        # relay -> [(snapshots, archived)]
+
+    def __call__(self, relays, oracle):
+        for n, r in relays.items():
+            ms = r.metrics()
+            self.rounds.setdefault(n, []).append(
+                (ms.get("walrelay_snapshots_total", 0),
+                 ms.get("walrelay_archived_segments", 0)))
+
+    def check(self):
+        bad = []
+        for n, rs in self.rounds.items():
+            half = len(rs) // 2
+            if rs[-1][0] <= rs[half][0]:
+                bad.append(f"{n} took no snapshot in the second half")
+            if not any(a > 0 for _, a in rs[half:]):
+                bad.append(f"{n} held no archived segment in the second half")
+        return bad
+
+
 soak_hooks = []
 
 
@@ -135,10 +172,12 @@ class Churn(threading.Thread):
 def test_soak(walrelay, walcat, workdir, tokfile):
     rng = random.Random(int(os.environ.get("SOAK_SEED", "0")) or None)
     common = ["--subscribe-token-file", str(tokfile)] + SOAK_ARGS
-    a = Relay(walrelay, workdir / "a", workdir / "a.log", args=common)
+    a = Relay(walrelay, workdir / "a", workdir / "a.log", args=common + [
+        "--snapshot-compress", SNAPSHOT_COMPRESS["a"]])
     a.start()
     b = Relay(walrelay, workdir / "b", workdir / "b.log", ingest=False,
-              args=common + ["--upstream", a.listen_addr, "--upstream-protocol",
+              args=common + ["--snapshot-compress", SNAPSHOT_COMPRESS["b"],
+                             "--upstream", a.listen_addr, "--upstream-protocol",
                              "sub", "--upstream-token-file", str(tokfile)])
     b.start()
     relays = {"a": a, "b": b}
@@ -149,7 +188,8 @@ def test_soak(walrelay, walcat, workdir, tokfile):
                "b to adopt a's epoch")
     o.note_status("a", a.status())
     o.note_status("b", b.status())
-    prod = Producer(o, "a", rate=3000)
+    o.snapshot("a", "start")        # the producer check starts at 0
+    prod = Producer(o, "a", rate=3000, keys=KEYS)
     subs = [ResumingSubscriber(o, "sub-a", "a", TOKEN),
             ResumingSubscriber(o, "sub-b", "b", TOKEN)]
     poller = StatusPoller(o, interval=0.5)
@@ -157,6 +197,8 @@ def test_soak(walrelay, walcat, workdir, tokfile):
     threads = [prod, poller, churn] + subs
     for t in threads:
         t.start()
+    progress = Progress()
+    hooks = soak_hooks + [progress]
     samples = {n: [] for n in relays}
     hups = rounds = 0
     t0 = time.monotonic()
@@ -177,7 +219,7 @@ def test_soak(walrelay, walcat, workdir, tokfile):
                     o.snapshot(n, f"soak second {k}")
                 o.check()
                 o.compact()
-                for hook in soak_hooks:
+                for hook in hooks:
                     hook(relays, o)
                 rounds += 1
         churn.stop()
@@ -201,13 +243,21 @@ def test_soak(walrelay, walcat, workdir, tokfile):
         o.snapshot(n, "final")
     for t in threads:
         assert getattr(t, "error", None) is None, f"{t.name}: {t.error}"
+    for n in relays:
+        o.check_cache_recovery(n, "after the soak")
     check_scenario(o, chain=("a", "b"))
+    assert o.stats["recovery_checks"] == 2, o.stats
+    assert not progress.check(), progress.check()
     for n in relays:
         assert "reload" in relays[n].read_log().lower()
     figures = {"minutes": round((time.monotonic() - t0) / 60, 1),
                "frames": end, "sighups": hups, "churned_subscribers": churn.count,
                "check_rounds": rounds, "segments_a": poller.rotations("a"),
-               "retention_deleted_a": poller.deletions("a")}
+               "retention_deleted_a": poller.deletions("a"),
+               "archived_a": poller.archived("a"),
+               "archived_b": poller.archived("b"),
+               "snapshots_a": poller.snapshots("a"),
+               "snapshots_b": poller.snapshots("b")}
     bad = []
     for n in relays:
         for key, (rel, absm) in MARGINS.items():
