@@ -5,7 +5,8 @@ it, and let the oracle check every promise after every cycle.
     resuming subscribers on a and b, a stock subscriber on a
 
 Segments are small (64 KiB: a rotation about every 80 ms) and retention
-tight (3 MiB), so kills land during rotation and retention. Both relays
+tight (384 KiB of archived segments, about 4 MiB of frames), so kills land
+during rotation and retention. Both relays
 archive every segment sealed a second ago (.wal.zst); b also takes a
 snapshot every second, which deletes the segments it covers (a keeps its
 segments for b to resume from). The kills: at random moments; when the
@@ -67,7 +68,7 @@ SNAPSHOT_POINTS = [
 
 def chain(walrelay, workdir, tokfile, fsync):
     common = ["--subscribe-token-file", tokfile, "--fsync", fsync,
-              "--segment-bytes", "64k", "--retain-bytes", "3M",
+              "--segment-bytes", "64k", "--retain-bytes", "384k",
               "--tail-memory", "1M", "--subscriber-buffer", "64k",
               "--upstream-backoff-min", "10", "--upstream-backoff-max", "100",
               "--shutdown-timeout", "3", "--log-level", "info"] + ARCHIVE_ARGS
