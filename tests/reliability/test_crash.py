@@ -5,8 +5,10 @@ it, and let the oracle check every promise after every cycle.
     resuming subscribers on a and b, a stock subscriber on a
 
 Segments are small (64 KiB: a rotation about every 80 ms) and retention
-tight (384 KiB of archived segments, about 4 MiB of frames), so kills land
-during rotation and retention. Both relays
+tight (2 MiB: the raw segments of the last second and archived ones, which
+count compressed: about 12 MiB of frames, some 15 s of the stream, enough
+for b to resume after its restarts), so kills land during rotation and
+retention. Both relays
 archive every segment sealed a second ago (.wal.zst); b also takes a
 snapshot every second, which deletes the segments it covers (a keeps its
 segments for b to resume from). The kills: at random moments; when the
@@ -20,7 +22,8 @@ cache recovers to exactly the state of b's frames (oracle.py,
 check_cache_recovery).
 
     make check-crash CYCLES=N          # CRASH_SEED=S to replay a run,
-                                       # CRASH_FSYNC=interval:20 or never
+                                       # CRASH_FSYNC=interval:20 or never,
+                                       # CRASH_MINUTES=M to stop after M min
 """
 
 import os
@@ -40,6 +43,9 @@ from relayutil import Relay, is_asan_build, wait_until
 CYCLES = int(os.environ.get("CRASH_CYCLES", "20"))
 FSYNC = os.environ.get("CRASH_FSYNC", "always")
 SEED = int(os.environ.get("CRASH_SEED", "0")) or random.randrange(1, 1 << 31)
+# a time budget (minutes, 0: none): the loop ends after the cycle that
+# passes it and finishes as usual; the figures say how many cycles ran
+MINUTES = float(os.environ.get("CRASH_MINUTES", "0"))
 SEGMENT = 64 * 1024
 KEYS = 1000          # the producer's key space: b's snapshots stay small
 ARCHIVE_ARGS = ["--archive-after", "1", "--archive-level", "1"]
@@ -68,7 +74,7 @@ SNAPSHOT_POINTS = [
 
 def chain(walrelay, workdir, tokfile, fsync):
     common = ["--subscribe-token-file", tokfile, "--fsync", fsync,
-              "--segment-bytes", "64k", "--retain-bytes", "384k",
+              "--segment-bytes", "64k", "--retain-bytes", "2M",
               "--tail-memory", "1M", "--subscriber-buffer", "64k",
               "--upstream-backoff-min", "10", "--upstream-backoff-max", "100",
               "--shutdown-timeout", "3", "--log-level", "info"] + ARCHIVE_ARGS
@@ -188,10 +194,14 @@ def test_crash_loop(walrelay, walcat, workdir, tokfile, builddir):
             o.check_cache_recovery("b", why)
 
     t0 = time.monotonic()
+    done = 0
     try:
         a.wait_durable(500)
         o.snapshot("a", "start")    # the producer check starts at 0
         for cycle in range(CYCLES):
+            if MINUTES and time.monotonic() - t0 > MINUTES * 60:
+                break       # the time budget is spent: finish as usual
+            done = cycle + 1
             name = rng.choice("ab")
             r = relays[name]
             x = rng.random()
@@ -255,7 +265,7 @@ def test_crash_loop(walrelay, walcat, workdir, tokfile, builddir):
                       f"kills a={kills['a']} b={kills['b']}, {kinds}, "
                       f"{o.stats['sub_frames']} subscriber frames checked, "
                       f"no violation", flush=True)
-        else:
+        if not o.violations:
             prod.finish()
             # the producer's last connection ended cleanly: a stores it
             # whole, b catches up, every subscriber reaches the end
@@ -298,7 +308,7 @@ def test_crash_loop(walrelay, walcat, workdir, tokfile, builddir):
     for t in threads:
         assert getattr(t, "error", None) is None, f"{t.name}: {t.error}"
     assert stock.frames > 0, "the stock subscriber received nothing"
-    figures = {"cycles": CYCLES, "seed": SEED, "fsync": FSYNC,
+    figures = {"cycles": done, "seed": SEED, "fsync": FSYNC,
                "kills_a": kills["a"], "kills_b": kills["b"], **kinds,
                "seconds": round(elapsed, 1),
                "frames_sent": prod.next_pid,
