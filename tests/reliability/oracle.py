@@ -77,6 +77,11 @@ SEGMENT_READERS = {".wal": lambda path: open(path, "rb").read(),
                    ".wal.zst": read_archived}
 
 
+# sequences compact() keeps below the newest one it saw (about 20 s of a
+# 3,000 frames/s stream: more than the relays' tail memory holds)
+STOCK_KEEP = 65536
+
+
 class OracleViolation(AssertionError):
     pass
 
@@ -735,6 +740,13 @@ class Oracle:
                 floor = st[0] - 1 if floor is None else min(floor, st[0] - 1)
             if floor is None:
                 return
+            # a stock subscriber starts anywhere in the relay's tail
+            # memory, which may reach below a store's earliest sequence
+            # once a snapshot deleted the segments it covers: keep the
+            # last STOCK_KEEP sequences to match new runs against
+            if self.known:
+                top = max(k[1] for k in self.known)
+                floor = min(floor, top - STOCK_KEEP)
             # stock runs are matched by content: keep their tail reachable
             for key in [k for k in self.known if k[1] < floor]:
                 fid = self.known.pop(key)
