@@ -121,7 +121,7 @@ static const struct config_key config_keys[] = {
 	  "./walrelay-data", 0, 0, NULL, "DIR",
 	  "segments and metadata" },
 	{ "fsync", CT_FSYNC, FIELD(fsync_mode), 0, CG_STORAGE,
-	  "always", 1, HOUR_MS, NULL, "always|interval:MS|never",
+	  "always", 1, HOUR_MS, NULL, NULL,	/* segment_fsync_usage */
 	  "durability: subscribers only see frames on disk unless 'never'" },
 	{ "segment-bytes", CT_SIZE, FIELD(segment_bytes), 0, CG_STORAGE,
 	  "64M", 4 * KIB, TIB, NULL, "BYTES",
@@ -410,8 +410,14 @@ config_typename(const struct config_key *k)
 	case CT_MS_MS:
 		return "a duration (milliseconds, or a number with ms, s, m "
 		    "or h)";
-	case CT_FSYNC:
-		return "an fsync mode (always, interval:MS or never)";
+	case CT_FSYNC: {
+		static char t[96];
+		char modes[64];
+
+		snprintf(t, sizeof(t), "an fsync mode (%s)",
+		    segment_fsync_usage(modes, sizeof(modes), ", ", " or "));
+		return t;
+	}
 	case CT_LOGLEVEL:
 		return "a log level (error, warn, info or debug)";
 	}
@@ -829,26 +835,28 @@ config_set(struct wr_config *cfg, const struct config_key *k, const char *s,
 			return -1;
 		config_set_uint(cfg, k, ms);
 		return 0;
-	case CT_FSYNC:
-		if (strcmp(s, "always") == 0)
-			*(int *)p = FSYNC_ALWAYS;
-		else if (strcmp(s, "never") == 0)
-			*(int *)p = FSYNC_NEVER;
-		else if (strncmp(s, "interval:", 9) == 0) {
-			if (config_parse_duration(s + 9, 1, &ms) == -1)
+	case CT_FSYNC: {
+		const char *colon = strchr(s, ':');
+		int mode;
+
+		mode = segment_fsync_parse(s, colon != NULL ?
+		    (size_t)(colon - s) : strlen(s));
+		if (mode == -1 || (mode == FSYNC_INTERVAL) != (colon != NULL))
+			goto bad;
+		*(int *)p = mode;
+		if (mode == FSYNC_INTERVAL) {
+			if (config_parse_duration(colon + 1, 1, &ms) == -1)
 				goto bad;
 			if (ms < k->ck_min || ms > k->ck_max) {
 				snprintf(err, errlen, "'%s': the interval must "
 				    "be 1ms to 1h", s);
 				return -1;
 			}
-			*(int *)p = FSYNC_INTERVAL;
 			cfg->fsync_interval_ms = (unsigned)ms;
 		} else
-			goto bad;
-		if (*(int *)p != FSYNC_INTERVAL)
 			cfg->fsync_interval_ms = 0;
 		return 0;
+	}
 	case CT_ENUM:
 		for (int i = 0; k->ck_names[i] != NULL; i++) {
 			if (strcmp(s, k->ck_names[i]) == 0) {
@@ -905,10 +913,10 @@ config_format(const struct wr_config *cfg, const struct config_key *k,
 	case CT_FSYNC:
 		v = *(const int *)p;
 		if (v == FSYNC_INTERVAL)
-			snprintf(buf, len, "interval:%u", cfg->fsync_interval_ms);
+			snprintf(buf, len, "%s:%u", segment_fsync_name(v),
+			    cfg->fsync_interval_ms);
 		else
-			snprintf(buf, len, "%s", v == FSYNC_NEVER ? "never" :
-			    "always");
+			snprintf(buf, len, "%s", segment_fsync_name(v));
 		return 0;
 	case CT_ENUM:
 		v = *(const int *)p;
@@ -2148,7 +2156,7 @@ config_key_reloadable(const char *name)
 void
 config_usage(FILE *f)
 {
-	char arg[96], def[64];
+	char arg[96], def[64], modes[64];
 	int group = -1;
 
 	fprintf(f,
@@ -2185,6 +2193,9 @@ config_usage(FILE *f)
 		if (k->ck_type == CT_BOOL)
 			snprintf(arg, sizeof(arg), "--%s, --no-%s", k->ck_name,
 			    k->ck_name);
+		else if (k->ck_type == CT_FSYNC)
+			snprintf(arg, sizeof(arg), "--%s %s", k->ck_name,
+			    segment_fsync_usage(modes, sizeof(modes), "|", "|"));
 		else
 			snprintf(arg, sizeof(arg), "--%s %s", k->ck_name,
 			    k->ck_arg);

@@ -754,7 +754,7 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 	log_info("%s: %" PRIu64 " segments, sequences %" PRIu64 " to %" PRIu64
 	    ", epoch %016" PRIx64 ", fsync=%s", ss->ss_dir,
 	    ss->ss_st.ss_segments, ss->ss_st.ss_earliest, end, ss->ss_epoch,
-	    segment_mode_names[ss->ss_cf.fsync_mode]);
+	    segment_fsync_name(ss->ss_cf.fsync_mode));
 	return ss;
 fail:
 	if (cond)
