@@ -197,6 +197,46 @@ def test_ambiguous_routing_refused(walrelay, workdir):
     assert "subscribe-token-file" in p.stderr
 
 
+def test_check_config_streams_missing_data_dir(walrelay, workdir):
+    """--check-config accepts what a start accepts: with [stream] sections
+    a start creates data-dir and then each <data-dir>/<NAME>, so both may
+    be missing; a data-dir that cannot be created is refused, naming it."""
+    def conf(data_dir):
+        text = (f"[walrelay]\ndata-dir = {data_dir}\n"
+                f"http = 127.0.0.1:{free_port()}\n" +
+                stream_section("a", f"127.0.0.1:{free_port()}",
+                               f"127.0.0.1:{free_port()}") +
+                stream_section("b", f"127.0.0.1:{free_port()}",
+                               f"127.0.0.1:{free_port()}"))
+        return write_conf(workdir, text)
+
+    new = workdir / "new-store"
+    p = run_check(walrelay, conf(new))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "configuration OK" in p.stdout
+    assert not new.exists(), "--check-config created the data directory"
+    # the same with a trailing slash
+    p = run_check(walrelay, conf(f"{new}/"))
+    assert p.returncode == 0, p.stdout + p.stderr
+
+    # two levels missing: a start creates one level only
+    deep = workdir / "no" / "such"
+    p = run_check(walrelay, conf(deep))
+    assert p.returncode == 2, p.stdout
+    assert f"data-dir {deep} does not exist and cannot be created" in p.stderr
+
+    # under a regular file
+    f = workdir / "plain-file"
+    f.write_text("x")
+    p = run_check(walrelay, conf(f / "store"))
+    assert p.returncode == 2, p.stdout
+    assert f"{f} is not a directory" in p.stderr
+    p = run_check(walrelay, conf(f))
+    assert p.returncode == 2, p.stdout
+    assert f"{f} is not a directory" in p.stderr
+    assert not (workdir / "no").exists()
+
+
 def test_stream_names_and_process_keys(walrelay, workdir):
     for bad in ("[stream a/b]", "[stream ]", "[stream %s]" % ("x" * 65)):
         p = run_check(walrelay, write_conf(workdir, f"[walrelay]\n{bad}\n"))
