@@ -280,10 +280,21 @@ static const struct config_key config_keys[] = {
 	  "reported together as id=\"other\"" },
 	{ "max-conns-per-ip", CT_UINT, FIELD(max_conns_per_ip), CF_RELOAD,
 	  CG_LIMITS, "64", 1, 1000000, NULL, "N",
-	  "subscriber-port connections at once from one source address" },
+	  "connections at once from one source address to one subscriber "
+	  "listener" },
 	{ "max-ingest-conns-per-ip", CT_UINT, FIELD(max_ingest_conns_per_ip),
 	  CF_RELOAD, CG_LIMITS, "16", 1, 1000000, NULL, "N",
-	  "ingest-port connections at once from one source address" },
+	  "connections at once from one source address to one ingest "
+	  "listener" },
+	{ "max-conns-per-ip-total", CT_UINT, FIELD(max_conns_per_ip_total),
+	  CF_RELOAD, CG_LIMITS, "0", 0, 1000000, NULL, "N",
+	  "connections at once from one source address to all subscriber "
+	  "listeners together (0: no limit)" },
+	{ "max-ingest-conns-per-ip-total", CT_UINT,
+	  FIELD(max_ingest_conns_per_ip_total), CF_RELOAD, CG_LIMITS, "0", 0,
+	  1000000, NULL, "N",
+	  "connections at once from one source address to all ingest "
+	  "listeners together (0: no limit)" },
 	{ "max-lag", CT_SIZE, FIELD(max_lag_frames), CF_RELOAD,
 	  CG_LIMITS, "0", 0, UINT64_MAX, NULL, "FRAMES",
 	  "disconnect a subscriber this many frames behind (0: no limit)" },
@@ -346,13 +357,15 @@ struct config_ctx {
 
 /*
  * Keys of the whole process: a [stream NAME] section may not set them
- * (one HTTP port, one log, one certificate for the listeners, one value
- * of each per-address limit, counted per listener).
+ * (one HTTP port, one log, one certificate for the listeners, the
+ * per-address limits over all listeners). The per-listener limits
+ * (max-conns-per-ip, max-ingest-conns-per-ip) are a stream's: they apply
+ * to its own listeners.
  */
 static const char *const config_process_keys[] = {
 	"http", "log-level", "log-target", "tls-cert", "tls-key", "tls-ca",
-	"tls-verify-client", "tls-ingest", "max-conns-per-ip",
-	"max-ingest-conns-per-ip", "shutdown-timeout", NULL
+	"tls-verify-client", "tls-ingest", "max-conns-per-ip-total",
+	"max-ingest-conns-per-ip-total", "shutdown-timeout", NULL
 };
 
 static int
@@ -1710,6 +1723,34 @@ config_routing_check(const struct wr_config *cfg, char *errbuf, size_t errlen)
 				    b->stream_name, a->listen,
 				    a->subscribe_token_file == NULL ?
 				    a->stream_name : b->stream_name);
+				return -1;
+			}
+			/* a shared listener has one per-address limit */
+			if (a->upstream == NULL && b->upstream == NULL &&
+			    a->ingest != NULL && b->ingest != NULL &&
+			    strcmp(a->ingest, b->ingest) == 0 &&
+			    a->max_ingest_conns_per_ip !=
+			    b->max_ingest_conns_per_ip) {
+				snprintf(errbuf, errlen, "streams %s and %s "
+				    "share the ingest listener %s but set "
+				    "max-ingest-conns-per-ip to %u and %u: a "
+				    "listener has one limit (set the same "
+				    "value in both sections)", a->stream_name,
+				    b->stream_name, a->ingest,
+				    a->max_ingest_conns_per_ip,
+				    b->max_ingest_conns_per_ip);
+				return -1;
+			}
+			if (a->listen != NULL && b->listen != NULL &&
+			    strcmp(a->listen, b->listen) == 0 &&
+			    a->max_conns_per_ip != b->max_conns_per_ip) {
+				snprintf(errbuf, errlen, "streams %s and %s "
+				    "share the subscriber listener %s but set "
+				    "max-conns-per-ip to %u and %u: a listener "
+				    "has one limit (set the same value in both "
+				    "sections)", a->stream_name, b->stream_name,
+				    a->listen, a->max_conns_per_ip,
+				    b->max_conns_per_ip);
 				return -1;
 			}
 		}

@@ -231,6 +231,9 @@ static const struct good goods[] = {
 	{ "max-subscribers", "10", F(max_subscribers), 10 },
 	{ "max-conns-per-ip", "1", F(max_conns_per_ip), 1 },
 	{ "max-ingest-conns-per-ip", "3", F(max_ingest_conns_per_ip), 3 },
+	{ "max-conns-per-ip-total", "100", F(max_conns_per_ip_total), 100 },
+	{ "max-ingest-conns-per-ip-total", "5",
+	    F(max_ingest_conns_per_ip_total), 5 },
 	{ "allow-unauthenticated", "yes", F(allow_unauthenticated), 1 },
 	{ "allow-unauthenticated", "on", F(allow_unauthenticated), 1 },
 	{ "allow-unauthenticated", "1", F(allow_unauthenticated), 1 },
@@ -1100,6 +1103,7 @@ START_TEST(reloadable_keys)
 	    "tls-key", "tls-ca", "upstream-tls-ca", "upstream-tls-cert",
 	    "upstream-tls-key", "auth-timeout", "subscriber-timeout",
 	    "max-subscribers", "max-conns-per-ip", "max-ingest-conns-per-ip",
+	    "max-conns-per-ip-total", "max-ingest-conns-per-ip-total",
 	    "max-lag", "metrics-max-subscribers",
 	    "log-level", "allow-unauthenticated" };
 	size_t nyes = 0;
