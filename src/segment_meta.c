@@ -55,7 +55,7 @@ segment_meta_write_locked(struct segstore *ss, const struct segment_meta *m,
 	    "running %d\n"
 	    "fsync %s\n",
 	    SEGMENT_META_VERSION, m->m_epoch, m->m_base, m->m_running,
-	    segment_mode_names[m->m_mode]);
+	    segment_fsync_name(m->m_mode));
 	if (m->m_snap.sm_valid)
 		len += snprintf(buf + len, sizeof(buf) - len,
 		    "snapshot %" PRIu64 " %" PRIu64 " %" PRIu64 " %s\n",
@@ -182,10 +182,7 @@ segment_meta_read(struct segstore *ss, struct segment_meta *m, char *errbuf,
 			snprintf(m->m_snap.sm_name, sizeof(m->m_snap.sm_name),
 			    "%s", name);
 		} else if (sscanf(line, "fsync %15s", mode) == 1) {
-			m->m_mode = -1;
-			for (int i = 0; i < 3; i++)
-				if (strcmp(mode, segment_mode_names[i]) == 0)
-					m->m_mode = i;
+			m->m_mode = segment_fsync_parse(mode, strlen(mode));
 			if (m->m_mode == -1)
 				goto damaged;
 			have |= 8;
