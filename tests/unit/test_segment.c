@@ -1755,20 +1755,7 @@ append_tpl(struct segstore *ss, struct model *m)
 	for (unsigned i = 0; i < TPL_FRAMES; i++) {
 		size_t n = tpl_off[i + 1] - tpl_off[i];
 
-		if (m->len + n > m->cap) {
-			m->cap = (m->len + n) * 2;
-			m->buf = realloc(m->buf, m->cap);
-			REQUIRE(m->buf != NULL);
-		}
-		memcpy(m->buf + m->len, tpl + tpl_off[i], n);
-		m->len += n;
-		if (m->n + 1 >= m->ncap) {
-			m->ncap *= 2;
-			m->off = realloc(m->off, (m->ncap + 1) * sizeof(*m->off));
-			REQUIRE(m->off != NULL);
-		}
-		m->n++;
-		m->off[m->n] = m->len;
+		model_push(m, tpl + tpl_off[i], n);
 	}
 	REQUIRE(segstore_append(ss, ch) == 0);
 	chunk_unref(ch);
