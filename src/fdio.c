@@ -13,7 +13,7 @@
 
 /* All of buf to fd. A write that moves nothing is EIO. */
 int
-fd_write_all(int fd, const void *buf, size_t len)
+fdio_write_all(int fd, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
 	ssize_t n;
@@ -36,7 +36,7 @@ fd_write_all(int fd, const void *buf, size_t len)
 
 /* len bytes of fd from off. The end of the file before them is EIO. */
 int
-fd_pread_all(int fd, void *buf, size_t len, uint64_t off)
+fdio_pread_all(int fd, void *buf, size_t len, uint64_t off)
 {
 	uint8_t *p = buf;
 	ssize_t n;
@@ -63,7 +63,7 @@ fd_pread_all(int fd, void *buf, size_t len, uint64_t off)
  * to the bytes sent, also when it fails part way.
  */
 int
-fd_send_all(int fd, const void *buf, size_t len, size_t *done)
+fdio_send_all(int fd, const void *buf, size_t len, size_t *done)
 {
 	const uint8_t *p = buf;
 	size_t off = 0;

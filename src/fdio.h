@@ -10,8 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-int	fd_write_all(int fd, const void *buf, size_t len);
-int	fd_pread_all(int fd, void *buf, size_t len, uint64_t off);
-int	fd_send_all(int fd, const void *buf, size_t len, size_t *done);
+int	fdio_write_all(int fd, const void *buf, size_t len);
+int	fdio_pread_all(int fd, void *buf, size_t len, uint64_t off);
+int	fdio_send_all(int fd, const void *buf, size_t len, size_t *done);
 
 #endif

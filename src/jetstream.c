@@ -627,7 +627,7 @@ js_state_write(struct jetstream *j, uint64_t epoch, uint64_t acked)
 	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
 	    0644)) == -1)
 		goto fail;
-	if (fd_write_all(fd, buf, (size_t)len) == -1)
+	if (fdio_write_all(fd, buf, (size_t)len) == -1)
 		goto fail;
 	if (fsync(fd) == -1 || close(fd) == -1) {
 		fd = -1;

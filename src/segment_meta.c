@@ -69,7 +69,7 @@ segment_meta_write_locked(struct segstore *ss, const struct segment_meta *m,
 	    O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd == -1)
 		goto fail;
-	if (fd_write_all(fd, buf, (size_t)len) == -1)
+	if (fdio_write_all(fd, buf, (size_t)len) == -1)
 		goto fail;
 	if (fsync(fd) == -1)
 		goto fail;

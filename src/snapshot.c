@@ -127,7 +127,7 @@ bufw_open(struct bufw *w, int dirfd, const char *name)
 static int
 bufw_flush(struct bufw *w)
 {
-	if (w->len > 0 && fd_write_all(w->fd, w->buf, w->len) == -1)
+	if (w->len > 0 && fdio_write_all(w->fd, w->buf, w->len) == -1)
 		return -1;
 	w->len = 0;
 	return 0;
@@ -141,7 +141,7 @@ bufw_put(struct bufw *w, const void *p, size_t len)
 		if (bufw_flush(w) == -1)
 			return -1;
 		if (len > SNAP_IOBUF)
-			return fd_write_all(w->fd, p, len);
+			return fdio_write_all(w->fd, p, len);
 	}
 	memcpy(w->buf + w->len, p, len);
 	w->len += len;

@@ -185,7 +185,7 @@ producer_connect(struct producer *p)
 	for (;;) {
 		if ((p->fd = dial(p->addr, p->reconnects > 0)) != -1) {
 			p->conn_writes = 0;
-			if (p->authlen == 0 || fd_send_all(p->fd, p->auth,
+			if (p->authlen == 0 || fdio_send_all(p->fd, p->auth,
 			    p->authlen, NULL) == 0)
 				return 0;
 			close(p->fd);
@@ -214,7 +214,7 @@ producer_send(struct producer *p, const uint8_t *buf, size_t len,
 	while (off < len) {
 		if (p->fd == -1)
 			(void)producer_connect(p);
-		if (fd_send_all(p->fd, buf + off, len - off, &done) == 0) {
+		if (fdio_send_all(p->fd, buf + off, len - off, &done) == 0) {
 			off = len;
 			p->conn_writes++;
 			break;
@@ -959,7 +959,7 @@ save_position(const struct tailer *t)
 static int
 tail_commit(struct tailer *t)
 {
-	if (fd_write_all(STDOUT_FILENO, t->obuf, t->olen) == -1) {
+	if (fdio_write_all(STDOUT_FILENO, t->obuf, t->olen) == -1) {
 		fprintf(stderr, "walcat: tail: standard output: %s\n",
 		    strerror(errno));
 		return -1;
@@ -1157,7 +1157,7 @@ walcat_tail(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if ((fd = dial(argv[optind], 0)) == -1)
 		return 3;
-	if (fd_send_all(fd, line, (size_t)linelen, NULL) == -1) {
+	if (fdio_send_all(fd, line, (size_t)linelen, NULL) == -1) {
 		fprintf(stderr, "walcat: tail: %s\n", strerror(errno));
 		close(fd);
 		return 3;
@@ -1358,7 +1358,7 @@ walcat_health(int argc, char **argv)
 	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: %s\r\n"
 	    "Connection: close\r\n\r\n", path, addr);
-	if (fd_send_all(fd, req, strlen(req), NULL) == -1) {
+	if (fdio_send_all(fd, req, strlen(req), NULL) == -1) {
 		fprintf(stderr, "walcat: health: %s: %s\n", addr,
 		    strerror(errno));
 		close(fd);

@@ -263,7 +263,7 @@ rconn_write(struct rconn *c, const void *buf, size_t len)
 		}
 		return 0;
 	}
-	if (fd_send_all(c->rc_fd, buf, len, NULL) == -1) {
+	if (fdio_send_all(c->rc_fd, buf, len, NULL) == -1) {
 		fprintf(stderr, "walcat: repair: %s: %s\n", c->rc_addr,
 		    strerror(errno));
 		return -1;
@@ -494,7 +494,7 @@ repair_copy(int src, int dst, uint64_t off, uint64_t len)
 				errno = EIO;
 			return -1;
 		}
-		if (fd_write_all(dst, buf, (size_t)n) == -1)
+		if (fdio_write_all(dst, buf, (size_t)n) == -1)
 			return -1;
 		off += (uint64_t)n;
 		len -= (uint64_t)n;
@@ -508,12 +508,12 @@ repair_read_frame(int fd, uint64_t off, size_t *len)
 {
 	uint8_t hdr[FCW2_HEADER_LEN], *p;
 
-	if (fd_pread_all(fd, hdr, sizeof(hdr), off) == -1)
+	if (fdio_pread_all(fd, hdr, sizeof(hdr), off) == -1)
 		return NULL;
 	*len = fcw2_frame_len(hdr);
 	if ((p = malloc(*len)) == NULL)
 		return NULL;
-	if (fd_pread_all(fd, p, *len, off) == -1) {
+	if (fdio_pread_all(fd, p, *len, off) == -1) {
 		free(p);
 		return NULL;
 	}
@@ -562,7 +562,7 @@ repair_range(struct repair *rp, struct repair_range *rr)
 	    O_CLOEXEC, 0644)) == -1)
 		goto ioerr;
 	if (repair_copy(fd, tfd, 0, rr->rr_off) == -1 ||
-	    fd_write_all(tfd, data, rr->rr_end - rr->rr_off) == -1 ||
+	    fdio_write_all(tfd, data, rr->rr_end - rr->rr_off) == -1 ||
 	    repair_copy(fd, tfd, rr->rr_end, rr->rr_size - rr->rr_end) == -1 ||
 	    fdatasync(tfd) == -1)
 		goto ioerr;

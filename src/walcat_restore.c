@@ -226,7 +226,7 @@ restore_flush(struct restore *rs)
 {
 	if (rs->rs_wlen == 0)
 		return 0;
-	if (fd_write_all(rs->rs_fd, rs->rs_wbuf, rs->rs_wlen) == -1) {
+	if (fdio_write_all(rs->rs_fd, rs->rs_wbuf, rs->rs_wlen) == -1) {
 		restore_progress_clear(rs);
 		fprintf(stderr, "walcat: restore: %s/%s.part: %s\n", rs->rs_out,
 		    rs->rs_files[rs->rs_nfiles - 1].rf_name, strerror(errno));
@@ -374,7 +374,7 @@ restore_frame(struct restore *rs, uint64_t seq, const uint8_t *p,
 	if (rs->rs_wlen + len > RESTORE_WBUF && restore_flush(rs) == -1)
 		return -1;
 	if (len > RESTORE_WBUF) {
-		if (fd_write_all(rs->rs_fd, p, len) == -1) {
+		if (fdio_write_all(rs->rs_fd, p, len) == -1) {
 			restore_progress_clear(rs);
 			fprintf(stderr, "walcat: restore: %s/%s.part: %s\n",
 			    rs->rs_out, rf->rf_name, strerror(errno));
@@ -647,7 +647,7 @@ rconn_write(struct rconn *c, const void *buf, size_t len, char *err,
 {
 	if (c->rc_tls != NULL)
 		return tls_conn_write(c->rc_tls, buf, len, err, errlen);
-	if (fd_send_all(c->rc_fd, buf, len, NULL) == -1) {
+	if (fdio_send_all(c->rc_fd, buf, len, NULL) == -1) {
 		snprintf(err, errlen, "%s", strerror(errno));
 		return -1;
 	}
