@@ -44,6 +44,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +67,7 @@
 #include "walcat.h"
 
 #define RESTORE_WBUF		(4u << 20)
+#define RESTORE_NBUF		4	/* buffers between reader and writer */
 #define RESTORE_SEG_BYTES	(64ull << 20)
 #define RESTORE_PROGRESS_NS	200000000LL
 #define RESTORE_EXIT_BAD	2	/* a frame failed verification */
@@ -76,6 +78,39 @@
 struct rfile {
 	char		 rf_name[64];	/* final name */
 	uint64_t	 rf_bytes;
+};
+
+/*
+ * The writer thread: the reading thread decompresses and checks frames
+ * into RESTORE_WBUF buffers and hands each full one over; the writer
+ * writes it (one write(2) per buffer), starts its writeback at once, and
+ * fdatasyncs and closes a file when told to, so that decompression and
+ * checking overlap the copy into the page cache and the disk.
+ */
+struct rjob {
+	uint8_t		*rj_buf;	/* NULL: seal the file (fdatasync, close) */
+	size_t		 rj_len;
+	uint64_t	 rj_off;	/* where in the file it goes */
+	int		 rj_fd;
+	size_t		 rj_file;	/* index in rs_files, for errors */
+};
+
+struct rwriter {
+	pthread_t	 rw_thread;
+	int		 rw_started;
+	pthread_mutex_t	 rw_mtx;
+	pthread_cond_t	 rw_cond;	/* any change of the fields below */
+	struct rjob	 rw_q[RESTORE_NBUF + 2];	/* ring */
+	size_t		 rw_head;
+	size_t		 rw_count;
+	int		 rw_busy;	/* a job is being done */
+	uint8_t		*rw_free[RESTORE_NBUF];
+	size_t		 rw_nfree;
+	int		 rw_stop;
+	int		 rw_errno;	/* the first error, or 0 */
+	size_t		 rw_errfile;
+	const char	*rw_errop;
+	uint64_t	 rw_writes;	/* write(2) calls */
 };
 
 struct restore {
@@ -98,8 +133,9 @@ struct restore {
 	size_t		 rs_nfiles;
 	size_t		 rs_capfiles;
 	int		 rs_fd;		/* the .part being written, or -1 */
-	uint8_t		*rs_wbuf;
+	uint8_t		*rs_wbuf;	/* being filled (from rs_w) */
 	size_t		 rs_wlen;
+	struct rwriter	 rs_w;
 
 	/* frames written */
 	int		 rs_started;
@@ -274,37 +310,212 @@ restore_write_all(int fd, const uint8_t *p, size_t len)
 	return 0;
 }
 
+/* ---- the writer thread -------------------------------------------------- */
+
+static void *
+rwriter_main(void *arg)
+{
+	struct rwriter *w = arg;
+	struct rjob j;
+	int r, err;
+	const char *op;
+
+	pthread_mutex_lock(&w->rw_mtx);
+	for (;;) {
+		while (w->rw_count == 0 && !w->rw_stop)
+			pthread_cond_wait(&w->rw_cond, &w->rw_mtx);
+		if (w->rw_count == 0)
+			break;
+		j = w->rw_q[w->rw_head];
+		w->rw_head = (w->rw_head + 1) % (RESTORE_NBUF + 2);
+		w->rw_count--;
+		w->rw_busy = 1;
+		pthread_mutex_unlock(&w->rw_mtx);
+
+		err = 0;
+		op = "write";
+		if (j.rj_buf != NULL) {
+			/* after an error, buffers only go back to the pool */
+			if (w->rw_errno == 0) {
+				if (restore_write_all(j.rj_fd, j.rj_buf,
+				    j.rj_len) == -1)
+					err = errno;
+#ifdef SYNC_FILE_RANGE_WRITE
+				/* start the writeback: fdatasync waits less */
+				else
+					(void)sync_file_range(j.rj_fd,
+					    (off_t)j.rj_off, (off_t)j.rj_len,
+					    SYNC_FILE_RANGE_WRITE);
+#endif
+			}
+		} else {
+			op = "fdatasync";
+			r = 0;
+			if (w->rw_errno == 0)
+				while ((r = fdatasync(j.rj_fd)) == -1 &&
+				    errno == EINTR)
+					;
+			if (r == -1)
+				err = errno;
+			if (close(j.rj_fd) == -1 && err == 0 &&
+			    w->rw_errno == 0) {
+				err = errno;
+				op = "close";
+			}
+		}
+
+		pthread_mutex_lock(&w->rw_mtx);
+		if (j.rj_buf != NULL) {
+			w->rw_free[w->rw_nfree++] = j.rj_buf;
+			w->rw_writes++;
+		}
+		if (err != 0 && w->rw_errno == 0) {
+			w->rw_errno = err;
+			w->rw_errfile = j.rj_file;
+			w->rw_errop = op;
+		}
+		w->rw_busy = 0;
+		pthread_cond_broadcast(&w->rw_cond);
+	}
+	pthread_mutex_unlock(&w->rw_mtx);
+	return NULL;
+}
+
+/* The pool of buffers and the thread. 0, or -1 (said why). */
+static int
+rwriter_start(struct restore *rs)
+{
+	struct rwriter *w = &rs->rs_w;
+	int e;
+
+	for (size_t i = 0; i < RESTORE_NBUF; i++) {
+		if ((w->rw_free[i] = malloc(RESTORE_WBUF)) == NULL) {
+			fprintf(stderr, "walcat: restore: out of memory\n");
+			return -1;
+		}
+		w->rw_nfree++;
+	}
+	pthread_mutex_init(&w->rw_mtx, NULL);
+	pthread_cond_init(&w->rw_cond, NULL);
+	if ((e = pthread_create(&w->rw_thread, NULL, rwriter_main, w)) != 0) {
+		fprintf(stderr, "walcat: restore: a thread: %s\n",
+		    strerror(e));
+		return -1;
+	}
+	w->rw_started = 1;
+	rs->rs_wbuf = w->rw_free[--w->rw_nfree];
+	return 0;
+}
+
+/* Say the writer's first error, if any. 0, or -1. */
+static int
+rwriter_error(struct restore *rs)
+{
+	struct rwriter *w = &rs->rs_w;
+
+	if (w->rw_errno == 0)
+		return 0;
+	restore_progress_clear(rs);
+	fprintf(stderr, "walcat: restore: %s/%s.part: %s: %s\n", rs->rs_out,
+	    rs->rs_files[w->rw_errfile].rf_name, w->rw_errop,
+	    strerror(w->rw_errno));
+	return -1;
+}
+
+/*
+ * Queue a job; with buf, take an empty buffer for rs_wbuf (waiting for
+ * one). 0, or -1 once the writer failed (said why).
+ */
+static int
+rwriter_submit(struct restore *rs, uint8_t *buf, size_t len)
+{
+	struct rwriter *w = &rs->rs_w;
+	struct rjob *j;
+	int err;
+
+	pthread_mutex_lock(&w->rw_mtx);
+	while (w->rw_count == RESTORE_NBUF + 2)
+		pthread_cond_wait(&w->rw_cond, &w->rw_mtx);
+	j = &w->rw_q[(w->rw_head + w->rw_count) % (RESTORE_NBUF + 2)];
+	j->rj_buf = buf;
+	j->rj_len = len;
+	j->rj_off = rs->rs_files[rs->rs_nfiles - 1].rf_bytes - len;
+	j->rj_fd = rs->rs_fd;
+	j->rj_file = rs->rs_nfiles - 1;
+	w->rw_count++;
+	pthread_cond_broadcast(&w->rw_cond);
+	if (buf != NULL) {
+		while (w->rw_nfree == 0)
+			pthread_cond_wait(&w->rw_cond, &w->rw_mtx);
+		rs->rs_wbuf = w->rw_free[--w->rw_nfree];
+	}
+	err = w->rw_errno;
+	pthread_mutex_unlock(&w->rw_mtx);
+	return err != 0 ? rwriter_error(rs) : 0;
+}
+
+/* Wait until everything queued is done. 0, or -1 (said why). */
+static int
+rwriter_drain(struct restore *rs)
+{
+	struct rwriter *w = &rs->rs_w;
+	int err;
+
+	if (!w->rw_started)
+		return 0;
+	pthread_mutex_lock(&w->rw_mtx);
+	while (w->rw_count > 0 || w->rw_busy)
+		pthread_cond_wait(&w->rw_cond, &w->rw_mtx);
+	err = w->rw_errno;
+	pthread_mutex_unlock(&w->rw_mtx);
+	return err != 0 ? rwriter_error(rs) : 0;
+}
+
+/* Drain, stop and free (every queued seal closes its file). */
+static void
+rwriter_stop(struct restore *rs)
+{
+	struct rwriter *w = &rs->rs_w;
+
+	if (w->rw_started) {
+		pthread_mutex_lock(&w->rw_mtx);
+		w->rw_stop = 1;
+		pthread_cond_broadcast(&w->rw_cond);
+		pthread_mutex_unlock(&w->rw_mtx);
+		pthread_join(w->rw_thread, NULL);
+		pthread_mutex_destroy(&w->rw_mtx);
+		pthread_cond_destroy(&w->rw_cond);
+		w->rw_started = 0;
+	}
+	while (w->rw_nfree > 0)
+		free(w->rw_free[--w->rw_nfree]);
+	free(rs->rs_wbuf);
+	rs->rs_wbuf = NULL;
+}
+
 static int
 restore_flush(struct restore *rs)
 {
 	if (rs->rs_wlen == 0)
 		return 0;
-	if (restore_write_all(rs->rs_fd, rs->rs_wbuf, rs->rs_wlen) == -1) {
-		restore_progress_clear(rs);
-		fprintf(stderr, "walcat: restore: %s/%s.part: %s\n", rs->rs_out,
-		    rs->rs_files[rs->rs_nfiles - 1].rf_name, strerror(errno));
+	if (rwriter_submit(rs, rs->rs_wbuf, rs->rs_wlen) == -1)
 		return -1;
-	}
 	rs->rs_wlen = 0;
 	return 0;
 }
 
-/* Finish the file being written: write, fdatasync, close (still .part). */
+/*
+ * Finish the file being written: its last buffer, then fdatasync and
+ * close on the writer thread (still .part; restore_finish waits for it).
+ */
 static int
 restore_seal(struct restore *rs)
 {
-	int r;
-
 	if (rs->rs_fd == -1)
 		return 0;
 	if (restore_flush(rs) == -1)
 		return -1;
-	while ((r = fdatasync(rs->rs_fd)) == -1 && errno == EINTR)
-		;
-	if (r == -1 || close(rs->rs_fd) == -1) {
-		restore_progress_clear(rs);
-		fprintf(stderr, "walcat: restore: %s/%s.part: %s\n", rs->rs_out,
-		    rs->rs_files[rs->rs_nfiles - 1].rf_name, strerror(errno));
+	if (rwriter_submit(rs, NULL, 0) == -1) {
 		rs->rs_fd = -1;
 		return -1;
 	}
@@ -753,6 +964,9 @@ restore_frame(struct restore *rs, uint64_t seq, const uint8_t *p,
 	if (rs->rs_wlen + len > RESTORE_WBUF && restore_flush(rs) == -1)
 		return -1;
 	if (len > RESTORE_WBUF) {
+		/* a frame larger than a buffer: in order, from here */
+		if (rwriter_drain(rs) == -1)
+			return -1;
 		if (restore_write_all(rs->rs_fd, p, len) == -1) {
 			restore_progress_clear(rs);
 			fprintf(stderr, "walcat: restore: %s/%s.part: %s\n",
@@ -802,7 +1016,8 @@ restore_finish(struct restore *rs)
 	char part[SNAP_NAME_MAX + 16];
 	size_t keep = rs->rs_nfiles;
 
-	if (restore_seal(rs) == -1 || restore_snap_seal(rs) == -1)
+	if (restore_seal(rs) == -1 || restore_snap_seal(rs) == -1 ||
+	    rwriter_drain(rs) == -1)
 		return -1;
 	if (rs->rs_has_time && rs->rs_based && !rs->rs_cut_valid) {
 		char t[80];
@@ -1499,10 +1714,8 @@ walcat_restore(int argc, char **argv)
 			}
 		}
 	}
-	if ((rs.rs_wbuf = malloc(RESTORE_WBUF)) == NULL) {
-		fprintf(stderr, "walcat: restore: out of memory\n");
+	if (rwriter_start(&rs) == -1)
 		goto out;
-	}
 	if (restore_outdir(&rs, force) == -1)
 		goto out;
 	t0 = (long long)clock_mono_ns();
@@ -1541,6 +1754,7 @@ walcat_restore(int argc, char **argv)
 	restore_summary(&rs, (double)((long long)clock_mono_ns() - t0) / 1e9);
 	rc = 0;
 out:
+	rwriter_stop(&rs);
 	if (rs.rs_fd != -1)
 		close(rs.rs_fd);
 	if (rs.rs_snap_fd != -1)
@@ -1548,7 +1762,6 @@ out:
 	if (rs.rs_dirfd != -1)
 		close(rs.rs_dirfd);
 	free(rs.rs_files);
-	free(rs.rs_wbuf);
 	free(rs.rs_snap_buf);
 	tls_free(tls);
 	return rc;
