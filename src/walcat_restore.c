@@ -59,6 +59,7 @@
 #include "clock.h"
 #include "config.h"
 #include "fcw2.h"
+#include "fdio.h"
 #include "handshake.h"
 #include "scan.h"
 #include "segment.h"
@@ -293,23 +294,6 @@ restore_progress_clear(struct restore *rs)
 	}
 }
 
-static int
-restore_write_all(int fd, const uint8_t *p, size_t len)
-{
-	ssize_t n;
-
-	while (len > 0) {
-		if ((n = write(fd, p, len)) == -1) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 /* ---- the writer thread -------------------------------------------------- */
 
 static void *
@@ -337,7 +321,7 @@ rwriter_main(void *arg)
 		if (j.rj_buf != NULL) {
 			/* after an error, buffers only go back to the pool */
 			if (w->rw_errno == 0) {
-				if (restore_write_all(j.rj_fd, j.rj_buf,
+				if (fdio_write_all(j.rj_fd, j.rj_buf,
 				    j.rj_len) == -1)
 					err = errno;
 #ifdef SYNC_FILE_RANGE_WRITE
@@ -665,7 +649,7 @@ restore_snap_flush(struct restore *rs)
 {
 	if (rs->rs_snap_len == 0)
 		return 0;
-	if (restore_write_all(rs->rs_snap_fd, rs->rs_snap_buf,
+	if (fdio_write_all(rs->rs_snap_fd, rs->rs_snap_buf,
 	    rs->rs_snap_len) == -1) {
 		restore_snap_ioerr(rs);
 		return -1;
@@ -681,7 +665,7 @@ restore_snap_put(struct restore *rs, const void *p, size_t len)
 	    restore_snap_flush(rs) == -1)
 		return -1;
 	if (len > RESTORE_WBUF) {
-		if (restore_write_all(rs->rs_snap_fd, p, len) == -1) {
+		if (fdio_write_all(rs->rs_snap_fd, p, len) == -1) {
 			restore_snap_ioerr(rs);
 			return -1;
 		}
@@ -903,7 +887,7 @@ restore_snap_copy(struct restore *rs, const char *dir,
 			close(sfd);
 			return -1;
 		}
-		if (restore_write_all(rs->rs_snap_fd, rs->rs_wbuf,
+		if (fdio_write_all(rs->rs_snap_fd, rs->rs_wbuf,
 		    (size_t)n) == -1) {
 			restore_snap_ioerr(rs);
 			close(sfd);
@@ -967,7 +951,7 @@ restore_frame(struct restore *rs, uint64_t seq, const uint8_t *p,
 		/* a frame larger than a buffer: in order, from here */
 		if (rwriter_drain(rs) == -1)
 			return -1;
-		if (restore_write_all(rs->rs_fd, p, len) == -1) {
+		if (fdio_write_all(rs->rs_fd, p, len) == -1) {
 			restore_progress_clear(rs);
 			fprintf(stderr, "walcat: restore: %s/%s.part: %s\n",
 			    rs->rs_out, rf->rf_name, strerror(errno));
@@ -1309,20 +1293,11 @@ static int
 rconn_write(struct rconn *c, const void *buf, size_t len, char *err,
     size_t errlen)
 {
-	const uint8_t *p = buf;
-	ssize_t n;
-
 	if (c->rc_tls != NULL)
 		return tls_conn_write(c->rc_tls, buf, len, err, errlen);
-	while (len > 0) {
-		if ((n = send(c->rc_fd, p, len, MSG_NOSIGNAL)) == -1) {
-			if (errno == EINTR)
-				continue;
-			snprintf(err, errlen, "%s", strerror(errno));
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
+	if (fdio_send_all(c->rc_fd, buf, len, NULL) == -1) {
+		snprintf(err, errlen, "%s", strerror(errno));
+		return -1;
 	}
 	return 0;
 }
