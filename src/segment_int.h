@@ -80,7 +80,8 @@ struct segment_block {
 	uint64_t		 sb_base;	/* its segment's base sequence */
 	uint32_t		 sb_idx;	/* block number in the segment */
 	struct segment		*sb_seg;	/* pinned while pending */
-	struct chunk		*sb_chunk;	/* SB_READY */
+	struct chunk		**sb_pieces;	/* SB_READY: the block's frames */
+	uint32_t		 sb_npieces;
 	uint64_t		 sb_used;
 	struct archive_job	 sb_job;
 };
@@ -150,7 +151,6 @@ struct segstore {
 };
 
 /* segment.c */
-extern const char *const segment_mode_names[];
 void		 segment_hist_add(struct segstore_hist *, uint64_t us,
 		    uint64_t n);
 uint64_t	 segment_now_ms(void);

@@ -27,65 +27,9 @@
 #include "chunk.h"
 #include "log.h"
 #include "segment.h"
+#include "storetest.h"
 
 #define WAIT_MS		30000
-#define REQUIRE(e) do {							\
-	if (!(e))							\
-		ck_abort_msg("%s:%d: %s", __FILE__, __LINE__, #e);	\
-} while (0)
-
-static uint64_t
-mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static char *
-tmpdir_new(void)
-{
-	char *d = strdup("/tmp/test_archive.XXXXXX");
-
-	ck_assert_ptr_nonnull(mkdtemp(d));
-	return d;
-}
-
-static void
-tmpdir_rm(char *dir)
-{
-	char cmd[512];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	ck_assert_int_eq(system(cmd), 0);
-	free(dir);
-}
-
-/* Frames back to back; frame i has sequence base + i. */
-struct model {
-	uint64_t	 base;
-	uint8_t		*buf;
-	size_t		 len, cap;
-	size_t		*off;		/* n + 1 offsets */
-	uint64_t	 n, ncap;
-};
-
-static void
-model_init(struct model *m, uint64_t base)
-{
-	memset(m, 0, sizeof(*m));
-	m->base = base;
-	m->ncap = 1024;
-	REQUIRE((m->off = calloc(m->ncap + 1, sizeof(*m->off))) != NULL);
-}
-
-static void
-model_free(struct model *m)
-{
-	free(m->buf);
-	free(m->off);
-}
 
 /* One frame of about vlen value bytes (half of them compressible). */
 static void
@@ -113,19 +57,7 @@ model_add(struct model *m, size_t vlen)
 	rec.value = value;
 	n = fcw2_encode(&rec, 0, out, cap);
 	REQUIRE(n > 0);
-	if (m->len + n > m->cap) {
-		m->cap = (m->len + n) * 2;
-		REQUIRE((m->buf = realloc(m->buf, m->cap)) != NULL);
-	}
-	memcpy(m->buf + m->len, out, n);
-	m->len += n;
-	if (m->n + 1 >= m->ncap) {
-		m->ncap *= 2;
-		REQUIRE((m->off = realloc(m->off, (m->ncap + 1) *
-		    sizeof(*m->off))) != NULL);
-	}
-	m->n++;
-	m->off[m->n] = m->len;
+	model_push(m, out, n);
 	free(value);
 	free(out);
 }
@@ -271,6 +203,82 @@ START_TEST(test_random_access)
 }
 END_TEST
 
+/*
+ * A block decompressed into pieces: the same frames in order, each piece
+ * whole frames within the piece size (a bigger frame alone), sequences
+ * contiguous; a damaged block is refused with its offset.
+ */
+START_TEST(test_read_pieces)
+{
+	struct archive_index idx;
+	struct chunk **pc;
+	char *dir = tmpdir_new(), path[512], err[512], want[64];
+	struct model m;
+	uint64_t zbytes, seq, zoff;
+	uint32_t np;
+	size_t pos, piece = 5000;
+	uint8_t *file;
+	size_t flen;
+	int fd;
+	ZSTD_DCtx *dz = ZSTD_createDCtx();
+
+	model_init(&m, 700);
+	srandom(15);
+	for (int i = 0; i < 3000; i++)
+		model_add(&m, (size_t)(random() % 900));
+	model_add(&m, 20000);		/* bigger than a piece */
+	model_add(&m, piece - 60);	/* about a piece */
+	for (int i = 0; i < 3000; i++)
+		model_add(&m, (size_t)(random() % 3000));
+	make_archive(&m, dir, "p.wal.zst", 256 * 1024, &idx, &zbytes);
+	snprintf(path, sizeof(path), "%s/p.wal.zst", dir);
+	ck_assert_int_ne(fd = open(path, O_RDONLY), -1);
+	for (uint32_t b = 0; b < idx.ai_nblocks; b++) {
+		const struct archive_block *ab = &idx.ai_blocks[b];
+
+		/* a context reused, or one made for the call */
+		ck_assert_msg(archive_read_pieces(b % 2 ? NULL : dz, fd, ab,
+		    64 << 20, piece, &pc, &np, err, sizeof(err)) == 0, "%s",
+		    err);
+		ck_assert_uint_gt(np, 1);
+		seq = ab->ab_seq;
+		pos = m.off[seq - m.base];
+		for (uint32_t i = 0; i < np; i++) {
+			ck_assert_uint_eq(pc[i]->ch_seq, seq);
+			ck_assert_uint_gt(pc[i]->ch_nframes, 0);
+			ck_assert(pc[i]->ch_len <= piece ||
+			    pc[i]->ch_nframes == 1);
+			ck_assert_uint_eq(pc[i]->ch_len, m.off[CHUNK_END(pc[i]) -
+			    m.base] - pos);
+			ck_assert_int_eq(memcmp(pc[i]->ch_data, m.buf + pos,
+			    pc[i]->ch_len), 0);
+			pos += pc[i]->ch_len;
+			seq = CHUNK_END(pc[i]);
+		}
+		ck_assert_uint_eq(seq, ab->ab_seq + ab->ab_nframes);
+		archive_pieces_free(pc, np);
+	}
+	ZSTD_freeDCtx(dz);
+	close(fd);
+
+	file = file_read(path, &flen);
+	zoff = idx.ai_blocks[1].ab_zoff;
+	file[zoff + idx.ai_blocks[1].ab_zlen / 2] ^= 0x5a;
+	file_write(path, file, flen);
+	ck_assert_int_ne(fd = open(path, O_RDONLY), -1);
+	ck_assert_int_eq(archive_read_pieces(NULL, fd, &idx.ai_blocks[1],
+	    64 << 20, piece, &pc, &np, err, sizeof(err)), -1);
+	ck_assert_ptr_null(pc);
+	snprintf(want, sizeof(want), "offset %" PRIu64, zoff);
+	ck_assert_msg(strstr(err, want) != NULL, "%s (want %s)", err, want);
+	close(fd);
+	free(file);
+	archive_index_free(&idx);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
 START_TEST(test_corrupt_block)
 {
 	struct archive_index idx;
@@ -359,67 +367,20 @@ END_TEST
 
 /* ---- the store --------------------------------------------------------- */
 
-static pthread_mutex_t	 nt_mtx = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t	 nt_cond = PTHREAD_COND_INITIALIZER;
-static unsigned long	 nt_gen;
-
-static void
-notify_cb(void *arg)
-{
-	pthread_mutex_lock(&nt_mtx);
-	nt_gen++;
-	pthread_cond_broadcast(&nt_cond);
-	pthread_mutex_unlock(&nt_mtx);
-}
-
-/* Wait for a notification after gen (or 50 ms). */
-static void
-wait_notify(unsigned long gen)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_nsec += 50 * 1000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
-	pthread_mutex_lock(&nt_mtx);
-	if (nt_gen == gen)
-		pthread_cond_timedwait(&nt_cond, &nt_mtx, &ts);
-	pthread_mutex_unlock(&nt_mtx);
-}
-
-static unsigned long
-notify_gen(void)
-{
-	unsigned long g;
-
-	pthread_mutex_lock(&nt_mtx);
-	g = nt_gen;
-	pthread_mutex_unlock(&nt_mtx);
-	return g;
-}
-
 static void
 store_config(struct segment_config *cf, const char *dir)
 {
-	memset(cf, 0, sizeof(*cf));
-	cf->dir = dir;
-	cf->fsync_mode = FSYNC_ALWAYS;
+	config_init(cf, dir);
 	cf->segment_bytes = 256 * 1024;
-	cf->max_frame_bytes = 1 << 20;
-	cf->retry_ms = 20;
 }
 
+/* Open and start the store. */
 static struct segstore *
-store_open(const struct segment_config *cf)
+store_open_started(const struct segment_config *cf)
 {
-	char err[1024];
-	struct segstore *ss = segstore_open(cf, err, sizeof(err));
+	struct segstore *ss = store_open(cf);
 
-	ck_assert_msg(ss != NULL, "segstore_open: %s", err);
-	ck_assert_int_eq(segstore_start(ss, notify_cb, NULL), 0);
+	store_start(ss);
 	return ss;
 }
 
@@ -570,7 +531,7 @@ make_archived_store(const char *dir, struct model *m, unsigned nframes)
 	cf.archive.ac_enabled = 1;
 	cf.archive.ac_keep_raw = 1;
 	cf.archive.ac_block = 32 * 1024;
-	ss = store_open(&cf);
+	ss = store_open_started(&cf);
 	append_model(ss, m, 0);
 	wait_archived(ss, 3, m->base + m->n);
 	ck_assert_int_eq(segstore_close(ss), 0);
@@ -592,7 +553,7 @@ START_TEST(test_store_serves_archived)
 	cf.archive.ac_enabled = 1;
 	cf.archive.ac_keep_raw = 1;
 	cf.archive.ac_block = 32 * 1024;
-	ss = store_open(&cf);
+	ss = store_open_started(&cf);
 	append_model(ss, &m, 0);
 	wait_archived(ss, 3, m.base + m.n);
 	segstore_poll(ss, &st);
@@ -639,7 +600,7 @@ START_TEST(test_store_serves_archived)
 	ck_assert_int_eq(count_suffix(dir, ".wal.zst.tmp"), 0);
 
 	/* after a restart: the same bytes at the same sequences */
-	ss = store_open(&cf);
+	ss = store_open_started(&cf);
 	check_all(ss, &m, 7);
 	ck_assert_int_eq(segstore_close(ss), 0);
 	model_free(&m);
@@ -678,7 +639,7 @@ START_TEST(test_store_interrupted_steps)
 
 		snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 		file_write(tmp, zfile, zlen / 2);
-		ss = store_open(&cf);
+		ss = store_open_started(&cf);
 		ck_assert_int_eq(access(tmp, F_OK), -1);
 		check_all(ss, &m, 3);
 		ck_assert_int_eq(segstore_close(ss), 0);
@@ -700,7 +661,7 @@ START_TEST(test_store_interrupted_steps)
 		    idx.ai_raw_bytes);
 		archive_index_free(&idx);
 	}
-	ss = store_open(&cf);
+	ss = store_open_started(&cf);
 	ck_assert_int_eq(access(raw, F_OK), -1);
 	ck_assert_int_eq(access(path, F_OK), 0);
 	ck_assert_int_eq(count_suffix(dir, ".wal.zst"), nz);
@@ -729,7 +690,7 @@ START_TEST(test_store_interrupted_steps)
 		free(bad);
 	}
 	cf.archive.ac_enabled = 0;
-	ss = store_open(&cf);
+	ss = store_open_started(&cf);
 	ck_assert_int_eq(access(raw, F_OK), 0);
 	ck_assert_int_eq(access(path, F_OK), -1);
 	check_all(ss, &m, 3);
@@ -779,7 +740,7 @@ START_TEST(test_store_corrupt_block)
 	file_write(path, zfile, zlen);
 	bad = idx.ai_blocks[2].ab_seq;
 
-	ss = store_open(&cf);
+	ss = store_open_started(&cf);
 	/* before the bad block: served */
 	ck_assert_int_eq(locate_wait(ss, bad - 1, &sp), 0);
 	ck_assert_int_eq(memcmp(sp.sp_chunk->ch_data + sp.sp_offset,
@@ -815,6 +776,7 @@ archive_suite(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_random_access);
 	tcase_add_test(tc, test_corrupt_block);
+	tcase_add_test(tc, test_read_pieces);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("store");
 	tcase_set_timeout(tc, 120);
