@@ -80,6 +80,9 @@ SEGMENT_READERS = {".wal": lambda path: open(path, "rb").read(),
 # sequences compact() keeps below the newest one it saw (about 20 s of a
 # 3,000 frames/s stream: more than the relays' tail memory holds)
 STOCK_KEEP = 65536
+# check rounds a stock run's first frame may go unseen before it is a
+# violation (a resuming subscriber that lags sees it meanwhile)
+STOCK_TRIES = 6
 
 
 class OracleViolation(AssertionError):
@@ -260,6 +263,7 @@ class Conn:
         self.partial = 0
         self.closed = None
         self.checked = 0          # idents already checked (compact())
+        self.tries = 0            # check rounds a stock run went unmatched
         self.base = 0             # idents dropped by compact()
 
     def add(self, frames, oracle):
@@ -557,6 +561,12 @@ class Oracle:
                             cands.append(q)
                     cands = [q for q in cands
                              if (c.epoch, q) in self.known]
+                if not cands and c.tries < STOCK_TRIES:
+                    # not seen yet: the store may have deleted it (a
+                    # snapshot covered it) before a lagging resuming
+                    # subscriber got there; look again next round
+                    c.tries += 1
+                    continue
                 if not cands:
                     self.violate(f"stock subscriber {s.name}: the first frame of a "
                                  f"run from {c.relay} ({self.labels.get(first)}) "
