@@ -59,6 +59,8 @@ struct stream_stats {
 	uint64_t	 sub_frames_sent;
 	uint64_t	 sub_bytes_sent;
 	uint64_t	 sub_disk_reads;	/* spans served from segment files */
+	uint64_t	 sub_tls_ktls;		/* TLS, sent with kernel TLS */
+	uint64_t	 sub_tls_openssl;	/* TLS, encrypted by OpenSSL */
 };
 
 struct stream {
@@ -87,6 +89,7 @@ struct stream {
 	 */
 	int			 st_positioned;
 	int			 st_stopping;
+	int			 st_tls_logged;	/* 1 << SUBSCRIBER_TLS_*: said */
 	TAILQ_ENTRY(stream)	 st_entry;
 };
 TAILQ_HEAD(stream_list, stream);
