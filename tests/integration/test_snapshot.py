@@ -9,6 +9,7 @@ written from the format description (newest snapshot-* by name, then every
 snapshot), with its own FCSNAP1 and LZ4 block decoders.
 """
 
+import http.client
 import os
 import random
 import struct
@@ -367,6 +368,11 @@ CRASH_POINTS = [
 ]
 
 
+# A relay killed while it answers: no connection, or a reply cut short
+# (http.client.IncompleteRead, or a JSON body that ends early).
+KILLED_MID_REPLY = (OSError, http.client.HTTPException, ValueError)
+
+
 def stored_or_dead(r, n):
     """Every frame sent is stored (a new ingest connection replaces the
     old one, dropping what it has not read yet), or the relay is dead."""
@@ -374,7 +380,7 @@ def stored_or_dead(r, n):
         return True
     try:
         return r.status()["durable"] >= n
-    except OSError:
+    except KILLED_MID_REPLY:
         return not r.alive()
 
 
@@ -383,7 +389,7 @@ def snapshots_or_dead(r, n):
         return True
     try:
         return r.metric("walrelay_snapshots_total") >= n
-    except OSError:
+    except KILLED_MID_REPLY:
         return not r.alive()
 
 
