@@ -26,7 +26,7 @@
 /*
  * TLS 1.3 suites, in the server's order of preference. OpenSSL's default
  * puts AES-256-GCM first; with AES instructions AES-128-GCM encrypts the
- * same bytes in about 0.8 of its time (openssl speed -evp, 16 KiB) and
+ * same bytes in 0.8 to 0.9 of its time (openssl speed -evp, 16 KiB) and
  * every subscriber byte is encrypted, so it comes first. Without them
  * ChaCha20-Poly1305 is the faster one. SSL_OP_PRIORITIZE_CHACHA lets a
  * client that lists ChaCha20 first (one without AES instructions) have it.
@@ -311,7 +311,8 @@ tls_ktls_missing(void)
 	if (access("/proc/net/tls_stat", F_OK) == -1)
 		return "the kernel has no TLS module loaded (no "
 		    "/proc/net/tls_stat; modprobe tls)";
-	return "the kernel did not take this connection's cipher suite";
+	return "the kernel did not take this connection's keys (its "
+	    "version or the cipher suite)";
 #endif
 }
 
