@@ -21,6 +21,7 @@
 
 #include <xxhash.h>
 
+#include "fdio.h"
 #include "segment.h"
 #include "segment_int.h"
 
@@ -45,7 +46,6 @@ segment_meta_write_locked(struct segstore *ss, const struct segment_meta *m,
 {
 	char buf[768];
 	int fd = -1, n, len;
-	ssize_t w;
 
 	len = snprintf(buf, sizeof(buf),
 	    "# walrelay store metadata; checksummed, do not edit\n"
@@ -69,19 +69,8 @@ segment_meta_write_locked(struct segstore *ss, const struct segment_meta *m,
 	    O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd == -1)
 		goto fail;
-	for (n = 0; n < len; n += w) {
-		if ((w = write(fd, buf + n, len - n)) == -1) {
-			if (errno == EINTR) {
-				w = 0;
-				continue;
-			}
-			goto fail;
-		}
-		if (w == 0) {
-			errno = EIO;
-			goto fail;
-		}
-	}
+	if (fdio_write_all(fd, buf, (size_t)len) == -1)
+		goto fail;
 	if (fsync(fd) == -1)
 		goto fail;
 	if (close(fd) == -1) {

@@ -9,29 +9,16 @@ import os
 import signal
 import subprocess
 
-import pytest
-
 from fcw2util import OP_SET, frame
-from relayutil import (FaultControl, connect, free_port, recv_frames,
-                       recv_line, relay_factory, store_frames, wait_until)
+from relayutil import (FaultControl, connect, free_port, hard_timeout_fixture,
+                       recv_frames, recv_line, relays_fixture, store_frames,
+                       wait_until)
 
 TEST_TIMEOUT = 150
 
 
-@pytest.fixture(autouse=True)
-def hard_timeout():
-    def expired(signum, frame):
-        raise TimeoutError(f"test ran longer than {TEST_TIMEOUT} s")
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(TEST_TIMEOUT)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
-@pytest.fixture
-def relays(walrelay, workdir):
-    yield from relay_factory(walrelay, workdir)
+hard_timeout = hard_timeout_fixture(TEST_TIMEOUT)
+relays = relays_fixture()
 
 
 def sframe(name, i):
