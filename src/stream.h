@@ -105,6 +105,20 @@ struct stream	*stream_new(const char *name, struct wr_config *cfg,
 		    struct auth_tokens *tokens, struct tls_ctx *upstream_tls,
 		    char *errbuf, size_t errlen);
 /*
+ * Open the stores of n streams (segstore_open) on several threads at
+ * once: a start with many streams waits for their recoveries and
+ * metadata fsyncs together, not one after another. Returns 0 with every
+ * stores[i] set, or -1 with errbuf naming the first stream (in cfgs'
+ * order) that failed, every store closed again.
+ */
+struct segstore;
+int		 stream_open_stores(struct wr_config *const *cfgs, size_t n,
+		    struct segstore **stores, char *errbuf, size_t errlen);
+/* stream_new with its store already open (taken, even on failure). */
+struct stream	*stream_new_opened(const char *name, struct wr_config *cfg,
+		    struct segstore *store, struct auth_tokens *tokens,
+		    struct tls_ctx *upstream_tls, char *errbuf, size_t errlen);
+/*
  * Close every connection, make everything durable and close the store.
  * Returns 0, or -1 when frames could not be made durable (dropped).
  */
