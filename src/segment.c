@@ -465,7 +465,14 @@ static int
 segment_archive_start(struct segstore *ss)
 {
 	char err[256];
+	uint64_t archived;
 
+	/* a reader thread only where archived segments can be read */
+	pthread_mutex_lock(&ss->ss_mtx);
+	archived = ss->ss_st.ss_archived;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	if (!ss->ss_cf.archive.ac_enabled && archived == 0)
+		return 0;
 	if ((ss->ss_reader = archive_reader_start(segment_reader_notify, ss,
 	    err, sizeof(err))) == NULL) {
 		log_warnx("%s: %s", ss->ss_dir, err);
