@@ -770,8 +770,22 @@ config_set(struct wr_config *cfg, const struct config_key *k, const char *s,
 {
 	void *p = config_field(cfg, k);
 	char **sp = p;
+	const char *c;
 	uint64_t v, ms;
 	int b;
+
+	/*
+	 * A config file value is one line: a value from the command line
+	 * that holds a line break or another control character could not be
+	 * written back (--print-config) as the same value, and is a mistake.
+	 */
+	for (c = s; *c != '\0'; c++) {
+		if ((*c > 0 && *c < 0x20 && *c != '\t') || *c == 0x7f) {
+			snprintf(err, errlen, "contains a control character "
+			    "(0x%02x)", (unsigned)*c);
+			return -1;
+		}
+	}
 
 	switch (k->ck_type) {
 	case CT_STRING:

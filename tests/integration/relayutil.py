@@ -246,8 +246,16 @@ class Relay:
         return self.metrics(stream).get(name, 0.0)
 
     def wait_metric(self, name, cond, timeout=15.0):
-        return wait_until(lambda: cond(self.metric(name)), timeout,
-                          f"metric {name}")
+        seen = []
+
+        def check():
+            seen[:] = [self.metric(name)]
+            return cond(seen[0])
+        try:
+            return wait_until(check, timeout, f"metric {name}")
+        except AssertionError as e:
+            raise AssertionError(f"{e} (last value {seen[0] if seen else None}; "
+                                 f"relay log tail: {self.read_log()[-2000:]!r})") from None
 
     def wait_durable(self, n, timeout=30.0):
         """Wait until at least n frames are stored and durable."""

@@ -1243,6 +1243,40 @@ START_TEST(error_is_one_line)
 }
 END_TEST
 
+/*
+ * A value with a line break cannot be written back as one config line:
+ * refused from the command line, naming the option; a tab is kept and
+ * survives the round trip through --print-config.
+ */
+START_TEST(control_characters_refused)
+{
+	struct wr_config cfg, again;
+	char *first, *second, *path;
+
+	ck_assert_int_eq(load(&cfg, "--upstream-token-file=/t/tok\n", NULL),
+	    -1);
+	ck_assert_msg(strstr(errbuf, "upstream-token-file") != NULL &&
+	    strstr(errbuf, "control character") != NULL, "%s", errbuf);
+	ck_assert_int_eq(load(&cfg, "--data-dir", "/d\r", NULL), -1);
+	ck_assert_msg(strstr(errbuf, "control character") != NULL, "%s",
+	    errbuf);
+	ck_assert_int_eq(load(&cfg, "--data-dir", "/a\x7f", NULL), -1);
+
+	ck_assert_int_eq(load(&cfg, "--data-dir", "/tab\there", NULL), 0);
+	first = dump_string(&cfg);
+	path = tmpconf(first);
+	ck_assert_msg(load(&again, "-c", path, NULL) == 0, "%s", errbuf);
+	second = dump_string(&again);
+	ck_assert_str_eq(first, second);
+	ck_assert_str_eq(again.data_dir, "/tab\there");
+	free(first);
+	free(second);
+	config_free(&cfg);
+	config_free(&again);
+	rmconf(path);
+}
+END_TEST
+
 static Suite *
 config_suite(void)
 {
@@ -1270,6 +1304,7 @@ config_suite(void)
 	tcase_add_test(tc, dump_reparses);
 	tcase_add_test(tc, parse_from_memory);
 	tcase_add_test(tc, error_is_one_line);
+	tcase_add_test(tc, control_characters_refused);
 	tcase_add_test(tc, reload);
 	tcase_add_test(tc, reload_keeps_restart_keys);
 	tcase_add_test(tc, reloadable_keys);
