@@ -15,6 +15,7 @@
 #include "auth.h"
 #include "config.h"
 #include "fanout.h"
+#include "iopool.h"
 #include "jetstream.h"
 #include "log.h"
 #include "relay.h"
@@ -25,6 +26,12 @@
 #include "upstream.h"
 
 #define STREAM_JANITOR_MS	1000
+/*
+ * Threads that read segment and snapshot files for subscribers (and do
+ * the store's other file work): several, so that a few cold reads in
+ * flight at once keep the disk's queue busy.
+ */
+#define STREAM_IO_THREADS	4
 
 int
 stream_name_valid(const char *s)
@@ -327,6 +334,11 @@ stream_new(const char *name, struct wr_config *cfg, struct auth_tokens *tok,
 		snprintf(errbuf, errlen, "out of memory");
 		goto fail;
 	}
+	if ((st->st_io = iopool_new(relay->r_base, STREAM_IO_THREADS, name,
+	    err, sizeof(err))) == NULL) {
+		snprintf(errbuf, errlen, "stream %s: %s", name, err);
+		goto fail;
+	}
 	if ((st->st_fan = fanout_new(st, err, sizeof(err))) == NULL) {
 		snprintf(errbuf, errlen, "stream %s: %s", name, err);
 		goto fail;
@@ -433,6 +445,8 @@ stream_close(struct stream *st)
 	st->st_up = NULL;
 	fanout_free(st->st_fan);
 	st->st_fan = NULL;
+	/* reads in flight for subscribers that are gone now */
+	iopool_drain(st->st_io);
 	/* bufferevents free through finalizers: let the loop run them */
 	event_base_loop(relay->r_base, EVLOOP_NONBLOCK);
 	/* a running snapshot job is cancelled and joined: it uses the store */
@@ -456,6 +470,7 @@ stream_free(struct stream *st)
 	if (st->st_store != NULL || st->st_fan != NULL || st->st_up != NULL ||
 	    st->st_js != NULL || st->st_snap != NULL)
 		(void)stream_close(st);
+	iopool_free(st->st_io);
 	if (st->st_janitor != NULL)
 		event_free(st->st_janitor);
 	if (st->st_store_ev != NULL)
