@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 
 #include <errno.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
@@ -164,6 +165,48 @@ segment_fsync_dir(struct segstore *ss)
 	return 0;
 }
 
+/* Retention on a worker: the queued run starts, later calls queue again. */
+static void
+segment_retain_work(struct iopool_job *j)
+{
+	struct segstore *ss = (struct segstore *)((char *)j -
+	    offsetof(struct segstore, ss_retain_job));
+
+	pthread_mutex_lock(&ss->ss_mtx);
+	ss->ss_retain_queued = 0;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	segment_retain_run(ss);
+}
+
+static void
+segment_retain_done(struct iopool_job *j)
+{
+	/* the counters moved under the mutex; the janitor reports them */
+}
+
+void
+segstore_retain(struct segstore *ss)
+{
+	int queue;
+
+	if (ss->ss_cf.iopool == NULL) {
+		segment_retain_run(ss);
+		return;
+	}
+	if (ss->ss_cf.retain_bytes == 0 && ss->ss_cf.retain_age_s == 0 &&
+	    !ss->ss_compact && ss->ss_covered == 0)
+		return;
+	pthread_mutex_lock(&ss->ss_mtx);
+	queue = !ss->ss_retain_queued && !ss->ss_stop;
+	ss->ss_retain_queued = 1;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	if (queue) {
+		ss->ss_retain_job.ij_work = segment_retain_work;
+		ss->ss_retain_job.ij_done = segment_retain_done;
+		iopool_submit(ss->ss_cf.iopool, &ss->ss_retain_job);
+	}
+}
+
 /*
  * Retention: any thread, one at a time (ss_retaining). Files are removed
  * without the mutex held, oldest first; when one cannot be removed, it
@@ -172,7 +215,7 @@ segment_fsync_dir(struct segstore *ss)
  * next start).
  */
 void
-segstore_retain(struct segstore *ss)
+segment_retain_run(struct segstore *ss)
 {
 	struct segment_list gone = TAILQ_HEAD_INITIALIZER(gone);
 	struct segment *seg, *next;
@@ -317,6 +360,8 @@ segstore_close(struct segstore *ss)
 		ss->ss_last_sync = segment_mono_ms();
 		segstore_writer(ss);
 	}
+	/* retention the writer queued last: no job may outlive the store */
+	iopool_drain(ss->ss_cf.iopool);
 
 	if (!ss->ss_gave_up) {
 		m.m_epoch = ss->ss_epoch;

@@ -53,6 +53,13 @@ struct segment_config {
 	void		*sync_arg;
 	/* The archive tier (archive.h); off unless ac_enabled. */
 	struct archive_config archive;
+	/*
+	 * Worker threads for the file work the loop's calls would otherwise
+	 * do (retention's unlink and directory fsync, the first read of a
+	 * sealed segment, finding a frame's offset); their results come back
+	 * on the loop. NULL (walcat, some tests): done in the call.
+	 */
+	struct iopool	*iopool;
 };
 
 /*
@@ -114,6 +121,7 @@ struct segment_span {
 };
 
 struct segstore;
+struct iopool;
 
 /* The newest snapshot as recorded in the metadata (snapshot.c). */
 #define SEGSTORE_SNAPNAME_MAX	64
@@ -199,7 +207,10 @@ void		 segstore_unpin(struct segstore *, void *pin);
 /* Done with a span: unpin it or drop its chunk reference. */
 void		 segstore_span_release(struct segstore *, struct segment_span *);
 
-/* Apply retention now (also run by the store after each rotation). */
+/*
+ * Apply retention now (also run by the store after each rotation). With
+ * an I/O pool the files are removed there: the call returns at once.
+ */
 void		 segstore_retain(struct segstore *);
 
 /*

@@ -21,6 +21,7 @@
 
 #include "archive.h"
 #include "chunk.h"
+#include "iopool.h"
 #include "segment.h"
 
 #define SEGMENT_WRITEBACK	(2u << 20)	/* bytes between writeback kicks */
@@ -147,6 +148,10 @@ struct segstore {
 	struct archive_reader	*ss_reader;
 	struct segment_block	 ss_blocks[SEGMENT_BLOCKS];	/* loop thread */
 	uint64_t		 ss_block_tick;
+
+	/* Retention on the I/O pool: queued, not started (under ss_mtx). */
+	struct iopool_job	 ss_retain_job;
+	int			 ss_retain_queued;
 };
 
 /* segment.c */
@@ -163,6 +168,8 @@ const char	*segment_file(const struct segment *);
 void		 segment_index_add(struct segment *, uint64_t seq,
 		    uint64_t off);
 
+/* retention itself, on the calling thread (the writer's, a worker's) */
+void		 segment_retain_run(struct segstore *);
 /* segment_meta.c; returns 0 or -1 with errbuf (read: 1 when absent) */
 int		 segment_meta_write(struct segstore *,
 		    const struct segment_meta *, char *errbuf, size_t errlen);

@@ -306,6 +306,12 @@ stream_new(const char *name, struct wr_config *cfg, struct auth_tokens *tok,
 	sc.archive.ac_level = (int)cfg->archive_level;
 	sc.archive.ac_long = cfg->archive_long;
 	sc.archive.ac_test_step = cfg->archive_test_step;
+	if ((st->st_io = iopool_new(relay->r_base, STREAM_IO_THREADS, name,
+	    err, sizeof(err))) == NULL) {
+		snprintf(errbuf, errlen, "stream %s: %s", name, err);
+		goto fail;
+	}
+	sc.iopool = st->st_io;
 	if ((st->st_store = segstore_open(&sc, err, sizeof(err))) == NULL) {
 		snprintf(errbuf, errlen, "stream %s: storage: %s", name, err);
 		goto fail;
@@ -332,11 +338,6 @@ stream_new(const char *name, struct wr_config *cfg, struct auth_tokens *tok,
 	    (st->st_janitor = event_new(relay->r_base, -1, EV_PERSIST,
 	    stream_janitor_cb, st)) == NULL) {
 		snprintf(errbuf, errlen, "out of memory");
-		goto fail;
-	}
-	if ((st->st_io = iopool_new(relay->r_base, STREAM_IO_THREADS, name,
-	    err, sizeof(err))) == NULL) {
-		snprintf(errbuf, errlen, "stream %s: %s", name, err);
 		goto fail;
 	}
 	if ((st->st_fan = fanout_new(st, err, sizeof(err))) == NULL) {

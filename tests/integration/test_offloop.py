@@ -188,3 +188,35 @@ def test_slow_reads_do_not_delay_live_subscribers(relays, workdir, builddir,
     live.close()
     up.close()
     assert r.stop() == 0
+
+
+def test_slow_unlink_in_retention_does_not_delay_live_subscribers(
+        relays, workdir, builddir, tokfile):
+    """Retention removes old segments on a worker: an unlink that takes
+    seconds holds up neither the loop nor the writer (fsync always: a
+    frame reaches the live subscriber once durable)."""
+    fc = FaultControl(builddir, workdir)
+    r = start_relay(relays, fc, tokfile, "--retain-bytes", "2M")
+    live = Reader(r.listen_addr, "latest")
+    fc.set(f"op=unlink,path={r.datadir}/segment-*.wal,err=none,"
+           f"delay={DELAY_MS}")
+    frames = [gen_frame(i) for i in range(3000)]
+    up = feed(r.ingest_addr, frames)
+    wait_until(lambda: any(h.startswith("unlink ") for h in fc.hits()), 60,
+               "a delayed unlink")
+    more = [gen_frame(len(frames) + i) for i in range(6)]
+    trips = live_trips(r, up, live, more)
+    assert max(trips) < LIVE_MAX_S, trips
+    fc.clear()
+    total = frames + more
+    r.wait_durable(len(total), timeout=120)
+    wait_until(lambda: live.size() >= len(b"".join(total)), 60, "all frames")
+    assert live.snapshot() == b"".join(total)
+    # retention did its work: the oldest segments are gone
+    def retained():
+        e = r.status()["earliest"]
+        return e > 0 and store_frames(r.datadir) == total[e:]
+    wait_until(retained, 60, "retention to remove the oldest segments")
+    live.close()
+    up.close()
+    assert r.stop() == 0
