@@ -42,7 +42,10 @@ struct iopool_status {
 /* A pool of nthreads workers bound to base. NULL with errbuf filled. */
 struct iopool	*iopool_new(struct event_base *, unsigned nthreads,
 		    const char *name, char *errbuf, size_t errlen);
-/* Queue a job (loop thread, or any thread). Never blocks on the disk. */
+/*
+ * Queue a job (loop thread, or any thread). Never blocks on the disk. A
+ * job is submitted again only once its done callback has run.
+ */
 void		 iopool_submit(struct iopool *, struct iopool_job *);
 /*
  * Wait until every job submitted so far has finished and run the done

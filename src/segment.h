@@ -103,6 +103,11 @@ struct segstore_state {
 	uint64_t	 ss_archived_bytes; /* their compressed size */
 	uint64_t	 ss_archive_raw_bytes; /* their frames' raw size */
 	uint64_t	 ss_archive_reads; /* blocks decompressed for readers */
+	/*
+	 * Jobs done on the I/O pool that a waiting reader may want: frames
+	 * located (a sealed segment's first read), retention passes.
+	 */
+	uint64_t	 ss_pool_done;
 };
 
 /*

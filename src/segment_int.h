@@ -71,6 +71,14 @@ struct segment {
 	char			*seg_zname;
 	struct archive_index	 seg_zidx;
 	int			 seg_compacted;	/* removed: a snapshot covers it */
+	/*
+	 * Loop thread: a find job (segment_read.c) is in flight, and the
+	 * offset of one frame the last one found (no walk on the loop).
+	 */
+	int			 seg_finding;
+	int			 seg_has_hint;
+	uint64_t		 seg_hint_seq;
+	uint64_t		 seg_hint_off;
 };
 TAILQ_HEAD(segment_list, segment);
 
@@ -149,9 +157,13 @@ struct segstore {
 	struct segment_block	 ss_blocks[SEGMENT_BLOCKS];	/* loop thread */
 	uint64_t		 ss_block_tick;
 
-	/* Retention on the I/O pool: queued, not started (under ss_mtx). */
+	/*
+	 * Retention on the I/O pool (under ss_mtx): the job is submitted and
+	 * its done callback has not run yet; asked for again meanwhile.
+	 */
 	struct iopool_job	 ss_retain_job;
-	int			 ss_retain_queued;
+	int			 ss_retain_busy;
+	int			 ss_retain_more;
 };
 
 /* segment.c */
@@ -180,7 +192,7 @@ int		 segment_meta_read(struct segstore *, struct segment_meta *,
 
 /* segment_recover.c */
 int		 segment_check_sealed(struct segstore *, struct segment *,
-		    int fd);
+		    int fd, uint64_t *bad);
 
 /* segment_writer.c: the writer thread's body */
 void		*segstore_writer(void *);

@@ -82,7 +82,8 @@ stream_store_cb(evutil_socket_t fd, short what, void *arg)
 		log_info("%s: storage: healthy again at sequence %" PRIu64,
 		    st->st_name, st->st_ss.ss_durable);
 	fanout_advance(st->st_fan, stream_sendable(st));
-	fanout_blocks_read(st->st_fan, st->st_ss.ss_archive_reads);
+	fanout_blocks_read(st->st_fan, st->st_ss.ss_archive_reads +
+	    st->st_ss.ss_pool_done);
 	if (st->st_up != NULL)
 		upstream_flow(st->st_up);
 	if (st->st_js != NULL) {
