@@ -222,3 +222,41 @@ def test_slow_unlink_in_retention_does_not_delay_live_subscribers(
     live.close()
     up.close()
     assert r.stop() == 0
+
+
+def test_first_read_of_sealed_segments_is_off_the_loop(relays, workdir,
+                                                      builddir, tokfile):
+    """After a restart the sealed segments are trusted, not yet checked:
+    the first reader of each makes the relay check it whole, and a reader
+    that starts between two index points makes it walk frame headers.
+    With every segment read slow, live frames still arrive on time, and
+    the readers get exactly the stored frames."""
+    fc = FaultControl(builddir, workdir)
+    r = start_relay(relays, fc, tokfile)
+    frames = [gen_frame(i) for i in range(3000)]
+    up = feed(r.ingest_addr, frames)
+    r.wait_durable(len(frames), timeout=120)
+    up.close()
+    assert r.stop() == 0
+    r.start()
+    fc.set(f"op=read,path={r.datadir}/segment-*.wal,err=none,"
+           f"delay={DELAY_MS}")
+    live = Reader(r.listen_addr, "latest")
+    up = connect(r.ingest_addr, timeout=60)
+    starts = [0, 1234]
+    readers = [Reader(r.listen_addr, str(s)) for s in starts]
+    wait_until(lambda: len(read_delays(fc)) >= 1, 60, "a delayed read")
+    more = [gen_frame(len(frames) + i) for i in range(6)]
+    trips = live_trips(r, up, live, more)
+    assert max(trips) < LIVE_MAX_S, trips
+    fc.clear()
+    total = frames + more
+    for s, c in zip(starts, readers):
+        want = b"".join(total[s:])
+        wait_until(lambda: c.size() >= len(want), 120, "catch-up")
+        assert c.snapshot() == want
+        c.close()
+    assert live.snapshot() == b"".join(more)
+    live.close()
+    up.close()
+    assert r.stop() == 0
