@@ -72,6 +72,7 @@ struct subscriber {
 	int			 sub_has_span;
 	/* a full resync: the snapshot's SET frames, sent before sub_pos */
 	int			 sub_resync;	/* the reply says snapshot= */
+	int			 sub_hs_wait;	/* the store reads its start */
 	int			 sub_snap_fd;	/* -1: none (left) */
 	uint64_t		 sub_snap_off;
 	uint64_t		 sub_snap_len;
@@ -583,11 +584,14 @@ sub_read_done(struct iopool_job *j)
 	}
 	if (sub_read_apply(sub, r) == -1) {
 		if (r->sr_what == SUB_READ_SNAP)
-			subscriber_close(sub, "cannot read the snapshot: %s",
+			subscriber_close(sub, "cannot read the snapshot at "
+			    "offset %" PRIu64 ": %s; disconnected", r->sr_off,
 			    strerror(errno));
 		else
-			subscriber_close(sub, "cannot read %s: %s",
-			    "a segment file", strerror(errno));
+			subscriber_close(sub, "cannot read the segment file "
+			    "of sequence %" PRIu64 " at offset %" PRIu64 ": %s; "
+			    "disconnected", sub->sub_span.sp_seq, r->sr_off,
+			    strerror(errno));
 		sub_read_free(r);
 		return;
 	}
@@ -951,22 +955,30 @@ sub_start(struct subscriber *sub, uint64_t start)
 
 /*
  * Is the first frame a resuming subscriber asked for unreadable? A sealed
- * segment is checked the first time it is read: read it now, so that the
- * reply can say so instead of an OK followed by a disconnection.
+ * segment is checked the first time it is read: have it read now, so that
+ * the reply can say so instead of an OK followed by a disconnection.
+ * 1 (and *bad) when it is, 0 when not; SUB_START_PENDING: the check
+ * runs on the I/O pool, the handshake is taken up again once it is done
+ * (subscriber_handshake_resume).
  */
+#define SUB_START_PENDING	2
 static int
 sub_start_corrupt(struct subscriber *sub, uint64_t start,
     struct segstore_corrupt *bad)
 {
 	struct segment_span sp;
+	int rc;
 
 	if (start >= fanout_sendable(sub->sub_fan) ||
 	    fanout_find(sub->sub_fan, start) != NULL)
 		return 0;
-	if (segstore_locate(sub_stream(sub)->st_store, start, &sp) == 0) {
+	rc = segstore_locate(sub_stream(sub)->st_store, start, &sp);
+	if (rc == 0) {
 		segstore_span_release(sub_stream(sub)->st_store, &sp);
 		return 0;
 	}
+	if (rc == SEGSTORE_PENDING)
+		return SUB_START_PENDING;
 	return segstore_corrupt_at(sub_stream(sub)->st_store, start, bad);
 }
 
@@ -1207,7 +1219,17 @@ sub_handshake(struct subscriber *sub)
 			return;
 		}
 	}
-	if (sub_start_corrupt(sub, start, &bad)) {
+	if ((rc = sub_start_corrupt(sub, start, &bad)) == SUB_START_PENDING) {
+		/* asked again from the top once the store has read it */
+		if (sub->sub_snap_fd != -1)
+			close(sub->sub_snap_fd);
+		sub->sub_snap_fd = -1;
+		sub->sub_snap_len = 0;
+		sub->sub_resync = 0;
+		sub->sub_hs_wait = 1;
+		return;
+	}
+	if (rc) {
 		sub_stream(sub)->st_stats.sub_rejected_corrupt++;
 		log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: resuming "
 		    "subscriber %s asked for sequence %" PRIu64 ", which cannot "
@@ -1243,6 +1265,15 @@ sub_handshake(struct subscriber *sub)
 	sub_start(sub, start);
 }
 
+void
+subscriber_handshake_resume(struct subscriber *sub)
+{
+	if (sub->sub_state != SUB_HANDSHAKE || !sub->sub_hs_wait)
+		return;
+	sub->sub_hs_wait = 0;
+	sub_handshake(sub);
+}
+
 /* ---- callbacks ------------------------------------------------------- */
 
 static void
@@ -1251,7 +1282,8 @@ subscriber_read_cb(struct bufferevent *bev, void *arg)
 	struct subscriber *sub = arg;
 
 	if (sub->sub_state == SUB_HANDSHAKE) {
-		sub_handshake(sub);
+		if (!sub->sub_hs_wait)
+			sub_handshake(sub);
 		return;
 	}
 	/* subscribers have nothing more to say: ignore what they send */

@@ -296,3 +296,40 @@ def test_subscriber_closed_during_its_read(relays, workdir, builddir, tokfile,
     c.close()
     up.close()
     assert r.stop() == 0
+
+
+def test_resume_at_corrupt_frame_of_unchecked_segment_is_refused(
+        relays, workdir, builddir, tokfile):
+    """After a restart a sealed segment is checked on the I/O pool the
+    first time it is read: a resuming subscriber that asks for a frame it
+    cannot serve still gets the corrupt refusal, not an OK line: its
+    handshake waits for that check."""
+    fc = FaultControl(builddir, workdir)
+    r = start_relay(relays, fc, tokfile)
+    frames = [gen_frame(i) for i in range(1500)]
+    up = feed(r.ingest_addr, frames)
+    r.wait_durable(len(frames), timeout=120)
+    up.close()
+    epoch = r.status()["epoch"]
+    assert r.stop() == 0
+    first = sorted(n for n in os.listdir(r.datadir) if n.endswith(".wal"))[0]
+    bad = 100
+    off = sum(len(f) for f in frames[:bad]) + 40   # inside frame 100's value
+    with open(os.path.join(r.datadir, first), "r+b") as f:
+        f.seek(off)
+        b = f.read(1)
+        f.seek(off)
+        f.write(bytes([b[0] ^ 0x40]))
+    r.start()
+    s = connect(r.listen_addr, timeout=60)
+    s.sendall(f"FCWAL-SUB/1 {TOKEN} {bad + 5} epoch={epoch}\n".encode())
+    line = recv_line(s)
+    assert line.startswith(f"FCWAL-ERR/1 corrupt first={bad} "), line
+    s.close()
+    # frames before the corrupt one are served
+    c = Reader(r.listen_addr, "0")
+    want = b"".join(frames[:bad])
+    wait_until(lambda: c.size() >= len(want), 60, "the frames before it")
+    assert c.snapshot()[:len(want)] == want
+    c.close()
+    assert r.stop() == 0
