@@ -240,7 +240,8 @@ segstore_retain(struct segstore *ss)
 {
 	int queue;
 
-	if (ss->ss_cf.iopool == NULL) {
+	/* before the start nothing is served yet: finish it here */
+	if (ss->ss_cf.iopool == NULL || !ss->ss_started) {
 		segment_retain_run(ss);
 		return;
 	}

@@ -225,7 +225,8 @@ void		 segstore_span_release(struct segstore *, struct segment_span *);
 
 /*
  * Apply retention now (also run by the store after each rotation). With
- * an I/O pool the files are removed there: the call returns at once.
+ * an I/O pool, once the store is started, the files are removed there:
+ * the call returns at once.
  */
 void		 segstore_retain(struct segstore *);
 
