@@ -9,6 +9,7 @@ written from the format description (newest snapshot-* by name, then every
 snapshot), with its own FCSNAP1 and LZ4 block decoders.
 """
 
+import http.client
 import os
 import random
 import struct
@@ -374,7 +375,8 @@ def stored_or_dead(r, n):
         return True
     try:
         return r.status()["durable"] >= n
-    except OSError:
+    except (OSError, http.client.HTTPException):
+        # killed while it answered
         return not r.alive()
 
 
@@ -383,7 +385,8 @@ def snapshots_or_dead(r, n):
         return True
     try:
         return r.metric("walrelay_snapshots_total") >= n
-    except OSError:
+    except (OSError, http.client.HTTPException):
+        # killed while it answered
         return not r.alive()
 
 
