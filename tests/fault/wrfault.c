@@ -1,7 +1,7 @@
 /*
  * wrfault.c: fault injection for the tests: wraps write, pwrite, writev,
  * pwritev, fsync, fdatasync, ftruncate, rename, renameat, unlink,
- * unlinkat, open, openat, pread and preadv, and fails (or shortens, or delays) the calls
+ * unlinkat, open, openat, pread, preadv and read (of regular files), and fails (or shortens, or delays) the calls
  * that a rule matches. Built as tests/fault/wrfault.so for LD_PRELOAD and
  * linked into unit tests directly; never part of walrelay or walcat.
  *
@@ -234,6 +234,7 @@ static void
 ctl_poll(void)
 {
 	REAL(int, open, (const char *, int, ...));
+	REAL(ssize_t, read, (int, void *, size_t));
 	char buf[WRFAULT_SPEC];
 	struct stat sb;
 	ssize_t n;
@@ -258,7 +259,7 @@ ctl_poll(void)
 	if ((fd = real_open(wf_ctl, O_RDONLY | O_CLOEXEC)) == -1)
 		return;
 	while (len < sizeof(buf) - 1 &&
-	    (n = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0)
+	    (n = real_read(fd, buf + len, sizeof(buf) - 1 - len)) > 0)
 		len += (size_t)n;
 	close(fd);
 	buf[len] = '\0';
@@ -475,6 +476,22 @@ write(int fd, const void *buf, size_t len)
 		return -1;
 	}
 	return real_write(fd, buf, (size_t)a);
+}
+
+/* read(2) of regular files only: sockets and pipes pass untouched. */
+ssize_t
+read(int fd, void *buf, size_t len)
+{
+	REAL(ssize_t, read, (int, void *, size_t));
+	struct stat sb;
+	int err;
+
+	if ((wf_nrules != 0 || wf_ctl[0] != '\0') && fstat(fd, &sb) == 0 &&
+	    S_ISREG(sb.st_mode) && decide_fd(OP_READ, fd, 0, &err) < 0) {
+		errno = err;
+		return -1;
+	}
+	return real_read(fd, buf, len);
 }
 
 static ssize_t
