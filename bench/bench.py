@@ -1011,6 +1011,13 @@ def write_results(args, env, R, L, ceil, stall, stall_base, many, ns, sizes,
                      f"({SYSTEMS[peer][1]}), 16 x 1 KiB | {ratio:.1f}x "
                      f"({f16[0]:,.0f} vs {p[0]:,.0f}) | ≥ {mult}x | "
                      f"{verdict(ratio, mult, unit='x')} |")
+    t16 = g("fps", "wr-tls", 16, 1024)
+    if f16 and t16:
+        ratio = t16[0] / f16[0]
+        o.append(f"| delivered frames/s, 16 TLS subscribers vs 16 plain "
+                 f"(both fsync always), 1 KiB | {ratio:.2f}x "
+                 f"({t16[0]:,.0f} vs {f16[0]:,.0f}) | ≥ 0.8x | "
+                 f"{verdict(ratio, 0.8, unit='x', digits=2)} |")
     e4 = g("e2e", "wr-always", 4, 100)
     if e4:
         o.append(f"| 100 B frames, fsync always: ingested, made durable and "

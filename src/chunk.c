@@ -179,6 +179,26 @@ chunk_ref(struct chunk *ch)
 	atomic_fetch_add_explicit(&ch->ch_ref, 1, memory_order_relaxed);
 }
 
+struct chunk *
+chunk_view(struct chunk *parent, size_t off, size_t len, uint64_t seq,
+    uint32_t nframes)
+{
+	struct chunk *ch;
+
+	if ((ch = calloc(1, sizeof(*ch))) == NULL)
+		return NULL;
+	chunk_ref(parent);
+	ch->ch_parent = parent;
+	ch->ch_data = parent->ch_data + off;
+	ch->ch_len = len;
+	ch->ch_cap = 0;		/* its bytes are counted in the parent */
+	ch->ch_seq = seq;
+	ch->ch_nframes = nframes;
+	atomic_init(&ch->ch_ref, 1);
+	atomic_fetch_add(&chunks_live, 1);
+	return ch;
+}
+
 void
 chunk_unref(struct chunk *ch)
 {
@@ -188,7 +208,10 @@ chunk_unref(struct chunk *ch)
 	atomic_fetch_sub(&chunk_bytes_live, (long long)(ch->ch_cap +
 	    ch->ch_zlen));
 	free(ch->ch_zdata);
-	cbuf_put(ch->ch_data, ch->ch_cap);
+	if (ch->ch_parent != NULL)
+		chunk_unref(ch->ch_parent);
+	else
+		cbuf_put(ch->ch_data, ch->ch_cap);
 	free(ch);
 }
 

@@ -32,6 +32,8 @@ struct chunk {
 	 */
 	uint8_t			*ch_zdata;
 	size_t			 ch_zlen;
+	/* a view (chunk_view): ch_data lies in this chunk, referenced */
+	struct chunk		*ch_parent;
 };
 TAILQ_HEAD(chunk_list, chunk);
 STAILQ_HEAD(chunk_queue, chunk);
@@ -44,6 +46,13 @@ STAILQ_HEAD(chunk_queue, chunk);
 
 /* A chunk of at least cap bytes (chunk_buf_size(cap)): one reference, or NULL. */
 struct chunk	*chunk_new(size_t cap);
+/*
+ * A chunk of len bytes at off in parent (whole frames: seq, nframes),
+ * sharing its memory: it holds a reference to parent until it is freed.
+ * Nothing may be appended to a view.
+ */
+struct chunk	*chunk_view(struct chunk *parent, size_t off, size_t len,
+		    uint64_t seq, uint32_t nframes);
 void		 chunk_ref(struct chunk *);
 void		 chunk_unref(struct chunk *);
 /* Shrink an unpublished chunk's allocation towards its length. */

@@ -814,6 +814,17 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	SMETRIC(b, "bytes_sent_total", "counter", "bytes of those frames, "
 	    "before compression", v->v_s->sub_bytes_sent);
 	metrics_subscribers(b, views, nv);
+	evbuffer_add_printf(b, "# HELP walrelay_tls_subscribers_total TLS "
+	    "subscribers that started streaming, by who encrypts their bytes: "
+	    "the kernel (kTLS) or OpenSSL\n# TYPE walrelay_tls_subscribers_total "
+	    "counter\n");
+	for (size_t i = 0; i < nv; i++)
+		evbuffer_add_printf(b, "walrelay_tls_subscribers_total{stream="
+		    "\"%s\",path=\"ktls\"} %" PRIu64 "\n"
+		    "walrelay_tls_subscribers_total{stream=\"%s\",path="
+		    "\"openssl\"} %" PRIu64 "\n", views[i].v_st->st_name,
+		    views[i].v_s->sub_tls_ktls, views[i].v_st->st_name,
+		    views[i].v_s->sub_tls_openssl);
 	SMETRIC(b, "disk_reads_total", "counter", "segment spans served to "
 	    "subscribers behind the in-memory tail", v->v_s->sub_disk_reads);
 	SMETRIC(b, "tail_bytes", "gauge", "bytes in the shared in-memory tail",
@@ -874,12 +885,14 @@ status_subscriber(void *arg, const struct subscriber_status *ss)
 	    "\"kind\":\"%s\",\"start\":%" PRIu64 ",\"position\":%"
 	    PRIu64 ",\"lag\":%" PRIu64 ",\"lag_bytes\":%" PRIu64
 	    ",\"lag_ms\":%" PRIu64 ",\"bytes_queued\":%" PRIu64
-	    ",\"buffered\":%zu,\"from_disk\":%s,\"zstd\":%s,"
+	    ",\"buffered\":%zu,\"from_disk\":%s,\"zstd\":%s,\"tls\":%s,"
 	    "\"connected_ms\":%" PRIu64 "},", ss->ss_name, ss->ss_peer,
 	    ss->ss_resuming ? "resuming" : "stock", ss->ss_start, ss->ss_pos,
 	    ss->ss_lag, ss->ss_lag_bytes, ss->ss_lag_us / 1000,
 	    ss->ss_bytes_queued, ss->ss_buffered,
 	    ss->ss_on_disk ? "true" : "false", ss->ss_zstd ? "true" : "false",
+	    ss->ss_tls == SUBSCRIBER_TLS_KTLS ? "\"ktls\"" :
+	    ss->ss_tls == SUBSCRIBER_TLS_OPENSSL ? "\"openssl\"" : "null",
 	    ss->ss_connected_ms);
 }
 

@@ -669,6 +669,8 @@ main(int argc, char **argv)
 {
 	static struct wr_config cfg;
 	struct stream_plan *plans;
+	struct wr_config **cfgs;
+	struct segstore **stores;
 	struct stream *st;
 	struct event *sig[4], *tick;
 	struct timeval onesec = { 1, 0 };
@@ -762,14 +764,24 @@ main(int argc, char **argv)
 				    stream_cfg_name(plans[i].sp_cfg), err);
 			fatalx("%s", err);
 		}
+	if ((cfgs = calloc(nplans, sizeof(*cfgs))) == NULL ||
+	    (stores = calloc(nplans, sizeof(*stores))) == NULL)
+		fatalx("out of memory");
+	for (size_t i = 0; i < nplans; i++) {
+#ifdef WR_TEST_HOOKS
+		plans[i].sp_cfg->archive_test_step = test_archive_step;
+#endif
+		cfgs[i] = plans[i].sp_cfg;
+	}
+	/* recover every store at once, then start the streams in order */
+	if (stream_open_stores(cfgs, nplans, stores, err, sizeof(err)) == -1)
+		fatalx("%s", err);
 	for (size_t i = 0; i < nplans; i++) {
 		struct stream_plan *sp = &plans[i];
 
-#ifdef WR_TEST_HOOKS
-		sp->sp_cfg->archive_test_step = test_archive_step;
-#endif
-		if ((st = stream_new(stream_cfg_name(sp->sp_cfg), sp->sp_cfg,
-		    sp->sp_tok, sp->sp_upstream_tls, err, sizeof(err))) == NULL)
+		if ((st = stream_new_opened(stream_cfg_name(sp->sp_cfg),
+		    sp->sp_cfg, stores[i], sp->sp_tok, sp->sp_upstream_tls, err,
+		    sizeof(err))) == NULL)
 			fatalx("%s", err);
 		sp->sp_tok = NULL;		/* the stream's now */
 		sp->sp_upstream_tls = NULL;
@@ -777,6 +789,8 @@ main(int argc, char **argv)
 		relay->r_nstreams++;
 	}
 	plans_free(plans, nplans);
+	free(cfgs);
+	free(stores);
 	if (cfg.http != NULL &&
 	    (relay->r_http = http_new(cfg.http, err, sizeof(err))) == NULL)
 		fatalx("%s", err);

@@ -402,6 +402,12 @@ segstore_start(struct segstore *ss, void (*notify)(void *), void *arg)
 	return segment_archive_start(ss);
 }
 
+void
+segstore_set_iopool(struct segstore *ss, struct iopool *ip)
+{
+	ss->ss_cf.iopool = ip;
+}
+
 int
 segstore_close(struct segstore *ss)
 {
@@ -535,7 +541,14 @@ static int
 segment_archive_start(struct segstore *ss)
 {
 	char err[256];
+	uint64_t archived;
 
+	/* a reader thread only where archived segments can be read */
+	pthread_mutex_lock(&ss->ss_mtx);
+	archived = ss->ss_st.ss_archived;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	if (!ss->ss_cf.archive.ac_enabled && archived == 0)
+		return 0;
 	if ((ss->ss_reader = archive_reader_start(segment_reader_notify, ss,
 	    err, sizeof(err))) == NULL) {
 		log_warnx("%s: %s", ss->ss_dir, err);
@@ -572,11 +585,11 @@ segment_archive_stop(struct segstore *ss)
 	for (size_t i = 0; i < SEGMENT_BLOCKS; i++) {
 		b = &ss->ss_blocks[i];
 		if (b->sb_state == SB_PENDING) {
-			if (b->sb_job.aj_chunk != NULL)
-				chunk_unref(b->sb_job.aj_chunk);
+			archive_pieces_free(b->sb_job.aj_pieces,
+			    b->sb_job.aj_npieces);
 			segstore_unpin(ss, b->sb_seg);
 		} else if (b->sb_state == SB_READY)
-			chunk_unref(b->sb_chunk);
+			archive_pieces_free(b->sb_pieces, b->sb_npieces);
 		memset(b, 0, sizeof(*b));
 	}
 }

@@ -166,6 +166,9 @@ struct segstore_snapmeta {
  */
 struct segstore	*segstore_open(const struct segment_config *, char *errbuf,
 		    size_t errlen);
+/* The I/O pool for the loop's file work (segment_config's iopool), before
+ * segstore_start. */
+void		 segstore_set_iopool(struct segstore *, struct iopool *);
 /* Start the writer thread; notify(arg) is called on it after each change. */
 int		 segstore_start(struct segstore *, void (*notify)(void *),
 		    void *arg);

@@ -714,7 +714,10 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 			    "recovered up to sequence %" PRIu64, ss->ss_dir,
 			    end);
 	}
-	if (segment_meta_write(ss, &m, errbuf, errlen) == -1)
+	/* the file already says exactly this (a restart after a crash) */
+	if ((fresh || old.m_epoch != m.m_epoch || old.m_base != m.m_base ||
+	    !old.m_running || old.m_mode != m.m_mode) &&
+	    segment_meta_write(ss, &m, errbuf, errlen) == -1)
 		goto fail;
 
 	ss->ss_epoch = m.m_epoch;

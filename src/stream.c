@@ -6,6 +6,8 @@
 #include "autoconfig.h"
 
 #include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +34,11 @@
  * flight at once keep the disk's queue busy.
  */
 #define STREAM_IO_THREADS	4
+/*
+ * Stores opened at once at a start: their metadata fsyncs overlap (the
+ * file system commits them together) instead of queueing one by one.
+ */
+#define STREAM_OPEN_THREADS	16
 
 int
 stream_name_valid(const char *s)
@@ -270,8 +277,124 @@ stream_snapshot_open(struct stream *st, char *errbuf, size_t errlen)
 	return st->st_snap != NULL ? 0 : -1;
 }
 
+/* The store's settings from a stream's config. */
+static void
+stream_store_config(const struct wr_config *cfg, struct segment_config *sc)
+{
+	memset(sc, 0, sizeof(*sc));
+	sc->dir = cfg->data_dir;
+	sc->fsync_mode = cfg->fsync_mode;
+	sc->fsync_interval_ms = cfg->fsync_interval_ms;
+	sc->segment_bytes = cfg->segment_bytes;
+	sc->segment_age_ms = cfg->segment_age_s * 1000;
+	sc->retain_bytes = cfg->retain_bytes;
+	sc->retain_age_s = cfg->retain_age_s;
+	sc->max_frame_bytes = cfg->max_frame_bytes;
+	sc->retry_ms = 1000;
+	sc->verify_sealed = cfg->verify_segments;
+	sc->archive.ac_enabled = cfg->archive_after_s > 0 ||
+	    cfg->archive_keep_raw > 0;
+	sc->archive.ac_after_s = cfg->archive_after_s;
+	sc->archive.ac_keep_raw = cfg->archive_keep_raw;
+	sc->archive.ac_level = (int)cfg->archive_level;
+	sc->archive.ac_long = cfg->archive_long;
+	sc->archive.ac_test_step = cfg->archive_test_step;
+}
+
+/* stream_open_stores: the work shared by its threads. */
+struct stream_opening {
+	pthread_mutex_t		 so_mtx;
+	struct wr_config *const	*so_cfgs;
+	struct segstore		**so_stores;
+	char			(*so_errs)[512];
+	size_t			 so_n;
+	size_t			 so_next;	/* under so_mtx */
+};
+
+static void *
+stream_open_thread(void *arg)
+{
+	struct stream_opening *so = arg;
+	struct segment_config sc;
+	size_t i;
+
+	for (;;) {
+		pthread_mutex_lock(&so->so_mtx);
+		i = so->so_next++;
+		pthread_mutex_unlock(&so->so_mtx);
+		if (i >= so->so_n)
+			break;
+		stream_store_config(so->so_cfgs[i], &sc);
+		so->so_stores[i] = segstore_open(&sc, so->so_errs[i],
+		    sizeof(so->so_errs[i]));
+	}
+	return NULL;
+}
+
+int
+stream_open_stores(struct wr_config *const *cfgs, size_t n,
+    struct segstore **stores, char *errbuf, size_t errlen)
+{
+	struct stream_opening so;
+	pthread_t th[STREAM_OPEN_THREADS];
+	sigset_t all, old;
+	size_t nth = 0, i;
+	int rc = 0;
+
+	memset(&so, 0, sizeof(so));
+	for (i = 0; i < n; i++)
+		stores[i] = NULL;
+	if (n == 0)
+		return 0;
+	if ((so.so_errs = calloc(n, sizeof(*so.so_errs))) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		return -1;
+	}
+	pthread_mutex_init(&so.so_mtx, NULL);
+	so.so_cfgs = cfgs;
+	so.so_stores = stores;
+	so.so_n = n;
+	/* signals are for the loop thread */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	for (i = 0; i + 1 < n && i + 1 < STREAM_OPEN_THREADS; i++) {
+		if (pthread_create(&th[nth], NULL, stream_open_thread, &so) != 0)
+			break;		/* fewer threads: still every store */
+		nth++;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	stream_open_thread(&so);
+	for (i = 0; i < nth; i++)
+		pthread_join(th[i], NULL);
+	pthread_mutex_destroy(&so.so_mtx);
+	for (i = 0; i < n; i++)
+		if (stores[i] == NULL) {
+			snprintf(errbuf, errlen, "stream %s: storage: %s",
+			    cfgs[i]->stream_name != NULL ?
+			    cfgs[i]->stream_name : STREAM_DEFAULT, so.so_errs[i]);
+			rc = -1;
+			break;
+		}
+	if (rc == -1)
+		for (i = 0; i < n; i++) {
+			segstore_close(stores[i]);
+			stores[i] = NULL;
+		}
+	free(so.so_errs);
+	return rc;
+}
+
 struct stream *
 stream_new(const char *name, struct wr_config *cfg, struct auth_tokens *tok,
+    struct tls_ctx *upstream_tls, char *errbuf, size_t errlen)
+{
+	return stream_new_opened(name, cfg, NULL, tok, upstream_tls, errbuf,
+	    errlen);
+}
+
+struct stream *
+stream_new_opened(const char *name, struct wr_config *cfg,
+    struct segstore *store, struct auth_tokens *tok,
     struct tls_ctx *upstream_tls, char *errbuf, size_t errlen)
 {
 	struct segment_config sc;
@@ -282,6 +405,7 @@ stream_new(const char *name, struct wr_config *cfg, struct auth_tokens *tok,
 
 	if ((st = calloc(1, sizeof(*st))) == NULL) {
 		snprintf(errbuf, errlen, "out of memory");
+		segstore_close(store);
 		return NULL;
 	}
 	snprintf(st->st_name, sizeof(st->st_name), "%s", name);
@@ -289,34 +413,21 @@ stream_new(const char *name, struct wr_config *cfg, struct auth_tokens *tok,
 	st->st_tokens = tok;
 	st->st_upstream_tls = upstream_tls;
 
-	memset(&sc, 0, sizeof(sc));
-	sc.dir = cfg->data_dir;
-	sc.fsync_mode = cfg->fsync_mode;
-	sc.fsync_interval_ms = cfg->fsync_interval_ms;
-	sc.segment_bytes = cfg->segment_bytes;
-	sc.segment_age_ms = cfg->segment_age_s * 1000;
-	sc.retain_bytes = cfg->retain_bytes;
-	sc.retain_age_s = cfg->retain_age_s;
-	sc.max_frame_bytes = cfg->max_frame_bytes;
-	sc.retry_ms = 1000;
-	sc.verify_sealed = cfg->verify_segments;
-	sc.archive.ac_enabled = cfg->archive_after_s > 0 ||
-	    cfg->archive_keep_raw > 0;
-	sc.archive.ac_after_s = cfg->archive_after_s;
-	sc.archive.ac_keep_raw = cfg->archive_keep_raw;
-	sc.archive.ac_level = (int)cfg->archive_level;
-	sc.archive.ac_long = cfg->archive_long;
-	sc.archive.ac_test_step = cfg->archive_test_step;
 	if ((st->st_io = iopool_new(relay->r_base, STREAM_IO_THREADS, name,
 	    err, sizeof(err))) == NULL) {
 		snprintf(errbuf, errlen, "stream %s: %s", name, err);
+		if (store != NULL)
+			segstore_close(store);
 		goto fail;
 	}
-	sc.iopool = st->st_io;
-	if ((st->st_store = segstore_open(&sc, err, sizeof(err))) == NULL) {
+	st->st_store = store;
+	stream_store_config(cfg, &sc);
+	if (st->st_store == NULL &&
+	    (st->st_store = segstore_open(&sc, err, sizeof(err))) == NULL) {
 		snprintf(errbuf, errlen, "stream %s: storage: %s", name, err);
 		goto fail;
 	}
+	segstore_set_iopool(st->st_store, st->st_io);
 	stream_store_update(st);
 	log_info("%s: storage: %s, epoch %016" PRIx64 ", frames %" PRIu64
 	    " to %" PRIu64 ", fsync %s", st->st_name, cfg->data_dir,

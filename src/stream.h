@@ -60,6 +60,8 @@ struct stream_stats {
 	uint64_t	 sub_frames_sent;
 	uint64_t	 sub_bytes_sent;
 	uint64_t	 sub_disk_reads;	/* spans served from segment files */
+	uint64_t	 sub_tls_ktls;		/* TLS, sent with kernel TLS */
+	uint64_t	 sub_tls_openssl;	/* TLS, encrypted by OpenSSL */
 };
 
 struct stream {
@@ -89,6 +91,7 @@ struct stream {
 	 */
 	int			 st_positioned;
 	int			 st_stopping;
+	int			 st_tls_logged;	/* 1 << SUBSCRIBER_TLS_*: said */
 	TAILQ_ENTRY(stream)	 st_entry;
 };
 TAILQ_HEAD(stream_list, stream);
@@ -103,6 +106,20 @@ int		 stream_name_valid(const char *);
 struct stream	*stream_new(const char *name, struct wr_config *cfg,
 		    struct auth_tokens *tokens, struct tls_ctx *upstream_tls,
 		    char *errbuf, size_t errlen);
+/*
+ * Open the stores of n streams (segstore_open) on several threads at
+ * once: a start with many streams waits for their recoveries and
+ * metadata fsyncs together, not one after another. Returns 0 with every
+ * stores[i] set, or -1 with errbuf naming the first stream (in cfgs'
+ * order) that failed, every store closed again.
+ */
+struct segstore;
+int		 stream_open_stores(struct wr_config *const *cfgs, size_t n,
+		    struct segstore **stores, char *errbuf, size_t errlen);
+/* stream_new with its store already open (taken, even on failure). */
+struct stream	*stream_new_opened(const char *name, struct wr_config *cfg,
+		    struct segstore *store, struct auth_tokens *tokens,
+		    struct tls_ctx *upstream_tls, char *errbuf, size_t errlen);
 /*
  * Close every connection, make everything durable and close the store.
  * Returns 0, or -1 when frames could not be made durable (dropped).

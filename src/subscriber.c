@@ -41,6 +41,7 @@
 #include "snapshot.h"
 #include "stream.h"
 #include "subscriber.h"
+#include "tls.h"
 
 struct subscriber {
 	uint64_t		 sub_id;
@@ -54,6 +55,7 @@ struct subscriber {
 	int			 sub_zstd;
 	void			*sub_zc;	/* ZSTD_CCtx */
 	int			 sub_zopen;	/* sub_zc has an unfinished frame */
+	int			 sub_tls;	/* SUBSCRIBER_TLS_* */
 	struct handshake	 sub_hs;
 	struct event		*sub_timer;	/* auth deadline, flush deadline */
 	uint64_t		 sub_start;	/* first frame it asked for */
@@ -929,6 +931,39 @@ subscribe_required(const struct stream *st)
 	    st->st_tokens->at_subscribe.ts_count > 0;
 }
 
+/*
+ * Who encrypts a TLS subscriber's bytes, known once the handshake is done:
+ * the kernel (kTLS) or OpenSSL. Counted, and said once per stream and
+ * path, so that an operator sees which one the listener uses.
+ */
+static void
+sub_tls_path(struct subscriber *sub)
+{
+	struct stream *st = sub_stream(sub);
+	const char *cipher = tls_bev_cipher(sub->sub_bev);
+
+	if (tls_bev_ktls_send(sub->sub_bev)) {
+		sub->sub_tls = SUBSCRIBER_TLS_KTLS;
+		st->st_stats.sub_tls_ktls++;
+	} else {
+		sub->sub_tls = SUBSCRIBER_TLS_OPENSSL;
+		st->st_stats.sub_tls_openssl++;
+	}
+	if (st->st_tls_logged & (1 << sub->sub_tls))
+		return;
+	st->st_tls_logged |= 1 << sub->sub_tls;
+	if (sub->sub_tls == SUBSCRIBER_TLS_KTLS)
+		log_info("%s: TLS subscribers of stream %s are sent with kernel "
+		    "TLS (kTLS, %s): the kernel frames and encrypts what the "
+		    "relay writes", sub->sub_name, st->st_name,
+		    cipher ? cipher : "?");
+	else
+		log_info("%s: TLS subscribers of stream %s are encrypted by "
+		    "OpenSSL in the relay (%s); kTLS is not in use: %s",
+		    sub->sub_name, st->st_name, cipher ? cipher : "?",
+		    tls_ktls_missing());
+}
+
 static void
 sub_start(struct subscriber *sub, uint64_t start)
 {
@@ -937,6 +972,8 @@ sub_start(struct subscriber *sub, uint64_t start)
 	evtimer_del(sub->sub_timer);
 	sub->sub_state = SUB_STREAM;
 	sub->sub_start = sub->sub_pos = start;
+	if (net_bev_is_tls(sub->sub_bev))
+		sub_tls_path(sub);
 	log_info("%s: %s subscriber %s from sequence %" PRIu64 "%s",
 	    sub->sub_name, sub->sub_resuming ? "resuming" : "stock",
 	    sub->sub_peer, start, sub->sub_zstd ? " (zstd)" : "");
@@ -1479,6 +1516,7 @@ subscriber_status(const struct subscriber *sub, struct subscriber_status *ss)
 	ss->ss_resuming = sub->sub_resuming;
 	ss->ss_zstd = sub->sub_zstd;
 	ss->ss_on_disk = sub->sub_on_disk;
+	ss->ss_tls = sub->sub_tls;
 	ss->ss_waiting = fanout_waiting(&sub->sub_link);
 	ss->ss_start = sub->sub_start;
 	ss->ss_pos = sub->sub_pos;

@@ -21,6 +21,11 @@ enum subscriber_state {
 	SUB_DEAD,	/* closed, waiting to be freed from the loop */
 };
 
+/* Who encrypts a subscriber's bytes. */
+#define SUBSCRIBER_TLS_NONE	0	/* plain TCP */
+#define SUBSCRIBER_TLS_OPENSSL	1	/* OpenSSL, in the relay */
+#define SUBSCRIBER_TLS_KTLS	2	/* the kernel (kTLS) */
+
 /* For /v1/status, /metrics and tests. */
 struct subscriber_status {
 	char		 ss_name[24];	/* "sub-42" */
@@ -29,6 +34,7 @@ struct subscriber_status {
 	int		 ss_resuming;	/* FCWAL-SUB/1 */
 	int		 ss_zstd;
 	int		 ss_on_disk;	/* reading segment files */
+	int		 ss_tls;	/* SUBSCRIBER_TLS_* */
 	int		 ss_waiting;	/* caught up, waiting for frames */
 	uint64_t	 ss_start;	/* first frame it asked for */
 	uint64_t	 ss_pos;	/* next frame to queue */

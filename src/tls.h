@@ -34,6 +34,15 @@ struct bufferevent *tls_bev_accepted(struct event_base *, struct tls_ctx *,
 		    int fd);
 struct bufferevent *tls_bev_connect(struct event_base *, struct tls_ctx *);
 int		 tls_bev_is_tls(struct bufferevent *);
+/*
+ * After the handshake: 1 when the kernel frames and encrypts this
+ * connection's sends (kTLS), 0 when OpenSSL does. Its cipher suite
+ * (NULL: not TLS).
+ */
+int		 tls_bev_ktls_send(struct bufferevent *);
+const char	*tls_bev_cipher(struct bufferevent *);
+/* Why a connection is not on kTLS, for the log. */
+const char	*tls_ktls_missing(void);
 /* The TLS error behind a failed bufferevent, or NULL. */
 const char	*tls_bev_error(struct bufferevent *, char *buf, size_t len);
 

@@ -292,6 +292,60 @@ def test_tls_subscriber_gets_the_stream_exactly(relays, walcat, pki, tokens):
     assert len(got) == 300
 
 
+def cpu_has_aes():
+    with open("/proc/cpuinfo") as f:
+        return any(line.startswith("flags") and " aes" in line
+                   for line in f)
+
+
+def test_tls_send_path_and_suite_are_reported(relays, walcat, pki, tokens):
+    """Each TLS subscriber streams whichever code encrypts it: the kernel
+    (kTLS) where it has the tls module, else OpenSSL in the relay. The
+    relay says which once per stream in its log, per subscriber in
+    /v1/status and as a count in /metrics. With AES instructions the
+    suite is AES-128-GCM, the cheapest per byte, whatever the client's
+    order."""
+    ktls = os.path.exists("/proc/net/tls_stat")
+    path = "ktls" if ktls else "openssl"
+    r = relays("a", tls_args(pki) + auth_args(tokens))
+    produce(walcat, r, 200, tokens["pub"])
+    r.wait_durable(200)
+    ctx = client_ctx(pki.path("ca.crt"))
+    with tls_connect(r.listen_addr, ctx) as s1, \
+            tls_connect(r.listen_addr, ctx) as s2:
+        for s in (s1, s2):
+            reply = subscribe(s)
+            assert reply.startswith("FCWAL-OK/1 start=0 "), reply
+            assert recv_frames(s, 200) == store_frames(r.datadir)
+        if s1.version() == "TLSv1.3" and cpu_has_aes():
+            assert s1.cipher()[0] == "TLS_AES_128_GCM_SHA256", s1.cipher()
+        subs = r.status()["streams"][0]["subscribers"]
+        assert [x["tls"] for x in subs] == [path, path], subs
+        m = r.metrics()
+        assert m['walrelay_tls_subscribers_total{path="%s"}' % path] == 2
+        other = "openssl" if ktls else "ktls"
+        assert m['walrelay_tls_subscribers_total{path="%s"}' % other] == 0
+    log = r.read_log()
+    if ktls:
+        assert log.count("are sent with kernel TLS (kTLS") == 1, log
+    else:
+        assert log.count("are encrypted by OpenSSL in the relay") == 1, log
+        assert "kTLS is not in use: the kernel has no TLS module" in log, log
+
+
+def test_plain_subscriber_reports_no_tls(relays, walcat, tokens):
+    r = relays("a", auth_args(tokens))
+    produce(walcat, r, 10, tokens["pub"])
+    r.wait_durable(10)
+    s = connect(r.listen_addr)
+    with s:
+        assert subscribe(s).startswith("FCWAL-OK/1 start=0 ")
+        recv_frames(s, 10)
+        subs = r.status()["streams"][0]["subscribers"]
+        assert [x["tls"] for x in subs] == [None], subs
+        assert r.metrics()['walrelay_tls_subscribers_total{path="openssl"}'] == 0
+
+
 def test_tls_client_refuses_unrelated_ca(relays, pki, tokens):
     r = relays("a", tls_args(pki) + auth_args(tokens))
     with pytest.raises(ssl.SSLCertVerificationError) as e:

@@ -5,6 +5,7 @@ sections, feeds each stream its own frames and checks that each store and
 each subscriber holds exactly its own stream.
 """
 
+import os
 import signal
 import subprocess
 
@@ -635,3 +636,58 @@ def test_print_config_streams(walrelay, workdir):
         return [ln.split("  #")[0] for ln in
                 t.split("# Environment")[0].splitlines()]
     assert keys(p2.stdout) == keys(out)
+
+
+def test_start_fails_on_one_store_and_names_it(walrelay, workdir):
+    """The stores are opened together at a start: one that cannot be
+    opened (its directory locked by another process) stops the start with
+    the stream named, and leaves the other stores unlocked."""
+    import fcntl
+    d = workdir / "data"
+    text = (f"[walrelay]\ndata-dir = {d}\nhttp = 127.0.0.1:{free_port()}\n")
+    for n in ("a", "b", "c"):
+        text += stream_section(n, f"127.0.0.1:{free_port()}",
+                               f"127.0.0.1:{free_port()}")
+    conf = write_conf(workdir, text)
+    (d / "b").mkdir(parents=True)
+    with open(d / "b" / "walrelay.lock", "w") as lk:
+        fcntl.flock(lk, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        p = subprocess.run([str(walrelay), "-c", str(conf)],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0
+        assert "stream b: storage:" in p.stderr, p.stderr
+        assert "in use by another walrelay" in p.stderr
+        for n in ("a", "c"):
+            with open(d / n / "walrelay.lock") as other:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_metadata_not_rewritten_when_unchanged(relays, workdir):
+    """A restart after a crash of an idle relay finds the metadata already
+    saying what the start would write (same epoch and position, running):
+    it is kept, not rewritten. Frames stored since (a new position), or a
+    clean stop, make the next start rewrite it as before."""
+    r = relays("r")
+    meta = workdir / "r" / "walrelay.meta"
+    r.kill9()
+    before = os.stat(meta)
+    r.start()
+    assert "did not stop cleanly" in r.read_log()
+    after = os.stat(meta)
+    assert (after.st_ino, after.st_mtime_ns) == \
+        (before.st_ino, before.st_mtime_ns), "metadata rewritten"
+    # frames since: the position moved, the start records it
+    p = publish(r.ingest_addr, "default", 0, 5)
+    r.wait_durable(5)
+    p.close()
+    r.kill9()
+    r.start()
+    assert os.stat(meta).st_ino != after.st_ino
+    assert r.metric("walrelay_durable_sequence") == 5
+    moved = os.stat(meta)
+    r.stop()
+    stopped = os.stat(meta)
+    assert stopped.st_ino != moved.st_ino
+    r.start()
+    assert os.stat(meta).st_ino != stopped.st_ino, \
+        "a start after a clean stop records that it runs"
