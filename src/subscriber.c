@@ -1264,6 +1264,8 @@ sub_handshake(struct subscriber *sub)
 		sub->sub_snap_len = 0;
 		sub->sub_resync = 0;
 		sub->sub_hs_wait = 1;
+		/* its line came in time: the wait is the store's, not its */
+		evtimer_del(sub->sub_timer);
 		return;
 	}
 	if (rc) {

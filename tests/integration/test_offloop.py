@@ -242,10 +242,11 @@ def test_first_read_of_sealed_segments_is_off_the_loop(relays, workdir,
     fc.set(f"op=read,path={r.datadir}/segment-*.wal,err=none,"
            f"delay={DELAY_MS}")
     live = Reader(r.listen_addr, "latest")
-    up = connect(r.ingest_addr, timeout=60)
     starts = [0, 1234]
+    # their replies wait for the check of the segment they start in
     readers = [Reader(r.listen_addr, str(s)) for s in starts]
     wait_until(lambda: len(read_delays(fc)) >= 1, 60, "a delayed read")
+    up = connect(r.ingest_addr, timeout=60)
     more = [gen_frame(len(frames) + i) for i in range(6)]
     trips = live_trips(r, up, live, more)
     assert max(trips) < LIVE_MAX_S, trips
