@@ -59,7 +59,6 @@ struct fanout {
 	unsigned		 fo_npending;
 	struct net_listener	*fo_listener;
 	struct event		*fo_reaper;
-	uint8_t			*fo_piece;	/* fanout_piece() */
 	int			 fo_stopped;
 	/* its listener is shared: subscribers are routed by their line */
 	int			 fo_routed;
@@ -202,7 +201,6 @@ fanout_free(struct fanout *fo)
 	}
 	if (fo->fo_reaper != NULL)
 		event_free(fo->fo_reaper);
-	free(fo->fo_piece);
 	free(fo);
 }
 
@@ -282,12 +280,17 @@ fanout_advance(struct fanout *fo, uint64_t sendable)
 void
 fanout_blocks_read(struct fanout *fo, uint64_t reads)
 {
-	struct fanout_link *l;
+	struct fanout_link *l, *next;
 	uint64_t gen;
 
 	if (reads == fo->fo_blocks_read || fo->fo_advancing)
 		return;
 	fo->fo_blocks_read = reads;
+	/* handshakes that wait for the check of their first frame */
+	for (l = TAILQ_FIRST(&fo->fo_pending); l != NULL; l = next) {
+		next = TAILQ_NEXT(l, fl_entry);
+		subscriber_handshake_resume(l->fl_sub);
+	}
 	fo->fo_advancing = 1;
 	gen = ++fo->fo_wake_gen;
 	while ((l = TAILQ_FIRST(&fo->fo_waiting)) != NULL &&
@@ -435,14 +438,6 @@ fanout_status(const struct fanout *fo, struct fanout_status *fs)
 	fs->fs_tail_cap = fo->fo_tail_cap;
 	fs->fs_tail_chunks = fo->fo_tail_chunks;
 	fs->fs_sendable = fo->fo_sendable;
-}
-
-uint8_t *
-fanout_piece(struct fanout *fo)
-{
-	if (fo->fo_piece == NULL)
-		fo->fo_piece = malloc(FANOUT_PIECE);
-	return fo->fo_piece;
 }
 
 /* ---- status: lag in bytes and time, retention margins ------------------ */

@@ -85,12 +85,8 @@ void		 fanout_foreach(struct fanout *,
 struct subscriber_status;
 int		 fanout_status_foreach(struct fanout *, void (*fn)(void *arg,
 		    const struct subscriber_status *), void *arg);
-/*
- * A buffer of FANOUT_PIECE bytes for reading segment files piecewise
- * (TLS, zstd): one reader at a time, on the loop; NULL when out of memory.
- */
+/* Bytes of a segment file read at once for a TLS or zstd subscriber. */
 #define FANOUT_PIECE	(256 * 1024)
-uint8_t		*fanout_piece(struct fanout *);
 
 /*
  * The subscriber side (subscriber.c). A new connection joins as pending

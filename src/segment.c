@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 
 #include <errno.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
@@ -202,6 +203,65 @@ segment_fsync_dir(struct segstore *ss)
 	return 0;
 }
 
+/* Retention on a worker. */
+static void
+segment_retain_work(struct iopool_job *j)
+{
+	segment_retain_run((struct segstore *)((char *)j -
+	    offsetof(struct segstore, ss_retain_job)));
+}
+
+/*
+ * Loop thread: the run is over. Readers waiting at a removed position
+ * learn that it is gone; a request that came meanwhile runs again (the
+ * job is the store's one: it is submitted again only now).
+ */
+static void
+segment_retain_done(struct iopool_job *j)
+{
+	struct segstore *ss = (struct segstore *)((char *)j -
+	    offsetof(struct segstore, ss_retain_job));
+	int again;
+
+	pthread_mutex_lock(&ss->ss_mtx);
+	ss->ss_st.ss_pool_done++;
+	again = ss->ss_retain_more && !ss->ss_stop;
+	ss->ss_retain_more = 0;
+	ss->ss_retain_busy = again;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	if (again)
+		iopool_submit(ss->ss_cf.iopool, &ss->ss_retain_job);
+	if (ss->ss_notify != NULL)
+		ss->ss_notify(ss->ss_notify_arg);
+}
+
+void
+segstore_retain(struct segstore *ss)
+{
+	int queue;
+
+	/* before the start nothing is served yet: finish it here */
+	if (ss->ss_cf.iopool == NULL || !ss->ss_started) {
+		segment_retain_run(ss);
+		return;
+	}
+	if (ss->ss_cf.retain_bytes == 0 && ss->ss_cf.retain_age_s == 0 &&
+	    !ss->ss_compact && ss->ss_covered == 0)
+		return;
+	pthread_mutex_lock(&ss->ss_mtx);
+	queue = !ss->ss_retain_busy && !ss->ss_stop;
+	if (queue)
+		ss->ss_retain_busy = 1;
+	else
+		ss->ss_retain_more = 1;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	if (queue) {
+		ss->ss_retain_job.ij_work = segment_retain_work;
+		ss->ss_retain_job.ij_done = segment_retain_done;
+		iopool_submit(ss->ss_cf.iopool, &ss->ss_retain_job);
+	}
+}
+
 /*
  * Retention: any thread, one at a time (ss_retaining). Files are removed
  * without the mutex held, oldest first; when one cannot be removed, it
@@ -210,12 +270,12 @@ segment_fsync_dir(struct segstore *ss)
  * next start).
  */
 void
-segstore_retain(struct segstore *ss)
+segment_retain_run(struct segstore *ss)
 {
 	struct segment_list gone = TAILQ_HEAD_INITIALIZER(gone);
 	struct segment *seg, *next;
 	uint64_t now, age_ms;
-	int over, old, covered, removed = 0;
+	int over, old, covered, removed = 0, taken;
 
 	if (ss->ss_cf.retain_bytes == 0 && ss->ss_cf.retain_age_s == 0 &&
 	    !ss->ss_compact && ss->ss_covered == 0)
@@ -231,6 +291,7 @@ segstore_retain(struct segstore *ss)
 again:
 	ss->ss_retain_again = 0;
 	ss->ss_retain_blocked = 0;
+	taken = 0;
 	now = segment_now_ms();
 	/* never the newest: it holds the position the store continues from */
 	while ((seg = TAILQ_FIRST(&ss->ss_segs)) != NULL &&
@@ -253,10 +314,10 @@ again:
 		TAILQ_REMOVE(&ss->ss_segs, seg, seg_entry);
 		seg->seg_compacted = covered;
 		TAILQ_INSERT_TAIL(&gone, seg, seg_entry);
+		taken = 1;
 		ss->ss_st.ss_store_bytes -= seg->seg_bytes;
 		ss->ss_st.ss_segments--;
 		ss->ss_st.ss_deleted++;
-		ss->ss_st.ss_earliest = next->seg_base;
 	}
 	pthread_mutex_unlock(&ss->ss_mtx);
 
@@ -297,8 +358,15 @@ again:
 			ss->ss_st.ss_segments++;
 			ss->ss_st.ss_deleted--;
 		}
+	}
+	/*
+	 * Earliest moves once the files are gone: a reader told it still
+	 * finds them, and one that asks for a taken segment's frames is
+	 * told to wait (not found), then that they are gone.
+	 */
+	if (taken)
 		ss->ss_st.ss_earliest = TAILQ_FIRST(&ss->ss_segs)->seg_base;
-	} else if (ss->ss_retain_again)
+	if (TAILQ_EMPTY(&gone) && ss->ss_retain_again)
 		goto again;
 	ss->ss_retaining = 0;
 	pthread_mutex_unlock(&ss->ss_mtx);
@@ -334,6 +402,12 @@ segstore_start(struct segstore *ss, void (*notify)(void *), void *arg)
 	return segment_archive_start(ss);
 }
 
+void
+segstore_set_iopool(struct segstore *ss, struct iopool *ip)
+{
+	ss->ss_cf.iopool = ip;
+}
+
 int
 segstore_close(struct segstore *ss)
 {
@@ -355,6 +429,8 @@ segstore_close(struct segstore *ss)
 		ss->ss_last_sync = segment_mono_ms();
 		segstore_writer(ss);
 	}
+	/* retention the writer queued last: no job may outlive the store */
+	iopool_drain(ss->ss_cf.iopool);
 
 	if (!ss->ss_gave_up) {
 		m.m_epoch = ss->ss_epoch;

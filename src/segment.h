@@ -64,6 +64,13 @@ struct segment_config {
 	void		*sync_arg;
 	/* The archive tier (archive.h); off unless ac_enabled. */
 	struct archive_config archive;
+	/*
+	 * Worker threads for the file work the loop's calls would otherwise
+	 * do (retention's unlink and directory fsync, the first read of a
+	 * sealed segment, finding a frame's offset); their results come back
+	 * on the loop. NULL (walcat, some tests): done in the call.
+	 */
+	struct iopool	*iopool;
 };
 
 /*
@@ -107,6 +114,11 @@ struct segstore_state {
 	uint64_t	 ss_archived_bytes; /* their compressed size */
 	uint64_t	 ss_archive_raw_bytes; /* their frames' raw size */
 	uint64_t	 ss_archive_reads; /* blocks decompressed for readers */
+	/*
+	 * Jobs done on the I/O pool that a waiting reader may want: frames
+	 * located (a sealed segment's first read), retention passes.
+	 */
+	uint64_t	 ss_pool_done;
 };
 
 /*
@@ -125,6 +137,7 @@ struct segment_span {
 };
 
 struct segstore;
+struct iopool;
 
 /* The newest snapshot as recorded in the metadata (snapshot.c). */
 #define SEGSTORE_SNAPNAME_MAX	64
@@ -153,6 +166,9 @@ struct segstore_snapmeta {
  */
 struct segstore	*segstore_open(const struct segment_config *, char *errbuf,
 		    size_t errlen);
+/* The I/O pool for the loop's file work (segment_config's iopool), before
+ * segstore_start. */
+void		 segstore_set_iopool(struct segstore *, struct iopool *);
 /* Start the writer thread; notify(arg) is called on it after each change. */
 int		 segstore_start(struct segstore *, void (*notify)(void *),
 		    void *arg);
@@ -210,7 +226,11 @@ void		 segstore_unpin(struct segstore *, void *pin);
 /* Done with a span: unpin it or drop its chunk reference. */
 void		 segstore_span_release(struct segstore *, struct segment_span *);
 
-/* Apply retention now (also run by the store after each rotation). */
+/*
+ * Apply retention now (also run by the store after each rotation). With
+ * an I/O pool, once the store is started, the files are removed there:
+ * the call returns at once.
+ */
 void		 segstore_retain(struct segstore *);
 
 /*

@@ -21,6 +21,7 @@
 
 #include "archive.h"
 #include "chunk.h"
+#include "iopool.h"
 #include "segment.h"
 
 #define SEGMENT_WRITEBACK	(2u << 20)	/* bytes between writeback kicks */
@@ -70,6 +71,14 @@ struct segment {
 	char			*seg_zname;
 	struct archive_index	 seg_zidx;
 	int			 seg_compacted;	/* removed: a snapshot covers it */
+	/*
+	 * Loop thread: a find job (segment_read.c) is in flight, and the
+	 * offset of one frame the last one found (no walk on the loop).
+	 */
+	int			 seg_finding;
+	int			 seg_has_hint;
+	uint64_t		 seg_hint_seq;
+	uint64_t		 seg_hint_off;
 };
 TAILQ_HEAD(segment_list, segment);
 
@@ -148,6 +157,14 @@ struct segstore {
 	struct archive_reader	*ss_reader;
 	struct segment_block	 ss_blocks[SEGMENT_BLOCKS];	/* loop thread */
 	uint64_t		 ss_block_tick;
+
+	/*
+	 * Retention on the I/O pool (under ss_mtx): the job is submitted and
+	 * its done callback has not run yet; asked for again meanwhile.
+	 */
+	struct iopool_job	 ss_retain_job;
+	int			 ss_retain_busy;
+	int			 ss_retain_more;
 };
 
 /* segment.c */
@@ -163,6 +180,8 @@ const char	*segment_file(const struct segment *);
 void		 segment_index_add(struct segment *, uint64_t seq,
 		    uint64_t off);
 
+/* retention itself, on the calling thread (the writer's, a worker's) */
+void		 segment_retain_run(struct segstore *);
 /* segment_meta.c; returns 0 or -1 with errbuf (read: 1 when absent) */
 int		 segment_meta_write(struct segstore *,
 		    const struct segment_meta *, char *errbuf, size_t errlen);
@@ -173,7 +192,7 @@ int		 segment_meta_read(struct segstore *, struct segment_meta *,
 
 /* segment_recover.c */
 int		 segment_check_sealed(struct segstore *, struct segment *,
-		    int fd);
+		    int fd, uint64_t *bad);
 
 /* segment_writer.c: the writer thread's body */
 void		*segstore_writer(void *);

@@ -70,13 +70,137 @@ segment_walk(int fd, uint64_t seq, uint64_t off, uint64_t target,
 static int	segment_locate_archived(struct segstore *, struct segment *,
 		    uint64_t, struct segment_span *);
 
+/* The index point at or before seq (ss_mtx held). */
+static void
+segment_index_find(const struct segment *seg, uint64_t seq, uint64_t *iseq,
+    uint64_t *ioff)
+{
+	size_t lo = 0, hi = seg->seg_nindex, mid;
+
+	*iseq = seg->seg_base;
+	*ioff = 0;
+	while (lo < hi) {
+		mid = lo + (hi - lo) / 2;
+		if (seg->seg_index[mid].ip_seq <= seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo > 0) {
+		*iseq = seg->seg_index[lo - 1].ip_seq;
+		*ioff = seg->seg_index[lo - 1].ip_off;
+	}
+}
+
+/*
+ * Finding a frame on the I/O pool: the first read of a sealed segment
+ * checks it whole (segment_check_sealed), and a frame between two index
+ * points is found by walking frame headers; both read the file, so
+ * neither runs on the loop. The job holds a pin on the segment and a
+ * descriptor of its own.
+ */
+struct segment_find {
+	struct iopool_job	 sf_job;	/* first: the pool's view */
+	struct segstore		*sf_ss;
+	struct segment		*sf_seg;
+	uint64_t		 sf_seq;
+	int			 sf_check;
+	int			 sf_rc;		/* 0: sf_off found */
+	uint64_t		 sf_off;
+	uint64_t		 sf_bad;	/* from the check */
+};
+
+static void
+segment_find_work(struct iopool_job *j)
+{
+	struct segment_find *f = (struct segment_find *)j;
+	struct segstore *ss = f->sf_ss;
+	struct segment *seg = f->sf_seg;
+	uint64_t iseq, ioff, dbytes, dend;
+	int fd;
+
+	f->sf_rc = -1;
+	f->sf_bad = UINT64_MAX;
+	if ((fd = openat(ss->ss_dirfd, seg->seg_name, O_RDONLY |
+	    O_CLOEXEC)) == -1) {
+		if (errno != ENOENT)	/* ENOENT: archived meanwhile */
+			log_warn("%s/%s: open for reading", ss->ss_dir,
+			    seg->seg_name);
+		return;
+	}
+	if (f->sf_check && segment_check_sealed(ss, seg, fd, &f->sf_bad) == -1)
+		goto out;
+	pthread_mutex_lock(&ss->ss_mtx);
+	segment_index_find(seg, f->sf_seq, &iseq, &ioff);
+	dbytes = seg->seg_durable_bytes;
+	dend = seg->seg_durable_end;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	if (f->sf_seq >= dend)
+		goto out;
+	if (segment_walk(fd, iseq, ioff, f->sf_seq, dbytes, &f->sf_off) == -1) {
+		log_warn("%s/%s: looking for sequence %" PRIu64, ss->ss_dir,
+		    seg->seg_name, f->sf_seq);
+		goto out;
+	}
+	f->sf_rc = 0;
+out:
+	close(fd);
+}
+
+/* Loop thread: keep what the job found, wake the readers that wait. */
+static void
+segment_find_done(struct iopool_job *j)
+{
+	struct segment_find *f = (struct segment_find *)j;
+	struct segstore *ss = f->sf_ss;
+	struct segment *seg = f->sf_seg;
+
+	seg->seg_finding = 0;
+	if (f->sf_bad < ss->ss_limit)
+		ss->ss_limit = f->sf_bad;
+	if (f->sf_rc == 0) {
+		seg->seg_has_hint = 1;
+		seg->seg_hint_seq = f->sf_seq;
+		seg->seg_hint_off = f->sf_off;
+	}
+	pthread_mutex_lock(&ss->ss_mtx);
+	ss->ss_st.ss_pool_done++;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	segstore_unpin(ss, seg);
+	free(f);
+	if (ss->ss_notify != NULL)
+		ss->ss_notify(ss->ss_notify_arg);
+}
+
+/* Find seq in seg (pinned: the job takes the pin) on the I/O pool. */
+static int
+segment_find_start(struct segstore *ss, struct segment *seg, uint64_t seq,
+    int check)
+{
+	struct segment_find *f;
+
+	if ((f = calloc(1, sizeof(*f))) == NULL) {
+		segstore_unpin(ss, seg);
+		return -1;
+	}
+	f->sf_job.ij_work = segment_find_work;
+	f->sf_job.ij_done = segment_find_done;
+	f->sf_ss = ss;
+	f->sf_seg = seg;
+	f->sf_seq = seq;
+	f->sf_check = check;
+	seg->seg_finding = 1;
+	iopool_submit(ss->ss_cf.iopool, &f->sf_job);
+	return SEGSTORE_PENDING;
+}
+
 int
 segstore_locate(struct segstore *ss, uint64_t seq, struct segment_span *sp)
 {
 	struct segment *seg;
 	uint64_t iseq, ioff, dbytes, dend, off;
-	size_t lo, hi, mid;
-	int checked, archived;
+	int checked, archived, pool = ss->ss_cf.iopool != NULL;
+	uint64_t bad;
 
 	pthread_mutex_lock(&ss->ss_mtx);
 	if (seq < ss->ss_st.ss_earliest || seq >= ss->ss_st.ss_durable) {
@@ -98,6 +222,12 @@ segstore_locate(struct segstore *ss, uint64_t seq, struct segment_span *sp)
 	sp->sp_chunk = NULL;
 	if (archived)
 		return segment_locate_archived(ss, seg, seq, sp);
+	if (pool && seg->seg_finding) {
+		segstore_unpin(ss, seg);
+		return SEGSTORE_PENDING;	/* woken when it is done */
+	}
+	if (pool && !checked)
+		return segment_find_start(ss, seg, seq, 1);
 	if (seg->seg_rfd == -1 && (seg->seg_rfd = openat(ss->ss_dirfd,
 	    seg->seg_name, O_RDONLY | O_CLOEXEC)) == -1) {
 		int gone = errno == ENOENT;
@@ -112,8 +242,11 @@ segstore_locate(struct segstore *ss, uint64_t seq, struct segment_span *sp)
 		goto fail;
 	}
 	if (!checked) {
-		if (segment_check_sealed(ss, seg, seg->seg_rfd) == -1)
+		/* no pool (walcat, tests): check it here */
+		if (segment_check_sealed(ss, seg, seg->seg_rfd, &bad) == -1)
 			goto fail;
+		if (bad < ss->ss_limit)
+			ss->ss_limit = bad;
 	}
 
 	pthread_mutex_lock(&ss->ss_mtx);
@@ -122,28 +255,21 @@ segstore_locate(struct segstore *ss, uint64_t seq, struct segment_span *sp)
 		pthread_mutex_unlock(&ss->ss_mtx);
 		return segment_locate_archived(ss, seg, seq, sp);
 	}
-	iseq = seg->seg_base;
-	ioff = 0;
-	lo = 0;
-	hi = seg->seg_nindex;
-	while (lo < hi) {
-		mid = lo + (hi - lo) / 2;
-		if (seg->seg_index[mid].ip_seq <= seq)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	if (lo > 0) {
-		iseq = seg->seg_index[lo - 1].ip_seq;
-		ioff = seg->seg_index[lo - 1].ip_off;
-	}
+	segment_index_find(seg, seq, &iseq, &ioff);
 	dbytes = seg->seg_durable_bytes;
 	dend = seg->seg_durable_end;
 	pthread_mutex_unlock(&ss->ss_mtx);
 	if (seq >= dend)
 		goto fail;
 
-	if (segment_walk(seg->seg_rfd, iseq, ioff, seq, dbytes, &off) == -1) {
+	if (seq == iseq)
+		off = ioff;
+	else if (seg->seg_has_hint && seg->seg_hint_seq == seq)
+		off = seg->seg_hint_off;
+	else if (pool)
+		return segment_find_start(ss, seg, seq, 0);
+	else if (segment_walk(seg->seg_rfd, iseq, ioff, seq, dbytes,
+	    &off) == -1) {
 		log_warn("%s/%s: looking for sequence %" PRIu64, ss->ss_dir,
 		    seg->seg_name, seq);
 		goto fail;

@@ -82,12 +82,14 @@ segment_scan(struct segstore *ss, struct segment *seg, struct scan *sc,
 }
 
 /*
- * Check a sealed segment that was trusted at open (loop thread, segment
+ * Check a sealed segment that was trusted at open (any thread, segment
  * pinned or store not started). A bad frame, or fewer frames than the next
- * file's base sequence says, stops serving at that frame.
+ * file's base sequence says, stops serving at that frame: *bad is then
+ * its sequence (else UINT64_MAX), for the loop to lower ss_limit.
  */
 int
-segment_check_sealed(struct segstore *ss, struct segment *seg, int fd)
+segment_check_sealed(struct segstore *ss, struct segment *seg, int fd,
+    uint64_t *badp)
 {
 	struct segment tmp;
 	struct scan sc;
@@ -96,6 +98,7 @@ segment_check_sealed(struct segstore *ss, struct segment *seg, int fd)
 	uint64_t frames, bytes, expect, bad;
 	int status, rc, save;
 
+	*badp = UINT64_MAX;
 	memset(&tmp, 0, sizeof(tmp));
 	tmp.seg_base = seg->seg_base;
 	expect = seg->seg_end - seg->seg_base;
@@ -149,8 +152,7 @@ segment_check_sealed(struct segstore *ss, struct segment *seg, int fd)
 			    "of the chain, or restore the file from a backup",
 			    ss->ss_dir, seg->seg_name, frames, expect, bad,
 			    seg->seg_end - 1);
-		if (bad < ss->ss_limit)
-			ss->ss_limit = bad;
+		*badp = bad;
 	} else if (bytes < seg->seg_bytes)
 		log_warnx("%s/%s: %" PRIu64 " bytes after the last frame the "
 		    "next segment's name implies (sequence %" PRIu64 ") are "
@@ -739,11 +741,14 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 		TAILQ_FOREACH(seg, &ss->ss_segs, seg_entry) {
 			int fd;
 
+			uint64_t bad;
+
 			if (seg->seg_checked)
 				continue;
 			fd = openat(ss->ss_dirfd, seg->seg_name,
 			    O_RDONLY | O_CLOEXEC);
-			if (fd == -1 || segment_check_sealed(ss, seg, fd) == -1) {
+			if (fd == -1 ||
+			    segment_check_sealed(ss, seg, fd, &bad) == -1) {
 				snprintf(errbuf, errlen, "%s/%s: %s",
 				    ss->ss_dir, seg->seg_name, strerror(errno));
 				if (fd != -1)
@@ -751,6 +756,8 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 				goto fail;
 			}
 			close(fd);
+			if (bad < ss->ss_limit)
+				ss->ss_limit = bad;
 		}
 	}
 

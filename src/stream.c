@@ -17,6 +17,7 @@
 #include "auth.h"
 #include "config.h"
 #include "fanout.h"
+#include "iopool.h"
 #include "jetstream.h"
 #include "log.h"
 #include "relay.h"
@@ -27,6 +28,12 @@
 #include "upstream.h"
 
 #define STREAM_JANITOR_MS	1000
+/*
+ * Threads that read segment and snapshot files for subscribers (and do
+ * the store's other file work): several, so that a few cold reads in
+ * flight at once keep the disk's queue busy.
+ */
+#define STREAM_IO_THREADS	4
 /*
  * Stores opened at once at a start: their metadata fsyncs overlap (the
  * file system commits them together) instead of queueing one by one.
@@ -82,7 +89,8 @@ stream_store_cb(evutil_socket_t fd, short what, void *arg)
 		log_info("%s: storage: healthy again at sequence %" PRIu64,
 		    st->st_name, st->st_ss.ss_durable);
 	fanout_advance(st->st_fan, stream_sendable(st));
-	fanout_blocks_read(st->st_fan, st->st_ss.ss_archive_reads);
+	fanout_blocks_read(st->st_fan, st->st_ss.ss_archive_reads +
+	    st->st_ss.ss_pool_done);
 	if (st->st_up != NULL)
 		upstream_flow(st->st_up);
 	if (st->st_js != NULL) {
@@ -405,6 +413,13 @@ stream_new_opened(const char *name, struct wr_config *cfg,
 	st->st_tokens = tok;
 	st->st_upstream_tls = upstream_tls;
 
+	if ((st->st_io = iopool_new(relay->r_base, STREAM_IO_THREADS, name,
+	    err, sizeof(err))) == NULL) {
+		snprintf(errbuf, errlen, "stream %s: %s", name, err);
+		if (store != NULL)
+			segstore_close(store);
+		goto fail;
+	}
 	st->st_store = store;
 	stream_store_config(cfg, &sc);
 	if (st->st_store == NULL &&
@@ -412,6 +427,7 @@ stream_new_opened(const char *name, struct wr_config *cfg,
 		snprintf(errbuf, errlen, "stream %s: storage: %s", name, err);
 		goto fail;
 	}
+	segstore_set_iopool(st->st_store, st->st_io);
 	stream_store_update(st);
 	log_info("%s: storage: %s, epoch %016" PRIx64 ", frames %" PRIu64
 	    " to %" PRIu64 ", fsync %s", st->st_name, cfg->data_dir,
@@ -542,6 +558,8 @@ stream_close(struct stream *st)
 	st->st_up = NULL;
 	fanout_free(st->st_fan);
 	st->st_fan = NULL;
+	/* reads in flight for subscribers that are gone now */
+	iopool_drain(st->st_io);
 	/* bufferevents free through finalizers: let the loop run them */
 	event_base_loop(relay->r_base, EVLOOP_NONBLOCK);
 	/* a running snapshot job is cancelled and joined: it uses the store */
@@ -565,6 +583,7 @@ stream_free(struct stream *st)
 	if (st->st_store != NULL || st->st_fan != NULL || st->st_up != NULL ||
 	    st->st_js != NULL || st->st_snap != NULL)
 		(void)stream_close(st);
+	iopool_free(st->st_io);
 	if (st->st_janitor != NULL)
 		event_free(st->st_janitor);
 	if (st->st_store_ev != NULL)

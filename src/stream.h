@@ -22,6 +22,7 @@ struct tls_ctx;
 struct wr_config;
 struct jetstream;
 struct snapshotter;
+struct iopool;
 
 /* Stream names: [A-Za-z0-9_.-]{1,64}. */
 #define STREAM_NAME_MAX		64
@@ -82,6 +83,7 @@ struct stream {
 	struct event		*st_store_ev;	/* writer -> loop */
 	struct event		*st_janitor;	/* once a second */
 	struct snapshotter	*st_snap;	/* snapshots, compaction */
+	struct iopool		*st_io;		/* file work off the loop */
 	struct stream_stats	 st_stats;
 	/*
 	 * 0 while an empty stream that pulls from another relay has not yet

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,6 +33,7 @@
 #include "clock.h"
 #include "fanout.h"
 #include "handshake.h"
+#include "iopool.h"
 #include "segment.h"
 #include "log.h"
 #include "net.h"
@@ -72,10 +74,19 @@ struct subscriber {
 	int			 sub_has_span;
 	/* a full resync: the snapshot's SET frames, sent before sub_pos */
 	int			 sub_resync;	/* the reply says snapshot= */
+	int			 sub_hs_wait;	/* the store reads its start */
 	int			 sub_snap_fd;	/* -1: none (left) */
 	uint64_t		 sub_snap_off;
 	uint64_t		 sub_snap_len;
 	uint64_t		 sub_snap_entries;
+	/*
+	 * File bytes are never read on the loop: a read (TLS, zstd) or a
+	 * warm-up of the page cache (sendfile) runs on the stream's I/O
+	 * pool, and nothing more is queued until it is back.
+	 */
+	struct sub_read		*sub_read;	/* in flight, or NULL */
+	struct evbuffer_file_segment *sub_fseg;	/* the span's, for sendfile */
+	struct evbuffer_file_segment *sub_snap_fseg; /* the snapshot's */
 	struct fanout_link	 sub_link;	/* its place in sub_fan's lists */
 };
 
@@ -288,82 +299,362 @@ sub_emit_block(struct sub_stage *st)
 	return 0;
 }
 
+/* ---- file bytes: read or warmed on the I/O pool ----------------------- */
+
 /*
- * Queue part of the current segment span. Plain TCP hands the whole span
- * to sendfile; TLS and zstd read it piecewise.
+ * One job on the stream's I/O pool for one subscriber. The job owns a
+ * duplicate of the file descriptor (closed on the worker), so that the
+ * subscriber may go (and unpin its segment) while the job runs: sr_sub is
+ * then NULL and the completion only frees the job.
+ */
+enum { SUB_READ_SPAN = 1, SUB_READ_SNAP };
+
+struct sub_read {
+	struct iopool_job	 sr_job;	/* first: the pool's view */
+	struct subscriber	*sr_sub;	/* NULL: the subscriber went */
+	int			 sr_what;	/* SUB_READ_SPAN, SUB_READ_SNAP */
+	int			 sr_warm;	/* sendfile follows: warm only */
+	int			 sr_fd;
+	uint64_t		 sr_off;
+	size_t			 sr_len;
+	uint8_t			*sr_buf;	/* the bytes read (!sr_warm) */
+	ssize_t			 sr_got;	/* bytes read or warmed, or -1 */
+	int			 sr_errno;
+};
+
+#define SUB_WARM_WINDOW	(1024 * 1024)	/* sendfile bytes per warm-up */
+#define SUB_WARM_PIECE	(256 * 1024)
+
+/*
+ * Bring [off, off + len) into the page cache, so that the loop's sendfile
+ * of it does not wait on the disk (sendfile reads uncached pages
+ * synchronously). Pages already resident (mincore) are left alone; the
+ * others are read with pread into a scratch buffer, which reports a bad
+ * sector as an error where touching a mapping would raise SIGBUS.
+ */
+static ssize_t
+sub_warm(int fd, uint64_t off, size_t len, int *err)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	uint64_t moff = off & ~((uint64_t)pg - 1);
+	size_t mlen = (size_t)(off + len - moff), npg = (mlen + pg - 1) / pg;
+	unsigned char *vec = NULL;
+	uint8_t *scratch = NULL;
+	void *map;
+	size_t i, j;
+	ssize_t n;
+
+	map = mmap(NULL, mlen, PROT_READ, MAP_SHARED, fd, (off_t)moff);
+	if (map != MAP_FAILED && (vec = malloc(npg)) != NULL &&
+	    mincore(map, mlen, vec) == 0) {
+		for (i = 0; i < npg && (vec[i] & 1); i++)
+			;
+		if (i == npg) {
+			free(vec);
+			munmap(map, mlen);
+			return (ssize_t)len;	/* all cached */
+		}
+	} else {
+		free(vec);
+		vec = NULL;
+	}
+	if (map != MAP_FAILED)
+		munmap(map, mlen);
+	if ((scratch = malloc(SUB_WARM_PIECE)) == NULL) {
+		free(vec);
+		*err = ENOMEM;
+		return -1;
+	}
+	for (i = 0; i < npg; i = j) {
+		uint64_t a, b;
+
+		if (vec != NULL && (vec[i] & 1)) {
+			j = i + 1;
+			continue;
+		}
+		/* a run of uncached pages, at most one piece */
+		for (j = i + 1; j < npg && (size_t)(j - i) * pg <
+		    SUB_WARM_PIECE && (vec == NULL || !(vec[j] & 1)); j++)
+			;
+		a = moff + (uint64_t)i * pg;
+		b = moff + (uint64_t)j * pg;
+		if (a < off)
+			a = off;
+		if (b > off + len)
+			b = off + len;
+		while (a < b) {
+			n = pread(fd, scratch, (size_t)(b - a), (off_t)a);
+			if (n == -1 && errno == EINTR)
+				continue;
+			if (n <= 0) {
+				*err = n == 0 ? EIO : errno;
+				free(scratch);
+				free(vec);
+				return -1;
+			}
+			a += (uint64_t)n;
+		}
+	}
+	free(scratch);
+	free(vec);
+	return (ssize_t)len;
+}
+
+/* Worker thread: read (or warm) the range. Touches nothing but the job. */
+static void
+sub_read_work(struct iopool_job *j)
+{
+	struct sub_read *r = (struct sub_read *)j;
+	size_t have = 0;
+	ssize_t n;
+
+	r->sr_errno = 0;
+	if (r->sr_warm)
+		r->sr_got = sub_warm(r->sr_fd, r->sr_off, r->sr_len,
+		    &r->sr_errno);
+	else {
+		while (have < r->sr_len) {
+			n = pread(r->sr_fd, r->sr_buf + have, r->sr_len - have,
+			    (off_t)(r->sr_off + have));
+			if (n == -1 && errno == EINTR)
+				continue;
+			if (n <= 0) {
+				r->sr_errno = n == 0 ? EIO : errno;
+				break;
+			}
+			have += (size_t)n;
+		}
+		r->sr_got = r->sr_errno != 0 ? -1 : (ssize_t)have;
+	}
+	close(r->sr_fd);
+	r->sr_fd = -1;
+}
+
+static void
+sub_read_free(struct sub_read *r)
+{
+	if (r->sr_fd != -1)
+		close(r->sr_fd);
+	free(r->sr_buf);
+	free(r);
+}
+
+static void
+sub_buf_free_cb(const void *data, size_t len, void *arg)
+{
+	free(arg);
+}
+
+static void	sub_read_done(struct iopool_job *);
+
+/*
+ * Read (or, for sendfile, warm) [off, off + len) of fd on the I/O pool.
+ * The subscriber waits for it: 0 once queued, -1 with errno.
+ */
+static int
+sub_read_start(struct subscriber *sub, int what, int warm, int fd,
+    uint64_t off, size_t len)
+{
+	struct sub_read *r;
+
+	WR_ASSERT(sub->sub_read == NULL);
+	if ((r = calloc(1, sizeof(*r))) == NULL)
+		return -1;
+	r->sr_job.ij_work = sub_read_work;
+	r->sr_job.ij_done = sub_read_done;
+	r->sr_sub = sub;
+	r->sr_what = what;
+	r->sr_warm = warm;
+	r->sr_off = off;
+	r->sr_len = len;
+	r->sr_fd = -1;
+	if ((!warm && (r->sr_buf = malloc(len)) == NULL) ||
+	    (r->sr_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) == -1) {
+		sub_read_free(r);
+		return -1;
+	}
+	sub->sub_read = r;
+	iopool_submit(sub_stream(sub)->st_io, &r->sr_job);
+	return 0;
+}
+
+/* n more bytes of the span are queued: count them, finish the span. */
+static void
+sub_span_queued(struct subscriber *sub, uint64_t n)
+{
+	struct segment_span *sp = &sub->sub_span;
+
+	sub->sub_span_done += n;
+	sub->sub_bytes_queued += n;
+	sub_stream(sub)->st_stats.sub_bytes_sent += n;
+	if (sub->sub_span_done < sp->sp_len)
+		return;
+	if (sub->sub_fseg != NULL) {
+		/* the buffer's references keep the pin until sent */
+		evbuffer_file_segment_free(sub->sub_fseg);
+		sub->sub_fseg = NULL;
+	} else
+		segstore_unpin(sub_stream(sub)->st_store, sp->sp_pin);
+	sp->sp_pin = NULL;
+	sub->sub_has_span = 0;
+	sub_stream(sub)->st_stats.sub_frames_sent += sp->sp_end_seq -
+	    sub->sub_pos;
+	sub->sub_pos = sp->sp_end_seq;
+}
+
+/* n more bytes of the snapshot are queued: count them, finish it. */
+static void
+sub_snap_queued(struct subscriber *sub, uint64_t n)
+{
+	sub->sub_snap_off += n;
+	sub->sub_bytes_queued += n;
+	sub_stream(sub)->st_stats.sub_bytes_sent += n;
+	if (sub->sub_snap_off < sub->sub_snap_len)
+		return;
+	if (sub->sub_snap_fseg != NULL) {
+		evbuffer_file_segment_free(sub->sub_snap_fseg);
+		sub->sub_snap_fseg = NULL;
+	}
+	if (sub->sub_snap_fd != -1)
+		close(sub->sub_snap_fd);
+	sub->sub_snap_fd = -1;
+	sub_stream(sub)->st_stats.sub_frames_sent += sub->sub_snap_entries;
+	log_info("%s: snapshot queued (%" PRIu64 " SET frames, %" PRIu64
+	    " bytes); the stream follows from sequence %" PRIu64,
+	    sub->sub_name, sub->sub_snap_entries, sub->sub_snap_len,
+	    sub->sub_pos);
+	sub->sub_snap_len = 0;
+}
+
+/* Queue what a finished job brought: 0, or -1 with errno. */
+static int
+sub_read_apply(struct subscriber *sub, struct sub_read *r)
+{
+	struct evbuffer *out = bufferevent_get_output(sub->sub_bev);
+	struct evbuffer_file_segment *seg;
+	uint64_t segoff;
+
+	if (r->sr_got < 0 || (size_t)r->sr_got != r->sr_len) {
+		errno = r->sr_got < 0 ? r->sr_errno : EIO;
+		return -1;
+	}
+	if (r->sr_warm) {
+		/* the pages are cached now: sendfile them from the loop */
+		if (r->sr_what == SUB_READ_SPAN) {
+			seg = sub->sub_fseg;
+			segoff = sub->sub_span_done;
+		} else {
+			seg = sub->sub_snap_fseg;
+			segoff = sub->sub_snap_off;
+		}
+		if (evbuffer_add_file_segment(out, seg, (ev_off_t)segoff,
+		    (ev_off_t)r->sr_len) == -1)
+			return -1;
+	} else if (sub->sub_zstd) {
+		if (zstd_push(sub, r->sr_buf, r->sr_len, ZSTD_e_continue) == -1)
+			return -1;
+	} else {
+		/* the buffer takes the bytes as they are: no copy */
+		if (evbuffer_add_reference(out, r->sr_buf, r->sr_len,
+		    sub_buf_free_cb, r->sr_buf) == -1)
+			return -1;
+		r->sr_buf = NULL;
+	}
+	if (r->sr_what == SUB_READ_SPAN)
+		sub_span_queued(sub, r->sr_len);
+	else
+		sub_snap_queued(sub, r->sr_len);
+	return 0;
+}
+
+/* Loop thread: a read or warm-up is back. */
+static void
+sub_read_done(struct iopool_job *j)
+{
+	struct sub_read *r = (struct sub_read *)j;
+	struct subscriber *sub = r->sr_sub;
+
+	if (sub == NULL) {
+		sub_read_free(r);	/* its subscriber is gone */
+		return;
+	}
+	WR_ASSERT(sub->sub_read == r);
+	sub->sub_read = NULL;
+	if (sub->sub_state != SUB_STREAM) {
+		sub_read_free(r);
+		return;
+	}
+	if (sub_read_apply(sub, r) == -1) {
+		if (r->sr_what == SUB_READ_SNAP)
+			subscriber_close(sub, "cannot read the snapshot at "
+			    "offset %" PRIu64 ": %s; disconnected", r->sr_off,
+			    strerror(errno));
+		else
+			subscriber_close(sub, "cannot read the segment file "
+			    "of sequence %" PRIu64 " at offset %" PRIu64 ": %s; "
+			    "disconnected", sub->sub_span.sp_seq, r->sr_off,
+			    strerror(errno));
+		sub_read_free(r);
+		return;
+	}
+	sub_read_free(r);
+	subscriber_refill(sub);
+}
+
+/*
+ * Queue the next part of the current segment span, or start reading it.
+ * Plain TCP sends it with sendfile, a window at a time, each window first
+ * warmed into the page cache on the I/O pool; TLS and zstd read it there
+ * piecewise. Returns 0 when bytes were queued, 1 while a job is in flight
+ * (its completion refills), -1 with errno.
  */
 static int
 sub_emit_span(struct sub_stage *st)
 {
 	struct subscriber *sub = st->st_sub;
 	struct segment_span *sp = &sub->sub_span;
-	struct evbuffer *out = bufferevent_get_output(sub->sub_bev);
 	uint64_t left = sp->sp_len - sub->sub_span_done;
 	size_t n;
-	ssize_t r;
 
 	if (sp->sp_chunk != NULL)
 		return sub_emit_block(st);
-
+	if (sub->sub_read != NULL)
+		return 1;
 	/* what was staged comes first */
 	if (sub_stage_flush(st) == -1)
 		return -1;
 	if (!sub->sub_zstd && !net_bev_is_tls(sub->sub_bev)) {
-		struct evbuffer_file_segment *seg;
-		struct sub_pin *pin;
+		if (sub->sub_fseg == NULL) {
+			struct evbuffer_file_segment *seg;
+			struct sub_pin *pin;
 
-		if ((pin = malloc(sizeof(*pin))) == NULL)
-			return -1;
-		pin->sp_stream = sub_stream(sub);
-		pin->sp_pin = sp->sp_pin;
-		seg = evbuffer_file_segment_new(sp->sp_fd,
-		    (ev_off_t)sp->sp_offset, (ev_off_t)sp->sp_len,
-		    EVBUF_FS_DISABLE_LOCKING);
-		if (seg == NULL) {
-			free(pin);
-			return -1;
-		}
-		/* the pin now lives as long as the buffer holds the bytes */
-		evbuffer_file_segment_add_cleanup_cb(seg, sub_unpin_cb, pin);
-		sub->sub_has_span = 0;
-		if (evbuffer_add_file_segment(out, seg, 0,
-		    (ev_off_t)sp->sp_len) == -1) {
-			evbuffer_file_segment_free(seg);	/* unpins */
-			return -1;
-		}
-		evbuffer_file_segment_free(seg);
-		r = (ssize_t)left;
-	} else {
-		uint8_t *piece;
-
-		n = left > FANOUT_PIECE ? FANOUT_PIECE : (size_t)left;
-		if ((piece = fanout_piece(sub->sub_fan)) == NULL)
-			return -1;
-		r = pread(sp->sp_fd, piece, n, (off_t)(sp->sp_offset +
-		    sub->sub_span_done));
-		if (r <= 0) {
-			if (r == 0)
-				errno = EIO;
-			return -1;
-		}
-		if (sub->sub_zstd) {
-			if (zstd_push(sub, piece, (size_t)r, ZSTD_e_continue) == -1)
+			if ((pin = malloc(sizeof(*pin))) == NULL)
 				return -1;
-		} else if (evbuffer_add(out, piece, (size_t)r) == -1)
-			return -1;
-		if ((uint64_t)r == left) {
-			segstore_unpin(sub_stream(sub)->st_store, sp->sp_pin);
-			sub->sub_has_span = 0;
+			pin->sp_stream = sub_stream(sub);
+			pin->sp_pin = sp->sp_pin;
+			seg = evbuffer_file_segment_new(sp->sp_fd,
+			    (ev_off_t)sp->sp_offset, (ev_off_t)sp->sp_len,
+			    EVBUF_FS_DISABLE_LOCKING);
+			if (seg == NULL) {
+				free(pin);
+				return -1;
+			}
+			/* the pin lives as long as a buffer holds the bytes */
+			evbuffer_file_segment_add_cleanup_cb(seg, sub_unpin_cb,
+			    pin);
+			sub->sub_fseg = seg;
 		}
+		n = left > SUB_WARM_WINDOW ? SUB_WARM_WINDOW : (size_t)left;
+		if (sub_read_start(sub, SUB_READ_SPAN, 1, sp->sp_fd,
+		    sp->sp_offset + sub->sub_span_done, n) == -1)
+			return -1;
+		return 1;
 	}
-	sub->sub_span_done += (uint64_t)r;
-	sub->sub_bytes_queued += (uint64_t)r;
-	sub_stream(sub)->st_stats.sub_bytes_sent += (uint64_t)r;
-	if (!sub->sub_has_span) {
-		sub_stream(sub)->st_stats.sub_frames_sent += sp->sp_end_seq - sub->sub_pos;
-		sub->sub_pos = sp->sp_end_seq;
-	}
-	return 0;
+	n = left > FANOUT_PIECE ? FANOUT_PIECE : (size_t)left;
+	if (sub_read_start(sub, SUB_READ_SPAN, 0, sp->sp_fd, sp->sp_offset +
+	    sub->sub_span_done, n) == -1)
+		return -1;
+	return 1;
 }
 
 /*
@@ -386,61 +677,51 @@ sub_corrupt(struct subscriber *sub, const struct segstore_corrupt *c)
 
 /*
  * Queue the snapshot's SET frames (a full resync), before anything at
- * sub_pos. Plain TCP hands the rest of the file to sendfile; TLS and zstd
- * read it piecewise.
+ * sub_pos, the way sub_emit_span queues a span: sendfile of windows
+ * warmed on the I/O pool for plain TCP, reads there for TLS and zstd.
+ * Returns 0, 1 while a job is in flight, or -1 with errno.
  */
 static int
 sub_emit_snapshot(struct sub_stage *st)
 {
 	struct subscriber *sub = st->st_sub;
-	struct evbuffer *out = bufferevent_get_output(sub->sub_bev);
 	uint64_t left = sub->sub_snap_len - sub->sub_snap_off;
-	ssize_t r = 0;
 	size_t n;
+	int fd;
 
+	if (sub->sub_read != NULL)
+		return 1;
 	if (sub_stage_flush(st) == -1)
 		return -1;
-	if (left > 0 && !sub->sub_zstd && !net_bev_is_tls(sub->sub_bev)) {
-		/* the buffer owns the descriptor from here on */
-		if (evbuffer_add_file(out, sub->sub_snap_fd,
-		    (ev_off_t)sub->sub_snap_off, (ev_off_t)left) == -1)
-			return -1;
-		sub->sub_snap_fd = -1;
-		r = (ssize_t)left;
-	} else if (left > 0) {
-		uint8_t *piece;
-
-		n = left > FANOUT_PIECE ? FANOUT_PIECE : (size_t)left;
-		if ((piece = fanout_piece(sub->sub_fan)) == NULL)
-			return -1;
-		r = pread(sub->sub_snap_fd, piece, n, (off_t)sub->sub_snap_off);
-		if (r <= 0) {
-			if (r == 0)
-				errno = EIO;
-			return -1;
-		}
-		if (sub->sub_zstd) {
-			if (zstd_push(sub, piece, (size_t)r, ZSTD_e_continue) == -1)
+	if (left == 0) {
+		sub_snap_queued(sub, 0);	/* an empty snapshot */
+		return 0;
+	}
+	if (!sub->sub_zstd && !net_bev_is_tls(sub->sub_bev)) {
+		if (sub->sub_snap_fseg == NULL) {
+			/* the segment owns a descriptor of its own */
+			if ((fd = fcntl(sub->sub_snap_fd, F_DUPFD_CLOEXEC,
+			    0)) == -1)
 				return -1;
-		} else if (evbuffer_add(out, piece, (size_t)r) == -1)
+			sub->sub_snap_fseg = evbuffer_file_segment_new(fd, 0,
+			    (ev_off_t)sub->sub_snap_len,
+			    EVBUF_FS_CLOSE_ON_FREE | EVBUF_FS_DISABLE_LOCKING);
+			if (sub->sub_snap_fseg == NULL) {
+				close(fd);
+				return -1;
+			}
+		}
+		n = left > SUB_WARM_WINDOW ? SUB_WARM_WINDOW : (size_t)left;
+		if (sub_read_start(sub, SUB_READ_SNAP, 1, sub->sub_snap_fd,
+		    sub->sub_snap_off, n) == -1)
 			return -1;
+		return 1;
 	}
-	sub->sub_snap_off += (uint64_t)r;
-	sub->sub_bytes_queued += (uint64_t)r;
-	sub_stream(sub)->st_stats.sub_bytes_sent += (uint64_t)r;
-	if (sub->sub_snap_off == sub->sub_snap_len) {
-		if (sub->sub_snap_fd != -1)
-			close(sub->sub_snap_fd);
-		sub->sub_snap_fd = -1;
-		sub_stream(sub)->st_stats.sub_frames_sent +=
-		    sub->sub_snap_entries;
-		log_info("%s: snapshot queued (%" PRIu64 " SET frames, %" PRIu64
-		    " bytes); the stream follows from sequence %" PRIu64,
-		    sub->sub_name, sub->sub_snap_entries, sub->sub_snap_len,
-		    sub->sub_pos);
-		sub->sub_snap_len = 0;
-	}
-	return 0;
+	n = left > FANOUT_PIECE ? FANOUT_PIECE : (size_t)left;
+	if (sub_read_start(sub, SUB_READ_SNAP, 0, sub->sub_snap_fd,
+	    sub->sub_snap_off, n) == -1)
+		return -1;
+	return 1;
 }
 
 /* What sub_fill did. */
@@ -466,13 +747,17 @@ sub_fill(struct sub_stage *st, int *full)
 		struct chunk *ch;
 
 		if (sub->sub_snap_len > 0) {
-			if (sub_emit_snapshot(st) == -1)
+			if ((rc = sub_emit_snapshot(st)) == -1)
 				return SUB_FILL_ERROR;
+			if (rc == 1)
+				break;	/* its read completes on the loop */
 			continue;
 		}
 		if (sub->sub_has_span) {
-			if (sub_emit_span(st) == -1)
+			if ((rc = sub_emit_span(st)) == -1)
 				return SUB_FILL_ERROR;
+			if (rc == 1)
+				break;	/* its read completes on the loop */
 			continue;
 		}
 		if ((ch = fanout_find(sub->sub_fan, sub->sub_pos)) != NULL) {
@@ -707,22 +992,30 @@ sub_start(struct subscriber *sub, uint64_t start)
 
 /*
  * Is the first frame a resuming subscriber asked for unreadable? A sealed
- * segment is checked the first time it is read: read it now, so that the
- * reply can say so instead of an OK followed by a disconnection.
+ * segment is checked the first time it is read: have it read now, so that
+ * the reply can say so instead of an OK followed by a disconnection.
+ * 1 (and *bad) when it is, 0 when not; SUB_START_PENDING: the check
+ * runs on the I/O pool, the handshake is taken up again once it is done
+ * (subscriber_handshake_resume).
  */
+#define SUB_START_PENDING	2
 static int
 sub_start_corrupt(struct subscriber *sub, uint64_t start,
     struct segstore_corrupt *bad)
 {
 	struct segment_span sp;
+	int rc;
 
 	if (start >= fanout_sendable(sub->sub_fan) ||
 	    fanout_find(sub->sub_fan, start) != NULL)
 		return 0;
-	if (segstore_locate(sub_stream(sub)->st_store, start, &sp) == 0) {
+	rc = segstore_locate(sub_stream(sub)->st_store, start, &sp);
+	if (rc == 0) {
 		segstore_span_release(sub_stream(sub)->st_store, &sp);
 		return 0;
 	}
+	if (rc == SEGSTORE_PENDING)
+		return SUB_START_PENDING;
 	return segstore_corrupt_at(sub_stream(sub)->st_store, start, bad);
 }
 
@@ -963,7 +1256,19 @@ sub_handshake(struct subscriber *sub)
 			return;
 		}
 	}
-	if (sub_start_corrupt(sub, start, &bad)) {
+	if ((rc = sub_start_corrupt(sub, start, &bad)) == SUB_START_PENDING) {
+		/* asked again from the top once the store has read it */
+		if (sub->sub_snap_fd != -1)
+			close(sub->sub_snap_fd);
+		sub->sub_snap_fd = -1;
+		sub->sub_snap_len = 0;
+		sub->sub_resync = 0;
+		sub->sub_hs_wait = 1;
+		/* its line came in time: the wait is the store's, not its */
+		evtimer_del(sub->sub_timer);
+		return;
+	}
+	if (rc) {
 		sub_stream(sub)->st_stats.sub_rejected_corrupt++;
 		log_limited(&sub_refusals, LOG_LEVEL_WARN, "%s: resuming "
 		    "subscriber %s asked for sequence %" PRIu64 ", which cannot "
@@ -999,6 +1304,15 @@ sub_handshake(struct subscriber *sub)
 	sub_start(sub, start);
 }
 
+void
+subscriber_handshake_resume(struct subscriber *sub)
+{
+	if (sub->sub_state != SUB_HANDSHAKE || !sub->sub_hs_wait)
+		return;
+	sub->sub_hs_wait = 0;
+	sub_handshake(sub);
+}
+
 /* ---- callbacks ------------------------------------------------------- */
 
 static void
@@ -1007,7 +1321,8 @@ subscriber_read_cb(struct bufferevent *bev, void *arg)
 	struct subscriber *sub = arg;
 
 	if (sub->sub_state == SUB_HANDSHAKE) {
-		sub_handshake(sub);
+		if (!sub->sub_hs_wait)
+			sub_handshake(sub);
 		return;
 	}
 	/* subscribers have nothing more to say: ignore what they send */
@@ -1223,9 +1538,16 @@ subscriber_output(struct subscriber *sub)
 void
 subscriber_free(struct subscriber *sub)
 {
+	/* a job in flight holds its own descriptor: let it finish alone */
+	if (sub->sub_read != NULL)
+		sub->sub_read->sr_sub = NULL;
+	if (sub->sub_snap_fseg != NULL)
+		evbuffer_file_segment_free(sub->sub_snap_fseg);
 	if (sub->sub_snap_fd != -1)
 		close(sub->sub_snap_fd);
-	if (sub->sub_has_span)
+	if (sub->sub_fseg != NULL)
+		evbuffer_file_segment_free(sub->sub_fseg);	/* unpins */
+	else if (sub->sub_has_span)
 		segstore_span_release(sub_stream(sub)->st_store,
 		    &sub->sub_span);
 	if (sub->sub_timer != NULL)

@@ -61,6 +61,11 @@ struct subscriber_status {
  */
 struct subscriber *subscriber_accept(struct fanout *, int fd,
 		    struct sockaddr *, int);
+/*
+ * The store has finished reading something: a subscriber whose handshake
+ * waited for the check of its first frame answers now.
+ */
+void		 subscriber_handshake_resume(struct subscriber *);
 /* Queue frames up to the high watermark. */
 void		 subscriber_refill(struct subscriber *);
 /* The one close path: log, count, unlink; freed later from the loop. */

@@ -1,7 +1,7 @@
 /*
  * wrfault.c: fault injection for the tests: wraps write, pwrite, writev,
  * pwritev, fsync, fdatasync, ftruncate, rename, renameat, unlink,
- * unlinkat, open and openat, and fails (or shortens, or delays) the calls
+ * unlinkat, open, openat, pread, preadv and read (of regular files), and fails (or shortens, or delays) the calls
  * that a rule matches. Built as tests/fault/wrfault.so for LD_PRELOAD and
  * linked into unit tests directly; never part of walrelay or walcat.
  *
@@ -44,10 +44,11 @@ enum wrfault_op {
 	OP_RENAME,
 	OP_UNLINK,
 	OP_OPEN,
+	OP_READ,
 };
 
 static const char *const op_names[] = {
-	"write", "sync", "truncate", "rename", "unlink", "open"
+	"write", "sync", "truncate", "rename", "unlink", "open", "read"
 };
 
 struct wrfault_rule {
@@ -135,7 +136,7 @@ parse_rule(char *s, struct wrfault_rule *r)
 		*v++ = '\0';
 		if (strcmp(kv, "op") == 0) {
 			r->r_op = -1;
-			for (int i = 0; i <= OP_OPEN; i++)
+			for (int i = 0; i <= OP_READ; i++)
 				if (strcmp(v, op_names[i]) == 0)
 					r->r_op = i;
 			if (r->r_op == -1)
@@ -233,6 +234,7 @@ static void
 ctl_poll(void)
 {
 	REAL(int, open, (const char *, int, ...));
+	REAL(ssize_t, read, (int, void *, size_t));
 	char buf[WRFAULT_SPEC];
 	struct stat sb;
 	ssize_t n;
@@ -257,7 +259,7 @@ ctl_poll(void)
 	if ((fd = real_open(wf_ctl, O_RDONLY | O_CLOEXEC)) == -1)
 		return;
 	while (len < sizeof(buf) - 1 &&
-	    (n = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0)
+	    (n = real_read(fd, buf + len, sizeof(buf) - 1 - len)) > 0)
 		len += (size_t)n;
 	close(fd);
 	buf[len] = '\0';
@@ -337,7 +339,7 @@ static long long
 decide(int op, const char *path, const char *path2, int isdir, size_t len,
     int *err)
 {
-	struct wrfault_rule *r;
+	struct wrfault_rule *r, *slow = NULL;
 	unsigned delay = 0;
 	long long allow = (long long)len;
 	char what[64];
@@ -384,8 +386,10 @@ decide(int op, const char *path, const char *path2, int isdir, size_t len,
 			r->r_passed++;
 			continue;
 		}
-		if (r->r_delay_ms > delay)
+		if (r->r_delay_ms > delay) {
 			delay = r->r_delay_ms;
+			slow = r;
+		}
 		if (r->r_err == 0)
 			continue;
 		r->r_failed++;
@@ -393,6 +397,11 @@ decide(int op, const char *path, const char *path2, int isdir, size_t len,
 		allow = -1;
 		log_hit(r, path, strerror(r->r_err));
 		break;
+	}
+	if (delay > 0 && allow >= 0) {
+		/* a delay alone is a fault too: say so */
+		snprintf(what, sizeof(what), "delay %u ms", delay);
+		log_hit(slow, path, what);
 	}
 	pthread_mutex_unlock(&wf_mtx);
 	if (delay > 0)
@@ -467,6 +476,72 @@ write(int fd, const void *buf, size_t len)
 		return -1;
 	}
 	return real_write(fd, buf, (size_t)a);
+}
+
+/* read(2) of regular files only: sockets and pipes pass untouched. */
+ssize_t
+read(int fd, void *buf, size_t len)
+{
+	REAL(ssize_t, read, (int, void *, size_t));
+	struct stat sb;
+	int err;
+
+	if ((wf_nrules != 0 || wf_ctl[0] != '\0') && fstat(fd, &sb) == 0 &&
+	    S_ISREG(sb.st_mode) && decide_fd(OP_READ, fd, 0, &err) < 0) {
+		errno = err;
+		return -1;
+	}
+	return real_read(fd, buf, len);
+}
+
+static ssize_t
+do_pread(int fd, void *buf, size_t len, off_t off)
+{
+	REAL(ssize_t, pread, (int, void *, size_t, off_t));
+	int err;
+
+	if (decide_fd(OP_READ, fd, 0, &err) < 0) {
+		errno = err;
+		return -1;
+	}
+	return real_pread(fd, buf, len, off);
+}
+
+ssize_t
+pread(int fd, void *buf, size_t len, off_t off)
+{
+	return do_pread(fd, buf, len, off);
+}
+
+ssize_t
+pread64(int fd, void *buf, size_t len, off_t off)
+{
+	return do_pread(fd, buf, len, off);
+}
+
+static ssize_t
+do_preadv(int fd, const struct iovec *iov, int cnt, off_t off)
+{
+	REAL(ssize_t, preadv, (int, const struct iovec *, int, off_t));
+	int err;
+
+	if (decide_fd(OP_READ, fd, 0, &err) < 0) {
+		errno = err;
+		return -1;
+	}
+	return real_preadv(fd, iov, cnt, off);
+}
+
+ssize_t
+preadv(int fd, const struct iovec *iov, int cnt, off_t off)
+{
+	return do_preadv(fd, iov, cnt, off);
+}
+
+ssize_t
+preadv64(int fd, const struct iovec *iov, int cnt, off_t off)
+{
+	return do_preadv(fd, iov, cnt, off);
 }
 
 static ssize_t
