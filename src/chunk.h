@@ -32,6 +32,13 @@ struct chunk {
 	 */
 	uint8_t			*ch_zdata;
 	size_t			 ch_zlen;
+	/*
+	 * A view (chunk_view): ch_data lies in the buffer of ch_owner, which
+	 * the view holds a reference to, and ch_cap is ch_len; NULL when the
+	 * chunk owns its buffer.
+	 */
+	struct chunk		*ch_owner;
+	int			 ch_bufonly;	/* chunk_buffer_new */
 };
 TAILQ_HEAD(chunk_list, chunk);
 STAILQ_HEAD(chunk_queue, chunk);
@@ -44,6 +51,19 @@ STAILQ_HEAD(chunk_queue, chunk);
 
 /* A chunk of at least cap bytes (chunk_buf_size(cap)): one reference, or NULL. */
 struct chunk	*chunk_new(size_t cap);
+/*
+ * A buffer for views (chunk_view), not a chunk of frames itself: its
+ * bytes count in chunk_live_bytes, it does not count in chunk_live_count.
+ */
+struct chunk	*chunk_buffer_new(size_t cap);
+/*
+ * A chunk of the bytes [off, off+len) of owner's buffer, without a copy:
+ * it holds a reference to the buffer's owner (one reference), or NULL.
+ * The upstream reads into one buffer and publishes each read's frames as
+ * a view of it, so that the writer, the tail and every subscriber share
+ * the bytes the socket was read into.
+ */
+struct chunk	*chunk_view(struct chunk *owner, size_t off, size_t len);
 void		 chunk_ref(struct chunk *);
 void		 chunk_unref(struct chunk *);
 /* Shrink an unpublished chunk's allocation towards its length. */
@@ -61,7 +81,10 @@ void		 chunk_cache_tick(void);
 void		 chunk_cache_clear(void);
 size_t		 chunk_cache_bytes(void);
 unsigned long	 chunk_cache_reused(void);
-/* Chunks alive now and bytes they hold (the live-buffer counters). */
+/*
+ * Chunks of frames alive now (views included, buffers for views not) and
+ * the bytes of the buffers they hold (the live-buffer counters).
+ */
 long		 chunk_live_count(void);
 long long	 chunk_live_bytes(void);
 
@@ -92,11 +115,13 @@ size_t		 chunk_cut(const struct chunk *, size_t off, size_t room,
 
 /*
  * Merge runs of consecutive chunks of the list that lie wholly in
- * [from, to) and are each under `small` bytes into single chunks of at most
- * `max` bytes (the list's own references move to the new chunks; holders of
- * other references keep the old ones). Returns how many fewer chunks the
- * list holds, and adds the change in buffer bytes to *capdelta (if not
- * NULL). Only for chunks nobody reads through the list yet.
+ * [from, to) into single chunks of at most `max` bytes: views of one
+ * buffer that follow each other in it become one view (no copy), other
+ * runs of chunks each under `small` bytes are copied into a new chunk (the
+ * list's own references move to the new chunks; holders of other
+ * references keep the old ones). Returns how many fewer chunks the list
+ * holds, and adds the change in buffer bytes to *capdelta (if not NULL).
+ * Only for chunks nobody reads through the list yet.
  */
 size_t		 chunk_list_merge(struct chunk_list *, uint64_t from,
 		    uint64_t to, size_t small, size_t max, long long *capdelta);

@@ -12,11 +12,10 @@
 #include "fcw2.h"
 #include "chunk.h"
 
-/* A chunk of n SET frames whose values are i*7 bytes long. */
+/* Fill ch with n SET frames whose values are i*7 bytes long. */
 static struct chunk *
-make_chunk(uint64_t seq, int n, size_t *offsets)
+fill_chunk(struct chunk *ch, uint64_t seq, int n, size_t *offsets)
 {
-	struct chunk *ch = chunk_new(1 << 20);
 	uint8_t val[4096];
 
 	ck_assert_ptr_nonnull(ch);
@@ -32,6 +31,13 @@ make_chunk(uint64_t seq, int n, size_t *offsets)
 	ch->ch_seq = seq;
 	ch->ch_nframes = (uint32_t)n;
 	return ch;
+}
+
+/* A chunk of n SET frames whose values are i*7 bytes long. */
+static struct chunk *
+make_chunk(uint64_t seq, int n, size_t *offsets)
+{
+	return fill_chunk(chunk_new(1 << 20), seq, n, offsets);
 }
 
 START_TEST(offset_of_every_frame)
@@ -210,6 +216,66 @@ START_TEST(merge_respects_max_and_gaps)
 }
 END_TEST
 
+/*
+ * The upstream publishes each read as a view of the buffer it read into:
+ * views that follow each other in that buffer merge into one view of it,
+ * without a copy; the buffer lives while any view does; a view that does
+ * not follow its neighbour, or any other chunk, is merged as before.
+ */
+START_TEST(views_merge_without_a_copy)
+{
+	struct chunk_list l;
+	struct chunk *buf, *v[4], *ch, *kept;
+	size_t off[65];
+	long live0 = chunk_live_count();
+	long long bytes0 = chunk_live_bytes(), capdelta = 0;
+	/* frames 0-9, 10-29, 30-39 back to back; 40-63 after a hole */
+	const int from[4] = { 0, 10, 30, 48 }, to[4] = { 10, 30, 40, 64 };
+
+	buf = fill_chunk(chunk_buffer_new(1 << 20), 0, 64, off);
+	ck_assert_int_eq(chunk_live_count(), live0);	/* not a frame chunk */
+	ck_assert_int_eq(chunk_live_bytes(), bytes0 + (long long)buf->ch_cap);
+	TAILQ_INIT(&l);
+	for (int i = 0; i < 4; i++) {
+		ck_assert_ptr_nonnull(v[i] = chunk_view(buf, off[from[i]],
+		    off[to[i]] - off[from[i]]));
+		ck_assert_ptr_eq(v[i]->ch_data, buf->ch_data + off[from[i]]);
+		v[i]->ch_seq = (uint64_t)from[i] + (i == 3 ? 100 : 0);
+		v[i]->ch_nframes = (uint32_t)(to[i] - from[i]);
+		TAILQ_INSERT_TAIL(&l, v[i], ch_entry);
+	}
+	/* a view holds no buffer of its own */
+	ck_assert_int_eq(chunk_live_bytes(), bytes0 + (long long)buf->ch_cap);
+	kept = v[1];			/* the writer still holds one */
+	chunk_ref(kept);
+	chunk_unref(buf);		/* the upstream moved on */
+	/* even big ones join: no copy */
+	ck_assert_uint_eq(chunk_list_merge(&l, 0, 200, 16, 1 << 20,
+	    &capdelta), 2);
+	ck_assert_int_eq(capdelta, 0);
+	ch = TAILQ_FIRST(&l);
+	ck_assert_uint_eq(ch->ch_seq, 0);
+	ck_assert_uint_eq(ch->ch_nframes, 40);
+	ck_assert_uint_eq(ch->ch_len, off[40]);
+	ck_assert_ptr_eq(ch->ch_data, kept->ch_data - off[10]);
+	ck_assert_uint_eq(chunk_offset_of(ch, 30), off[30]);
+	ch = TAILQ_NEXT(ch, ch_entry);
+	ck_assert_ptr_eq(ch, v[3]);	/* not next to the others */
+	ck_assert_ptr_null(TAILQ_NEXT(ch, ch_entry));
+	/* the merged view, v3, kept (not the buffer they share) */
+	ck_assert_int_eq(chunk_live_count(), live0 + 3);
+	while ((ch = TAILQ_FIRST(&l)) != NULL) {
+		TAILQ_REMOVE(&l, ch, ch_entry);
+		chunk_unref(ch);
+	}
+	ck_assert_int_eq(chunk_live_count(), live0 + 1);
+	ck_assert_uint_eq(chunk_offset_of(kept, 11), off[11] - off[10]);
+	chunk_unref(kept);
+	ck_assert_int_eq(chunk_live_count(), live0);
+	ck_assert_int_eq(chunk_live_bytes(), bytes0);
+}
+END_TEST
+
 START_TEST(grow_and_shrink_keep_the_bytes)
 {
 	size_t off[65];
@@ -295,6 +361,7 @@ main(void)
 	tcase_add_test(tc, references_hold_the_chunk);
 	tcase_add_test(tc, merge_joins_small_sendable_runs);
 	tcase_add_test(tc, merge_respects_max_and_gaps);
+	tcase_add_test(tc, views_merge_without_a_copy);
 	tcase_add_test(tc, grow_and_shrink_keep_the_bytes);
 	tcase_add_test(tc, freed_buffers_are_reused_then_released);
 	suite_add_tcase(s, tc);
