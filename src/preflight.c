@@ -25,7 +25,7 @@
 #include "relay.h"
 #include "segment.h"
 
-/* The lock file segment.c takes in the data directory. */
+/* The lock file segstore_open takes in the data directory. */
 #define PREFLIGHT_LOCK	"walrelay.lock"
 
 static int
@@ -113,7 +113,7 @@ preflight_data_dir(const char *dir, int *locked, char *pid, size_t pidlen,
 		    strerror(errno));
 		return -1;
 	}
-	/* a start creates it (one level, as segment.c does) */
+	/* a start creates it (one level, as segstore_open does) */
 	if ((copy = strdup(dir)) == NULL) {
 		snprintf(errbuf, errlen, "out of memory");
 		return -1;

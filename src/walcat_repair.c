@@ -100,7 +100,7 @@ repair_usage(FILE *f)
 "  (the reason is printed), 3 usage, I/O or connection error.\n");
 }
 
-/* The epoch in DIR/walrelay.meta (checksummed text, see segment.c). */
+/* The epoch in DIR/walrelay.meta (checksummed text, see segment_meta.c). */
 static int
 repair_read_epoch(struct repair *rp)
 {

@@ -2,7 +2,7 @@
  * fuzz_store.c: libFuzzer target for recovery: the store opened
  * (segstore_open) on a data directory holding arbitrary segment bytes and,
  * optionally, an arbitrary metadata file. Recovery is private to
- * segment.c; this drives it the way a restart does, in a temporary
+ * segment_recover.c; this drives it the way a restart does, in a temporary
  * directory (under /dev/shm when it exists, else $TMPDIR or /tmp).
  *
  * Input layout:

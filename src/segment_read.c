@@ -1,0 +1,384 @@
+/*
+ * segment_read.c: serving frames from the store (loop thread).
+ *
+ * segstore_locate finds where a frame is: a byte range of a raw segment
+ * file (pinned until segstore_unpin, so that retention keeps it), or a
+ * block of an archived segment decompressed on the archive reader thread
+ * into a small cache of blocks. A sealed segment is checked frame by
+ * frame the first time it is read (segment_check_sealed); a corrupt
+ * frame makes the rest of it a corrupt range (segstore_corrupt_at).
+ */
+#include "autoconfig.h"
+
+#include <sys/types.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "archive.h"
+#include "fcw2.h"
+#include "chunk.h"
+#include "log.h"
+#include "segment.h"
+#include "segment_int.h"
+
+/* Walk frame headers from (seq, off) to target, within limit bytes. */
+static int
+segment_walk(int fd, uint64_t seq, uint64_t off, uint64_t target,
+    uint64_t limit, uint64_t *out)
+{
+	uint8_t buf[SEGMENT_WALK_BUF];
+	uint64_t boff = 0;
+	size_t blen = 0;
+	ssize_t n;
+
+	while (seq < target) {
+		if (off < boff || off + FCW2_HEADER_LEN > boff + blen) {
+			n = pread(fd, buf, sizeof(buf), off);
+			if (n == -1 && errno == EINTR)
+				continue;
+			if (n == -1)
+				return -1;
+			if ((size_t)n < FCW2_HEADER_LEN) {
+				errno = EIO;
+				return -1;
+			}
+			boff = off;
+			blen = n;
+		}
+		if (memcmp(buf + (off - boff), FCW2_MAGIC, 4) != 0) {
+			errno = EIO;
+			return -1;
+		}
+		off += fcw2_frame_len(buf + (off - boff));
+		seq++;
+		if (off > limit) {
+			errno = EIO;
+			return -1;
+		}
+	}
+	*out = off;
+	return 0;
+}
+
+static int	segment_locate_archived(struct segstore *, struct segment *,
+		    uint64_t, struct segment_span *);
+
+int
+segstore_locate(struct segstore *ss, uint64_t seq, struct segment_span *sp)
+{
+	struct segment *seg;
+	uint64_t iseq, ioff, dbytes, dend, off;
+	size_t lo, hi, mid;
+	int checked, archived;
+
+	pthread_mutex_lock(&ss->ss_mtx);
+	if (seq < ss->ss_st.ss_earliest || seq >= ss->ss_st.ss_durable) {
+		pthread_mutex_unlock(&ss->ss_mtx);
+		return -1;
+	}
+	TAILQ_FOREACH_REVERSE(seg, &ss->ss_segs, segment_list, seg_entry)
+		if (seg->seg_base <= seq)
+			break;
+	if (seg == NULL || seq >= seg->seg_durable_end) {
+		pthread_mutex_unlock(&ss->ss_mtx);
+		return -1;
+	}
+	seg->seg_pins++;
+	checked = seg->seg_checked;
+	archived = seg->seg_archived;
+	pthread_mutex_unlock(&ss->ss_mtx);
+
+	sp->sp_chunk = NULL;
+	if (archived)
+		return segment_locate_archived(ss, seg, seq, sp);
+	if (seg->seg_rfd == -1 && (seg->seg_rfd = openat(ss->ss_dirfd,
+	    seg->seg_name, O_RDONLY | O_CLOEXEC)) == -1) {
+		int gone = errno == ENOENT;
+
+		pthread_mutex_lock(&ss->ss_mtx);
+		archived = seg->seg_archived;
+		pthread_mutex_unlock(&ss->ss_mtx);
+		/* archived meanwhile: the raw file was just removed */
+		if (gone && archived)
+			return segment_locate_archived(ss, seg, seq, sp);
+		log_warn("%s/%s: open for reading", ss->ss_dir, seg->seg_name);
+		goto fail;
+	}
+	if (!checked) {
+		if (segment_check_sealed(ss, seg, seg->seg_rfd) == -1)
+			goto fail;
+	}
+
+	pthread_mutex_lock(&ss->ss_mtx);
+	if (seg->seg_archived) {
+		/* archived since it was pinned: read the archive instead */
+		pthread_mutex_unlock(&ss->ss_mtx);
+		return segment_locate_archived(ss, seg, seq, sp);
+	}
+	iseq = seg->seg_base;
+	ioff = 0;
+	lo = 0;
+	hi = seg->seg_nindex;
+	while (lo < hi) {
+		mid = lo + (hi - lo) / 2;
+		if (seg->seg_index[mid].ip_seq <= seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo > 0) {
+		iseq = seg->seg_index[lo - 1].ip_seq;
+		ioff = seg->seg_index[lo - 1].ip_off;
+	}
+	dbytes = seg->seg_durable_bytes;
+	dend = seg->seg_durable_end;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	if (seq >= dend)
+		goto fail;
+
+	if (segment_walk(seg->seg_rfd, iseq, ioff, seq, dbytes, &off) == -1) {
+		log_warn("%s/%s: looking for sequence %" PRIu64, ss->ss_dir,
+		    seg->seg_name, seq);
+		goto fail;
+	}
+	sp->sp_fd = seg->seg_rfd;
+	sp->sp_offset = off;
+	sp->sp_len = dbytes - off;
+	sp->sp_seq = seq;
+	sp->sp_end_seq = dend;
+	sp->sp_pin = seg;
+	return 0;
+fail:
+	segstore_unpin(ss, seg);
+	return -1;
+}
+
+int
+segstore_corrupt_at(struct segstore *ss, uint64_t seq,
+    struct segstore_corrupt *c)
+{
+	struct segment *seg, *next;
+	uint64_t end;
+	int rc = 0;
+
+	/* a segment's frames past a corrupt one are unreadable (not served) */
+	if (seq < ss->ss_limit)
+		return 0;
+	pthread_mutex_lock(&ss->ss_mtx);
+	TAILQ_FOREACH_REVERSE(seg, &ss->ss_segs, segment_list, seg_entry)
+		if (seg->seg_base <= seq)
+			break;
+	if (seg == NULL || seg == ss->ss_active || seq < ss->ss_st.ss_earliest ||
+	    seq < seg->seg_durable_end)
+		goto out;
+	/* up to the next file; the newest one holds everything up to durable */
+	next = TAILQ_NEXT(seg, seg_entry);
+	if (next != NULL)
+		end = next->seg_base;
+	else
+		end = seg->seg_end > ss->ss_st.ss_durable ? seg->seg_end :
+		    ss->ss_st.ss_durable;
+	if (seq >= end)
+		goto out;
+	snprintf(c->sc_name, sizeof(c->sc_name), "%s", segment_file(seg));
+	c->sc_offset = seg->seg_durable_bytes;
+	c->sc_first = seg->seg_durable_end;
+	c->sc_end = end;
+	rc = 1;
+out:
+	pthread_mutex_unlock(&ss->ss_mtx);
+	return rc;
+}
+
+void
+segstore_unpin(struct segstore *ss, void *pin)
+{
+	struct segment *seg = pin;
+	int retain;
+
+	if (seg == NULL)
+		return;		/* an archived span holds no pin */
+	/* the loop thread alone changes pins and the read fd */
+	if (seg->seg_pins == 1 && seg->seg_rfd != -1) {
+		close(seg->seg_rfd);
+		seg->seg_rfd = -1;
+	}
+	pthread_mutex_lock(&ss->ss_mtx);
+	seg->seg_pins--;
+	retain = seg->seg_pins == 0 && ss->ss_retain_blocked;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	if (retain)
+		segstore_retain(ss);
+}
+
+void
+segstore_span_release(struct segstore *ss, struct segment_span *sp)
+{
+	if (sp->sp_chunk != NULL) {
+		chunk_unref(sp->sp_chunk);
+		sp->sp_chunk = NULL;
+	} else
+		segstore_unpin(ss, sp->sp_pin);
+	sp->sp_pin = NULL;
+}
+
+/*
+ * Blocks the reader thread finished: keep them (SB_READY) or, when one
+ * failed its checks, stop serving the segment at its first frame (loop
+ * thread).
+ */
+void
+segment_blocks_reap(struct segstore *ss)
+{
+	struct segment_block *b;
+	struct segment *seg;
+
+	if (ss->ss_reader == NULL)
+		return;
+	for (size_t i = 0; i < SEGMENT_BLOCKS; i++) {
+		b = &ss->ss_blocks[i];
+		if (b->sb_state != SB_PENDING ||
+		    !archive_reader_done(ss->ss_reader, &b->sb_job))
+			continue;
+		seg = b->sb_seg;
+		if (b->sb_job.aj_chunk != NULL) {
+			b->sb_chunk = b->sb_job.aj_chunk;
+			b->sb_job.aj_chunk = NULL;
+			b->sb_state = SB_READY;
+		} else {
+			b->sb_state = SB_FREE;
+			if (!b->sb_job.aj_enoent) {
+				const struct archive_block *ab =
+				    &b->sb_job.aj_blk;
+
+				log_error("%s/%s; frames %" PRIu64 " to %" PRIu64
+				    " cannot be served and a reader that "
+				    "reaches them is disconnected. Stop the "
+				    "relay and restore the file from a backup "
+				    "or another relay of the chain", ss->ss_dir,
+				    b->sb_job.aj_err, ab->ab_seq, seg->seg_end -
+				    1);
+				pthread_mutex_lock(&ss->ss_mtx);
+				if (ab->ab_seq < seg->seg_durable_end) {
+					seg->seg_durable_end = ab->ab_seq;
+					seg->seg_durable_bytes = ab->ab_zoff;
+				}
+				pthread_mutex_unlock(&ss->ss_mtx);
+				if (ab->ab_seq < ss->ss_limit)
+					ss->ss_limit = ab->ab_seq;
+			}
+		}
+		b->sb_seg = NULL;
+		segstore_unpin(ss, seg);
+	}
+}
+
+/* Queue block idx of seg (pinned by the caller: the entry keeps the pin). */
+static int
+segment_block_fetch(struct segstore *ss, struct segment *seg, uint32_t idx,
+    const struct segment_block *keep)
+{
+	struct segment_block *b, *victim = NULL;
+
+	for (size_t i = 0; i < SEGMENT_BLOCKS; i++) {
+		b = &ss->ss_blocks[i];
+		if (b->sb_state == SB_FREE) {
+			victim = b;
+			break;
+		}
+		if (b->sb_state == SB_READY && b != keep &&
+		    (victim == NULL || b->sb_used < victim->sb_used))
+			victim = b;
+	}
+	if (victim == NULL)
+		return -1;	/* every entry is being read: ask again */
+	if (victim->sb_state == SB_READY)
+		chunk_unref(victim->sb_chunk);
+	memset(victim, 0, sizeof(*victim));
+	victim->sb_state = SB_PENDING;
+	victim->sb_base = seg->seg_base;
+	victim->sb_idx = idx;
+	victim->sb_seg = seg;
+	victim->sb_used = ++ss->ss_block_tick;
+	victim->sb_job.aj_dirfd = ss->ss_dirfd;
+	snprintf(victim->sb_job.aj_name, sizeof(victim->sb_job.aj_name), "%s",
+	    seg->seg_zname);
+	victim->sb_job.aj_blk = seg->seg_zidx.ai_blocks[idx];
+	victim->sb_job.aj_max_frame = ss->ss_cf.max_frame_bytes;
+	archive_reader_submit(ss->ss_reader, &victim->sb_job);
+	return 0;
+}
+
+static struct segment_block *
+segment_block_find(struct segstore *ss, uint64_t base, uint32_t idx)
+{
+	for (size_t i = 0; i < SEGMENT_BLOCKS; i++)
+		if (ss->ss_blocks[i].sb_state != SB_FREE &&
+		    ss->ss_blocks[i].sb_base == base &&
+		    ss->ss_blocks[i].sb_idx == idx)
+			return &ss->ss_blocks[i];
+	return NULL;
+}
+
+/* segstore_locate in an archived segment, pinned by the caller. */
+static int
+segment_locate_archived(struct segstore *ss, struct segment *seg,
+    uint64_t seq, struct segment_span *sp)
+{
+	struct segment_block *b;
+	uint64_t dend;
+	long idx;
+
+	if (ss->ss_reader == NULL)
+		goto fail;		/* not started */
+	segment_blocks_reap(ss);
+	pthread_mutex_lock(&ss->ss_mtx);
+	dend = seg->seg_durable_end;
+	pthread_mutex_unlock(&ss->ss_mtx);
+	if (seq >= dend || (idx = archive_index_find(&seg->seg_zidx, seq)) < 0)
+		goto fail;
+	if ((b = segment_block_find(ss, seg->seg_base, (uint32_t)idx)) == NULL) {
+		if (segment_block_fetch(ss, seg, (uint32_t)idx, NULL) == -1)
+			segstore_unpin(ss, seg);
+		return SEGSTORE_PENDING;	/* the entry keeps the pin */
+	}
+	if (b->sb_state == SB_PENDING) {
+		segstore_unpin(ss, seg);
+		return SEGSTORE_PENDING;
+	}
+	b->sb_used = ++ss->ss_block_tick;
+	chunk_ref(b->sb_chunk);
+	sp->sp_chunk = b->sb_chunk;
+	sp->sp_fd = -1;
+	sp->sp_seq = seq;
+	sp->sp_offset = chunk_offset_of(b->sb_chunk, seq);
+	sp->sp_end_seq = CHUNK_END(b->sb_chunk);
+	sp->sp_len = b->sb_chunk->ch_len - sp->sp_offset;
+	sp->sp_pin = NULL;
+	/* read ahead: a reader here wants the next blocks soon */
+	for (uint32_t k = (uint32_t)idx + 1; k <= (uint32_t)idx +
+	    SEGMENT_READ_AHEAD && k < seg->seg_zidx.ai_nblocks &&
+	    seg->seg_zidx.ai_blocks[k].ab_seq < dend; k++) {
+		if (segment_block_find(ss, seg->seg_base, k) != NULL)
+			continue;
+		pthread_mutex_lock(&ss->ss_mtx);
+		seg->seg_pins++;	/* the new entry's pin */
+		pthread_mutex_unlock(&ss->ss_mtx);
+		if (segment_block_fetch(ss, seg, k, b) == -1) {
+			segstore_unpin(ss, seg);
+			break;
+		}
+	}
+	segstore_unpin(ss, seg);
+	return 0;
+fail:
+	segstore_unpin(ss, seg);
+	return -1;
+}
