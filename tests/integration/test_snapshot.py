@@ -240,7 +240,12 @@ def test_snapshots_match_model_and_cache_recovery(relays, compress):
     sent = 0
     for batch in range(4):
         chunk = recs[sent:sent + 1500]
-        send(r, chunk)
+        # in pieces of over 4 KiB, each stored before the next: a segment
+        # ends after the read that filled it, and one read may take a
+        # whole batch
+        for i in range(0, len(chunk), 100):
+            send(r, chunk[i:i + 100])
+            r.wait_durable(sent + min(i + 100, len(chunk)))
         sent += len(chunk)
         sn = wait_snapshot_covers_all(r, sent)
         path = os.path.join(r.datadir, sn["file"])
