@@ -349,8 +349,10 @@ class Server:
             with urllib.request.urlopen(
                     f"http://127.0.0.1:{self.http}/metrics", timeout=5) as r:
                 for line in r.read().decode().splitlines():
+                    # per-stream gauges carry a {stream="..."} label
                     m = re.match(r"\w*?(chunk_bytes_live|tail_bytes|"
-                                 r"tail_buffer_bytes) (\d+)", line)
+                                 r"tail_buffer_bytes)(?:\{[^}]*\})? (\d+)",
+                                 line)
                     if m:
                         out[m.group(1)] = int(m.group(2))
         except OSError:
