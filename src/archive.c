@@ -36,6 +36,7 @@
 #include "archive.h"
 #include "clock.h"
 #include "fcw2.h"
+#include "fdio.h"
 #include "log.h"
 #include "scan.h"
 #include "segment.h"
@@ -88,47 +89,6 @@ archive_name_parse(const char *name, uint64_t *base, uint64_t *created_ms)
 	memcpy(raw, name, len - 4);
 	raw[len - 4] = '\0';
 	return segment_name_parse(raw, base, created_ms);
-}
-
-static int
-write_all(int fd, const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-	ssize_t n;
-
-	while (len > 0) {
-		if ((n = write(fd, p, len)) == -1) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-static int
-pread_all(int fd, void *buf, size_t len, uint64_t off)
-{
-	uint8_t *p = buf;
-	ssize_t n;
-
-	while (len > 0) {
-		if ((n = pread(fd, p, len, (off_t)off)) == -1) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		if (n == 0) {
-			errno = EIO;	/* shorter than its index says */
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
 }
 
 void
@@ -211,7 +171,7 @@ archive_index_read(int fd, struct archive_index *idx, char *errbuf,
 	}
 	size = (uint64_t)st.st_size;
 	if (size < 8 + ARCHIVE_HDR_LEN + 8 + ARCHIVE_TRAILER_LEN ||
-	    pread_all(fd, tr, sizeof(tr), size - sizeof(tr)) == -1 ||
+	    fdio_pread_all(fd, tr, sizeof(tr), size - sizeof(tr)) == -1 ||
 	    memcmp(tr + 4, ARCHIVE_TRAILER_MAGIC, 4) != 0) {
 		snprintf(errbuf, errlen, "no archive index at the end of the "
 		    "file (%" PRIu64 " bytes): not a complete archived segment",
@@ -229,7 +189,7 @@ archive_index_read(int fd, struct archive_index *idx, char *errbuf,
 		snprintf(errbuf, errlen, "out of memory");
 		return -1;
 	}
-	if (pread_all(fd, buf, (size_t)plen + 8, start) == -1) {
+	if (fdio_pread_all(fd, buf, (size_t)plen + 8, start) == -1) {
 		snprintf(errbuf, errlen, "read at offset %" PRIu64 ": %s",
 		    start, strerror(errno));
 		free(buf);
@@ -328,7 +288,7 @@ block_put(ZSTD_CCtx *cc, int outfd, const uint8_t *buf, size_t len,
 		snprintf(errbuf, errlen, "zstd: %s", ZSTD_getErrorName(z));
 		return -1;
 	}
-	if (write_all(outfd, *zbuf, z) == -1) {
+	if (fdio_write_all(outfd, *zbuf, z) == -1) {
 		snprintf(errbuf, errlen, "write: %s", strerror(errno));
 		return -1;
 	}
@@ -426,7 +386,7 @@ archive_compress(int rawfd, int outfd, uint64_t base, uint64_t nframes,
 		snprintf(errbuf, errlen, "out of memory");
 		goto fail;
 	}
-	if (write_all(outfd, ibuf, ilen) == -1) {
+	if (fdio_write_all(outfd, ibuf, ilen) == -1) {
 		snprintf(errbuf, errlen, "write: %s", strerror(errno));
 		goto fail;
 	}
@@ -466,7 +426,7 @@ archive_read_block(int fd, const struct archive_block *b, size_t max_frame,
 		snprintf(errbuf, errlen, "out of memory");
 		goto fail;
 	}
-	if (pread_all(fd, z, b->ab_zlen, b->ab_zoff) == -1) {
+	if (fdio_pread_all(fd, z, b->ab_zlen, b->ab_zoff) == -1) {
 		snprintf(errbuf, errlen, "read of the block at offset %" PRIu64
 		    ": %s", b->ab_zoff, strerror(errno));
 		goto fail;

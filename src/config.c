@@ -121,7 +121,7 @@ static const struct config_key config_keys[] = {
 	  "./walrelay-data", 0, 0, NULL, "DIR",
 	  "segments and metadata" },
 	{ "fsync", CT_FSYNC, FIELD(fsync_mode), 0, CG_STORAGE,
-	  "always", 1, HOUR_MS, NULL, "always|interval:MS|never",
+	  "always", 1, HOUR_MS, NULL, NULL,	/* segment_fsync_usage */
 	  "durability: subscribers only see frames on disk unless 'never'" },
 	{ "segment-bytes", CT_SIZE, FIELD(segment_bytes), 0, CG_STORAGE,
 	  "64M", 4 * KIB, TIB, NULL, "BYTES",
@@ -280,10 +280,21 @@ static const struct config_key config_keys[] = {
 	  "reported together as id=\"other\"" },
 	{ "max-conns-per-ip", CT_UINT, FIELD(max_conns_per_ip), CF_RELOAD,
 	  CG_LIMITS, "64", 1, 1000000, NULL, "N",
-	  "subscriber-port connections at once from one source address" },
+	  "connections at once from one source address to one subscriber "
+	  "listener" },
 	{ "max-ingest-conns-per-ip", CT_UINT, FIELD(max_ingest_conns_per_ip),
 	  CF_RELOAD, CG_LIMITS, "16", 1, 1000000, NULL, "N",
-	  "ingest-port connections at once from one source address" },
+	  "connections at once from one source address to one ingest "
+	  "listener" },
+	{ "max-conns-per-ip-total", CT_UINT, FIELD(max_conns_per_ip_total),
+	  CF_RELOAD, CG_LIMITS, "0", 0, 1000000, NULL, "N",
+	  "connections at once from one source address to all subscriber "
+	  "listeners together (0: no limit)" },
+	{ "max-ingest-conns-per-ip-total", CT_UINT,
+	  FIELD(max_ingest_conns_per_ip_total), CF_RELOAD, CG_LIMITS, "0", 0,
+	  1000000, NULL, "N",
+	  "connections at once from one source address to all ingest "
+	  "listeners together (0: no limit)" },
 	{ "max-lag", CT_SIZE, FIELD(max_lag_frames), CF_RELOAD,
 	  CG_LIMITS, "0", 0, UINT64_MAX, NULL, "FRAMES",
 	  "disconnect a subscriber this many frames behind (0: no limit)" },
@@ -346,13 +357,15 @@ struct config_ctx {
 
 /*
  * Keys of the whole process: a [stream NAME] section may not set them
- * (one HTTP port, one log, one certificate for the listeners, one value
- * of each per-address limit, counted per listener).
+ * (one HTTP port, one log, one certificate for the listeners, the
+ * per-address limits over all listeners). The per-listener limits
+ * (max-conns-per-ip, max-ingest-conns-per-ip) are a stream's: they apply
+ * to its own listeners.
  */
 static const char *const config_process_keys[] = {
 	"http", "log-level", "log-target", "tls-cert", "tls-key", "tls-ca",
-	"tls-verify-client", "tls-ingest", "max-conns-per-ip",
-	"max-ingest-conns-per-ip", "shutdown-timeout", NULL
+	"tls-verify-client", "tls-ingest", "max-conns-per-ip-total",
+	"max-ingest-conns-per-ip-total", "shutdown-timeout", NULL
 };
 
 static int
@@ -410,8 +423,14 @@ config_typename(const struct config_key *k)
 	case CT_MS_MS:
 		return "a duration (milliseconds, or a number with ms, s, m "
 		    "or h)";
-	case CT_FSYNC:
-		return "an fsync mode (always, interval:MS or never)";
+	case CT_FSYNC: {
+		static char t[96];
+		char modes[64];
+
+		snprintf(t, sizeof(t), "an fsync mode (%s)",
+		    segment_fsync_usage(modes, sizeof(modes), ", ", " or "));
+		return t;
+	}
 	case CT_LOGLEVEL:
 		return "a log level (error, warn, info or debug)";
 	}
@@ -829,26 +848,28 @@ config_set(struct wr_config *cfg, const struct config_key *k, const char *s,
 			return -1;
 		config_set_uint(cfg, k, ms);
 		return 0;
-	case CT_FSYNC:
-		if (strcmp(s, "always") == 0)
-			*(int *)p = FSYNC_ALWAYS;
-		else if (strcmp(s, "never") == 0)
-			*(int *)p = FSYNC_NEVER;
-		else if (strncmp(s, "interval:", 9) == 0) {
-			if (config_parse_duration(s + 9, 1, &ms) == -1)
+	case CT_FSYNC: {
+		const char *colon = strchr(s, ':');
+		int mode;
+
+		mode = segment_fsync_parse(s, colon != NULL ?
+		    (size_t)(colon - s) : strlen(s));
+		if (mode == -1 || (mode == FSYNC_INTERVAL) != (colon != NULL))
+			goto bad;
+		*(int *)p = mode;
+		if (mode == FSYNC_INTERVAL) {
+			if (config_parse_duration(colon + 1, 1, &ms) == -1)
 				goto bad;
 			if (ms < k->ck_min || ms > k->ck_max) {
 				snprintf(err, errlen, "'%s': the interval must "
 				    "be 1ms to 1h", s);
 				return -1;
 			}
-			*(int *)p = FSYNC_INTERVAL;
 			cfg->fsync_interval_ms = (unsigned)ms;
 		} else
-			goto bad;
-		if (*(int *)p != FSYNC_INTERVAL)
 			cfg->fsync_interval_ms = 0;
 		return 0;
+	}
 	case CT_ENUM:
 		for (int i = 0; k->ck_names[i] != NULL; i++) {
 			if (strcmp(s, k->ck_names[i]) == 0) {
@@ -905,10 +926,10 @@ config_format(const struct wr_config *cfg, const struct config_key *k,
 	case CT_FSYNC:
 		v = *(const int *)p;
 		if (v == FSYNC_INTERVAL)
-			snprintf(buf, len, "interval:%u", cfg->fsync_interval_ms);
+			snprintf(buf, len, "%s:%u", segment_fsync_name(v),
+			    cfg->fsync_interval_ms);
 		else
-			snprintf(buf, len, "%s", v == FSYNC_NEVER ? "never" :
-			    "always");
+			snprintf(buf, len, "%s", segment_fsync_name(v));
 		return 0;
 	case CT_ENUM:
 		v = *(const int *)p;
@@ -1704,6 +1725,34 @@ config_routing_check(const struct wr_config *cfg, char *errbuf, size_t errlen)
 				    a->stream_name : b->stream_name);
 				return -1;
 			}
+			/* a shared listener has one per-address limit */
+			if (a->upstream == NULL && b->upstream == NULL &&
+			    a->ingest != NULL && b->ingest != NULL &&
+			    strcmp(a->ingest, b->ingest) == 0 &&
+			    a->max_ingest_conns_per_ip !=
+			    b->max_ingest_conns_per_ip) {
+				snprintf(errbuf, errlen, "streams %s and %s "
+				    "share the ingest listener %s but set "
+				    "max-ingest-conns-per-ip to %u and %u: a "
+				    "listener has one limit (set the same "
+				    "value in both sections)", a->stream_name,
+				    b->stream_name, a->ingest,
+				    a->max_ingest_conns_per_ip,
+				    b->max_ingest_conns_per_ip);
+				return -1;
+			}
+			if (a->listen != NULL && b->listen != NULL &&
+			    strcmp(a->listen, b->listen) == 0 &&
+			    a->max_conns_per_ip != b->max_conns_per_ip) {
+				snprintf(errbuf, errlen, "streams %s and %s "
+				    "share the subscriber listener %s but set "
+				    "max-conns-per-ip to %u and %u: a listener "
+				    "has one limit (set the same value in both "
+				    "sections)", a->stream_name, b->stream_name,
+				    a->listen, a->max_conns_per_ip,
+				    b->max_conns_per_ip);
+				return -1;
+			}
 		}
 	}
 	for (a = cfg->streams; a != NULL; a = a->next_stream)
@@ -2148,7 +2197,7 @@ config_key_reloadable(const char *name)
 void
 config_usage(FILE *f)
 {
-	char arg[96], def[64];
+	char arg[96], def[64], modes[64];
 	int group = -1;
 
 	fprintf(f,
@@ -2185,6 +2234,9 @@ config_usage(FILE *f)
 		if (k->ck_type == CT_BOOL)
 			snprintf(arg, sizeof(arg), "--%s, --no-%s", k->ck_name,
 			    k->ck_name);
+		else if (k->ck_type == CT_FSYNC)
+			snprintf(arg, sizeof(arg), "--%s %s", k->ck_name,
+			    segment_fsync_usage(modes, sizeof(modes), "|", "|"));
 		else
 			snprintf(arg, sizeof(arg), "--%s %s", k->ck_name,
 			    k->ck_arg);

@@ -86,6 +86,10 @@ struct wr_config {
 						   (subscriber port) */
 	unsigned	 max_ingest_conns_per_ip; /* --max-ingest-conns-per-ip,
 						   16 */
+	/* over every listener of the process; 0: no limit */
+	unsigned	 max_conns_per_ip_total; /* --max-conns-per-ip-total */
+	unsigned	 max_ingest_conns_per_ip_total;
+						/* --max-ingest-conns-per-ip-total */
 	uint64_t	 max_lag_frames;	/* --max-lag FRAMES, 0 = no limit */
 	uint64_t	 tail_memory;		/* --tail-memory, 64M */
 	uint64_t	 subscriber_buffer;	/* --subscriber-buffer, 1M */

@@ -28,6 +28,7 @@
 
 #include "chunk.h"
 #include "fcw2.h"
+#include "fdio.h"
 #include "jetstream.h"
 #include "log.h"
 #include "segment.h"
@@ -614,8 +615,7 @@ static int
 js_state_write(struct jetstream *j, uint64_t epoch, uint64_t acked)
 {
 	char buf[512], tmp[4200], dir[4096], *slash;
-	int fd = -1, len, n;
-	ssize_t w;
+	int fd = -1, len;
 
 	len = snprintf(buf, sizeof(buf),
 	    "# walrelay JetStream sink position; checksummed, do not edit\n"
@@ -627,14 +627,8 @@ js_state_write(struct jetstream *j, uint64_t epoch, uint64_t acked)
 	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
 	    0644)) == -1)
 		goto fail;
-	for (n = 0; n < len; n += w)
-		if ((w = write(fd, buf + n, len - n)) == -1) {
-			if (errno == EINTR) {
-				w = 0;
-				continue;
-			}
-			goto fail;
-		}
+	if (fdio_write_all(fd, buf, (size_t)len) == -1)
+		goto fail;
 	if (fsync(fd) == -1 || close(fd) == -1) {
 		fd = -1;
 		goto fail;

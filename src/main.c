@@ -708,8 +708,8 @@ main(int argc, char **argv)
 		rc = 0;
 		for (sc = stream_cfg_first(&cfg); sc != NULL && rc == 0;
 		    sc = sc->next_stream) {
-			if ((rc = preflight_start(sc, note, sizeof(note), err,
-			    sizeof(err))) == -1) {
+			if ((rc = preflight_stream(&cfg, sc, note,
+			    sizeof(note), err, sizeof(err))) == -1) {
 				if (cfg.streams != NULL)
 					fprintf(stderr, "walrelay: stream %s: "
 					    "%s\n", stream_cfg_name(sc), err);

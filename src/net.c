@@ -161,8 +161,14 @@ net_source_key(const struct sockaddr *sa, uint8_t addr[16], int *family)
 	return -1;
 }
 
-struct net_source *
-net_conn_acquire(unsigned port, const void *scope, const struct sockaddr *sa,
+/* One connection's places in the counts. */
+struct net_conn {
+	struct net_source	*nc_listener;
+	struct net_source	*nc_total;	/* NULL: no total limit */
+};
+
+static struct net_source *
+net_source_acquire(unsigned port, const void *scope, const struct sockaddr *sa,
     unsigned limit)
 {
 	struct net_source *ns, **table;
@@ -200,8 +206,8 @@ net_conn_acquire(unsigned port, const void *scope, const struct sockaddr *sa,
 	return ns;
 }
 
-void
-net_conn_release(struct net_source *ns)
+static void
+net_source_release(struct net_source *ns)
 {
 	struct net_source **pp;
 
@@ -212,6 +218,43 @@ net_conn_release(struct net_source *ns)
 		;
 	*pp = ns->ns_next;
 	free(ns);
+}
+
+/* The process-wide count of an address: the scope no listener has. */
+static const char net_total_scope[] = "total";
+
+struct net_conn *
+net_conn_acquire(unsigned port, const void *scope, const struct sockaddr *sa,
+    unsigned limit, unsigned total, int *over)
+{
+	struct net_conn *nc;
+
+	*over = NET_OVER_LISTENER;
+	if ((nc = calloc(1, sizeof(*nc))) == NULL)
+		return NULL;
+	if ((nc->nc_listener = net_source_acquire(port, scope, sa, limit)) ==
+	    NULL) {
+		free(nc);
+		return NULL;
+	}
+	if (total > 0 && (nc->nc_total = net_source_acquire(port,
+	    net_total_scope, sa, total)) == NULL) {
+		*over = NET_OVER_TOTAL;
+		net_source_release(nc->nc_listener);
+		free(nc);
+		return NULL;
+	}
+	return nc;
+}
+
+void
+net_conn_release(struct net_conn *nc)
+{
+	if (nc == NULL)
+		return;
+	net_source_release(nc->nc_listener);
+	net_source_release(nc->nc_total);
+	free(nc);
 }
 
 struct bufferevent *

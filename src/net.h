@@ -22,23 +22,29 @@ struct net_listener	*net_listen(const char *addr, net_accept_cb, void *arg,
 void			 net_listener_free(struct net_listener *);
 
 /*
- * Connections per source address, counted per listener: scope names the
- * listener (the stream that owns it), port its kind (each kind has its own
- * table and limit). A host that connects to many streams' own listeners is
- * counted once per listener; on a listener several streams share, the
- * stream is known only after the handshake, so they share the count.
- * net_conn_acquire counts one more for the address there and returns a
- * handle, or NULL when the address already has `limit` connections there;
- * net_conn_release gives it back.
+ * Connections per source address, of one kind (port: each kind has its
+ * own tables and limits), counted twice: per listener (scope names it: the
+ * stream that owns it) against `limit`, and over every listener of the
+ * process against `total` (0: no limit). A host that connects to many
+ * streams' own listeners uses each listener's allowance apart; on a
+ * listener several streams share, the stream is known only after the
+ * handshake, so they share that listener's count. net_conn_acquire counts
+ * the connection in both and returns its handle, or NULL when the address
+ * is at a limit (*over says which: NET_OVER_LISTENER or NET_OVER_TOTAL);
+ * net_conn_release gives both back.
  */
 #define NET_PORT_INGEST		0
 #define NET_PORT_SUBSCRIBER	1
 #define NET_PORTS		2
 
-struct net_source;
-struct net_source	*net_conn_acquire(unsigned port, const void *scope,
-			    const struct sockaddr *, unsigned limit);
-void			 net_conn_release(struct net_source *);
+#define NET_OVER_LISTENER	0
+#define NET_OVER_TOTAL		1
+
+struct net_conn;
+struct net_conn		*net_conn_acquire(unsigned port, const void *scope,
+			    const struct sockaddr *, unsigned limit,
+			    unsigned total, int *over);
+void			 net_conn_release(struct net_conn *);
 
 /* A bufferevent for an accepted socket, TLS when tls is non-NULL. */
 struct bufferevent	*net_bev_accepted(int fd, struct tls_ctx *tls);

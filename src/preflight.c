@@ -90,12 +90,62 @@ preflight_locked(const char *dir, char *pid, size_t pidlen, char *errbuf,
 	return rc;
 }
 
+/* Are a and b the same path but for trailing slashes? */
 static int
-preflight_data_dir(const char *dir, int *locked, char *pid, size_t pidlen,
-    char *errbuf, size_t errlen)
+preflight_same_path(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+
+	while (la > 1 && a[la - 1] == '/')
+		la--;
+	while (lb > 1 && b[lb - 1] == '/')
+		lb--;
+	return la == lb && strncmp(a, b, la) == 0;
+}
+
+/*
+ * dir does not exist (or a component of its path is not a directory):
+ * can a start create it? It creates one level (segstore_open), after made
+ * (not NULL: the directory a start creates first, one level too).
+ */
+static int
+preflight_creatable(const char *dir, const char *made, char *errbuf,
+    size_t errlen)
 {
 	struct stat st;
-	char *copy, *parent;
+	char *copy, *parent, *up;
+	int rc = -1;
+
+	if ((copy = strdup(dir)) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
+		return -1;
+	}
+	parent = dirname(copy);
+	if (stat(parent, &st) == 0)
+		rc = preflight_writable_dir("data-dir does not exist; its "
+		    "parent", parent, errbuf, errlen);
+	else if (errno == ENOENT && made != NULL &&
+	    preflight_same_path(parent, made))
+		rc = preflight_creatable(made, NULL, errbuf, errlen);
+	else if (errno == ENOTDIR) {
+		/* the path runs through a file: name it */
+		for (up = parent; stat(up, &st) == -1 && errno == ENOTDIR;)
+			up = dirname(up);
+		snprintf(errbuf, errlen, "data-dir %s cannot be created: %s "
+		    "is not a directory", dir, up);
+	} else
+		snprintf(errbuf, errlen, "data-dir %s does not exist and "
+		    "cannot be created: its parent %s: %s", dir, parent,
+		    strerror(errno));
+	free(copy);
+	return rc;
+}
+
+static int
+preflight_data_dir(const char *dir, const char *made, int *locked,
+    char *pid, size_t pidlen, char *errbuf, size_t errlen)
+{
+	struct stat st;
 	int rc;
 
 	*locked = 0;
@@ -108,28 +158,13 @@ preflight_data_dir(const char *dir, int *locked, char *pid, size_t pidlen,
 		*locked = rc;
 		return 0;
 	}
-	if (errno != ENOENT) {
+	if (errno != ENOENT && errno != ENOTDIR) {
 		snprintf(errbuf, errlen, "data-dir %s: %s", dir,
 		    strerror(errno));
 		return -1;
 	}
 	/* a start creates it (one level, as segstore_open does) */
-	if ((copy = strdup(dir)) == NULL) {
-		snprintf(errbuf, errlen, "out of memory");
-		return -1;
-	}
-	parent = dirname(copy);
-	if (stat(parent, &st) == -1) {
-		snprintf(errbuf, errlen, "data-dir %s does not exist and cannot "
-		    "be created: its parent %s: %s", dir, parent,
-		    strerror(errno));
-		free(copy);
-		return -1;
-	}
-	rc = preflight_writable_dir("data-dir does not exist; its parent", parent,
-	    errbuf, errlen);
-	free(copy);
-	return rc;
+	return preflight_creatable(dir, made, errbuf, errlen);
 }
 
 /* Bind addr and close: can a listener take it? */
@@ -163,17 +198,17 @@ preflight_bind(const char *what, const char *addr, char *errbuf, size_t errlen)
 	return 0;
 }
 
-int
-preflight_start(const struct wr_config *cfg, char *note, size_t notelen,
-    char *errbuf, size_t errlen)
+static int
+preflight_one(const struct wr_config *cfg, const char *made, char *note,
+    size_t notelen, char *errbuf, size_t errlen)
 {
 	char pid[32];
 	int locked;
 
 	if (note != NULL && notelen > 0)
 		note[0] = '\0';
-	if (preflight_data_dir(cfg->data_dir, &locked, pid, sizeof(pid), errbuf,
-	    errlen) == -1)
+	if (preflight_data_dir(cfg->data_dir, made, &locked, pid, sizeof(pid),
+	    errbuf, errlen) == -1)
 		return -1;
 	if (locked) {
 		/* its listeners hold the ports: nothing to learn there */
@@ -197,4 +232,28 @@ preflight_start(const struct wr_config *cfg, char *note, size_t notelen,
 	    preflight_bind("http", cfg->http, errbuf, errlen) == -1)
 		return -1;
 	return 0;
+}
+
+int
+preflight_start(const struct wr_config *cfg, char *note, size_t notelen,
+    char *errbuf, size_t errlen)
+{
+	return preflight_one(cfg, NULL, note, notelen, errbuf, errlen);
+}
+
+int
+preflight_stream(const struct wr_config *top, const struct wr_config *sc,
+    char *note, size_t notelen, char *errbuf, size_t errlen)
+{
+	struct stat st;
+
+	if (top->streams == NULL || top == sc)
+		return preflight_one(sc, NULL, note, notelen, errbuf, errlen);
+	/* a start creates the top data-dir first, as main.c does */
+	if (stat(top->data_dir, &st) == -1 && (errno == ENOENT ||
+	    errno == ENOTDIR) && preflight_creatable(top->data_dir, NULL,
+	    errbuf, errlen) == -1)
+		return -1;
+	return preflight_one(sc, top->data_dir, note, notelen, errbuf,
+	    errlen);
 }

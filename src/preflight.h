@@ -19,5 +19,14 @@ struct wr_config;
  */
 int	preflight_start(const struct wr_config *, char *note, size_t notelen,
 	    char *errbuf, size_t errlen);
+/*
+ * The same for stream sc of top (a config with [stream] sections, or top
+ * itself without): a start creates top's data directory first, so a
+ * stream's directory inside it may be missing together with it; top's
+ * data directory must then be creatable (its parent a writable directory).
+ */
+int	preflight_stream(const struct wr_config *top,
+	    const struct wr_config *sc, char *note, size_t notelen,
+	    char *errbuf, size_t errlen);
 
 #endif

@@ -57,14 +57,52 @@ segment_hist_add(struct segstore_hist *h, uint64_t us, uint64_t n)
 	h->sh_sum_us += us * n;
 }
 
-const char *const segment_mode_names[] = { "always", "interval", "never" };
+static const struct {
+	const char	*fm_name;
+	const char	*fm_arg;	/* how a config writes it */
+} segment_fsync_modes[] = {
+	[FSYNC_ALWAYS] =	{ "always",	"always" },
+	[FSYNC_INTERVAL] =	{ "interval",	"interval:MS" },
+	[FSYNC_NEVER] =		{ "never",	"never" },
+};
+#define SEGMENT_NMODES	\
+	(sizeof(segment_fsync_modes) / sizeof(segment_fsync_modes[0]))
 
 const char *
 segment_fsync_name(int mode)
 {
-	if (mode < FSYNC_ALWAYS || mode > FSYNC_NEVER)
+	if (mode < 0 || (size_t)mode >= SEGMENT_NMODES)
 		return "unknown";
-	return segment_mode_names[mode];
+	return segment_fsync_modes[mode].fm_name;
+}
+
+int
+segment_fsync_parse(const char *s, size_t len)
+{
+	for (size_t i = 0; i < SEGMENT_NMODES; i++)
+		if (strlen(segment_fsync_modes[i].fm_name) == len &&
+		    memcmp(s, segment_fsync_modes[i].fm_name, len) == 0)
+			return (int)i;
+	return -1;
+}
+
+const char *
+segment_fsync_usage(char *buf, size_t len, const char *sep,
+    const char *last)
+{
+	size_t off = 0;
+	int n;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < SEGMENT_NMODES && off < len; i++) {
+		n = snprintf(buf + off, len - off, "%s%s", i == 0 ? "" :
+		    i + 1 == SEGMENT_NMODES ? last : sep,
+		    segment_fsync_modes[i].fm_arg);
+		if (n < 0)
+			break;
+		off += (size_t)n;
+	}
+	return buf;
 }
 
 uint64_t

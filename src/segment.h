@@ -33,8 +33,19 @@ enum fsync_mode {
 	FSYNC_INTERVAL = 1,
 	FSYNC_NEVER = 2,
 };
-/* "always", "interval", "never": the one place that names them. */
+/*
+ * The fsync modes' names: one table (segment.c) for the config parser, the
+ * metadata file, --help, the log and /v1/status.
+ * segment_fsync_name: "always", "interval" or "never" ("unknown" for
+ * anything else). segment_fsync_parse: the mode named by the len bytes at
+ * s, or -1. segment_fsync_usage: every mode as a config value, the interval
+ * with ":MS", joined by sep and, before the last one, by last (e.g. "|"
+ * and "|", or ", " and " or "); returns buf.
+ */
 const char	*segment_fsync_name(int);
+int		 segment_fsync_parse(const char *s, size_t len);
+const char	*segment_fsync_usage(char *buf, size_t len, const char *sep,
+		    const char *last);
 
 struct segment_config {
 	const char	*dir;

@@ -150,7 +150,6 @@ struct segstore {
 };
 
 /* segment.c */
-extern const char *const segment_mode_names[];
 void		 segment_hist_add(struct segstore_hist *, uint64_t us,
 		    uint64_t n);
 uint64_t	 segment_now_ms(void);

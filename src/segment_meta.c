@@ -21,6 +21,7 @@
 
 #include <xxhash.h>
 
+#include "fdio.h"
 #include "segment.h"
 #include "segment_int.h"
 
@@ -45,7 +46,6 @@ segment_meta_write_locked(struct segstore *ss, const struct segment_meta *m,
 {
 	char buf[768];
 	int fd = -1, n, len;
-	ssize_t w;
 
 	len = snprintf(buf, sizeof(buf),
 	    "# walrelay store metadata; checksummed, do not edit\n"
@@ -55,7 +55,7 @@ segment_meta_write_locked(struct segstore *ss, const struct segment_meta *m,
 	    "running %d\n"
 	    "fsync %s\n",
 	    SEGMENT_META_VERSION, m->m_epoch, m->m_base, m->m_running,
-	    segment_mode_names[m->m_mode]);
+	    segment_fsync_name(m->m_mode));
 	if (m->m_snap.sm_valid)
 		len += snprintf(buf + len, sizeof(buf) - len,
 		    "snapshot %" PRIu64 " %" PRIu64 " %" PRIu64 " %s\n",
@@ -69,19 +69,8 @@ segment_meta_write_locked(struct segstore *ss, const struct segment_meta *m,
 	    O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd == -1)
 		goto fail;
-	for (n = 0; n < len; n += w) {
-		if ((w = write(fd, buf + n, len - n)) == -1) {
-			if (errno == EINTR) {
-				w = 0;
-				continue;
-			}
-			goto fail;
-		}
-		if (w == 0) {
-			errno = EIO;
-			goto fail;
-		}
-	}
+	if (fdio_write_all(fd, buf, (size_t)len) == -1)
+		goto fail;
 	if (fsync(fd) == -1)
 		goto fail;
 	if (close(fd) == -1) {
@@ -182,10 +171,7 @@ segment_meta_read(struct segstore *ss, struct segment_meta *m, char *errbuf,
 			snprintf(m->m_snap.sm_name, sizeof(m->m_snap.sm_name),
 			    "%s", name);
 		} else if (sscanf(line, "fsync %15s", mode) == 1) {
-			m->m_mode = -1;
-			for (int i = 0; i < 3; i++)
-				if (strcmp(mode, segment_mode_names[i]) == 0)
-					m->m_mode = i;
+			m->m_mode = segment_fsync_parse(mode, strlen(mode));
 			if (m->m_mode == -1)
 				goto damaged;
 			have |= 8;

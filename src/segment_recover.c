@@ -7,7 +7,9 @@
  * (kept, not served past), see segment_recover. Older segments are
  * trusted for their extent (the next file's base sequence) and checked,
  * and indexed, by segment_check_sealed the first time a reader needs
- * them (or at open with verify_sealed).
+ * them (or at open with verify_sealed). Frames are read with the scanner
+ * that walcat verify and repair use (scan.c), so that all three agree on
+ * where a segment's valid frames end.
  */
 #include "autoconfig.h"
 
@@ -35,79 +37,48 @@
 #include "segment_int.h"
 
 /*
- * Read a segment from its start, checking every frame (records too) and
- * building its sparse index in seg. Stops at the first frame that is
- * incomplete or invalid, or after max frames. Returns 0 with the frame
- * count, the bytes of those whole valid frames and the status that ended
- * the scan (FCW2_OK at a clean end or at max), or -1 with errno.
+ * Read a segment from its start with the shared scanner (scan.c), checking
+ * every frame (records too) and building its sparse index in seg. Stops at
+ * the first event that is not a whole valid frame, or after max frames.
+ * Returns 0 with the frame count, the bytes of those whole valid frames and
+ * the status that ended the scan (FCW2_OK at a clean end or at max;
+ * FCW2_NEED_MORE for an incomplete frame), with *ev the event that ended
+ * it and sc ready to go on from there; or -1 with errbuf (errno set).
  */
 static int
-segment_scan(struct segstore *ss, struct segment *seg, int fd, uint64_t max,
-    uint64_t *frames, uint64_t *bytes, int *status)
+segment_scan(struct segstore *ss, struct segment *seg, struct scan *sc,
+    int fd, uint64_t max, uint64_t *frames, uint64_t *bytes, int *status,
+    struct scan_event *ev, char *errbuf, size_t errlen)
 {
-	struct fcw2_checker chk;
-	uint8_t *buf, *nb;
-	size_t cap = SEGMENT_SCAN_BUF, have = 0, pos = 0, avail, flen = 0;
-	uint64_t foff = 0, nframes = 0;
-	ssize_t n;
-	int st, eof = 0, save;
+	uint64_t nframes = 0, end = 0;
+	int st = FCW2_OK;
 
-	if ((buf = malloc(cap)) == NULL)
+	if (lseek(fd, 0, SEEK_SET) == -1) {
+		snprintf(errbuf, errlen, "seek: %s", strerror(errno));
 		return -1;
-	fcw2_checker_init(&chk, ss->ss_cf.max_frame_bytes, 1);
-	for (;;) {
-		avail = have - pos;
-		if ((avail == 0 && eof) || nframes == max) {
-			st = FCW2_OK;
-			break;
-		}
-		st = fcw2_check(&chk, buf + pos, avail, &flen, NULL);
-		if (st == FCW2_OK) {
+	}
+	scan_start(sc, fd);
+	memset(ev, 0, sizeof(*ev));
+	while (nframes < max) {
+		if (scan_next(sc, ev, errbuf, errlen) == -1)
+			return -1;
+		if (ev->ev_type == SCAN_FRAME) {
 			segment_index_add(seg, seg->seg_base + nframes,
-			    foff + pos);
+			    ev->ev_offset);
 			nframes++;
-			pos += flen;
+			end = ev->ev_offset + ev->ev_len;
 			continue;
 		}
-		if (st != FCW2_NEED_MORE || eof)
-			break;
-		if (pos > 0) {
-			memmove(buf, buf + pos, avail);
-			foff += pos;
-			have = avail;
-			pos = 0;
-		}
-		if (flen > cap) {
-			if ((nb = realloc(buf, flen)) == NULL)
-				goto fail;
-			buf = nb;
-			cap = flen;
-		}
-		while (have < cap) {
-			n = pread(fd, buf + have, cap - have, foff + have);
-			if (n == -1 && errno == EINTR)
-				continue;
-			if (n == -1)
-				goto fail;
-			if (n == 0) {
-				eof = 1;
-				break;
-			}
-			have += n;
-		}
+		if (ev->ev_type == SCAN_INCOMPLETE)
+			st = FCW2_NEED_MORE;
+		else if (ev->ev_type == SCAN_BAD)
+			st = ev->ev_status;
+		break;
 	}
-	fcw2_checker_free(&chk);
-	free(buf);
 	*frames = nframes;
-	*bytes = foff + pos;
+	*bytes = end;
 	*status = st;
 	return 0;
-fail:
-	save = errno;
-	fcw2_checker_free(&chk);
-	free(buf);
-	errno = save;
-	return -1;
 }
 
 /*
@@ -119,16 +90,24 @@ int
 segment_check_sealed(struct segstore *ss, struct segment *seg, int fd)
 {
 	struct segment tmp;
+	struct scan sc;
+	struct scan_event ev;
+	char err[256];
 	uint64_t frames, bytes, expect, bad;
-	int status;
+	int status, rc, save;
 
 	memset(&tmp, 0, sizeof(tmp));
 	tmp.seg_base = seg->seg_base;
 	expect = seg->seg_end - seg->seg_base;
-	if (segment_scan(ss, &tmp, fd, expect, &frames, &bytes, &status) ==
-	    -1) {
-		log_warn("%s/%s: read", ss->ss_dir, seg->seg_name);
+	scan_init(&sc, ss->ss_cf.max_frame_bytes, 0, 1);
+	rc = segment_scan(ss, &tmp, &sc, fd, expect, &frames, &bytes, &status,
+	    &ev, err, sizeof(err));
+	save = errno;
+	scan_free(&sc);
+	if (rc == -1) {
+		log_warnx("%s/%s: %s", ss->ss_dir, seg->seg_name, err);
 		free(tmp.seg_index);
+		errno = save;
 		return -1;
 	}
 
@@ -182,8 +161,9 @@ segment_check_sealed(struct segstore *ss, struct segment *seg, int fd)
 
 /*
  * After the whole valid frames from the start of the newest segment, what
- * follows at offset bad? Reads from there with the resynchronising
- * scanner. A torn tail (an incomplete last frame, unwritten or zeroed
+ * follows at offset bad? Goes on with the scanner that stopped there, *ev
+ * being the event it stopped at (scan.c resynchronises after a bad
+ * frame). A torn tail (an incomplete last frame, unwritten or zeroed
  * space, or anything else with no whole valid frame after it) leaves
  * *after at 0. Otherwise *after is the number of frames from the bad one
  * to the last whole valid frame (the bad ones counted), *end the offset
@@ -192,49 +172,42 @@ segment_check_sealed(struct segstore *ss, struct segment *seg, int fd)
  * sequence numbers after it are known. Returns 0, or -1 with errbuf.
  */
 static int
-segment_recover_tail(struct segstore *ss, struct segment *seg, int fd,
-    uint64_t bad, uint64_t *after, uint64_t *end, int *certain,
-    char *errbuf, size_t errlen)
+segment_recover_tail(struct segstore *ss, struct segment *seg,
+    struct scan *sc, struct scan_event *ev, int fd, uint64_t bad,
+    uint64_t *after, uint64_t *end, int *certain, char *errbuf,
+    size_t errlen)
 {
-	struct scan sc;
-	struct scan_event ev;
 	uint8_t hdr[FCW2_HEADER_LEN];
+	char err[256];
 	uint64_t n = 0;
-	int rc = 0;
 
 	*after = 0;
 	*end = bad;
 	*certain = 1;
-	if (lseek(fd, (off_t)bad, SEEK_SET) == -1) {
-		snprintf(errbuf, errlen, "%s/%s: recovery: %s", ss->ss_dir,
-		    seg->seg_name, strerror(errno));
-		return -1;
-	}
-	scan_init(&sc, ss->ss_cf.max_frame_bytes, 0, 1);
-	scan_start(&sc, fd);
 	for (;;) {
-		if (scan_next(&sc, &ev, errbuf, errlen) == -1) {
-			rc = -1;
+		if (ev->ev_type == SCAN_END || ev->ev_type == SCAN_INCOMPLETE)
 			break;
-		}
-		if (ev.ev_type == SCAN_END || ev.ev_type == SCAN_INCOMPLETE)
-			break;
-		if (ev.ev_type == SCAN_FRAME) {
+		if (ev->ev_type == SCAN_FRAME) {
 			n++;
 			*after = n;
-			*end = bad + ev.ev_offset + ev.ev_len;
-			continue;
+			*end = ev->ev_offset + ev->ev_len;
+		} else {
+			/* SCAN_BAD: nothing valid after it is a torn tail */
+			if (!ev->ev_resumed)
+				break;
+			n++;
+			if (pread(fd, hdr, sizeof(hdr), (off_t)ev->ev_offset) !=
+			    (ssize_t)sizeof(hdr) ||
+			    fcw2_frame_len(hdr) != ev->ev_skipped)
+				*certain = 0;
 		}
-		/* SCAN_BAD: nothing valid after it is a torn tail */
-		if (!ev.ev_resumed)
-			break;
-		n++;
-		if (pread(fd, hdr, sizeof(hdr), (off_t)(bad + ev.ev_offset)) !=
-		    (ssize_t)sizeof(hdr) || fcw2_frame_len(hdr) != ev.ev_skipped)
-			*certain = 0;
+		if (scan_next(sc, ev, err, sizeof(err)) == -1) {
+			snprintf(errbuf, errlen, "%s/%s: recovery: %s",
+			    ss->ss_dir, seg->seg_name, err);
+			return -1;
+		}
 	}
-	scan_free(&sc);
-	return rc;
+	return 0;
 }
 
 /*
@@ -298,24 +271,29 @@ static int
 segment_recover(struct segstore *ss, struct segment *seg, uint64_t *cut,
     int *newepoch, char *errbuf, size_t errlen)
 {
+	struct scan sc;
+	struct scan_event ev;
+	char err[256];
 	uint64_t frames, bytes, after = 0, end, keep, bad;
 	int fd, status, certain = 1;
 
 	*cut = 0;
+	scan_init(&sc, ss->ss_cf.max_frame_bytes, 0, 1);
 	fd = openat(ss->ss_dirfd, seg->seg_name, O_RDWR | O_CLOEXEC);
 	if (fd == -1)
 		goto fail;
-	if (segment_scan(ss, seg, fd, UINT64_MAX, &frames, &bytes, &status) ==
-	    -1)
-		goto fail;
+	if (segment_scan(ss, seg, &sc, fd, UINT64_MAX, &frames, &bytes,
+	    &status, &ev, err, sizeof(err)) == -1) {
+		snprintf(errbuf, errlen, "%s/%s: recovery: %s", ss->ss_dir,
+		    seg->seg_name, err);
+		goto fail_err;
+	}
 	keep = bytes;
 	bad = seg->seg_base + frames;
 	if (bytes < seg->seg_bytes) {
-		if (segment_recover_tail(ss, seg, fd, bytes, &after, &end,
-		    &certain, errbuf, errlen) == -1) {
-			close(fd);
-			return -1;
-		}
+		if (segment_recover_tail(ss, seg, &sc, &ev, fd, bytes, &after,
+		    &end, &certain, errbuf, errlen) == -1)
+			goto fail_err;
 		if (after > 0 && certain) {
 			keep = end;
 			log_error("%s/%s: %s at offset %" PRIu64 " (sequence %"
@@ -359,6 +337,7 @@ segment_recover(struct segstore *ss, struct segment *seg, uint64_t *cut,
 	if (fdatasync(fd) == -1)
 		goto fail;
 	close(fd);
+	scan_free(&sc);
 	seg->seg_checked = 1;
 	seg->seg_bytes = keep;
 	seg->seg_durable_bytes = bytes;
@@ -368,6 +347,8 @@ segment_recover(struct segstore *ss, struct segment *seg, uint64_t *cut,
 fail:
 	snprintf(errbuf, errlen, "%s/%s: recovery: %s", ss->ss_dir,
 	    seg->seg_name, strerror(errno));
+fail_err:
+	scan_free(&sc);
 	if (fd != -1)
 		close(fd);
 	return -1;
@@ -773,7 +754,7 @@ segstore_open(const struct segment_config *cf, char *errbuf, size_t errlen)
 	log_info("%s: %" PRIu64 " segments, sequences %" PRIu64 " to %" PRIu64
 	    ", epoch %016" PRIx64 ", fsync=%s", ss->ss_dir,
 	    ss->ss_st.ss_segments, ss->ss_st.ss_earliest, end, ss->ss_epoch,
-	    segment_mode_names[ss->ss_cf.fsync_mode]);
+	    segment_fsync_name(ss->ss_cf.fsync_mode));
 	return ss;
 fail:
 	if (cond)

@@ -37,6 +37,7 @@
 
 #include "clock.h"
 #include "fcw2.h"
+#include "fdio.h"
 #include "log.h"
 #include "scan.h"
 #include "segment.h"
@@ -108,28 +109,6 @@ struct bufw {
 };
 
 static int
-write_all(int fd, const void *p, size_t len)
-{
-	const uint8_t *b = p;
-	ssize_t w;
-
-	while (len > 0) {
-		if ((w = write(fd, b, len)) == -1) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		if (w == 0) {
-			errno = EIO;
-			return -1;
-		}
-		b += w;
-		len -= (size_t)w;
-	}
-	return 0;
-}
-
-static int
 bufw_open(struct bufw *w, int dirfd, const char *name)
 {
 	memset(w, 0, sizeof(*w));
@@ -148,7 +127,7 @@ bufw_open(struct bufw *w, int dirfd, const char *name)
 static int
 bufw_flush(struct bufw *w)
 {
-	if (w->len > 0 && write_all(w->fd, w->buf, w->len) == -1)
+	if (w->len > 0 && fdio_write_all(w->fd, w->buf, w->len) == -1)
 		return -1;
 	w->len = 0;
 	return 0;
@@ -162,7 +141,7 @@ bufw_put(struct bufw *w, const void *p, size_t len)
 		if (bufw_flush(w) == -1)
 			return -1;
 		if (len > SNAP_IOBUF)
-			return write_all(w->fd, p, len);
+			return fdio_write_all(w->fd, p, len);
 	}
 	memcpy(w->buf + w->len, p, len);
 	w->len += len;

@@ -46,7 +46,7 @@ struct subscriber {
 	char			 sub_peer[64];
 	struct fanout		*sub_fan;	/* its stream's */
 	struct bufferevent	*sub_bev;
-	struct net_source	*sub_src;	/* per-address count */
+	struct net_conn		*sub_src;	/* per-address count */
 	int			 sub_state;
 	int			 sub_resuming;	/* FCWAL-SUB/1 */
 	int			 sub_zstd;
@@ -1037,21 +1037,33 @@ subscriber_accept(struct fanout *fo, int fd, struct sockaddr *sa, int salen)
 	struct stream *st = fanout_stream(fo);
 	struct subscriber *sub;
 	struct bufferevent *bev;
-	struct net_source *src;
+	struct net_conn *src;
 	char peer[64];
+	int over;
 
 	if (fanout_stopped(fo)) {
 		evutil_closesocket(fd);
 		return NULL;
 	}
+	/* the listener's own limit (its stream's), and the process's */
 	if ((src = net_conn_acquire(NET_PORT_SUBSCRIBER, fo, sa,
-	    relay->r_cfg->max_conns_per_ip)) == NULL) {
+	    st->st_cfg->max_conns_per_ip, relay->r_cfg->max_conns_per_ip_total,
+	    &over)) == NULL) {
 		st->st_stats.sub_rejected_limit++;
 		relay_addr_str(sa, peer, sizeof(peer));
-		log_limited(&sub_refusals, LOG_LEVEL_WARN, "subscriber: refused "
-		    "%s: %u connections from that address on the listener of "
-		    "stream %s, the limit (max-conns-per-ip)", peer,
-		    relay->r_cfg->max_conns_per_ip, st->st_name);
+		if (over == NET_OVER_TOTAL)
+			log_limited(&sub_refusals, LOG_LEVEL_WARN, "subscriber: "
+			    "refused %s on the listener of stream %s: %u "
+			    "connections from that address on all subscriber "
+			    "listeners, the limit (max-conns-per-ip-total)",
+			    peer, st->st_name,
+			    relay->r_cfg->max_conns_per_ip_total);
+		else
+			log_limited(&sub_refusals, LOG_LEVEL_WARN, "subscriber: "
+			    "refused %s: %u connections from that address on "
+			    "the listener of stream %s, the limit "
+			    "(max-conns-per-ip)", peer,
+			    st->st_cfg->max_conns_per_ip, st->st_name);
 		evutil_closesocket(fd);
 		return NULL;
 	}

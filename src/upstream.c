@@ -50,7 +50,7 @@ struct upconn {
 	char			 uc_name[24];	/* "up-3", "pull-4" */
 	char			 uc_peer[64];
 	struct bufferevent	*uc_bev;
-	struct net_source	*uc_src;	/* per-address count (ingest) */
+	struct net_conn		*uc_src;	/* per-address count (ingest) */
 	int			 uc_state;
 	int			 uc_pull;
 	struct handshake	 uc_hs;
@@ -733,24 +733,37 @@ void
 upstream_accept(struct upstream *u, int fd, struct sockaddr *sa, int salen)
 {
 	struct bufferevent *bev;
-	struct net_source *src;
+	struct net_conn *src;
 	struct upconn *uc;
 	struct timeval tv;
 	char peer[64];
+	int over;
 
 	relay_addr_str(sa, peer, sizeof(peer));
 	if (u->u_stopped) {
 		evutil_closesocket(fd);
 		return;
 	}
+	/* the listener's own limit (its stream's), and the process's */
 	if ((src = net_conn_acquire(NET_PORT_INGEST, u, sa,
-	    relay->r_cfg->max_ingest_conns_per_ip)) == NULL) {
+	    u->u_stream->st_cfg->max_ingest_conns_per_ip,
+	    relay->r_cfg->max_ingest_conns_per_ip_total, &over)) == NULL) {
 		u->u_stream->st_stats.up_rejected_limit++;
-		log_limited(&up_refusals, LOG_LEVEL_WARN, "ingest: refused %s: "
-		    "%u ingest connections from that address on the listener "
-		    "of stream %s, the limit (max-ingest-conns-per-ip)", peer,
-		    relay->r_cfg->max_ingest_conns_per_ip,
-		    u->u_stream->st_name);
+		if (over == NET_OVER_TOTAL)
+			log_limited(&up_refusals, LOG_LEVEL_WARN, "ingest: "
+			    "refused %s on the listener of stream %s: %u "
+			    "ingest connections from that address on all "
+			    "listeners, the limit "
+			    "(max-ingest-conns-per-ip-total)", peer,
+			    u->u_stream->st_name,
+			    relay->r_cfg->max_ingest_conns_per_ip_total);
+		else
+			log_limited(&up_refusals, LOG_LEVEL_WARN, "ingest: "
+			    "refused %s: %u ingest connections from that "
+			    "address on the listener of stream %s, the limit "
+			    "(max-ingest-conns-per-ip)", peer,
+			    u->u_stream->st_cfg->max_ingest_conns_per_ip,
+			    u->u_stream->st_name);
 		evutil_closesocket(fd);
 		return;
 	}

@@ -27,6 +27,7 @@
 #include "clock.h"
 #include "config.h"
 #include "fcw2.h"
+#include "fdio.h"
 #include "handshake.h"
 #include "scan.h"
 #include "segment.h"
@@ -75,29 +76,6 @@ dial(const char *addr, int quiet)
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
 		    sizeof(one));
 	return fd;
-}
-
-static int
-write_all(int fd, const void *p, size_t len, size_t *done)
-{
-	const uint8_t *b = p;
-	size_t off = 0;
-	ssize_t n;
-
-	while (off < len) {
-		n = send(fd, b + off, len - off, MSG_NOSIGNAL);
-		if (n == -1) {
-			if (errno == EINTR)
-				continue;
-			if (done)
-				*done = off;
-			return -1;
-		}
-		off += (size_t)n;
-	}
-	if (done)
-		*done = off;
-	return 0;
 }
 
 /* The first token of a token file, read as the relay reads them. */
@@ -207,7 +185,7 @@ producer_connect(struct producer *p)
 	for (;;) {
 		if ((p->fd = dial(p->addr, p->reconnects > 0)) != -1) {
 			p->conn_writes = 0;
-			if (p->authlen == 0 || write_all(p->fd, p->auth,
+			if (p->authlen == 0 || fdio_send_all(p->fd, p->auth,
 			    p->authlen, NULL) == 0)
 				return 0;
 			close(p->fd);
@@ -236,7 +214,7 @@ producer_send(struct producer *p, const uint8_t *buf, size_t len,
 	while (off < len) {
 		if (p->fd == -1)
 			(void)producer_connect(p);
-		if (write_all(p->fd, buf + off, len - off, &done) == 0) {
+		if (fdio_send_all(p->fd, buf + off, len - off, &done) == 0) {
 			off = len;
 			p->conn_writes++;
 			break;
@@ -981,19 +959,10 @@ save_position(const struct tailer *t)
 static int
 tail_commit(struct tailer *t)
 {
-	size_t off = 0;
-	ssize_t n;
-
-	while (off < t->olen) {
-		n = write(STDOUT_FILENO, t->obuf + off, t->olen - off);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1) {
-			fprintf(stderr, "walcat: tail: standard output: %s\n",
-			    strerror(errno));
-			return -1;
-		}
-		off += (size_t)n;
+	if (fdio_write_all(STDOUT_FILENO, t->obuf, t->olen) == -1) {
+		fprintf(stderr, "walcat: tail: standard output: %s\n",
+		    strerror(errno));
+		return -1;
 	}
 	t->outoff += t->olen;
 	t->olen = 0;
@@ -1188,7 +1157,7 @@ walcat_tail(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if ((fd = dial(argv[optind], 0)) == -1)
 		return 3;
-	if (write_all(fd, line, (size_t)linelen, NULL) == -1) {
+	if (fdio_send_all(fd, line, (size_t)linelen, NULL) == -1) {
 		fprintf(stderr, "walcat: tail: %s\n", strerror(errno));
 		close(fd);
 		return 3;
@@ -1389,7 +1358,7 @@ walcat_health(int argc, char **argv)
 	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: %s\r\n"
 	    "Connection: close\r\n\r\n", path, addr);
-	if (write_all(fd, req, strlen(req), NULL) == -1) {
+	if (fdio_send_all(fd, req, strlen(req), NULL) == -1) {
 		fprintf(stderr, "walcat: health: %s: %s\n", addr,
 		    strerror(errno));
 		close(fd);

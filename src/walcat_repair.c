@@ -34,6 +34,7 @@
 
 #include "config.h"
 #include "fcw2.h"
+#include "fdio.h"
 #include "handshake.h"
 #include "scan.h"
 #include "segment.h"
@@ -252,8 +253,6 @@ static int
 rconn_write(struct rconn *c, const void *buf, size_t len)
 {
 	char err[512];
-	size_t off = 0;
-	ssize_t n;
 
 	if (c->rc_tls != NULL) {
 		if (tls_conn_write(c->rc_tls, buf, len, err, sizeof(err)) ==
@@ -264,17 +263,10 @@ rconn_write(struct rconn *c, const void *buf, size_t len)
 		}
 		return 0;
 	}
-	while (off < len) {
-		n = send(c->rc_fd, (const char *)buf + off, len - off,
-		    MSG_NOSIGNAL);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1) {
-			fprintf(stderr, "walcat: repair: %s: %s\n", c->rc_addr,
-			    strerror(errno));
-			return -1;
-		}
-		off += (size_t)n;
+	if (fdio_send_all(c->rc_fd, buf, len, NULL) == -1) {
+		fprintf(stderr, "walcat: repair: %s: %s\n", c->rc_addr,
+		    strerror(errno));
+		return -1;
 	}
 	return 0;
 }
@@ -502,27 +494,10 @@ repair_copy(int src, int dst, uint64_t off, uint64_t len)
 				errno = EIO;
 			return -1;
 		}
-		if (write(dst, buf, (size_t)n) != n)
+		if (fdio_write_all(dst, buf, (size_t)n) == -1)
 			return -1;
 		off += (uint64_t)n;
 		len -= (uint64_t)n;
-	}
-	return 0;
-}
-
-static int
-repair_write_all(int fd, const uint8_t *p, size_t len)
-{
-	ssize_t n;
-
-	while (len > 0) {
-		if ((n = write(fd, p, len)) == -1) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
 	}
 	return 0;
 }
@@ -533,12 +508,12 @@ repair_read_frame(int fd, uint64_t off, size_t *len)
 {
 	uint8_t hdr[FCW2_HEADER_LEN], *p;
 
-	if (pread(fd, hdr, sizeof(hdr), (off_t)off) != (ssize_t)sizeof(hdr))
+	if (fdio_pread_all(fd, hdr, sizeof(hdr), off) == -1)
 		return NULL;
 	*len = fcw2_frame_len(hdr);
 	if ((p = malloc(*len)) == NULL)
 		return NULL;
-	if (pread(fd, p, *len, (off_t)off) != (ssize_t)*len) {
+	if (fdio_pread_all(fd, p, *len, off) == -1) {
 		free(p);
 		return NULL;
 	}
@@ -587,7 +562,7 @@ repair_range(struct repair *rp, struct repair_range *rr)
 	    O_CLOEXEC, 0644)) == -1)
 		goto ioerr;
 	if (repair_copy(fd, tfd, 0, rr->rr_off) == -1 ||
-	    repair_write_all(tfd, data, rr->rr_end - rr->rr_off) == -1 ||
+	    fdio_write_all(tfd, data, rr->rr_end - rr->rr_off) == -1 ||
 	    repair_copy(fd, tfd, rr->rr_end, rr->rr_size - rr->rr_end) == -1 ||
 	    fdatasync(tfd) == -1)
 		goto ioerr;

@@ -46,6 +46,7 @@
 #include "clock.h"
 #include "config.h"
 #include "fcw2.h"
+#include "fdio.h"
 #include "handshake.h"
 #include "scan.h"
 #include "segment.h"
@@ -221,28 +222,11 @@ restore_progress_clear(struct restore *rs)
 }
 
 static int
-restore_write_all(int fd, const uint8_t *p, size_t len)
-{
-	ssize_t n;
-
-	while (len > 0) {
-		if ((n = write(fd, p, len)) == -1) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-static int
 restore_flush(struct restore *rs)
 {
 	if (rs->rs_wlen == 0)
 		return 0;
-	if (restore_write_all(rs->rs_fd, rs->rs_wbuf, rs->rs_wlen) == -1) {
+	if (fdio_write_all(rs->rs_fd, rs->rs_wbuf, rs->rs_wlen) == -1) {
 		restore_progress_clear(rs);
 		fprintf(stderr, "walcat: restore: %s/%s.part: %s\n", rs->rs_out,
 		    rs->rs_files[rs->rs_nfiles - 1].rf_name, strerror(errno));
@@ -390,7 +374,7 @@ restore_frame(struct restore *rs, uint64_t seq, const uint8_t *p,
 	if (rs->rs_wlen + len > RESTORE_WBUF && restore_flush(rs) == -1)
 		return -1;
 	if (len > RESTORE_WBUF) {
-		if (restore_write_all(rs->rs_fd, p, len) == -1) {
+		if (fdio_write_all(rs->rs_fd, p, len) == -1) {
 			restore_progress_clear(rs);
 			fprintf(stderr, "walcat: restore: %s/%s.part: %s\n",
 			    rs->rs_out, rf->rf_name, strerror(errno));
@@ -661,20 +645,11 @@ static int
 rconn_write(struct rconn *c, const void *buf, size_t len, char *err,
     size_t errlen)
 {
-	const uint8_t *p = buf;
-	ssize_t n;
-
 	if (c->rc_tls != NULL)
 		return tls_conn_write(c->rc_tls, buf, len, err, errlen);
-	while (len > 0) {
-		if ((n = send(c->rc_fd, p, len, MSG_NOSIGNAL)) == -1) {
-			if (errno == EINTR)
-				continue;
-			snprintf(err, errlen, "%s", strerror(errno));
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
+	if (fdio_send_all(c->rc_fd, buf, len, NULL) == -1) {
+		snprintf(err, errlen, "%s", strerror(errno));
+		return -1;
 	}
 	return 0;
 }

@@ -16,6 +16,8 @@ import subprocess
 import time
 import urllib.request
 
+from fcw2util import OP_SET, frame
+
 
 # What sanitizer builds (configure --enable-asan) write to the daemon's log.
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
@@ -416,3 +418,90 @@ class FaultControl:
                 return f.read().splitlines()
         except FileNotFoundError:
             return []
+
+
+# ---- shared by the test modules ------------------------------------------
+
+# The reply a relay accepts a subscriber with.
+OK_RE = re.compile(r"^FCWAL-OK/1 start=(\d+) earliest=(\d+) next=(\d+) "
+                   r"epoch=([0-9a-f]{16})$")
+
+
+def hard_timeout_fixture(seconds):
+    """An autouse fixture (assign it to a name in a test module) failing a
+    test that runs longer than seconds, whatever it waits on."""
+    import pytest
+
+    @pytest.fixture(autouse=True, name="hard_timeout")
+    def hard_timeout():
+        def expired(signum, frm):
+            raise TimeoutError(f"test ran longer than {seconds} s")
+        old = signal.signal(signal.SIGALRM, expired)
+        signal.alarm(seconds)
+        yield
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    return hard_timeout
+
+
+def tokfile_fixture(token):
+    """A fixture: the path of workdir/sub.tok holding token."""
+    import pytest
+
+    @pytest.fixture(name="tokfile")
+    def tokfile(workdir):
+        p = workdir / "sub.tok"
+        p.write_text(token + "\n")
+        return p
+    return tokfile
+
+
+def relays_fixture(default_name="r", start=True):
+    """A fixture: relay_factory's make(name, args, ...) -> a Relay."""
+    import pytest
+
+    @pytest.fixture(name="relays")
+    def relays(walrelay, workdir):
+        yield from relay_factory(walrelay, workdir, default_name, start)
+    return relays
+
+
+def gen_frame(i, vbytes=1000, tag=b"v"):
+    """Frame i of a deterministic test stream (frame i gets sequence i)."""
+    unit = b"%s%09d" % (tag, i)
+    value = (unit * (vbytes // len(unit) + 1))[:vbytes]
+    return frame(OP_SET, b"key-%010d" % i, value, ts=1700000000000 + i)
+
+
+def subscribe(addr, line, rcvbuf=None, timeout=20.0):
+    """Connect, send a handshake line; returns the socket."""
+    s = connect(addr, timeout=timeout, rcvbuf=rcvbuf)
+    s.sendall(line.encode() + b"\n")
+    return s
+
+
+def read_to_eof(s, limit=1 << 30):
+    """What s receives until the peer closes or resets it (up to limit)."""
+    out = bytearray()
+    while len(out) < limit:
+        try:
+            b = s.recv(1 << 16)
+        except ConnectionResetError:
+            break
+        if not b:
+            break
+        out += b
+    return bytes(out)
+
+
+def refused(addr, line):
+    """Send a handshake; return the one reply line, asserting that the
+    relay then closes the connection without another byte."""
+    s = subscribe(addr, line)
+    try:
+        reply = recv_line(s)
+        rest = read_to_eof(s)
+        assert rest == b"", rest
+    finally:
+        s.close()
+    return reply

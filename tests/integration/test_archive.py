@@ -18,38 +18,19 @@ import threading
 import pytest
 
 from fcw2util import OP_SET, frame
-from relayutil import (connect, recv_frames, recv_line, relay_factory,
-                       split_frames, wait_until)
+from relayutil import (OK_RE, connect, hard_timeout_fixture, read_to_eof,
+                       recv_frames, recv_line, relays_fixture, split_frames,
+                       tokfile_fixture, wait_until)
 
 TOKEN = "archive-tok"
 TEST_TIMEOUT = 240
-OK_RE = re.compile(r"^FCWAL-OK/1 start=(\d+) earliest=(\d+) next=(\d+) "
-                   r"epoch=([0-9a-f]{16})$")
 # small segments so that a few thousand frames make many of them
 ARCHIVE_ARGS = ["--segment-bytes", "64K", "--archive-keep-raw", "1"]
 
 
-@pytest.fixture(autouse=True)
-def hard_timeout():
-    def expired(signum, frm):
-        raise TimeoutError(f"test ran longer than {TEST_TIMEOUT} s")
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(TEST_TIMEOUT)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
-@pytest.fixture
-def tokfile(workdir):
-    p = workdir / "sub.tok"
-    p.write_text(TOKEN + "\n")
-    return p
-
-
-@pytest.fixture
-def relays(walrelay, workdir):
-    yield from relay_factory(walrelay, workdir)
+hard_timeout = hard_timeout_fixture(TEST_TIMEOUT)
+tokfile = tokfile_fixture(TOKEN)
+relays = relays_fixture()
 
 
 @pytest.fixture
@@ -112,19 +93,6 @@ def read_frames(s, count, pace=None):
         if pace:
             threading.Event().wait(pace)
     return out
-
-
-def read_to_eof(s):
-    out = bytearray()
-    while True:
-        try:
-            b = s.recv(1 << 16)
-        except ConnectionResetError:
-            break
-        if not b:
-            break
-        out += b
-    return bytes(out)
 
 
 def wait_archived(r, n):

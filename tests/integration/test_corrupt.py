@@ -8,52 +8,24 @@ from another relay of the chain. Waits are for conditions with deadlines.
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import threading
 
-import pytest
-
-from fcw2util import OP_SET, frame
-from relayutil import (connect, recv_frames, recv_line, relay_factory,
-                       segment_names, split_frames, store_frames, wait_until)
+from relayutil import (OK_RE, connect, gen_frame, hard_timeout_fixture,
+                       read_to_eof, recv_frames, recv_line, refused,
+                       relays_fixture, segment_names, split_frames,
+                       store_frames, subscribe, tokfile_fixture, wait_until)
 
 TOKEN = "corrupt-tok"
 TEST_TIMEOUT = 150
 CORRUPT_DISC = 'walrelay_subscribers_disconnected_total{reason="corrupt"}'
 CORRUPT_REJ = 'walrelay_subscribers_rejected_total{reason="corrupt"}'
-OK_RE = re.compile(r"^FCWAL-OK/1 start=(\d+) earliest=(\d+) next=(\d+) "
-                   r"epoch=([0-9a-f]{16})$")
 
 
-@pytest.fixture(autouse=True)
-def hard_timeout():
-    def expired(signum, frm):
-        raise TimeoutError(f"test ran longer than {TEST_TIMEOUT} s")
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(TEST_TIMEOUT)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
-@pytest.fixture
-def tokfile(workdir):
-    p = workdir / "sub.tok"
-    p.write_text(TOKEN + "\n")
-    return p
-
-
-@pytest.fixture
-def relays(walrelay, workdir):
-    yield from relay_factory(walrelay, workdir)
-
-
-def gen_frame(i, vbytes=1000):
-    unit = b"v%09d" % i
-    value = (unit * (vbytes // len(unit) + 1))[:vbytes]
-    return frame(OP_SET, b"key-%010d" % i, value, ts=1700000000000 + i)
+hard_timeout = hard_timeout_fixture(TEST_TIMEOUT)
+tokfile = tokfile_fixture(TOKEN)
+relays = relays_fixture()
 
 
 def feed(relay, first, last):
@@ -65,40 +37,12 @@ def feed(relay, first, last):
     relay.wait_durable(last)
 
 
-def subscribe(addr, line):
-    s = connect(addr, timeout=20)
-    s.sendall(line.encode() + b"\n")
-    return s
-
-
 def sub_ok(addr, frm):
     s = subscribe(addr, f"FCWAL-SUB/1 {TOKEN} {frm}")
     line = recv_line(s)
     m = OK_RE.match(line)
     assert m, line
     return s, int(m.group(1)), m.group(4)
-
-
-def read_to_eof(s):
-    out = bytearray()
-    while True:
-        try:
-            b = s.recv(1 << 16)
-        except ConnectionResetError:
-            break
-        if not b:
-            return bytes(out)
-        out += b
-
-
-def refused(addr, line):
-    s = subscribe(addr, line)
-    try:
-        reply = recv_line(s)
-        assert read_to_eof(s) == b""
-    finally:
-        s.close()
-    return reply
 
 
 def seg_base(name):

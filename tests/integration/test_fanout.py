@@ -13,58 +13,29 @@ import json
 import os
 import random
 import re
-import signal
 import socket
 import subprocess
 import threading
 import time
 
-import pytest
-
-from fcw2util import OP_SET, frame
-from relayutil import (connect, is_asan_build, recv_frames, recv_line,
-                       relay_factory, store_frames, wait_until)
+from relayutil import (OK_RE, connect, gen_frame, hard_timeout_fixture,
+                       is_asan_build, read_to_eof, recv_frames, recv_line,
+                       refused, relays_fixture, store_frames, subscribe,
+                       tokfile_fixture, wait_until)
 
 TOKEN = "fan-tok"
-OK_RE = re.compile(r"^FCWAL-OK/1 start=(\d+) earliest=(\d+) next=(\d+) "
-                   r"epoch=([0-9a-f]{16})$")
 
 
 TEST_TIMEOUT = 150     # seconds, a hard limit for any one test
 
 
-@pytest.fixture(autouse=True)
-def hard_timeout():
-    """Fail a test that runs longer than TEST_TIMEOUT, whatever it waits on."""
-    def expired(signum, frame):
-        raise TimeoutError(f"test ran longer than {TEST_TIMEOUT} s")
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(TEST_TIMEOUT)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+hard_timeout = hard_timeout_fixture(TEST_TIMEOUT)
 
 
 # ---- helpers ------------------------------------------------------------
 
-def gen_frame(i, vbytes=1000):
-    """Frame i of the deterministic test stream (frame i gets sequence i)."""
-    unit = b"v%09d" % i
-    value = (unit * (vbytes // len(unit) + 1))[:vbytes]
-    return frame(OP_SET, b"key-%010d" % i, value, ts=1700000000000 + i)
-
-
-@pytest.fixture
-def tokfile(workdir):
-    p = workdir / "sub.tok"
-    p.write_text(TOKEN + "\n")
-    return p
-
-
-@pytest.fixture
-def relays(walrelay, workdir):
-    """Factory: make(name, args, ingest=True) -> a started Relay."""
-    yield from relay_factory(walrelay, workdir)
+tokfile = tokfile_fixture(TOKEN)
+relays = relays_fixture()
 
 
 class Feeder(threading.Thread):
@@ -105,13 +76,6 @@ def feed(relay, first, last, vbytes=1000, batch=64):
     relay.wait_durable(last)
 
 
-def subscribe(addr, line, rcvbuf=None, timeout=20.0):
-    """Connect, send a handshake line; returns the socket."""
-    s = connect(addr, timeout=timeout, rcvbuf=rcvbuf)
-    s.sendall(line.encode() + b"\n")
-    return s
-
-
 def sub_ok(addr, frm, opts="", token=TOKEN, rcvbuf=None):
     """A resuming subscriber that must be accepted: (socket, reply dict)."""
     s = subscribe(addr, f"FCWAL-SUB/1 {token} {frm}{opts}", rcvbuf=rcvbuf)
@@ -121,32 +85,6 @@ def sub_ok(addr, frm, opts="", token=TOKEN, rcvbuf=None):
     start, earliest, nxt, epoch = m.groups()
     return s, {"start": int(start), "earliest": int(earliest),
                "next": int(nxt), "epoch": epoch}
-
-
-def refused(addr, line):
-    """Send a handshake; return the one reply line, asserting that the
-    relay then closes the connection without another byte."""
-    s = subscribe(addr, line)
-    try:
-        reply = recv_line(s)
-        rest = read_to_eof(s)
-        assert rest == b"", rest
-    finally:
-        s.close()
-    return reply
-
-
-def read_to_eof(s, limit=1 << 30):
-    out = bytearray()
-    while len(out) < limit:
-        try:
-            b = s.recv(1 << 16)
-        except ConnectionResetError:
-            break
-        if not b:
-            break
-        out += b
-    return bytes(out)
 
 
 class ZstdFrames:

@@ -18,44 +18,22 @@ import threading
 
 import pytest
 
-from fcw2util import OP_SET, frame
-from relayutil import (FaultControl, connect, recv_line, relay_factory,
-                       split_frames, store_frames, wait_until)
+import relayutil
+from relayutil import (FaultControl, OK_RE, connect, hard_timeout_fixture,
+                       recv_line, relays_fixture, split_frames, store_frames,
+                       tokfile_fixture, wait_until)
 
 TOKEN = "fault-tok"
 TEST_TIMEOUT = 240
-OK_RE = re.compile(r"^FCWAL-OK/1 start=(\d+) earliest=(\d+) next=(\d+) "
-                   r"epoch=([0-9a-f]{16})$")
 
 
-@pytest.fixture(autouse=True)
-def hard_timeout():
-    """Fail a test that runs longer than TEST_TIMEOUT, whatever it waits on."""
-    def expired(signum, frm):
-        raise TimeoutError(f"test ran longer than {TEST_TIMEOUT} s")
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(TEST_TIMEOUT)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
-@pytest.fixture
-def relays(walrelay, workdir):
-    yield from relay_factory(walrelay, workdir, "r", start=False)
-
-
-@pytest.fixture
-def tokfile(workdir):
-    p = workdir / "sub.tok"
-    p.write_text(TOKEN + "\n")
-    return p
+hard_timeout = hard_timeout_fixture(TEST_TIMEOUT)
+relays = relays_fixture(start=False)
+tokfile = tokfile_fixture(TOKEN)
 
 
 def gen_frame(i, vbytes):
-    unit = b"f%09d" % i
-    value = (unit * (vbytes // len(unit) + 1))[:vbytes]
-    return frame(OP_SET, b"key-%010d" % i, value, ts=1700000000000 + i)
+    return relayutil.gen_frame(i, vbytes, tag=b"f")
 
 
 def store_bytes(datadir):

@@ -8,29 +8,16 @@ each subscriber holds exactly its own stream.
 import signal
 import subprocess
 
-import pytest
-
 from fcw2util import OP_SET, frame
-from relayutil import (FaultControl, connect, free_port, recv_frames,
-                       recv_line, relay_factory, store_frames, wait_until)
+from relayutil import (FaultControl, connect, free_port, hard_timeout_fixture,
+                       recv_frames, recv_line, relays_fixture, store_frames,
+                       wait_until)
 
 TEST_TIMEOUT = 150
 
 
-@pytest.fixture(autouse=True)
-def hard_timeout():
-    def expired(signum, frame):
-        raise TimeoutError(f"test ran longer than {TEST_TIMEOUT} s")
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(TEST_TIMEOUT)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
-@pytest.fixture
-def relays(walrelay, workdir):
-    yield from relay_factory(walrelay, workdir)
+hard_timeout = hard_timeout_fixture(TEST_TIMEOUT)
+relays = relays_fixture()
 
 
 def sframe(name, i):
@@ -58,7 +45,7 @@ def stream_section(name, ingest, listen, extra=""):
 
 
 def start_streams(relays, workdir, names, shared=None, env=None,
-                  limits=True):
+                  limits=True, top="", extra=None):
     """One relay serving names, each with its own ports."""
     seen = set()
 
@@ -74,9 +61,11 @@ def start_streams(relays, workdir, names, shared=None, env=None,
     text = "[walrelay]\nfsync = always\n"
     if not limits:
         text += "max-ingest-conns-per-ip = 1\nmax-conns-per-ip = 1\n"
+    text += top
     for n in names:
         text += stream_section(n, f"127.0.0.1:{ports[n][0]}",
-                               f"127.0.0.1:{ports[n][1]}")
+                               f"127.0.0.1:{ports[n][1]}",
+                               (extra or {}).get(n, ""))
     conf = write_conf(workdir, text)
     r = relays("r", args=["-c", conf], ingest=False, listen=False, env=env)
     return r, ports
@@ -195,6 +184,140 @@ def test_ambiguous_routing_refused(walrelay, workdir):
     assert p.returncode == 2, p.stdout + p.stderr
     assert "share the subscriber listener 127.0.0.1:17632" in p.stderr
     assert "subscribe-token-file" in p.stderr
+
+
+def test_check_config_streams_missing_data_dir(walrelay, workdir):
+    """--check-config accepts what a start accepts: with [stream] sections
+    a start creates data-dir and then each <data-dir>/<NAME>, so both may
+    be missing; a data-dir that cannot be created is refused, naming it."""
+    def conf(data_dir):
+        text = (f"[walrelay]\ndata-dir = {data_dir}\n"
+                f"http = 127.0.0.1:{free_port()}\n" +
+                stream_section("a", f"127.0.0.1:{free_port()}",
+                               f"127.0.0.1:{free_port()}") +
+                stream_section("b", f"127.0.0.1:{free_port()}",
+                               f"127.0.0.1:{free_port()}"))
+        return write_conf(workdir, text)
+
+    new = workdir / "new-store"
+    p = run_check(walrelay, conf(new))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "configuration OK" in p.stdout
+    assert not new.exists(), "--check-config created the data directory"
+    # the same with a trailing slash
+    p = run_check(walrelay, conf(f"{new}/"))
+    assert p.returncode == 0, p.stdout + p.stderr
+
+    # two levels missing: a start creates one level only
+    deep = workdir / "no" / "such"
+    p = run_check(walrelay, conf(deep))
+    assert p.returncode == 2, p.stdout
+    assert f"data-dir {deep} does not exist and cannot be created" in p.stderr
+
+    # under a regular file
+    f = workdir / "plain-file"
+    f.write_text("x")
+    p = run_check(walrelay, conf(f / "store"))
+    assert p.returncode == 2, p.stdout
+    assert f"{f} is not a directory" in p.stderr
+    p = run_check(walrelay, conf(f))
+    assert p.returncode == 2, p.stdout
+    assert f"{f} is not a directory" in p.stderr
+    assert not (workdir / "no").exists()
+
+
+def subscribe(port):
+    s = connect(f"127.0.0.1:{port}")
+    s.sendall(b"FCWAL-SUB/1 - earliest\n")
+    assert recv_line(s).startswith("FCWAL-OK/1 start=0 ")
+    return s
+
+
+def refused(r, metric, name, n, what):
+    wait_until(lambda: r.metric(metric + '{reason="limit"}', name) == n, 15,
+               what)
+
+
+def test_per_listener_limits_per_stream(relays, workdir):
+    """max-conns-per-ip and max-ingest-conns-per-ip are a stream's, for
+    its own listeners: a section sets its own; one address at the limit
+    on one listener leaves another listener's allowance whole."""
+    names = ["a", "b"]
+    r, ports = start_streams(relays, workdir, names, limits=False, extra={
+        "b": "max-conns-per-ip = 3\nmax-ingest-conns-per-ip = 2\n"})
+    held = [subscribe(ports["a"][1])]
+    over = connect(f"127.0.0.1:{ports['a'][1]}")
+    refused(r, "walrelay_subscribers_rejected_total", "a", 1,
+            "the second subscriber of a refused")
+    # b's three, although this address is at a's limit
+    held += [subscribe(ports["b"][1]) for _ in range(3)]
+    over2 = connect(f"127.0.0.1:{ports['b'][1]}")
+    refused(r, "walrelay_subscribers_rejected_total", "b", 1,
+            "the fourth subscriber of b refused")
+    assert r.metric('walrelay_subscribers_rejected_total{reason="limit"}',
+                    "a") == 1
+    # ingest: a takes one, b two
+    pa = publish(f"127.0.0.1:{ports['a'][0]}", "a", 0, 5)
+    pb = [publish(f"127.0.0.1:{ports['b'][0]}", "b", 0, 5)]
+    wait_until(lambda: r.metric("walrelay_durable_sequence", "b") == 5, 15,
+               "b's first publisher stored")
+    pb.append(connect(f"127.0.0.1:{ports['b'][0]}"))
+    p3 = connect(f"127.0.0.1:{ports['b'][0]}")
+    refused(r, "walrelay_upstream_rejected_total", "b", 1,
+            "the third ingest connection of b refused")
+    assert r.metric('walrelay_upstream_rejected_total{reason="limit"}',
+                    "a") == 0
+    log = r.read_log()
+    assert "3 connections from that address on the listener of stream b, " \
+        "the limit (max-conns-per-ip)" in log
+    assert "2 ingest connections from that address on the listener of " \
+        "stream b, the limit (max-ingest-conns-per-ip)" in log
+    for c in held + pb + [over, over2, pa, p3]:
+        c.close()
+
+
+def test_per_address_total_limits(relays, workdir):
+    """max-conns-per-ip-total counts one address over every subscriber
+    listener of the process, max-ingest-conns-per-ip-total over every
+    ingest listener; a closed connection gives its place back."""
+    names = ["a", "b", "c"]
+    r, ports = start_streams(relays, workdir, names, top=(
+        "max-conns-per-ip-total = 2\nmax-ingest-conns-per-ip-total = 1\n"))
+    sa = subscribe(ports["a"][1])
+    sb = subscribe(ports["b"][1])
+    sc = connect(f"127.0.0.1:{ports['c'][1]}")
+    refused(r, "walrelay_subscribers_rejected_total", "c", 1,
+            "a third subscriber refused on c's listener")
+    assert "connections from that address on all subscriber listeners, " \
+        "the limit (max-conns-per-ip-total)" in r.read_log()
+    sa.close()
+    wait_until(lambda: r.metric("walrelay_subscribers", "a") == 0, 15,
+               "a's subscriber gone")
+    sc2 = subscribe(ports["c"][1])
+
+    pa = publish(f"127.0.0.1:{ports['a'][0]}", "a", 0, 5)
+    wait_until(lambda: r.metric("walrelay_durable_sequence", "a") == 5, 15,
+               "a's publisher stored")
+    pb = connect(f"127.0.0.1:{ports['b'][0]}")
+    refused(r, "walrelay_upstream_rejected_total", "b", 1,
+            "a second publisher refused on b's listener")
+    assert "ingest connections from that address on all listeners, the " \
+        "limit (max-ingest-conns-per-ip-total)" in r.read_log()
+    for c in (sb, sc, sc2, pa, pb):
+        c.close()
+
+
+def test_shared_listener_has_one_limit(walrelay, workdir):
+    text = ("[walrelay]\n" +
+            stream_section("a", "127.0.0.1:17630", "127.0.0.1:17632",
+                           "publish-token-file = /dev/null\n"
+                           "max-ingest-conns-per-ip = 4\n") +
+            stream_section("b", "127.0.0.1:17630", "127.0.0.1:17633",
+                           "publish-token-file = /dev/null\n"))
+    p = run_check(walrelay, write_conf(workdir, text))
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "share the ingest listener 127.0.0.1:17630 but set " \
+        "max-ingest-conns-per-ip to 4 and 16" in p.stderr
 
 
 def test_stream_names_and_process_keys(walrelay, workdir):

@@ -27,65 +27,9 @@
 #include "chunk.h"
 #include "log.h"
 #include "segment.h"
+#include "storetest.h"
 
 #define WAIT_MS		30000
-#define REQUIRE(e) do {							\
-	if (!(e))							\
-		ck_abort_msg("%s:%d: %s", __FILE__, __LINE__, #e);	\
-} while (0)
-
-static uint64_t
-mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static char *
-tmpdir_new(void)
-{
-	char *d = strdup("/tmp/test_archive.XXXXXX");
-
-	ck_assert_ptr_nonnull(mkdtemp(d));
-	return d;
-}
-
-static void
-tmpdir_rm(char *dir)
-{
-	char cmd[512];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	ck_assert_int_eq(system(cmd), 0);
-	free(dir);
-}
-
-/* Frames back to back; frame i has sequence base + i. */
-struct model {
-	uint64_t	 base;
-	uint8_t		*buf;
-	size_t		 len, cap;
-	size_t		*off;		/* n + 1 offsets */
-	uint64_t	 n, ncap;
-};
-
-static void
-model_init(struct model *m, uint64_t base)
-{
-	memset(m, 0, sizeof(*m));
-	m->base = base;
-	m->ncap = 1024;
-	REQUIRE((m->off = calloc(m->ncap + 1, sizeof(*m->off))) != NULL);
-}
-
-static void
-model_free(struct model *m)
-{
-	free(m->buf);
-	free(m->off);
-}
 
 /* One frame of about vlen value bytes (half of them compressible). */
 static void
@@ -113,19 +57,7 @@ model_add(struct model *m, size_t vlen)
 	rec.value = value;
 	n = fcw2_encode(&rec, 0, out, cap);
 	REQUIRE(n > 0);
-	if (m->len + n > m->cap) {
-		m->cap = (m->len + n) * 2;
-		REQUIRE((m->buf = realloc(m->buf, m->cap)) != NULL);
-	}
-	memcpy(m->buf + m->len, out, n);
-	m->len += n;
-	if (m->n + 1 >= m->ncap) {
-		m->ncap *= 2;
-		REQUIRE((m->off = realloc(m->off, (m->ncap + 1) *
-		    sizeof(*m->off))) != NULL);
-	}
-	m->n++;
-	m->off[m->n] = m->len;
+	model_push(m, out, n);
 	free(value);
 	free(out);
 }
@@ -340,67 +272,20 @@ END_TEST
 
 /* ---- the store --------------------------------------------------------- */
 
-static pthread_mutex_t	 nt_mtx = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t	 nt_cond = PTHREAD_COND_INITIALIZER;
-static unsigned long	 nt_gen;
-
-static void
-notify_cb(void *arg)
-{
-	pthread_mutex_lock(&nt_mtx);
-	nt_gen++;
-	pthread_cond_broadcast(&nt_cond);
-	pthread_mutex_unlock(&nt_mtx);
-}
-
-/* Wait for a notification after gen (or 50 ms). */
-static void
-wait_notify(unsigned long gen)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_nsec += 50 * 1000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
-	pthread_mutex_lock(&nt_mtx);
-	if (nt_gen == gen)
-		pthread_cond_timedwait(&nt_cond, &nt_mtx, &ts);
-	pthread_mutex_unlock(&nt_mtx);
-}
-
-static unsigned long
-notify_gen(void)
-{
-	unsigned long g;
-
-	pthread_mutex_lock(&nt_mtx);
-	g = nt_gen;
-	pthread_mutex_unlock(&nt_mtx);
-	return g;
-}
-
 static void
 store_config(struct segment_config *cf, const char *dir)
 {
-	memset(cf, 0, sizeof(*cf));
-	cf->dir = dir;
-	cf->fsync_mode = FSYNC_ALWAYS;
+	config_init(cf, dir);
 	cf->segment_bytes = 256 * 1024;
-	cf->max_frame_bytes = 1 << 20;
-	cf->retry_ms = 20;
 }
 
+/* Open and start the store. */
 static struct segstore *
-store_open(const struct segment_config *cf)
+store_open_started(const struct segment_config *cf)
 {
-	char err[1024];
-	struct segstore *ss = segstore_open(cf, err, sizeof(err));
+	struct segstore *ss = store_open(cf);
 
-	ck_assert_msg(ss != NULL, "segstore_open: %s", err);
-	ck_assert_int_eq(segstore_start(ss, notify_cb, NULL), 0);
+	store_start(ss);
 	return ss;
 }
 
@@ -551,7 +436,7 @@ make_archived_store(const char *dir, struct model *m, unsigned nframes)
 	cf.archive.ac_enabled = 1;
 	cf.archive.ac_keep_raw = 1;
 	cf.archive.ac_block = 32 * 1024;
-	ss = store_open(&cf);
+	ss = store_open_started(&cf);
 	append_model(ss, m, 0);
 	wait_archived(ss, 3, m->base + m->n);
 	ck_assert_int_eq(segstore_close(ss), 0);
@@ -573,7 +458,7 @@ START_TEST(test_store_serves_archived)
 	cf.archive.ac_enabled = 1;
 	cf.archive.ac_keep_raw = 1;
 	cf.archive.ac_block = 32 * 1024;
-	ss = store_open(&cf);
+	ss = store_open_started(&cf);
 	append_model(ss, &m, 0);
 	wait_archived(ss, 3, m.base + m.n);
 	segstore_poll(ss, &st);
@@ -620,7 +505,7 @@ START_TEST(test_store_serves_archived)
 	ck_assert_int_eq(count_suffix(dir, ".wal.zst.tmp"), 0);
 
 	/* after a restart: the same bytes at the same sequences */
-	ss = store_open(&cf);
+	ss = store_open_started(&cf);
 	check_all(ss, &m, 7);
 	ck_assert_int_eq(segstore_close(ss), 0);
 	model_free(&m);
@@ -659,7 +544,7 @@ START_TEST(test_store_interrupted_steps)
 
 		snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 		file_write(tmp, zfile, zlen / 2);
-		ss = store_open(&cf);
+		ss = store_open_started(&cf);
 		ck_assert_int_eq(access(tmp, F_OK), -1);
 		check_all(ss, &m, 3);
 		ck_assert_int_eq(segstore_close(ss), 0);
@@ -681,7 +566,7 @@ START_TEST(test_store_interrupted_steps)
 		    idx.ai_raw_bytes);
 		archive_index_free(&idx);
 	}
-	ss = store_open(&cf);
+	ss = store_open_started(&cf);
 	ck_assert_int_eq(access(raw, F_OK), -1);
 	ck_assert_int_eq(access(path, F_OK), 0);
 	ck_assert_int_eq(count_suffix(dir, ".wal.zst"), nz);
@@ -710,7 +595,7 @@ START_TEST(test_store_interrupted_steps)
 		free(bad);
 	}
 	cf.archive.ac_enabled = 0;
-	ss = store_open(&cf);
+	ss = store_open_started(&cf);
 	ck_assert_int_eq(access(raw, F_OK), 0);
 	ck_assert_int_eq(access(path, F_OK), -1);
 	check_all(ss, &m, 3);
@@ -760,7 +645,7 @@ START_TEST(test_store_corrupt_block)
 	file_write(path, zfile, zlen);
 	bad = idx.ai_blocks[2].ab_seq;
 
-	ss = store_open(&cf);
+	ss = store_open_started(&cf);
 	/* before the bad block: served */
 	ck_assert_int_eq(locate_wait(ss, bad - 1, &sp), 0);
 	ck_assert_int_eq(memcmp(sp.sp_chunk->ch_data + sp.sp_offset,

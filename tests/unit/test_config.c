@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "segment.h"
 #include "log.h"
 #include "segment.h"
 
@@ -230,6 +231,9 @@ static const struct good goods[] = {
 	{ "max-subscribers", "10", F(max_subscribers), 10 },
 	{ "max-conns-per-ip", "1", F(max_conns_per_ip), 1 },
 	{ "max-ingest-conns-per-ip", "3", F(max_ingest_conns_per_ip), 3 },
+	{ "max-conns-per-ip-total", "100", F(max_conns_per_ip_total), 100 },
+	{ "max-ingest-conns-per-ip-total", "5",
+	    F(max_ingest_conns_per_ip_total), 5 },
 	{ "allow-unauthenticated", "yes", F(allow_unauthenticated), 1 },
 	{ "allow-unauthenticated", "on", F(allow_unauthenticated), 1 },
 	{ "allow-unauthenticated", "1", F(allow_unauthenticated), 1 },
@@ -396,6 +400,9 @@ static const struct bad bads[] = {
 	{ "fsync", "interval:", "is not an fsync mode" },
 	{ "fsync", "interval:0", "the interval must be" },
 	{ "fsync", "interval:x", "is not an fsync mode" },
+	{ "fsync", "interval", "'interval' is not an fsync mode" },
+	{ "fsync", "always:5", "'always:5' is not an fsync mode" },
+	{ "fsync", "Never", "'Never' is not an fsync mode" },
 	{ "upstream-protocol", "http", "'http' is not one of auth|sub" },
 	{ "log-target", "file", "'file' is not one of stderr|syslog" },
 	{ "log-level", "loud", "'loud' is not a log level (error, warn, info "
@@ -1096,6 +1103,7 @@ START_TEST(reloadable_keys)
 	    "tls-key", "tls-ca", "upstream-tls-ca", "upstream-tls-cert",
 	    "upstream-tls-key", "auth-timeout", "subscriber-timeout",
 	    "max-subscribers", "max-conns-per-ip", "max-ingest-conns-per-ip",
+	    "max-conns-per-ip-total", "max-ingest-conns-per-ip-total",
 	    "max-lag", "metrics-max-subscribers",
 	    "log-level", "allow-unauthenticated" };
 	size_t nyes = 0;
@@ -1107,6 +1115,30 @@ START_TEST(reloadable_keys)
 	ck_assert_uint_eq(nyes, sizeof(yes) / sizeof(yes[0]));
 	ck_assert_int_eq(config_key_reloadable("data-dir"), 0);
 	ck_assert_int_eq(config_key_reloadable("nope"), -1);
+}
+END_TEST
+
+/* The fsync modes' one table: names, parsing and usage agree. */
+START_TEST(fsync_names)
+{
+	char buf[64];
+
+	for (int m = FSYNC_ALWAYS; m <= FSYNC_NEVER; m++) {
+		const char *n = segment_fsync_name(m);
+
+		ck_assert_int_eq(segment_fsync_parse(n, strlen(n)), m);
+	}
+	ck_assert_str_eq(segment_fsync_name(FSYNC_ALWAYS), "always");
+	ck_assert_str_eq(segment_fsync_name(FSYNC_INTERVAL), "interval");
+	ck_assert_str_eq(segment_fsync_name(FSYNC_NEVER), "never");
+	ck_assert_str_eq(segment_fsync_name(3), "unknown");
+	ck_assert_str_eq(segment_fsync_name(-1), "unknown");
+	ck_assert_int_eq(segment_fsync_parse("alway", 5), -1);
+	ck_assert_int_eq(segment_fsync_parse("always", 5), -1);
+	ck_assert_int_eq(segment_fsync_parse("neverx", 5), FSYNC_NEVER);
+	ck_assert_str_eq(segment_fsync_usage(buf, sizeof(buf), ", ", " or "),
+	    "always, interval:MS or never");
+	ck_assert_str_eq(segment_fsync_usage(buf, 10, "|", "|"), "always|in");
 }
 END_TEST
 
@@ -1127,6 +1159,8 @@ START_TEST(usage)
 	}
 	ck_assert_ptr_nonnull(strstr(text, "--no-tls-verify-client"));
 	ck_assert_ptr_nonnull(strstr(text, "--segment-bytes BYTES"));
+	ck_assert_ptr_nonnull(strstr(text,
+	    "--fsync always|interval:MS|never\n"));
 	ck_assert_ptr_nonnull(strstr(text, "(default: 64M)"));
 	ck_assert_ptr_nonnull(strstr(text, "(default: 127.0.0.1:7630)"));
 	ck_assert_ptr_nonnull(strstr(text, "SIGHUP"));
@@ -1240,6 +1274,7 @@ config_suite(void)
 	tcase_add_test(tc, reload_keeps_restart_keys);
 	tcase_add_test(tc, reloadable_keys);
 	tcase_add_test(tc, usage);
+	tcase_add_test(tc, fsync_names);
 	tcase_add_test(tc, size_parser);
 	suite_add_tcase(s, tc);
 	return s;

@@ -30,29 +30,12 @@
 #include "chunk.h"
 #include "log.h"
 #include "segment.h"
+#include "storetest.h"
 #include "wrfault.h"
 
 #define WAIT_MS		20000	/* deadline for anything the writer does */
 
-/*
- * For per-frame helpers: Check records every passing ck_assert in a file,
- * which must stay small (the disk-full tests limit the file size).
- */
-#define REQUIRE(e) do {							\
-	if (!(e))							\
-		ck_abort_msg("%s:%d: %s", __FILE__, __LINE__, #e);	\
-} while (0)
-
 /* ---- helpers ----------------------------------------------------------- */
-
-static uint64_t
-mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static uint64_t
 wall_ms(void)
@@ -61,84 +44,6 @@ wall_ms(void)
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static char *
-tmpdir_new(void)
-{
-	const char *t = getenv("TMPDIR");
-	char path[PATH_MAX], *d;
-
-	snprintf(path, sizeof(path), "%s/walrelay-seg-XXXXXX",
-	    t != NULL && *t != '\0' ? t : "/tmp");
-	d = mkdtemp(path);
-	ck_assert_msg(d != NULL, "mkdtemp: %s", strerror(errno));
-	return strdup(d);
-}
-
-static void
-tmpdir_rm(char *dir)
-{
-	DIR *d = opendir(dir);
-	struct dirent *de;
-	char path[PATH_MAX];
-
-	ck_assert_ptr_nonnull(d);
-	while ((de = readdir(d)) != NULL) {
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-			continue;
-		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-		unlink(path);
-	}
-	closedir(d);
-	ck_assert_int_eq(rmdir(dir), 0);
-	free(dir);
-}
-
-static void
-config_init(struct segment_config *cf, const char *dir)
-{
-	memset(cf, 0, sizeof(*cf));
-	cf->dir = dir;
-	cf->fsync_mode = FSYNC_ALWAYS;
-	cf->segment_bytes = 64 * 1024 * 1024;
-	cf->max_frame_bytes = 1024 * 1024;
-	cf->retry_ms = 20;
-}
-
-static struct segstore *
-store_open(const struct segment_config *cf)
-{
-	char err[1024];
-	struct segstore *ss;
-
-	ss = segstore_open(cf, err, sizeof(err));
-	ck_assert_msg(ss != NULL, "segstore_open: %s", err);
-	return ss;
-}
-
-/* notify: a generation counter the tests wait on */
-static pthread_mutex_t	 nt_mtx = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t	 nt_cond = PTHREAD_COND_INITIALIZER;
-static unsigned long	 nt_gen;
-
-static void	(*nt_watch)(void);	/* run on the writer thread */
-
-static void
-notify_cb(void *arg)
-{
-	if (nt_watch != NULL)
-		nt_watch();
-	pthread_mutex_lock(&nt_mtx);
-	nt_gen++;
-	pthread_cond_broadcast(&nt_cond);
-	pthread_mutex_unlock(&nt_mtx);
-}
-
-static void
-store_start(struct segstore *ss)
-{
-	ck_assert_int_eq(segstore_start(ss, notify_cb, NULL), 0);
 }
 
 /*
@@ -152,12 +57,9 @@ wait_state(struct segstore *ss, int (*pred)(const struct segstore_state *,
 	struct segstore_state st;
 	uint64_t deadline = mono_ms() + ms;
 	unsigned long gen;
-	struct timespec ts;
 
 	for (;;) {
-		pthread_mutex_lock(&nt_mtx);
-		gen = nt_gen;
-		pthread_mutex_unlock(&nt_mtx);
+		gen = notify_gen();
 		segstore_poll(ss, &st);
 		if (out != NULL)
 			*out = st;
@@ -165,16 +67,7 @@ wait_state(struct segstore *ss, int (*pred)(const struct segstore_state *,
 			return 1;
 		if (mono_ms() >= deadline)
 			return 0;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 50 * 1000000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
-		pthread_mutex_lock(&nt_mtx);
-		if (nt_gen == gen)
-			pthread_cond_timedwait(&nt_cond, &nt_mtx, &ts);
-		pthread_mutex_unlock(&nt_mtx);
+		wait_notify(gen);
 	}
 }
 
@@ -210,37 +103,6 @@ wait_durable(struct segstore *ss, uint64_t seq)
 	ck_assert_msg(wait_state(ss, p_durable, seq, WAIT_MS, &st),
 	    "durable %" PRIu64 " (error %d), wanted %" PRIu64, st.ss_durable,
 	    st.ss_error, seq);
-}
-
-/*
- * What the tests appended: every frame's bytes back to back, frame i
- * having sequence base + i.
- */
-struct model {
-	uint64_t	 base;
-	uint8_t		*buf;
-	size_t		 len;
-	size_t		 cap;
-	size_t		*off;	/* n + 1 offsets */
-	uint64_t	 n;
-	uint64_t	 ncap;
-};
-
-static void
-model_init(struct model *m, uint64_t base)
-{
-	memset(m, 0, sizeof(*m));
-	m->base = base;
-	m->ncap = 1024;
-	m->off = calloc(m->ncap + 1, sizeof(*m->off));
-	ck_assert_ptr_nonnull(m->off);
-}
-
-static void
-model_free(struct model *m)
-{
-	free(m->buf);
-	free(m->off);
 }
 
 static uint64_t
@@ -290,20 +152,7 @@ model_chunk(struct model *m, unsigned nframes)
 		n = frame_make(model_end(m), frame, sizeof(frame));
 		memcpy(ch->ch_data + ch->ch_len, frame, n);
 		ch->ch_len += n;
-		if (m->len + n > m->cap) {
-			m->cap = (m->len + n) * 2;
-			m->buf = realloc(m->buf, m->cap);
-			REQUIRE(m->buf != NULL);
-		}
-		memcpy(m->buf + m->len, frame, n);
-		m->len += n;
-		if (m->n + 1 >= m->ncap) {
-			m->ncap *= 2;
-			m->off = realloc(m->off, (m->ncap + 1) * sizeof(*m->off));
-			REQUIRE(m->off != NULL);
-		}
-		m->n++;
-		m->off[m->n] = m->len;
+		model_push(m, frame, n);
 	}
 	ch->ch_nframes = nframes;
 	return ch;
@@ -1906,20 +1755,7 @@ append_tpl(struct segstore *ss, struct model *m)
 	for (unsigned i = 0; i < TPL_FRAMES; i++) {
 		size_t n = tpl_off[i + 1] - tpl_off[i];
 
-		if (m->len + n > m->cap) {
-			m->cap = (m->len + n) * 2;
-			m->buf = realloc(m->buf, m->cap);
-			REQUIRE(m->buf != NULL);
-		}
-		memcpy(m->buf + m->len, tpl + tpl_off[i], n);
-		m->len += n;
-		if (m->n + 1 >= m->ncap) {
-			m->ncap *= 2;
-			m->off = realloc(m->off, (m->ncap + 1) * sizeof(*m->off));
-			REQUIRE(m->off != NULL);
-		}
-		m->n++;
-		m->off[m->n] = m->len;
+		model_push(m, tpl + tpl_off[i], n);
 	}
 	REQUIRE(segstore_append(ss, ch) == 0);
 	chunk_unref(ch);
@@ -2135,17 +1971,6 @@ wait_round(unsigned long gen)
 	pthread_mutex_unlock(&nt_mtx);
 }
 
-static unsigned long
-round_gen(void)
-{
-	unsigned long g;
-
-	pthread_mutex_lock(&nt_mtx);
-	g = nt_gen;
-	pthread_mutex_unlock(&nt_mtx);
-	return g;
-}
-
 /*
  * A write stops one byte short of the end of a chunk and the cut that
  * should remove the partial chunk fails too: while the cut keeps failing,
@@ -2194,7 +2019,7 @@ START_TEST(write_fault_cut_fails)
 	ck_assert_int_eq(wrfault_set(spec), 0);
 	append_chunks(ss, &m, 2, 3);
 	for (int i = 0; i < 3; i++) {
-		gen = round_gen();
+		gen = notify_gen();
 		segstore_retry(ss);
 		wait_round(gen);
 		segstore_poll(ss, &st);
