@@ -366,6 +366,43 @@ chunk_offset_of(const struct chunk *ch, uint64_t seq)
 	return fcw2_walk(ch->ch_data, 0, ch->ch_len, seq - ch->ch_seq, NULL);
 }
 
+/*
+ * Views in [from, to) that leave more than a 16th of their buffer
+ * unused become chunks of their own size (a copy): whoever holds one
+ * would hold the whole buffer, and a subscriber must not hold more than
+ * its own buffer's worth (the rule chunk_shrink kept for whole chunks).
+ */
+static void
+chunk_list_compact(struct chunk_list *list, uint64_t from, uint64_t to,
+    long long *capdelta)
+{
+	struct chunk *ch, *first = NULL, *next, *m;
+	size_t cap;
+
+	for (ch = TAILQ_LAST(list, chunk_list); ch != NULL && ch->ch_seq >= from;
+	    ch = TAILQ_PREV(ch, chunk_list, ch_entry))
+		first = ch;
+	for (ch = first; ch != NULL && CHUNK_END(ch) <= to; ch = next) {
+		next = TAILQ_NEXT(ch, ch_entry);
+		if (ch->ch_owner == NULL)
+			continue;
+		cap = ch->ch_owner->ch_cap;
+		if (cap - ch->ch_len <= cap / 16 || (m = chunk_new(ch->ch_len)) ==
+		    NULL)
+			continue;
+		memcpy(m->ch_data, ch->ch_data, ch->ch_len);
+		m->ch_len = ch->ch_len;
+		m->ch_seq = ch->ch_seq;
+		m->ch_nframes = ch->ch_nframes;
+		m->ch_recv_us = ch->ch_recv_us;
+		if (capdelta != NULL)
+			*capdelta += (long long)m->ch_cap - (long long)ch->ch_cap;
+		TAILQ_INSERT_BEFORE(ch, m, ch_entry);
+		TAILQ_REMOVE(list, ch, ch_entry);
+		chunk_unref(ch);
+	}
+}
+
 /* b follows a in the same buffer: both are views of it. */
 static int
 chunk_adjacent(const struct chunk *a, const struct chunk *b)
@@ -448,5 +485,6 @@ chunk_list_merge(struct chunk_list *list, uint64_t from, uint64_t to,
 			TAILQ_INSERT_TAIL(list, m, ch_entry);
 		removed--;
 	}
+	chunk_list_compact(list, from, to, capdelta);
 	return removed;
 }

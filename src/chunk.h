@@ -119,7 +119,9 @@ size_t		 chunk_cut(const struct chunk *, size_t off, size_t room,
  * buffer that follow each other in it become one view (no copy), other
  * runs of chunks each under `small` bytes are copied into a new chunk (the
  * list's own references move to the new chunks; holders of other
- * references keep the old ones). Returns how many fewer chunks the list
+ * references keep the old ones). A view that then leaves more than a 16th
+ * of its buffer unused is replaced by a copy of its size: a reference to
+ * it would hold the whole buffer. Returns how many fewer chunks the list
  * holds, and adds the change in buffer bytes to *capdelta (if not NULL).
  * Only for chunks nobody reads through the list yet.
  */
