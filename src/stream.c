@@ -451,6 +451,9 @@ stream_close(struct stream *st)
 {
 	int rc = 0;
 
+	/* no more housekeeping: the janitor's jobs use the store */
+	if (st->st_janitor != NULL)
+		event_del(st->st_janitor);
 	jetstream_free(st->st_js);	/* records what JetStream acknowledged */
 	st->st_js = NULL;
 	upstream_free(st->st_up);
