@@ -479,6 +479,125 @@ fail:
 	return -1;
 }
 
+void
+archive_pieces_free(struct chunk **pieces, uint32_t npieces)
+{
+	if (pieces == NULL)
+		return;
+	for (uint32_t i = 0; i < npieces; i++)
+		chunk_unref(pieces[i]);
+	free(pieces);
+}
+
+/* Append ch to *pieces. 0, or -1 (out of memory). */
+static int
+pieces_add(struct chunk ***pieces, uint32_t *n, uint32_t *cap,
+    struct chunk *ch)
+{
+	struct chunk **np;
+
+	if (*n == *cap) {
+		*cap = *cap ? *cap * 2 : 32;
+		if ((np = realloc(*pieces, *cap * sizeof(*np))) == NULL)
+			return -1;
+		*pieces = np;
+	}
+	(*pieces)[(*n)++] = ch;
+	return 0;
+}
+
+int
+archive_read_pieces(ZSTD_DCtx *dctx, int fd, const struct archive_block *b,
+    size_t max_frame, size_t piece, struct chunk ***out, uint32_t *nout,
+    char *errbuf, size_t errlen)
+{
+	ZSTD_DCtx *own = NULL;
+	struct chunk **pieces = NULL, *ch = NULL, *v;
+	uint8_t *z = NULL;
+	size_t r, off = 0, start = 0, flen;
+	uint32_t n = 0, npieces = 0, cap = 0, frames = 0;
+
+	*out = NULL;
+	*nout = 0;
+	if (dctx == NULL && (dctx = own = ZSTD_createDCtx()) == NULL)
+		goto nomem;
+	/* blocks of one size share the chunk buffer cache's bucket */
+	if ((z = malloc(b->ab_zlen > 0 ? b->ab_zlen : 1)) == NULL ||
+	    (ch = chunk_new(b->ab_raw_len > ARCHIVE_BLOCK + 64 * 1024 ?
+	    b->ab_raw_len : ARCHIVE_BLOCK + 64 * 1024)) == NULL)
+		goto nomem;
+	if (fdio_pread_all(fd, z, b->ab_zlen, b->ab_zoff) == -1) {
+		snprintf(errbuf, errlen, "read of the block at offset %" PRIu64
+		    ": %s", b->ab_zoff, strerror(errno));
+		goto fail;
+	}
+	if (ZSTD_getFrameContentSize(z, b->ab_zlen) != b->ab_raw_len) {
+		snprintf(errbuf, errlen, "corrupt block at offset %" PRIu64
+		    " (sequences %" PRIu64 " to %" PRIu64 "): bad zstd frame "
+		    "header", b->ab_zoff, b->ab_seq, b->ab_seq +
+		    b->ab_nframes - 1);
+		goto fail;
+	}
+	/* straight into the chunk the pieces share: no copy after this */
+	r = ZSTD_decompressDCtx(dctx, ch->ch_data, ch->ch_cap, z, b->ab_zlen);
+	if (ZSTD_isError(r) || r != b->ab_raw_len) {
+		snprintf(errbuf, errlen, "corrupt block at offset %" PRIu64
+		    " (sequences %" PRIu64 " to %" PRIu64 "): %s", b->ab_zoff,
+		    b->ab_seq, b->ab_seq + b->ab_nframes - 1, ZSTD_isError(r) ?
+		    ZSTD_getErrorName(r) : "wrong length");
+		goto fail;
+	}
+	ch->ch_len = r;
+	ch->ch_seq = b->ab_seq;
+	/* zstd checked its XXH64: walk the frame headers, cut pieces */
+	for (;;) {
+		int whole = r - off >= FCW2_HEADER_LEN &&
+		    memcmp(ch->ch_data + off, FCW2_MAGIC, 4) == 0 &&
+		    (flen = fcw2_frame_len(ch->ch_data + off)) <= r - off &&
+		    flen <= max_frame + FCW2_OVERHEAD;
+
+		if (n > 0 && (!whole || off + flen - start > piece)) {
+			if ((v = chunk_view(ch, start, off - start,
+			    b->ab_seq + frames, n)) == NULL)
+				goto nomem;
+			if (pieces_add(&pieces, &npieces, &cap, v) == -1) {
+				chunk_unref(v);
+				goto nomem;
+			}
+			frames += n;
+			n = 0;
+			start = off;
+		}
+		if (!whole)
+			break;
+		off += flen;
+		n++;
+	}
+	if (off != r || frames != b->ab_nframes) {
+		snprintf(errbuf, errlen, "corrupt block at offset %" PRIu64
+		    " (sequences %" PRIu64 " to %" PRIu64 "): it holds %" PRIu32
+		    " whole valid frames where the index says %" PRIu32,
+		    b->ab_zoff, b->ab_seq, b->ab_seq + b->ab_nframes - 1,
+		    frames, b->ab_nframes);
+		goto fail;
+	}
+	chunk_unref(ch);	/* the pieces hold it */
+	free(z);
+	ZSTD_freeDCtx(own);
+	*out = pieces;
+	*nout = npieces;
+	return 0;
+nomem:
+	snprintf(errbuf, errlen, "out of memory");
+fail:
+	if (ch != NULL)
+		chunk_unref(ch);
+	archive_pieces_free(pieces, npieces);
+	free(z);
+	ZSTD_freeDCtx(own);
+	return -1;
+}
+
 /* ---- the block reader ------------------------------------------------- */
 
 STAILQ_HEAD(archive_job_queue, archive_job);
@@ -494,9 +613,8 @@ struct archive_reader {
 };
 
 static void
-reader_run(struct archive_job *j)
+reader_run(struct archive_job *j, ZSTD_DCtx *dctx)
 {
-	struct chunk *ch = NULL;
 	char err[256];
 	int fd;
 
@@ -507,12 +625,12 @@ reader_run(struct archive_job *j)
 		    j->aj_name, strerror(errno));
 		return;
 	}
-	if (archive_read_block(fd, &j->aj_blk, j->aj_max_frame, &ch, err,
+	if (archive_read_pieces(dctx, fd, &j->aj_blk, j->aj_max_frame,
+	    ARCHIVE_PIECE, &j->aj_pieces, &j->aj_npieces, err,
 	    sizeof(err)) == -1)
 		snprintf(j->aj_err, sizeof(j->aj_err), "%s: %s", j->aj_name,
 		    err);
 	close(fd);
-	j->aj_chunk = ch;
 }
 
 static void *
@@ -520,6 +638,7 @@ reader_main(void *arg)
 {
 	struct archive_reader *ar = arg;
 	struct archive_job *j;
+	ZSTD_DCtx *dctx = ZSTD_createDCtx();	/* NULL: one per block */
 
 	pthread_mutex_lock(&ar->ar_mtx);
 	for (;;) {
@@ -531,7 +650,7 @@ reader_main(void *arg)
 		}
 		STAILQ_REMOVE_HEAD(&ar->ar_queue, aj_entry);
 		pthread_mutex_unlock(&ar->ar_mtx);
-		reader_run(j);
+		reader_run(j, dctx);
 		pthread_mutex_lock(&ar->ar_mtx);
 		j->aj_done = 1;
 		pthread_mutex_unlock(&ar->ar_mtx);
@@ -540,6 +659,7 @@ reader_main(void *arg)
 		pthread_mutex_lock(&ar->ar_mtx);
 	}
 	pthread_mutex_unlock(&ar->ar_mtx);
+	ZSTD_freeDCtx(dctx);
 	return NULL;
 }
 
@@ -588,7 +708,8 @@ void
 archive_reader_submit(struct archive_reader *ar, struct archive_job *j)
 {
 	j->aj_done = 0;
-	j->aj_chunk = NULL;
+	j->aj_pieces = NULL;
+	j->aj_npieces = 0;
 	j->aj_enoent = 0;
 	j->aj_err[0] = '\0';
 	pthread_mutex_lock(&ar->ar_mtx);

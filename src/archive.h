@@ -113,6 +113,24 @@ long	archive_index_find(const struct archive_index *, uint64_t seq);
 int	archive_read_block(int fd, const struct archive_block *,
 	    size_t max_frame, struct chunk **, char *errbuf, size_t errlen);
 
+/*
+ * The same, cut into pieces: views (chunk_view) of whole frames of at
+ * most piece bytes each (a larger frame alone in its own) into the one
+ * chunk the block is decompressed into, so that a subscriber queues whole
+ * pieces by reference instead of copying parts of a block bigger than its
+ * buffer, and no byte is copied after zstd. dctx: a context to reuse, or
+ * NULL.
+ * Returns 0 with *pieces (an array of *npieces chunks, one reference each:
+ * free with archive_pieces_free), or -1 with errbuf as above.
+ */
+#define ARCHIVE_PIECE		(64 * 1024)
+struct ZSTD_DCtx_s;
+int	archive_read_pieces(struct ZSTD_DCtx_s *dctx, int fd,
+	    const struct archive_block *, size_t max_frame, size_t piece,
+	    struct chunk ***pieces, uint32_t *npieces, char *errbuf,
+	    size_t errlen);
+void	archive_pieces_free(struct chunk **pieces, uint32_t npieces);
+
 /* ---- the block reader: decompression off the event loop -------------- */
 
 struct archive_job {
@@ -123,7 +141,8 @@ struct archive_job {
 	size_t			 aj_max_frame;
 	/* set by the reader thread once aj_done */
 	int			 aj_done;
-	struct chunk		*aj_chunk;	/* NULL: failed, see aj_err */
+	struct chunk		**aj_pieces;	/* NULL: failed, see aj_err */
+	uint32_t		 aj_npieces;
 	int			 aj_enoent;	/* the file was gone */
 	char			 aj_err[448];
 	STAILQ_ENTRY(archive_job) aj_entry;

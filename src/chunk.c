@@ -187,19 +187,22 @@ chunk_buffer_new(size_t cap)
 }
 
 struct chunk *
-chunk_view(struct chunk *owner, size_t off, size_t len)
+chunk_view(struct chunk *parent, size_t off, size_t len, uint64_t seq,
+    uint32_t nframes)
 {
 	struct chunk *ch;
-	uint8_t *data = owner->ch_data + off;
+	uint8_t *data = parent->ch_data + off;
 
-	if (owner->ch_owner != NULL)
-		owner = owner->ch_owner;	/* a view of a view: its buffer */
+	if (parent->ch_parent != NULL)
+		parent = parent->ch_parent;	/* a view of a view: its buffer */
 	if ((ch = calloc(1, sizeof(*ch))) == NULL)
 		return NULL;
-	chunk_ref(owner);
-	ch->ch_owner = owner;
+	chunk_ref(parent);
+	ch->ch_parent = parent;
 	ch->ch_data = data;
 	ch->ch_len = ch->ch_cap = len;
+	ch->ch_seq = seq;
+	ch->ch_nframes = nframes;
 	atomic_init(&ch->ch_ref, 1);
 	atomic_fetch_add(&chunks_live, 1);
 	return ch;
@@ -218,11 +221,11 @@ chunk_unref(struct chunk *ch)
 		return;
 	if (!ch->ch_bufonly)
 		atomic_fetch_sub(&chunks_live, 1);
-	atomic_fetch_sub(&chunk_bytes_live, (long long)((ch->ch_owner ? 0 :
+	atomic_fetch_sub(&chunk_bytes_live, (long long)((ch->ch_parent ? 0 :
 	    ch->ch_cap) + ch->ch_zlen));
 	free(ch->ch_zdata);
-	if (ch->ch_owner != NULL)
-		chunk_unref(ch->ch_owner);
+	if (ch->ch_parent != NULL)
+		chunk_unref(ch->ch_parent);
 	else
 		cbuf_put(ch->ch_data, ch->ch_cap);
 	free(ch);
@@ -234,7 +237,7 @@ chunk_rebuffer(struct chunk *ch, size_t cap)
 {
 	uint8_t *nd;
 
-	WR_ASSERT(ch->ch_owner == NULL);
+	WR_ASSERT(ch->ch_parent == NULL);
 	cap = chunk_buf_size(cap);
 	if ((nd = cbuf_get(cap)) == NULL)
 		return -1;
@@ -384,9 +387,9 @@ chunk_list_compact(struct chunk_list *list, uint64_t from, uint64_t to,
 		first = ch;
 	for (ch = first; ch != NULL && CHUNK_END(ch) <= to; ch = next) {
 		next = TAILQ_NEXT(ch, ch_entry);
-		if (ch->ch_owner == NULL)
+		if (ch->ch_parent == NULL)
 			continue;
-		cap = ch->ch_owner->ch_cap;
+		cap = ch->ch_parent->ch_cap;
 		if (cap - ch->ch_len <= cap / 16 || (m = chunk_new(ch->ch_len)) ==
 		    NULL)
 			continue;
@@ -407,7 +410,7 @@ chunk_list_compact(struct chunk_list *list, uint64_t from, uint64_t to,
 static int
 chunk_adjacent(const struct chunk *a, const struct chunk *b)
 {
-	return a->ch_owner != NULL && a->ch_owner == b->ch_owner &&
+	return a->ch_parent != NULL && a->ch_parent == b->ch_parent &&
 	    a->ch_data + a->ch_len == b->ch_data;
 }
 
@@ -456,7 +459,7 @@ chunk_list_merge(struct chunk_list *list, uint64_t from, uint64_t to,
 		if (k == 1)
 			continue;	/* nothing to gain */
 		if (view)
-			m = chunk_view(first, 0, len);
+			m = chunk_view(first, 0, len, first->ch_seq, 0);
 		else
 			m = chunk_new(len);
 		if (m == NULL)

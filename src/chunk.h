@@ -33,11 +33,11 @@ struct chunk {
 	uint8_t			*ch_zdata;
 	size_t			 ch_zlen;
 	/*
-	 * A view (chunk_view): ch_data lies in the buffer of ch_owner, which
-	 * the view holds a reference to, and ch_cap is ch_len; NULL when the
-	 * chunk owns its buffer.
+	 * A view (chunk_view): ch_data lies in the buffer of ch_parent, which
+	 * the view holds a reference to (its bytes are counted there), and
+	 * ch_cap is ch_len; NULL when the chunk owns its buffer.
 	 */
-	struct chunk		*ch_owner;
+	struct chunk		*ch_parent;
 	int			 ch_bufonly;	/* chunk_buffer_new */
 };
 TAILQ_HEAD(chunk_list, chunk);
@@ -57,13 +57,16 @@ struct chunk	*chunk_new(size_t cap);
  */
 struct chunk	*chunk_buffer_new(size_t cap);
 /*
- * A chunk of the bytes [off, off+len) of owner's buffer, without a copy:
- * it holds a reference to the buffer's owner (one reference), or NULL.
- * The upstream reads into one buffer and publishes each read's frames as
- * a view of it, so that the writer, the tail and every subscriber share
- * the bytes the socket was read into.
+ * A chunk of len bytes at off in parent (whole frames: seq, nframes),
+ * sharing its memory: it holds a reference to the buffer's owner (parent,
+ * or parent's own parent for a view of a view) until it is freed; one
+ * reference, or NULL. Nothing may be appended to a view. The upstream
+ * reads into one buffer and publishes each read's frames as a view of
+ * it, so that the writer, the tail and every subscriber share the bytes
+ * the socket was read into; archive blocks are cut into views too.
  */
-struct chunk	*chunk_view(struct chunk *owner, size_t off, size_t len);
+struct chunk	*chunk_view(struct chunk *parent, size_t off, size_t len,
+		    uint64_t seq, uint32_t nframes);
 void		 chunk_ref(struct chunk *);
 void		 chunk_unref(struct chunk *);
 /* Shrink an unpublished chunk's allocation towards its length. */

@@ -502,11 +502,11 @@ segment_archive_stop(struct segstore *ss)
 	for (size_t i = 0; i < SEGMENT_BLOCKS; i++) {
 		b = &ss->ss_blocks[i];
 		if (b->sb_state == SB_PENDING) {
-			if (b->sb_job.aj_chunk != NULL)
-				chunk_unref(b->sb_job.aj_chunk);
+			archive_pieces_free(b->sb_job.aj_pieces,
+			    b->sb_job.aj_npieces);
 			segstore_unpin(ss, b->sb_seg);
 		} else if (b->sb_state == SB_READY)
-			chunk_unref(b->sb_chunk);
+			archive_pieces_free(b->sb_pieces, b->sb_npieces);
 		memset(b, 0, sizeof(*b));
 	}
 }

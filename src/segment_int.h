@@ -80,7 +80,8 @@ struct segment_block {
 	uint64_t		 sb_base;	/* its segment's base sequence */
 	uint32_t		 sb_idx;	/* block number in the segment */
 	struct segment		*sb_seg;	/* pinned while pending */
-	struct chunk		*sb_chunk;	/* SB_READY */
+	struct chunk		**sb_pieces;	/* SB_READY: the block's frames */
+	uint32_t		 sb_npieces;
 	uint64_t		 sb_used;
 	struct archive_job	 sb_job;
 };

@@ -248,9 +248,10 @@ segment_blocks_reap(struct segstore *ss)
 		    !archive_reader_done(ss->ss_reader, &b->sb_job))
 			continue;
 		seg = b->sb_seg;
-		if (b->sb_job.aj_chunk != NULL) {
-			b->sb_chunk = b->sb_job.aj_chunk;
-			b->sb_job.aj_chunk = NULL;
+		if (b->sb_job.aj_pieces != NULL) {
+			b->sb_pieces = b->sb_job.aj_pieces;
+			b->sb_npieces = b->sb_job.aj_npieces;
+			b->sb_job.aj_pieces = NULL;
 			b->sb_state = SB_READY;
 		} else {
 			b->sb_state = SB_FREE;
@@ -300,7 +301,7 @@ segment_block_fetch(struct segstore *ss, struct segment *seg, uint32_t idx,
 	if (victim == NULL)
 		return -1;	/* every entry is being read: ask again */
 	if (victim->sb_state == SB_READY)
-		chunk_unref(victim->sb_chunk);
+		archive_pieces_free(victim->sb_pieces, victim->sb_npieces);
 	memset(victim, 0, sizeof(*victim));
 	victim->sb_state = SB_PENDING;
 	victim->sb_base = seg->seg_base;
@@ -333,7 +334,9 @@ segment_locate_archived(struct segstore *ss, struct segment *seg,
     uint64_t seq, struct segment_span *sp)
 {
 	struct segment_block *b;
+	struct chunk *ch;
 	uint64_t dend;
+	uint32_t lo, hi;
 	long idx;
 
 	if (ss->ss_reader == NULL)
@@ -354,13 +357,25 @@ segment_locate_archived(struct segstore *ss, struct segment *seg,
 		return SEGSTORE_PENDING;
 	}
 	b->sb_used = ++ss->ss_block_tick;
-	chunk_ref(b->sb_chunk);
-	sp->sp_chunk = b->sb_chunk;
+	/* the piece that holds seq: a reader takes it whole, by reference */
+	lo = 0;
+	hi = b->sb_npieces;
+	while (hi - lo > 1) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (b->sb_pieces[mid]->ch_seq <= seq)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	ch = b->sb_pieces[lo];
+	chunk_ref(ch);
+	sp->sp_chunk = ch;
 	sp->sp_fd = -1;
 	sp->sp_seq = seq;
-	sp->sp_offset = chunk_offset_of(b->sb_chunk, seq);
-	sp->sp_end_seq = CHUNK_END(b->sb_chunk);
-	sp->sp_len = b->sb_chunk->ch_len - sp->sp_offset;
+	sp->sp_offset = chunk_offset_of(ch, seq);
+	sp->sp_end_seq = CHUNK_END(ch);
+	sp->sp_len = ch->ch_len - sp->sp_offset;
 	sp->sp_pin = NULL;
 	/* read ahead: a reader here wants the next blocks soon */
 	for (uint32_t k = (uint32_t)idx + 1; k <= (uint32_t)idx +

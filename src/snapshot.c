@@ -178,6 +178,202 @@ bufw_abort(struct bufw *w)
 	w->buf = NULL;
 }
 
+/*
+ * A streaming decoder of one LZ4 block (a .bin.lz4 body): the output goes
+ * through a window that keeps the last 64 KiB a match may copy from, so
+ * a snapshot of any size is read with constant memory.
+ */
+#define LZ4D_HIST	65536
+#define LZ4D_WCAP	(SNAP_IOBUF + LZ4D_HIST)
+
+enum { LZ4D_TOKEN, LZ4D_LITEXT, LZ4D_LIT, LZ4D_OFF, LZ4D_MLEXT, LZ4D_MATCH,
+    LZ4D_END };
+
+struct lz4d {
+	int		 d_fd;
+	uint64_t	 d_inleft;	/* compressed bytes not yet read */
+	uint8_t		*d_in;
+	size_t		 d_inlen;
+	size_t		 d_inpos;
+	uint8_t		*d_w;		/* the window */
+	size_t		 d_wlen;
+	size_t		 d_dpos;	/* bytes of d_w handed out */
+	uint64_t	 d_out;		/* bytes decoded */
+	uint64_t	 d_raw;		/* the body's length */
+	int		 d_state;
+	size_t		 d_lit;
+	size_t		 d_ml;
+	size_t		 d_off;
+	int		 d_offb;	/* offset bytes read */
+};
+
+/* 1 and a byte, 0 at the end of the input, -1 with errno. */
+static int
+lz4d_byte(struct lz4d *d, uint8_t *b)
+{
+	ssize_t n;
+
+	if (d->d_inpos == d->d_inlen) {
+		if (d->d_inleft == 0)
+			return 0;
+		do
+			n = read(d->d_fd, d->d_in, d->d_inleft < SNAP_IOBUF ?
+			    (size_t)d->d_inleft : SNAP_IOBUF);
+		while (n == -1 && errno == EINTR);
+		if (n <= 0) {
+			if (n == 0)
+				errno = EIO;
+			return -1;
+		}
+		d->d_inleft -= (uint64_t)n;
+		d->d_inlen = (size_t)n;
+		d->d_inpos = 0;
+	}
+	*b = d->d_in[d->d_inpos++];
+	return 1;
+}
+
+/* Decode into the window until it is full or the block ends. 0 or -1. */
+static int
+lz4d_fill(struct lz4d *d)
+{
+	uint8_t b;
+	int r;
+
+	if (d->d_wlen == LZ4D_WCAP) {
+		/* everything was handed out: keep the history only */
+		memmove(d->d_w, d->d_w + d->d_wlen - LZ4D_HIST, LZ4D_HIST);
+		d->d_wlen = d->d_dpos = LZ4D_HIST;
+	}
+	while (d->d_wlen < LZ4D_WCAP && d->d_state != LZ4D_END) {
+		switch (d->d_state) {
+		case LZ4D_TOKEN:
+			if ((r = lz4d_byte(d, &b)) != 1)
+				goto trunc;
+			d->d_lit = b >> 4;
+			d->d_ml = b & 15;
+			d->d_state = d->d_lit == 15 ? LZ4D_LITEXT : LZ4D_LIT;
+			break;
+		case LZ4D_LITEXT:
+		case LZ4D_MLEXT:
+			if ((r = lz4d_byte(d, &b)) != 1)
+				goto trunc;
+			if (d->d_state == LZ4D_LITEXT)
+				d->d_lit += b;
+			else
+				d->d_ml += b;
+			if (b != 255 && d->d_state == LZ4D_LITEXT)
+				d->d_state = LZ4D_LIT;
+			else if (b != 255) {
+				d->d_ml += 4;
+				d->d_state = LZ4D_MATCH;
+			}
+			break;
+		case LZ4D_LIT:
+			while (d->d_lit > 0 && d->d_wlen < LZ4D_WCAP) {
+				size_t n = d->d_lit, room = LZ4D_WCAP -
+				    d->d_wlen;
+
+				if (d->d_inpos == d->d_inlen) {
+					if ((r = lz4d_byte(d, &b)) != 1)
+						goto trunc;
+					d->d_inpos--;
+				}
+				if (n > room)
+					n = room;
+				if (n > d->d_inlen - d->d_inpos)
+					n = d->d_inlen - d->d_inpos;
+				memcpy(d->d_w + d->d_wlen, d->d_in +
+				    d->d_inpos, n);
+				d->d_inpos += n;
+				d->d_wlen += n;
+				d->d_out += n;
+				d->d_lit -= n;
+			}
+			if (d->d_lit > 0)
+				break;
+			if (d->d_inpos == d->d_inlen && d->d_inleft == 0) {
+				d->d_state = LZ4D_END;	/* the last sequence */
+				break;
+			}
+			d->d_state = LZ4D_OFF;
+			d->d_off = 0;
+			d->d_offb = 0;
+			break;
+		case LZ4D_OFF:
+			if ((r = lz4d_byte(d, &b)) != 1)
+				goto trunc;
+			d->d_off |= (size_t)b << (8 * d->d_offb);
+			if (++d->d_offb < 2)
+				break;
+			if (d->d_off == 0 || d->d_off > d->d_out ||
+			    d->d_off > d->d_wlen)
+				goto corrupt;
+			if (d->d_ml == 15)
+				d->d_state = LZ4D_MLEXT;
+			else {
+				d->d_ml += 4;
+				d->d_state = LZ4D_MATCH;
+			}
+			break;
+		case LZ4D_MATCH:
+			/* d_ml bytes from d_off back (they may overlap) */
+			while (d->d_ml > 0 && d->d_wlen < LZ4D_WCAP) {
+				d->d_w[d->d_wlen] = d->d_w[d->d_wlen -
+				    d->d_off];
+				d->d_wlen++;
+				d->d_out++;
+				d->d_ml--;
+			}
+			if (d->d_ml == 0)
+				d->d_state = LZ4D_TOKEN;
+			break;
+		}
+		if (d->d_out > d->d_raw)
+			goto corrupt;
+	}
+	if (d->d_state == LZ4D_END && d->d_out != d->d_raw)
+		goto corrupt;
+	return 0;
+trunc:
+	if (r == 0)
+		errno = EIO;
+	return -1;
+corrupt:
+	errno = EIO;
+	return -1;
+}
+
+/* Like read(2) from the decoded body. */
+static ssize_t
+lz4d_read(struct lz4d *d, uint8_t *p, size_t len)
+{
+	size_t n;
+
+	while (d->d_dpos == d->d_wlen) {
+		if (d->d_state == LZ4D_END)
+			return 0;
+		if (lz4d_fill(d) == -1)
+			return -1;
+	}
+	n = d->d_wlen - d->d_dpos;
+	if (n > len)
+		n = len;
+	memcpy(p, d->d_w + d->d_dpos, n);
+	d->d_dpos += n;
+	return (ssize_t)n;
+}
+
+static void
+lz4d_free(struct lz4d *d)
+{
+	if (d == NULL)
+		return;
+	free(d->d_in);
+	free(d->d_w);
+	free(d);
+}
+
 struct bufr {
 	int		 fd;
 	uint8_t		*buf;
@@ -187,6 +383,7 @@ struct bufr {
 	int		 eof;
 	/* a whole file in memory (decompressed .lz4): no fd */
 	const uint8_t	*mem;
+	struct lz4d	*lz;	/* read through this decoder (owns fd) */
 };
 
 static int
@@ -237,7 +434,9 @@ bufr_need(struct bufr *r, size_t n, const uint8_t **p)
 		r->cap = cap;
 	}
 	while (r->len < n) {
-		got = read(r->fd, r->buf + r->len, r->cap - r->len);
+		got = r->lz != NULL ? lz4d_read(r->lz, r->buf + r->len,
+		    r->cap - r->len) : read(r->fd, r->buf + r->len,
+		    r->cap - r->len);
 		if (got == -1 && errno == EINTR)
 			continue;
 		if (got == -1)
@@ -262,6 +461,8 @@ bufr_free(struct bufr *r)
 	if (r->mem == NULL)
 		free(r->buf);
 	r->buf = NULL;
+	lz4d_free(r->lz);
+	r->lz = NULL;
 }
 
 /* ---- names ------------------------------------------------------------- */
@@ -341,62 +542,40 @@ snap_reader_open(const char *path, uint64_t max_body, uint64_t *ts,
 			goto fail;
 		}
 	} else {
-		uint32_t raw;
+		uint8_t raw[4];
 		ssize_t n;
-		size_t got = 0;
-		int dn;
+		struct lz4d *d;
 
+		(void)max_body;
 		if (fstat(fd, &sb) == -1) {
 			snprintf(errbuf, errlen, "%s: %s", path,
 			    strerror(errno));
 			goto fail;
 		}
-		if (sb.st_size < 4 || sb.st_size > INT32_MAX) {
+		while ((n = pread(fd, raw, 4, 0)) == -1 && errno == EINTR)
+			;
+		if (sb.st_size < 4 || n != 4) {
 			snprintf(errbuf, errlen, "%s: not an LZ4 snapshot "
 			    "(%lld bytes)", path, (long long)sb.st_size);
 			goto fail;
 		}
-		if ((comp = malloc((size_t)sb.st_size)) == NULL) {
+		if (bufr_init_fd(&sr->sr_in, fd) == -1 ||
+		    (d = calloc(1, sizeof(*d))) == NULL) {
 			snprintf(errbuf, errlen, "out of memory");
 			goto fail;
 		}
-		while (got < (size_t)sb.st_size) {
-			n = read(fd, comp + got, (size_t)sb.st_size - got);
-			if (n == -1 && errno == EINTR)
-				continue;
-			if (n <= 0) {
-				snprintf(errbuf, errlen, "%s: %s", path,
-				    n == 0 ? "short read" : strerror(errno));
-				goto fail;
-			}
-			got += (size_t)n;
-		}
-		raw = rd32(comp);
-		if (raw > INT32_MAX || (max_body != 0 && raw > max_body)) {
-			snprintf(errbuf, errlen, "%s: body of %u bytes is over "
-			    "the limit of %" PRIu64, path, raw, max_body);
-			goto fail;
-		}
-		if ((sr->sr_body = malloc(raw ? raw : 1)) == NULL) {
+		sr->sr_in.lz = d;
+		d->d_fd = fd;
+		d->d_raw = rd32(raw);
+		d->d_inleft = (uint64_t)sb.st_size - 4;
+		if (lseek(fd, 4, SEEK_SET) == -1 ||
+		    (d->d_in = malloc(SNAP_IOBUF)) == NULL ||
+		    (d->d_w = malloc(LZ4D_WCAP)) == NULL) {
 			snprintf(errbuf, errlen, "out of memory");
 			goto fail;
 		}
-		dn = LZ4_decompress_safe((const char *)comp + 4,
-		    (char *)sr->sr_body, (int)(sb.st_size - 4), (int)raw);
-		if (dn < 0 || (uint32_t)dn != raw) {
-			snprintf(errbuf, errlen, "%s: the LZ4 block does not "
-			    "decode to the stated %u bytes", path, raw);
-			goto fail;
-		}
-		free(comp);
-		comp = NULL;
-		memset(&sr->sr_in, 0, sizeof(sr->sr_in));
-		sr->sr_in.fd = -1;
-		sr->sr_in.mem = sr->sr_body;
-		sr->sr_in.buf = sr->sr_body;
-		sr->sr_in.len = raw;
-		close(fd);
-		fd = -1;
+		if (d->d_raw == 0)
+			d->d_state = LZ4D_END;
 	}
 	if ((r = bufr_need(&sr->sr_in, SNAP_HEADER_LEN, &h)) != 1) {
 		snprintf(errbuf, errlen, "%s: too short for an FCSNAP1 header",
@@ -420,8 +599,7 @@ fail:
 	free(comp);
 	if (fd != -1)
 		close(fd);
-	if (sr->sr_in.mem == NULL)
-		free(sr->sr_in.buf);
+	bufr_free(&sr->sr_in);
 	free(sr->sr_body);
 	free(sr);
 	return NULL;
@@ -887,66 +1065,238 @@ snap_unlink_tmp(int dirfd)
 	return 0;
 }
 
-/* Compress the body file into the .lz4 temporary (fdatasynced). */
+/*
+ * Compress the body file into the .lz4 temporary (fdatasynced) as the
+ * cache reads it: u32 body length, then ONE LZ4 block of the whole body.
+ * The body is compressed in SNAP_LZ4_IN pieces with the streaming API
+ * (each piece may refer to the 64 KiB before it), so memory stays small
+ * whatever the body's size. Each piece comes out as a block that ends
+ * with a sequence of literals only; that sequence is held back and its
+ * literals join the first sequence of the next piece (the token's literal
+ * length is re-encoded), which makes the pieces one block: only literal
+ * runs that cross a piece's end are held, at most SNAP_LZ4_PENDING bytes.
+ * Returns 0, 1 when a run of incompressible bytes exceeds that (the
+ * caller writes .bin), or -1 with errbuf.
+ */
+#define SNAP_LZ4_IN		(256 * 1024)
+#define SNAP_LZ4_PENDING	(32 * 1024 * 1024)
+
+struct lz4cat {
+	struct bufw	 lc_out;
+	uint8_t		*lc_pend;	/* literals held back */
+	size_t		 lc_plen;
+	size_t		 lc_pcap;
+};
+
+static int
+lz4cat_len(struct bufw *w, size_t n)
+{
+	uint8_t b[256];
+	size_t k = 0;
+
+	/* the extension bytes of a length >= 15 (its nibble is 15) */
+	for (n -= 15; ; n -= 255) {
+		b[k++] = n >= 255 ? 255 : (uint8_t)n;
+		if (k == sizeof(b) || n < 255) {
+			if (bufw_put(w, b, k) == -1)
+				return -1;
+			k = 0;
+		}
+		if (n < 255)
+			return 0;
+	}
+}
+
+/* A sequence: literal length nl (its bytes: a then b), then mpart. */
+static int
+lz4cat_seq(struct lz4cat *lc, unsigned mnib, const uint8_t *a, size_t alen,
+    const uint8_t *b, size_t blen, const uint8_t *mpart, size_t mlen)
+{
+	size_t nl = alen + blen;
+	uint8_t tok = (uint8_t)((nl >= 15 ? 15 : nl) << 4 | mnib);
+
+	if (bufw_put(&lc->lc_out, &tok, 1) == -1 ||
+	    (nl >= 15 && lz4cat_len(&lc->lc_out, nl) == -1) ||
+	    (alen > 0 && bufw_put(&lc->lc_out, a, alen) == -1) ||
+	    (blen > 0 && bufw_put(&lc->lc_out, b, blen) == -1) ||
+	    (mlen > 0 && bufw_put(&lc->lc_out, mpart, mlen) == -1))
+		return -1;
+	return 0;
+}
+
+/* Hold back literals. 0, 1 over SNAP_LZ4_PENDING, -1 out of memory. */
+static int
+lz4cat_hold(struct lz4cat *lc, const uint8_t *p, size_t n)
+{
+	if (lc->lc_plen + n > SNAP_LZ4_PENDING)
+		return 1;
+	if (lc->lc_plen + n > lc->lc_pcap) {
+		size_t cap = lc->lc_pcap ? lc->lc_pcap : 65536;
+		uint8_t *nb;
+
+		while (cap < lc->lc_plen + n)
+			cap *= 2;
+		if ((nb = realloc(lc->lc_pend, cap)) == NULL)
+			return -1;
+		lc->lc_pend = nb;
+		lc->lc_pcap = cap;
+	}
+	memcpy(lc->lc_pend + lc->lc_plen, p, n);
+	lc->lc_plen += n;
+	return 0;
+}
+
+/*
+ * One piece's block c: its first sequence takes the held literals, its
+ * last (literals only) is held. 0, 1 (too much held), -1 (errno; EINVAL:
+ * not a block LZ4 made).
+ */
+static int
+lz4cat_piece(struct lz4cat *lc, const uint8_t *c, size_t len)
+{
+	size_t pos = 0, lit, lstart, mstart, first_end = 0, last = 0;
+	int first = 1;
+
+	while (pos < len) {
+		uint8_t tok = c[pos++];
+
+		last = pos - 1;
+		lit = tok >> 4;
+		if (lit == 15)
+			do {
+				if (pos >= len)
+					goto bad;
+				lit += c[pos];
+			} while (c[pos++] == 255);
+		lstart = pos;
+		if (lit > len - pos)
+			goto bad;
+		pos += lit;
+		if (pos == len) {
+			/* the last sequence: literals only, held back */
+			if (first)
+				return lz4cat_hold(lc, c + lstart, lit);
+			break;
+		}
+		mstart = pos;
+		if (len - pos < 2)
+			goto bad;
+		pos += 2;
+		if ((tok & 15) == 15)
+			do {
+				if (pos >= len)
+					goto bad;
+			} while (c[pos++] == 255);
+		if (first) {
+			/* the held literals, then this sequence's own */
+			if (lz4cat_seq(lc, tok & 15, lc->lc_pend, lc->lc_plen,
+			    c + lstart, lit, c + mstart, pos - mstart) == -1)
+				return -1;
+			lc->lc_plen = 0;
+			first = 0;
+			first_end = pos;
+		}
+	}
+	/* the sequences between the first and the last, as they are */
+	if (last > first_end && bufw_put(&lc->lc_out, c + first_end,
+	    last - first_end) == -1)
+		return -1;
+	return lz4cat_hold(lc, c + lstart, lit);
+bad:
+	errno = EINVAL;
+	return -1;
+}
+
 static int
 snap_compress(int dirfd, uint64_t body_len, uint64_t *out_len, char *errbuf,
     size_t errlen)
 {
-	uint8_t *body = NULL, *comp = NULL;
-	size_t got = 0;
+	LZ4_stream_t *ls = NULL;
+	struct lz4cat lc;
+	uint8_t *in[2] = { NULL, NULL }, *comp = NULL, hdr[4];
+	size_t got;
 	ssize_t n;
-	int fd = -1, bound, clen;
-	struct bufw w;
+	uint64_t done = 0;
+	int fd = -1, cur = 0, clen, r, rc = -1;
 
-	memset(&w, 0, sizeof(w));
-	w.fd = -1;
-	if ((body = malloc(body_len ? body_len : 1)) == NULL ||
-	    (bound = LZ4_compressBound((int)body_len)) <= 0 ||
-	    (comp = malloc((size_t)bound + 4)) == NULL) {
+	memset(&lc, 0, sizeof(lc));
+	lc.lc_out.fd = -1;
+	if ((ls = LZ4_createStream()) == NULL ||
+	    (in[0] = malloc(SNAP_LZ4_IN)) == NULL ||
+	    (in[1] = malloc(SNAP_LZ4_IN)) == NULL ||
+	    (comp = malloc((size_t)LZ4_compressBound(SNAP_LZ4_IN))) == NULL) {
 		snprintf(errbuf, errlen, "out of memory");
-		goto fail;
+		goto out;
 	}
-	if ((fd = openat(dirfd, SNAP_TMP_BODY, O_RDONLY | O_CLOEXEC)) == -1)
+	if ((fd = openat(dirfd, SNAP_TMP_BODY, O_RDONLY | O_CLOEXEC)) == -1 ||
+	    bufw_open(&lc.lc_out, dirfd, SNAP_TMP_LZ4) == -1)
 		goto fail_errno;
-	while (got < body_len) {
-		n = read(fd, body + got, body_len - got);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			if (n == 0)
-				errno = EIO;
+	le32(hdr, (uint32_t)body_len);
+	if (bufw_put(&lc.lc_out, hdr, 4) == -1)
+		goto fail_errno;
+	while (done < body_len) {
+		/* the other buffer still holds the previous piece: its dict */
+		for (got = 0; got < SNAP_LZ4_IN && done + got < body_len; ) {
+			n = read(fd, in[cur] + got, SNAP_LZ4_IN - got);
+			if (n == -1 && errno == EINTR)
+				continue;
+			if (n <= 0) {
+				if (n == 0)
+					errno = EIO;
+				goto fail_errno;
+			}
+			got += (size_t)n;
+		}
+		if (done + got > body_len) {
+			errno = EIO;	/* the body grew: not ours */
 			goto fail_errno;
 		}
-		got += (size_t)n;
+		clen = LZ4_compress_fast_continue(ls, (const char *)in[cur],
+		    (char *)comp, (int)got, LZ4_compressBound(SNAP_LZ4_IN), 1);
+		if (clen <= 0) {
+			snprintf(errbuf, errlen, "LZ4 compression failed");
+			goto out;
+		}
+		if ((r = lz4cat_piece(&lc, comp, (size_t)clen)) == 1) {
+			rc = 1;
+			goto out;
+		}
+		if (r == -1) {
+			if (errno == EINVAL) {
+				snprintf(errbuf, errlen, "LZ4 made a block "
+				    "this cannot join");
+				goto out;
+			}
+			goto fail_errno;
+		}
+		done += got;
+		cur ^= 1;
 	}
-	close(fd);
-	fd = -1;
-	le32(comp, (uint32_t)body_len);
-	clen = LZ4_compress_default((const char *)body, (char *)comp + 4,
-	    (int)body_len, bound);
-	if (clen <= 0) {
-		snprintf(errbuf, errlen, "LZ4 compression failed");
-		goto fail;
-	}
-	free(body);
-	body = NULL;
-	if (bufw_open(&w, dirfd, SNAP_TMP_LZ4) == -1 ||
-	    bufw_put(&w, comp, (size_t)clen + 4) == -1 ||
-	    bufw_finish(&w, 1) == -1)
+	/* the last sequence: the held literals */
+	if (lz4cat_seq(&lc, 0, lc.lc_pend, lc.lc_plen, NULL, 0, NULL, 0) ==
+	    -1)
 		goto fail_errno;
-	*out_len = (uint64_t)clen + 4;
-	free(comp);
-	return 0;
+	*out_len = lc.lc_out.total;
+	if (bufw_finish(&lc.lc_out, 1) == -1)
+		goto fail_errno;
+	rc = 0;
+	goto out;
 fail_errno:
 	snprintf(errbuf, errlen, "compressing the snapshot: %s",
 	    strerror(errno));
-fail:
-	bufw_abort(&w);
+out:
+	if (rc != 0) {
+		bufw_abort(&lc.lc_out);
+		unlinkat(dirfd, SNAP_TMP_LZ4, 0);
+	}
 	if (fd != -1)
 		close(fd);
-	free(body);
+	LZ4_freeStream(ls);
+	free(in[0]);
+	free(in[1]);
 	free(comp);
-	return -1;
+	free(lc.lc_pend);
+	return rc;
 }
 
 int
@@ -960,7 +1310,7 @@ snap_write(const char *dir, const char *base, struct snap_fold *f,
 	size_t nsrc = 0, fcap = 0;
 	uint64_t bts, bcount;
 	char name[64], err[512];
-	int dirfd = f->f_dirfd;
+	int dirfd = f->f_dirfd, r;
 
 	memset(res, 0, sizeof(*res));
 	memset(&body, 0, sizeof(body));
@@ -976,7 +1326,7 @@ snap_write(const char *dir, const char *base, struct snap_fold *f,
 		src[i].s_fd = -1;
 	if (base != NULL) {
 		src[0].s_kind = 0;
-		/* a compressed base is held whole: at most half the budget */
+		/* read as a stream, compressed or not */
 		if ((src[0].s_base = snap_reader_open(base, 0, &bts, &bcount,
 		    err, sizeof(err))) == NULL)
 			goto fail;
@@ -1130,22 +1480,30 @@ snap_write(const char *dir, const char *base, struct snap_fold *f,
 			src[i].s_vec = NULL;
 		}
 	snap_fold_clear(f);
-	if (compress == SNAP_COMPRESS_LZ4 && res->wr_body_bytes <= max_lz4 &&
+	(void)max_lz4;
+	if (compress == SNAP_COMPRESS_LZ4 &&
 	    res->wr_body_bytes <= (uint64_t)LZ4_MAX_INPUT_SIZE) {
 		/* the base's memory is no longer needed */
 		if (base != NULL) {
 			snap_reader_close(src[0].s_base);
 			src[0].s_base = NULL;
 		}
-		if (snap_compress(dirfd, res->wr_body_bytes,
-		    &res->wr_file_bytes, err, sizeof(err)) == -1)
+		if ((r = snap_compress(dirfd, res->wr_body_bytes,
+		    &res->wr_file_bytes, err, sizeof(err))) == -1)
 			goto fail;
-		res->wr_compressed = 1;
+		if (r == 0)
+			res->wr_compressed = 1;
+		else {
+			res->wr_file_bytes = res->wr_body_bytes;
+			log_warnx("%s: snapshot: more than %d bytes in a row "
+			    "that LZ4 cannot compress; written uncompressed "
+			    "(.bin)", dir, SNAP_LZ4_PENDING);
+		}
 	} else if (compress == SNAP_COMPRESS_LZ4)
 		log_warnx("%s: snapshot: the body (%" PRIu64 " bytes) is over "
-		    "the %" PRIu64 " bytes that can be compressed within "
-		    "snapshot-memory; written uncompressed (.bin)", dir,
-		    res->wr_body_bytes, max_lz4);
+		    "the %d bytes an LZ4 block can hold; written "
+		    "uncompressed (.bin)", dir, res->wr_body_bytes,
+		    LZ4_MAX_INPUT_SIZE);
 	goto out;
 fail_io:
 	snprintf(err, sizeof(err), "%s: writing the snapshot: %s", dir,
@@ -1560,6 +1918,16 @@ snap_job_main(void *arg)
 	    prio + SNAP_JOB_NICE > 19 ? 19 : prio + SNAP_JOB_NICE) == -1)
 		log_debug("%s: snapshot: cannot lower the job's priority: %s",
 		    sn->sn_dir, strerror(errno));
+#ifdef SYS_ioprio_set
+	/*
+	 * And its disk I/O: the lowest best-effort level (class 2, level 7),
+	 * so the store's writes and fsyncs go first on a busy disk.
+	 */
+	if (syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, (int)tid,
+	    (2 << 13) | 7) == -1)
+		log_debug("%s: snapshot: cannot lower the job's I/O priority: "
+		    "%s", sn->sn_dir, strerror(errno));
+#endif
 	if ((f = snap_fold_new(sn->sn_dir, sn->sn_cf.sc_memory / 2, err,
 	    sizeof(err))) == NULL) {
 		snprintf(j->j_err, sizeof(j->j_err), "%s", err);

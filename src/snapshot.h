@@ -59,8 +59,8 @@ struct snap_entry {
 struct snap_reader;
 
 /*
- * Open a snapshot file (.bin streamed; .bin.lz4 decompressed whole, at
- * most max_body bytes, 0 for no limit). Fills the header's timestamp and
+ * Open a snapshot file (.bin and .bin.lz4 both streamed, in constant
+ * memory; max_body is not used). Fills the header's timestamp and
  * entry count. Returns NULL with errbuf.
  */
 struct snap_reader *snap_reader_open(const char *path, uint64_t max_body,
@@ -112,8 +112,9 @@ struct snap_write_result {
  *   dir/walrelay-snap-body.tmp (the FCSNAP1 body),
  *   dir/walrelay-snap-frames.tmp (SET frames, compressed as the cache
  *     does when compress_frames is set),
- *   and, with SNAP_COMPRESS_LZ4 when the body is at most max_lz4 bytes,
- *   dir/walrelay-snap-lz4.tmp.
+ *   and, with SNAP_COMPRESS_LZ4, dir/walrelay-snap-lz4.tmp (one LZ4
+ *   block made in pieces; not when the body is over LZ4's limit or holds
+ *   a long run LZ4 cannot compress: then .bin). max_lz4 is not used.
  * All fdatasynced. *cancel (if not NULL) is checked as it goes. 0, or -1
  * with errbuf (temporaries removed).
  */

@@ -132,9 +132,8 @@ upconn_publish(struct upconn *uc)
 	if (uc->uc_nframes == 0)
 		return 0;
 	if ((ch = chunk_view(uc->uc_buf, uc->uc_pub, uc->uc_checked -
-	    uc->uc_pub)) == NULL)
+	    uc->uc_pub, 0, uc->uc_nframes)) == NULL)
 		return -1;
-	ch->ch_nframes = uc->uc_nframes;
 	ch->ch_recv_us = clock_mono_us();
 	stream_publish(upconn_stream(uc), ch);
 	uc->uc_frames += ch->ch_nframes;

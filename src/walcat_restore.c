@@ -5,8 +5,9 @@
  *   walcat restore [--until-seq S | --until-time T] [--force] SOURCE OUTDIR
  *
  * SOURCE is a relay's data directory (raw .wal and archived .wal.zst
- * segments) or a relay's address (FCWAL-SUB/1 from earliest, with a token
- * and TLS as `walcat repair` takes them). Every frame is checked on the way
+ * segments) or a relay's address (FCWAL-SUB/1 from 0 with resync=1, or
+ * from earliest when it has no snapshot, with a token and TLS as `walcat
+ * repair` takes them). Every frame is checked on the way
  * (its crc, which covers every byte; with --check-records the record
  * inside too, as the relay did when it stored it); the frames are written
  * byte for byte into
@@ -21,6 +22,16 @@
  * whose record timestamp is at or before T: no mutation at or before T is
  * left out. The cache's shards interleave, so some frames before that
  * point carry later timestamps: the summary says how many.
+ *
+ * When the frames before some sequence C are gone from the source and a
+ * snapshot holds their state (FCSNAP1, the cache's format: a data
+ * directory's snapshot recorded in walrelay.meta, or a relay's full
+ * resync), OUTDIR gets that snapshot plus the frames from C on: the
+ * cache's recovery (the newest snapshot-* by name, then every .wal,
+ * skipping records older than the snapshot's timestamp) rebuilds the
+ * state. A cut before C - 1 cannot be rebuilt and is refused. The
+ * snapshot is written as restore-NAME.part (a name the cache never
+ * loads) and renamed before the segments.
  */
 #include "autoconfig.h"
 
@@ -33,6 +44,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +52,7 @@
 #include <unistd.h>
 
 #include <lz4.h>
+#include <xxhash.h>
 #include <zstd.h>
 
 #include "archive.h"
@@ -50,17 +63,55 @@
 #include "handshake.h"
 #include "scan.h"
 #include "segment.h"
+#include "snapshot.h"
 #include "tls.h"
 #include "walcat.h"
 
 #define RESTORE_WBUF		(4u << 20)
+#define RESTORE_NBUF		4	/* buffers between reader and writer */
 #define RESTORE_SEG_BYTES	(64ull << 20)
 #define RESTORE_PROGRESS_NS	200000000LL
 #define RESTORE_EXIT_BAD	2	/* a frame failed verification */
+#define RESTORE_META		"walrelay.meta"
+#define RESTORE_META_MAX	4096
+#define RESTORE_SNAP_PREFIX	"restore-"	/* + final name + ".part" */
 
 struct rfile {
 	char		 rf_name[64];	/* final name */
 	uint64_t	 rf_bytes;
+};
+
+/*
+ * The writer thread: the reading thread decompresses and checks frames
+ * into RESTORE_WBUF buffers and hands each full one over; the writer
+ * writes it (one write(2) per buffer), starts its writeback at once, and
+ * fdatasyncs and closes a file when told to, so that decompression and
+ * checking overlap the copy into the page cache and the disk.
+ */
+struct rjob {
+	uint8_t		*rj_buf;	/* NULL: seal the file (fdatasync, close) */
+	size_t		 rj_len;
+	uint64_t	 rj_off;	/* where in the file it goes */
+	int		 rj_fd;
+	size_t		 rj_file;	/* index in rs_files, for errors */
+};
+
+struct rwriter {
+	pthread_t	 rw_thread;
+	int		 rw_started;
+	pthread_mutex_t	 rw_mtx;
+	pthread_cond_t	 rw_cond;	/* any change of the fields below */
+	struct rjob	 rw_q[RESTORE_NBUF + 2];	/* ring */
+	size_t		 rw_head;
+	size_t		 rw_count;
+	int		 rw_busy;	/* a job is being done */
+	uint8_t		*rw_free[RESTORE_NBUF];
+	size_t		 rw_nfree;
+	int		 rw_stop;
+	int		 rw_errno;	/* the first error, or 0 */
+	size_t		 rw_errfile;
+	const char	*rw_errop;
+	uint64_t	 rw_writes;	/* write(2) calls */
 };
 
 struct restore {
@@ -83,8 +134,9 @@ struct restore {
 	size_t		 rs_nfiles;
 	size_t		 rs_capfiles;
 	int		 rs_fd;		/* the .part being written, or -1 */
-	uint8_t		*rs_wbuf;
+	uint8_t		*rs_wbuf;	/* being filled (from rs_w) */
 	size_t		 rs_wlen;
+	struct rwriter	 rs_w;
 
 	/* frames written */
 	int		 rs_started;
@@ -105,6 +157,24 @@ struct restore {
 	uint64_t	 rs_cut_max_ts;
 	uint64_t	 rs_after_t;	/* frames so far with ts > T */
 	uint64_t	 rs_cut_after_t;
+
+	/*
+	 * A snapshot the restore starts from (FCSNAP1, FCW2.md section 6):
+	 * the frames before rs_snap_covered are gone from the source, the
+	 * snapshot holds their state, and only frames from rs_snap_covered
+	 * on are written after it.
+	 */
+	int		 rs_snap;	/* a snapshot file is written */
+	int		 rs_based;	/* frames start at rs_snap_covered */
+	char		 rs_snap_name[SNAP_NAME_MAX];	/* final name */
+	uint64_t	 rs_snap_covered;
+	uint64_t	 rs_snap_ts;
+	uint64_t	 rs_snap_entries;
+	uint64_t	 rs_snap_got;	/* entries received (network) */
+	uint64_t	 rs_snap_bytes;
+	int		 rs_snap_fd;	/* its .part being written, or -1 */
+	uint8_t		*rs_snap_buf;
+	size_t		 rs_snap_len;
 };
 
 static void
@@ -114,15 +184,17 @@ restore_usage(FILE *f)
 "usage: walcat restore [options] SOURCE OUTDIR\n"
 "  Rebuild a cache's WAL directory: the frames of SOURCE, a relay's data\n"
 "  directory (raw and archived segments) or a relay's address (read with\n"
-"  FCWAL-SUB/1 from earliest), verified and written byte for byte as raw\n"
-"  .wal segments into OUTDIR, cut at the point asked for.\n"
+"  FCWAL-SUB/1 from 0 with resync=1), verified and written byte for byte\n"
+"  as raw .wal segments into OUTDIR, cut at the point asked for. When the\n"
+"  early frames are gone and a snapshot covers them, OUTDIR also gets that\n"
+"  snapshot (snapshot-TS.bin[.lz4]), so the cache recovers the state.\n"
 "options:\n"
 "  --until-seq S        stop after the frame with sequence S\n"
 "  --until-time T       stop after the last frame (in stream order) whose\n"
 "                       record timestamp is at or before T: milliseconds\n"
 "                       since the epoch, or UTC YYYY-MM-DDTHH:MM:SS[.mmm]Z\n"
 "  --force              restore into a directory that is not empty (its\n"
-"                       segment files are replaced)\n"
+"                       segment and snapshot files are replaced)\n"
 "  --segment-bytes N    start a new file at this size (default 64M)\n"
 "  --check-records      also decode every record (record crc, LZ4, op), as\n"
 "                       the cache's recovery will; by default the frame\n"
@@ -136,8 +208,9 @@ restore_usage(FILE *f)
 "  --tls-cert FILE      client certificate (PEM), for mTLS\n"
 "  --tls-key FILE       its private key (PEM)\n"
 "  --tls-server-name N  name checked in its certificate (default: its host)\n"
-"exit status: 0 restored, 2 a frame failed verification or frames are\n"
-"  missing, 3 usage or I/O error.\n");
+"exit status: 0 restored, 2 a frame failed verification, frames are\n"
+"  missing or the point is inside what the snapshot covers, 3 usage or\n"
+"  I/O error.\n");
 }
 
 /* T as milliseconds: digits, or an ISO 8601 UTC time. */
@@ -221,37 +294,212 @@ restore_progress_clear(struct restore *rs)
 	}
 }
 
+/* ---- the writer thread -------------------------------------------------- */
+
+static void *
+rwriter_main(void *arg)
+{
+	struct rwriter *w = arg;
+	struct rjob j;
+	int r, err;
+	const char *op;
+
+	pthread_mutex_lock(&w->rw_mtx);
+	for (;;) {
+		while (w->rw_count == 0 && !w->rw_stop)
+			pthread_cond_wait(&w->rw_cond, &w->rw_mtx);
+		if (w->rw_count == 0)
+			break;
+		j = w->rw_q[w->rw_head];
+		w->rw_head = (w->rw_head + 1) % (RESTORE_NBUF + 2);
+		w->rw_count--;
+		w->rw_busy = 1;
+		pthread_mutex_unlock(&w->rw_mtx);
+
+		err = 0;
+		op = "write";
+		if (j.rj_buf != NULL) {
+			/* after an error, buffers only go back to the pool */
+			if (w->rw_errno == 0) {
+				if (fdio_write_all(j.rj_fd, j.rj_buf,
+				    j.rj_len) == -1)
+					err = errno;
+#ifdef SYNC_FILE_RANGE_WRITE
+				/* start the writeback: fdatasync waits less */
+				else
+					(void)sync_file_range(j.rj_fd,
+					    (off_t)j.rj_off, (off_t)j.rj_len,
+					    SYNC_FILE_RANGE_WRITE);
+#endif
+			}
+		} else {
+			op = "fdatasync";
+			r = 0;
+			if (w->rw_errno == 0)
+				while ((r = fdatasync(j.rj_fd)) == -1 &&
+				    errno == EINTR)
+					;
+			if (r == -1)
+				err = errno;
+			if (close(j.rj_fd) == -1 && err == 0 &&
+			    w->rw_errno == 0) {
+				err = errno;
+				op = "close";
+			}
+		}
+
+		pthread_mutex_lock(&w->rw_mtx);
+		if (j.rj_buf != NULL) {
+			w->rw_free[w->rw_nfree++] = j.rj_buf;
+			w->rw_writes++;
+		}
+		if (err != 0 && w->rw_errno == 0) {
+			w->rw_errno = err;
+			w->rw_errfile = j.rj_file;
+			w->rw_errop = op;
+		}
+		w->rw_busy = 0;
+		pthread_cond_broadcast(&w->rw_cond);
+	}
+	pthread_mutex_unlock(&w->rw_mtx);
+	return NULL;
+}
+
+/* The pool of buffers and the thread. 0, or -1 (said why). */
+static int
+rwriter_start(struct restore *rs)
+{
+	struct rwriter *w = &rs->rs_w;
+	int e;
+
+	for (size_t i = 0; i < RESTORE_NBUF; i++) {
+		if ((w->rw_free[i] = malloc(RESTORE_WBUF)) == NULL) {
+			fprintf(stderr, "walcat: restore: out of memory\n");
+			return -1;
+		}
+		w->rw_nfree++;
+	}
+	pthread_mutex_init(&w->rw_mtx, NULL);
+	pthread_cond_init(&w->rw_cond, NULL);
+	if ((e = pthread_create(&w->rw_thread, NULL, rwriter_main, w)) != 0) {
+		fprintf(stderr, "walcat: restore: a thread: %s\n",
+		    strerror(e));
+		return -1;
+	}
+	w->rw_started = 1;
+	rs->rs_wbuf = w->rw_free[--w->rw_nfree];
+	return 0;
+}
+
+/* Say the writer's first error, if any. 0, or -1. */
+static int
+rwriter_error(struct restore *rs)
+{
+	struct rwriter *w = &rs->rs_w;
+
+	if (w->rw_errno == 0)
+		return 0;
+	restore_progress_clear(rs);
+	fprintf(stderr, "walcat: restore: %s/%s.part: %s: %s\n", rs->rs_out,
+	    rs->rs_files[w->rw_errfile].rf_name, w->rw_errop,
+	    strerror(w->rw_errno));
+	return -1;
+}
+
+/*
+ * Queue a job; with buf, take an empty buffer for rs_wbuf (waiting for
+ * one). 0, or -1 once the writer failed (said why).
+ */
+static int
+rwriter_submit(struct restore *rs, uint8_t *buf, size_t len)
+{
+	struct rwriter *w = &rs->rs_w;
+	struct rjob *j;
+	int err;
+
+	pthread_mutex_lock(&w->rw_mtx);
+	while (w->rw_count == RESTORE_NBUF + 2)
+		pthread_cond_wait(&w->rw_cond, &w->rw_mtx);
+	j = &w->rw_q[(w->rw_head + w->rw_count) % (RESTORE_NBUF + 2)];
+	j->rj_buf = buf;
+	j->rj_len = len;
+	j->rj_off = rs->rs_files[rs->rs_nfiles - 1].rf_bytes - len;
+	j->rj_fd = rs->rs_fd;
+	j->rj_file = rs->rs_nfiles - 1;
+	w->rw_count++;
+	pthread_cond_broadcast(&w->rw_cond);
+	if (buf != NULL) {
+		while (w->rw_nfree == 0)
+			pthread_cond_wait(&w->rw_cond, &w->rw_mtx);
+		rs->rs_wbuf = w->rw_free[--w->rw_nfree];
+	}
+	err = w->rw_errno;
+	pthread_mutex_unlock(&w->rw_mtx);
+	return err != 0 ? rwriter_error(rs) : 0;
+}
+
+/* Wait until everything queued is done. 0, or -1 (said why). */
+static int
+rwriter_drain(struct restore *rs)
+{
+	struct rwriter *w = &rs->rs_w;
+	int err;
+
+	if (!w->rw_started)
+		return 0;
+	pthread_mutex_lock(&w->rw_mtx);
+	while (w->rw_count > 0 || w->rw_busy)
+		pthread_cond_wait(&w->rw_cond, &w->rw_mtx);
+	err = w->rw_errno;
+	pthread_mutex_unlock(&w->rw_mtx);
+	return err != 0 ? rwriter_error(rs) : 0;
+}
+
+/* Drain, stop and free (every queued seal closes its file). */
+static void
+rwriter_stop(struct restore *rs)
+{
+	struct rwriter *w = &rs->rs_w;
+
+	if (w->rw_started) {
+		pthread_mutex_lock(&w->rw_mtx);
+		w->rw_stop = 1;
+		pthread_cond_broadcast(&w->rw_cond);
+		pthread_mutex_unlock(&w->rw_mtx);
+		pthread_join(w->rw_thread, NULL);
+		pthread_mutex_destroy(&w->rw_mtx);
+		pthread_cond_destroy(&w->rw_cond);
+		w->rw_started = 0;
+	}
+	while (w->rw_nfree > 0)
+		free(w->rw_free[--w->rw_nfree]);
+	free(rs->rs_wbuf);
+	rs->rs_wbuf = NULL;
+}
+
 static int
 restore_flush(struct restore *rs)
 {
 	if (rs->rs_wlen == 0)
 		return 0;
-	if (fdio_write_all(rs->rs_fd, rs->rs_wbuf, rs->rs_wlen) == -1) {
-		restore_progress_clear(rs);
-		fprintf(stderr, "walcat: restore: %s/%s.part: %s\n", rs->rs_out,
-		    rs->rs_files[rs->rs_nfiles - 1].rf_name, strerror(errno));
+	if (rwriter_submit(rs, rs->rs_wbuf, rs->rs_wlen) == -1)
 		return -1;
-	}
 	rs->rs_wlen = 0;
 	return 0;
 }
 
-/* Finish the file being written: write, fdatasync, close (still .part). */
+/*
+ * Finish the file being written: its last buffer, then fdatasync and
+ * close on the writer thread (still .part; restore_finish waits for it).
+ */
 static int
 restore_seal(struct restore *rs)
 {
-	int r;
-
 	if (rs->rs_fd == -1)
 		return 0;
 	if (restore_flush(rs) == -1)
 		return -1;
-	while ((r = fdatasync(rs->rs_fd)) == -1 && errno == EINTR)
-		;
-	if (r == -1 || close(rs->rs_fd) == -1) {
-		restore_progress_clear(rs);
-		fprintf(stderr, "walcat: restore: %s/%s.part: %s\n", rs->rs_out,
-		    rs->rs_files[rs->rs_nfiles - 1].rf_name, strerror(errno));
+	if (rwriter_submit(rs, NULL, 0) == -1) {
 		rs->rs_fd = -1;
 		return -1;
 	}
@@ -327,6 +575,330 @@ restore_frame_ts(const uint8_t *p, size_t len, uint64_t *ts)
 	return 0;
 }
 
+/* ---- a snapshot to start from ------------------------------------------ */
+
+static void
+restore_le32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void
+restore_le64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* The snapshot's temporary name: it must not start with "snapshot-". */
+static void
+restore_snap_part(const struct restore *rs, char *buf, size_t len)
+{
+	snprintf(buf, len, RESTORE_SNAP_PREFIX "%s.part", rs->rs_snap_name);
+}
+
+static void
+restore_snap_ioerr(struct restore *rs)
+{
+	char part[SNAP_NAME_MAX + 16];
+
+	restore_snap_part(rs, part, sizeof(part));
+	restore_progress_clear(rs);
+	fprintf(stderr, "walcat: restore: %s/%s: %s\n", rs->rs_out, part,
+	    strerror(errno));
+}
+
+/*
+ * The state of the frames before covered comes from a snapshot: frames
+ * before covered are not written, the restore counts from covered.
+ */
+static void
+restore_snap_base(struct restore *rs, uint64_t covered)
+{
+	rs->rs_based = 1;
+	rs->rs_snap_covered = covered;
+	rs->rs_started = 1;
+	rs->rs_first = rs->rs_next = covered;
+	rs->rs_min_ts = UINT64_MAX;
+	rs->rs_max_ts = 0;
+}
+
+/*
+ * --until-seq must not ask for a point inside what the snapshot covers:
+ * those frames are gone from src. 0, or -1 (said why).
+ */
+static int
+restore_snap_reaches(struct restore *rs, const char *src)
+{
+	if (rs->rs_until_seq == UINT64_MAX || rs->rs_snap_covered == 0 ||
+	    rs->rs_until_seq >= rs->rs_snap_covered - 1)
+		return 0;
+	restore_progress_clear(rs);
+	fprintf(stderr, "walcat: restore: --until-seq %" PRIu64 " is inside "
+	    "what the snapshot of %s covers (the state after sequence %" PRIu64
+	    "), and the frames before sequence %" PRIu64 " are gone from it: "
+	    "the earliest point it can restore is --until-seq %" PRIu64 "\n",
+	    rs->rs_until_seq, src, rs->rs_snap_covered - 1,
+	    rs->rs_snap_covered, rs->rs_snap_covered - 1);
+	return -1;
+}
+
+static int
+restore_snap_flush(struct restore *rs)
+{
+	if (rs->rs_snap_len == 0)
+		return 0;
+	if (fdio_write_all(rs->rs_snap_fd, rs->rs_snap_buf,
+	    rs->rs_snap_len) == -1) {
+		restore_snap_ioerr(rs);
+		return -1;
+	}
+	rs->rs_snap_len = 0;
+	return 0;
+}
+
+static int
+restore_snap_put(struct restore *rs, const void *p, size_t len)
+{
+	if (rs->rs_snap_len + len > RESTORE_WBUF &&
+	    restore_snap_flush(rs) == -1)
+		return -1;
+	if (len > RESTORE_WBUF) {
+		if (fdio_write_all(rs->rs_snap_fd, p, len) == -1) {
+			restore_snap_ioerr(rs);
+			return -1;
+		}
+	} else {
+		memcpy(rs->rs_snap_buf + rs->rs_snap_len, p, len);
+		rs->rs_snap_len += len;
+	}
+	rs->rs_snap_bytes += len;
+	return 0;
+}
+
+/*
+ * One SET frame of a full resync (its record decoded): an entry of the
+ * snapshot, which is written as snapshot-{ts}.bin, ts the record
+ * timestamp every one of them carries. 0, or -1 (said why).
+ */
+static int
+restore_snap_entry(struct restore *rs, const struct fcw2_record *rec,
+    const char *addr)
+{
+	uint8_t h[SNAP_HEADER_LEN];
+	char part[SNAP_NAME_MAX + 16];
+
+	if (rec->op != FCW2_OP_SET) {
+		restore_progress_clear(rs);
+		fprintf(stderr, "walcat: restore: %s: snapshot entry %" PRIu64
+		    " is not a SET frame\n", addr, rs->rs_snap_got);
+		return -1;
+	}
+	if (rs->rs_snap_got == 0) {
+		rs->rs_snap_ts = rec->timestamp_ms;
+		snap_name_format(rs->rs_snap_name, sizeof(rs->rs_snap_name),
+		    rs->rs_snap_ts, 0);
+		restore_snap_part(rs, part, sizeof(part));
+		if (rs->rs_snap_buf == NULL &&
+		    (rs->rs_snap_buf = malloc(RESTORE_WBUF)) == NULL) {
+			fprintf(stderr, "walcat: restore: out of memory\n");
+			return -1;
+		}
+		if ((rs->rs_snap_fd = openat(rs->rs_dirfd, part, O_WRONLY |
+		    O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) == -1) {
+			restore_snap_ioerr(rs);
+			return -1;
+		}
+		rs->rs_snap = 1;
+		memcpy(h, SNAP_MAGIC, 8);	/* with its NUL */
+		restore_le32(h + 8, SNAP_VERSION);
+		restore_le64(h + 12, rs->rs_snap_ts);
+		restore_le64(h + 20, rs->rs_snap_entries);
+		if (restore_snap_put(rs, h, sizeof(h)) == -1)
+			return -1;
+	} else if (rec->timestamp_ms != rs->rs_snap_ts) {
+		restore_progress_clear(rs);
+		fprintf(stderr, "walcat: restore: %s: snapshot entry %" PRIu64
+		    " has timestamp %" PRIu64 ", the first one %" PRIu64 "\n",
+		    addr, rs->rs_snap_got, rec->timestamp_ms, rs->rs_snap_ts);
+		return -1;
+	}
+	restore_le32(h, rec->key_len);
+	restore_le32(h + 4, rec->value_len);
+	restore_le64(h + 8, rec->expire_at_ms < 0 ? SNAP_NO_EXPIRY :
+	    (uint64_t)rec->expire_at_ms);
+	if (restore_snap_put(rs, h, SNAP_ENTRY_FIXED) == -1 ||
+	    restore_snap_put(rs, rec->key, rec->key_len) == -1 ||
+	    restore_snap_put(rs, rec->value, rec->value_len) == -1)
+		return -1;
+	rs->rs_snap_got++;
+	return 0;
+}
+
+/* Make the snapshot being written durable (still under its .part name). */
+static int
+restore_snap_seal(struct restore *rs)
+{
+	int r;
+
+	if (rs->rs_snap_fd == -1)
+		return 0;
+	if (restore_snap_flush(rs) == -1)
+		return -1;
+	while ((r = fdatasync(rs->rs_snap_fd)) == -1 && errno == EINTR)
+		;
+	if (r == -1 || close(rs->rs_snap_fd) == -1) {
+		restore_snap_ioerr(rs);
+		rs->rs_snap_fd = -1;
+		return -1;
+	}
+	rs->rs_snap_fd = -1;
+	return 0;
+}
+
+/*
+ * The snapshot recorded in DIR/walrelay.meta (checksummed text, see
+ * segment.c: a "snapshot <covered> <timestamp> <entries> <file>" line).
+ * 1 and *sm, 0 when there is none (or no metadata), -1 (said why).
+ */
+static int
+restore_meta_snapshot(const char *dir, struct segstore_snapmeta *sm)
+{
+	char path[PATH_MAX], buf[RESTORE_META_MAX + 1], *sum, *p;
+	unsigned long long want, c, t, e;
+	ssize_t n;
+	size_t len = 0;
+	int fd;
+
+	memset(sm, 0, sizeof(*sm));
+	snprintf(path, sizeof(path), "%s/%s", dir, RESTORE_META);
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
+		if (errno == ENOENT)
+			return 0;
+		fprintf(stderr, "walcat: restore: %s: %s\n", path,
+		    strerror(errno));
+		return -1;
+	}
+	while (len < sizeof(buf) - 1 &&
+	    (n = read(fd, buf + len, sizeof(buf) - 1 - len)) != 0) {
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1) {
+			fprintf(stderr, "walcat: restore: %s: %s\n", path,
+			    strerror(errno));
+			close(fd);
+			return -1;
+		}
+		len += (size_t)n;
+	}
+	close(fd);
+	buf[len] = '\0';
+	if ((sum = strstr(buf, "\nxxh64 ")) == NULL ||
+	    sscanf(sum + 1, "xxh64 %16llx", &want) != 1 ||
+	    want != (unsigned long long)XXH64(buf, (size_t)(sum + 1 - buf),
+	    0)) {
+		fprintf(stderr, "walcat: restore: %s: damaged (bad checksum)\n",
+		    path);
+		return -1;
+	}
+	sum[1] = '\0';
+	if ((p = strstr(buf, "\nsnapshot ")) == NULL)
+		return 0;
+	if (sscanf(p + 1, "snapshot %llu %llu %llu %63s", &c, &t, &e,
+	    sm->sm_name) != 4) {
+		fprintf(stderr, "walcat: restore: %s: damaged (its snapshot "
+		    "line)\n", path);
+		return -1;
+	}
+	sm->sm_valid = 1;
+	sm->sm_covered = c;
+	sm->sm_ts = t;
+	sm->sm_entries = e;
+	return 1;
+}
+
+/*
+ * Start from the snapshot sm of dir: check every entry of it, then copy it
+ * byte for byte (it stays .bin or .bin.lz4) to its .part name. 0, or -1.
+ */
+static int
+restore_snap_copy(struct restore *rs, const char *dir,
+    const struct segstore_snapmeta *sm)
+{
+	struct snap_reader *sr;
+	struct snap_entry e;
+	char path[PATH_MAX], part[SNAP_NAME_MAX + 16], err[512];
+	uint64_t ts, count, got = 0, fts;
+	ssize_t n;
+	int lz4, sfd = -1, r;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, sm->sm_name);
+	if (strchr(sm->sm_name, '/') != NULL ||
+	    snap_name_parse(sm->sm_name, &fts, &lz4) == -1) {
+		fprintf(stderr, "walcat: restore: %s/%s names %s as its "
+		    "snapshot: not a snapshot name\n", dir, RESTORE_META,
+		    sm->sm_name);
+		return -1;
+	}
+	if ((sr = snap_reader_open(path, 0, &ts, &count, err,
+	    sizeof(err))) == NULL) {
+		fprintf(stderr, "walcat: restore: %s\n", err);
+		return -1;
+	}
+	while ((r = snap_reader_next(sr, &e, err, sizeof(err))) == 1)
+		got++;
+	snap_reader_close(sr);
+	if (r == -1) {
+		fprintf(stderr, "walcat: restore: %s\n", err);
+		return -1;
+	}
+	if (ts != sm->sm_ts || fts != ts || got != count ||
+	    count != sm->sm_entries) {
+		fprintf(stderr, "walcat: restore: %s: timestamp %" PRIu64
+		    " and %" PRIu64 " entries, where %s/%s records %" PRIu64
+		    " and %" PRIu64 "\n", path, ts, got, dir, RESTORE_META,
+		    sm->sm_ts, sm->sm_entries);
+		return -1;
+	}
+	snprintf(rs->rs_snap_name, sizeof(rs->rs_snap_name), "%s",
+	    sm->sm_name);
+	rs->rs_snap_ts = ts;
+	rs->rs_snap_entries = count;
+	restore_snap_part(rs, part, sizeof(part));
+	if ((sfd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
+		fprintf(stderr, "walcat: restore: %s: %s\n", path,
+		    strerror(errno));
+		return -1;
+	}
+	if ((rs->rs_snap_fd = openat(rs->rs_dirfd, part, O_WRONLY | O_CREAT |
+	    O_TRUNC | O_CLOEXEC, 0644)) == -1) {
+		restore_snap_ioerr(rs);
+		close(sfd);
+		return -1;
+	}
+	rs->rs_snap = 1;
+	while ((n = read(sfd, rs->rs_wbuf, RESTORE_WBUF)) != 0) {
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1) {
+			fprintf(stderr, "walcat: restore: %s: %s\n", path,
+			    strerror(errno));
+			close(sfd);
+			return -1;
+		}
+		if (fdio_write_all(rs->rs_snap_fd, rs->rs_wbuf,
+		    (size_t)n) == -1) {
+			restore_snap_ioerr(rs);
+			close(sfd);
+			return -1;
+		}
+		rs->rs_snap_bytes += (uint64_t)n;
+	}
+	close(sfd);
+	return restore_snap_seal(rs);
+}
+
 /*
  * One verified frame with sequence seq (rec: its decoded record, or NULL
  * when only the frame was checked). Returns 0, 1 when the restore is
@@ -350,6 +922,8 @@ restore_frame(struct restore *rs, uint64_t seq, const uint8_t *p,
 
 	if (rs->rs_done)
 		return 1;
+	if (rs->rs_based && seq < rs->rs_snap_covered)
+		return 0;	/* in the snapshot */
 	if (seq > rs->rs_until_seq) {
 		rs->rs_done = 1;
 		return 1;
@@ -374,6 +948,9 @@ restore_frame(struct restore *rs, uint64_t seq, const uint8_t *p,
 	if (rs->rs_wlen + len > RESTORE_WBUF && restore_flush(rs) == -1)
 		return -1;
 	if (len > RESTORE_WBUF) {
+		/* a frame larger than a buffer: in order, from here */
+		if (rwriter_drain(rs) == -1)
+			return -1;
 		if (fdio_write_all(rs->rs_fd, p, len) == -1) {
 			restore_progress_clear(rs);
 			fprintf(stderr, "walcat: restore: %s/%s.part: %s\n",
@@ -414,16 +991,31 @@ restore_frame(struct restore *rs, uint64_t seq, const uint8_t *p,
 
 /*
  * The end: apply an --until-time cut, make every file durable under its
- * final name, fsync the directory. Returns 0 or -1.
+ * final name, fsync the directory. Returns 0, -1 (I/O error) or 1 (the
+ * cut is inside what the snapshot covers; said why).
  */
 static int
 restore_finish(struct restore *rs)
 {
-	char part[80];
+	char part[SNAP_NAME_MAX + 16];
 	size_t keep = rs->rs_nfiles;
 
-	if (restore_seal(rs) == -1)
+	if (restore_seal(rs) == -1 || restore_snap_seal(rs) == -1 ||
+	    rwriter_drain(rs) == -1)
 		return -1;
+	if (rs->rs_has_time && rs->rs_based && !rs->rs_cut_valid) {
+		char t[80];
+
+		restore_progress_clear(rs);
+		restore_fmt_time(rs->rs_until_ms, t, sizeof(t));
+		fprintf(stderr, "walcat: restore: no frame from sequence %"
+		    PRIu64 " on (the first one after the snapshot) is stamped "
+		    "at or before %s: that point is inside what the snapshot "
+		    "covers, and the frames before sequence %" PRIu64 " are "
+		    "gone from the source\n", rs->rs_snap_covered, t,
+		    rs->rs_snap_covered);
+		return 1;
+	}
 	if (rs->rs_has_time) {
 		keep = rs->rs_cut_valid ? rs->rs_cut_file + 1 : 0;
 		for (size_t i = keep; i < rs->rs_nfiles; i++) {
@@ -455,6 +1047,13 @@ restore_finish(struct restore *rs)
 		} else
 			rs->rs_started = 0;
 		rs->rs_nfiles = keep;
+	}
+	/* the snapshot first: a prefix of these renames is a state too */
+	if (rs->rs_snap) {
+		restore_snap_part(rs, part, sizeof(part));
+		if (renameat(rs->rs_dirfd, part, rs->rs_dirfd,
+		    rs->rs_snap_name) == -1)
+			goto ioerr;
 	}
 	for (size_t i = 0; i < rs->rs_nfiles; i++) {
 		snprintf(part, sizeof(part), "%s.part", rs->rs_files[i].rf_name);
@@ -507,6 +1106,14 @@ restore_dir_files(const char *dir, char ***out, size_t *nout)
 	return 0;
 }
 
+/* The first sequence of a raw or archived segment file. 0, or -1. */
+static int
+restore_name_base(const char *name, uint64_t *base)
+{
+	return scan_is_zstd_name(name) ? archive_name_parse(name, base, NULL) :
+	    segment_name_parse(name, base, NULL);
+}
+
 static int
 restore_from_dir(struct restore *rs, const char *dir)
 {
@@ -514,30 +1121,71 @@ restore_from_dir(struct restore *rs, const char *dir)
 	struct scan_event ev;
 	char **names = NULL, path[PATH_MAX], err[512];
 	size_t n = 0;
-	uint64_t base, seq;
+	uint64_t base, nbase, seq, first;
+	struct segstore_snapmeta sm;
 	int fd = -1, rc = WALCAT_EXIT_ERROR, r;
 
 	if (restore_dir_files(dir, &names, &n) == -1)
 		return WALCAT_EXIT_ERROR;
-	if (n == 0) {
+	if ((r = restore_meta_snapshot(dir, &sm)) == -1) {
+		segment_list_free(names, n);
+		return WALCAT_EXIT_ERROR;
+	}
+	if (n == 0 && r == 0) {
 		fprintf(stderr, "walcat: restore: %s holds no segment files\n",
 		    dir);
 		segment_list_free(names, n);
 		return WALCAT_EXIT_ERROR;
+	}
+	/*
+	 * Frames before the first one here are gone (compacted or retained
+	 * away): the snapshot that covers them holds their state.
+	 */
+	first = UINT64_MAX;
+	for (size_t i = 0; i < n && first == UINT64_MAX; i++)
+		if (restore_name_base(names[i], &base) == 0)
+			first = base;
+	if (first > 0 && sm.sm_valid && sm.sm_covered > 0) {
+		if (sm.sm_covered < first && first != UINT64_MAX) {
+			fprintf(stderr, "walcat: restore: %s: the snapshot %s "
+			    "covers frames up to sequence %" PRIu64 ", the "
+			    "segments start at %" PRIu64 ": frames are "
+			    "missing\n", dir, sm.sm_name, sm.sm_covered - 1,
+			    first);
+			segment_list_free(names, n);
+			return RESTORE_EXIT_BAD;
+		}
+		rs->rs_snap_covered = sm.sm_covered;
+		if (restore_snap_reaches(rs, dir) == -1) {
+			segment_list_free(names, n);
+			return RESTORE_EXIT_BAD;
+		}
+		if (restore_snap_copy(rs, dir, &sm) == -1) {
+			segment_list_free(names, n);
+			return WALCAT_EXIT_ERROR;
+		}
+		restore_snap_base(rs, sm.sm_covered);
 	}
 	scan_init(&sc, rs->rs_max_frame, 0, rs->rs_check_records);
 	for (size_t i = 0; i < n && !rs->rs_done; i++) {
 		int zst = scan_is_zstd_name(names[i]);
 		char *zname;
 
-		if ((zst ? archive_name_parse(names[i], &base, NULL) :
-		    segment_name_parse(names[i], &base, NULL)) == -1) {
+		if (restore_name_base(names[i], &base) == -1) {
 			restore_progress_clear(rs);
 			fprintf(stderr, "walcat: restore: %s/%s: not a segment "
 			    "name; skipped\n", dir, names[i]);
 			continue;
 		}
-		if (rs->rs_started && base != rs->rs_next) {
+		/* wholly inside the snapshot: the next file starts by then */
+		if (rs->rs_based && i + 1 < n &&
+		    restore_name_base(names[i + 1], &nbase) == 0 &&
+		    nbase <= rs->rs_snap_covered)
+			continue;
+		if (rs->rs_based && base < rs->rs_snap_covered &&
+		    rs->rs_next == rs->rs_snap_covered)
+			;	/* its frames before covered are skipped */
+		else if (rs->rs_started && base != rs->rs_next) {
 			restore_progress_clear(rs);
 			fprintf(stderr, "walcat: restore: %s/%s starts at "
 			    "sequence %" PRIu64 " where %" PRIu64 " was due: "
@@ -654,9 +1302,17 @@ rconn_write(struct rconn *c, const void *buf, size_t len, char *err,
 	return 0;
 }
 
+/*
+ * Read the stream from addr. resync: ask for sequence 0 with resync=1, so
+ * that a relay whose early frames are gone sends its snapshot first (a
+ * full resync, docs/protocol.md); RESTORE_GONE when it has none. Without:
+ * from earliest.
+ */
+#define RESTORE_GONE	(-2)
+
 static int
 restore_from_relay(struct restore *rs, const char *addr, const char *token,
-    struct tls_ctx *tls)
+    struct tls_ctx *tls, int resync)
 {
 	struct handshake_reply rep;
 	struct fcw2_decoder dec;
@@ -672,8 +1328,17 @@ restore_from_relay(struct restore *rs, const char *addr, const char *token,
 
 	fcw2_decoder_init(&dec, rs->rs_max_frame, rs->rs_check_records);
 	linelen = handshake_format_sub_stream(line, sizeof(line), token,
-	    strlen(token), HANDSHAKE_FROM_EARLIEST, 0, 0, 0,
-	    HANDSHAKE_COMPRESS_NONE, rs->rs_stream);
+	    strlen(token), resync ? HANDSHAKE_FROM_SEQ : HANDSHAKE_FROM_EARLIEST,
+	    0, 0, 0, HANDSHAKE_COMPRESS_NONE, rs->rs_stream);
+	if (linelen != -1 && resync) {
+		/* the same line with " resync=1" before its LF */
+		if ((size_t)linelen - 1 + 10 > HANDSHAKE_LINE_MAX)
+			linelen = -1;
+		else {
+			memcpy(line + linelen - 1, " resync=1\n", 11);
+			linelen += 9;
+		}
+	}
 	if (linelen == -1) {
 		fprintf(stderr, "walcat: restore: the token does not fit in a "
 		    "handshake line\n");
@@ -694,7 +1359,8 @@ restore_from_relay(struct restore *rs, const char *addr, const char *token,
 		goto out;
 	}
 	for (;;) {
-		if (have_reply && (rs->rs_done || seq >= rs->rs_source_end))
+		if (have_reply && rs->rs_snap_got == rs->rs_snap_entries &&
+		    (rs->rs_done || seq >= rs->rs_source_end))
 			break;
 		n = rconn_read(&c, buf, bufsz, err, sizeof(err));
 		if (n <= 0) {
@@ -723,6 +1389,11 @@ restore_from_relay(struct restore *rs, const char *addr, const char *token,
 				goto out;
 			}
 			if (!rep.hp_ok) {
+				if (resync && strcmp(rep.hp_code,
+				    HANDSHAKE_ERR_GONE) == 0) {
+					rc = RESTORE_GONE;
+					goto out;
+				}
 				fprintf(stderr, "walcat: restore: %s refused: "
 				    "%s %s\n", addr, rep.hp_code, rep.hp_text);
 				rc = 2;
@@ -732,7 +1403,19 @@ restore_from_relay(struct restore *rs, const char *addr, const char *token,
 			seq = rep.hp_start;
 			/* the stream as it was when the restore began */
 			rs->rs_source_end = rep.hp_next;
-			if (seq >= rs->rs_source_end)
+			if (rep.hp_has_snapshot && seq > 0) {
+				/* a full resync: the state before start */
+				rs->rs_snap_covered = seq;
+				rs->rs_snap_entries = rep.hp_snapshot;
+				if (restore_snap_reaches(rs, addr) == -1) {
+					rc = RESTORE_EXIT_BAD;
+					goto out;
+				}
+				restore_snap_base(rs, seq);
+				dec.chk.check_records = 1;
+			}
+			if (rs->rs_snap_got == rs->rs_snap_entries &&
+			    seq >= rs->rs_source_end)
 				break;
 			if (off > (size_t)n)
 				continue;
@@ -742,6 +1425,21 @@ restore_from_relay(struct restore *rs, const char *addr, const char *token,
 			goto out;
 		}
 		while ((st = fcw2_decoder_next(&dec, &fr)) == FCW2_OK) {
+			if (rs->rs_snap_got < rs->rs_snap_entries) {
+				if (restore_snap_entry(rs, &fr.rec, addr) ==
+				    -1)
+					goto out;
+				if (rs->rs_snap_got < rs->rs_snap_entries)
+					continue;
+				/* the stream after it */
+				if (restore_snap_seal(rs) == -1)
+					goto out;
+				dec.chk.check_records = rs->rs_check_records;
+				restore_progress(rs, 1);
+				if (seq >= rs->rs_source_end)
+					break;
+				continue;
+			}
 			if ((r = restore_frame(rs, seq, fr.data, fr.len,
 			    rs->rs_check_records ? &fr.rec : NULL)) == -1)
 				goto out;
@@ -798,8 +1496,12 @@ restore_outdir(struct restore *rs, int force)
 		nonempty = 1;
 		if (!force)
 			break;
-		/* what a cache would read, and what a restore leaves */
-		if (segment_is_wal_name(de->d_name) || (l > 5 &&
+		/*
+		 * What a cache would read (a snapshot-* file it would load
+		 * instead of the restored one), and what a restore leaves.
+		 */
+		if (segment_is_wal_name(de->d_name) || strncmp(de->d_name,
+		    "snapshot-", 9) == 0 || (l > 5 &&
 		    strcmp(de->d_name + l - 5, ".part") == 0)) {
 			if (unlinkat(rs->rs_dirfd, de->d_name, 0) == -1) {
 				fprintf(stderr, "walcat: restore: %s/%s: %s\n",
@@ -826,6 +1528,14 @@ restore_summary(struct restore *rs, double secs)
 	uint64_t frames = rs->rs_started ? rs->rs_next - rs->rs_first : 0;
 
 	restore_progress_clear(rs);
+	if (rs->rs_snap)
+		printf("restored the snapshot %s (%" PRIu64 " entries, %" PRIu64
+		    " bytes, the state up to sequence %" PRIu64 ")\n",
+		    rs->rs_snap_name, rs->rs_snap_entries, rs->rs_snap_bytes,
+		    rs->rs_snap_covered - 1);
+	else if (rs->rs_based)
+		printf("the snapshot up to sequence %" PRIu64 " is empty: no "
+		    "snapshot file is needed\n", rs->rs_snap_covered - 1);
 	if (frames == 0) {
 		printf("restored 0 frames into %s\n", rs->rs_out);
 		return;
@@ -871,7 +1581,7 @@ walcat_restore(int argc, char **argv)
 	struct stat st;
 	const char *tokfile = NULL, *src;
 	char token[1100] = "-", host[256], err[512];
-	int c, force = 0, usetls = 0, rc = WALCAT_EXIT_ERROR, has_seq = 0;
+	int c, force = 0, usetls = 0, rc = WALCAT_EXIT_ERROR, has_seq = 0, r;
 	uint16_t port;
 	size_t sz;
 	long long t0;
@@ -882,7 +1592,7 @@ walcat_restore(int argc, char **argv)
 	rs.rs_until_seq = UINT64_MAX;
 	rs.rs_max_frame = FCW2_DEFAULT_MAX_FRAME;
 	rs.rs_seg_bytes = RESTORE_SEG_BYTES;
-	rs.rs_fd = rs.rs_dirfd = -1;
+	rs.rs_fd = rs.rs_dirfd = rs.rs_snap_fd = -1;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
@@ -979,22 +1689,19 @@ walcat_restore(int argc, char **argv)
 			}
 		}
 	}
-	if ((rs.rs_wbuf = malloc(RESTORE_WBUF)) == NULL) {
-		fprintf(stderr, "walcat: restore: out of memory\n");
+	if (rwriter_start(&rs) == -1)
 		goto out;
-	}
 	if (restore_outdir(&rs, force) == -1)
 		goto out;
 	t0 = (long long)clock_mono_ns();
 	restore_progress(&rs, 1);
 	if (stat(src, &st) == 0 && S_ISDIR(st.st_mode))
 		rc = restore_from_dir(&rs, src);
-	else
-		rc = restore_from_relay(&rs, src, token, tls);
+	else if ((rc = restore_from_relay(&rs, src, token, tls, 1)) ==
+	    RESTORE_GONE)
+		/* no snapshot, and the start is gone: what there is */
+		rc = restore_from_relay(&rs, src, token, tls, 0);
 	if (rc != 0) {
-		if (rs.rs_fd != -1)
-			close(rs.rs_fd);
-		rs.rs_fd = -1;
 		restore_progress_clear(&rs);
 		fprintf(stderr, "walcat: restore: stopped; %s holds .part files "
 		    "of an incomplete restore (run it again with --force)\n",
@@ -1007,17 +1714,14 @@ walcat_restore(int argc, char **argv)
 		fprintf(stderr, "walcat: restore: the source ends at sequence "
 		    "%" PRIu64 ", before --until-seq %" PRIu64 "\n",
 		    rs.rs_started ? rs.rs_next : 0, rs.rs_until_seq);
-		if (rs.rs_fd != -1)
-			close(rs.rs_fd);
-		rs.rs_fd = -1;
 		rc = RESTORE_EXIT_BAD;
 		goto out;
 	}
-	if (restore_finish(&rs) == -1) {
-		rc = WALCAT_EXIT_ERROR;
+	if ((r = restore_finish(&rs)) != 0) {
+		rc = r == 1 ? RESTORE_EXIT_BAD : WALCAT_EXIT_ERROR;
 		goto out;
 	}
-	if (rs.rs_started && rs.rs_first > 0)
+	if (rs.rs_started && rs.rs_first > 0 && !rs.rs_based)
 		fprintf(stderr, "walcat: restore: the oldest frame available "
 		    "is sequence %" PRIu64 ", not 0: the cache recovers the "
 		    "state from a snapshot taken at or before it plus these "
@@ -1025,12 +1729,15 @@ walcat_restore(int argc, char **argv)
 	restore_summary(&rs, (double)((long long)clock_mono_ns() - t0) / 1e9);
 	rc = 0;
 out:
+	rwriter_stop(&rs);
 	if (rs.rs_fd != -1)
 		close(rs.rs_fd);
+	if (rs.rs_snap_fd != -1)
+		close(rs.rs_snap_fd);
 	if (rs.rs_dirfd != -1)
 		close(rs.rs_dirfd);
 	free(rs.rs_files);
-	free(rs.rs_wbuf);
+	free(rs.rs_snap_buf);
 	tls_free(tls);
 	return rc;
 }

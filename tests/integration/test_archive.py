@@ -382,3 +382,30 @@ def test_restore_check_records(walcat, workdir):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert _restored(workdir / "o2")[1] == good[:10] + [bad] + good[11:]
+
+
+def test_restore_large_frames_and_many_files(walcat, workdir):
+    """Frames larger than restore's write buffers, between small ones, and
+    output files cut every few frames: every byte in order, in files the
+    cache reads."""
+    rnd = random.Random(5)
+    frames = []
+    for i in range(60):
+        size = rnd.choice([10, 1000, 5 << 20, 9 << 20]) if i % 7 == 3 \
+            else rnd.randrange(1, 3000)
+        frames.append(frame(OP_SET, b"k%d" % i, rnd.randbytes(size),
+                            ts=1700000000000 + i))
+    src = workdir / "src"
+    src.mkdir()
+    (src / ("segment-%020d-1.wal" % 0)).write_bytes(b"".join(frames[:30]))
+    (src / ("segment-%020d-2.wal" % 30)).write_bytes(b"".join(frames[30:]))
+    out = subprocess.run([walcat, "restore", "--segment-bytes", "1M", src,
+                          workdir / "o"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    names, got = _restored(workdir / "o")
+    assert got == frames
+    assert len(names) > 3
+    for n in names:
+        base = int(n.split("-")[1])
+        with open(workdir / "o" / n, "rb") as f:
+            assert f.read(len(frames[base])) == frames[base]

@@ -9,9 +9,11 @@ written from the format description (newest snapshot-* by name, then every
 snapshot), with its own FCSNAP1 and LZ4 block decoders.
 """
 
+import http.client
 import os
 import random
 import struct
+import subprocess
 import zlib
 
 import pytest
@@ -347,6 +349,85 @@ def test_snapshot_without_snapshots_serves_the_whole_stream(relays):
     assert live(state) == live(model_of(recs))
 
 
+def restore(walcat, *args):
+    return subprocess.run([walcat, "restore", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_restore_from_snapshot_and_segments(relays, walcat, workdir):
+    """walcat restore from a directory whose early segments were compacted
+    away, and from the relay (a full resync): the snapshot file and the
+    segments after it, which the cache's recovery turns into the model of
+    the stream up to the point asked for; a point inside what the snapshot
+    covers is refused."""
+    r = relays(args=SNAP_ARGS + ["--snapshot-compress", "lz4"])
+    total = 6000
+    recs = gen_records(total, seed=21)
+    send(r, recs[:1500])
+    wait_snapshot_covers_all(r, 1500)
+    send(r, recs[1500:3000])
+    sn = wait_snapshot_covers_all(r, 3000)
+    covered = sn["covered"]
+    # the rest stays in segments: no more snapshots (the last one served)
+    assert r.stop() == 0
+    r.extra = ["--segment-bytes", "4096"]
+    r.start()
+    send(r, recs[3000:])
+    r.wait_durable(total)
+    assert r.status()["snapshot"]["covered"] == covered
+    assert 0 < covered < 3000
+    assert not os.path.exists(os.path.join(
+        r.datadir, "segment-%020d-1.wal" % 0))
+    snapfile = os.path.join(r.datadir, sn["file"])
+    t_in_tail = recs[covered + 50][3]
+    t_cut = max(i for i in range(total) if recs[i][3] <= t_in_tail)
+    n = [0]
+
+    def out():
+        n[0] += 1
+        return workdir / f"o{n[0]}"
+
+    for src, extra in ((r.datadir, []), (r.listen_addr, [])):
+        # the whole stream
+        d = out()
+        res = restore(walcat, *extra, src, d)
+        assert res.returncode == 0, res.stderr
+        names = sorted(os.listdir(d))
+        snaps = [x for x in names if x.startswith("snapshot-")]
+        assert len(snaps) == 1, names
+        assert all(x.endswith(".wal") for x in names if x not in snaps)
+        ts, state = load_snapshot(os.path.join(d, snaps[0]))
+        assert ts == sn["timestamp_ms"] and len(state) == sn["keys"]
+        if src == r.datadir:
+            # the relay's own file, byte for byte
+            assert snaps[0] == sn["file"]
+            with open(snapfile, "rb") as a, open(d / snaps[0], "rb") as b:
+                assert a.read() == b.read()
+        assert live(cache_recover(d)) == live(model_of(recs))
+        assert f"sequences {covered} to {total - 1}" in res.stdout
+        assert "snapshot" in res.stdout
+
+        # cut after the snapshot: by sequence, at its very end, by time
+        for args, cut in ((["--until-seq", covered + 123], covered + 123),
+                          (["--until-seq", covered - 1], covered - 1),
+                          (["--until-time", t_in_tail], t_cut)):
+            d = out()
+            res = restore(walcat, *extra, *args, src, d)
+            assert res.returncode == 0, (args, res.stderr)
+            assert live(cache_recover(d)) == \
+                live(model_of(recs[:cut + 1])), args
+
+        # a point the snapshot covers: the frames are gone, refused
+        for args in (["--until-seq", covered - 2],
+                     ["--until-time", recs[0][3] - 1]):
+            d = out()
+            res = restore(walcat, *extra, *args, src, d)
+            assert res.returncode == 2, (args, res.stderr)
+            assert "snapshot" in res.stderr and "gone" in res.stderr
+            assert not [x for x in os.listdir(d)
+                        if x.startswith("snapshot-") or x.endswith(".wal")]
+
+
 def killat_lib():
     path = os.path.join(os.environ.get("WALRELAY_BUILDDIR", "."),
                         "tests", "fault", "killat.so")
@@ -372,6 +453,11 @@ CRASH_POINTS = [
 ]
 
 
+# A relay killed while it answers: no connection, or a reply cut short
+# (http.client.IncompleteRead, or a JSON body that ends early).
+KILLED_MID_REPLY = (OSError, http.client.HTTPException, ValueError)
+
+
 def stored_or_dead(r, n):
     """Every frame sent is stored (a new ingest connection replaces the
     old one, dropping what it has not read yet), or the relay is dead."""
@@ -379,7 +465,7 @@ def stored_or_dead(r, n):
         return True
     try:
         return r.status()["durable"] >= n
-    except OSError:
+    except KILLED_MID_REPLY:
         return not r.alive()
 
 
@@ -388,7 +474,7 @@ def snapshots_or_dead(r, n):
         return True
     try:
         return r.metric("walrelay_snapshots_total") >= n
-    except OSError:
+    except KILLED_MID_REPLY:
         return not r.alive()
 
 

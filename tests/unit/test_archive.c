@@ -203,6 +203,82 @@ START_TEST(test_random_access)
 }
 END_TEST
 
+/*
+ * A block decompressed into pieces: the same frames in order, each piece
+ * whole frames within the piece size (a bigger frame alone), sequences
+ * contiguous; a damaged block is refused with its offset.
+ */
+START_TEST(test_read_pieces)
+{
+	struct archive_index idx;
+	struct chunk **pc;
+	char *dir = tmpdir_new(), path[512], err[512], want[64];
+	struct model m;
+	uint64_t zbytes, seq, zoff;
+	uint32_t np;
+	size_t pos, piece = 5000;
+	uint8_t *file;
+	size_t flen;
+	int fd;
+	ZSTD_DCtx *dz = ZSTD_createDCtx();
+
+	model_init(&m, 700);
+	srandom(15);
+	for (int i = 0; i < 3000; i++)
+		model_add(&m, (size_t)(random() % 900));
+	model_add(&m, 20000);		/* bigger than a piece */
+	model_add(&m, piece - 60);	/* about a piece */
+	for (int i = 0; i < 3000; i++)
+		model_add(&m, (size_t)(random() % 3000));
+	make_archive(&m, dir, "p.wal.zst", 256 * 1024, &idx, &zbytes);
+	snprintf(path, sizeof(path), "%s/p.wal.zst", dir);
+	ck_assert_int_ne(fd = open(path, O_RDONLY), -1);
+	for (uint32_t b = 0; b < idx.ai_nblocks; b++) {
+		const struct archive_block *ab = &idx.ai_blocks[b];
+
+		/* a context reused, or one made for the call */
+		ck_assert_msg(archive_read_pieces(b % 2 ? NULL : dz, fd, ab,
+		    64 << 20, piece, &pc, &np, err, sizeof(err)) == 0, "%s",
+		    err);
+		ck_assert_uint_gt(np, 1);
+		seq = ab->ab_seq;
+		pos = m.off[seq - m.base];
+		for (uint32_t i = 0; i < np; i++) {
+			ck_assert_uint_eq(pc[i]->ch_seq, seq);
+			ck_assert_uint_gt(pc[i]->ch_nframes, 0);
+			ck_assert(pc[i]->ch_len <= piece ||
+			    pc[i]->ch_nframes == 1);
+			ck_assert_uint_eq(pc[i]->ch_len, m.off[CHUNK_END(pc[i]) -
+			    m.base] - pos);
+			ck_assert_int_eq(memcmp(pc[i]->ch_data, m.buf + pos,
+			    pc[i]->ch_len), 0);
+			pos += pc[i]->ch_len;
+			seq = CHUNK_END(pc[i]);
+		}
+		ck_assert_uint_eq(seq, ab->ab_seq + ab->ab_nframes);
+		archive_pieces_free(pc, np);
+	}
+	ZSTD_freeDCtx(dz);
+	close(fd);
+
+	file = file_read(path, &flen);
+	zoff = idx.ai_blocks[1].ab_zoff;
+	file[zoff + idx.ai_blocks[1].ab_zlen / 2] ^= 0x5a;
+	file_write(path, file, flen);
+	ck_assert_int_ne(fd = open(path, O_RDONLY), -1);
+	ck_assert_int_eq(archive_read_pieces(NULL, fd, &idx.ai_blocks[1],
+	    64 << 20, piece, &pc, &np, err, sizeof(err)), -1);
+	ck_assert_ptr_null(pc);
+	snprintf(want, sizeof(want), "offset %" PRIu64, zoff);
+	ck_assert_msg(strstr(err, want) != NULL, "%s (want %s)", err, want);
+	close(fd);
+	free(file);
+	archive_index_free(&idx);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
 START_TEST(test_corrupt_block)
 {
 	struct archive_index idx;
@@ -681,6 +757,7 @@ archive_suite(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_random_access);
 	tcase_add_test(tc, test_corrupt_block);
+	tcase_add_test(tc, test_read_pieces);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("store");
 	tcase_set_timeout(tc, 120);

@@ -237,10 +237,9 @@ make_views(struct chunk_list *l, struct chunk *buf, const size_t *off,
 {
 	for (int i = 0; i < n; i++) {
 		ck_assert_ptr_nonnull(v[i] = chunk_view(buf, off[from[i]],
-		    off[to[i]] - off[from[i]]));
+		    off[to[i]] - off[from[i]], (uint64_t)from[i],
+		    (uint32_t)(to[i] - from[i])));
 		ck_assert_ptr_eq(v[i]->ch_data, buf->ch_data + off[from[i]]);
-		v[i]->ch_seq = (uint64_t)from[i];
-		v[i]->ch_nframes = (uint32_t)(to[i] - from[i]);
 		TAILQ_INSERT_TAIL(l, v[i], ch_entry);
 	}
 }
@@ -279,7 +278,7 @@ START_TEST(views_merge_without_a_copy)
 	ck_assert_uint_eq(ch->ch_seq, 0);
 	ck_assert_uint_eq(ch->ch_nframes, 64);
 	ck_assert_uint_eq(ch->ch_len, off[64]);
-	ck_assert_ptr_nonnull(ch->ch_owner);
+	ck_assert_ptr_nonnull(ch->ch_parent);
 	ck_assert_ptr_eq(ch->ch_data, kept->ch_data - off[10]);
 	ck_assert_uint_eq(chunk_offset_of(ch, 30), off[30]);
 	/* the merged view and kept (not the buffer they share) */
@@ -310,7 +309,7 @@ START_TEST(small_views_are_compacted)
 	    &capdelta), 1);
 	ch = TAILQ_FIRST(&l);
 	ck_assert_ptr_null(TAILQ_NEXT(ch, ch_entry));
-	ck_assert_ptr_null(ch->ch_owner);	/* a chunk of its own */
+	ck_assert_ptr_null(ch->ch_parent);	/* a chunk of its own */
 	ck_assert_uint_eq(ch->ch_seq, 0);
 	ck_assert_uint_eq(ch->ch_nframes, 40);
 	ck_assert_uint_eq(ch->ch_len, off[40]);

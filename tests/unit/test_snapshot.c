@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <lz4.h>
 #include <xxhash.h>
 
 #include "fcw2.h"
@@ -249,6 +250,135 @@ START_TEST(snapshot_incremental_equals_full)
 }
 END_TEST
 
+static uint8_t *
+slurp(const char *path, size_t *len)
+{
+	FILE *fp = fopen(path, "rb");
+	uint8_t *b;
+	long n;
+
+	ck_assert_ptr_nonnull(fp);
+	fseek(fp, 0, SEEK_END);
+	n = ftell(fp);
+	fseek(fp, 0, SEEK_SET);
+	ck_assert_ptr_nonnull(b = malloc(n > 0 ? (size_t)n : 1));
+	ck_assert_uint_eq(fread(b, 1, (size_t)n, fp), (size_t)n);
+	fclose(fp);
+	*len = (size_t)n;
+	return b;
+}
+
+/*
+ * A body of several MiB, compressible and not, with runs of incompressible
+ * bytes longer than the pieces it is compressed in: the .lz4 file is ONE
+ * LZ4 block (the cache's decoder gives the body back), and it is read
+ * back as a stream, also as the base of the next snapshot.
+ */
+START_TEST(snapshot_lz4_large_body)
+{
+	struct snap_write_result res;
+	struct snap_fold *f;
+	struct fcw2_record rec;
+	struct snap_reader *ra, *rb;
+	struct snap_entry ea, eb;
+	char err[512], key[32], lz[256], body[256], bin[256], snap[256];
+	uint8_t *val, *z, *raw;
+	size_t zlen, blen;
+	uint64_t ts, count, n = 0;
+	int r;
+
+	ck_assert_ptr_nonnull(val = malloc(700 * 1024));
+	f = snap_fold_new(tmpdir, 1ull << 30, err, sizeof(err));
+	ck_assert_msg(f != NULL, "%s", err);
+	rng = 99;
+	for (unsigned i = 0; i < 3000; i++) {
+		size_t vlen = i % 997 == 5 ? 600 * 1024 : 100 + rnd() % 4000;
+
+		for (size_t k = 0; k < vlen; k++)
+			val[k] = i % 3 == 0 ? (uint8_t)rnd() :
+			    (uint8_t)('a' + (k / 7 + i) % 26);
+		memset(&rec, 0, sizeof(rec));
+		rec.op = FCW2_OP_SET;
+		rec.key_len = (uint32_t)snprintf(key, sizeof(key), "key-%06u",
+		    i);
+		rec.key = (const uint8_t *)key;
+		rec.value = val;
+		rec.value_len = (uint32_t)vlen;
+		rec.timestamp_ms = 10;
+		rec.expire_at_ms = i % 5 == 0 ? 5000000 : -1;
+		ck_assert_int_eq(snap_fold_apply(f, &rec, err, sizeof(err)),
+		    0);
+	}
+	ck_assert_msg(snap_write(tmpdir, NULL, f, 100, SNAP_COMPRESS_LZ4,
+	    1 << 20, NULL, &res, err, sizeof(err)) == 0, "%s", err);
+	snap_fold_free(f);
+	ck_assert_int_eq(res.wr_compressed, 1);
+	ck_assert_uint_gt(res.wr_body_bytes, 5u << 20);
+	ck_assert_uint_lt(res.wr_file_bytes, res.wr_body_bytes);
+
+	snprintf(lz, sizeof(lz), "%s/walrelay-snap-lz4.tmp", tmpdir);
+	snprintf(body, sizeof(body), "%s/walrelay-snap-body.tmp", tmpdir);
+	z = slurp(lz, &zlen);
+	raw = slurp(body, &blen);
+	ck_assert_uint_eq(blen, res.wr_body_bytes);
+	ck_assert_uint_eq(zlen, res.wr_file_bytes);
+	{
+		uint32_t want = (uint32_t)z[0] | (uint32_t)z[1] << 8 |
+		    (uint32_t)z[2] << 16 | (uint32_t)z[3] << 24;
+		char *out = malloc(blen);
+
+		ck_assert_uint_eq(want, blen);
+		ck_assert_int_eq(LZ4_decompress_safe((const char *)z + 4, out,
+		    (int)(zlen - 4), (int)blen), (int)blen);
+		ck_assert(memcmp(out, raw, blen) == 0);
+		free(out);
+	}
+	snprintf(bin, sizeof(bin), "%s/snapshot-100.bin", tmpdir);
+	snprintf(snap, sizeof(snap), "%s/snapshot-100.bin.lz4", tmpdir);
+	ck_assert_int_eq(rename(body, bin), 0);
+	ck_assert_int_eq(rename(lz, snap), 0);
+
+	/* streamed: the same entries as the plain body */
+	ra = snap_reader_open(snap, 0, &ts, &count, err, sizeof(err));
+	ck_assert_msg(ra != NULL, "%s", err);
+	rb = snap_reader_open(bin, 0, &ts, &count, err, sizeof(err));
+	ck_assert_msg(rb != NULL, "%s", err);
+	while ((r = snap_reader_next(ra, &ea, err, sizeof(err))) == 1) {
+		ck_assert_int_eq(snap_reader_next(rb, &eb, err, sizeof(err)),
+		    1);
+		ck_assert_uint_eq(ea.se_klen, eb.se_klen);
+		ck_assert_uint_eq(ea.se_vlen, eb.se_vlen);
+		ck_assert_uint_eq(ea.se_expire, eb.se_expire);
+		ck_assert(memcmp(ea.se_key, eb.se_key, ea.se_klen) == 0);
+		ck_assert(memcmp(ea.se_val, eb.se_val, ea.se_vlen) == 0);
+		n++;
+	}
+	ck_assert_msg(r == 0, "%s", err);
+	ck_assert_int_eq(snap_reader_next(rb, &eb, err, sizeof(err)), 0);
+	ck_assert_uint_eq(n, 3000);
+	snap_reader_close(ra);
+	snap_reader_close(rb);
+
+	/* a damaged block is an error, not wrong entries */
+	z[zlen / 2] ^= 0x40;
+	{
+		FILE *fp = fopen(snap, "wb");
+
+		fwrite(z, 1, zlen - 100, fp);
+		fclose(fp);
+	}
+	ra = snap_reader_open(snap, 0, &ts, &count, err, sizeof(err));
+	ck_assert_msg(ra != NULL, "%s", err);
+	while ((r = snap_reader_next(ra, &ea, err, sizeof(err))) == 1)
+		;
+	ck_assert_int_eq(r, -1);
+	snap_reader_close(ra);
+	free(z);
+	free(raw);
+	free(val);
+}
+END_TEST
+
 /* EXPIRE on a key the base has, and on one nobody has. */
 START_TEST(snapshot_expire_on_base)
 {
@@ -450,6 +580,7 @@ snapshot_suite(void)
 	tcase_add_loop_test(tc, snapshot_fold_matches_model, 0, 4);
 	tcase_add_loop_test(tc, snapshot_incremental_equals_full, 0, 2);
 	tcase_add_test(tc, snapshot_expire_on_base);
+	tcase_add_test(tc, snapshot_lz4_large_body);
 	tcase_add_test(tc, snapshot_frames_file);
 	tcase_add_test(tc, snapshot_bad_files);
 	tcase_add_test(tc, snapshot_names);
