@@ -13,6 +13,7 @@
 
 #include "fcw2.h"
 #include "chunk.h"
+#include "log.h"
 
 static atomic_long	chunks_live;
 static atomic_llong	chunk_bytes_live;
@@ -173,10 +174,16 @@ chunk_new(size_t cap)
 	return ch;
 }
 
-void
-chunk_ref(struct chunk *ch)
+struct chunk *
+chunk_buffer_new(size_t cap)
 {
-	atomic_fetch_add_explicit(&ch->ch_ref, 1, memory_order_relaxed);
+	struct chunk *ch;
+
+	if ((ch = chunk_new(cap)) == NULL)
+		return NULL;
+	ch->ch_bufonly = 1;
+	atomic_fetch_sub(&chunks_live, 1);
+	return ch;
 }
 
 struct chunk *
@@ -184,14 +191,16 @@ chunk_view(struct chunk *parent, size_t off, size_t len, uint64_t seq,
     uint32_t nframes)
 {
 	struct chunk *ch;
+	uint8_t *data = parent->ch_data + off;
 
+	if (parent->ch_parent != NULL)
+		parent = parent->ch_parent;	/* a view of a view: its buffer */
 	if ((ch = calloc(1, sizeof(*ch))) == NULL)
 		return NULL;
 	chunk_ref(parent);
 	ch->ch_parent = parent;
-	ch->ch_data = parent->ch_data + off;
-	ch->ch_len = len;
-	ch->ch_cap = 0;		/* its bytes are counted in the parent */
+	ch->ch_data = data;
+	ch->ch_len = ch->ch_cap = len;
 	ch->ch_seq = seq;
 	ch->ch_nframes = nframes;
 	atomic_init(&ch->ch_ref, 1);
@@ -200,13 +209,20 @@ chunk_view(struct chunk *parent, size_t off, size_t len, uint64_t seq,
 }
 
 void
+chunk_ref(struct chunk *ch)
+{
+	atomic_fetch_add_explicit(&ch->ch_ref, 1, memory_order_relaxed);
+}
+
+void
 chunk_unref(struct chunk *ch)
 {
 	if (atomic_fetch_sub_explicit(&ch->ch_ref, 1, memory_order_acq_rel) != 1)
 		return;
-	atomic_fetch_sub(&chunks_live, 1);
-	atomic_fetch_sub(&chunk_bytes_live, (long long)(ch->ch_cap +
-	    ch->ch_zlen));
+	if (!ch->ch_bufonly)
+		atomic_fetch_sub(&chunks_live, 1);
+	atomic_fetch_sub(&chunk_bytes_live, (long long)((ch->ch_parent ? 0 :
+	    ch->ch_cap) + ch->ch_zlen));
 	free(ch->ch_zdata);
 	if (ch->ch_parent != NULL)
 		chunk_unref(ch->ch_parent);
@@ -221,6 +237,7 @@ chunk_rebuffer(struct chunk *ch, size_t cap)
 {
 	uint8_t *nd;
 
+	WR_ASSERT(ch->ch_parent == NULL);
 	cap = chunk_buf_size(cap);
 	if ((nd = cbuf_get(cap)) == NULL)
 		return -1;
@@ -352,14 +369,59 @@ chunk_offset_of(const struct chunk *ch, uint64_t seq)
 	return fcw2_walk(ch->ch_data, 0, ch->ch_len, seq - ch->ch_seq, NULL);
 }
 
+/*
+ * Views in [from, to) that leave more than a 16th of their buffer
+ * unused become chunks of their own size (a copy): whoever holds one
+ * would hold the whole buffer, and a subscriber must not hold more than
+ * its own buffer's worth (the rule chunk_shrink kept for whole chunks).
+ */
+static void
+chunk_list_compact(struct chunk_list *list, uint64_t from, uint64_t to,
+    long long *capdelta)
+{
+	struct chunk *ch, *first = NULL, *next, *m;
+	size_t cap;
+
+	for (ch = TAILQ_LAST(list, chunk_list); ch != NULL && ch->ch_seq >= from;
+	    ch = TAILQ_PREV(ch, chunk_list, ch_entry))
+		first = ch;
+	for (ch = first; ch != NULL && CHUNK_END(ch) <= to; ch = next) {
+		next = TAILQ_NEXT(ch, ch_entry);
+		if (ch->ch_parent == NULL)
+			continue;
+		cap = ch->ch_parent->ch_cap;
+		if (cap - ch->ch_len <= cap / 16 || (m = chunk_new(ch->ch_len)) ==
+		    NULL)
+			continue;
+		memcpy(m->ch_data, ch->ch_data, ch->ch_len);
+		m->ch_len = ch->ch_len;
+		m->ch_seq = ch->ch_seq;
+		m->ch_nframes = ch->ch_nframes;
+		m->ch_recv_us = ch->ch_recv_us;
+		if (capdelta != NULL)
+			*capdelta += (long long)m->ch_cap - (long long)ch->ch_cap;
+		TAILQ_INSERT_BEFORE(ch, m, ch_entry);
+		TAILQ_REMOVE(list, ch, ch_entry);
+		chunk_unref(ch);
+	}
+}
+
+/* b follows a in the same buffer: both are views of it. */
+static int
+chunk_adjacent(const struct chunk *a, const struct chunk *b)
+{
+	return a->ch_parent != NULL && a->ch_parent == b->ch_parent &&
+	    a->ch_data + a->ch_len == b->ch_data;
+}
+
 size_t
 chunk_list_merge(struct chunk_list *list, uint64_t from, uint64_t to,
     size_t small, size_t max, long long *capdelta)
 {
-	struct chunk *ch, *first, *next, *m;
+	struct chunk *ch, *first, *next, *prev, *m;
 	size_t len, removed = 0;
 	uint64_t end;
-	int k;
+	int k, view;
 
 	/* the chunks that start at `from` or later are the last ones */
 	first = NULL;
@@ -368,24 +430,41 @@ chunk_list_merge(struct chunk_list *list, uint64_t from, uint64_t to,
 		first = ch;
 	ch = first;
 	while (ch != NULL && CHUNK_END(ch) <= to) {
-		/* a run of small chunks, each starting where the last ended */
+		/*
+		 * A run of views that follow each other in one buffer (joined
+		 * without a copy), else of small chunks (copied), each chunk
+		 * starting where the last ended.
+		 */
 		first = ch;
+		next = TAILQ_NEXT(ch, ch_entry);
+		view = next != NULL && chunk_adjacent(ch, next);
 		len = 0;
 		end = ch->ch_seq;
 		k = 0;
-		while (ch != NULL && CHUNK_END(ch) <= to && ch->ch_len < small &&
-		    len + ch->ch_len <= max && ch->ch_seq == end) {
+		prev = NULL;
+		while (ch != NULL && CHUNK_END(ch) <= to &&
+		    len + ch->ch_len <= max && ch->ch_seq == end &&
+		    (view ? prev == NULL || chunk_adjacent(prev, ch) :
+		    ch->ch_len < small)) {
 			len += ch->ch_len;
 			end = CHUNK_END(ch);
 			k++;
+			prev = ch;
 			ch = TAILQ_NEXT(ch, ch_entry);
 		}
 		if (k == 0) {
 			ch = TAILQ_NEXT(ch, ch_entry);
 			continue;
 		}
-		if (k == 1 || (m = chunk_new(len)) == NULL)
-			continue;	/* nothing to gain, or keep them apart */
+		if (k == 1)
+			continue;	/* nothing to gain */
+		if (view)
+			m = chunk_view(first, 0, len, first->ch_seq, 0);
+		else
+			m = chunk_new(len);
+		if (m == NULL)
+			continue;	/* keep them apart */
+		m->ch_len = 0;		/* counted up below */
 		m->ch_seq = first->ch_seq;
 		m->ch_recv_us = first->ch_recv_us;	/* the oldest frame's */
 		if (capdelta != NULL)
@@ -394,7 +473,9 @@ chunk_list_merge(struct chunk_list *list, uint64_t from, uint64_t to,
 			next = TAILQ_NEXT(c, ch_entry);
 			if (capdelta != NULL)
 				*capdelta -= (long long)c->ch_cap;
-			memcpy(m->ch_data + m->ch_len, c->ch_data, c->ch_len);
+			if (!view)
+				memcpy(m->ch_data + m->ch_len, c->ch_data,
+				    c->ch_len);
 			m->ch_len += c->ch_len;
 			m->ch_nframes += c->ch_nframes;
 			TAILQ_REMOVE(list, c, ch_entry);
@@ -407,5 +488,6 @@ chunk_list_merge(struct chunk_list *list, uint64_t from, uint64_t to,
 			TAILQ_INSERT_TAIL(list, m, ch_entry);
 		removed--;
 	}
+	chunk_list_compact(list, from, to, capdelta);
 	return removed;
 }

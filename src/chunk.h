@@ -32,8 +32,13 @@ struct chunk {
 	 */
 	uint8_t			*ch_zdata;
 	size_t			 ch_zlen;
-	/* a view (chunk_view): ch_data lies in this chunk, referenced */
+	/*
+	 * A view (chunk_view): ch_data lies in the buffer of ch_parent, which
+	 * the view holds a reference to (its bytes are counted there), and
+	 * ch_cap is ch_len; NULL when the chunk owns its buffer.
+	 */
 	struct chunk		*ch_parent;
+	int			 ch_bufonly;	/* chunk_buffer_new */
 };
 TAILQ_HEAD(chunk_list, chunk);
 STAILQ_HEAD(chunk_queue, chunk);
@@ -47,9 +52,18 @@ STAILQ_HEAD(chunk_queue, chunk);
 /* A chunk of at least cap bytes (chunk_buf_size(cap)): one reference, or NULL. */
 struct chunk	*chunk_new(size_t cap);
 /*
+ * A buffer for views (chunk_view), not a chunk of frames itself: its
+ * bytes count in chunk_live_bytes, it does not count in chunk_live_count.
+ */
+struct chunk	*chunk_buffer_new(size_t cap);
+/*
  * A chunk of len bytes at off in parent (whole frames: seq, nframes),
- * sharing its memory: it holds a reference to parent until it is freed.
- * Nothing may be appended to a view.
+ * sharing its memory: it holds a reference to the buffer's owner (parent,
+ * or parent's own parent for a view of a view) until it is freed; one
+ * reference, or NULL. Nothing may be appended to a view. The upstream
+ * reads into one buffer and publishes each read's frames as a view of
+ * it, so that the writer, the tail and every subscriber share the bytes
+ * the socket was read into; archive blocks are cut into views too.
  */
 struct chunk	*chunk_view(struct chunk *parent, size_t off, size_t len,
 		    uint64_t seq, uint32_t nframes);
@@ -70,7 +84,10 @@ void		 chunk_cache_tick(void);
 void		 chunk_cache_clear(void);
 size_t		 chunk_cache_bytes(void);
 unsigned long	 chunk_cache_reused(void);
-/* Chunks alive now and bytes they hold (the live-buffer counters). */
+/*
+ * Chunks of frames alive now (views included, buffers for views not) and
+ * the bytes of the buffers they hold (the live-buffer counters).
+ */
 long		 chunk_live_count(void);
 long long	 chunk_live_bytes(void);
 
@@ -101,11 +118,15 @@ size_t		 chunk_cut(const struct chunk *, size_t off, size_t room,
 
 /*
  * Merge runs of consecutive chunks of the list that lie wholly in
- * [from, to) and are each under `small` bytes into single chunks of at most
- * `max` bytes (the list's own references move to the new chunks; holders of
- * other references keep the old ones). Returns how many fewer chunks the
- * list holds, and adds the change in buffer bytes to *capdelta (if not
- * NULL). Only for chunks nobody reads through the list yet.
+ * [from, to) into single chunks of at most `max` bytes: views of one
+ * buffer that follow each other in it become one view (no copy), other
+ * runs of chunks each under `small` bytes are copied into a new chunk (the
+ * list's own references move to the new chunks; holders of other
+ * references keep the old ones). A view that then leaves more than a 16th
+ * of its buffer unused is replaced by a copy of its size: a reference to
+ * it would hold the whole buffer. Returns how many fewer chunks the list
+ * holds, and adds the change in buffer bytes to *capdelta (if not NULL).
+ * Only for chunks nobody reads through the list yet.
  */
 size_t		 chunk_list_merge(struct chunk_list *, uint64_t from,
 		    uint64_t to, size_t small, size_t max, long long *capdelta);

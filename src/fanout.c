@@ -44,6 +44,7 @@ struct fanout {
 	size_t			 fo_tail_cap;	/* their buffers' sizes */
 	size_t			 fo_tail_chunks;
 	uint64_t		 fo_sendable;	/* frames below this may be sent */
+	uint64_t		 fo_stored;	/* and below this are on disk */
 	struct fanout_links	 fo_subs;	/* streaming */
 	/*
 	 * Streaming, caught up: woken by fanout_advance. Only fanout_wait and
@@ -127,6 +128,7 @@ fanout_new(struct stream *st, char *errbuf, size_t errlen)
 	}
 	fo->fo_stream = st;
 	fo->fo_sendable = stream_sendable(st);
+	fo->fo_stored = st->st_ss.ss_durable;
 	TAILQ_INIT(&fo->fo_tail);
 	TAILQ_INIT(&fo->fo_subs);
 	TAILQ_INIT(&fo->fo_waiting);
@@ -222,7 +224,8 @@ fanout_trim(struct fanout *fo)
 	struct chunk *ch;
 
 	while ((ch = TAILQ_FIRST(&fo->fo_tail)) != NULL &&
-	    fo->fo_tail_bytes > budget && CHUNK_END(ch) <= fo->fo_sendable) {
+	    fo->fo_tail_bytes > budget && CHUNK_END(ch) <= fo->fo_sendable &&
+	    CHUNK_END(ch) <= fo->fo_stored) {
 		TAILQ_REMOVE(&fo->fo_tail, ch, ch_entry);
 		fo->fo_tail_bytes -= ch->ch_len;
 		fo->fo_tail_cap -= ch->ch_cap;
@@ -233,11 +236,13 @@ fanout_trim(struct fanout *fo)
 }
 
 void
-fanout_advance(struct fanout *fo, uint64_t sendable)
+fanout_advance(struct fanout *fo, uint64_t sendable, uint64_t stored)
 {
 	struct fanout_link *l;
 	uint64_t gen;
 
+	if (stored > fo->fo_stored)
+		fo->fo_stored = stored;
 	if (sendable <= fo->fo_sendable) {
 		fanout_trim(fo);
 		return;

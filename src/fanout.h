@@ -49,8 +49,13 @@ void		 fanout_free(struct fanout *);
 struct stream	*fanout_stream(const struct fanout *);
 /* A new chunk of stored frames (takes a reference). */
 void		 fanout_publish(struct fanout *, struct chunk *);
-/* Frames below `sendable` may now be sent: wake the caught-up, trim. */
-void		 fanout_advance(struct fanout *, uint64_t sendable);
+/*
+ * Frames below `sendable` may now be sent: wake the caught-up, trim.
+ * Frames below `stored` can be read from the segment files: only those
+ * leave the tail (fsync never sends before the writer has written).
+ */
+void		 fanout_advance(struct fanout *, uint64_t sendable,
+		    uint64_t stored);
 /*
  * The store finished reading archived blocks (its ss_archive_reads is
  * now reads): refill the waiting subscribers, some waited for them.

@@ -65,7 +65,33 @@ stream_store_update(struct stream *st)
 uint64_t
 stream_sendable(const struct stream *st)
 {
+	/*
+	 * fsync never promises nothing about the disk: a frame may be sent
+	 * once validated and handed to the writer, which may lag (the page
+	 * cache's writeback throttling stalls it, never the subscribers).
+	 * A crash that loses frames subscribers saw makes the next start
+	 * take a new epoch (segment.c), as before.
+	 */
+	if (st->st_cfg->fsync_mode == FSYNC_NEVER)
+		return segstore_next(st->st_store);
 	return st->st_ss.ss_durable;
+}
+
+void
+stream_publish(struct stream *st, struct chunk *ch)
+{
+	segstore_append(st->st_store, ch);
+	fanout_publish(st->st_fan, ch);
+	st->st_stats.up_frames += ch->ch_nframes;
+	st->st_stats.up_bytes += ch->ch_len;
+}
+
+void
+stream_published(struct stream *st)
+{
+	if (st->st_cfg->fsync_mode == FSYNC_NEVER)
+		fanout_advance(st->st_fan, stream_sendable(st),
+		    st->st_ss.ss_durable);
 }
 
 /* The writer thread calls this: wake the loop (thread-safe). */
@@ -88,7 +114,7 @@ stream_store_cb(evutil_socket_t fd, short what, void *arg)
 	if (st->st_ss.ss_error != olderr && st->st_ss.ss_error == 0)
 		log_info("%s: storage: healthy again at sequence %" PRIu64,
 		    st->st_name, st->st_ss.ss_durable);
-	fanout_advance(st->st_fan, stream_sendable(st));
+	fanout_advance(st->st_fan, stream_sendable(st), st->st_ss.ss_durable);
 	fanout_blocks_read(st->st_fan, st->st_ss.ss_archive_reads +
 	    st->st_ss.ss_pool_done);
 	if (st->st_up != NULL)
@@ -134,11 +160,9 @@ stream_js_deliver(void *arg, struct chunk *ch)
 {
 	struct stream *st = arg;
 
-	segstore_append(st->st_store, ch);
-	fanout_publish(st->st_fan, ch);
-	st->st_stats.up_frames += ch->ch_nframes;
-	st->st_stats.up_bytes += ch->ch_len;
+	stream_publish(st, ch);
 	st->st_positioned = 1;
+	stream_published(st);
 }
 
 /* The store is behind: JetStream's frames wait (upstream_flow's rule). */
@@ -552,6 +576,9 @@ stream_close(struct stream *st)
 {
 	int rc = 0;
 
+	/* no more housekeeping: the janitor's jobs use the store */
+	if (st->st_janitor != NULL)
+		event_del(st->st_janitor);
 	jetstream_free(st->st_js);	/* records what JetStream acknowledged */
 	st->st_js = NULL;
 	upstream_free(st->st_up);

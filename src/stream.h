@@ -135,10 +135,18 @@ int		 stream_stopped(struct stream *);
 const struct segstore_state *stream_store_update(struct stream *);
 /*
  * Frames subscribers may be sent: [earliest, stream_sendable()), the
- * durable ones. A corrupt stored frame stops only the reader that reaches
- * it (subscriber.c), never this bound.
+ * durable ones (fsync always, interval), every frame handed to the writer
+ * (fsync never). A corrupt stored frame stops only the reader that
+ * reaches it (subscriber.c), never this bound.
  */
 uint64_t	 stream_sendable(const struct stream *);
+/*
+ * A chunk of validated frames from the upstream: to the writer and the
+ * tail. stream_published, once a read's chunks are in: with fsync never
+ * they are sendable now, without waiting for the writer.
+ */
+void		 stream_publish(struct stream *, struct chunk *);
+void		 stream_published(struct stream *);
 /* Swap in reloaded tokens (the stream frees the old ones). */
 void		 stream_set_tokens(struct stream *, struct auth_tokens *);
 /* Why the stream is not ready (into buf), or NULL when it is. */

@@ -1,11 +1,15 @@
 /*
  * upstream.c: the ingest listener and the pull client.
  *
- * One publisher at a time. Bytes are read into an unpublished chunk, the
- * whole frames in it are validated in place, and each read hands the run of
- * whole frames to the segment writer and the shared tail as one chunk; a
- * partial frame at the end moves into the next chunk. A bad frame closes
- * the connection: everything before it is stored, nothing from it on.
+ * One publisher at a time. Bytes are read into a buffer the connection
+ * fills from front to back (plain TCP: read() straight from the socket;
+ * TLS: from the bufferevent's input), the whole frames in it are
+ * validated in place, and each read hands the run of whole frames to the
+ * segment writer and the shared tail as one chunk that is a view of that
+ * buffer: the bytes the socket was read into are the ones written to disk
+ * and sent to every subscriber. When the buffer is nearly full, the
+ * partial frame at its end moves into a new one. A bad frame closes the
+ * connection: everything before it is stored, nothing from it on.
  */
 #include "autoconfig.h"
 
@@ -16,6 +20,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -50,10 +55,18 @@ struct upconn {
 	int			 uc_pull;
 	struct handshake	 uc_hs;
 	struct event		*uc_timer;	/* auth deadline */
-	struct chunk		*uc_chunk;	/* unpublished: validated + partial */
-	size_t			 uc_checked;	/* validated bytes of uc_chunk */
-	uint32_t		 uc_nframes;	/* frames in [0, uc_checked) */
-	uint64_t		 uc_offset;	/* stream offset of uc_chunk[0] */
+	/* plain TCP, streaming: reads from the socket into uc_buf */
+	struct event		*uc_rev;
+	/*
+	 * The buffer reads go into: [0, uc_pub) published (views of it),
+	 * [uc_pub, uc_checked) validated, the rest up to ch_len a partial
+	 * frame.
+	 */
+	struct chunk		*uc_buf;
+	size_t			 uc_pub;
+	size_t			 uc_checked;
+	uint32_t		 uc_nframes;	/* frames in [uc_pub, uc_checked) */
+	uint64_t		 uc_offset;	/* stream offset of uc_buf[uc_pub] */
 	uint64_t		 uc_frames;	/* frames stored from this conn */
 	uint64_t		 uc_connected_ms;
 	TAILQ_ENTRY(upconn)	 uc_entry;
@@ -102,58 +115,43 @@ upconn_stream(const struct upconn *uc)
 /* ---- the data path --------------------------------------------------- */
 
 /*
- * Hand the validated frames of the connection's chunk to the store and the
- * tail. The partial frame after them (if any) moves into a fresh chunk.
+ * Buffers of UPSTREAM_BUF bytes: a view of one pins at most that much,
+ * and a run of views of one buffer joins into one chunk without a copy
+ * (chunk_list_merge). A read goes into the rest of the buffer while at
+ * least UPSTREAM_ROOM is free; then the partial frame moves to a new one.
  */
+#define UPSTREAM_BUF	(256 * 1024)
+#define UPSTREAM_ROOM	(16 * 1024)
+
+/* Hand the validated frames of the buffer to the store and the tail. */
 static int
 upconn_publish(struct upconn *uc)
 {
-	struct chunk *ch = uc->uc_chunk, *rest;
-	size_t tail, cap;
+	struct chunk *ch;
 
-	if (ch == NULL || uc->uc_nframes == 0)
+	if (uc->uc_nframes == 0)
 		return 0;
-	tail = ch->ch_len - uc->uc_checked;
-	rest = NULL;
-	if (tail > 0) {
-		cap = tail > 65536 ? tail : 65536;
-		if (tail >= FCW2_HEADER_LEN) {
-			size_t need = fcw2_frame_len(ch->ch_data + uc->uc_checked);
-			if (need > cap)
-				cap = need;
-		}
-		if ((rest = chunk_new(cap)) == NULL)
-			return -1;
-		memcpy(rest->ch_data, ch->ch_data + uc->uc_checked, tail);
-		rest->ch_len = tail;
-	}
-	ch->ch_len = uc->uc_checked;
-	ch->ch_nframes = uc->uc_nframes;
+	if ((ch = chunk_view(uc->uc_buf, uc->uc_pub, uc->uc_checked -
+	    uc->uc_pub, 0, uc->uc_nframes)) == NULL)
+		return -1;
 	ch->ch_recv_us = clock_mono_us();
-	if (ch->ch_cap - ch->ch_len > ch->ch_len / 16)
-		chunk_shrink(ch);	/* the tail holds it for a while */
-	segstore_append(upconn_stream(uc)->st_store, ch);
-	fanout_publish(upconn_stream(uc)->st_fan, ch);
-	upconn_stream(uc)->st_stats.up_frames += ch->ch_nframes;
-	upconn_stream(uc)->st_stats.up_bytes += ch->ch_len;
+	stream_publish(upconn_stream(uc), ch);
 	uc->uc_frames += ch->ch_nframes;
 	uc->uc_offset += ch->ch_len;
 	uc->uc_up->u_last_frame_ms = clock_wall_ms();
 	if (uc->uc_pull)
 		uc->uc_up->u_attempt = 0;	/* the upstream delivers: backoff over */
 	chunk_unref(ch);
-
-	uc->uc_chunk = rest;
-	uc->uc_checked = 0;
+	uc->uc_pub = uc->uc_checked;
 	uc->uc_nframes = 0;
 	return 0;
 }
 
-/* Validate whatever whole frames the chunk now holds. */
+/* Validate whatever whole frames the buffer now holds. */
 static int
 upconn_check(struct upconn *uc, size_t *need)
 {
-	struct chunk *ch = uc->uc_chunk;
+	struct chunk *ch = uc->uc_buf;
 	size_t flen;
 	int rc;
 
@@ -173,70 +171,183 @@ upconn_check(struct upconn *uc, size_t *need)
 	return 0;
 }
 
-/* Make room in the connection's chunk for at least `want` more bytes. */
+/*
+ * Room in the buffer for a read: at least UPSTREAM_ROOM bytes, and the
+ * whole frame being read (need bytes from uc_checked). Otherwise the
+ * validated frames are published and the partial frame moves to a new
+ * buffer (the only copy: less than a frame). 0 or -1.
+ */
 static int
-upconn_reserve(struct upconn *uc, size_t want, size_t need)
+upconn_reserve(struct upconn *uc, size_t need)
 {
-	struct chunk *ch = uc->uc_chunk;
-	size_t cap;
+	struct chunk *ch = uc->uc_buf, *nb;
+	size_t part, cap;
 
-	if (ch == NULL) {
-		cap = want > 65536 ? want : 65536;
-		if ((uc->uc_chunk = chunk_new(cap)) == NULL)
+	if (ch != NULL && ch->ch_cap - ch->ch_len >= UPSTREAM_ROOM &&
+	    ch->ch_cap - uc->uc_checked >= need)
+		return 0;
+	part = ch != NULL ? ch->ch_len - uc->uc_checked : 0;
+	cap = UPSTREAM_BUF;
+	if (need + UPSTREAM_ROOM > cap)
+		cap = need + UPSTREAM_ROOM;
+	if (part + UPSTREAM_ROOM > cap)
+		cap = part + UPSTREAM_ROOM;
+	if ((nb = chunk_buffer_new(cap)) == NULL)
+		return -1;
+	if (ch != NULL) {
+		if (upconn_publish(uc) == -1) {
+			chunk_unref(nb);
 			return -1;
-		return 0;
+		}
+		memcpy(nb->ch_data, ch->ch_data + uc->uc_checked, part);
+		chunk_unref(ch);
 	}
-	if (ch->ch_cap - ch->ch_len >= want && ch->ch_cap >= need)
-		return 0;
-	cap = ch->ch_len + want;
-	if (cap < need)
-		cap = need;
-	if (cap < ch->ch_cap * 2 && ch->ch_cap * 2 <= UPSTREAM_READ_MAX * 2)
-		cap = ch->ch_cap * 2;
-	/* unpublished: nobody else holds it */
-	return chunk_grow(ch, cap);
+	nb->ch_len = part;
+	uc->uc_buf = nb;
+	uc->uc_pub = uc->uc_checked = 0;
+	uc->uc_nframes = 0;
+	return 0;
 }
 
-/* Returns 0, or -1 when the connection was closed (and freed). */
+/*
+ * A bad frame at uc_checked: keep the frames before it, drop it and the
+ * rest, close. Returns -1 (the connection is freed).
+ */
 static int
-upconn_ingest(struct upconn *uc)
+upconn_bad_frame(struct upconn *uc, int rc)
 {
-	struct evbuffer *in = bufferevent_get_input(uc->uc_bev);
-	size_t avail, need = 0;
-	int rc, n;
+	uint64_t off = uc->uc_offset + (uc->uc_checked - uc->uc_pub);
 
-	while ((avail = evbuffer_get_length(in)) > 0) {
-		if (upconn_reserve(uc, avail, need) == -1) {
-			upconn_close(uc, "out of memory buffering %zu bytes",
-			    avail);
-			return -1;
-		}
-		n = evbuffer_remove(in, uc->uc_chunk->ch_data +
-		    uc->uc_chunk->ch_len, uc->uc_chunk->ch_cap -
-		    uc->uc_chunk->ch_len);
-		if (n <= 0)
-			break;
-		uc->uc_chunk->ch_len += (size_t)n;
-		if ((rc = upconn_check(uc, &need)) != 0) {
-			uint64_t off = uc->uc_offset + uc->uc_checked;
+	upconn_stream(uc)->st_stats.up_bad_frames++;
+	uc->uc_buf->ch_len = uc->uc_checked;
+	(void)upconn_publish(uc);
+	stream_published(upconn_stream(uc));
+	upconn_close(uc, "bad frame at byte %" PRIu64 " of the connection: "
+	    "%s; closed it, %" PRIu64 " frames before it are stored, nothing "
+	    "after", off, fcw2_strerror(rc), uc->uc_frames);
+	return -1;
+}
 
-			upconn_stream(uc)->st_stats.up_bad_frames++;
-			/* keep the frames before it, drop it and the rest */
-			uc->uc_chunk->ch_len = uc->uc_checked;
-			(void)upconn_publish(uc);
-			upconn_close(uc, "bad frame at byte %" PRIu64 " of the "
-			    "connection: %s; closed it, %" PRIu64 " frames "
-			    "before it are stored, nothing after", off,
-			    fcw2_strerror(rc), uc->uc_frames);
-			return -1;
-		}
-	}
+/* After reading: publish, let subscribers see it, flow control. */
+static int
+upconn_ingested(struct upconn *uc)
+{
 	if (upconn_publish(uc) == -1) {
 		upconn_close(uc, "out of memory");
 		return -1;
 	}
+	stream_published(upconn_stream(uc));
 	upstream_flow(uc->uc_up);
 	return 0;
+}
+
+/*
+ * Take what the bufferevent's input holds (the bytes that came with the
+ * handshake, or a TLS connection's). Returns 0, or -1 when the connection
+ * was closed (and freed).
+ */
+static int
+upconn_ingest(struct upconn *uc)
+{
+	struct evbuffer *in = bufferevent_get_input(uc->uc_bev);
+	size_t need = 0;
+	int rc, n;
+
+	while (evbuffer_get_length(in) > 0) {
+		if (upconn_reserve(uc, need) == -1) {
+			upconn_close(uc, "out of memory buffering %zu bytes",
+			    evbuffer_get_length(in));
+			return -1;
+		}
+		n = evbuffer_remove(in, uc->uc_buf->ch_data +
+		    uc->uc_buf->ch_len, uc->uc_buf->ch_cap -
+		    uc->uc_buf->ch_len);
+		if (n <= 0)
+			break;
+		uc->uc_buf->ch_len += (size_t)n;
+		if ((rc = upconn_check(uc, &need)) != 0)
+			return upconn_bad_frame(uc, rc);
+	}
+	return upconn_ingested(uc);
+}
+
+/*
+ * Plain TCP, streaming: read the socket straight into the buffer, one
+ * read() per wake-up (the loop calls again while there is more).
+ */
+static void
+upconn_direct_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct upconn *uc = arg;
+	size_t need = 0;
+	ssize_t n;
+	int rc;
+
+	if (uc->uc_buf != NULL && uc->uc_checked < uc->uc_buf->ch_len &&
+	    uc->uc_buf->ch_len - uc->uc_checked >= FCW2_HEADER_LEN)
+		need = fcw2_frame_len(uc->uc_buf->ch_data + uc->uc_checked);
+	if (upconn_reserve(uc, need) == -1) {
+		upconn_close(uc, "out of memory reading a frame of %zu bytes",
+		    need);
+		return;
+	}
+	n = read(fd, uc->uc_buf->ch_data + uc->uc_buf->ch_len,
+	    uc->uc_buf->ch_cap - uc->uc_buf->ch_len);
+	if (n == -1) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+			return;
+		upconn_close(uc, "connection error: %s", strerror(errno));
+		return;
+	}
+	if (n == 0) {
+		upconn_close(uc, "%s", UPCONN_EOF);
+		return;
+	}
+	uc->uc_buf->ch_len += (size_t)n;
+	if ((rc = upconn_check(uc, &need)) != 0) {
+		(void)upconn_bad_frame(uc, rc);
+		return;
+	}
+	(void)upconn_ingested(uc);
+}
+
+/* Read, or stop reading (flow control), from the publishing connection. */
+static void
+upconn_reading(struct upconn *uc, int on)
+{
+	if (uc->uc_rev != NULL) {
+		if (on)
+			event_add(uc->uc_rev, NULL);
+		else
+			event_del(uc->uc_rev);
+	} else if (on)
+		bufferevent_enable(uc->uc_bev, EV_READ);
+	else
+		bufferevent_disable(uc->uc_bev, EV_READ);
+}
+
+/*
+ * The connection streams frames: on plain TCP, read the socket directly
+ * from now on (after what the bufferevent already holds). Returns 0, or
+ * -1 when the connection was closed (and freed).
+ */
+static int
+upconn_streaming(struct upconn *uc)
+{
+	evutil_socket_t fd = bufferevent_getfd(uc->uc_bev);
+
+	if (!net_bev_is_tls(uc->uc_bev) && fd != -1) {
+		uc->uc_rev = event_new(relay->r_base, fd, EV_READ | EV_PERSIST,
+		    upconn_direct_cb, uc);
+		if (uc->uc_rev == NULL) {
+			upconn_close(uc, "out of memory");
+			return -1;
+		}
+		bufferevent_disable(uc->uc_bev, EV_READ);
+		if (!uc->uc_up->u_paused)
+			event_add(uc->uc_rev, NULL);
+	}
+	return upconn_ingest(uc);
 }
 
 /* ---- connections ----------------------------------------------------- */
@@ -246,10 +357,12 @@ upconn_free(struct upconn *uc)
 {
 	if (uc->uc_timer != NULL)
 		event_free(uc->uc_timer);
+	if (uc->uc_rev != NULL)
+		event_free(uc->uc_rev);
 	if (uc->uc_bev != NULL)
 		bufferevent_free(uc->uc_bev);
-	if (uc->uc_chunk != NULL)
-		chunk_unref(uc->uc_chunk);
+	if (uc->uc_buf != NULL)
+		chunk_unref(uc->uc_buf);
 	net_conn_release(uc->uc_src);
 	free(uc);
 }
@@ -267,10 +380,10 @@ upconn_close(struct upconn *uc, const char *fmt, ...)
 	vsnprintf(why, sizeof(why), fmt, ap);
 	va_end(ap);
 
-	if (uc->uc_chunk != NULL && uc->uc_chunk->ch_len > uc->uc_checked) {
+	if (uc->uc_buf != NULL && uc->uc_buf->ch_len > uc->uc_checked) {
 		upconn_stream(uc)->st_stats.up_partial_dropped++;
 		log_info("%s: dropped a partial frame of %zu bytes at close",
-		    uc->uc_name, uc->uc_chunk->ch_len - uc->uc_checked);
+		    uc->uc_name, uc->uc_buf->ch_len - uc->uc_checked);
 	}
 	if (uc == uc->uc_up->u_publisher) {
 		uc->uc_up->u_publisher = NULL;
@@ -372,7 +485,7 @@ upconn_handshake(struct upconn *uc)
 				return;
 			}
 			upconn_promote(uc);
-			upconn_ingest(uc);
+			(void)upconn_streaming(uc);
 			return;
 		}
 		if (m < 4)
@@ -426,7 +539,7 @@ upconn_handshake(struct upconn *uc)
 		return;
 	}
 	upconn_promote(uc);
-	upconn_ingest(uc);
+	(void)upconn_streaming(uc);
 }
 
 /*
@@ -524,7 +637,7 @@ upconn_reply(struct upconn *uc)
 	log_info("%s: streaming from %s at sequence %" PRIu64 " (upstream "
 	    "earliest %" PRIu64 ", next %" PRIu64 ")", uc->uc_name, uc->uc_peer,
 	    rep.hp_start, rep.hp_earliest, rep.hp_next);
-	upconn_ingest(uc);
+	(void)upconn_streaming(uc);
 }
 
 static void
@@ -806,6 +919,8 @@ upconn_pull_connected(struct upconn *uc)
 		bufferevent_disable(uc->uc_bev, EV_READ);
 	else
 		bufferevent_enable(uc->uc_bev, EV_READ);
+	if (uc->uc_state == UC_STREAM)
+		(void)upconn_streaming(uc);
 }
 
 /* ---- flow control, life cycle ---------------------------------------- */
@@ -838,12 +953,8 @@ upstream_flow(struct upstream *u)
 			    "for the disk", st.ss_pending_bytes);
 	} else
 		log_info("upstream: resumed reading");
-	if (u->u_publisher != NULL) {
-		if (pause)
-			bufferevent_disable(u->u_publisher->uc_bev, EV_READ);
-		else
-			bufferevent_enable(u->u_publisher->uc_bev, EV_READ);
-	}
+	if (u->u_publisher != NULL)
+		upconn_reading(u->u_publisher, !pause);
 }
 
 /* The upstream of a running stream that listens on addr, or NULL. */
@@ -970,6 +1081,6 @@ upstream_status(const struct upstream *u, struct upstream_status *st)
 		snprintf(st->us_name, sizeof(st->us_name), "%s",
 		    u->u_publisher->uc_name);
 		st->us_conn_bytes = u->u_publisher->uc_offset +
-		    u->u_publisher->uc_checked;
+		    (u->u_publisher->uc_checked - u->u_publisher->uc_pub);
 	}
 }

@@ -14,7 +14,10 @@ struct stream;
 struct upstream;
 struct wr_config;
 
-/* Bytes read from the socket in one go, and the chunk size they fill. */
+/*
+ * The most a TLS connection's bufferevent reads in one go (plain TCP
+ * reads straight into the connection's 256 KiB buffer, upstream.c).
+ */
 #define UPSTREAM_READ_MAX	(1024 * 1024)
 
 /* Stream st's upstream: its ingest listener, or its pull client. */

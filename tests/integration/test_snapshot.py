@@ -88,6 +88,15 @@ def send(relay, recs):
     s.close()
 
 
+def send_pieces(relay, recs, done):
+    """recs in pieces of over 4 KiB, each stored before the next: a
+    segment ends after the read that filled it, and one read may take
+    them all. done: frames stored before."""
+    for i in range(0, len(recs), 100):
+        send(relay, recs[i:i + 100])
+        relay.wait_durable(done + min(i + 100, len(recs)))
+
+
 def newest_base(datadir):
     wal = sorted(n for n in os.listdir(datadir) if n.endswith(".wal"))
     return int(wal[-1].split("-")[1])
@@ -114,7 +123,12 @@ def test_snapshots_match_model_and_cache_recovery(relays, compress):
     sent = 0
     for batch in range(4):
         chunk = recs[sent:sent + 1500]
-        send(r, chunk)
+        # in pieces of over 4 KiB, each stored before the next: a segment
+        # ends after the read that filled it, and one read may take a
+        # whole batch
+        for i in range(0, len(chunk), 100):
+            send(r, chunk[i:i + 100])
+            r.wait_durable(sent + min(i + 100, len(chunk)))
         sent += len(chunk)
         sn = wait_snapshot_covers_all(r, sent)
         path = os.path.join(r.datadir, sn["file"])
@@ -230,9 +244,9 @@ def test_restore_from_snapshot_and_segments(relays, walcat, workdir):
     r = relays(args=SNAP_ARGS + ["--snapshot-compress", "lz4"])
     total = 6000
     recs = gen_records(total, seed=21)
-    send(r, recs[:1500])
+    send_pieces(r, recs[:1500], 0)
     wait_snapshot_covers_all(r, 1500)
-    send(r, recs[1500:3000])
+    send_pieces(r, recs[1500:3000], 1500)
     sn = wait_snapshot_covers_all(r, 3000)
     covered = sn["covered"]
     # the rest stays in segments: no more snapshots (the last one served)

@@ -12,11 +12,10 @@
 #include "fcw2.h"
 #include "chunk.h"
 
-/* A chunk of n SET frames whose values are i*7 bytes long. */
+/* Fill ch with n SET frames whose values are i*7 bytes long. */
 static struct chunk *
-make_chunk(uint64_t seq, int n, size_t *offsets)
+fill_chunk(struct chunk *ch, uint64_t seq, int n, size_t *offsets)
 {
-	struct chunk *ch = chunk_new(1 << 20);
 	uint8_t val[4096];
 
 	ck_assert_ptr_nonnull(ch);
@@ -32,6 +31,13 @@ make_chunk(uint64_t seq, int n, size_t *offsets)
 	ch->ch_seq = seq;
 	ch->ch_nframes = (uint32_t)n;
 	return ch;
+}
+
+/* A chunk of n SET frames whose values are i*7 bytes long. */
+static struct chunk *
+make_chunk(uint64_t seq, int n, size_t *offsets)
+{
+	return fill_chunk(chunk_new(1 << 20), seq, n, offsets);
 }
 
 START_TEST(offset_of_every_frame)
@@ -210,6 +216,115 @@ START_TEST(merge_respects_max_and_gaps)
 }
 END_TEST
 
+/* A buffer for views holding exactly n frames (see make_chunk). */
+static struct chunk *
+make_buffer(int n, size_t *off)
+{
+	struct chunk *tmp = make_chunk(0, n, off), *buf;
+
+	ck_assert_ptr_nonnull(buf = chunk_buffer_new(tmp->ch_len));
+	ck_assert_uint_eq(buf->ch_cap, tmp->ch_len);
+	memcpy(buf->ch_data, tmp->ch_data, tmp->ch_len);
+	buf->ch_len = tmp->ch_len;
+	chunk_unref(tmp);
+	return buf;
+}
+
+/* Views of buf for frames [from[i], to[i]), sequence numbers as frames. */
+static void
+make_views(struct chunk_list *l, struct chunk *buf, const size_t *off,
+    const int *from, const int *to, int n, struct chunk **v)
+{
+	for (int i = 0; i < n; i++) {
+		ck_assert_ptr_nonnull(v[i] = chunk_view(buf, off[from[i]],
+		    off[to[i]] - off[from[i]], (uint64_t)from[i],
+		    (uint32_t)(to[i] - from[i])));
+		ck_assert_ptr_eq(v[i]->ch_data, buf->ch_data + off[from[i]]);
+		TAILQ_INSERT_TAIL(l, v[i], ch_entry);
+	}
+}
+
+/*
+ * The upstream publishes each read as a view of the buffer it read into:
+ * views that follow each other in that buffer merge into one view of it,
+ * without a copy, and the buffer lives while any view does. A view that
+ * leaves more than a 16th of its buffer unused is copied into a chunk of
+ * its size instead: a reference to it would hold the whole buffer.
+ */
+START_TEST(views_merge_without_a_copy)
+{
+	struct chunk_list l;
+	struct chunk *buf, *v[3], *ch, *kept;
+	size_t off[65];
+	long live0 = chunk_live_count();
+	long long bytes0 = chunk_live_bytes(), capdelta = 0;
+	const int from[3] = { 0, 10, 30 }, to[3] = { 10, 30, 64 };
+
+	buf = make_buffer(64, off);
+	ck_assert_int_eq(chunk_live_count(), live0);	/* not a frame chunk */
+	TAILQ_INIT(&l);
+	make_views(&l, buf, off, from, to, 3, v);
+	/* a view holds no buffer of its own */
+	ck_assert_int_eq(chunk_live_bytes(), bytes0 + (long long)buf->ch_cap);
+	kept = v[1];			/* the writer still holds one */
+	chunk_ref(kept);
+	chunk_unref(buf);		/* the upstream moved on */
+	/* even big ones join: no copy */
+	ck_assert_uint_eq(chunk_list_merge(&l, 0, 200, 16, 1 << 20,
+	    &capdelta), 2);
+	ck_assert_int_eq(capdelta, 0);
+	ch = TAILQ_FIRST(&l);
+	ck_assert_ptr_null(TAILQ_NEXT(ch, ch_entry));
+	ck_assert_uint_eq(ch->ch_seq, 0);
+	ck_assert_uint_eq(ch->ch_nframes, 64);
+	ck_assert_uint_eq(ch->ch_len, off[64]);
+	ck_assert_ptr_nonnull(ch->ch_parent);
+	ck_assert_ptr_eq(ch->ch_data, kept->ch_data - off[10]);
+	ck_assert_uint_eq(chunk_offset_of(ch, 30), off[30]);
+	/* the merged view and kept (not the buffer they share) */
+	ck_assert_int_eq(chunk_live_count(), live0 + 2);
+	TAILQ_REMOVE(&l, ch, ch_entry);
+	chunk_unref(ch);
+	ck_assert_int_eq(chunk_live_count(), live0 + 1);
+	ck_assert_uint_eq(chunk_offset_of(kept, 11), off[11] - off[10]);
+	chunk_unref(kept);
+	ck_assert_int_eq(chunk_live_count(), live0);
+	ck_assert_int_eq(chunk_live_bytes(), bytes0);
+}
+END_TEST
+
+START_TEST(small_views_are_compacted)
+{
+	struct chunk_list l;
+	struct chunk *buf, *v[2], *ch;
+	size_t off[65];
+	long live0 = chunk_live_count();
+	long long bytes0 = chunk_live_bytes(), capdelta = 0;
+	const int from[2] = { 0, 10 }, to[2] = { 10, 40 };
+
+	buf = make_buffer(64, off);
+	TAILQ_INIT(&l);
+	make_views(&l, buf, off, from, to, 2, v);
+	ck_assert_uint_eq(chunk_list_merge(&l, 0, 200, 16, 1 << 20,
+	    &capdelta), 1);
+	ch = TAILQ_FIRST(&l);
+	ck_assert_ptr_null(TAILQ_NEXT(ch, ch_entry));
+	ck_assert_ptr_null(ch->ch_parent);	/* a chunk of its own */
+	ck_assert_uint_eq(ch->ch_seq, 0);
+	ck_assert_uint_eq(ch->ch_nframes, 40);
+	ck_assert_uint_eq(ch->ch_len, off[40]);
+	ck_assert_uint_eq(ch->ch_cap, chunk_buf_size(off[40]));
+	ck_assert_int_eq(capdelta, (long long)ch->ch_cap - (long long)off[40]);
+	ck_assert(memcmp(ch->ch_data, buf->ch_data, off[40]) == 0);
+	chunk_unref(buf);		/* nothing else holds the buffer */
+	ck_assert_int_eq(chunk_live_bytes(), bytes0 + (long long)ch->ch_cap);
+	TAILQ_REMOVE(&l, ch, ch_entry);
+	chunk_unref(ch);
+	ck_assert_int_eq(chunk_live_count(), live0);
+	ck_assert_int_eq(chunk_live_bytes(), bytes0);
+}
+END_TEST
+
 START_TEST(grow_and_shrink_keep_the_bytes)
 {
 	size_t off[65];
@@ -295,6 +410,8 @@ main(void)
 	tcase_add_test(tc, references_hold_the_chunk);
 	tcase_add_test(tc, merge_joins_small_sendable_runs);
 	tcase_add_test(tc, merge_respects_max_and_gaps);
+	tcase_add_test(tc, views_merge_without_a_copy);
+	tcase_add_test(tc, small_views_are_compacted);
 	tcase_add_test(tc, grow_and_shrink_keep_the_bytes);
 	tcase_add_test(tc, freed_buffers_are_reused_then_released);
 	suite_add_tcase(s, tc);

@@ -17,6 +17,8 @@
 #include <time.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -188,6 +190,8 @@ peer_new(struct peer *p)
 
 	memset(p, 0, sizeof(*p));
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	/* the relay's end is non-blocking, as an accepted one is */
+	ck_assert_int_eq(evutil_make_socket_nonblocking(sv[0]), 0);
 	p->p_fd = sv[1];
 	ck_assert_ptr_nonnull(p->p_sub = subscriber_accept(fo, sv[0],
 	    (struct sockaddr *)&sin, sizeof(sin)));
@@ -237,7 +241,7 @@ publish(uint64_t first, uint32_t n)
 	ch->ch_nframes = n;
 	fanout_publish(fo, ch);
 	chunk_unref(ch);
-	fanout_advance(fo, first + n);
+	fanout_advance(fo, first + n, first + n);
 }
 
 /* The peer has been queued exactly frames [first, end), nothing else. */
@@ -325,6 +329,7 @@ publisher_new(void)
 	int sv[2];
 
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	ck_assert_int_eq(evutil_make_socket_nonblocking(sv[0]), 0);
 	upstream_accept(st->st_up, sv[0], (struct sockaddr *)&sin,
 	    sizeof(sin));
 	return sv[1];
@@ -383,7 +388,8 @@ START_TEST(test_upstream_to_subscriber)
 	ck_assert_uint_eq(peer_read(&a, got, len), len);
 	ck_assert(memcmp(got, want, len) == 0);
 	ck_assert_uint_eq(st->st_stats.up_frames, 12);
-	ck_assert_uint_eq(st->st_ss.ss_durable, 12);
+	/* fsync never: sent before the writer has written them */
+	LOOP_UNTIL(st->st_ss.ss_durable == 12);
 	close(pub);
 	peer_free(&a);
 }
@@ -411,9 +417,110 @@ START_TEST(test_upstream_bad_frame)
 	ck_assert(memcmp(got, want, len) == 0);
 	LOOP_UNTIL(peer_eof(pub));
 	ck_assert_uint_eq(st->st_stats.up_bad_frames, 1);
+	LOOP_UNTIL(st->st_ss.ss_durable == 3);
 	ck_assert_uint_eq(st->st_ss.ss_next, 3);
 	close(pub);
 	peer_free(&a);
+}
+END_TEST
+
+/*
+ * LOOP_UNTIL without assertions: ok_ is set to whether cond held within
+ * 5 s. Check records every assertion in a file, which RLIMIT_FSIZE would
+ * stop.
+ */
+#define LOOP_QUIET(cond, ok_) do {					\
+	struct timespec t0_, t1_;					\
+	(ok_) = 0;							\
+	clock_gettime(CLOCK_MONOTONIC, &t0_);				\
+	for (;;) {							\
+		if ((cond)) {						\
+			(ok_) = 1;					\
+			break;						\
+		}							\
+		event_base_loop(t_relay.r_base, EVLOOP_ONCE |		\
+		    EVLOOP_NONBLOCK);					\
+		clock_gettime(CLOCK_MONOTONIC, &t1_);			\
+		if (t1_.tv_sec - t0_.tv_sec >= 5)			\
+			break;						\
+	}								\
+} while (0)
+
+/* Read up to want bytes into buf, without a blocking read. */
+static int
+read_some(int fd, uint8_t *buf, size_t want, size_t *got)
+{
+	ssize_t n;
+
+	if (*got < want && (n = read(fd, buf + *got, want - *got)) > 0)
+		*got += (size_t)n;
+	return *got >= want;
+}
+
+/* Write what the socket takes of buf[*sent, len); never blocks. */
+static void
+write_some(int fd, const uint8_t *buf, size_t len, size_t *sent)
+{
+	ssize_t n;
+
+	if (*sent < len && (n = write(fd, buf + *sent, len - *sent)) > 0)
+		*sent += (size_t)n;
+}
+
+/*
+ * fsync never: a frame is sent once validated and handed to the writer,
+ * never held back by the writer. Here the writer cannot write at all
+ * (RLIMIT_FSIZE: EFBIG, as on a full disk): every frame the relay took
+ * still reaches the subscriber, and is written once the disk works again.
+ */
+START_TEST(test_never_sends_before_the_writer)
+{
+	const size_t cap = 4 << 20;
+	struct rlimit old, lim;
+	struct peer a;
+	uint8_t *want, *got;
+	size_t len = 0, sent = 0, want_len = 0, have = 0;
+	uint64_t n = 0, accepted, written;
+	int pub, failed, received;
+
+	ck_assert(signal(SIGXFSZ, SIG_IGN) != SIG_ERR);
+	ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &old), 0);
+	/* Check's own result file must stay well under the limit */
+	lim = old;
+	lim.rlim_cur = 1024 * 1024 + 100;
+	ck_assert(old.rlim_cur == RLIM_INFINITY || old.rlim_cur > lim.rlim_cur);
+	ck_assert_ptr_nonnull(want = malloc(cap));
+	ck_assert_ptr_nonnull(got = malloc(cap));
+	while (len < 2 * 1024 * 1024)
+		len += frame_bytes(n++, want + len, cap - len);
+	peer_new(&a);
+	pub = publisher_new();
+	fcntl(pub, F_SETFL, O_NONBLOCK);
+	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	/* until the writer fails (the relay then stops reading) */
+	LOOP_QUIET((write_some(pub, want, len, &sent), st->st_ss.ss_error ==
+	    EFBIG), failed);
+	accepted = st->st_stats.up_frames;
+	for (uint64_t i = 0; i < accepted; i++)
+		want_len += fcw2_frame_len(want + want_len);
+	fcntl(a.p_fd, F_SETFL, O_NONBLOCK);
+	LOOP_QUIET(read_some(a.p_fd, got, want_len, &have), received);
+	written = stream_store_update(st)->ss_written;
+	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+	ck_assert_msg(failed, "the writer did not fail");
+	ck_assert_msg(received, "the subscriber got %zu of the %zu bytes of "
+	    "the %" PRIu64 " frames taken, %" PRIu64 " written", have, want_len,
+	    accepted, written);
+	ck_assert_uint_lt(written, accepted);
+	ck_assert(memcmp(got, want, want_len) == 0);
+
+	/* the disk works again: everything is written, nothing else sent */
+	segstore_retry(st->st_store);
+	LOOP_UNTIL(st->st_ss.ss_error == 0 && st->st_ss.ss_durable >= accepted);
+	close(pub);
+	peer_free(&a);
+	free(want);
+	free(got);
 }
 END_TEST
 
@@ -471,6 +578,7 @@ fanout_suite(void)
 	tcase_add_test(tc, test_staged_bytes_stay_with_their_subscriber);
 	tcase_add_test(tc, test_upstream_to_subscriber);
 	tcase_add_test(tc, test_upstream_bad_frame);
+	tcase_add_test(tc, test_never_sends_before_the_writer);
 	tcase_add_test(tc, test_janitor_lag);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("tokens");
