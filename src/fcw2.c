@@ -401,7 +401,8 @@ fcw2_walk(const uint8_t *buf, size_t off, size_t end, uint64_t max,
 	uint64_t k = 0;
 	size_t flen;
 
-	while (k < max && off < end && end - off >= FCW2_HEADER_LEN) {
+	while (k < max && off < end && end - off >= FCW2_HEADER_LEN &&
+	    memcmp(buf + off, FCW2_MAGIC, 4) == 0) {
 		flen = fcw2_frame_len(buf + off);
 		if (flen > end - off)
 			break;

@@ -95,8 +95,9 @@ fcw2_frame_len(const uint8_t *hdr)
 /*
  * Walk the headers of whole frames already checked, back to back in buf
  * from off: pass at most max frames and stop before a frame that would
- * end after end. Returns the offset reached (a frame boundary); *n, when
- * not NULL, the frames passed. Reads headers only, validates nothing.
+ * end after end or whose header lacks the magic. Returns the offset
+ * reached (a frame boundary); *n, when not NULL, the frames passed. Reads
+ * headers only, validates nothing else.
  */
 size_t		 fcw2_walk(const uint8_t *buf, size_t off, size_t end,
 		    uint64_t max, uint64_t *n);

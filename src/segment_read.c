@@ -34,30 +34,40 @@ segment_walk(int fd, uint64_t seq, uint64_t off, uint64_t target,
     uint64_t limit, uint64_t *out)
 {
 	uint8_t buf[SEGMENT_WALK_BUF];
-	uint64_t boff = 0;
-	size_t blen = 0;
+	uint64_t k;
+	size_t end;
 	ssize_t n;
 
 	while (seq < target) {
-		if (off < boff || off + FCW2_HEADER_LEN > boff + blen) {
-			n = pread(fd, buf, sizeof(buf), off);
-			if (n == -1 && errno == EINTR)
-				continue;
-			if (n == -1)
-				return -1;
-			if ((size_t)n < FCW2_HEADER_LEN) {
-				errno = EIO;
-				return -1;
-			}
-			boff = off;
-			blen = n;
-		}
-		if (memcmp(buf + (off - boff), FCW2_MAGIC, 4) != 0) {
+		if (off > limit) {
 			errno = EIO;
 			return -1;
 		}
-		off += fcw2_frame_len(buf + (off - boff));
-		seq++;
+		n = pread(fd, buf, sizeof(buf), off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			return -1;
+		if ((size_t)n < FCW2_HEADER_LEN ||
+		    memcmp(buf, FCW2_MAGIC, 4) != 0) {
+			errno = EIO;
+			return -1;
+		}
+		if ((uint64_t)n > limit - off)	/* off <= limit here */
+			n = (ssize_t)(limit - off);
+		end = fcw2_walk(buf, 0, (size_t)n, target - seq, &k);
+		if (k == 0) {
+			/* a frame longer than the buffer: skip it whole */
+			end = fcw2_frame_len(buf);
+			k = 1;
+		} else if (end < (size_t)n && end + FCW2_HEADER_LEN <=
+		    (size_t)n && seq + k < target &&
+		    memcmp(buf + end, FCW2_MAGIC, 4) != 0) {
+			errno = EIO;	/* not a frame where one should start */
+			return -1;
+		}
+		off += end;
+		seq += k;
 		if (off > limit) {
 			errno = EIO;
 			return -1;

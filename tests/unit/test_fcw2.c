@@ -123,6 +123,10 @@ START_TEST(walk_headers)
 	    off[2]);
 	ck_assert_uint_eq(n, 0);
 	ck_assert_uint_eq(fcw2_walk(buf, len, len, UINT64_MAX, NULL), len);
+	/* a header without the magic is not passed: the boundary before it */
+	buf[off[3]] ^= 0xff;
+	ck_assert_uint_eq(fcw2_walk(buf, 0, len, UINT64_MAX, &n), off[3]);
+	ck_assert_uint_eq(n, 3);
 }
 END_TEST
 
