@@ -269,10 +269,16 @@ def test_handshake_replies(relays, tokfile):
                      "--retain-bytes", "16k", "--max-subscribers", "1"])
     for i in range(0, 400, 4):  # many small writes: many segments
         feed(r, i, i + 4, vbytes=150)
-    # retention runs at rotations and once a second: wait until it is done
-    wait_until(lambda: r.status()["earliest"] > 0 and
-               sum(g["bytes"] for g in r.status()["segments"]) <= 16384,
-               15, "retention")
+    # retention runs at rotations and once a second, removing files on the
+    # I/O pool: wait until it is done (the files are gone, so earliest is
+    # the first kept segment's first frame)
+
+    def retained():
+        st = r.status()
+        return (st["earliest"] > 0 and
+                sum(g["bytes"] for g in st["segments"]) <= 16384 and
+                st["earliest"] == st["segments"][0]["first"])
+    wait_until(retained, 15, "retention")
     st = r.status()
     earliest, nxt, epoch = st["earliest"], st["next"], st["epoch"]
     assert nxt == 400 and re.fullmatch(r"[0-9a-f]{16}", epoch)
