@@ -309,6 +309,38 @@ def test_restore_from_snapshot_and_segments(relays, walcat, workdir):
                         if x.startswith("snapshot-") or x.endswith(".wal")]
 
 
+def test_restore_without_snapshot_after_retention(relays, walcat, workdir):
+    """A source whose early frames retention deleted and that has no
+    snapshot: walcat restore writes what there is, from the earliest frame
+    (from a relay: after the full resync it asked for is refused), says on
+    stderr where the frames start, and the cache recovers the state of the
+    frames kept."""
+    r = relays(args=["--segment-bytes", "4096", "--retain-bytes", "16k"])
+    total = 2000
+    recs = gen_records(total, seed=33)
+    send_pieces(r, recs, 0)
+
+    def retained():
+        st = r.status()
+        return (st["earliest"] > 0 and st["segments"] and
+                st["earliest"] == st["segments"][0]["first"])
+    wait_until(retained, 30, "retention")
+    earliest = r.status()["earliest"]
+    assert r.status()["snapshot"] is None or \
+        not r.status()["snapshot"].get("file")
+    for i, src in enumerate((r.datadir, r.listen_addr)):
+        d = workdir / f"nosnap{i}"
+        res = restore(walcat, src, d)
+        assert res.returncode == 0, res.stderr
+        assert (f"the oldest frame available is sequence {earliest}, "
+                "not 0") in res.stderr, res.stderr
+        names = sorted(os.listdir(d))
+        assert names and all(x.endswith(".wal") for x in names), names
+        assert f"sequences {earliest} to {total - 1}" in res.stdout, \
+            res.stdout
+        assert live(cache_recover(d)) == live(model_of(recs[earliest:]))
+
+
 def killat_lib():
     path = os.path.join(os.environ.get("WALRELAY_BUILDDIR", "."),
                         "tests", "fault", "killat.so")
