@@ -5,9 +5,10 @@ it, and let the oracle check every promise after every cycle.
     resuming subscribers on a and b, a stock subscriber on a
 
 Segments are small (64 KiB: a rotation about every 80 ms) and retention
-tight (2 MiB: the raw segments of the last second and archived ones, which
-count compressed: about 12 MiB of frames, some 15 s of the stream, enough
-for b to resume after its restarts), so kills land during rotation and
+tight (2 MiB on b: the raw segments of the last second and archived ones,
+which count compressed: about 12 MiB of frames, some 15 s of the stream;
+16 MiB on a, about two minutes of the stream, so that b resumes after its
+restarts even on a busy machine), so kills land during rotation and
 retention. Both relays
 archive every segment sealed a second ago (.wal.zst); b also takes a
 snapshot every second, which deletes the segments it covers (a keeps its
@@ -72,17 +73,25 @@ SNAPSHOT_POINTS = [
 ]
 
 
+# a keeps enough for b to resume after a restart on a busy machine (a
+# 1,000-cycle run under load once left b behind a's retention, refused
+# "gone", for good); b's own retention stays tight
+A_RETAIN = "16M"
+B_RETAIN = "2M"
+
+
 def chain(walrelay, workdir, tokfile, fsync):
     common = ["--subscribe-token-file", tokfile, "--fsync", fsync,
-              "--segment-bytes", "64k", "--retain-bytes", "2M",
+              "--segment-bytes", "64k",
               "--tail-memory", "1M", "--subscriber-buffer", "64k",
               "--upstream-backoff-min", "10", "--upstream-backoff-max", "100",
               "--shutdown-timeout", "3", "--log-level", "info"] + ARCHIVE_ARGS
     a = Relay(walrelay, workdir / "a", workdir / "a.log",
-              args=[str(x) for x in common])
+              args=[str(x) for x in common] + ["--retain-bytes", A_RETAIN])
     a.start()
     b = Relay(walrelay, workdir / "b", workdir / "b.log",
-              args=[str(x) for x in common] + SNAPSHOT_ARGS + [
+              args=[str(x) for x in common] + [
+                  "--retain-bytes", B_RETAIN] + SNAPSHOT_ARGS + [
                   "--upstream", a.listen_addr, "--upstream-protocol", "sub",
                   "--upstream-token-file", str(tokfile)], ingest=False)
     b.start()
