@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 
@@ -513,3 +514,55 @@ def refused(addr, line):
     finally:
         s.close()
     return reply
+
+
+# The start of an accepted subscriber's reply (options may add fields).
+OK_PREFIX_RE = re.compile(r"^FCWAL-OK/1 start=(\d+) earliest=(\d+) "
+                          r"next=(\d+) epoch=([0-9a-f]{16})")
+
+
+class SubReader(threading.Thread):
+    """A resuming subscriber (FCWAL-SUB/1 token frm opts) that keeps every
+    byte it gets on a thread of its own; epoch is the one of the reply,
+    eof turns true when the relay closes."""
+
+    def __init__(self, addr, token, frm=0, opts=""):
+        super().__init__(daemon=True)
+        self.s = connect(addr, timeout=60)
+        self.s.sendall(f"FCWAL-SUB/1 {token} {frm}{opts}\n".encode())
+        line = recv_line(self.s)
+        m = OK_PREFIX_RE.match(line)
+        assert m, f"subscription refused: {line}"
+        self.epoch = m.group(4)
+        self.lock = threading.Lock()
+        self.data = bytearray()
+        self.eof = False
+        self.start()
+
+    def run(self):
+        try:
+            while True:
+                b = self.s.recv(1 << 16)
+                if not b:
+                    break
+                with self.lock:
+                    self.data += b
+        except OSError:
+            pass
+        self.eof = True
+
+    def size(self):
+        with self.lock:
+            return len(self.data)
+
+    def snapshot(self):
+        with self.lock:
+            return bytes(self.data)
+
+    def close(self):
+        try:
+            self.s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.s.close()
+        self.join(10)

@@ -11,16 +11,13 @@ Waits are for conditions with deadlines, never sleeps.
 """
 
 import os
-import re
 import signal
-import socket
-import threading
 import time
 
 import pytest
 
 from fcw2util import OP_SET, frame
-from relayutil import (FaultControl, connect, recv_line, relay_factory,
+from relayutil import (FaultControl, SubReader, connect, recv_line, relay_factory,
                        split_frames, store_frames, wait_until)
 
 TOKEN = "offloop-tok"
@@ -29,8 +26,6 @@ DELAY_MS = 3000
 # a frame's trip while reads are delayed: well under one delay; a loop that
 # waited on a read would hold it for one delay or more
 LIVE_MAX_S = DELAY_MS / 1000 / 2
-OK_RE = re.compile(r"^FCWAL-OK/1 start=(\d+) earliest=(\d+) next=(\d+) "
-                   r"epoch=([0-9a-f]{16})")
 
 
 @pytest.fixture(autouse=True)
@@ -62,45 +57,9 @@ def gen_frame(i, vbytes=2000):
     return frame(OP_SET, b"key-%010d" % i, value, ts=1700000000000 + i)
 
 
-class Reader(threading.Thread):
-    """A resuming subscriber that keeps every byte it gets, and when."""
-
-    def __init__(self, addr, frm="0", opts=""):
-        super().__init__(daemon=True)
-        self.s = connect(addr, timeout=60)
-        self.s.sendall(f"FCWAL-SUB/1 {TOKEN} {frm}{opts}\n".encode())
-        line = recv_line(self.s)
-        assert OK_RE.match(line), f"subscription refused: {line}"
-        self.lock = threading.Lock()
-        self.data = bytearray()
-        self.start()
-
-    def run(self):
-        try:
-            while True:
-                b = self.s.recv(1 << 16)
-                if not b:
-                    break
-                with self.lock:
-                    self.data += b
-        except OSError:
-            pass
-
-    def size(self):
-        with self.lock:
-            return len(self.data)
-
-    def snapshot(self):
-        with self.lock:
-            return bytes(self.data)
-
-    def close(self):
-        try:
-            self.s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.s.close()
-        self.join(10)
+def Reader(addr, frm="0", opts=""):
+    """A resuming subscriber that keeps every byte it gets."""
+    return SubReader(addr, TOKEN, frm, opts)
 
 
 def feed(addr, frames):

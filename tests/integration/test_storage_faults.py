@@ -19,8 +19,8 @@ import threading
 import pytest
 
 import relayutil
-from relayutil import (FaultControl, OK_RE, connect, hard_timeout_fixture,
-                       recv_line, relays_fixture, split_frames, store_frames,
+from relayutil import (FaultControl, connect, hard_timeout_fixture,
+                       relays_fixture, split_frames, store_frames,
                        tokfile_fixture, wait_until)
 
 TOKEN = "fault-tok"
@@ -45,47 +45,10 @@ def store_bytes(datadir):
     return data
 
 
-class Reader(threading.Thread):
+def Reader(addr, frm=0, epoch=None):
     """A resuming subscriber from `frm` that keeps every byte it gets."""
-
-    def __init__(self, addr, frm=0, epoch=None):
-        super().__init__(daemon=True)
-        line = f"FCWAL-SUB/1 {TOKEN} {frm}"
-        if epoch:
-            line += f" epoch={epoch}"
-        self.s = connect(addr, timeout=60)
-        self.s.sendall(line.encode() + b"\n")
-        m = OK_RE.match(recv_line(self.s))
-        assert m, "subscription refused"
-        self.epoch = m.group(4)
-        self.lock = threading.Lock()
-        self.data = bytearray()
-        self.eof = False
-        self.start()
-
-    def run(self):
-        try:
-            while True:
-                b = self.s.recv(1 << 16)
-                if not b:
-                    break
-                with self.lock:
-                    self.data += b
-        except OSError:
-            pass
-        self.eof = True
-
-    def snapshot(self):
-        with self.lock:
-            return bytes(self.data)
-
-    def close(self):
-        try:
-            self.s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.s.close()
-        self.join(10)
+    return relayutil.SubReader(addr, TOKEN, frm,
+                               f" epoch={epoch}" if epoch else "")
 
 
 class Feeder(threading.Thread):
