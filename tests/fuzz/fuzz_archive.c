@@ -52,6 +52,7 @@
 #include "fcw2.h"
 #include "log.h"
 #include "scan.h"
+#include "fuzzutil.h"
 
 #define FUZZ_SMALL_CAP	4096
 #define FUZZ_MAX_BLOCKS	256	/* blocks read per input */
@@ -104,46 +105,10 @@ fuzz_setup(void)
 }
 
 static void
-fuzz_put32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-	p[2] = (uint8_t)(v >> 16);
-	p[3] = (uint8_t)(v >> 24);
-}
-
-static uint32_t
-fuzz_get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	    (uint32_t)p[3] << 24;
-}
-
-static void
 fuzz_put64(uint8_t *p, uint64_t v)
 {
 	fuzz_put32(p, (uint32_t)v);
 	fuzz_put32(p + 4, (uint32_t)(v >> 32));
-}
-
-static void
-fuzz_fix_crcs(uint8_t *p, size_t len)
-{
-	size_t pos = 0, flen, plen;
-
-	while (len - pos >= FCW2_HEADER_LEN &&
-	    memcmp(p + pos, FCW2_MAGIC, 4) == 0) {
-		flen = fcw2_frame_len(p + pos);
-		if (flen > len - pos)
-			break;
-		plen = flen - FCW2_OVERHEAD;
-		if ((p[pos + 4] & FCW2_FLAG_LZ4) == 0 && plen >= 4)
-			fuzz_put32(p + pos + FCW2_HEADER_LEN + plen - 4,
-			    crc_update(0, p + pos + FCW2_HEADER_LEN, plen - 4));
-		fuzz_put32(p + pos + flen - FCW2_CRC_LEN,
-		    crc_update(0, p + pos, flen - FCW2_CRC_LEN));
-		pos += flen;
-	}
 }
 
 /*

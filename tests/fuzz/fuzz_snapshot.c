@@ -47,6 +47,7 @@
 #include "fcw2.h"
 #include "log.h"
 #include "snapshot.h"
+#include "fuzzutil.h"
 
 #define FUZZ_MAX_BODY	256
 #define FUZZ_TS		1000000	/* the file's name: snapshot-1000000.bin */
@@ -119,13 +120,6 @@ fuzz_setup(void)
 		fuzz_fail("mkdir", strerror(errno));
 	atexit(fuzz_exit);
 	log_set_level(-1);
-}
-
-static uint32_t
-fuzz_get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	    (uint32_t)p[3] << 24;
 }
 
 static uint64_t

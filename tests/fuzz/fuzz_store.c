@@ -54,6 +54,7 @@
 #include "fcw2.h"
 #include "log.h"
 #include "segment.h"
+#include "fuzzutil.h"
 
 #define FUZZ_SMALL_CAP	4096
 #define FUZZ_OLD_NAME	"segment-00000000000000000000-0.wal"
@@ -115,35 +116,6 @@ fuzz_setup(void)
 	snprintf(fuzz_dir, sizeof(fuzz_dir), "%s/store", fuzz_root);
 	atexit(fuzz_exit);
 	log_set_level(-1);	/* recovery logs every cut: keep stderr quiet */
-}
-
-static void
-fuzz_put32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-	p[2] = (uint8_t)(v >> 16);
-	p[3] = (uint8_t)(v >> 24);
-}
-
-static void
-fuzz_fix_crcs(uint8_t *p, size_t len)
-{
-	size_t pos = 0, flen, plen;
-
-	while (len - pos >= FCW2_HEADER_LEN &&
-	    memcmp(p + pos, FCW2_MAGIC, 4) == 0) {
-		flen = fcw2_frame_len(p + pos);
-		if (flen > len - pos)
-			break;
-		plen = flen - FCW2_OVERHEAD;
-		if ((p[pos + 4] & FCW2_FLAG_LZ4) == 0 && plen >= 4)
-			fuzz_put32(p + pos + FCW2_HEADER_LEN + plen - 4,
-			    crc_update(0, p + pos + FCW2_HEADER_LEN, plen - 4));
-		fuzz_put32(p + pos + flen - FCW2_CRC_LEN,
-		    crc_update(0, p + pos, flen - FCW2_CRC_LEN));
-		pos += flen;
-	}
 }
 
 /* Longest prefix of whole valid frames (records checked): bytes, frames. */
