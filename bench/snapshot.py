@@ -130,12 +130,15 @@ def ingest_and_fanout(build, relay, path, frames):
     """Replay path into the relay with one raw subscriber from latest;
     returns (ingest frames/s, fanout frames/s)."""
     walcat = os.path.join(build, "walcat")
+    before = relay.metric("walrelay_active_subscribers")
     sub = subprocess.Popen([walcat, "tail", "--raw", "--from", "latest",
                             "--count", str(frames),
                             f"127.0.0.1:{relay.ports[1]}"],
                            stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-    time.sleep(0.5)     # the subscriber's handshake, before the first frame
+    # the subscriber's handshake, before the first frame
+    Relay.wait(lambda: relay.metric("walrelay_active_subscribers") > before,
+               30)
     t0 = time.monotonic()
     subprocess.run([walcat, "produce", "--quiet", "--dir", path,
                     f"127.0.0.1:{relay.ports[0]}"], check=True)
