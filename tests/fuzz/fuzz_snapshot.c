@@ -93,6 +93,43 @@ fuzz_get64(const uint8_t *p)
 }
 
 /*
+ * 1 when an LZ4 block holds a match with offset 0, which the format does
+ * not allow: LZ4_decompress_safe copies bytes not yet written for it,
+ * the relay's reader refuses it, so such a block does not decode.
+ */
+static int
+fuzz_lz4_offset0(const uint8_t *p, size_t len)
+{
+	size_t i = 0, n;
+	uint8_t t;
+
+	while (i < len) {
+		t = p[i++];
+		n = t >> 4;
+		if (n == 15)
+			do {
+				if (i == len)
+					return 0;
+				n += p[i];
+			} while (p[i++] == 255);
+		if (n >= len - i)
+			return 0;	/* the last literals */
+		i += n;
+		if (len - i < 2)
+			return 0;
+		if ((p[i] | p[i + 1] << 8) == 0)
+			return 1;
+		i += 2;
+		if ((t & 15) == 15)
+			do {
+				if (i == len)
+					return 0;
+			} while (p[i++] == 255);
+	}
+	return 0;
+}
+
+/*
  * The independent parse of an FCSNAP1 body: the entries (at most *n,
  * which returns how many whole ones precede the first problem) and 1 when
  * the whole body is valid, 0 when not; *hdr_ok when the header is.
@@ -385,7 +422,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			    NULL) {
 				dn = LZ4_decompress_safe((const char *)file + 4,
 				    (char *)body, (int)(flen - 4), (int)raw);
-				if (dn < 0 || (uint32_t)dn != raw) {
+				if (dn < 0 || (uint32_t)dn != raw ||
+				    fuzz_lz4_offset0(file + 4, flen - 4)) {
 					free(body);
 					body = NULL;
 				} else
