@@ -20,7 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -328,75 +328,58 @@ struct sub_read {
 /*
  * Bring [off, off + len) into the page cache, so that the loop's sendfile
  * of it does not wait on the disk (sendfile reads uncached pages
- * synchronously). Pages already resident (mincore) are left alone; the
- * others are read with pread into a scratch buffer, which reports a bad
- * sector as an error where touching a mapping would raise SIGBUS.
+ * synchronously). Every page of the range is read through the page cache
+ * here, resident or not: a resident page may carry the kernel's readahead
+ * mark, and the first read that meets it starts the next readahead, whose
+ * disk reads that reader then submits (and waits for when the disk's
+ * queue is full). Read here, the mark is spent on the worker. The pages
+ * go to /dev/null with sendfile (no copy); where the kernel refuses that,
+ * they are read with pread into a scratch buffer. Either reports a bad
+ * sector as an error, where touching a mapping would raise SIGBUS.
  */
 static ssize_t
 sub_warm(int fd, uint64_t off, size_t len, int *err)
 {
-	long pg = sysconf(_SC_PAGESIZE);
-	uint64_t moff = off & ~((uint64_t)pg - 1);
-	size_t mlen = (size_t)(off + len - moff), npg = (mlen + pg - 1) / pg;
-	unsigned char *vec = NULL;
+	uint64_t a = off, b = off + len;
 	uint8_t *scratch = NULL;
-	void *map;
-	size_t i, j;
+	off_t o;
 	ssize_t n;
+	int null;
 
-	map = mmap(NULL, mlen, PROT_READ, MAP_SHARED, fd, (off_t)moff);
-	if (map != MAP_FAILED && (vec = malloc(npg)) != NULL &&
-	    mincore(map, mlen, vec) == 0) {
-		for (i = 0; i < npg && (vec[i] & 1); i++)
-			;
-		if (i == npg) {
-			free(vec);
-			munmap(map, mlen);
-			return (ssize_t)len;	/* all cached */
+	if ((null = open("/dev/null", O_WRONLY | O_CLOEXEC)) != -1) {
+		o = (off_t)a;
+		while ((uint64_t)o < b) {
+			n = sendfile(null, fd, &o, (size_t)(b - (uint64_t)o));
+			if (n == -1 && errno == EINTR)
+				continue;
+			if (n == -1 && (errno == EINVAL || errno == ENOSYS))
+				break;		/* pread below */
+			if (n <= 0) {
+				*err = n == 0 ? EIO : errno;
+				close(null);
+				return -1;
+			}
 		}
-	} else {
-		free(vec);
-		vec = NULL;
+		close(null);
+		a = (uint64_t)o;
 	}
-	if (map != MAP_FAILED)
-		munmap(map, mlen);
-	if ((scratch = malloc(SUB_WARM_PIECE)) == NULL) {
-		free(vec);
+	if (a < b && (scratch = malloc(SUB_WARM_PIECE)) == NULL) {
 		*err = ENOMEM;
 		return -1;
 	}
-	for (i = 0; i < npg; i = j) {
-		uint64_t a, b;
-
-		if (vec != NULL && (vec[i] & 1)) {
-			j = i + 1;
+	while (a < b) {
+		n = pread(fd, scratch, (size_t)(b - a > SUB_WARM_PIECE ?
+		    SUB_WARM_PIECE : b - a), (off_t)a);
+		if (n == -1 && errno == EINTR)
 			continue;
+		if (n <= 0) {
+			*err = n == 0 ? EIO : errno;
+			free(scratch);
+			return -1;
 		}
-		/* a run of uncached pages, at most one piece */
-		for (j = i + 1; j < npg && (size_t)(j - i) * pg <
-		    SUB_WARM_PIECE && (vec == NULL || !(vec[j] & 1)); j++)
-			;
-		a = moff + (uint64_t)i * pg;
-		b = moff + (uint64_t)j * pg;
-		if (a < off)
-			a = off;
-		if (b > off + len)
-			b = off + len;
-		while (a < b) {
-			n = pread(fd, scratch, (size_t)(b - a), (off_t)a);
-			if (n == -1 && errno == EINTR)
-				continue;
-			if (n <= 0) {
-				*err = n == 0 ? EIO : errno;
-				free(scratch);
-				free(vec);
-				return -1;
-			}
-			a += (uint64_t)n;
-		}
+		a += (uint64_t)n;
 	}
 	free(scratch);
-	free(vec);
 	return (ssize_t)len;
 }
 

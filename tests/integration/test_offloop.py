@@ -109,7 +109,10 @@ def start_relay(relays, fc, tokfile, *extra):
 def test_slow_reads_do_not_delay_live_subscribers(relays, workdir, builddir,
                                                   tokfile, kind):
     """zstd: catch-up pieces are read on a worker. plain: sendfile's
-    pages are brought into the page cache on a worker first."""
+    pages are brought into the page cache on a worker first (the fault
+    library delays a sendfile of pages that are not in the page cache as
+    it delays a pread: a sendfile on the loop of the evicted pages would
+    hold the live frames for a delay)."""
     fc = FaultControl(builddir, workdir)
     r = start_relay(relays, fc, tokfile)
     frames = [gen_frame(i) for i in range(3000)]
