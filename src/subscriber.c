@@ -92,6 +92,13 @@ struct subscriber {
 
 #define SUB_FLUSH_TIMEOUT_MS	2000		/* to write an error reply */
 #define SUB_MAX_WRITE		(1024 * 1024)	/* bytes per write callback */
+/*
+ * ... while it reads segment files: one loop serves the live subscribers
+ * and the catching-up ones, and a live frame waits for every write
+ * callback the loop runs before its own (a sendfile of 1 MiB, or 1 MiB
+ * encrypted for TLS, each).
+ */
+#define SUB_DISK_MAX_WRITE	(64 * 1024)
 #define SUBSCRIBER_ZSTD_LEVEL	1		/* fast: the link is rarely slower */
 
 static struct log_ratelimit sub_refusals = LOG_RATELIMIT_INIT(10, 10);
@@ -99,6 +106,19 @@ static struct log_ratelimit sub_refusals = LOG_RATELIMIT_INIT(10, 10);
 static void	subscriber_read_cb(struct bufferevent *, void *);
 static void	subscriber_write_cb(struct bufferevent *, void *);
 static void	subscriber_event_cb(struct bufferevent *, short, void *);
+
+/*
+ * The subscriber starts (on) or stops reading segment files: a catching-up
+ * subscriber (and one sent a snapshot) writes at most SUB_DISK_MAX_WRITE
+ * per write callback.
+ */
+static void
+sub_set_on_disk(struct subscriber *sub, int on)
+{
+	sub->sub_on_disk = on;
+	bufferevent_set_max_single_write(sub->sub_bev, on ?
+	    SUB_DISK_MAX_WRITE : SUB_MAX_WRITE);
+}
 
 /* The subscriber's stream. */
 static struct stream *
@@ -501,6 +521,7 @@ sub_snap_queued(struct subscriber *sub, uint64_t n)
 	if (sub->sub_snap_fd != -1)
 		close(sub->sub_snap_fd);
 	sub->sub_snap_fd = -1;
+	sub_set_on_disk(sub, sub->sub_on_disk);
 	sub_stream(sub)->st_stats.sub_frames_sent += sub->sub_snap_entries;
 	log_info("%s: snapshot queued (%" PRIu64 " SET frames, %" PRIu64
 	    " bytes); the stream follows from sequence %" PRIu64,
@@ -516,6 +537,7 @@ sub_read_apply(struct subscriber *sub, struct sub_read *r)
 	struct evbuffer *out = bufferevent_get_output(sub->sub_bev);
 	struct evbuffer_file_segment *seg;
 	uint64_t segoff;
+	size_t done, n;
 
 	if (r->sr_got < 0 || (size_t)r->sr_got != r->sr_len) {
 		errno = r->sr_got < 0 ? r->sr_errno : EIO;
@@ -530,9 +552,18 @@ sub_read_apply(struct subscriber *sub, struct sub_read *r)
 			seg = sub->sub_snap_fseg;
 			segoff = sub->sub_snap_off;
 		}
-		if (evbuffer_add_file_segment(out, seg, (ev_off_t)segoff,
-		    (ev_off_t)r->sr_len) == -1)
-			return -1;
+		/*
+		 * libevent sends a file chain whole, whatever the write
+		 * limit: in pieces, one sendfile per write callback stays
+		 * within SUB_DISK_MAX_WRITE.
+		 */
+		for (done = 0; done < r->sr_len; done += n) {
+			n = r->sr_len - done > SUB_DISK_MAX_WRITE ?
+			    SUB_DISK_MAX_WRITE : r->sr_len - done;
+			if (evbuffer_add_file_segment(out, seg,
+			    (ev_off_t)(segoff + done), (ev_off_t)n) == -1)
+				return -1;
+		}
 	} else if (sub->sub_zstd) {
 		if (zstd_push(sub, r->sr_buf, r->sr_len, ZSTD_e_continue) == -1)
 			return -1;
@@ -680,6 +711,8 @@ sub_emit_snapshot(struct sub_stage *st)
 		sub_snap_queued(sub, 0);	/* an empty snapshot */
 		return 0;
 	}
+	/* a snapshot's bytes are file bytes too: the same share of the loop */
+	bufferevent_set_max_single_write(sub->sub_bev, SUB_DISK_MAX_WRITE);
 	if (!sub->sub_zstd && !net_bev_is_tls(sub->sub_bev)) {
 		if (sub->sub_snap_fseg == NULL) {
 			/* the segment owns a descriptor of its own */
@@ -747,7 +780,7 @@ sub_fill(struct sub_stage *st, int *full)
 			size_t off = chunk_offset_of(ch, sub->sub_pos);
 
 			if (sub->sub_on_disk) {
-				sub->sub_on_disk = 0;
+				sub_set_on_disk(sub, 0);
 				log_info("%s: caught up with the in-memory tail "
 				    "at sequence %" PRIu64, sub->sub_name,
 				    sub->sub_pos);
@@ -816,7 +849,7 @@ sub_fill(struct sub_stage *st, int *full)
 			break;
 		}
 		if (!sub->sub_on_disk) {
-			sub->sub_on_disk = 1;
+			sub_set_on_disk(sub, 1);
 			log_info("%s: behind the in-memory tail, reading "
 			    "segment files from sequence %" PRIu64,
 			    sub->sub_name, sub->sub_pos);
