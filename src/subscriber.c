@@ -85,6 +85,7 @@ struct subscriber {
 	 * pool, and nothing more is queued until it is back.
 	 */
 	struct sub_read		*sub_read;	/* in flight, or NULL */
+	struct sub_hold		*sub_hold;	/* read, not all queued yet */
 	struct evbuffer_file_segment *sub_fseg;	/* the span's, for sendfile */
 	struct evbuffer_file_segment *sub_snap_fseg; /* the snapshot's */
 	struct fanout_link	 sub_link;	/* its place in sub_fan's lists */
@@ -442,12 +443,6 @@ sub_read_free(struct sub_read *r)
 	free(r);
 }
 
-static void
-sub_buf_free_cb(const void *data, size_t len, void *arg)
-{
-	free(arg);
-}
-
 static void	sub_read_done(struct iopool_job *);
 
 /*
@@ -530,12 +525,70 @@ sub_snap_queued(struct subscriber *sub, uint64_t n)
 	sub->sub_snap_len = 0;
 }
 
+/*
+ * Bytes a read brought (TLS, zstd), queued a piece per write callback:
+ * encrypting or compressing a whole read at once would hold the loop, and
+ * every live frame behind it, for 256 KiB of work per subscriber. Pieces
+ * are queued by reference; the buffer goes with the last one.
+ */
+struct sub_hold {
+	unsigned	 sh_refs;	/* the subscriber's, and each piece's */
+	uint8_t		*sh_buf;
+	size_t		 sh_len;
+	size_t		 sh_off;	/* queued so far */
+};
+
+static void
+sub_hold_unref(struct sub_hold *h)
+{
+	if (--h->sh_refs > 0)
+		return;
+	free(h->sh_buf);
+	free(h);
+}
+
+static void
+sub_hold_cleanup_cb(const void *data, size_t len, void *arg)
+{
+	sub_hold_unref(arg);
+}
+
+/* Queue the next piece of the held bytes: 0, or -1 with errno. */
+static int
+sub_feed(struct subscriber *sub)
+{
+	struct sub_hold *h = sub->sub_hold;
+	size_t n = h->sh_len - h->sh_off;
+
+	if (n > SUB_DISK_MAX_WRITE)
+		n = SUB_DISK_MAX_WRITE;
+	if (sub->sub_zstd) {
+		if (zstd_push(sub, h->sh_buf + h->sh_off, n,
+		    ZSTD_e_continue) == -1)
+			return -1;
+	} else {
+		h->sh_refs++;
+		if (evbuffer_add_reference(bufferevent_get_output(sub->sub_bev),
+		    h->sh_buf + h->sh_off, n, sub_hold_cleanup_cb, h) == -1) {
+			h->sh_refs--;
+			return -1;
+		}
+	}
+	h->sh_off += n;
+	if (h->sh_off == h->sh_len) {
+		sub->sub_hold = NULL;
+		sub_hold_unref(h);
+	}
+	return 0;
+}
+
 /* Queue what a finished job brought: 0, or -1 with errno. */
 static int
 sub_read_apply(struct subscriber *sub, struct sub_read *r)
 {
 	struct evbuffer *out = bufferevent_get_output(sub->sub_bev);
 	struct evbuffer_file_segment *seg;
+	struct sub_hold *h;
 	uint64_t segoff;
 	size_t done, n;
 
@@ -564,15 +617,17 @@ sub_read_apply(struct subscriber *sub, struct sub_read *r)
 			    (ev_off_t)(segoff + done), (ev_off_t)n) == -1)
 				return -1;
 		}
-	} else if (sub->sub_zstd) {
-		if (zstd_push(sub, r->sr_buf, r->sr_len, ZSTD_e_continue) == -1)
-			return -1;
 	} else {
-		/* the buffer takes the bytes as they are: no copy */
-		if (evbuffer_add_reference(out, r->sr_buf, r->sr_len,
-		    sub_buf_free_cb, r->sr_buf) == -1)
+		/* queued from sub_fill, a piece at a time, with no copy */
+		WR_ASSERT(sub->sub_hold == NULL);
+		if ((h = malloc(sizeof(*h))) == NULL)
 			return -1;
+		h->sh_refs = 1;
+		h->sh_buf = r->sr_buf;
+		h->sh_len = r->sr_len;
+		h->sh_off = 0;
 		r->sr_buf = NULL;
+		sub->sub_hold = h;
 	}
 	if (r->sr_what == SUB_READ_SPAN)
 		sub_span_queued(sub, r->sr_len);
@@ -752,16 +807,25 @@ sub_fill(struct sub_stage *st, int *full)
 	struct subscriber *sub = st->st_sub;
 	uint64_t limit = fanout_sendable(sub->sub_fan);
 	size_t hiwat = sub_stream(sub)->st_cfg->subscriber_buffer;
-	int rc;
+	int fed = 0, rc;
 
 	*full = 0;
 	while (!*full && sub_queued(st) < hiwat &&
 	    (sub->sub_pos < limit || sub->sub_has_span ||
-	    sub->sub_snap_len > 0)) {
+	    sub->sub_snap_len > 0 || sub->sub_hold != NULL)) {
 		struct segstore_state ss;
 		struct segstore_corrupt bad;
 		struct chunk *ch;
 
+		if (sub->sub_hold != NULL) {
+			/* read bytes first, one piece per write callback */
+			if (fed)
+				break;
+			if (sub_stage_flush(st) == -1 || sub_feed(sub) == -1)
+				return SUB_FILL_ERROR;
+			fed = 1;
+			continue;
+		}
 		if (sub->sub_snap_len > 0) {
 			if ((rc = sub_emit_snapshot(st)) == -1)
 				return SUB_FILL_ERROR;
@@ -903,7 +967,8 @@ subscriber_refill(struct subscriber *sub)
 	 */
 	if (!full && evbuffer_get_length(bufferevent_get_output(sub->sub_bev)) <
 	    sub_stream(sub)->st_cfg->subscriber_buffer && !sub->sub_has_span &&
-	    sub->sub_snap_len == 0 && !fanout_waiting(&sub->sub_link))
+	    sub->sub_snap_len == 0 && sub->sub_hold == NULL &&
+	    !fanout_waiting(&sub->sub_link))
 		fanout_wait(sub->sub_fan, &sub->sub_link);
 }
 
@@ -1557,6 +1622,8 @@ subscriber_free(struct subscriber *sub)
 	/* a job in flight holds its own descriptor: let it finish alone */
 	if (sub->sub_read != NULL)
 		sub->sub_read->sr_sub = NULL;
+	if (sub->sub_hold != NULL)
+		sub_hold_unref(sub->sub_hold);	/* queued pieces keep it */
 	if (sub->sub_snap_fseg != NULL)
 		evbuffer_file_segment_free(sub->sub_snap_fseg);
 	if (sub->sub_snap_fd != -1)
