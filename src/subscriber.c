@@ -1573,6 +1573,7 @@ int
 subscriber_drained(const struct subscriber *sub)
 {
 	return sub->sub_pos >= fanout_sendable(sub->sub_fan) &&
+	    sub->sub_hold == NULL &&
 	    evbuffer_get_length(bufferevent_get_output(sub->sub_bev)) == 0;
 }
 
