@@ -309,6 +309,8 @@ int		 segstore_dirfd(const struct segstore *);
 /*
  * segment_name.c, shared with walcat: the segment files of a directory (names
  * ending in .wal or .wal.lz4), sorted by name as the cache's reader does.
+ * A directory a running relay changes is listed until two listings in a
+ * row agree, so that no segment is missed while it is archived.
  */
 int		 segment_is_wal_name(const char *name);
 int		 segment_list_dir(const char *dir, char ***names, size_t *n,

@@ -57,7 +57,7 @@ cmp_names(const void *a, const void *b)
 }
 
 static int
-list_dir(const char *dir, char ***names, size_t *n, char *errbuf,
+list_dir_once(const char *dir, char ***names, size_t *n, char *errbuf,
     size_t errlen, int all)
 {
 	DIR *d;
@@ -96,6 +96,91 @@ nomem:
 	segment_list_free(v, len);
 	snprintf(errbuf, errlen, "%s: out of memory", dir);
 	return -1;
+}
+
+/* Most listings of a changing directory before two are merged. */
+#define LIST_TRIES	16
+
+/* The sorted union of two sorted listings; frees both. NULL: no memory. */
+static char **
+list_union(char **a, size_t na, char **b, size_t nb, size_t *n)
+{
+	char **v;
+	size_t i = 0, j = 0, k = 0;
+	int c;
+
+	if ((v = calloc(na + nb + 1, sizeof(*v))) == NULL) {
+		segment_list_free(a, na);
+		segment_list_free(b, nb);
+		return NULL;
+	}
+	while (i < na || j < nb) {
+		c = i == na ? 1 : j == nb ? -1 : strcmp(a[i], b[j]);
+		if (c < 0)
+			v[k++] = a[i++];
+		else if (c > 0)
+			v[k++] = b[j++];
+		else {
+			v[k++] = a[i++];
+			free(b[j++]);
+		}
+	}
+	free(a);
+	free(b);
+	*n = k;
+	return v;
+}
+
+/*
+ * readdir reads a large directory in several getdents calls; an archive
+ * step that renames X.wal.zst into place and then removes X.wal between
+ * two of them can leave both names out of one listing (a gap in a store
+ * that has none). Two listings in a row that agree hold every segment: a
+ * step completed during the first changes the second. A store that a
+ * running relay changes (walcat on a live data directory) is listed again
+ * until two agree; a directory that changes at every listing gets the
+ * union of the last two, which misses no segment that was there all along
+ * (a step keeps one of its names in place at every moment) and may name a
+ * raw file just archived (its .wal.zst is listed too) or a file just
+ * removed by retention.
+ */
+static int
+list_dir(const char *dir, char ***names, size_t *n, char *errbuf,
+    size_t errlen, int all)
+{
+	char **v, **w;
+	size_t nv, nw, i;
+
+	if (list_dir_once(dir, &v, &nv, errbuf, errlen, all) == -1)
+		return -1;
+	for (int tries = 1; ; tries++) {
+		if (list_dir_once(dir, &w, &nw, errbuf, errlen, all) == -1) {
+			segment_list_free(v, nv);
+			return -1;
+		}
+		for (i = 0; nw == nv && i < nv; i++)
+			if (strcmp(v[i], w[i]) != 0)
+				break;
+		if (nw == nv && i == nv) {
+			segment_list_free(v, nv);
+			v = w;
+			break;
+		}
+		if (tries == LIST_TRIES - 1) {
+			if ((v = list_union(v, nv, w, nw, &nv)) == NULL) {
+				snprintf(errbuf, errlen, "%s: out of memory",
+				    dir);
+				return -1;
+			}
+			break;
+		}
+		segment_list_free(v, nv);
+		v = w;
+		nv = nw;
+	}
+	*names = v;
+	*n = nv;
+	return 0;
 }
 
 int

@@ -27,6 +27,7 @@
 #include <zlib.h>
 
 #include "fcw2.h"
+#include "archive.h"
 #include "chunk.h"
 #include "log.h"
 #include "segment.h"
@@ -2170,6 +2171,87 @@ START_TEST(rotate_dirsync_failure)
 }
 END_TEST
 
+/* ---- listing a directory a running relay changes ----------------------- */
+
+#define LIST_SEGS	3000
+
+struct archiver {
+	const char	*dir;
+	volatile int	 stop;
+	long		 steps;
+};
+
+/* Archive step after archive step, as the relay's archive thread does:
+ * X.wal.zst.tmp written, renamed to X.wal.zst, then X.wal removed. */
+static void *
+list_archiver(void *arg)
+{
+	struct archiver *a = arg;
+	char raw[PATH_MAX], zst[PATH_MAX], tmp[PATH_MAX + 8];
+	int fd;
+
+	for (int i = 0; i < LIST_SEGS && !a->stop; i++) {
+		snprintf(raw, sizeof(raw), "%s/segment-%020d-1.wal", a->dir, i);
+		snprintf(zst, sizeof(zst), "%s.zst", raw);
+		snprintf(tmp, sizeof(tmp), "%s.tmp", zst);
+		if ((fd = open(tmp, O_WRONLY | O_CREAT, 0644)) == -1)
+			break;
+		close(fd);
+		if (rename(tmp, zst) == -1 || unlink(raw) == -1)
+			break;
+		a->steps++;
+	}
+	return NULL;
+}
+
+/*
+ * A listing of a store that is being archived holds every segment, raw
+ * or archived: readdir reads a directory this size in several getdents
+ * calls, and one step between two of them could leave both of a
+ * segment's names out (walcat verify or restore on a live data directory
+ * then saw a gap the store does not have).
+ */
+START_TEST(list_dir_while_archiving)
+{
+	char *dir = tmpdir_new(), path[PATH_MAX], err[256], **names;
+	struct archiver a = { dir, 0, 0 };
+	uint64_t base;
+	size_t n, segs;
+	pthread_t t;
+	int fd, listings = 0;
+	static unsigned char seen[LIST_SEGS];
+
+	for (int i = 0; i < LIST_SEGS; i++) {
+		snprintf(path, sizeof(path), "%s/segment-%020d-1.wal", dir, i);
+		fd = open(path, O_WRONLY | O_CREAT, 0644);
+		ck_assert_int_ne(fd, -1);
+		close(fd);
+	}
+	ck_assert_int_eq(pthread_create(&t, NULL, list_archiver, &a), 0);
+	while (a.steps < LIST_SEGS - 100 && listings < 1000) {
+		ck_assert_int_eq(segment_list_dir_all(dir, &names, &n, err,
+		    sizeof(err)), 0);
+		memset(seen, 0, sizeof(seen));
+		for (size_t i = 0; i < n; i++)
+			if (segment_name_parse(names[i], &base, NULL) == 0 ||
+			    archive_name_parse(names[i], &base, NULL) == 0)
+				seen[base] = 1;
+		segment_list_free(names, n);
+		segs = 0;
+		for (int i = 0; i < LIST_SEGS; i++)
+			segs += seen[i];
+		ck_assert_msg(segs == LIST_SEGS, "listing %d (after %ld archive "
+		    "steps) holds %zu of the %d segments", listings, a.steps,
+		    segs, LIST_SEGS);
+		listings++;
+	}
+	a.stop = 1;
+	pthread_join(t, NULL);
+	ck_assert_int_gt(listings, 5);
+	tmpdir_rm(dir);
+}
+END_TEST
+
 static Suite *
 segment_suite(void)
 {
@@ -2207,6 +2289,7 @@ segment_suite(void)
 	tcase_add_test(tc, retain_never_the_active);
 	tcase_add_test(tc, retain_skips_pinned);
 	tcase_add_test(tc, retain_by_age);
+	tcase_add_test(tc, list_dir_while_archiving);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("disk");
