@@ -413,16 +413,13 @@ fail:
 }
 
 int
-archive_read_block(int fd, const struct archive_block *b, size_t max_frame,
-    struct chunk **out, char *errbuf, size_t errlen)
+archive_block_decompress(ZSTD_DCtx *dctx, int fd,
+    const struct archive_block *b, int frames_checked, uint8_t *dst,
+    size_t dstcap, uint8_t **zbuf, size_t *zcap, char *errbuf, size_t errlen)
 {
-	struct chunk *ch = NULL;
-	unsigned long long csize;
-	uint8_t *z = NULL;
-	size_t r, off = 0, flen;
-	uint32_t n = 0;
+	size_t r, zlen = b->ab_zlen;
+	uint8_t *z;
 
-	*out = NULL;
 	/* a damaged length is refused before its memory is allocated */
 	if ((uint64_t)b->ab_raw_len > (uint64_t)b->ab_zlen *
 	    ARCHIVE_ZSTD_MAX_RATIO) {
@@ -433,32 +430,84 @@ archive_read_block(int fd, const struct archive_block *b, size_t max_frame,
 		    b->ab_nframes - 1, b->ab_raw_len, b->ab_zlen);
 		return -1;
 	}
-	if ((z = malloc(b->ab_zlen > 0 ? b->ab_zlen : 1)) == NULL ||
-	    (ch = chunk_new(b->ab_raw_len)) == NULL) {
-		snprintf(errbuf, errlen, "out of memory");
-		goto fail;
+	if (dstcap < b->ab_raw_len) {
+		snprintf(errbuf, errlen, "a buffer of %zu bytes for a block of "
+		    "%" PRIu32, dstcap, b->ab_raw_len);
+		return -1;
 	}
-	if (fdio_pread_all(fd, z, b->ab_zlen, b->ab_zoff) == -1) {
+	if (*zcap < b->ab_zlen || *zbuf == NULL) {
+		uint8_t *nz;
+		size_t ncap = b->ab_zlen > 0 ? b->ab_zlen : 1;
+
+		if ((nz = realloc(*zbuf, ncap)) == NULL) {
+			snprintf(errbuf, errlen, "out of memory");
+			return -1;
+		}
+		*zbuf = nz;
+		*zcap = ncap;
+	}
+	if (fdio_pread_all(fd, *zbuf, b->ab_zlen, b->ab_zoff) == -1) {
 		snprintf(errbuf, errlen, "read of the block at offset %" PRIu64
 		    ": %s", b->ab_zoff, strerror(errno));
-		goto fail;
+		return -1;
 	}
-	csize = ZSTD_getFrameContentSize(z, b->ab_zlen);
-	if (csize != b->ab_raw_len) {
+	z = *zbuf;
+	if (ZSTD_getFrameContentSize(z, zlen) != b->ab_raw_len) {
 		snprintf(errbuf, errlen, "corrupt block at offset %" PRIu64
 		    " (sequences %" PRIu64 " to %" PRIu64 "): bad zstd frame "
 		    "header", b->ab_zoff, b->ab_seq, b->ab_seq +
 		    b->ab_nframes - 1);
-		goto fail;
+		return -1;
 	}
-	r = ZSTD_decompress(ch->ch_data, ch->ch_cap, z, b->ab_zlen);
+	/*
+	 * A caller that checks every frame's crc itself needs no XXH64 of
+	 * the content as well (a third of the instructions of decompressing
+	 * text): the frame header says there is none (Content_Checksum_flag,
+	 * bit 2 of the byte after the magic, RFC 8878) and its 4 bytes at the
+	 * end of the frame are left out.
+	 */
+	if (frames_checked && zlen > 4 + 1 + 4 && get32(z) == ZSTD_MAGICNUMBER &&
+	    (z[4] & 0x04)) {
+		z[4] &= ~0x04;
+		zlen -= 4;
+	}
+	/* one call, straight into dst: zstd needs no window buffer */
+	r = ZSTD_decompressDCtx(dctx, dst, dstcap, z, zlen);
 	if (ZSTD_isError(r) || r != b->ab_raw_len) {
 		snprintf(errbuf, errlen, "corrupt block at offset %" PRIu64
 		    " (sequences %" PRIu64 " to %" PRIu64 "): %s", b->ab_zoff,
 		    b->ab_seq, b->ab_seq + b->ab_nframes - 1, ZSTD_isError(r) ?
 		    ZSTD_getErrorName(r) : "wrong length");
+		return -1;
+	}
+	return 0;
+}
+
+int
+archive_read_block(int fd, const struct archive_block *b, size_t max_frame,
+    struct chunk **out, char *errbuf, size_t errlen)
+{
+	ZSTD_DCtx *dctx = NULL;
+	struct chunk *ch = NULL;
+	uint8_t *z = NULL;
+	size_t zcap = 0, r, off = 0, flen;
+	uint32_t n = 0;
+
+	*out = NULL;
+	/* a damaged length is refused before its memory is allocated */
+	if ((uint64_t)b->ab_raw_len > (uint64_t)b->ab_zlen *
+	    ARCHIVE_ZSTD_MAX_RATIO)
+		return archive_block_decompress(NULL, fd, b, 0, NULL, 0, &z,
+		    &zcap, errbuf, errlen);
+	if ((dctx = ZSTD_createDCtx()) == NULL ||
+	    (ch = chunk_new(b->ab_raw_len)) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
 		goto fail;
 	}
+	if (archive_block_decompress(dctx, fd, b, 0, ch->ch_data, ch->ch_cap,
+	    &z, &zcap, errbuf, errlen) == -1)
+		goto fail;
+	r = b->ab_raw_len;
 	/*
 	 * zstd checked the content against its XXH64 (the frames' crcs were
 	 * checked when they were compressed): walk the frame headers.
@@ -482,10 +531,12 @@ archive_read_block(int fd, const struct archive_block *b, size_t max_frame,
 	ch->ch_seq = b->ab_seq;
 	ch->ch_nframes = b->ab_nframes;
 	free(z);
+	ZSTD_freeDCtx(dctx);
 	*out = ch;
 	return 0;
 fail:
 	free(z);
+	ZSTD_freeDCtx(dctx);
 	if (ch != NULL)
 		chunk_unref(ch);
 	return -1;
@@ -526,39 +577,26 @@ archive_read_pieces(ZSTD_DCtx *dctx, int fd, const struct archive_block *b,
 	ZSTD_DCtx *own = NULL;
 	struct chunk **pieces = NULL, *ch = NULL, *v;
 	uint8_t *z = NULL;
-	size_t r, off = 0, start = 0, flen;
+	size_t zcap = 0, r, off = 0, start = 0, flen;
 	uint32_t n = 0, npieces = 0, cap = 0, frames = 0;
 
 	*out = NULL;
 	*nout = 0;
+	if ((uint64_t)b->ab_raw_len > (uint64_t)b->ab_zlen *
+	    ARCHIVE_ZSTD_MAX_RATIO)
+		return archive_block_decompress(NULL, fd, b, 0, NULL, 0, &z,
+		    &zcap, errbuf, errlen);
 	if (dctx == NULL && (dctx = own = ZSTD_createDCtx()) == NULL)
 		goto nomem;
 	/* blocks of one size share the chunk buffer cache's bucket */
-	if ((z = malloc(b->ab_zlen > 0 ? b->ab_zlen : 1)) == NULL ||
-	    (ch = chunk_new(b->ab_raw_len > ARCHIVE_BLOCK + 64 * 1024 ?
+	if ((ch = chunk_new(b->ab_raw_len > ARCHIVE_BLOCK + 64 * 1024 ?
 	    b->ab_raw_len : ARCHIVE_BLOCK + 64 * 1024)) == NULL)
 		goto nomem;
-	if (fdio_pread_all(fd, z, b->ab_zlen, b->ab_zoff) == -1) {
-		snprintf(errbuf, errlen, "read of the block at offset %" PRIu64
-		    ": %s", b->ab_zoff, strerror(errno));
-		goto fail;
-	}
-	if (ZSTD_getFrameContentSize(z, b->ab_zlen) != b->ab_raw_len) {
-		snprintf(errbuf, errlen, "corrupt block at offset %" PRIu64
-		    " (sequences %" PRIu64 " to %" PRIu64 "): bad zstd frame "
-		    "header", b->ab_zoff, b->ab_seq, b->ab_seq +
-		    b->ab_nframes - 1);
-		goto fail;
-	}
 	/* straight into the chunk the pieces share: no copy after this */
-	r = ZSTD_decompressDCtx(dctx, ch->ch_data, ch->ch_cap, z, b->ab_zlen);
-	if (ZSTD_isError(r) || r != b->ab_raw_len) {
-		snprintf(errbuf, errlen, "corrupt block at offset %" PRIu64
-		    " (sequences %" PRIu64 " to %" PRIu64 "): %s", b->ab_zoff,
-		    b->ab_seq, b->ab_seq + b->ab_nframes - 1, ZSTD_isError(r) ?
-		    ZSTD_getErrorName(r) : "wrong length");
+	if (archive_block_decompress(dctx, fd, b, 0, ch->ch_data, ch->ch_cap,
+	    &z, &zcap, errbuf, errlen) == -1)
 		goto fail;
-	}
+	r = b->ab_raw_len;
 	ch->ch_len = r;
 	ch->ch_seq = b->ab_seq;
 	/* zstd checked its XXH64: walk the frame headers, cut pieces */

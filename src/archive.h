@@ -114,6 +114,21 @@ int	archive_read_block(int fd, const struct archive_block *,
 	    size_t max_frame, struct chunk **, char *errbuf, size_t errlen);
 
 /*
+ * Decompress block b of the archived file fd into dst (dstcap bytes, at
+ * least ab_raw_len) in one call with dctx, so that zstd writes straight
+ * into dst; *zbuf (*zcap bytes, grown as needed: free it when done) takes
+ * the compressed bytes. zstd checks the content's XXH64, unless
+ * frames_checked: the caller then checks every frame's crc in dst itself.
+ * Returns 0, or -1 with errbuf ("corrupt block at offset N (sequences A
+ * to B): why" for bad content).
+ */
+struct ZSTD_DCtx_s;
+int	archive_block_decompress(struct ZSTD_DCtx_s *dctx, int fd,
+	    const struct archive_block *b, int frames_checked, uint8_t *dst,
+	    size_t dstcap, uint8_t **zbuf, size_t *zcap, char *errbuf,
+	    size_t errlen);
+
+/*
  * The same, cut into pieces: views (chunk_view) of whole frames of at
  * most piece bytes each (a larger frame alone in its own) into the one
  * chunk the block is decompressed into, so that a subscriber queues whole
@@ -124,7 +139,6 @@ int	archive_read_block(int fd, const struct archive_block *,
  * free with archive_pieces_free), or -1 with errbuf as above.
  */
 #define ARCHIVE_PIECE		(64 * 1024)
-struct ZSTD_DCtx_s;
 int	archive_read_pieces(struct ZSTD_DCtx_s *dctx, int fd,
 	    const struct archive_block *, size_t max_frame, size_t piece,
 	    struct chunk ***pieces, uint32_t *npieces, char *errbuf,
