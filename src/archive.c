@@ -569,23 +569,28 @@ pieces_add(struct chunk ***pieces, uint32_t *n, uint32_t *cap,
 	return 0;
 }
 
-int
-archive_read_pieces(ZSTD_DCtx *dctx, int fd, const struct archive_block *b,
-    size_t max_frame, size_t piece, struct chunk ***out, uint32_t *nout,
-    char *errbuf, size_t errlen)
+/*
+ * archive_read_pieces with the buffer for compressed bytes kept by the
+ * caller (*zbuf, *zcap): the reader thread reuses one, where a new one
+ * per block (hundreds of KiB for poorly compressible frames, so a fresh
+ * mapping) cost page faults on every read.
+ */
+static int
+read_pieces(ZSTD_DCtx *dctx, uint8_t **zbuf, size_t *zcap, int fd,
+    const struct archive_block *b, size_t max_frame, size_t piece,
+    struct chunk ***out, uint32_t *nout, char *errbuf, size_t errlen)
 {
 	ZSTD_DCtx *own = NULL;
 	struct chunk **pieces = NULL, *ch = NULL, *v;
-	uint8_t *z = NULL;
-	size_t zcap = 0, r, off = 0, start = 0, flen;
+	size_t r, off = 0, start = 0, flen;
 	uint32_t n = 0, npieces = 0, cap = 0, frames = 0;
 
 	*out = NULL;
 	*nout = 0;
 	if ((uint64_t)b->ab_raw_len > (uint64_t)b->ab_zlen *
 	    ARCHIVE_ZSTD_MAX_RATIO)
-		return archive_block_decompress(NULL, fd, b, 0, NULL, 0, &z,
-		    &zcap, errbuf, errlen);
+		return archive_block_decompress(NULL, fd, b, 0, NULL, 0, zbuf,
+		    zcap, errbuf, errlen);
 	if (dctx == NULL && (dctx = own = ZSTD_createDCtx()) == NULL)
 		goto nomem;
 	/* blocks of one size share the chunk buffer cache's bucket */
@@ -594,7 +599,7 @@ archive_read_pieces(ZSTD_DCtx *dctx, int fd, const struct archive_block *b,
 		goto nomem;
 	/* straight into the chunk the pieces share: no copy after this */
 	if (archive_block_decompress(dctx, fd, b, 0, ch->ch_data, ch->ch_cap,
-	    &z, &zcap, errbuf, errlen) == -1)
+	    zbuf, zcap, errbuf, errlen) == -1)
 		goto fail;
 	r = b->ab_raw_len;
 	ch->ch_len = r;
@@ -632,7 +637,6 @@ archive_read_pieces(ZSTD_DCtx *dctx, int fd, const struct archive_block *b,
 		goto fail;
 	}
 	chunk_unref(ch);	/* the pieces hold it */
-	free(z);
 	ZSTD_freeDCtx(own);
 	*out = pieces;
 	*nout = npieces;
@@ -643,19 +647,42 @@ fail:
 	if (ch != NULL)
 		chunk_unref(ch);
 	archive_pieces_free(pieces, npieces);
-	free(z);
 	ZSTD_freeDCtx(own);
 	return -1;
+}
+
+int
+archive_read_pieces(ZSTD_DCtx *dctx, int fd, const struct archive_block *b,
+    size_t max_frame, size_t piece, struct chunk ***out, uint32_t *nout,
+    char *errbuf, size_t errlen)
+{
+	uint8_t *z = NULL;
+	size_t zcap = 0;
+	int rc;
+
+	rc = read_pieces(dctx, &z, &zcap, fd, b, max_frame, piece, out, nout,
+	    errbuf, errlen);
+	free(z);
+	return rc;
 }
 
 /* ---- the block reader ------------------------------------------------- */
 
 STAILQ_HEAD(archive_job_queue, archive_job);
 
+/*
+ * Threads that decompress blocks: with two, the block a reader is about to
+ * reach (read ahead) is decompressed while the one it waits for is, and a
+ * block that is slow (its file's pages are on the disk, or the thread is
+ * not scheduled) does not hold up the next.
+ */
+#define ARCHIVE_READERS		2
+
 struct archive_reader {
 	pthread_mutex_t		 ar_mtx;
 	pthread_cond_t		 ar_cond;
-	pthread_t		 ar_thread;
+	pthread_t		 ar_threads[ARCHIVE_READERS];
+	int			 ar_nthreads;
 	int			 ar_stop;
 	struct archive_job_queue ar_queue;
 	void			(*ar_notify)(void *);
@@ -663,7 +690,8 @@ struct archive_reader {
 };
 
 static void
-reader_run(struct archive_job *j, ZSTD_DCtx *dctx)
+reader_run(struct archive_job *j, ZSTD_DCtx *dctx, uint8_t **zbuf,
+    size_t *zcap)
 {
 	char err[256];
 	int fd;
@@ -675,7 +703,7 @@ reader_run(struct archive_job *j, ZSTD_DCtx *dctx)
 		    j->aj_name, strerror(errno));
 		return;
 	}
-	if (archive_read_pieces(dctx, fd, &j->aj_blk, j->aj_max_frame,
+	if (read_pieces(dctx, zbuf, zcap, fd, &j->aj_blk, j->aj_max_frame,
 	    ARCHIVE_PIECE, &j->aj_pieces, &j->aj_npieces, err,
 	    sizeof(err)) == -1)
 		snprintf(j->aj_err, sizeof(j->aj_err), "%s: %s", j->aj_name,
@@ -689,6 +717,8 @@ reader_main(void *arg)
 	struct archive_reader *ar = arg;
 	struct archive_job *j;
 	ZSTD_DCtx *dctx = ZSTD_createDCtx();	/* NULL: one per block */
+	uint8_t *zbuf = NULL;
+	size_t zcap = 0;
 
 	pthread_mutex_lock(&ar->ar_mtx);
 	for (;;) {
@@ -700,7 +730,7 @@ reader_main(void *arg)
 		}
 		STAILQ_REMOVE_HEAD(&ar->ar_queue, aj_entry);
 		pthread_mutex_unlock(&ar->ar_mtx);
-		reader_run(j, dctx);
+		reader_run(j, dctx, &zbuf, &zcap);
 		pthread_mutex_lock(&ar->ar_mtx);
 		j->aj_done = 1;
 		pthread_mutex_unlock(&ar->ar_mtx);
@@ -709,6 +739,7 @@ reader_main(void *arg)
 		pthread_mutex_lock(&ar->ar_mtx);
 	}
 	pthread_mutex_unlock(&ar->ar_mtx);
+	free(zbuf);
 	ZSTD_freeDCtx(dctx);
 	return NULL;
 }
@@ -743,13 +774,15 @@ archive_reader_start(void (*notify)(void *), void *arg, char *errbuf,
 	STAILQ_INIT(&ar->ar_queue);
 	ar->ar_notify = notify;
 	ar->ar_arg = arg;
-	if ((r = thread_start(&ar->ar_thread, reader_main, ar)) != 0) {
-		snprintf(errbuf, errlen, "cannot start the archive reader "
-		    "thread: %s", strerror(r));
-		pthread_cond_destroy(&ar->ar_cond);
-		pthread_mutex_destroy(&ar->ar_mtx);
-		free(ar);
-		return NULL;
+	for (int i = 0; i < ARCHIVE_READERS; i++) {
+		if ((r = thread_start(&ar->ar_threads[i], reader_main,
+		    ar)) != 0) {
+			snprintf(errbuf, errlen, "cannot start the archive "
+			    "reader threads: %s", strerror(r));
+			archive_reader_stop(ar);
+			return NULL;
+		}
+		ar->ar_nthreads++;
 	}
 	return ar;
 }
@@ -788,9 +821,10 @@ archive_reader_stop(struct archive_reader *ar)
 		return;
 	pthread_mutex_lock(&ar->ar_mtx);
 	ar->ar_stop = 1;
-	pthread_cond_signal(&ar->ar_cond);
+	pthread_cond_broadcast(&ar->ar_cond);
 	pthread_mutex_unlock(&ar->ar_mtx);
-	pthread_join(ar->ar_thread, NULL);
+	for (int i = 0; i < ar->ar_nthreads; i++)
+		pthread_join(ar->ar_threads[i], NULL);
 	while ((j = STAILQ_FIRST(&ar->ar_queue)) != NULL) {
 		STAILQ_REMOVE_HEAD(&ar->ar_queue, aj_entry);
 		snprintf(j->aj_err, sizeof(j->aj_err), "stopping");

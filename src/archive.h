@@ -18,8 +18,8 @@
  * whose range holds S.
  *
  * Nothing here touches a global: the store (segment.c) owns an archiver
- * (the thread that compresses sealed segments) and a block reader (the
- * thread that decompresses blocks for subscribers), and every function
+ * (the thread that compresses sealed segments) and a block reader (two
+ * threads that decompress blocks for subscribers), and every function
  * takes its context explicitly.
  */
 #ifndef WALRELAY_ARCHIVE_H
@@ -164,7 +164,11 @@ struct archive_job {
 
 struct archive_reader;
 
-/* notify(arg) is called on the reader thread after each finished job. */
+/*
+ * notify(arg) is called on the reader thread that finished a job, after
+ * each one. Jobs are taken in order by whichever of the threads is free,
+ * so they may finish out of order.
+ */
 struct archive_reader *archive_reader_start(void (*notify)(void *),
 	    void *arg, char *errbuf, size_t errlen);
 /* Queue a job (it must stay allocated until it is done or the reader stopped). */
