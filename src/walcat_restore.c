@@ -1112,10 +1112,10 @@ rarch_grow(uint8_t **buf, size_t *cap, size_t len)
 
 /*
  * The frames of an archived segment, block by block through its index:
- * each block is decompressed in one call straight into the write buffer
- * (zstd checks its XXH64), where its frames are checked (frame crc, and
- * records with --check-records) and stay: no copy between zstd and the
- * write(2) of the buffer. A block is moved out of the write buffer only
+ * each block is decompressed in one call straight into the write buffer,
+ * where its frames are checked (frame crc, which covers every byte, so
+ * zstd's XXH64 is skipped; records too with --check-records) and stay:
+ * no copy between zstd and the write(2) of the buffer. A block is moved out of the write buffer only
  * when an output file ends inside it (the buffer then goes to the writer)
  * and decompressed elsewhere when it is larger than a buffer.
  * Returns 0 (every frame, or the cut was reached: rs_done), 1 when the
