@@ -560,8 +560,14 @@ segstore_append(struct segstore *ss, struct chunk *ch)
 	pthread_mutex_lock(&ss->ss_mtx);
 	STAILQ_INSERT_TAIL(&ss->ss_queue, ch, ch_wentry);
 	ss->ss_st.ss_pending_bytes += ch->ch_len;
-	pthread_cond_signal(&ss->ss_cond);
 	pthread_mutex_unlock(&ss->ss_mtx);
+	/*
+	 * Woken after the unlock: a writer woken under the mutex would only
+	 * block on it until this thread lets go (a second sleep and wake-up
+	 * before its write). It checks the queue under the mutex before it
+	 * waits, so no chunk is missed.
+	 */
+	pthread_cond_signal(&ss->ss_cond);
 	return 0;
 }
 

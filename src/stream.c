@@ -5,12 +5,15 @@
  */
 #include "autoconfig.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -94,11 +97,21 @@ stream_published(struct stream *st)
 		    st->st_ss.ss_durable);
 }
 
-/* The writer thread calls this: wake the loop (thread-safe). */
+/*
+ * The writer thread calls this: wake the loop (thread-safe). Through an
+ * eventfd of its own, not event_active: that holds the loop's base lock
+ * while it wakes the loop, which then blocks on the lock until this
+ * thread lets go (a second sleep and wake-up before it can send the
+ * frames just made durable).
+ */
 static void
 stream_store_notify(void *arg)
 {
-	event_active(arg, EV_READ, 0);
+	struct stream *st = arg;
+	uint64_t one = 1;
+
+	/* fails only when the counter would overflow: the loop is awake */
+	(void)write(st->st_store_efd, &one, sizeof(one));
 }
 
 /* The writer moved: new durable frames, disk trouble, or recovery. */
@@ -107,7 +120,9 @@ stream_store_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct stream *st = arg;
 	int olderr = st->st_ss.ss_error;
+	uint64_t n;
 
+	(void)read(fd, &n, sizeof(n));
 	if (st->st_fan == NULL || st->st_store == NULL)
 		return;		/* closing */
 	stream_store_update(st);
@@ -433,6 +448,7 @@ stream_new_opened(const char *name, struct wr_config *cfg,
 		return NULL;
 	}
 	snprintf(st->st_name, sizeof(st->st_name), "%s", name);
+	st->st_store_efd = -1;
 	st->st_cfg = cfg;
 	st->st_tokens = tok;
 	st->st_upstream_tls = upstream_tls;
@@ -469,8 +485,14 @@ stream_new_opened(const char *name, struct wr_config *cfg,
 	    (cfg->upstream_protocol == UPSTREAM_PROTO_SUB ||
 	    cfg->upstream_protocol == UPSTREAM_PROTO_JETSTREAM) &&
 	    st->st_ss.ss_next == 0);
-	if ((st->st_store_ev = event_new(relay->r_base, -1, 0,
-	    stream_store_cb, st)) == NULL ||
+	if ((st->st_store_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) == -1) {
+		snprintf(errbuf, errlen, "stream %s: eventfd: %s", name,
+		    strerror(errno));
+		goto fail;
+	}
+	if ((st->st_store_ev = event_new(relay->r_base, st->st_store_efd,
+	    EV_READ | EV_PERSIST, stream_store_cb, st)) == NULL ||
+	    event_add(st->st_store_ev, NULL) == -1 ||
 	    (st->st_janitor = event_new(relay->r_base, -1, EV_PERSIST,
 	    stream_janitor_cb, st)) == NULL) {
 		snprintf(errbuf, errlen, "out of memory");
@@ -480,8 +502,7 @@ stream_new_opened(const char *name, struct wr_config *cfg,
 		snprintf(errbuf, errlen, "stream %s: %s", name, err);
 		goto fail;
 	}
-	if (segstore_start(st->st_store, stream_store_notify,
-	    st->st_store_ev) == -1) {
+	if (segstore_start(st->st_store, stream_store_notify, st) == -1) {
 		snprintf(errbuf, errlen, "stream %s: storage: cannot start the "
 		    "writer thread", name);
 		goto fail;
@@ -615,6 +636,8 @@ stream_free(struct stream *st)
 		event_free(st->st_janitor);
 	if (st->st_store_ev != NULL)
 		event_free(st->st_store_ev);
+	if (st->st_store_efd != -1)
+		close(st->st_store_efd);
 	tls_free(st->st_upstream_tls);
 	auth_free(st->st_tokens);
 	free(st->st_tokens);

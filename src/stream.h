@@ -81,6 +81,7 @@ struct stream {
 	struct fanout		*st_fan;
 	struct jetstream	*st_js;		/* JetStream sink or source */
 	struct event		*st_store_ev;	/* writer -> loop */
+	int			 st_store_efd;	/* its eventfd */
 	struct event		*st_janitor;	/* once a second */
 	struct snapshotter	*st_snap;	/* snapshots, compaction */
 	struct iopool		*st_io;		/* file work off the loop */

@@ -56,6 +56,7 @@ struct subscriber {
 	void			*sub_zc;	/* ZSTD_CCtx */
 	int			 sub_zopen;	/* sub_zc has an unfinished frame */
 	int			 sub_tls;	/* SUBSCRIBER_TLS_* */
+	int			 sub_direct;	/* a refill writes the socket */
 	struct handshake	 sub_hs;
 	struct event		*sub_timer;	/* auth deadline, flush deadline */
 	uint64_t		 sub_start;	/* first frame it asked for */
@@ -952,14 +953,75 @@ sub_end_if_sent(struct subscriber *sub)
 		    "corrupt one was sent");
 }
 
+/*
+ * A plain TCP subscriber's refill writes what it queued to the socket
+ * itself, in the loop pass that made the frames sendable. Left to
+ * libevent, the bytes would wait for the next pass (an epoll_wait that
+ * reports the socket writable, after whatever else is ready: the
+ * upstream's next read, the other subscribers), and cost two epoll_ctl
+ * to add and drop the write event. The write event is on only while
+ * bytes are left over (the socket is full): 1 when the refill writes
+ * the socket itself, 0 when libevent does.
+ */
+static int
+sub_direct_begin(struct subscriber *sub)
+{
+	struct bufferevent *bev = sub->sub_bev;
+
+	if (!sub->sub_direct)
+		return 0;
+	/* an empty output has no write event pending: no system call */
+	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0 &&
+	    (bufferevent_get_enabled(bev) & EV_WRITE))
+		bufferevent_disable(bev, EV_WRITE);
+	return !(bufferevent_get_enabled(bev) & EV_WRITE);
+}
+
+/*
+ * Write the queued bytes now, as much as a write callback would (its
+ * max_single_write: less while reading segment files). What the socket does not take is left to libevent (the write
+ * event, whose callback refills). When everything went and there is
+ * more to queue (more), the next refill comes from the write callback,
+ * run from the loop as libevent would after a write. 0, or
+ * -1 with errno set (the connection failed).
+ */
+static int
+sub_direct_write(struct subscriber *sub, int more)
+{
+	struct bufferevent *bev = sub->sub_bev;
+	struct evbuffer *out = bufferevent_get_output(bev);
+	int n, err = 0;
+
+	if (evbuffer_get_length(out) > 0) {
+		/* libevent keeps its start frozen but while it writes */
+		evbuffer_unfreeze(out, 1);
+		if ((n = evbuffer_write_atmost(out, bufferevent_getfd(bev),
+		    bufferevent_get_max_single_write(bev))) == -1)
+			err = errno;
+		evbuffer_freeze(out, 1);
+		if (n == -1 && err != EAGAIN && err != EWOULDBLOCK &&
+		    err != EINTR) {
+			errno = err;
+			return -1;
+		}
+	}
+	if (evbuffer_get_length(out) > 0)
+		return bufferevent_enable(bev, EV_WRITE);
+	if (more)
+		bufferevent_trigger(bev, EV_WRITE, BEV_TRIG_DEFER_CALLBACKS);
+	return 0;
+}
+
 void
 subscriber_refill(struct subscriber *sub)
 {
 	struct sub_stage st;
-	int full, rc;
+	size_t queued, hiwat;
+	int full, more, rc, direct;
 
 	if (sub->sub_state != SUB_STREAM || sub->sub_ending)
 		return;
+	direct = sub_direct_begin(sub);
 	st.st_sub = sub;
 	st.st_len = 0;
 	rc = sub_fill(&st, &full);
@@ -975,6 +1037,19 @@ subscriber_refill(struct subscriber *sub)
 		return;
 	}
 	WR_ASSERT(st.st_len == 0);
+	queued = evbuffer_get_length(bufferevent_get_output(sub->sub_bev));
+	hiwat = sub_stream(sub)->st_cfg->subscriber_buffer;
+	/*
+	 * More to queue once this is written: its write callback refills
+	 * (a read in flight refills when it is back).
+	 */
+	more = full || queued >= hiwat || sub->sub_hold != NULL ||
+	    ((sub->sub_has_span || sub->sub_snap_len > 0) &&
+	    sub->sub_read == NULL);
+	if (direct && sub_direct_write(sub, more) == -1) {
+		subscriber_close(sub, "connection error: %s", strerror(errno));
+		return;
+	}
 	if (sub->sub_ending) {
 		sub_end_if_sent(sub);
 		return;
@@ -983,8 +1058,7 @@ subscriber_refill(struct subscriber *sub)
 	 * Not held back by its own buffer: nothing more can be queued until
 	 * new frames become sendable, so wait for fanout_advance.
 	 */
-	if (!full && evbuffer_get_length(bufferevent_get_output(sub->sub_bev)) <
-	    sub_stream(sub)->st_cfg->subscriber_buffer && !sub->sub_has_span &&
+	if (!full && queued < hiwat && !sub->sub_has_span &&
 	    sub->sub_snap_len == 0 && sub->sub_hold == NULL &&
 	    !fanout_waiting(&sub->sub_link))
 		fanout_wait(sub->sub_fan, &sub->sub_link);
@@ -1085,6 +1159,8 @@ sub_start(struct subscriber *sub, uint64_t start)
 	}
 	bufferevent_setwatermark(sub->sub_bev, EV_WRITE,
 	    sub_stream(sub)->st_cfg->subscriber_buffer / 2, 0);
+	sub->sub_direct = !net_bev_is_tls(sub->sub_bev) &&
+	    bufferevent_getfd(sub->sub_bev) != -1;
 	bufferevent_enable(sub->sub_bev, EV_WRITE);
 	subscriber_refill(sub);
 }

@@ -160,11 +160,25 @@ class StoreSnapshot:
                 f"[{self.earliest}, {self.next})")
 
 
+class ListingChanged(Exception):
+    """The segment files of a running relay changed while the store was
+    read, and what was read does not chain: os.listdir reads a large
+    directory in several getdents calls, so an archive step that renames
+    A.wal.zst into place and then removes A.wal between two of them can
+    leave both out of one listing. Read the store again."""
+
+
+def segment_names(datadir):
+    return {n for n in os.listdir(datadir) if SEGMENT_RE.match(n)}
+
+
 def read_store(datadir, limit=None):
     """(earliest, next, [(ident, label)], problems) of a store, reading
     every segment file directly. With limit, frames from sequence limit on
     are ignored (they may be still being written). Files that retention
-    deletes while they are read are left out: the store starts after them."""
+    deletes while they are read are left out: the store starts after them.
+    Raises ListingChanged when the files do not chain and the directory
+    changed meanwhile (a real gap stays when the store is read again)."""
     names = []
     listing = set(os.listdir(datadir))
     for n in listing:
@@ -237,6 +251,10 @@ def read_store(datadir, limit=None):
     if limit is not None and expect < limit:
         problems.append(f"the store ends at sequence {expect}, below the "
                         f"durable sequence {limit} the relay reported")
+    if any("(a gap)" in p or "(a overlap)" in p for p in problems) and \
+            segment_names(datadir) != {n for n in listing
+                                       if SEGMENT_RE.match(n)}:
+        raise ListingChanged(problems)
     return earliest, expect, frames, problems
 
 
@@ -426,8 +444,10 @@ class Oracle:
             try:
                 earliest, nxt, frames, problems = read_store(r.datadir, limit)
                 break
-            except FileNotFoundError:
-                status = None   # retention deleted a file: read it again
+            except (FileNotFoundError, ListingChanged):
+                # retention deleted a file, or an archive step changed the
+                # directory while it was listed: read it again
+                status = None
                 if attempt == retries - 1:
                     raise
         snap = StoreSnapshot(name, time.monotonic(), epoch, earliest, nxt,
@@ -661,7 +681,7 @@ class Oracle:
                 state = cache_recover(d, read_archived)
                 earliest, nxt, frames, _ = read_store(d)
                 break
-            except FileNotFoundError:
+            except (FileNotFoundError, ListingChanged):
                 # a relay still starting completes what a crash left
                 if attempt == 4:
                     raise

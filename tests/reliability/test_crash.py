@@ -29,6 +29,7 @@ check_cache_recovery).
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -167,6 +168,24 @@ def catch_up(relays, subs, timeout=60):
         s.wait_position(target, timeout)
 
 
+def keep_evidence(relays, workdir, builddir):
+    """Copy the data directories and logs of the relays, paused, out of
+    pytest's temporary directories (which later runs remove) into
+    $CRASH_KEEP_DIR or crash-evidence-SEED in the build directory."""
+    dest = os.environ.get("CRASH_KEEP_DIR") or \
+        os.path.join(str(builddir), f"crash-evidence-{SEED}")
+    paused = [r for r in relays.values() if r.alive()]
+    for r in paused:
+        os.kill(r.proc.pid, signal.SIGSTOP)
+    try:
+        shutil.copytree(str(workdir), dest, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("*.sock"))
+    finally:
+        for r in paused:
+            os.kill(r.proc.pid, signal.SIGCONT)
+    return dest
+
+
 @pytest.mark.timeout(max(300, CYCLES * 15 + 120))
 def test_crash_loop(walrelay, walcat, workdir, tokfile, builddir):
     print(f"\ncrash loop: {CYCLES} cycles, seed {SEED}, fsync {FSYNC} "
@@ -204,6 +223,7 @@ def test_crash_loop(walrelay, walcat, workdir, tokfile, builddir):
 
     t0 = time.monotonic()
     done = 0
+    evidence = None
     try:
         a.wait_durable(500)
         o.snapshot("a", "start")    # the producer check starts at 0
@@ -268,6 +288,7 @@ def test_crash_loop(walrelay, walcat, workdir, tokfile, builddir):
             o.check()
             o.compact()
             if o.violations:
+                evidence = keep_evidence(relays, workdir, builddir)
                 break
             if (cycle + 1) % 50 == 0:
                 print(f"cycle {cycle + 1}: {time.monotonic() - t0:.0f} s, "
@@ -335,4 +356,6 @@ def test_crash_loop(walrelay, walcat, workdir, tokfile, builddir):
                **{k: v for k, v in o.stats.items()}}
     record_figures("crash_loop", figures)
     assert not o.violations, (o.report() + f"\n(seed {SEED}: rerun with "
-                              f"CRASH_SEED={SEED} CRASH_CYCLES={CYCLES})")
+                              f"CRASH_SEED={SEED} CRASH_CYCLES={CYCLES}; "
+                              f"the relays' directories and logs at the "
+                              f"first violation: {evidence})")

@@ -45,10 +45,11 @@ static char		 t_dir[64];
 /* One stream in a fresh directory, no listeners: connections come in
  * through socket pairs. */
 static void
-stream_setup(const char *publish_tokens)
+stream_setup(const char *publish_tokens, const char *fsync)
 {
-	char *argv[] = { "walrelay", "--data-dir", t_dir, "--http", "none", "--fsync", "never",
-	    "--tail-memory", "64M", "--subscriber-buffer", "1M", NULL };
+	char *argv[] = { "walrelay", "--data-dir", t_dir, "--http", "none",
+	    "--fsync", (char *)fsync, "--tail-memory", "64M",
+	    "--subscriber-buffer", "1M", NULL };
 	struct auth_tokens *tok;
 	char err[512];
 
@@ -85,13 +86,19 @@ stream_setup(const char *publish_tokens)
 static void
 setup(void)
 {
-	stream_setup(NULL);
+	stream_setup(NULL, "never");
+}
+
+static void
+setup_always(void)
+{
+	stream_setup(NULL, "always");
 }
 
 static void
 setup_tokens(void)
 {
-	stream_setup("secret-1");
+	stream_setup("secret-1", "never");
 }
 
 static void
@@ -140,13 +147,16 @@ loopback(void)
 
 /*
  * A subscriber on one end of a socket pair, through its real handshake.
- * The test reads what it was queued from its output buffer (the loop is
- * not run between publishing and checking), or from the other end.
+ * What it was sent is what reached the other end (a refill writes the
+ * socket itself) followed by what is still in its output buffer (the
+ * loop is not run between publishing and checking).
  */
 struct peer {
 	struct subscriber	*p_sub;
 	int			 p_fd;		/* the other end */
 	struct subscriber	*p_close;	/* closed when bytes are queued */
+	uint8_t			 p_got[1 << 14]; /* read from p_fd so far */
+	size_t			 p_len;
 };
 
 /* Runs inside evbuffer_add, so inside the refill that queues the bytes. */
@@ -244,19 +254,37 @@ publish(uint64_t first, uint32_t n)
 	fanout_advance(fo, first + n, first + n);
 }
 
-/* The peer has been queued exactly frames [first, end), nothing else. */
+/* What reached the peer's end so far, without blocking. */
+static void
+peer_take(struct peer *p)
+{
+	ssize_t n;
+
+	fcntl(p->p_fd, F_SETFL, O_NONBLOCK);
+	while (p->p_len < sizeof(p->p_got) && (n = read(p->p_fd,
+	    p->p_got + p->p_len, sizeof(p->p_got) - p->p_len)) > 0)
+		p->p_len += (size_t)n;
+}
+
+/*
+ * The peer has been sent exactly frames [first, end), nothing else: on
+ * its socket, then in its output buffer.
+ */
 static void
 assert_frames(struct peer *p, uint64_t first, uint64_t end)
 {
 	struct evbuffer *in = subscriber_output(p->p_sub);
 	uint8_t want[1 << 14], *got;
-	size_t len = 0;
+	size_t len = 0, queued;
 
 	for (uint64_t s = first; s < end; s++)
 		len += frame_bytes(s, want + len, sizeof(want) - len);
-	ck_assert_uint_eq(evbuffer_get_length(in), len);
+	peer_take(p);
+	queued = evbuffer_get_length(in);
+	ck_assert_uint_eq(p->p_len + queued, len);
+	ck_assert(p->p_len == 0 || memcmp(p->p_got, want, p->p_len) == 0);
 	got = evbuffer_pullup(in, -1);
-	ck_assert(len == 0 || memcmp(got, want, len) == 0);
+	ck_assert(queued == 0 || memcmp(got, want + p->p_len, queued) == 0);
 }
 
 /*
@@ -390,6 +418,84 @@ START_TEST(test_upstream_to_subscriber)
 	ck_assert_uint_eq(st->st_stats.up_frames, 12);
 	/* fsync never: sent before the writer has written them */
 	LOOP_UNTIL(st->st_ss.ss_durable == 12);
+	close(pub);
+	peer_free(&a);
+}
+END_TEST
+
+/*
+ * A streaming publisher and a subscriber that has every frame up to
+ * `end`: the relay reads the publisher's socket directly from now on.
+ */
+static int
+publisher_streaming(struct peer *a, uint64_t end)
+{
+	uint8_t got[1 << 14];
+	size_t len = 0;
+	int pub;
+
+	peer_new(a);
+	pub = publisher_new();
+	send_frames(pub, 0, (uint32_t)end);
+	for (uint64_t s = 0; s < end; s++)
+		len += frame_bytes(s, got + len, sizeof(got) - len);
+	ck_assert_uint_eq(peer_read(a, got, len), len);
+	LOOP_UNTIL(st->st_ss.ss_durable == end);
+	return pub;
+}
+
+/*
+ * fsync never: a frame read from the publisher is on the subscriber's
+ * socket when the loop pass that read it ends. It does not wait for
+ * another pass of the loop (the socket reported writable, after the
+ * upstream's next read and the other subscribers' writes).
+ */
+START_TEST(test_never_sent_in_the_pass_that_reads_it)
+{
+	uint8_t want[1 << 14];
+	struct peer a;
+	size_t len = 0;
+	int pub;
+
+	pub = publisher_streaming(&a, 2);
+	for (uint64_t s = 2; s < 5; s++)
+		len += frame_bytes(s, want + len, sizeof(want) - len);
+	send_frames(pub, 2, 3);
+	/* one pass: it reads the publisher's socket */
+	event_base_loop(t_relay.r_base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+	ck_assert_uint_eq(st->st_stats.up_frames, 5);
+	peer_take(&a);
+	ck_assert_msg(a.p_len == len, "after the pass that read them, the "
+	    "subscriber's socket holds %zu of the frames' %zu bytes",
+	    a.p_len, len);
+	ck_assert(memcmp(a.p_got, want, len) == 0);
+	close(pub);
+	peer_free(&a);
+}
+END_TEST
+
+/*
+ * fsync always: frames are on the subscriber's socket when the loop
+ * pass that learns they are durable ends, not a pass later.
+ */
+START_TEST(test_always_sent_in_the_pass_that_makes_it_durable)
+{
+	uint8_t want[1 << 14];
+	struct peer a;
+	size_t len = 0;
+	int pub;
+
+	pub = publisher_streaming(&a, 2);
+	for (uint64_t s = 2; s < 5; s++)
+		len += frame_bytes(s, want + len, sizeof(want) - len);
+	send_frames(pub, 2, 3);
+	/* st_ss moves in the pass that takes the writer's news */
+	LOOP_UNTIL(st->st_ss.ss_durable == 5);
+	peer_take(&a);
+	ck_assert_msg(a.p_len == len, "after the pass that made them "
+	    "sendable, the subscriber's socket holds %zu of the frames' %zu "
+	    "bytes", a.p_len, len);
+	ck_assert(memcmp(a.p_got, want, len) == 0);
 	close(pub);
 	peer_free(&a);
 }
@@ -580,6 +686,11 @@ fanout_suite(void)
 	tcase_add_test(tc, test_upstream_bad_frame);
 	tcase_add_test(tc, test_never_sends_before_the_writer);
 	tcase_add_test(tc, test_janitor_lag);
+	tcase_add_test(tc, test_never_sent_in_the_pass_that_reads_it);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("always");
+	tcase_add_checked_fixture(tc, setup_always, teardown);
+	tcase_add_test(tc, test_always_sent_in_the_pass_that_makes_it_durable);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("tokens");
 	tcase_add_checked_fixture(tc, setup_tokens, teardown);
