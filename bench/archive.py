@@ -14,7 +14,12 @@ cache with compression on) it measures:
 - a subscriber catching up from archived segments against one catching up
   from the same frames raw (wrsub, FCWAL-SUB/1 from earliest; median of
   three alternating runs);
-- `walcat restore` of the whole archived store into an empty directory.
+- `walcat restore` of the whole archived store into an empty directory,
+  and the same into tmpfs (--tmpfs, default /dev/shm when it exists), so
+  that the restore's own rate shows apart from the disk's.
+
+Catch-up rows also give the relay's CPU time per GiB delivered (all its
+threads, from /proc), which depends less on other load than the rates.
 
 Every server listens on 127.0.0.1 and is stopped on exit. Prints a
 Markdown table (and writes it to --out).
@@ -78,12 +83,35 @@ def dir_bytes(d, suffix):
                if n.endswith(suffix))
 
 
+def proc_cpu(pid):
+    """CPU seconds (user + system) of a process, all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def catch_up(wrsub, relay, count):
+    """MB/s, frames, and the relay's CPU seconds per GiB delivered."""
+    c0 = proc_cpu(relay.p.pid)
     out = subprocess.run([wrsub, "--addr", f"127.0.0.1:{relay.listen}", "-n",
                           "1", "--count", str(count), "--timeout", "600"],
                          capture_output=True, text=True, check=True)
+    cpu = proc_cpu(relay.p.pid) - c0
     m = re.search(r"RESULT frames=(\d+) bytes=(\d+) secs=([\d.]+)", out.stdout)
-    return int(m.group(2)) / float(m.group(3)) / 1e6, int(m.group(1))
+    return (int(m.group(2)) / float(m.group(3)) / 1e6, int(m.group(1)),
+            cpu / (int(m.group(2)) / 2**30))
+
+
+def restore(wc, src, dst):
+    """walcat restore src into dst: wall MB/s, CPU MB/s, bytes, summary."""
+    shutil.rmtree(dst, ignore_errors=True)
+    t0, c0 = time.monotonic(), child_cpu()
+    out = subprocess.run([wc, "restore", src, dst], capture_output=True,
+                         text=True, check=True)
+    secs, cpu = time.monotonic() - t0, child_cpu() - c0
+    nbytes = dir_bytes(dst, ".wal")
+    shutil.rmtree(dst, ignore_errors=True)
+    return nbytes / 1e6 / secs, nbytes / 1e6 / cpu, nbytes, out.stdout.strip()
 
 
 def one(args, work, label, produce_args, mult=1):
@@ -136,20 +164,24 @@ def one(args, work, label, produce_args, mult=1):
     total = count
     rr = Relay(wr, raw, os.path.join(work, "raw.log"), [])
     ar = Relay(wr, arch, os.path.join(work, "arch.log"), [])
-    raw_rates, arch_rates = [], []
+    raw_rates, arch_rates, raw_cpu, arch_cpu = [], [], [], []
     for _ in range(3):
-        raw_rates.append(catch_up(args.wrsub, rr, total)[0])
-        arch_rates.append(catch_up(args.wrsub, ar, total)[0])
+        x = catch_up(args.wrsub, rr, total)
+        raw_rates.append(x[0])
+        raw_cpu.append(x[2])
+        x = catch_up(args.wrsub, ar, total)
+        arch_rates.append(x[0])
+        arch_cpu.append(x[2])
     rr.stop()
     ar.stop()
 
-    # restore of the whole archived store
-    t0, c0 = time.monotonic(), child_cpu()
-    out = subprocess.run([wc, "restore", arch, os.path.join(work, "restored")],
-                         capture_output=True, text=True, check=True)
-    rsecs, rcpu = time.monotonic() - t0, child_cpu() - c0
-    rbytes = dir_bytes(os.path.join(work, "restored"), ".wal")
-    shutil.rmtree(os.path.join(work, "restored"), ignore_errors=True)
+    # restore of the whole archived store, onto the disk and into tmpfs
+    rmbps, rcpu_mbps, rbytes, rline = restore(
+        wc, arch, os.path.join(work, "restored"))
+    tmbps = tcpu_mbps = None
+    if args.tmpfs:
+        tmbps, tcpu_mbps, _, _ = restore(
+            wc, arch, os.path.join(args.tmpfs, f"walrelay-bench-{os.getpid()}"))
     return {
         "label": label, "mib": (rawbytes + os.path.getsize(
             os.path.join(raw, segs[-1]))) / 2**20,
@@ -157,11 +189,14 @@ def one(args, work, label, produce_args, mult=1):
         "mbps": araw / 1e6 / (ams / 1000), "zstd_mbps": rawbytes / 1e6 / zsecs,
         "cpu_mbps": araw / 1e6 / (acpu / 1000),
         "zstd_cpu_mbps": rawbytes / 1e6 / zcpu,
-        "restore_cpu_mbps": rbytes / 1e6 / rcpu,
+        "restore_cpu_mbps": rcpu_mbps,
         "raw_catchup": statistics.median(raw_rates),
         "arch_catchup": statistics.median(arch_rates),
-        "restore_mbps": rbytes / 1e6 / rsecs, "restore_bytes": rbytes,
-        "restore_line": out.stdout.strip(),
+        "raw_cpu": statistics.median(raw_cpu),
+        "arch_cpu": statistics.median(arch_cpu),
+        "restore_mbps": rmbps, "restore_bytes": rbytes,
+        "tmpfs_mbps": tmbps, "tmpfs_cpu_mbps": tcpu_mbps,
+        "restore_line": rline,
     }
 
 
@@ -173,6 +208,9 @@ def main():
     ap.add_argument("--work", default=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "build", "archive"))
     ap.add_argument("--out")
+    ap.add_argument("--tmpfs", default="/dev/shm" if os.path.isdir(
+        "/dev/shm") else None, help="also restore into this directory "
+        "(tmpfs: the restore without the disk); '' for none")
     ap.add_argument("--lz4-mult", type=int, default=16,
                     help="frames per raw byte with --compress, x")
     args = ap.parse_args()
@@ -183,8 +221,14 @@ def main():
     o = ["| frames | MiB | archive ratio | zstd -3 ratio (archive as % of "
          "it) | archive MB/s, 1 thread: wall (CPU) | zstd -3 -T1 MB/s: wall "
          "(CPU) | catch-up raw MB/s | catch-up archived MB/s (x raw) | "
-         "walcat restore MB/s: wall (CPU) |",
-         "|---|---|---|---|---|---|---|---|---|"]
+         "relay CPU s per GiB caught up: raw / archived | "
+         "walcat restore MB/s: wall (CPU) | the same into tmpfs |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def tmpfs(r):
+        if r["tmpfs_mbps"] is None:
+            return "-"
+        return f"{r['tmpfs_mbps']:.0f} ({r['tmpfs_cpu_mbps']:.0f})"
     for r in res:
         o.append(f"| {r['label']} | {r['mib']:.0f} | {r['ratio']:.2f} | "
                  f"{r['zstd_ratio']:.2f} ({100 * r['ratio'] / r['zstd_ratio']:.0f}%) | "
@@ -192,7 +236,9 @@ def main():
                  f"{r['zstd_mbps']:.0f} ({r['zstd_cpu_mbps']:.0f}) | "
                  f"{r['raw_catchup']:.0f} | {r['arch_catchup']:.0f} "
                  f"({r['arch_catchup'] / r['raw_catchup']:.2f}x) | "
-                 f"{r['restore_mbps']:.0f} ({r['restore_cpu_mbps']:.0f}) |")
+                 f"{r['raw_cpu']:.2f} / {r['arch_cpu']:.2f} | "
+                 f"{r['restore_mbps']:.0f} ({r['restore_cpu_mbps']:.0f}) | "
+                 f"{tmpfs(r)} |")
     t = res[0]
     o += ["", "Targets (the benchmark's frames; wall-clock rates on a shared "
           "machine, CPU rates in parentheses):", "",
@@ -214,6 +260,11 @@ def main():
              f"≥ 1 GB/s | {t['restore_mbps']:.0f} "
              f"({t['restore_cpu_mbps']:.0f}) MB/s | "
              f"{verdict(t['restore_mbps'] >= 1000)} |")
+    if t["tmpfs_mbps"] is not None:
+        o.append(f"| the same into tmpfs (the restore without the disk) "
+                 f"≥ 1 GB/s | {t['tmpfs_mbps']:.0f} "
+                 f"({t['tmpfs_cpu_mbps']:.0f}) MB/s | "
+                 f"{verdict(t['tmpfs_mbps'] >= 1000)} |")
     text = "\n".join(o) + "\n"
     for r in res:
         text += f"\n{r['label']}: {r['restore_line']}"

@@ -413,16 +413,13 @@ fail:
 }
 
 int
-archive_read_block(int fd, const struct archive_block *b, size_t max_frame,
-    struct chunk **out, char *errbuf, size_t errlen)
+archive_block_decompress(ZSTD_DCtx *dctx, int fd,
+    const struct archive_block *b, int frames_checked, uint8_t *dst,
+    size_t dstcap, uint8_t **zbuf, size_t *zcap, char *errbuf, size_t errlen)
 {
-	struct chunk *ch = NULL;
-	unsigned long long csize;
-	uint8_t *z = NULL;
-	size_t r, off = 0, flen;
-	uint32_t n = 0;
+	size_t r, zlen = b->ab_zlen;
+	uint8_t *z;
 
-	*out = NULL;
 	/* a damaged length is refused before its memory is allocated */
 	if ((uint64_t)b->ab_raw_len > (uint64_t)b->ab_zlen *
 	    ARCHIVE_ZSTD_MAX_RATIO) {
@@ -433,32 +430,84 @@ archive_read_block(int fd, const struct archive_block *b, size_t max_frame,
 		    b->ab_nframes - 1, b->ab_raw_len, b->ab_zlen);
 		return -1;
 	}
-	if ((z = malloc(b->ab_zlen > 0 ? b->ab_zlen : 1)) == NULL ||
-	    (ch = chunk_new(b->ab_raw_len)) == NULL) {
-		snprintf(errbuf, errlen, "out of memory");
-		goto fail;
+	if (dstcap < b->ab_raw_len) {
+		snprintf(errbuf, errlen, "a buffer of %zu bytes for a block of "
+		    "%" PRIu32, dstcap, b->ab_raw_len);
+		return -1;
 	}
-	if (fdio_pread_all(fd, z, b->ab_zlen, b->ab_zoff) == -1) {
+	if (*zcap < b->ab_zlen || *zbuf == NULL) {
+		uint8_t *nz;
+		size_t ncap = b->ab_zlen > 0 ? b->ab_zlen : 1;
+
+		if ((nz = realloc(*zbuf, ncap)) == NULL) {
+			snprintf(errbuf, errlen, "out of memory");
+			return -1;
+		}
+		*zbuf = nz;
+		*zcap = ncap;
+	}
+	if (fdio_pread_all(fd, *zbuf, b->ab_zlen, b->ab_zoff) == -1) {
 		snprintf(errbuf, errlen, "read of the block at offset %" PRIu64
 		    ": %s", b->ab_zoff, strerror(errno));
-		goto fail;
+		return -1;
 	}
-	csize = ZSTD_getFrameContentSize(z, b->ab_zlen);
-	if (csize != b->ab_raw_len) {
+	z = *zbuf;
+	if (ZSTD_getFrameContentSize(z, zlen) != b->ab_raw_len) {
 		snprintf(errbuf, errlen, "corrupt block at offset %" PRIu64
 		    " (sequences %" PRIu64 " to %" PRIu64 "): bad zstd frame "
 		    "header", b->ab_zoff, b->ab_seq, b->ab_seq +
 		    b->ab_nframes - 1);
-		goto fail;
+		return -1;
 	}
-	r = ZSTD_decompress(ch->ch_data, ch->ch_cap, z, b->ab_zlen);
+	/*
+	 * A caller that checks every frame's crc itself needs no XXH64 of
+	 * the content as well (a third of the instructions of decompressing
+	 * text): the frame header says there is none (Content_Checksum_flag,
+	 * bit 2 of the byte after the magic, RFC 8878) and its 4 bytes at the
+	 * end of the frame are left out.
+	 */
+	if (frames_checked && zlen > 4 + 1 + 4 && get32(z) == ZSTD_MAGICNUMBER &&
+	    (z[4] & 0x04)) {
+		z[4] &= ~0x04;
+		zlen -= 4;
+	}
+	/* one call, straight into dst: zstd needs no window buffer */
+	r = ZSTD_decompressDCtx(dctx, dst, dstcap, z, zlen);
 	if (ZSTD_isError(r) || r != b->ab_raw_len) {
 		snprintf(errbuf, errlen, "corrupt block at offset %" PRIu64
 		    " (sequences %" PRIu64 " to %" PRIu64 "): %s", b->ab_zoff,
 		    b->ab_seq, b->ab_seq + b->ab_nframes - 1, ZSTD_isError(r) ?
 		    ZSTD_getErrorName(r) : "wrong length");
+		return -1;
+	}
+	return 0;
+}
+
+int
+archive_read_block(int fd, const struct archive_block *b, size_t max_frame,
+    struct chunk **out, char *errbuf, size_t errlen)
+{
+	ZSTD_DCtx *dctx = NULL;
+	struct chunk *ch = NULL;
+	uint8_t *z = NULL;
+	size_t zcap = 0, r, off = 0, flen;
+	uint32_t n = 0;
+
+	*out = NULL;
+	/* a damaged length is refused before its memory is allocated */
+	if ((uint64_t)b->ab_raw_len > (uint64_t)b->ab_zlen *
+	    ARCHIVE_ZSTD_MAX_RATIO)
+		return archive_block_decompress(NULL, fd, b, 0, NULL, 0, &z,
+		    &zcap, errbuf, errlen);
+	if ((dctx = ZSTD_createDCtx()) == NULL ||
+	    (ch = chunk_new(b->ab_raw_len)) == NULL) {
+		snprintf(errbuf, errlen, "out of memory");
 		goto fail;
 	}
+	if (archive_block_decompress(dctx, fd, b, 0, ch->ch_data, ch->ch_cap,
+	    &z, &zcap, errbuf, errlen) == -1)
+		goto fail;
+	r = b->ab_raw_len;
 	/*
 	 * zstd checked the content against its XXH64 (the frames' crcs were
 	 * checked when they were compressed): walk the frame headers.
@@ -482,10 +531,12 @@ archive_read_block(int fd, const struct archive_block *b, size_t max_frame,
 	ch->ch_seq = b->ab_seq;
 	ch->ch_nframes = b->ab_nframes;
 	free(z);
+	ZSTD_freeDCtx(dctx);
 	*out = ch;
 	return 0;
 fail:
 	free(z);
+	ZSTD_freeDCtx(dctx);
 	if (ch != NULL)
 		chunk_unref(ch);
 	return -1;
@@ -518,47 +569,39 @@ pieces_add(struct chunk ***pieces, uint32_t *n, uint32_t *cap,
 	return 0;
 }
 
-int
-archive_read_pieces(ZSTD_DCtx *dctx, int fd, const struct archive_block *b,
-    size_t max_frame, size_t piece, struct chunk ***out, uint32_t *nout,
-    char *errbuf, size_t errlen)
+/*
+ * archive_read_pieces with the buffer for compressed bytes kept by the
+ * caller (*zbuf, *zcap): the reader thread reuses one, where a new one
+ * per block (hundreds of KiB for poorly compressible frames, so a fresh
+ * mapping) cost page faults on every read.
+ */
+static int
+read_pieces(ZSTD_DCtx *dctx, uint8_t **zbuf, size_t *zcap, int fd,
+    const struct archive_block *b, size_t max_frame, size_t piece,
+    struct chunk ***out, uint32_t *nout, char *errbuf, size_t errlen)
 {
 	ZSTD_DCtx *own = NULL;
 	struct chunk **pieces = NULL, *ch = NULL, *v;
-	uint8_t *z = NULL;
 	size_t r, off = 0, start = 0, flen;
 	uint32_t n = 0, npieces = 0, cap = 0, frames = 0;
 
 	*out = NULL;
 	*nout = 0;
+	if ((uint64_t)b->ab_raw_len > (uint64_t)b->ab_zlen *
+	    ARCHIVE_ZSTD_MAX_RATIO)
+		return archive_block_decompress(NULL, fd, b, 0, NULL, 0, zbuf,
+		    zcap, errbuf, errlen);
 	if (dctx == NULL && (dctx = own = ZSTD_createDCtx()) == NULL)
 		goto nomem;
 	/* blocks of one size share the chunk buffer cache's bucket */
-	if ((z = malloc(b->ab_zlen > 0 ? b->ab_zlen : 1)) == NULL ||
-	    (ch = chunk_new(b->ab_raw_len > ARCHIVE_BLOCK + 64 * 1024 ?
+	if ((ch = chunk_new(b->ab_raw_len > ARCHIVE_BLOCK + 64 * 1024 ?
 	    b->ab_raw_len : ARCHIVE_BLOCK + 64 * 1024)) == NULL)
 		goto nomem;
-	if (fdio_pread_all(fd, z, b->ab_zlen, b->ab_zoff) == -1) {
-		snprintf(errbuf, errlen, "read of the block at offset %" PRIu64
-		    ": %s", b->ab_zoff, strerror(errno));
-		goto fail;
-	}
-	if (ZSTD_getFrameContentSize(z, b->ab_zlen) != b->ab_raw_len) {
-		snprintf(errbuf, errlen, "corrupt block at offset %" PRIu64
-		    " (sequences %" PRIu64 " to %" PRIu64 "): bad zstd frame "
-		    "header", b->ab_zoff, b->ab_seq, b->ab_seq +
-		    b->ab_nframes - 1);
-		goto fail;
-	}
 	/* straight into the chunk the pieces share: no copy after this */
-	r = ZSTD_decompressDCtx(dctx, ch->ch_data, ch->ch_cap, z, b->ab_zlen);
-	if (ZSTD_isError(r) || r != b->ab_raw_len) {
-		snprintf(errbuf, errlen, "corrupt block at offset %" PRIu64
-		    " (sequences %" PRIu64 " to %" PRIu64 "): %s", b->ab_zoff,
-		    b->ab_seq, b->ab_seq + b->ab_nframes - 1, ZSTD_isError(r) ?
-		    ZSTD_getErrorName(r) : "wrong length");
+	if (archive_block_decompress(dctx, fd, b, 0, ch->ch_data, ch->ch_cap,
+	    zbuf, zcap, errbuf, errlen) == -1)
 		goto fail;
-	}
+	r = b->ab_raw_len;
 	ch->ch_len = r;
 	ch->ch_seq = b->ab_seq;
 	/* zstd checked its XXH64: walk the frame headers, cut pieces */
@@ -594,7 +637,6 @@ archive_read_pieces(ZSTD_DCtx *dctx, int fd, const struct archive_block *b,
 		goto fail;
 	}
 	chunk_unref(ch);	/* the pieces hold it */
-	free(z);
 	ZSTD_freeDCtx(own);
 	*out = pieces;
 	*nout = npieces;
@@ -605,19 +647,42 @@ fail:
 	if (ch != NULL)
 		chunk_unref(ch);
 	archive_pieces_free(pieces, npieces);
-	free(z);
 	ZSTD_freeDCtx(own);
 	return -1;
+}
+
+int
+archive_read_pieces(ZSTD_DCtx *dctx, int fd, const struct archive_block *b,
+    size_t max_frame, size_t piece, struct chunk ***out, uint32_t *nout,
+    char *errbuf, size_t errlen)
+{
+	uint8_t *z = NULL;
+	size_t zcap = 0;
+	int rc;
+
+	rc = read_pieces(dctx, &z, &zcap, fd, b, max_frame, piece, out, nout,
+	    errbuf, errlen);
+	free(z);
+	return rc;
 }
 
 /* ---- the block reader ------------------------------------------------- */
 
 STAILQ_HEAD(archive_job_queue, archive_job);
 
+/*
+ * Threads that decompress blocks: with two, the block a reader is about to
+ * reach (read ahead) is decompressed while the one it waits for is, and a
+ * block that is slow (its file's pages are on the disk, or the thread is
+ * not scheduled) does not hold up the next.
+ */
+#define ARCHIVE_READERS		2
+
 struct archive_reader {
 	pthread_mutex_t		 ar_mtx;
 	pthread_cond_t		 ar_cond;
-	pthread_t		 ar_thread;
+	pthread_t		 ar_threads[ARCHIVE_READERS];
+	int			 ar_nthreads;
 	int			 ar_stop;
 	struct archive_job_queue ar_queue;
 	void			(*ar_notify)(void *);
@@ -625,7 +690,8 @@ struct archive_reader {
 };
 
 static void
-reader_run(struct archive_job *j, ZSTD_DCtx *dctx)
+reader_run(struct archive_job *j, ZSTD_DCtx *dctx, uint8_t **zbuf,
+    size_t *zcap)
 {
 	char err[256];
 	int fd;
@@ -637,7 +703,7 @@ reader_run(struct archive_job *j, ZSTD_DCtx *dctx)
 		    j->aj_name, strerror(errno));
 		return;
 	}
-	if (archive_read_pieces(dctx, fd, &j->aj_blk, j->aj_max_frame,
+	if (read_pieces(dctx, zbuf, zcap, fd, &j->aj_blk, j->aj_max_frame,
 	    ARCHIVE_PIECE, &j->aj_pieces, &j->aj_npieces, err,
 	    sizeof(err)) == -1)
 		snprintf(j->aj_err, sizeof(j->aj_err), "%s: %s", j->aj_name,
@@ -651,6 +717,8 @@ reader_main(void *arg)
 	struct archive_reader *ar = arg;
 	struct archive_job *j;
 	ZSTD_DCtx *dctx = ZSTD_createDCtx();	/* NULL: one per block */
+	uint8_t *zbuf = NULL;
+	size_t zcap = 0;
 
 	pthread_mutex_lock(&ar->ar_mtx);
 	for (;;) {
@@ -662,7 +730,7 @@ reader_main(void *arg)
 		}
 		STAILQ_REMOVE_HEAD(&ar->ar_queue, aj_entry);
 		pthread_mutex_unlock(&ar->ar_mtx);
-		reader_run(j, dctx);
+		reader_run(j, dctx, &zbuf, &zcap);
 		pthread_mutex_lock(&ar->ar_mtx);
 		j->aj_done = 1;
 		pthread_mutex_unlock(&ar->ar_mtx);
@@ -671,6 +739,7 @@ reader_main(void *arg)
 		pthread_mutex_lock(&ar->ar_mtx);
 	}
 	pthread_mutex_unlock(&ar->ar_mtx);
+	free(zbuf);
 	ZSTD_freeDCtx(dctx);
 	return NULL;
 }
@@ -705,13 +774,15 @@ archive_reader_start(void (*notify)(void *), void *arg, char *errbuf,
 	STAILQ_INIT(&ar->ar_queue);
 	ar->ar_notify = notify;
 	ar->ar_arg = arg;
-	if ((r = thread_start(&ar->ar_thread, reader_main, ar)) != 0) {
-		snprintf(errbuf, errlen, "cannot start the archive reader "
-		    "thread: %s", strerror(r));
-		pthread_cond_destroy(&ar->ar_cond);
-		pthread_mutex_destroy(&ar->ar_mtx);
-		free(ar);
-		return NULL;
+	for (int i = 0; i < ARCHIVE_READERS; i++) {
+		if ((r = thread_start(&ar->ar_threads[i], reader_main,
+		    ar)) != 0) {
+			snprintf(errbuf, errlen, "cannot start the archive "
+			    "reader threads: %s", strerror(r));
+			archive_reader_stop(ar);
+			return NULL;
+		}
+		ar->ar_nthreads++;
 	}
 	return ar;
 }
@@ -750,9 +821,10 @@ archive_reader_stop(struct archive_reader *ar)
 		return;
 	pthread_mutex_lock(&ar->ar_mtx);
 	ar->ar_stop = 1;
-	pthread_cond_signal(&ar->ar_cond);
+	pthread_cond_broadcast(&ar->ar_cond);
 	pthread_mutex_unlock(&ar->ar_mtx);
-	pthread_join(ar->ar_thread, NULL);
+	for (int i = 0; i < ar->ar_nthreads; i++)
+		pthread_join(ar->ar_threads[i], NULL);
 	while ((j = STAILQ_FIRST(&ar->ar_queue)) != NULL) {
 		STAILQ_REMOVE_HEAD(&ar->ar_queue, aj_entry);
 		snprintf(j->aj_err, sizeof(j->aj_err), "stopping");

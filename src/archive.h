@@ -18,8 +18,8 @@
  * whose range holds S.
  *
  * Nothing here touches a global: the store (segment.c) owns an archiver
- * (the thread that compresses sealed segments) and a block reader (the
- * thread that decompresses blocks for subscribers), and every function
+ * (the thread that compresses sealed segments) and a block reader (two
+ * threads that decompress blocks for subscribers), and every function
  * takes its context explicitly.
  */
 #ifndef WALRELAY_ARCHIVE_H
@@ -114,6 +114,21 @@ int	archive_read_block(int fd, const struct archive_block *,
 	    size_t max_frame, struct chunk **, char *errbuf, size_t errlen);
 
 /*
+ * Decompress block b of the archived file fd into dst (dstcap bytes, at
+ * least ab_raw_len) in one call with dctx, so that zstd writes straight
+ * into dst; *zbuf (*zcap bytes, grown as needed: free it when done) takes
+ * the compressed bytes. zstd checks the content's XXH64, unless
+ * frames_checked: the caller then checks every frame's crc in dst itself.
+ * Returns 0, or -1 with errbuf ("corrupt block at offset N (sequences A
+ * to B): why" for bad content).
+ */
+struct ZSTD_DCtx_s;
+int	archive_block_decompress(struct ZSTD_DCtx_s *dctx, int fd,
+	    const struct archive_block *b, int frames_checked, uint8_t *dst,
+	    size_t dstcap, uint8_t **zbuf, size_t *zcap, char *errbuf,
+	    size_t errlen);
+
+/*
  * The same, cut into pieces: views (chunk_view) of whole frames of at
  * most piece bytes each (a larger frame alone in its own) into the one
  * chunk the block is decompressed into, so that a subscriber queues whole
@@ -124,7 +139,6 @@ int	archive_read_block(int fd, const struct archive_block *,
  * free with archive_pieces_free), or -1 with errbuf as above.
  */
 #define ARCHIVE_PIECE		(64 * 1024)
-struct ZSTD_DCtx_s;
 int	archive_read_pieces(struct ZSTD_DCtx_s *dctx, int fd,
 	    const struct archive_block *, size_t max_frame, size_t piece,
 	    struct chunk ***pieces, uint32_t *npieces, char *errbuf,
@@ -150,7 +164,11 @@ struct archive_job {
 
 struct archive_reader;
 
-/* notify(arg) is called on the reader thread after each finished job. */
+/*
+ * notify(arg) is called on the reader thread that finished a job, after
+ * each one. Jobs are taken in order by whichever of the threads is free,
+ * so they may finish out of order.
+ */
 struct archive_reader *archive_reader_start(void (*notify)(void *),
 	    void *arg, char *errbuf, size_t errlen);
 /* Queue a job (it must stay allocated until it is done or the reader stopped). */

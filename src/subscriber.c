@@ -294,8 +294,16 @@ sub_unpin_cb(struct evbuffer_file_segment const *seg, int flags, void *arg)
 }
 
 /*
- * Queue whole frames of an archived span (a block the store decompressed
- * on its reader thread) up to the high watermark, like a tail chunk.
+ * Queue an archived span (a piece of a block the store decompressed on its
+ * reader thread) by reference, like a tail chunk: the rest of the piece
+ * whole when it fits the room left under the high watermark, with its
+ * frame count known from the span, so no frame header is read on the loop
+ * (they were walked on the reader thread, and reading them here again
+ * cost a cache miss per frame). When it does not fit and bytes are still
+ * queued, nothing is cut or copied: returns 1 and the write callback
+ * refills once the queue has drained to the low watermark (half the
+ * buffer, more than a piece). Only an empty queue with a piece larger
+ * than the whole buffer takes whole frames of it.
  */
 static int
 sub_emit_block(struct sub_stage *st)
@@ -308,7 +316,13 @@ sub_emit_block(struct sub_stage *st)
 
 	q = sub_queued(st);
 	room = hiwat > q ? hiwat - q : 1;
-	len = chunk_cut(sp->sp_chunk, off, room, &nf);
+	len = sp->sp_len - sub->sub_span_done;
+	if (len <= room)
+		nf = (uint32_t)(sp->sp_end_seq - sub->sub_pos);
+	else if (q > 0)
+		return 1;
+	else
+		len = chunk_cut(sp->sp_chunk, off, room, &nf);
 	if (sub_emit_chunk(st, sp->sp_chunk, off, len) == -1)
 		return -1;
 	sub->sub_span_done += len;
@@ -676,7 +690,8 @@ sub_read_done(struct iopool_job *j)
  * Plain TCP sends it with sendfile, a window at a time, each window first
  * warmed into the page cache on the I/O pool; TLS and zstd read it there
  * piecewise. Returns 0 when bytes were queued, 1 while a job is in flight
- * (its completion refills), -1 with errno.
+ * (its completion refills) or an archived piece waits for room (the write
+ * callback refills), -1 with errno.
  */
 static int
 sub_emit_span(struct sub_stage *st)
@@ -837,8 +852,11 @@ sub_fill(struct sub_stage *st, int *full)
 		if (sub->sub_has_span) {
 			if ((rc = sub_emit_span(st)) == -1)
 				return SUB_FILL_ERROR;
-			if (rc == 1)
-				break;	/* its read completes on the loop */
+			if (rc == 1) {
+				/* its read completes on the loop, or no room */
+				*full = sub->sub_span.sp_chunk != NULL;
+				break;
+			}
 			continue;
 		}
 		if ((ch = fanout_find(sub->sub_fan, sub->sub_pos)) != NULL) {

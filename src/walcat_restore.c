@@ -958,7 +958,9 @@ restore_frame(struct restore *rs, uint64_t seq, const uint8_t *p,
 			return -1;
 		}
 	} else {
-		memcpy(rs->rs_wbuf + rs->rs_wlen, p, len);
+		/* an archived block is decompressed where its frames go */
+		if (p != rs->rs_wbuf + rs->rs_wlen)
+			memmove(rs->rs_wbuf + rs->rs_wlen, p, len);
 		rs->rs_wlen += len;
 	}
 	rf->rf_bytes += len;
@@ -1073,6 +1075,165 @@ ioerr:
 
 /* ---- from a data directory --------------------------------------------- */
 
+/* Buffers for restoring archived segments, reused from file to file. */
+struct rarch {
+	ZSTD_DCtx	*ra_dctx;
+	uint8_t		*ra_zbuf;	/* a block's compressed bytes */
+	size_t		 ra_zcap;
+	uint8_t		*ra_big;	/* a block larger than a write buffer */
+	size_t		 ra_bigcap;
+};
+
+static void
+rarch_free(struct rarch *ra)
+{
+	ZSTD_freeDCtx(ra->ra_dctx);
+	free(ra->ra_zbuf);
+	free(ra->ra_big);
+	memset(ra, 0, sizeof(*ra));
+}
+
+/* Make *buf hold at least len bytes. 0, or -1 (said why). */
+static int
+rarch_grow(uint8_t **buf, size_t *cap, size_t len)
+{
+	uint8_t *nb;
+
+	if (*cap >= len)
+		return 0;
+	if ((nb = realloc(*buf, len)) == NULL) {
+		fprintf(stderr, "walcat: restore: out of memory\n");
+		return -1;
+	}
+	*buf = nb;
+	*cap = len;
+	return 0;
+}
+
+/*
+ * The frames of an archived segment, block by block through its index:
+ * each block is decompressed in one call straight into the write buffer,
+ * where its frames are checked (frame crc, which covers every byte, so
+ * zstd's XXH64 is skipped; records too with --check-records) and stay:
+ * no copy between zstd and the write(2) of the buffer. A block is moved out of the write buffer only
+ * when an output file ends inside it (the buffer then goes to the writer)
+ * and decompressed elsewhere when it is larger than a buffer.
+ * Returns 0 (every frame, or the cut was reached: rs_done), 1 when the
+ * file has no valid index (the caller reads it as a stream of zstd
+ * frames, which says what is wrong with it), -1 (I/O error, said) or
+ * RESTORE_EXIT_BAD (a bad block or frame, said).
+ */
+static int
+restore_archived(struct restore *rs, struct rarch *ra,
+    struct fcw2_checker *chk, int fd, const char *path, uint64_t base)
+{
+	struct archive_index idx;
+	struct fcw2_record rec;
+	char err[512];
+	int rc = RESTORE_EXIT_BAD, r;
+
+	if (archive_index_read(fd, &idx, err, sizeof(err)) == -1)
+		return 1;
+	if (idx.ai_base != base) {
+		restore_progress_clear(rs);
+		fprintf(stderr, "walcat: restore: %s: its index starts at "
+		    "sequence %" PRIu64 ", its name at %" PRIu64 "\n", path,
+		    idx.ai_base, base);
+		goto out;
+	}
+	if (ra->ra_dctx == NULL && (ra->ra_dctx = ZSTD_createDCtx()) == NULL) {
+		fprintf(stderr, "walcat: restore: out of memory\n");
+		rc = -1;
+		goto out;
+	}
+	for (uint32_t i = 0; i < idx.ai_nblocks && !rs->rs_done; i++) {
+		const struct archive_block *b = &idx.ai_blocks[i];
+		uint8_t *dst;
+		size_t len = b->ab_raw_len, off = 0, flen;
+		uint64_t seq = b->ab_seq, raw = b->ab_raw_off;
+		int inplace = len <= RESTORE_WBUF;
+
+		if (inplace) {
+			if (rs->rs_wlen + len > RESTORE_WBUF &&
+			    restore_flush(rs) == -1) {
+				rc = -1;
+				goto out;
+			}
+			dst = rs->rs_wbuf + rs->rs_wlen;
+		} else {
+			if (rarch_grow(&ra->ra_big, &ra->ra_bigcap, len) == -1) {
+				rc = -1;
+				goto out;
+			}
+			dst = ra->ra_big;
+		}
+		if (archive_block_decompress(ra->ra_dctx, fd, b, 1, dst, len,
+		    &ra->ra_zbuf, &ra->ra_zcap, err, sizeof(err)) == -1) {
+			restore_progress_clear(rs);
+			fprintf(stderr, "walcat: restore: %s: %s\n", path, err);
+			goto out;
+		}
+		while (off < len && !rs->rs_done) {
+			r = fcw2_check(chk, dst + off, len - off, &flen, &rec);
+			if (r != FCW2_OK) {
+				restore_progress_clear(rs);
+				fprintf(stderr, "walcat: restore: %s: corrupt "
+				    "block at offset %" PRIu64 " (sequences %"
+				    PRIu64 " to %" PRIu64 "): raw offset %"
+				    PRIu64 " (sequence %" PRIu64 "): %s; "
+				    "nothing after it is restored\n", path,
+				    b->ab_zoff, b->ab_seq, b->ab_seq +
+				    b->ab_nframes - 1, raw + off, seq, r ==
+				    FCW2_NEED_MORE ? "incomplete frame" :
+				    fcw2_strerror(r));
+				goto out;
+			}
+			/*
+			 * A new output file hands the write buffer, and the
+			 * rest of this block in it, to the writer: move the
+			 * rest out first.
+			 */
+			if (inplace && rs->rs_fd != -1 &&
+			    rs->rs_files[rs->rs_nfiles - 1].rf_bytes > 0 &&
+			    rs->rs_files[rs->rs_nfiles - 1].rf_bytes + flen >
+			    rs->rs_seg_bytes) {
+				if (rarch_grow(&ra->ra_big, &ra->ra_bigcap,
+				    len - off) == -1) {
+					rc = -1;
+					goto out;
+				}
+				memcpy(ra->ra_big, dst + off, len - off);
+				dst = ra->ra_big;
+				len -= off;
+				raw += off;
+				off = 0;
+				inplace = 0;
+			}
+			if ((r = restore_frame(rs, seq, dst + off, flen,
+			    rs->rs_check_records ? &rec : NULL)) == -1) {
+				rc = -1;
+				goto out;
+			}
+			off += flen;
+			seq++;
+		}
+		if (!rs->rs_done && seq != b->ab_seq + b->ab_nframes) {
+			restore_progress_clear(rs);
+			fprintf(stderr, "walcat: restore: %s: corrupt block at "
+			    "offset %" PRIu64 " (sequences %" PRIu64 " to %"
+			    PRIu64 "): it holds %" PRIu64 " frames where the "
+			    "index says %" PRIu32 "\n", path, b->ab_zoff,
+			    b->ab_seq, b->ab_seq + b->ab_nframes - 1,
+			    seq - b->ab_seq, b->ab_nframes);
+			goto out;
+		}
+	}
+	rc = 0;
+out:
+	archive_index_free(&idx);
+	return rc;
+}
+
 /* The segment files of dir in order: an archived one replaces its raw twin. */
 static int
 restore_dir_files(const char *dir, char ***out, size_t *nout)
@@ -1123,8 +1284,10 @@ restore_from_dir(struct restore *rs, const char *dir)
 	size_t n = 0;
 	uint64_t base, nbase, seq, first;
 	struct segstore_snapmeta sm;
+	struct rarch ra;
 	int fd = -1, rc = WALCAT_EXIT_ERROR, r;
 
+	memset(&ra, 0, sizeof(ra));
 	if (restore_dir_files(dir, &names, &n) == -1)
 		return WALCAT_EXIT_ERROR;
 	if ((r = restore_meta_snapshot(dir, &sm)) == -1) {
@@ -1214,6 +1377,16 @@ restore_from_dir(struct restore *rs, const char *dir)
 #ifdef POSIX_FADV_SEQUENTIAL
 		posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 #endif
+		if (zst && (r = restore_archived(rs, &ra, &sc.sc_chk, fd, path,
+		    base)) != 1) {
+			if (r != 0) {
+				rc = r == -1 ? WALCAT_EXIT_ERROR : r;
+				goto out;
+			}
+			close(fd);
+			fd = -1;
+			continue;
+		}
 		if (zst ? scan_start_zstd(&sc, fd) : (scan_start(&sc, fd), 0)) {
 			fprintf(stderr, "walcat: restore: out of memory\n");
 			goto out;
@@ -1263,6 +1436,7 @@ restore_from_dir(struct restore *rs, const char *dir)
 out:
 	if (fd != -1)
 		close(fd);
+	rarch_free(&ra);
 	scan_free(&sc);
 	segment_list_free(names, n);
 	return rc;

@@ -279,6 +279,102 @@ START_TEST(test_read_pieces)
 }
 END_TEST
 
+/*
+ * The block reader decompresses on more than one thread: a job whose
+ * thread is held up (here: in the completion callback, as a thread would
+ * be on a slow disk read) does not keep the next job from finishing.
+ */
+struct held {
+	pthread_mutex_t	 h_mtx;
+	pthread_cond_t	 h_cond;
+	int		 h_calls;
+	int		 h_release;
+};
+
+static void
+held_notify(void *arg)
+{
+	struct held *h = arg;
+	int first;
+
+	pthread_mutex_lock(&h->h_mtx);
+	first = h->h_calls++ == 0;
+	pthread_cond_broadcast(&h->h_cond);
+	while (first && !h->h_release)
+		pthread_cond_wait(&h->h_cond, &h->h_mtx);
+	pthread_mutex_unlock(&h->h_mtx);
+}
+
+START_TEST(test_reader_threads)
+{
+	struct archive_index idx;
+	struct archive_reader *ar;
+	struct archive_job jobs[2];
+	struct held h;
+	struct timespec dl;
+	struct model m;
+	char *dir = tmpdir_new(), err[256];
+	uint64_t zbytes;
+	int dirfd, calls;
+
+	model_init(&m, 100);
+	for (int i = 0; i < 2000; i++)
+		model_add(&m, 300 + (size_t)(i * 7919 % 700));
+	make_archive(&m, dir, "t.wal.zst", 128 * 1024, &idx, &zbytes);
+	ck_assert_uint_ge(idx.ai_nblocks, 2);
+	ck_assert_int_ne(dirfd = open(dir, O_RDONLY | O_DIRECTORY), -1);
+	memset(&h, 0, sizeof(h));
+	pthread_mutex_init(&h.h_mtx, NULL);
+	pthread_cond_init(&h.h_cond, NULL);
+	ar = archive_reader_start(held_notify, &h, err, sizeof(err));
+	ck_assert_msg(ar != NULL, "%s", err);
+	memset(jobs, 0, sizeof(jobs));
+	for (int i = 0; i < 2; i++) {
+		jobs[i].aj_dirfd = dirfd;
+		snprintf(jobs[i].aj_name, sizeof(jobs[i].aj_name), "t.wal.zst");
+		jobs[i].aj_blk = idx.ai_blocks[i];
+		jobs[i].aj_max_frame = 64 << 20;
+		archive_reader_submit(ar, &jobs[i]);
+	}
+	/* both finish while the first thread to finish is held */
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += WAIT_MS / 1000;
+	pthread_mutex_lock(&h.h_mtx);
+	while (h.h_calls < 2 &&
+	    pthread_cond_timedwait(&h.h_cond, &h.h_mtx, &dl) == 0)
+		;
+	calls = h.h_calls;
+	h.h_release = 1;
+	pthread_cond_broadcast(&h.h_cond);
+	pthread_mutex_unlock(&h.h_mtx);
+	ck_assert_int_eq(calls, 2);
+	for (int i = 0; i < 2; i++) {
+		const struct archive_block *ab = &idx.ai_blocks[i];
+		size_t pos = m.off[ab->ab_seq - m.base];
+
+		ck_assert(archive_reader_done(ar, &jobs[i]));
+		ck_assert_msg(jobs[i].aj_pieces != NULL, "%s", jobs[i].aj_err);
+		for (uint32_t k = 0; k < jobs[i].aj_npieces; k++) {
+			struct chunk *pc = jobs[i].aj_pieces[k];
+
+			ck_assert_int_eq(memcmp(pc->ch_data, m.buf + pos,
+			    pc->ch_len), 0);
+			pos += pc->ch_len;
+		}
+		ck_assert_uint_eq(pos, m.off[ab->ab_seq + ab->ab_nframes -
+		    m.base]);
+		archive_pieces_free(jobs[i].aj_pieces, jobs[i].aj_npieces);
+	}
+	archive_reader_stop(ar);
+	pthread_cond_destroy(&h.h_cond);
+	pthread_mutex_destroy(&h.h_mtx);
+	close(dirfd);
+	archive_index_free(&idx);
+	model_free(&m);
+	tmpdir_rm(dir);
+}
+END_TEST
+
 START_TEST(test_corrupt_block)
 {
 	struct archive_index idx;
@@ -777,6 +873,7 @@ archive_suite(void)
 	tcase_add_test(tc, test_random_access);
 	tcase_add_test(tc, test_corrupt_block);
 	tcase_add_test(tc, test_read_pieces);
+	tcase_add_test(tc, test_reader_threads);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("store");
 	tcase_set_timeout(tc, 120);
