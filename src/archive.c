@@ -17,6 +17,7 @@
  */
 #include "autoconfig.h"
 
+#include <sys/prctl.h>
 #include <sys/stat.h>
 
 #include <errno.h>
@@ -652,6 +653,7 @@ reader_main(void *arg)
 	struct archive_job *j;
 	ZSTD_DCtx *dctx = ZSTD_createDCtx();	/* NULL: one per block */
 
+	prctl(PR_SET_NAME, "wr-archread", 0, 0, 0);	/* top -H, tests/fault */
 	pthread_mutex_lock(&ar->ar_mtx);
 	for (;;) {
 		if (ar->ar_stop)
@@ -918,6 +920,7 @@ archiver_main(void *arg)
 	uint64_t wake;
 	int failed = 0;
 
+	prctl(PR_SET_NAME, "wr-archiver", 0, 0, 0);	/* top -H, tests/fault */
 	pthread_mutex_lock(&av->av_mtx);
 	while (!av->av_stop) {
 		av->av_kick = 0;

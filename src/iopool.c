@@ -10,6 +10,7 @@
 #include "autoconfig.h"
 
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 
 #include <errno.h>
 #include <pthread.h>
@@ -53,6 +54,7 @@ iopool_main(void *arg)
 	uint64_t one = 1;
 	int wake;
 
+	prctl(PR_SET_NAME, "wr-io", 0, 0, 0);	/* top -H, tests/fault */
 	pthread_mutex_lock(&ip->ip_mtx);
 	for (;;) {
 		if ((j = STAILQ_FIRST(&ip->ip_queue)) == NULL) {

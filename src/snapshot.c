@@ -15,6 +15,7 @@
 #include "autoconfig.h"
 
 #include <sys/types.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -1938,6 +1939,8 @@ snap_job_main(void *arg)
 	char err[512];
 	int renamed = 0, prio;
 	pid_t tid = (pid_t)syscall(SYS_gettid);
+
+	prctl(PR_SET_NAME, "wr-snapshot", 0, 0, 0);	/* top -H, tests/fault */
 
 	/* Linux: a thread's own nice value; ingest and fanout go first */
 	errno = 0;
