@@ -68,6 +68,14 @@ struct segment {
 	 */
 	int			 seg_archived;
 	int			 seg_noarchive;	/* archiving failed: keep raw */
+	/*
+	 * A file the archive tier could not remove: the raw one after the
+	 * .wal.zst took over (seg_rawleft), or a .wal.zst whose rename was
+	 * not made durable (seg_zleft). The archiver removes it later;
+	 * retention removes it with the segment, before the file it serves.
+	 */
+	int			 seg_rawleft;
+	int			 seg_zleft;
 	char			*seg_zname;
 	struct archive_index	 seg_zidx;
 	int			 seg_compacted;	/* removed: a snapshot covers it */
@@ -123,6 +131,8 @@ struct segstore {
 	int			 ss_compact;
 	uint64_t		 ss_covered;
 	uint64_t		 ss_meta_base;	/* m_base of the last write */
+	/* the last failed write renamed the file (its dir fsync failed) */
+	int			 ss_meta_unsure;	/* under ss_meta_mtx */
 
 	pthread_mutex_t		 ss_mtx;
 	pthread_cond_t		 ss_cond;
