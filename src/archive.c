@@ -830,7 +830,7 @@ archive_one(struct archiver *av, const struct segstore_pick *pk)
 	int dirfd = segstore_dirfd(av->av_ss);
 	char zname[160], tname[170], err[512];
 	uint64_t zbytes = 0, t0 = clock_mono_ms(), ms, cpu0 = archive_cpu_ms();
-	int rawfd = -1, outfd = -1, rc;
+	int rawfd = -1, outfd = -1, created = 0, rc;
 	size_t len = strlen(pk->pk_name);
 
 	memset(&idx, 0, sizeof(idx));
@@ -856,6 +856,7 @@ archive_one(struct archiver *av, const struct segstore_pick *pk)
 		archive_why(av, "%s/%s: archive: create", dir, tname);
 		goto fail;
 	}
+	created = 1;
 	errno = 0;
 	if (archive_compress(rawfd, outfd, pk->pk_base, pk->pk_end -
 	    pk->pk_base, &av->av_cf, av->av_max_frame, &idx, &zbytes, err,
@@ -936,10 +937,10 @@ archive_one(struct archiver *av, const struct segstore_pick *pk)
 	    (double)zbytes : 0.0, ms, archive_cpu_ms() - cpu0);
 	return rc;
 fail:
-	if (outfd != -1) {
+	if (outfd != -1)
 		close(outfd);
-		unlinkat(dirfd, tname, 0);
-	}
+	if (created)
+		unlinkat(dirfd, tname, 0);	/* never served: it goes */
 	if (rawfd != -1)
 		close(rawfd);
 	archive_index_free(&idx);
