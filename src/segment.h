@@ -221,6 +221,11 @@ void		 segstore_poll(struct segstore *, struct segstore_state *);
  * and made a corrupt range (segstore_corrupt_at).
  */
 #define SEGSTORE_PENDING	1
+/*
+ * The segment file could not be read (errno says why): the reader cannot
+ * be served from here now; asking again tries the file again.
+ */
+#define SEGSTORE_READERR	(-2)
 int		 segstore_locate(struct segstore *, uint64_t seq,
 		    struct segment_span *);
 void		 segstore_unpin(struct segstore *, void *pin);

@@ -87,6 +87,13 @@ struct segment {
 	int			 seg_has_hint;
 	uint64_t		 seg_hint_seq;
 	uint64_t		 seg_hint_off;
+	/*
+	 * Loop thread: the last find job could not read the file (errno),
+	 * looking for seg_find_err_seq; the next locate of that sequence
+	 * reports it once (SEGSTORE_READERR) instead of starting another.
+	 */
+	int			 seg_find_err;
+	uint64_t		 seg_find_err_seq;
 };
 TAILQ_HEAD(segment_list, segment);
 
