@@ -1966,34 +1966,22 @@ fail:
 	return -1;
 }
 
-int
-config_load(int argc, char **argv, struct wr_config *cfg, char *errbuf,
-    size_t errlen)
+/*
+ * Build cfg from argv and, when text is set, that text instead of the
+ * file the command line names: 0, *printed set when --help ('h') or
+ * --version ('V') was asked for; -1: cfg was freed, errbuf says why.
+ */
+static int
+config_start(int argc, char **argv, const char *text, size_t textlen,
+    struct wr_config *cfg, int *printed, char *errbuf, size_t errlen)
 {
-	int printed;
-
 	memset(cfg, 0, sizeof(*cfg));
 	if (config_copy_argv(cfg, argc, argv) == -1) {
 		snprintf(errbuf, errlen, "out of memory");
 		goto fail;
 	}
-	if (config_build(cfg, &printed, NULL, 0, errbuf, errlen) == -1)
+	if (config_build(cfg, printed, text, textlen, errbuf, errlen) == -1)
 		goto fail;
-	if (printed == 'h') {
-		config_usage(stdout);
-		config_free(cfg);
-		return 1;
-	}
-	if (printed == 'V') {
-		printf("walrelay %s\n", PACKAGE_VERSION);
-		config_free(cfg);
-		return 1;
-	}
-	if (cfg->print_config) {
-		config_print(cfg, stdout);
-		config_free(cfg);
-		return 1;
-	}
 	return 0;
 fail:
 	config_errclean(errbuf, errlen);
@@ -2002,28 +1990,39 @@ fail:
 }
 
 int
+config_load(int argc, char **argv, struct wr_config *cfg, char *errbuf,
+    size_t errlen)
+{
+	int printed;
+
+	if (config_start(argc, argv, NULL, 0, cfg, &printed, errbuf,
+	    errlen) == -1)
+		return -1;
+	if (printed == 0 && !cfg->print_config)
+		return 0;
+	if (printed == 'h')
+		config_usage(stdout);
+	else if (printed == 'V')
+		printf("walrelay %s\n", PACKAGE_VERSION);
+	else if (cfg->print_config)
+		config_print(cfg, stdout);
+	config_free(cfg);
+	return 1;
+}
+
+int
 config_parse(int argc, char **argv, const char *text, size_t textlen,
     struct wr_config *cfg, char *errbuf, size_t errlen)
 {
 	int printed;
 
-	memset(cfg, 0, sizeof(*cfg));
-	if (config_copy_argv(cfg, argc, argv) == -1) {
-		snprintf(errbuf, errlen, "out of memory");
-		goto fail;
-	}
-	if (config_build(cfg, &printed, text != NULL ? text : "",
-	    text != NULL ? textlen : 0, errbuf, errlen) == -1)
-		goto fail;
-	if (printed) {
-		config_free(cfg);
-		return 1;
-	}
-	return 0;
-fail:
-	config_errclean(errbuf, errlen);
+	if (config_start(argc, argv, text != NULL ? text : "",
+	    text != NULL ? textlen : 0, cfg, &printed, errbuf, errlen) == -1)
+		return -1;
+	if (printed == 0)
+		return 0;
 	config_free(cfg);
-	return -1;
+	return 1;
 }
 
 /* A key's value in file syntax for a log line: "not set", never a secret. */

@@ -206,7 +206,16 @@ struct lz4d {
 	size_t		 d_ml;
 	size_t		 d_off;
 	int		 d_offb;	/* offset bytes read */
+	uint64_t	 d_insize;	/* the block's compressed bytes */
+	char		 d_err[160];	/* why the block does not decode */
 };
+
+/* Where the decoder is in the file: the length field, then the block. */
+static uint64_t
+lz4d_pos(const struct lz4d *d)
+{
+	return 4 + d->d_insize - d->d_inleft - (d->d_inlen - d->d_inpos);
+}
 
 /* 1 and a byte, 0 at the end of the input, -1 with errno. */
 static int
@@ -308,8 +317,16 @@ lz4d_fill(struct lz4d *d)
 			if (++d->d_offb < 2)
 				break;
 			if (d->d_off == 0 || d->d_off > d->d_out ||
-			    d->d_off > d->d_wlen)
+			    d->d_off > d->d_wlen) {
+				/* 0 is not an LZ4 offset; LZ4's own decoder
+				 * copies unwritten bytes for it */
+				snprintf(d->d_err, sizeof(d->d_err), "LZ4 block "
+				    "damaged at byte %" PRIu64 ": a match "
+				    "offset of %zu after %" PRIu64 " decoded "
+				    "bytes", lz4d_pos(d) - 2, d->d_off,
+				    d->d_out);
 				goto corrupt;
+			}
 			if (d->d_ml == 15)
 				d->d_state = LZ4D_MLEXT;
 			else {
@@ -330,15 +347,27 @@ lz4d_fill(struct lz4d *d)
 				d->d_state = LZ4D_TOKEN;
 			break;
 		}
-		if (d->d_out > d->d_raw)
+		if (d->d_out > d->d_raw) {
+			snprintf(d->d_err, sizeof(d->d_err), "LZ4 block "
+			    "decodes to more than the %" PRIu64 " bytes its "
+			    "length field states", d->d_raw);
 			goto corrupt;
+		}
 	}
-	if (d->d_state == LZ4D_END && d->d_out != d->d_raw)
+	if (d->d_state == LZ4D_END && d->d_out != d->d_raw) {
+		snprintf(d->d_err, sizeof(d->d_err), "LZ4 block decodes to "
+		    "%" PRIu64 " of the %" PRIu64 " bytes its length field "
+		    "states", d->d_out, d->d_raw);
 		goto corrupt;
+	}
 	return 0;
 trunc:
-	if (r == 0)
+	if (r == 0) {
+		snprintf(d->d_err, sizeof(d->d_err), "LZ4 block ends inside "
+		    "a sequence after %" PRIu64 " of %" PRIu64 " bytes",
+		    d->d_out, d->d_raw);
 		errno = EIO;
+	}
 	return -1;
 corrupt:
 	errno = EIO;
@@ -579,7 +608,7 @@ snap_reader_open(const char *path, uint64_t max_body, uint64_t *ts,
 		sr->sr_in.lz = d;
 		d->d_fd = fd;
 		d->d_raw = rd32(raw);
-		d->d_inleft = (uint64_t)sb.st_size - 4;
+		d->d_inleft = d->d_insize = (uint64_t)sb.st_size - 4;
 		if (lseek(fd, 4, SEEK_SET) == -1 ||
 		    (d->d_in = malloc(SNAP_IOBUF)) == NULL ||
 		    (d->d_w = malloc(LZ4D_WCAP)) == NULL) {
@@ -594,8 +623,15 @@ snap_reader_open(const char *path, uint64_t max_body, uint64_t *ts,
 			sr->sr_size = d->d_inleft * SNAP_LZ4_MAX_RATIO;
 	}
 	if ((r = bufr_need(&sr->sr_in, SNAP_HEADER_LEN, &h)) != 1) {
-		snprintf(errbuf, errlen, "%s: too short for an FCSNAP1 header",
-		    path);
+		if (sr->sr_in.lz != NULL && sr->sr_in.lz->d_err[0] != '\0')
+			snprintf(errbuf, errlen, "%s: %s", path,
+			    sr->sr_in.lz->d_err);
+		else if (r == -1 && errno != EIO)
+			snprintf(errbuf, errlen, "%s: %s", path,
+			    strerror(errno));
+		else
+			snprintf(errbuf, errlen, "%s: too short for an FCSNAP1 "
+			    "header", path);
 		goto fail;
 	}
 	if (memcmp(h, SNAP_MAGIC, 8) != 0) {
@@ -630,12 +666,18 @@ snap_reader_next(struct snap_reader *sr, struct snap_entry *e, char *errbuf,
 	int r;
 
 	if (sr->sr_left == 0) {
-		if (bufr_need(&sr->sr_in, 1, &p) != 0) {
+		if ((r = bufr_need(&sr->sr_in, 1, &p)) == 0)
+			return 0;
+		if (r == -1 && sr->sr_in.lz != NULL &&
+		    sr->sr_in.lz->d_err[0] != '\0')
+			snprintf(errbuf, errlen, "after the last of %" PRIu64
+			    " entries: %s", sr->sr_count, sr->sr_in.lz->d_err);
+		else if (r == -1 && errno != EIO)
+			snprintf(errbuf, errlen, "read: %s", strerror(errno));
+		else
 			snprintf(errbuf, errlen, "bytes after the last of %"
 			    PRIu64 " entries", sr->sr_count);
-			return -1;
-		}
-		return 0;
+		return -1;
 	}
 	if ((r = bufr_need(&sr->sr_in, SNAP_ENTRY_FIXED, &p)) != 1)
 		goto truncated;
@@ -663,7 +705,11 @@ snap_reader_next(struct snap_reader *sr, struct snap_entry *e, char *errbuf,
 	sr->sr_left--;
 	return 1;
 truncated:
-	if (r == -1 && errno != EIO)
+	if (sr->sr_in.lz != NULL && sr->sr_in.lz->d_err[0] != '\0')
+		snprintf(errbuf, errlen, "entry %" PRIu64 " of %" PRIu64
+		    ": %s", sr->sr_count - sr->sr_left, sr->sr_count,
+		    sr->sr_in.lz->d_err);
+	else if (r == -1 && errno != EIO)
 		snprintf(errbuf, errlen, "read: %s", strerror(errno));
 	else
 		snprintf(errbuf, errlen, "truncated at entry %" PRIu64 " of %"

@@ -52,6 +52,7 @@
 #include "fcw2.h"
 #include "log.h"
 #include "scan.h"
+#define FUZZ_NAME "fuzz_archive"
 #include "fuzzutil.h"
 
 #define FUZZ_SMALL_CAP	4096
@@ -67,14 +68,6 @@ static char	fuzz_raw[4200];		/* the raw segment (build mode) */
 static char	fuzz_zst[4200];		/* the archived file */
 
 static void
-fuzz_fail(const char *what, const char *detail)
-{
-	fprintf(stderr, "fuzz_archive: invariant broken: %s%s%s\n", what,
-	    detail ? ": " : "", detail ? detail : "");
-	abort();
-}
-
-static void
 fuzz_exit(void)
 {
 	unlink(fuzz_raw);
@@ -85,17 +78,7 @@ fuzz_exit(void)
 static void
 fuzz_setup(void)
 {
-	const char *base = getenv("TMPDIR");
-	struct stat sb;
-
-	if (stat("/dev/shm", &sb) == 0 && S_ISDIR(sb.st_mode) &&
-	    access("/dev/shm", W_OK) == 0)
-		base = "/dev/shm";
-	else if (base == NULL || *base == '\0')
-		base = "/tmp";
-	snprintf(fuzz_root, sizeof(fuzz_root), "%s/fuzz_archive-XXXXXX", base);
-	if (mkdtemp(fuzz_root) == NULL)
-		fuzz_fail("mkdtemp", strerror(errno));
+	fuzz_tmproot(fuzz_root, sizeof(fuzz_root));
 	snprintf(fuzz_raw, sizeof(fuzz_raw), "%s/segment-"
 	    "00000000000000000000-0.wal", fuzz_root);
 	snprintf(fuzz_zst, sizeof(fuzz_zst), "%s/segment-"
@@ -128,57 +111,6 @@ fuzz_fix_index(uint8_t *f, size_t len)
 		return;
 	start = len - plen - 8;
 	fuzz_put64(f + len - 16, XXH64(f + start + 8, plen - 16, 0));
-}
-
-/* Longest prefix of whole valid frames (records not checked): bytes, frames. */
-static size_t
-fuzz_prefix(const uint8_t *p, size_t len, size_t cap, uint64_t *frames)
-{
-	struct fcw2_checker chk;
-	size_t pos = 0, flen;
-
-	*frames = 0;
-	fcw2_checker_init(&chk, cap, 0);
-	while (pos < len && fcw2_check(&chk, p + pos, len - pos, &flen,
-	    NULL) == FCW2_OK) {
-		pos += flen;
-		(*frames)++;
-	}
-	fcw2_checker_free(&chk);
-	return pos;
-}
-
-static void
-fuzz_write(const char *path, const void *p, size_t len)
-{
-	int fd;
-
-	if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-	    0644)) == -1)
-		fuzz_fail("create", strerror(errno));
-	if (len > 0 && write(fd, p, len) != (ssize_t)len)
-		fuzz_fail("write", strerror(errno));
-	close(fd);
-}
-
-static uint8_t *
-fuzz_slurp(const char *path, size_t *len)
-{
-	struct stat sb;
-	uint8_t *buf;
-	int fd;
-
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1 ||
-	    fstat(fd, &sb) == -1)
-		fuzz_fail("open", strerror(errno));
-	if ((buf = malloc((size_t)sb.st_size + 1)) == NULL)
-		fuzz_fail("out of memory", NULL);
-	if (sb.st_size > 0 && read(fd, buf, (size_t)sb.st_size) !=
-	    (ssize_t)sb.st_size)
-		fuzz_fail("read", strerror(errno));
-	close(fd);
-	*len = (size_t)sb.st_size;
-	return buf;
 }
 
 /* The index's shape, checked independently of archive_index_read. */
@@ -364,7 +296,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			fuzz_fail("out of memory", NULL);
 		memcpy(seg, data + 5, seglen);
 		fuzz_fix_crcs(seg, seglen);
-		plen = fuzz_prefix(seg, seglen, cap, &nframes);
+		plen = fuzz_prefix(seg, seglen, cap, 0, &nframes);
 		fuzz_write(fuzz_raw, seg, seglen);
 
 		memset(&ac, 0, sizeof(ac));

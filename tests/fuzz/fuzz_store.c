@@ -54,6 +54,7 @@
 #include "fcw2.h"
 #include "log.h"
 #include "segment.h"
+#define FUZZ_NAME "fuzz_store"
 #include "fuzzutil.h"
 
 #define FUZZ_SMALL_CAP	4096
@@ -65,90 +66,30 @@ static char	fuzz_root[4096];	/* this process's temporary directory */
 static char	fuzz_dir[4200];		/* the data directory inside it */
 
 static void
-fuzz_fail(const char *what, const char *detail)
-{
-	fprintf(stderr, "fuzz_store: invariant broken: %s%s%s\n", what,
-	    detail ? ": " : "", detail ? detail : "");
-	abort();
-}
-
-static void
-fuzz_cleanup(void)
-{
-	char path[8400];
-	struct dirent *de;
-	DIR *d;
-
-	if ((d = opendir(fuzz_dir)) == NULL)
-		return;
-	while ((de = readdir(d)) != NULL) {
-		if (strcmp(de->d_name, ".") == 0 ||
-		    strcmp(de->d_name, "..") == 0)
-			continue;
-		snprintf(path, sizeof(path), "%s/%s", fuzz_dir, de->d_name);
-		unlink(path);
-	}
-	closedir(d);
-	rmdir(fuzz_dir);
-}
-
-static void
 fuzz_exit(void)
 {
-	fuzz_cleanup();
+	fuzz_empty_dir(fuzz_dir);
+	rmdir(fuzz_dir);
 	rmdir(fuzz_root);
 }
 
 static void
 fuzz_setup(void)
 {
-	const char *base = getenv("TMPDIR");
-	struct stat sb;
-
-	if (stat("/dev/shm", &sb) == 0 && S_ISDIR(sb.st_mode) &&
-	    access("/dev/shm", W_OK) == 0)
-		base = "/dev/shm";
-	else if (base == NULL || *base == '\0')
-		base = "/tmp";
-	snprintf(fuzz_root, sizeof(fuzz_root), "%s/fuzz_store-XXXXXX", base);
-	if (mkdtemp(fuzz_root) == NULL)
-		fuzz_fail("mkdtemp", strerror(errno));
+	fuzz_tmproot(fuzz_root, sizeof(fuzz_root));
 	snprintf(fuzz_dir, sizeof(fuzz_dir), "%s/store", fuzz_root);
 	atexit(fuzz_exit);
 	log_set_level(-1);	/* recovery logs every cut: keep stderr quiet */
 }
 
-/* Longest prefix of whole valid frames (records checked): bytes, frames. */
-static size_t
-fuzz_prefix(const uint8_t *p, size_t len, size_t cap, uint64_t *frames)
-{
-	struct fcw2_checker chk;
-	size_t pos = 0, flen;
-
-	*frames = 0;
-	fcw2_checker_init(&chk, cap, 1);
-	while (pos < len && fcw2_check(&chk, p + pos, len - pos, &flen,
-	    NULL) == FCW2_OK) {
-		pos += flen;
-		(*frames)++;
-	}
-	fcw2_checker_free(&chk);
-	return pos;
-}
-
+/* Write a file of the store. */
 static void
-fuzz_write(const char *name, const void *p, size_t len)
+fuzz_put_file(const char *name, const void *p, size_t len)
 {
 	char path[8400];
-	int fd;
 
 	snprintf(path, sizeof(path), "%s/%s", fuzz_dir, name);
-	if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-	    0644)) == -1)
-		fuzz_fail("create", strerror(errno));
-	if (len > 0 && write(fd, p, len) != (ssize_t)len)
-		fuzz_fail("write", strerror(errno));
-	close(fd);
+	fuzz_write(path, p, len);
 }
 
 /* Size of a file of the store, or -1 when it is gone. */
@@ -232,10 +173,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	    base_new);
 	dup = two && base_new == 0 && split > 0 && len - split > 0;
 	if (two)
-		fuzz_write(FUZZ_OLD_NAME, segs, split);
-	fuzz_write(newname, segs + split, len - split);
+		fuzz_put_file(FUZZ_OLD_NAME, segs, split);
+	fuzz_put_file(newname, segs + split, len - split);
 	if (has_meta)
-		fuzz_write("walrelay.meta", meta, metalen);
+		fuzz_put_file("walrelay.meta", meta, metalen);
 
 	memset(&cf, 0, sizeof(cf));
 	cf.dir = fuzz_dir;
@@ -260,8 +201,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 
 	/* what recovery must have kept */
-	p_new = fuzz_prefix(segs + split, len - split, cap, &n_new);
-	p_old = two ? fuzz_prefix(segs, split, cap, &n_old) : 0;
+	p_new = fuzz_prefix(segs + split, len - split, cap, 1, &n_new);
+	p_old = two ? fuzz_prefix(segs, split, cap, 1, &n_old) : 0;
 	if (!two)
 		n_old = 0;
 	new_size = fuzz_size(newname);
@@ -357,7 +298,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fuzz_fail("reopen after a clean stop moved", NULL);
 	segstore_close(ss);
 out:
-	fuzz_cleanup();
+	fuzz_empty_dir(fuzz_dir);
+	rmdir(fuzz_dir);
 	free(segs);
 	return 0;
 }

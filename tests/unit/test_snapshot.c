@@ -553,6 +553,73 @@ START_TEST(snapshot_damaged_lengths)
 }
 END_TEST
 
+/*
+ * A damaged LZ4 block says what is wrong with it and where (found by
+ * tests/fuzz/fuzz_snapshot: corpus/snapshot/found-lz4-offset0): a match
+ * offset of 0, which the format does not allow (LZ4's own decoder copies
+ * bytes not yet written for it), and a block that ends inside a sequence.
+ */
+static void
+write_lz4(const char *path, uint32_t raw, const uint8_t *blk, size_t len)
+{
+	uint8_t l[4] = { (uint8_t)raw, (uint8_t)(raw >> 8),
+	    (uint8_t)(raw >> 16), (uint8_t)(raw >> 24) };
+	FILE *fp = fopen(path, "w");
+
+	ck_assert_ptr_nonnull(fp);
+	fwrite(l, 1, 4, fp);
+	fwrite(blk, 1, len, fp);
+	fclose(fp);
+}
+
+START_TEST(snapshot_lz4_damaged)
+{
+	struct snap_reader *sr;
+	char path[256], err[256];
+	uint64_t ts, count;
+	/* 28 literals (the header: 0 entries), then a match 0 back */
+	uint8_t blk[64] = { 0xf0, 28 - 15, 'F', 'C', 'S', 'N', 'A', 'P', '1',
+	    0, 1, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	    0, 0, 0x10, 'x' };
+	size_t n = 30;
+
+	snprintf(path, sizeof(path), "%s/snapshot-5.bin.lz4", tmpdir);
+	/* the header alone reads */
+	write_lz4(path, 28, blk, n);
+	sr = snap_reader_open(path, 0, &ts, &count, err, sizeof(err));
+	ck_assert_msg(sr != NULL, "%s", err);
+	ck_assert_uint_eq(count, 0);
+	snap_reader_close(sr);
+
+	/* the header, then a match with offset 0 */
+	blk[0] = 0xf4;
+	blk[n] = 0;
+	blk[n + 1] = 0;
+	blk[n + 2] = 0x10;
+	blk[n + 3] = 'x';
+	write_lz4(path, 28 + 8 + 1, blk, n + 4);
+	sr = snap_reader_open(path, 0, &ts, &count, err, sizeof(err));
+	ck_assert_ptr_null(sr);
+	ck_assert_msg(strstr(err, "LZ4 block damaged at byte 34: a match "
+	    "offset of 0 after 28 decoded bytes") != NULL, "%s", err);
+
+	/* the block ends inside the header's literals */
+	blk[0] = 0xf0;
+	write_lz4(path, 28, blk, 20);
+	sr = snap_reader_open(path, 0, &ts, &count, err, sizeof(err));
+	ck_assert_ptr_null(sr);
+	ck_assert_msg(strstr(err, "LZ4 block ends inside a sequence after "
+	    "18 of 28 bytes") != NULL, "%s", err);
+
+	/* a block that decodes to fewer bytes than its length field says */
+	write_lz4(path, 40, blk, n);
+	sr = snap_reader_open(path, 0, &ts, &count, err, sizeof(err));
+	ck_assert_ptr_null(sr);
+	ck_assert_msg(strstr(err, "LZ4 block decodes to 28 of the 40 bytes")
+	    != NULL, "%s", err);
+}
+END_TEST
+
 START_TEST(snapshot_names)
 {
 	uint64_t ts;
@@ -640,6 +707,7 @@ snapshot_suite(void)
 	tcase_add_test(tc, snapshot_frames_file);
 	tcase_add_test(tc, snapshot_bad_files);
 	tcase_add_test(tc, snapshot_damaged_lengths);
+	tcase_add_test(tc, snapshot_lz4_damaged);
 	tcase_add_test(tc, snapshot_names);
 	tcase_add_test(tc, snapshot_meta_compatible);
 	suite_add_tcase(s, tc);
