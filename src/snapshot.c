@@ -1733,13 +1733,17 @@ snap_has_frames(const struct snap_dirent *v, size_t n, uint64_t ts)
 	return 0;
 }
 
-static void
+/* 0 removed, -1 not (logged). */
+static int
 snap_remove(int dirfd, const char *dir, const char *name, const char *why)
 {
-	if (unlinkat(dirfd, name, 0) == -1 && errno != ENOENT)
-		log_warn("%s/%s: cannot remove (%s)", dir, name, why);
-	else
-		log_info("%s/%s: removed (%s)", dir, name, why);
+	if (unlinkat(dirfd, name, 0) == -1 && errno != ENOENT) {
+		log_warn("%s/%s: cannot remove (%s); tried again after the "
+		    "next snapshot", dir, name, why);
+		return -1;
+	}
+	log_info("%s/%s: removed (%s)", dir, name, why);
+	return 0;
 }
 
 /*
@@ -1781,18 +1785,22 @@ snap_dir_clean(int dirfd, const char *dir, const char *newest, unsigned keep,
 				    "the segments");
 			continue;
 		}
+		/*
+		 * Its frames file goes once it is gone: a snapshot without
+		 * one would look like another program's and stay for good.
+		 */
 		if (newest == NULL || strcmp(e->d_name, newest) > 0) {
-			snap_remove(dirfd, dir, e->d_name, newest == NULL ?
+			if (snap_remove(dirfd, dir, e->d_name, newest == NULL ?
 			    "a snapshot never recorded in the metadata" :
-			    "it would sort after the newest snapshot");
-			e->d_ts = UINT64_MAX;	/* its frames go too */
+			    "it would sort after the newest snapshot") == 0)
+				e->d_ts = UINT64_MAX;	/* its frames go too */
 			removed = 1;
 		} else if (kept < keep)
 			kept++;
 		else {
-			snap_remove(dirfd, dir, e->d_name, "beyond "
-			    "snapshot-keep");
-			e->d_ts = UINT64_MAX;
+			if (snap_remove(dirfd, dir, e->d_name, "beyond "
+			    "snapshot-keep") == 0)
+				e->d_ts = UINT64_MAX;
 			removed = 1;
 		}
 	}
