@@ -18,7 +18,10 @@ next frame) receiving --rate frames/s with send stamps for --secs seconds:
   file's pages are dropped with posix_fadvise(DONTNEED), which the
   results then say).
 
-Goal: the loaded p99 at most 1.5x the baseline. Every server listens on
+Goal: the loaded p99 at most 1.5x the baseline. It also prints the bytes
+the relay's event loop (its main thread) and all its threads read from
+the disk while the live subscribers were measured with the catch-up
+running (/proc/PID/task/TID/io): the loop's share must be 0. Every server listens on
 127.0.0.1 and is stopped on exit. Prints a Markdown table with its goal
 rows (and writes it to --out).
 """
@@ -92,6 +95,27 @@ def drop_cache(datadir):
         return "fadvise"
 
 
+def disk_reads(pid):
+    """Bytes read from the disk by the process's main thread (the event
+    loop) and by all its threads (/proc/PID/task/TID/io read_bytes), or
+    None where the kernel does not account them per thread."""
+    loop = total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/io") as f:
+                n = int(re.search(r"read_bytes: (\d+)", f.read()).group(1))
+        except (OSError, AttributeError):
+            continue
+        total += n
+        if int(tid) == pid:
+            loop = n
+    return loop, total
+
+
 def wait_file(path, proc, secs):
     deadline = time.monotonic() + secs
     while not os.path.exists(path):
@@ -143,11 +167,13 @@ def one(args, work, tls, store):
     try:
         base = live_p99(args, r, tls, work)
         how = drop_cache(store)
+        reads0 = disk_reads(r.p.pid)
         total = args.frames * 4     # more than there is: they keep reading
         cu = wrsub(args, r, args.catchup, "sub", tls, total,
                    os.path.join(work, "ready.cu"), 3600)
         try:
             loaded = live_p99(args, r, tls, work)
+            reads1 = disk_reads(r.p.pid)
         finally:
             cu.send_signal(signal.SIGTERM)
             try:
@@ -158,7 +184,9 @@ def one(args, work, tls, store):
         r.stop()
     return {"label": "TLS (reads on the I/O pool)" if tls else
             "plain TCP (sendfile, warmed on the I/O pool)",
-            "base": base, "loaded": loaded, "how": how}
+            "base": base, "loaded": loaded, "how": how,
+            "reads": None if reads0 is None or reads1 is None else
+            (reads1[0] - reads0[0], reads1[1] - reads0[1])}
 
 
 def main():
@@ -194,12 +222,16 @@ def main():
          f"catching up from {args.mib} MiB of segments, page cache dropped "
          f"({res[0]['how']}) just before they start.", "",
          "| subscribers | live p99 alone | live p99 with catch-up "
-         "(x alone) | live frames complete |", "|---|---|---|---|"]
+         "(x alone) | live frames complete | read from the disk by the "
+         "event loop / by the relay (MiB) |", "|---|---|---|---|---|"]
     for x in res:
         b, l = x["base"], x["loaded"]
+        rd = ("not accounted" if x["reads"] is None else
+              f"{x['reads'][0] / 1048576:.1f} / "
+              f"{x['reads'][1] / 1048576:.1f}")
         o.append(f"| {x['label']} | {b[0] / 1000:.2f} ms | "
                  f"{l[0] / 1000:.2f} ms ({l[0] / b[0]:.2f}x) | "
-                 f"{l[1]}/{l[2]} |")
+                 f"{l[1]}/{l[2]} | {rd} |")
     o += ["", "| target | measured | goal | result |", "|---|---|---|---|"]
     for x in res:
         ratio = x["loaded"][0] / x["base"][0]

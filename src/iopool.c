@@ -6,11 +6,20 @@
  * list, and the worker that makes the list non-empty writes the eventfd.
  * The loop's callback takes the whole list at once and runs the done
  * callbacks in the order the jobs finished.
+ *
+ * The workers' disk I/O is in the idle class: the pool reads for
+ * catching-up subscribers and checks, and removes old segments, while the
+ * segment writer's writes and fdatasync (in fsync always mode, what every
+ * live frame waits for) share the same disk queue. Schedulers that honour
+ * I/O classes (mq-deadline, bfq) then serve the pool when the writer's
+ * requests are done; mq-deadline still serves a request kept waiting for
+ * 10 s (prio_aging_expire), so a busy writer does not starve a reader.
  */
 #include "autoconfig.h"
 
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 
 #include <errno.h>
 #include <pthread.h>
@@ -25,6 +34,11 @@
 #include "iopool.h"
 
 #define IOPOOL_MAX_THREADS	64
+
+/* linux/ioprio.h, which not every libc's headers carry */
+#define IOPOOL_IOPRIO_WHO_PROCESS	1
+#define IOPOOL_IOPRIO_CLASS_IDLE	3
+#define IOPOOL_IOPRIO_CLASS_SHIFT	13
 
 STAILQ_HEAD(iopool_jobs, iopool_job);
 
@@ -46,6 +60,20 @@ struct iopool {
 	uint64_t		 ip_finished;	/* done callbacks run (loop) */
 };
 
+/*
+ * This thread's disk I/O goes in the idle class (who 0: the calling
+ * thread). Best effort: where the call is refused, the pool works as
+ * before, at the process's priority.
+ */
+static void
+iopool_idle_io(void)
+{
+#ifdef SYS_ioprio_set
+	(void)syscall(SYS_ioprio_set, IOPOOL_IOPRIO_WHO_PROCESS, 0,
+	    IOPOOL_IOPRIO_CLASS_IDLE << IOPOOL_IOPRIO_CLASS_SHIFT);
+#endif
+}
+
 static void *
 iopool_main(void *arg)
 {
@@ -55,6 +83,7 @@ iopool_main(void *arg)
 	int wake;
 
 	prctl(PR_SET_NAME, "wr-io", 0, 0, 0);	/* top -H, tests/fault */
+	iopool_idle_io();
 	pthread_mutex_lock(&ip->ip_mtx);
 	for (;;) {
 		if ((j = STAILQ_FIRST(&ip->ip_queue)) == NULL) {

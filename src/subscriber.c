@@ -20,7 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -85,6 +85,7 @@ struct subscriber {
 	 * pool, and nothing more is queued until it is back.
 	 */
 	struct sub_read		*sub_read;	/* in flight, or NULL */
+	struct sub_hold		*sub_hold;	/* read, not all queued yet */
 	struct evbuffer_file_segment *sub_fseg;	/* the span's, for sendfile */
 	struct evbuffer_file_segment *sub_snap_fseg; /* the snapshot's */
 	struct fanout_link	 sub_link;	/* its place in sub_fan's lists */
@@ -92,6 +93,13 @@ struct subscriber {
 
 #define SUB_FLUSH_TIMEOUT_MS	2000		/* to write an error reply */
 #define SUB_MAX_WRITE		(1024 * 1024)	/* bytes per write callback */
+/*
+ * ... while it reads segment files: one loop serves the live subscribers
+ * and the catching-up ones, and a live frame waits for every write
+ * callback the loop runs before its own (a sendfile of 1 MiB, or 1 MiB
+ * encrypted for TLS, each).
+ */
+#define SUB_DISK_MAX_WRITE	(64 * 1024)
 #define SUBSCRIBER_ZSTD_LEVEL	1		/* fast: the link is rarely slower */
 
 static struct log_ratelimit sub_refusals = LOG_RATELIMIT_INIT(10, 10);
@@ -99,6 +107,19 @@ static struct log_ratelimit sub_refusals = LOG_RATELIMIT_INIT(10, 10);
 static void	subscriber_read_cb(struct bufferevent *, void *);
 static void	subscriber_write_cb(struct bufferevent *, void *);
 static void	subscriber_event_cb(struct bufferevent *, short, void *);
+
+/*
+ * The subscriber starts (on) or stops reading segment files: a catching-up
+ * subscriber (and one sent a snapshot) writes at most SUB_DISK_MAX_WRITE
+ * per write callback.
+ */
+static void
+sub_set_on_disk(struct subscriber *sub, int on)
+{
+	sub->sub_on_disk = on;
+	bufferevent_set_max_single_write(sub->sub_bev, on ?
+	    SUB_DISK_MAX_WRITE : SUB_MAX_WRITE);
+}
 
 /* The subscriber's stream. */
 static struct stream *
@@ -328,75 +349,58 @@ struct sub_read {
 /*
  * Bring [off, off + len) into the page cache, so that the loop's sendfile
  * of it does not wait on the disk (sendfile reads uncached pages
- * synchronously). Pages already resident (mincore) are left alone; the
- * others are read with pread into a scratch buffer, which reports a bad
- * sector as an error where touching a mapping would raise SIGBUS.
+ * synchronously). Every page of the range is read through the page cache
+ * here, resident or not: a resident page may carry the kernel's readahead
+ * mark, and the first read that meets it starts the next readahead, whose
+ * disk reads that reader then submits (and waits for when the disk's
+ * queue is full). Read here, the mark is spent on the worker. The pages
+ * go to /dev/null with sendfile (no copy); where the kernel refuses that,
+ * they are read with pread into a scratch buffer. Either reports a bad
+ * sector as an error, where touching a mapping would raise SIGBUS.
  */
 static ssize_t
 sub_warm(int fd, uint64_t off, size_t len, int *err)
 {
-	long pg = sysconf(_SC_PAGESIZE);
-	uint64_t moff = off & ~((uint64_t)pg - 1);
-	size_t mlen = (size_t)(off + len - moff), npg = (mlen + pg - 1) / pg;
-	unsigned char *vec = NULL;
+	uint64_t a = off, b = off + len;
 	uint8_t *scratch = NULL;
-	void *map;
-	size_t i, j;
+	off_t o;
 	ssize_t n;
+	int null;
 
-	map = mmap(NULL, mlen, PROT_READ, MAP_SHARED, fd, (off_t)moff);
-	if (map != MAP_FAILED && (vec = malloc(npg)) != NULL &&
-	    mincore(map, mlen, vec) == 0) {
-		for (i = 0; i < npg && (vec[i] & 1); i++)
-			;
-		if (i == npg) {
-			free(vec);
-			munmap(map, mlen);
-			return (ssize_t)len;	/* all cached */
+	if ((null = open("/dev/null", O_WRONLY | O_CLOEXEC)) != -1) {
+		o = (off_t)a;
+		while ((uint64_t)o < b) {
+			n = sendfile(null, fd, &o, (size_t)(b - (uint64_t)o));
+			if (n == -1 && errno == EINTR)
+				continue;
+			if (n == -1 && (errno == EINVAL || errno == ENOSYS))
+				break;		/* pread below */
+			if (n <= 0) {
+				*err = n == 0 ? EIO : errno;
+				close(null);
+				return -1;
+			}
 		}
-	} else {
-		free(vec);
-		vec = NULL;
+		close(null);
+		a = (uint64_t)o;
 	}
-	if (map != MAP_FAILED)
-		munmap(map, mlen);
-	if ((scratch = malloc(SUB_WARM_PIECE)) == NULL) {
-		free(vec);
+	if (a < b && (scratch = malloc(SUB_WARM_PIECE)) == NULL) {
 		*err = ENOMEM;
 		return -1;
 	}
-	for (i = 0; i < npg; i = j) {
-		uint64_t a, b;
-
-		if (vec != NULL && (vec[i] & 1)) {
-			j = i + 1;
+	while (a < b) {
+		n = pread(fd, scratch, (size_t)(b - a > SUB_WARM_PIECE ?
+		    SUB_WARM_PIECE : b - a), (off_t)a);
+		if (n == -1 && errno == EINTR)
 			continue;
+		if (n <= 0) {
+			*err = n == 0 ? EIO : errno;
+			free(scratch);
+			return -1;
 		}
-		/* a run of uncached pages, at most one piece */
-		for (j = i + 1; j < npg && (size_t)(j - i) * pg <
-		    SUB_WARM_PIECE && (vec == NULL || !(vec[j] & 1)); j++)
-			;
-		a = moff + (uint64_t)i * pg;
-		b = moff + (uint64_t)j * pg;
-		if (a < off)
-			a = off;
-		if (b > off + len)
-			b = off + len;
-		while (a < b) {
-			n = pread(fd, scratch, (size_t)(b - a), (off_t)a);
-			if (n == -1 && errno == EINTR)
-				continue;
-			if (n <= 0) {
-				*err = n == 0 ? EIO : errno;
-				free(scratch);
-				free(vec);
-				return -1;
-			}
-			a += (uint64_t)n;
-		}
+		a += (uint64_t)n;
 	}
 	free(scratch);
-	free(vec);
 	return (ssize_t)len;
 }
 
@@ -437,12 +441,6 @@ sub_read_free(struct sub_read *r)
 		close(r->sr_fd);
 	free(r->sr_buf);
 	free(r);
-}
-
-static void
-sub_buf_free_cb(const void *data, size_t len, void *arg)
-{
-	free(arg);
 }
 
 static void	sub_read_done(struct iopool_job *);
@@ -518,6 +516,7 @@ sub_snap_queued(struct subscriber *sub, uint64_t n)
 	if (sub->sub_snap_fd != -1)
 		close(sub->sub_snap_fd);
 	sub->sub_snap_fd = -1;
+	sub_set_on_disk(sub, sub->sub_on_disk);
 	sub_stream(sub)->st_stats.sub_frames_sent += sub->sub_snap_entries;
 	log_info("%s: snapshot queued (%" PRIu64 " SET frames, %" PRIu64
 	    " bytes); the stream follows from sequence %" PRIu64,
@@ -526,13 +525,72 @@ sub_snap_queued(struct subscriber *sub, uint64_t n)
 	sub->sub_snap_len = 0;
 }
 
+/*
+ * Bytes a read brought (TLS, zstd), queued a piece per write callback:
+ * encrypting or compressing a whole read at once would hold the loop, and
+ * every live frame behind it, for 256 KiB of work per subscriber. Pieces
+ * are queued by reference; the buffer goes with the last one.
+ */
+struct sub_hold {
+	unsigned	 sh_refs;	/* the subscriber's, and each piece's */
+	uint8_t		*sh_buf;
+	size_t		 sh_len;
+	size_t		 sh_off;	/* queued so far */
+};
+
+static void
+sub_hold_unref(struct sub_hold *h)
+{
+	if (--h->sh_refs > 0)
+		return;
+	free(h->sh_buf);
+	free(h);
+}
+
+static void
+sub_hold_cleanup_cb(const void *data, size_t len, void *arg)
+{
+	sub_hold_unref(arg);
+}
+
+/* Queue the next piece of the held bytes: 0, or -1 with errno. */
+static int
+sub_feed(struct subscriber *sub)
+{
+	struct sub_hold *h = sub->sub_hold;
+	size_t n = h->sh_len - h->sh_off;
+
+	if (n > SUB_DISK_MAX_WRITE)
+		n = SUB_DISK_MAX_WRITE;
+	if (sub->sub_zstd) {
+		if (zstd_push(sub, h->sh_buf + h->sh_off, n,
+		    ZSTD_e_continue) == -1)
+			return -1;
+	} else {
+		h->sh_refs++;
+		if (evbuffer_add_reference(bufferevent_get_output(sub->sub_bev),
+		    h->sh_buf + h->sh_off, n, sub_hold_cleanup_cb, h) == -1) {
+			h->sh_refs--;
+			return -1;
+		}
+	}
+	h->sh_off += n;
+	if (h->sh_off == h->sh_len) {
+		sub->sub_hold = NULL;
+		sub_hold_unref(h);
+	}
+	return 0;
+}
+
 /* Queue what a finished job brought: 0, or -1 with errno. */
 static int
 sub_read_apply(struct subscriber *sub, struct sub_read *r)
 {
 	struct evbuffer *out = bufferevent_get_output(sub->sub_bev);
 	struct evbuffer_file_segment *seg;
+	struct sub_hold *h;
 	uint64_t segoff;
+	size_t done, n;
 
 	if (r->sr_got < 0 || (size_t)r->sr_got != r->sr_len) {
 		errno = r->sr_got < 0 ? r->sr_errno : EIO;
@@ -547,18 +605,29 @@ sub_read_apply(struct subscriber *sub, struct sub_read *r)
 			seg = sub->sub_snap_fseg;
 			segoff = sub->sub_snap_off;
 		}
-		if (evbuffer_add_file_segment(out, seg, (ev_off_t)segoff,
-		    (ev_off_t)r->sr_len) == -1)
-			return -1;
-	} else if (sub->sub_zstd) {
-		if (zstd_push(sub, r->sr_buf, r->sr_len, ZSTD_e_continue) == -1)
-			return -1;
+		/*
+		 * libevent sends a file chain whole, whatever the write
+		 * limit: in pieces, one sendfile per write callback stays
+		 * within SUB_DISK_MAX_WRITE.
+		 */
+		for (done = 0; done < r->sr_len; done += n) {
+			n = r->sr_len - done > SUB_DISK_MAX_WRITE ?
+			    SUB_DISK_MAX_WRITE : r->sr_len - done;
+			if (evbuffer_add_file_segment(out, seg,
+			    (ev_off_t)(segoff + done), (ev_off_t)n) == -1)
+				return -1;
+		}
 	} else {
-		/* the buffer takes the bytes as they are: no copy */
-		if (evbuffer_add_reference(out, r->sr_buf, r->sr_len,
-		    sub_buf_free_cb, r->sr_buf) == -1)
+		/* queued from sub_fill, a piece at a time, with no copy */
+		WR_ASSERT(sub->sub_hold == NULL);
+		if ((h = malloc(sizeof(*h))) == NULL)
 			return -1;
+		h->sh_refs = 1;
+		h->sh_buf = r->sr_buf;
+		h->sh_len = r->sr_len;
+		h->sh_off = 0;
 		r->sr_buf = NULL;
+		sub->sub_hold = h;
 	}
 	if (r->sr_what == SUB_READ_SPAN)
 		sub_span_queued(sub, r->sr_len);
@@ -697,6 +766,8 @@ sub_emit_snapshot(struct sub_stage *st)
 		sub_snap_queued(sub, 0);	/* an empty snapshot */
 		return 0;
 	}
+	/* a snapshot's bytes are file bytes too: the same share of the loop */
+	bufferevent_set_max_single_write(sub->sub_bev, SUB_DISK_MAX_WRITE);
 	if (!sub->sub_zstd && !net_bev_is_tls(sub->sub_bev)) {
 		if (sub->sub_snap_fseg == NULL) {
 			/* the segment owns a descriptor of its own */
@@ -736,16 +807,25 @@ sub_fill(struct sub_stage *st, int *full)
 	struct subscriber *sub = st->st_sub;
 	uint64_t limit = fanout_sendable(sub->sub_fan);
 	size_t hiwat = sub_stream(sub)->st_cfg->subscriber_buffer;
-	int rc;
+	int fed = 0, rc;
 
 	*full = 0;
 	while (!*full && sub_queued(st) < hiwat &&
 	    (sub->sub_pos < limit || sub->sub_has_span ||
-	    sub->sub_snap_len > 0)) {
+	    sub->sub_snap_len > 0 || sub->sub_hold != NULL)) {
 		struct segstore_state ss;
 		struct segstore_corrupt bad;
 		struct chunk *ch;
 
+		if (sub->sub_hold != NULL) {
+			/* read bytes first, one piece per write callback */
+			if (fed)
+				break;
+			if (sub_stage_flush(st) == -1 || sub_feed(sub) == -1)
+				return SUB_FILL_ERROR;
+			fed = 1;
+			continue;
+		}
 		if (sub->sub_snap_len > 0) {
 			if ((rc = sub_emit_snapshot(st)) == -1)
 				return SUB_FILL_ERROR;
@@ -764,7 +844,7 @@ sub_fill(struct sub_stage *st, int *full)
 			size_t off = chunk_offset_of(ch, sub->sub_pos);
 
 			if (sub->sub_on_disk) {
-				sub->sub_on_disk = 0;
+				sub_set_on_disk(sub, 0);
 				log_info("%s: caught up with the in-memory tail "
 				    "at sequence %" PRIu64, sub->sub_name,
 				    sub->sub_pos);
@@ -840,7 +920,7 @@ sub_fill(struct sub_stage *st, int *full)
 			break;
 		}
 		if (!sub->sub_on_disk) {
-			sub->sub_on_disk = 1;
+			sub_set_on_disk(sub, 1);
 			log_info("%s: behind the in-memory tail, reading "
 			    "segment files from sequence %" PRIu64,
 			    sub->sub_name, sub->sub_pos);
@@ -894,7 +974,8 @@ subscriber_refill(struct subscriber *sub)
 	 */
 	if (!full && evbuffer_get_length(bufferevent_get_output(sub->sub_bev)) <
 	    sub_stream(sub)->st_cfg->subscriber_buffer && !sub->sub_has_span &&
-	    sub->sub_snap_len == 0 && !fanout_waiting(&sub->sub_link))
+	    sub->sub_snap_len == 0 && sub->sub_hold == NULL &&
+	    !fanout_waiting(&sub->sub_link))
 		fanout_wait(sub->sub_fan, &sub->sub_link);
 }
 
@@ -1501,6 +1582,7 @@ int
 subscriber_drained(const struct subscriber *sub)
 {
 	return sub->sub_pos >= fanout_sendable(sub->sub_fan) &&
+	    sub->sub_hold == NULL &&
 	    evbuffer_get_length(bufferevent_get_output(sub->sub_bev)) == 0;
 }
 
@@ -1550,6 +1632,8 @@ subscriber_free(struct subscriber *sub)
 	/* a job in flight holds its own descriptor: let it finish alone */
 	if (sub->sub_read != NULL)
 		sub->sub_read->sr_sub = NULL;
+	if (sub->sub_hold != NULL)
+		sub_hold_unref(sub->sub_hold);	/* queued pieces keep it */
 	if (sub->sub_snap_fseg != NULL)
 		evbuffer_file_segment_free(sub->sub_snap_fseg);
 	if (sub->sub_snap_fd != -1)

@@ -1,8 +1,10 @@
 /*
  * wrfault.c: fault injection for the tests: wraps write, pwrite, writev,
  * pwritev, fsync, fdatasync, ftruncate, rename, renameat, unlink,
- * unlinkat, open, openat, pread, preadv and read (of regular files), and fails (or shortens, or delays) the calls
- * that a rule matches. Built as tests/fault/wrfault.so for LD_PRELOAD and
+ * unlinkat, open, openat, pread, preadv, read (of regular files) and
+ * sendfile (from a regular file, where its range is not in the page
+ * cache), and fails (or shortens, or delays) the calls that a rule
+ * matches. Built as tests/fault/wrfault.so for LD_PRELOAD and
  * linked into unit tests directly; never part of walrelay or walcat.
  *
  * Rules come from WRFAULT (read once at start), from wrfault_set, or from
@@ -14,6 +16,8 @@
  */
 #define _GNU_SOURCE
 
+#include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -556,6 +560,87 @@ ssize_t
 preadv64(int fd, const struct iovec *iov, int cnt, off_t off)
 {
 	return do_preadv(fd, iov, cnt, off);
+}
+
+/*
+ * Whether [off, off + len) of the regular file fd is all in the page cache
+ * (mincore of a mapping of it). The part past the end of the file counts
+ * as cached: nothing is read there.
+ */
+static int
+range_cached(int fd, off_t off, size_t len)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	struct stat sb;
+	unsigned char *vec;
+	off_t moff;
+	size_t mlen, npg, i;
+	void *map;
+	int cached;
+
+	if (fstat(fd, &sb) == -1 || off >= sb.st_size)
+		return 1;
+	if ((off_t)len > sb.st_size - off)
+		len = (size_t)(sb.st_size - off);
+	if (len == 0)
+		return 1;
+	moff = off & ~(off_t)(pg - 1);
+	mlen = (size_t)(off - moff) + len;
+	npg = (mlen + (size_t)pg - 1) / (size_t)pg;
+	if ((map = mmap(NULL, mlen, PROT_READ, MAP_SHARED, fd, moff)) ==
+	    MAP_FAILED)
+		return 0;
+	cached = 0;
+	if ((vec = malloc(npg)) != NULL && mincore(map, mlen, vec) == 0) {
+		for (i = 0; i < npg && (vec[i] & 1); i++)
+			;
+		cached = i == npg;
+	}
+	free(vec);
+	munmap(map, mlen);
+	return cached;
+}
+
+/*
+ * sendfile from a regular file is a read of it (op=read), but only when
+ * some of its range is not in the page cache: a cached range does not
+ * touch the disk, so a rule that makes the disk slow or failing lets it
+ * through, as the kernel would. Sends from sockets or pipes pass.
+ */
+static ssize_t
+do_sendfile(ssize_t (*fn)(int, int, off_t *, size_t), int out, int in,
+    off_t *off, size_t count)
+{
+	struct stat sb;
+	off_t at;
+	int err;
+
+	if ((wf_nrules != 0 || wf_ctl[0] != '\0') && fstat(in, &sb) == 0 &&
+	    S_ISREG(sb.st_mode)) {
+		at = off != NULL ? *off : lseek(in, 0, SEEK_CUR);
+		if (at != -1 && !range_cached(in, at, count) &&
+		    decide_fd(OP_READ, in, 0, &err) < 0) {
+			errno = err;
+			return -1;
+		}
+	}
+	return fn(out, in, off, count);
+}
+
+ssize_t
+sendfile(int out, int in, off_t *off, size_t count)
+{
+	REAL(ssize_t, sendfile, (int, int, off_t *, size_t));
+
+	return do_sendfile(real_sendfile, out, in, off, count);
+}
+
+ssize_t
+sendfile64(int out, int in, off_t *off, size_t count)
+{
+	REAL(ssize_t, sendfile64, (int, int, off_t *, size_t));
+
+	return do_sendfile(real_sendfile64, out, in, off, count);
 }
 
 static ssize_t

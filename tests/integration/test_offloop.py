@@ -12,6 +12,7 @@ Waits are for conditions with deadlines, never sleeps.
 
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -109,7 +110,10 @@ def start_relay(relays, fc, tokfile, *extra):
 def test_slow_reads_do_not_delay_live_subscribers(relays, workdir, builddir,
                                                   tokfile, kind):
     """zstd: catch-up pieces are read on a worker. plain: sendfile's
-    pages are brought into the page cache on a worker first."""
+    pages are brought into the page cache on a worker first (the fault
+    library delays a sendfile of pages that are not in the page cache as
+    it delays a pread: a sendfile on the loop of the evicted pages would
+    hold the live frames for a delay)."""
     fc = FaultControl(builddir, workdir)
     r = start_relay(relays, fc, tokfile)
     frames = [gen_frame(i) for i in range(3000)]
@@ -146,6 +150,67 @@ def test_slow_reads_do_not_delay_live_subscribers(relays, workdir, builddir,
         c.close()
     live.close()
     up.close()
+    assert r.stop() == 0
+
+
+def thread_disk_reads(pid):
+    """Bytes each thread of pid made the kernel read from the disk
+    (/proc/PID/task/TID/io read_bytes), by thread id."""
+    got = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/io") as f:
+                for line in f:
+                    if line.startswith("read_bytes:"):
+                        got[int(tid)] = int(line.split()[1])
+        except OSError:
+            pass    # a thread that ended, or no I/O accounting
+    return got
+
+
+def test_cold_catchup_loop_reads_nothing_from_disk(relays, workdir, walcat,
+                                                   tokfile):
+    """Plain subscribers catching up from a cold segment file: the disk
+    reads are all made by the I/O pool, none by the event loop (the
+    process's main thread). The loop's sendfile of a warmed window must
+    not start a readahead either: a resident page can carry the kernel's
+    readahead mark, and the read that meets it submits the next window's
+    disk reads (the loop read 30 of 42 MiB so before the warm-up read
+    every page itself)."""
+    r = relays(args=["--subscribe-token-file", tokfile, "--fsync", "always",
+                     "--tail-memory", "1M"])
+    r.start()
+    n = 48 * 1024      # frames of about 1 KiB: one 64 MiB segment
+    p = subprocess.run([str(walcat), "produce", "--quiet", "--count", str(n),
+                        "--value-bytes", "1000", r.ingest_addr],
+                       capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    r.wait_durable(n, timeout=120)
+    pid = r.proc.pid
+    if pid not in thread_disk_reads(pid):
+        pytest.skip("no per-thread I/O accounting in /proc")
+    evict(r.datadir)
+    before = thread_disk_reads(pid)
+    readers = [Reader(r.listen_addr, "0") for _ in range(4)]
+    wait_until(lambda: all(s["position"] == n for s in
+                           r.status()["subscribers"]), 120, "catch-up")
+    files = sorted(x for x in os.listdir(r.datadir) if x.endswith(".wal"))
+    total = sum(os.path.getsize(os.path.join(r.datadir, x)) for x in files)
+    for c in readers:
+        wait_until(lambda: c.size() >= total, 120, "every byte sent")
+    after = thread_disk_reads(pid)
+    read = sum(v - before.get(t, 0) for t, v in after.items())
+    if read < total // 2:
+        pytest.skip(f"the cold reads were not accounted ({read} bytes "
+                    f"read of {total}): a file system without block I/O, "
+                    "or pages that stayed cached")
+    assert after[pid] - before[pid] == 0, \
+        f"the loop read {after[pid] - before[pid]} of {read} bytes"
+    want = b"".join(open(os.path.join(r.datadir, x), "rb").read()
+                    for x in files)
+    for c in readers:
+        assert c.snapshot() == want
+        c.close()
     assert r.stop() == 0
 
 
