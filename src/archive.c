@@ -17,11 +17,13 @@
  */
 #include "autoconfig.h"
 
+#include <sys/prctl.h>
 #include <sys/stat.h>
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -49,6 +51,7 @@
 #define ARCHIVE_TRAILER_LEN	8
 #define ARCHIVE_MAX_BLOCKS	(1u << 24)
 #define ARCHIVE_IDLE_MS		1000	/* look for work at least this often */
+#define ARCHIVE_RETRY_MS	5000	/* after a failed attempt */
 /* zstd decodes at most 128 KiB (an RLE block) per 4 bytes */
 #define ARCHIVE_ZSTD_MAX_RATIO	32768
 
@@ -720,6 +723,7 @@ reader_main(void *arg)
 	uint8_t *zbuf = NULL;
 	size_t zcap = 0;
 
+	prctl(PR_SET_NAME, "wr-archread", 0, 0, 0);	/* top -H, tests/fault */
 	pthread_mutex_lock(&ar->ar_mtx);
 	for (;;) {
 		if (ar->ar_stop)
@@ -846,6 +850,8 @@ struct archiver {
 	pthread_t		 av_thread;
 	int			 av_stop;
 	int			 av_kick;
+	unsigned		 av_failures;	/* in a row: one episode */
+	char			 av_why[PATH_MAX + 128];	/* the last one */
 };
 
 /* CPU time of this thread (the machine may be busy with other work). */
@@ -858,6 +864,24 @@ archive_cpu_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/*
+ * A failed attempt: what and why (strerror(errno) appended), kept for the
+ * archiver's report (archive_report), which logs an episode once.
+ */
+static void WR_PRINTF(2, 3)
+archive_why(struct archiver *av, const char *fmt, ...)
+{
+	va_list ap;
+	int e = errno, n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(av->av_why, sizeof(av->av_why), fmt, ap);
+	va_end(ap);
+	if (n >= 0 && (size_t)n < sizeof(av->av_why))
+		snprintf(av->av_why + n, sizeof(av->av_why) - n, ": %s",
+		    strerror(e));
+}
+
 static void
 archive_step(struct archiver *av, int step, const char *name)
 {
@@ -866,8 +890,9 @@ archive_step(struct archiver *av, int step, const char *name)
 }
 
 /*
- * Archive one segment. Returns 0 (done, or given up on this segment, and
- * logged), or -1 when the disk failed (logged; tried again later).
+ * Archive one segment. Returns 0 (done), 1 (nothing done: the segment is
+ * gone, or given up on and logged), or -1 when the disk failed (av_why
+ * says why; tried again later).
  */
 static int
 archive_one(struct archiver *av, const struct segstore_pick *pk)
@@ -877,7 +902,7 @@ archive_one(struct archiver *av, const struct segstore_pick *pk)
 	int dirfd = segstore_dirfd(av->av_ss);
 	char zname[160], tname[170], err[512];
 	uint64_t zbytes = 0, t0 = clock_mono_ms(), ms, cpu0 = archive_cpu_ms();
-	int rawfd = -1, outfd = -1, rc;
+	int rawfd = -1, outfd = -1, created = 0, rc;
 	size_t len = strlen(pk->pk_name);
 
 	memset(&idx, 0, sizeof(idx));
@@ -885,14 +910,14 @@ archive_one(struct archiver *av, const struct segstore_pick *pk)
 	if (len < 4 || strcmp(pk->pk_name + len - 4, ".wal") != 0) {
 		/* .wal.lz4 keeps its name: the cache writes those */
 		segstore_archive_skip(av->av_ss, pk->pk_base);
-		return 0;
+		return 1;
 	}
 	snprintf(zname, sizeof(zname), "%s.zst", pk->pk_name);
 	snprintf(tname, sizeof(tname), "%s.zst.tmp", pk->pk_name);
 	if ((rawfd = openat(dirfd, pk->pk_name, O_RDONLY | O_CLOEXEC)) == -1) {
 		if (errno == ENOENT)
-			return 0;	/* retention was faster */
-		log_warn("%s/%s: archive: open", dir, pk->pk_name);
+			return 1;	/* retention was faster */
+		archive_why(av, "%s/%s: archive: open", dir, pk->pk_name);
 		return -1;
 	}
 #ifdef POSIX_FADV_SEQUENTIAL
@@ -900,17 +925,18 @@ archive_one(struct archiver *av, const struct segstore_pick *pk)
 #endif
 	if ((outfd = openat(dirfd, tname, O_WRONLY | O_CREAT | O_TRUNC |
 	    O_CLOEXEC, 0644)) == -1) {
-		log_warn("%s/%s: archive: create", dir, tname);
+		archive_why(av, "%s/%s: archive: create", dir, tname);
 		goto fail;
 	}
+	created = 1;
 	errno = 0;
 	if (archive_compress(rawfd, outfd, pk->pk_base, pk->pk_end -
 	    pk->pk_base, &av->av_cf, av->av_max_frame, &idx, &zbytes, err,
 	    sizeof(err)) == -1) {
 		if (errno == ENOSPC || errno == EIO || errno == EDQUOT ||
 		    errno == EFBIG) {
-			log_warnx("%s/%s: archive: %s; trying again later", dir,
-			    tname, err);
+			snprintf(av->av_why, sizeof(av->av_why),
+			    "%s/%s: archive: %s", dir, tname, err);
 			goto fail;
 		}
 		log_error("%s/%s: cannot archive it: %s; it stays raw and "
@@ -919,13 +945,13 @@ archive_one(struct archiver *av, const struct segstore_pick *pk)
 		unlinkat(dirfd, tname, 0);
 		close(outfd);
 		close(rawfd);
-		return 0;
+		return 1;
 	}
 	archive_step(av, ARCHIVE_STEP_WRITTEN, zname);
 	while ((rc = fdatasync(outfd)) == -1 && errno == EINTR)
 		;
 	if (rc == -1) {
-		log_warn("%s/%s: archive: fdatasync", dir, tname);
+		archive_why(av, "%s/%s: archive: fdatasync", dir, tname);
 		goto fail;
 	}
 	archive_step(av, ARCHIVE_STEP_SYNCED, zname);
@@ -934,14 +960,17 @@ archive_one(struct archiver *av, const struct segstore_pick *pk)
 	close(rawfd);
 	rawfd = -1;
 	if (renameat(dirfd, tname, dirfd, zname) == -1) {
-		log_warn("%s/%s: archive: rename", dir, tname);
+		archive_why(av, "%s/%s: archive: rename", dir, tname);
 		goto fail;
 	}
 	archive_step(av, ARCHIVE_STEP_RENAMED, zname);
 	if (fsync(dirfd) == -1) {
 		/* the rename may not be durable: undo it, keep the raw file */
-		log_warn("%s: archive: fsync of the directory", dir);
-		unlinkat(dirfd, zname, 0);
+		archive_why(av, "%s: archive: fsync of the directory after "
+		    "renaming %s", dir, zname);
+		if (unlinkat(dirfd, zname, 0) == -1 && errno != ENOENT)
+			segstore_archive_left(av->av_ss, pk->pk_base,
+			    SEGSTORE_LEFT_ZST);
 		archive_index_free(&idx);
 		return -1;
 	}
@@ -952,16 +981,25 @@ archive_one(struct archiver *av, const struct segstore_pick *pk)
 		unlinkat(dirfd, zname, 0);
 		fsync(dirfd);
 		archive_index_free(&idx);
-		return 0;
+		return 1;
 	}
 	archive_step(av, ARCHIVE_STEP_SWAPPED, zname);
 	/* the store owns idx now; readers that pinned the raw file keep it */
-	if (unlinkat(dirfd, pk->pk_name, 0) == -1 && errno != ENOENT)
-		log_warn("%s/%s: archive: cannot remove the raw segment; the "
-		    "next start removes it", dir, pk->pk_name);
+	rc = 0;
+	if (unlinkat(dirfd, pk->pk_name, 0) == -1 && errno != ENOENT) {
+		/* served from the .wal.zst; the raw file goes later */
+		archive_why(av, "%s/%s: archive: cannot remove the raw segment "
+		    "(the .wal.zst serves it)", dir, pk->pk_name);
+		segstore_archive_left(av->av_ss, pk->pk_base, SEGSTORE_LEFT_RAW);
+		rc = -1;
+	}
 	archive_step(av, ARCHIVE_STEP_UNLINKED, zname);
-	if (fsync(dirfd) == -1)
-		log_warn("%s: archive: fsync of the directory", dir);
+	if (fsync(dirfd) == -1 && rc == 0) {
+		/* a crash may bring the raw file back: start-up removes it */
+		archive_why(av, "%s: archive: fsync of the directory after "
+		    "removing %s", dir, pk->pk_name);
+		rc = -1;
+	}
 	archive_step(av, ARCHIVE_STEP_DONE, zname);
 	ms = clock_mono_ms() - t0;
 	log_info("%s/%s: archived sequences %" PRIu64 " to %" PRIu64 ": %"
@@ -969,16 +1007,77 @@ archive_one(struct archiver *av, const struct segstore_pick *pk)
 	    PRIu64 " ms of CPU)", dir, zname, pk->pk_base, pk->pk_end - 1,
 	    pk->pk_bytes, zbytes, zbytes > 0 ? (double)pk->pk_bytes /
 	    (double)zbytes : 0.0, ms, archive_cpu_ms() - cpu0);
-	return 0;
+	return rc;
 fail:
-	if (outfd != -1) {
+	if (outfd != -1)
 		close(outfd);
-		unlinkat(dirfd, tname, 0);
-	}
+	if (created)
+		unlinkat(dirfd, tname, 0);	/* never served: it goes */
 	if (rawfd != -1)
 		close(rawfd);
 	archive_index_free(&idx);
 	return -1;
+}
+
+/*
+ * Remove the files earlier attempts could not (segstore_archive_left).
+ * 0, or -1 (av_why says why).
+ */
+static int
+archive_leftovers(struct archiver *av)
+{
+	char name[PATH_MAX];
+	uint64_t base;
+	int what, removed = 0;
+
+	while (segstore_archive_leftover(av->av_ss, name, sizeof(name), &base,
+	    &what) == 0) {
+		if (unlinkat(segstore_dirfd(av->av_ss), name, 0) == -1 &&
+		    errno != ENOENT) {
+			archive_why(av, "%s/%s: archive: cannot remove it (%s)",
+			    segstore_dir(av->av_ss), name, what ==
+			    SEGSTORE_LEFT_RAW ? "the .wal.zst serves the "
+			    "segment" : "an archive whose rename was not "
+			    "durable; the raw segment serves");
+			return -1;
+		}
+		log_info("%s/%s: removed (left by a failed archive step)",
+		    segstore_dir(av->av_ss), name);
+		segstore_archive_leftover_done(av->av_ss, base, what);
+		removed = 1;
+	}
+	if (removed && fsync(segstore_dirfd(av->av_ss)) == -1) {
+		archive_why(av, "%s: archive: fsync of the directory",
+		    segstore_dir(av->av_ss));
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * One attempt's outcome: a failure is counted, and logged when it starts
+ * an episode (the disk failed after working); the first success after
+ * one says so.
+ */
+static void
+archive_report(struct archiver *av, int failed)
+{
+	if (failed) {
+		segstore_archive_failed(av->av_ss);
+		if (av->av_failures++ == 0)
+			log_warnx("%s; archiving waits and tries again every %d "
+			    "s (the raw segments are served meanwhile; further "
+			    "failures are counted in "
+			    "walrelay_archive_failures_total)", av->av_why,
+			    ARCHIVE_RETRY_MS / 1000);
+		else
+			log_debug("%s (attempt %u)", av->av_why,
+			    av->av_failures);
+	} else if (av->av_failures > 0) {
+		log_info("%s: archiving works again after %u failed attempts",
+		    segstore_dir(av->av_ss), av->av_failures);
+		av->av_failures = 0;
+	}
 }
 
 static void *
@@ -988,19 +1087,22 @@ archiver_main(void *arg)
 	struct segstore_pick pk;
 	struct timespec ts;
 	uint64_t wake;
-	int failed = 0;
+	int failed = 0, rc;
 
+	prctl(PR_SET_NAME, "wr-archiver", 0, 0, 0);	/* top -H, tests/fault */
 	pthread_mutex_lock(&av->av_mtx);
 	while (!av->av_stop) {
 		av->av_kick = 0;
 		pthread_mutex_unlock(&av->av_mtx);
-		failed = 0;
-		while (segstore_archive_pick(av->av_ss, av->av_cf.ac_after_s,
-		    av->av_cf.ac_keep_raw, &pk) == 0) {
-			if (archive_one(av, &pk) == -1) {
+		failed = archive_leftovers(av) == -1;
+		while (!failed && segstore_archive_pick(av->av_ss,
+		    av->av_cf.ac_after_s, av->av_cf.ac_keep_raw, &pk) == 0) {
+			if ((rc = archive_one(av, &pk)) == -1) {
 				failed = 1;
 				break;
 			}
+			if (rc == 0)
+				archive_report(av, 0);
 			pthread_mutex_lock(&av->av_mtx);
 			if (av->av_stop) {
 				pthread_mutex_unlock(&av->av_mtx);
@@ -1008,14 +1110,20 @@ archiver_main(void *arg)
 			}
 			pthread_mutex_unlock(&av->av_mtx);
 		}
+		if (failed)
+			archive_report(av, 1);
 		pthread_mutex_lock(&av->av_mtx);
-		if (av->av_stop || av->av_kick)
-			continue;
-		/* an age limit comes due by itself; a failure is retried */
-		wake = clock_mono_ms() + (failed ? 5000 : ARCHIVE_IDLE_MS);
+		/*
+		 * An age limit comes due by itself; a failure is retried after
+		 * ARCHIVE_RETRY_MS, whatever the rotations' kicks meanwhile.
+		 */
+		wake = clock_mono_ms() + (failed ? ARCHIVE_RETRY_MS :
+		    ARCHIVE_IDLE_MS);
 		ts.tv_sec = wake / 1000;
 		ts.tv_nsec = (wake % 1000) * 1000000;
-		pthread_cond_timedwait(&av->av_cond, &av->av_mtx, &ts);
+		while (!av->av_stop && (failed || !av->av_kick) &&
+		    clock_mono_ms() < wake)
+			pthread_cond_timedwait(&av->av_cond, &av->av_mtx, &ts);
 	}
 	pthread_mutex_unlock(&av->av_mtx);
 	return NULL;

@@ -750,6 +750,8 @@ metrics_cb(struct evhttp_request *req, void *arg)
 	    "hold", v->v_ss.ss_archive_raw_bytes);
 	SMETRIC(b, "archive_block_reads_total", "counter", "archived blocks "
 	    "decompressed for readers", v->v_ss.ss_archive_reads);
+	SMETRIC(b, "archive_failures_total", "counter", "archive attempts "
+	    "that failed on the disk (retried)", v->v_ss.ss_archive_failures);
 	SMETRIC(b, "snapshots_total", "counter", "snapshots written",
 	    v->v_sn.st_taken);
 	SMETRIC(b, "snapshot_failures_total", "counter", "snapshot jobs that "

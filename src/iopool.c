@@ -18,6 +18,7 @@
 #include "autoconfig.h"
 
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 
 #include <errno.h>
@@ -81,6 +82,7 @@ iopool_main(void *arg)
 	uint64_t one = 1;
 	int wake;
 
+	prctl(PR_SET_NAME, "wr-io", 0, 0, 0);	/* top -H, tests/fault */
 	iopool_idle_io();
 	pthread_mutex_lock(&ip->ip_mtx);
 	for (;;) {

@@ -263,6 +263,34 @@ segstore_retain(struct segstore *ss)
 }
 
 /*
+ * Retention: a file the archive tier left next to the one the segment is
+ * served from goes first (the served one still holds every frame if this
+ * fails). 0, or -1 (logged).
+ */
+static int
+segment_remove_left(struct segstore *ss, struct segment *seg)
+{
+	char zname[PATH_MAX];
+	const char *name;
+
+	if (seg->seg_archived && seg->seg_rawleft)
+		name = seg->seg_name;
+	else if (!seg->seg_archived && seg->seg_zleft) {
+		snprintf(zname, sizeof(zname), "%s.zst", seg->seg_name);
+		name = zname;
+	} else
+		return 0;
+	if (unlinkat(ss->ss_dirfd, name, 0) == -1 && errno != ENOENT) {
+		log_warn("%s/%s: retention cannot remove the file; it and the "
+		    "newer segments stay and are served, retrying at the next "
+		    "rotation", ss->ss_dir, name);
+		return -1;
+	}
+	seg->seg_rawleft = seg->seg_zleft = 0;
+	return 0;
+}
+
+/*
  * Retention: any thread, one at a time (ss_retaining). Files are removed
  * without the mutex held, oldest first; when one cannot be removed, it
  * and every newer one taken go back into the list, so that the store
@@ -322,6 +350,8 @@ again:
 	pthread_mutex_unlock(&ss->ss_mtx);
 
 	while ((seg = TAILQ_FIRST(&gone)) != NULL) {
+		if (segment_remove_left(ss, seg) == -1)
+			break;
 		if (unlinkat(ss->ss_dirfd, segment_file(seg), 0) == -1 &&
 		    errno != ENOENT) {
 			log_warn("%s/%s: retention cannot remove the file; it "
@@ -700,8 +730,71 @@ segstore_archive_commit(struct segstore *ss, uint64_t base,
 	seg->seg_bytes = zbytes;
 	seg->seg_durable_bytes = zbytes;
 	seg->seg_archived = 1;
+	seg->seg_zleft = 0;
 	pthread_mutex_unlock(&ss->ss_mtx);
 	return 0;
+}
+
+void
+segstore_archive_left(struct segstore *ss, uint64_t base, int what)
+{
+	struct segment *seg;
+
+	pthread_mutex_lock(&ss->ss_mtx);
+	if ((seg = segment_by_base(ss, base)) != NULL) {
+		if (what == SEGSTORE_LEFT_RAW)
+			seg->seg_rawleft = 1;
+		else
+			seg->seg_zleft = 1;
+	}
+	pthread_mutex_unlock(&ss->ss_mtx);
+}
+
+int
+segstore_archive_leftover(struct segstore *ss, char *name, size_t len,
+    uint64_t *base, int *what)
+{
+	struct segment *seg;
+	int rc = 1;
+
+	pthread_mutex_lock(&ss->ss_mtx);
+	TAILQ_FOREACH(seg, &ss->ss_segs, seg_entry) {
+		if (seg->seg_rawleft)
+			snprintf(name, len, "%s", seg->seg_name);
+		else if (seg->seg_zleft)
+			snprintf(name, len, "%s.zst", seg->seg_name);
+		else
+			continue;
+		*base = seg->seg_base;
+		*what = seg->seg_rawleft ? SEGSTORE_LEFT_RAW : SEGSTORE_LEFT_ZST;
+		rc = 0;
+		break;
+	}
+	pthread_mutex_unlock(&ss->ss_mtx);
+	return rc;
+}
+
+void
+segstore_archive_leftover_done(struct segstore *ss, uint64_t base, int what)
+{
+	struct segment *seg;
+
+	pthread_mutex_lock(&ss->ss_mtx);
+	if ((seg = segment_by_base(ss, base)) != NULL) {
+		if (what == SEGSTORE_LEFT_RAW)
+			seg->seg_rawleft = 0;
+		else
+			seg->seg_zleft = 0;
+	}
+	pthread_mutex_unlock(&ss->ss_mtx);
+}
+
+void
+segstore_archive_failed(struct segstore *ss)
+{
+	pthread_mutex_lock(&ss->ss_mtx);
+	ss->ss_st.ss_archive_failures++;
+	pthread_mutex_unlock(&ss->ss_mtx);
 }
 
 void
@@ -729,8 +822,11 @@ segstore_record_snapshot(struct segstore *ss,
 	prev = ss->ss_snap;
 	ss->ss_snap = *sm;
 	m.m_snap = *sm;
-	if ((rc = segment_meta_write_locked(ss, &m, errbuf, errlen)) == -1)
+	if ((rc = segment_meta_write_locked(ss, &m, errbuf, errlen)) == -1) {
 		ss->ss_snap = prev;
+		if (ss->ss_meta_unsure)
+			rc = -2;
+	}
 	pthread_mutex_unlock(&ss->ss_meta_mtx);
 	return rc;
 }

@@ -114,6 +114,7 @@ struct segstore_state {
 	uint64_t	 ss_archived_bytes; /* their compressed size */
 	uint64_t	 ss_archive_raw_bytes; /* their frames' raw size */
 	uint64_t	 ss_archive_reads; /* blocks decompressed for readers */
+	uint64_t	 ss_archive_failures; /* archive attempts the disk failed */
 	/*
 	 * Jobs done on the I/O pool that a waiting reader may want: frames
 	 * located (a sealed segment's first read), retention passes.
@@ -220,6 +221,11 @@ void		 segstore_poll(struct segstore *, struct segstore_state *);
  * and made a corrupt range (segstore_corrupt_at).
  */
 #define SEGSTORE_PENDING	1
+/*
+ * The segment file could not be read (errno says why): the reader cannot
+ * be served from here now; asking again tries the file again.
+ */
+#define SEGSTORE_READERR	(-2)
 int		 segstore_locate(struct segstore *, uint64_t seq,
 		    struct segment_span *);
 void		 segstore_unpin(struct segstore *, void *pin);
@@ -236,7 +242,10 @@ void		 segstore_retain(struct segstore *);
 /*
  * Snapshots (snapshot.c). segstore_snapmeta: the snapshot recorded in the
  * metadata. segstore_record_snapshot: record a new one (rewrites the
- * checksummed metadata; 0 or -1 with errbuf). segstore_compact: frames
+ * checksummed metadata; 0, -1 with errbuf, or -2 with errbuf when the
+ * file was renamed into place but its directory fsync failed: the file on
+ * disk may name the new snapshot, or, after a power loss, the previous
+ * one; the store keeps the previous one). segstore_compact: frames
  * before covered are in a durable snapshot: remove the segments that end
  * there (a pinned one once unpinned); with hold, from now on retention
  * removes nothing a snapshot does not cover. Any thread.
@@ -301,6 +310,22 @@ int		 segstore_archive_commit(struct segstore *, uint64_t base,
 		    const char *zname, struct archive_index *idx,
 		    uint64_t zbytes);
 void		 segstore_archive_skip(struct segstore *, uint64_t base);
+/*
+ * left: the archiver could not remove a file of the segment at base (what:
+ * SEGSTORE_LEFT_RAW, the raw file after commit; SEGSTORE_LEFT_ZST, the
+ * .wal.zst after a failed directory fsync). leftover: the name of one such
+ * file still there (0), or 1; leftover_done: it is gone. failed: count a
+ * failed attempt (walrelay_archive_failures_total).
+ */
+#define SEGSTORE_LEFT_RAW	1
+#define SEGSTORE_LEFT_ZST	2
+void		 segstore_archive_left(struct segstore *, uint64_t base,
+		    int what);
+int		 segstore_archive_leftover(struct segstore *, char *name,
+		    size_t len, uint64_t *base, int *what);
+void		 segstore_archive_leftover_done(struct segstore *,
+		    uint64_t base, int what);
+void		 segstore_archive_failed(struct segstore *);
 /* Look for segments to archive now (the janitor, after a rotation). */
 void		 segstore_archive_kick(struct segstore *);
 const char	*segstore_dir(const struct segstore *);

@@ -68,6 +68,14 @@ struct segment {
 	 */
 	int			 seg_archived;
 	int			 seg_noarchive;	/* archiving failed: keep raw */
+	/*
+	 * A file the archive tier could not remove: the raw one after the
+	 * .wal.zst took over (seg_rawleft), or a .wal.zst whose rename was
+	 * not made durable (seg_zleft). The archiver removes it later;
+	 * retention removes it with the segment, before the file it serves.
+	 */
+	int			 seg_rawleft;
+	int			 seg_zleft;
 	char			*seg_zname;
 	struct archive_index	 seg_zidx;
 	int			 seg_compacted;	/* removed: a snapshot covers it */
@@ -79,6 +87,13 @@ struct segment {
 	int			 seg_has_hint;
 	uint64_t		 seg_hint_seq;
 	uint64_t		 seg_hint_off;
+	/*
+	 * Loop thread: the last find job could not read the file (errno),
+	 * looking for seg_find_err_seq; the next locate of that sequence
+	 * reports it once (SEGSTORE_READERR) instead of starting another.
+	 */
+	int			 seg_find_err;
+	uint64_t		 seg_find_err_seq;
 };
 TAILQ_HEAD(segment_list, segment);
 
@@ -123,6 +138,8 @@ struct segstore {
 	int			 ss_compact;
 	uint64_t		 ss_covered;
 	uint64_t		 ss_meta_base;	/* m_base of the last write */
+	/* the last failed write renamed the file (its dir fsync failed) */
+	int			 ss_meta_unsure;	/* under ss_meta_mtx */
 
 	pthread_mutex_t		 ss_mtx;
 	pthread_cond_t		 ss_cond;

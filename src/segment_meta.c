@@ -65,6 +65,7 @@ segment_meta_write_locked(struct segstore *ss, const struct segment_meta *m,
 	    (unsigned long long)XXH64(buf, len, 0));
 	len += n;
 
+	ss->ss_meta_unsure = 0;
 	fd = openat(ss->ss_dirfd, SEGMENT_META_TMP,
 	    O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd == -1)
@@ -81,8 +82,10 @@ segment_meta_write_locked(struct segstore *ss, const struct segment_meta *m,
 	if (renameat(ss->ss_dirfd, SEGMENT_META_TMP, ss->ss_dirfd,
 	    SEGMENT_META) == -1)
 		goto fail;
-	if (fsync(ss->ss_dirfd) == -1)
+	if (fsync(ss->ss_dirfd) == -1) {
+		ss->ss_meta_unsure = 1;
 		goto fail;
+	}
 	return 0;
 fail:
 	snprintf(errbuf, errlen, "%s/%s: cannot write the metadata file: %s",

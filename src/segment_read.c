@@ -116,6 +116,7 @@ struct segment_find {
 	uint64_t		 sf_seq;
 	int			 sf_check;
 	int			 sf_rc;		/* 0: sf_off found */
+	int			 sf_errno;	/* the file could not be read */
 	uint64_t		 sf_off;
 	uint64_t		 sf_bad;	/* from the check */
 };
@@ -130,16 +131,22 @@ segment_find_work(struct iopool_job *j)
 	int fd;
 
 	f->sf_rc = -1;
+	f->sf_errno = 0;
 	f->sf_bad = UINT64_MAX;
 	if ((fd = openat(ss->ss_dirfd, seg->seg_name, O_RDONLY |
 	    O_CLOEXEC)) == -1) {
-		if (errno != ENOENT)	/* ENOENT: archived meanwhile */
+		if (errno != ENOENT) {	/* ENOENT: archived meanwhile */
+			f->sf_errno = errno;
 			log_warn("%s/%s: open for reading", ss->ss_dir,
 			    seg->seg_name);
+		}
 		return;
 	}
-	if (f->sf_check && segment_check_sealed(ss, seg, fd, &f->sf_bad) == -1)
+	if (f->sf_check && segment_check_sealed(ss, seg, fd, &f->sf_bad) ==
+	    -1) {
+		f->sf_errno = errno != 0 ? errno : EIO;
 		goto out;
+	}
 	pthread_mutex_lock(&ss->ss_mtx);
 	segment_index_find(seg, f->sf_seq, &iseq, &ioff);
 	dbytes = seg->seg_durable_bytes;
@@ -148,6 +155,7 @@ segment_find_work(struct iopool_job *j)
 	if (f->sf_seq >= dend)
 		goto out;
 	if (segment_walk(fd, iseq, ioff, f->sf_seq, dbytes, &f->sf_off) == -1) {
+		f->sf_errno = errno;
 		log_warn("%s/%s: looking for sequence %" PRIu64, ss->ss_dir,
 		    seg->seg_name, f->sf_seq);
 		goto out;
@@ -172,6 +180,9 @@ segment_find_done(struct iopool_job *j)
 		seg->seg_has_hint = 1;
 		seg->seg_hint_seq = f->sf_seq;
 		seg->seg_hint_off = f->sf_off;
+	} else if (f->sf_errno != 0) {
+		seg->seg_find_err = f->sf_errno;
+		seg->seg_find_err_seq = f->sf_seq;
 	}
 	pthread_mutex_lock(&ss->ss_mtx);
 	ss->ss_st.ss_pool_done++;
@@ -236,6 +247,13 @@ segstore_locate(struct segstore *ss, uint64_t seq, struct segment_span *sp)
 		segstore_unpin(ss, seg);
 		return SEGSTORE_PENDING;	/* woken when it is done */
 	}
+	if (seg->seg_find_err != 0 && seg->seg_find_err_seq == seq) {
+		/* the find job for it failed: say so once, not again and again */
+		errno = seg->seg_find_err;
+		seg->seg_find_err = 0;
+		segstore_unpin(ss, seg);
+		return SEGSTORE_READERR;
+	}
 	if (pool && !checked)
 		return segment_find_start(ss, seg, seq, 1);
 	if (seg->seg_rfd == -1 && (seg->seg_rfd = openat(ss->ss_dirfd,
@@ -248,8 +266,11 @@ segstore_locate(struct segstore *ss, uint64_t seq, struct segment_span *sp)
 		/* archived meanwhile: the raw file was just removed */
 		if (gone && archived)
 			return segment_locate_archived(ss, seg, seq, sp);
+		gone = errno;
 		log_warn("%s/%s: open for reading", ss->ss_dir, seg->seg_name);
-		goto fail;
+		segstore_unpin(ss, seg);
+		errno = gone;
+		return SEGSTORE_READERR;
 	}
 	if (!checked) {
 		/* no pool (walcat, tests): check it here */

@@ -13,6 +13,7 @@
  */
 #include "autoconfig.h"
 
+#include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -487,6 +488,7 @@ segstore_writer(void *arg)
 	uint64_t now, wake, retry_at = 0;
 	int err, stopping, stop_failures = 0;
 
+	prctl(PR_SET_NAME, "wr-writer", 0, 0, 0);	/* top -H, tests/fault */
 	pthread_mutex_lock(&ss->ss_mtx);
 	for (;;) {
 		STAILQ_CONCAT(&ss->ss_todo, &ss->ss_queue);

@@ -15,6 +15,7 @@
 #include "autoconfig.h"
 
 #include <sys/types.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -1732,13 +1733,17 @@ snap_has_frames(const struct snap_dirent *v, size_t n, uint64_t ts)
 	return 0;
 }
 
-static void
+/* 0 removed, -1 not (logged). */
+static int
 snap_remove(int dirfd, const char *dir, const char *name, const char *why)
 {
-	if (unlinkat(dirfd, name, 0) == -1 && errno != ENOENT)
-		log_warn("%s/%s: cannot remove (%s)", dir, name, why);
-	else
-		log_info("%s/%s: removed (%s)", dir, name, why);
+	if (unlinkat(dirfd, name, 0) == -1 && errno != ENOENT) {
+		log_warn("%s/%s: cannot remove (%s); tried again after the "
+		    "next snapshot", dir, name, why);
+		return -1;
+	}
+	log_info("%s/%s: removed (%s)", dir, name, why);
+	return 0;
 }
 
 /*
@@ -1780,18 +1785,22 @@ snap_dir_clean(int dirfd, const char *dir, const char *newest, unsigned keep,
 				    "the segments");
 			continue;
 		}
+		/*
+		 * Its frames file goes once it is gone: a snapshot without
+		 * one would look like another program's and stay for good.
+		 */
 		if (newest == NULL || strcmp(e->d_name, newest) > 0) {
-			snap_remove(dirfd, dir, e->d_name, newest == NULL ?
+			if (snap_remove(dirfd, dir, e->d_name, newest == NULL ?
 			    "a snapshot never recorded in the metadata" :
-			    "it would sort after the newest snapshot");
-			e->d_ts = UINT64_MAX;	/* its frames go too */
+			    "it would sort after the newest snapshot") == 0)
+				e->d_ts = UINT64_MAX;	/* its frames go too */
 			removed = 1;
 		} else if (kept < keep)
 			kept++;
 		else {
-			snap_remove(dirfd, dir, e->d_name, "beyond "
-			    "snapshot-keep");
-			e->d_ts = UINT64_MAX;
+			if (snap_remove(dirfd, dir, e->d_name, "beyond "
+			    "snapshot-keep") == 0)
+				e->d_ts = UINT64_MAX;
 			removed = 1;
 		}
 	}
@@ -1865,6 +1874,7 @@ struct snapshotter {
 	uint64_t		 sn_last_ms;	/* monotonic: last job's end */
 	uint64_t		 sn_taken;
 	uint64_t		 sn_failed;
+	unsigned		 sn_failing;	/* failed jobs in a row */
 	uint64_t		 sn_late;
 	uint64_t		 sn_job_ms;
 };
@@ -1982,8 +1992,10 @@ snap_job_main(void *arg)
 	uint64_t min_ts = UINT64_MAX, max_ts = 0, ts, t0 = clock_mono_ms();
 	char base[PATH_MAX], name[SNAP_NAME_MAX], fname[SNAP_NAME_MAX];
 	char err[512];
-	int renamed = 0, prio;
+	int renamed = 0, fnamed = 0, prio, rc;
 	pid_t tid = (pid_t)syscall(SYS_gettid);
+
+	prctl(PR_SET_NAME, "wr-snapshot", 0, 0, 0);	/* top -H, tests/fault */
 
 	/* Linux: a thread's own nice value; ingest and fanout go first */
 	errno = 0;
@@ -2040,10 +2052,18 @@ snap_job_main(void *arg)
 	snap_name_format(name, sizeof(name), ts, j->j_res.wr_compressed);
 	snap_frames_name(fname, sizeof(fname), ts);
 	if (renameat(sn->sn_dirfd, SNAP_TMP_FRAMES, sn->sn_dirfd, fname) ==
-	    -1 || renameat(sn->sn_dirfd, j->j_res.wr_compressed ? SNAP_TMP_LZ4 :
+	    -1) {
+		snprintf(j->j_err, sizeof(j->j_err), "%s/%s: renaming the "
+		    "snapshot's frames file into place: %s", sn->sn_dir, fname,
+		    strerror(errno));
+		goto done;
+	}
+	fnamed = 1;
+	if (renameat(sn->sn_dirfd, j->j_res.wr_compressed ? SNAP_TMP_LZ4 :
 	    SNAP_TMP_BODY, sn->sn_dirfd, name) == -1) {
-		snprintf(j->j_err, sizeof(j->j_err), "%s: renaming the "
-		    "snapshot into place: %s", sn->sn_dir, strerror(errno));
+		snprintf(j->j_err, sizeof(j->j_err), "%s/%s: renaming the "
+		    "snapshot into place: %s", sn->sn_dir, name,
+		    strerror(errno));
 		goto done;
 	}
 	renamed = 1;
@@ -2060,12 +2080,19 @@ snap_job_main(void *arg)
 	sm.sm_ts = ts;
 	sm.sm_entries = j->j_res.wr_entries;
 	snprintf(sm.sm_name, sizeof(sm.sm_name), "%s", name);
-	if (segstore_record_snapshot(sn->sn_store, &sm, err, sizeof(err)) ==
-	    -1) {
+	if ((rc = segstore_record_snapshot(sn->sn_store, &sm, err,
+	    sizeof(err))) != 0) {
 		snprintf(j->j_err, sizeof(j->j_err), "%s", err);
+		if (rc == -2)
+			/*
+			 * The metadata file on disk may name this snapshot
+			 * (its rename is not known durable): the files stay,
+			 * nothing is deleted; the next job or start settles it.
+			 */
+			renamed = fnamed = 0;
 		goto done;
 	}
-	renamed = 0;	/* recorded: it stays */
+	renamed = fnamed = 0;	/* recorded: it stays */
 
 	j->j_info.si_covered = j->j_covered;
 	j->j_info.si_ts = ts;
@@ -2084,9 +2111,13 @@ done:
 		/* never recorded: undo, the previous snapshot stays newest */
 		if (!j->j_prev.sm_valid || strcmp(name, j->j_prev.sm_name) != 0)
 			unlinkat(sn->sn_dirfd, name, 0);
+	}
+	if (renamed || fnamed) {
 		unlinkat(sn->sn_dirfd, fname, 0);
 		fsync(sn->sn_dirfd);
 	}
+	if (!j->j_ok)
+		snap_unlink_tmp(sn->sn_dirfd);	/* the runs go with f */
 	snap_fold_free(f);
 	j->j_ms = clock_mono_ms() - t0;
 	event_active(sn->sn_done_ev, 0, 0);
@@ -2126,12 +2157,23 @@ snap_done_cb(evutil_socket_t fd, short what, void *arg)
 			    "skipped them until this snapshot; raise "
 			    "snapshot-skew", sn->sn_dir, j->j_late,
 			    j->j_prev.sm_ts);
+		if (sn->sn_failing > 0)
+			log_info("%s: snapshots work again after %u failed "
+			    "jobs", sn->sn_dir, sn->sn_failing);
+		sn->sn_failing = 0;
 	} else if (sn->sn_cancel)
 		log_info("%s: snapshot cancelled", sn->sn_dir);
-	else {
+	else if (sn->sn_failing++ == 0) {
+		/* once per episode: the next jobs are counted */
 		sn->sn_failed++;
-		log_warnx("snapshot failed, the previous one stays: %s",
-		    j->j_err);
+		log_warnx("snapshot failed, the previous one stays and no "
+		    "segment is removed for it; retried at the next period "
+		    "(further failures are counted in "
+		    "walrelay_snapshot_failures_total): %s", j->j_err);
+	} else {
+		sn->sn_failed++;
+		log_debug("snapshot failed again (job %u in a row): %s",
+		    sn->sn_failing, j->j_err);
 	}
 	snap_job_free(j);
 }

@@ -814,7 +814,7 @@ sub_emit_snapshot(struct sub_stage *st)
 /* What sub_fill did. */
 #define SUB_FILL_OK	0
 #define SUB_FILL_ERROR	(-1)	/* errno set: close the subscriber */
-#define SUB_FILL_CLOSED	1	/* closed it (its position is gone) */
+#define SUB_FILL_CLOSED	1	/* closed it (position gone, file unreadable) */
 
 /* Stage and queue frames for st->st_sub up to its high watermark. */
 static int
@@ -917,6 +917,13 @@ sub_fill(struct sub_stage *st, int *full)
 		    &sub->sub_span);
 		if (rc == SEGSTORE_PENDING)
 			break;	/* an archived block: woken once it is read */
+		if (rc == SEGSTORE_READERR) {
+			/* it resumes from here once the disk reads again */
+			subscriber_close(sub, "cannot read the segment file of "
+			    "sequence %" PRIu64 ": %s; disconnected",
+			    sub->sub_pos, strerror(errno));
+			return SUB_FILL_CLOSED;
+		}
 		if (rc == -1) {
 			segstore_poll(sub_stream(sub)->st_store, &ss);
 			if (sub->sub_pos < ss.ss_earliest) {
@@ -1191,6 +1198,8 @@ sub_start_corrupt(struct subscriber *sub, uint64_t start,
 	}
 	if (rc == SEGSTORE_PENDING)
 		return SUB_START_PENDING;
+	if (rc == SEGSTORE_READERR)
+		return 0;	/* streaming finds it again and says so */
 	return segstore_corrupt_at(sub_stream(sub)->st_store, start, bad);
 }
 

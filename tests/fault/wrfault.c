@@ -58,6 +58,7 @@ static const char *const op_names[] = {
 struct wrfault_rule {
 	int			 r_op;
 	char			 r_path[PATH_MAX];
+	char			 r_thread[32];	/* "": any thread */
 	unsigned long long	 r_after;	/* bytes (write) or calls */
 	int			 r_err;		/* 0: delay only */
 	int			 r_short;	/* 1: cut the crossing write; 2: cut only */
@@ -148,6 +149,8 @@ parse_rule(char *s, struct wrfault_rule *r)
 			op = 1;
 		} else if (strcmp(kv, "path") == 0)
 			snprintf(r->r_path, sizeof(r->r_path), "%s", v);
+		else if (strcmp(kv, "thread") == 0)
+			snprintf(r->r_thread, sizeof(r->r_thread), "%s", v);
 		else if (strcmp(kv, "after") == 0) {
 			r->r_after = strtoull(v, &end, 10);
 			if (*v == '\0' || *end != '\0')
@@ -346,7 +349,8 @@ decide(int op, const char *path, const char *path2, int isdir, size_t len,
 	struct wrfault_rule *r, *slow = NULL;
 	unsigned delay = 0;
 	long long allow = (long long)len;
-	char what[64];
+	char what[64], tname[32] = "";
+	int tnamed = 0;
 
 	pthread_mutex_lock(&wf_mtx);
 	ctl_poll();
@@ -360,6 +364,16 @@ decide(int op, const char *path, const char *path2, int isdir, size_t len,
 			continue;
 		if (r->r_dir != -1 && r->r_dir != isdir)
 			continue;
+		if (r->r_thread[0] != '\0') {
+			if (!tnamed) {
+				if (pthread_getname_np(pthread_self(), tname,
+				    sizeof(tname)) != 0)
+					tname[0] = '\0';
+				tnamed = 1;
+			}
+			if (fnmatch(r->r_thread, tname, 0) != 0)
+				continue;
+		}
 		if (op == OP_WRITE) {
 			if (r->r_passed + len <= r->r_after) {
 				r->r_passed += len;
