@@ -46,5 +46,11 @@ int	walcat_max_frame_arg(const char *, size_t *);
 /* Connect to host:port (says why not, -1); the first token of a file. */
 int	walcat_net_dial(const char *addr);
 int	walcat_net_token(const char *path, char *tok, size_t len);
+struct tls_files;
+struct tls_ctx;
+/* The TLS client of a subcommand (cmd) that reads addr: *out NULL when
+ * neither --tls nor a --tls-* option was given. 0, or -1 (said on stderr). */
+int	walcat_net_tls(const char *cmd, const char *addr, struct tls_files *,
+	    int want, struct tls_ctx **out);
 
 #endif

@@ -31,6 +31,7 @@
 #include "handshake.h"
 #include "scan.h"
 #include "segment.h"
+#include "tls.h"
 #include "walcat.h"
 
 #define PRODUCE_BATCH	(256 * 1024)
@@ -100,6 +101,40 @@ int
 walcat_net_dial(const char *addr)
 {
 	return dial(addr, 0);
+}
+
+int
+walcat_net_tls(const char *cmd, const char *addr, struct tls_files *tf,
+    int want, struct tls_ctx **out)
+{
+	char host[256], err[512];
+	uint16_t port;
+
+	*out = NULL;
+	if (!want && tf->tf_ca == NULL && tf->tf_cert == NULL &&
+	    tf->tf_key == NULL && tf->tf_server_name == NULL)
+		return 0;
+	if ((tf->tf_cert == NULL) != (tf->tf_key == NULL)) {
+		fprintf(stderr, "walcat: %s: --tls-cert and --tls-key go "
+		    "together\n", cmd);
+		return -1;
+	}
+	if (tf->tf_server_name == NULL) {
+		if (config_addr_split(addr, host, sizeof(host), &port, err,
+		    sizeof(err)) == -1) {
+			fprintf(stderr, "walcat: %s: %s\n", cmd, err);
+			return -1;
+		}
+		tf->tf_server_name = host;
+	}
+	*out = tls_client_new(tf, err, sizeof(err));
+	if (tf->tf_server_name == host)
+		tf->tf_server_name = NULL;
+	if (*out == NULL) {
+		fprintf(stderr, "walcat: %s: %s\n", cmd, err);
+		return -1;
+	}
+	return 0;
 }
 
 int

@@ -600,35 +600,6 @@ out:
 	return rc;
 }
 
-static int
-repair_tls(struct repair *rp, struct tls_files *tf, int tls)
-{
-	char host[256], err[512];
-	uint16_t port;
-
-	if (!tls && tf->tf_ca == NULL && tf->tf_cert == NULL &&
-	    tf->tf_key == NULL && tf->tf_server_name == NULL)
-		return 0;
-	if ((tf->tf_cert == NULL) != (tf->tf_key == NULL)) {
-		fprintf(stderr, "walcat: repair: --tls-cert and --tls-key go "
-		    "together\n");
-		return -1;
-	}
-	if (tf->tf_server_name == NULL) {
-		if (config_addr_split(rp->rp_addr, host, sizeof(host), &port,
-		    err, sizeof(err)) == -1) {
-			fprintf(stderr, "walcat: repair: %s\n", err);
-			return -1;
-		}
-		tf->tf_server_name = host;
-	}
-	if ((rp->rp_tls = tls_client_new(tf, err, sizeof(err))) == NULL) {
-		fprintf(stderr, "walcat: repair: %s\n", err);
-		return -1;
-	}
-	return 0;
-}
-
 int
 walcat_repair(int argc, char **argv)
 {
@@ -717,7 +688,7 @@ walcat_repair(int argc, char **argv)
 	}
 	if (repair_read_epoch(&rp) == -1 || (lockfd = repair_lock(&rp)) == -1)
 		goto out;
-	if (repair_tls(&rp, &tf, tls) == -1)
+	if (walcat_net_tls("repair", rp.rp_addr, &tf, tls, &rp.rp_tls) == -1)
 		goto out;
 	if (segment_list_dir(rp.rp_dir, &names, &n, err, sizeof(err)) == -1) {
 		fprintf(stderr, "walcat: repair: %s\n", err);

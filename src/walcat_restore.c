@@ -1754,9 +1754,8 @@ walcat_restore(int argc, char **argv)
 	struct tls_ctx *tls = NULL;
 	struct stat st;
 	const char *tokfile = NULL, *src;
-	char token[1100] = "-", host[256], err[512];
+	char token[1100] = "-";
 	int c, force = 0, usetls = 0, rc = WALCAT_EXIT_ERROR, has_seq = 0, r;
-	uint16_t port;
 	size_t sz;
 	long long t0;
 	char *end;
@@ -1840,28 +1839,8 @@ walcat_restore(int argc, char **argv)
 		if (tokfile != NULL && walcat_net_token(tokfile, token,
 		    sizeof(token)) == -1)
 			return WALCAT_EXIT_ERROR;
-		if (usetls || tf.tf_ca != NULL || tf.tf_cert != NULL ||
-		    tf.tf_key != NULL || tf.tf_server_name != NULL) {
-			if ((tf.tf_cert == NULL) != (tf.tf_key == NULL)) {
-				fprintf(stderr, "walcat: restore: --tls-cert "
-				    "and --tls-key go together\n");
-				return WALCAT_EXIT_ERROR;
-			}
-			if (tf.tf_server_name == NULL) {
-				if (config_addr_split(src, host, sizeof(host),
-				    &port, err, sizeof(err)) == -1) {
-					fprintf(stderr, "walcat: restore: %s\n",
-					    err);
-					return WALCAT_EXIT_ERROR;
-				}
-				tf.tf_server_name = host;
-			}
-			if ((tls = tls_client_new(&tf, err, sizeof(err))) ==
-			    NULL) {
-				fprintf(stderr, "walcat: restore: %s\n", err);
-				return WALCAT_EXIT_ERROR;
-			}
-		}
+		if (walcat_net_tls("restore", src, &tf, usetls, &tls) == -1)
+			return WALCAT_EXIT_ERROR;
 	}
 	if (rwriter_start(&rs) == -1)
 		goto out;

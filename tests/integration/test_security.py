@@ -292,6 +292,66 @@ def test_tls_subscriber_gets_the_stream_exactly(relays, walcat, pki, tokens):
     assert len(got) == 300
 
 
+def test_walcat_restore_and_repair_over_tls(relays, walcat, pki, tokens,
+                                           workdir):
+    """walcat restore and repair reach a TLS relay with --tls-ca (and the
+    server name taken from the address): restore writes the relay's frames
+    exactly, repair mends a copy of the store from it; a relay whose
+    certificate the client does not trust, and a --tls-cert without
+    --tls-key, are refused with the reason."""
+    import shutil
+    r = relays("a", tls_args(pki) + auth_args(tokens) +
+               ["--segment-bytes", "4k"])
+    for i in range(6):          # six writes: a segment at least each
+        produce(walcat, r, 50, tokens["pub"])
+        r.wait_durable(50 * (i + 1))
+    ca = pki.path("ca.crt")
+
+    def walcat_run(*args):
+        return subprocess.run([str(walcat), *map(str, args)],
+                              capture_output=True, text=True, timeout=60 * SLOW)
+
+    out = workdir / "restored"
+    p = walcat_run("restore", "--tls-ca", ca, "--token-file", tokens["sub"],
+                   r.listen_addr, out)
+    assert p.returncode == 0, p.stderr
+    assert "restored 300 frames" in p.stdout, p.stdout
+    assert store_frames(str(out)) == store_frames(r.datadir)
+
+    p = walcat_run("restore", "--tls", "--token-file", tokens["sub"],
+                   r.listen_addr, workdir / "untrusted")
+    assert p.returncode != 0 and "certificate" in p.stderr, p.stderr
+    p = walcat_run("restore", "--tls-ca", ca, "--tls-cert",
+                   pki.path("client.crt"), "--token-file", tokens["sub"],
+                   r.listen_addr, workdir / "half")
+    assert p.returncode != 0
+    assert "--tls-cert and --tls-key go together" in p.stderr, p.stderr
+
+    # repair: a copy of the store with one bit flipped in a sealed segment
+    copy = workdir / "copy"
+    shutil.copytree(r.datadir, copy,
+                    ignore=shutil.ignore_patterns("walrelay.lock"))
+    names = sorted(n for n in os.listdir(copy) if n.endswith(".wal"))
+    assert len(names) > 2, names
+    with open(copy / names[0], "r+b") as f:
+        f.seek(40)
+        b = f.read(1)
+        f.seek(40)
+        f.write(bytes([b[0] ^ 0x10]))
+    p = walcat_run("repair", "--from", r.listen_addr, "--token-file",
+                   tokens["sub"], copy)
+    assert p.returncode != 0, p.stdout     # plain TCP to a TLS listener
+    p = walcat_run("repair", "--from", r.listen_addr, "--tls-ca", ca,
+                   "--token-file", tokens["sub"], copy)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "summary: repaired=1 not_repaired=0" in p.stdout, p.stdout
+    assert store_frames(str(copy)) == store_frames(r.datadir)
+    p = walcat_run("repair", "--from", r.listen_addr, "--tls-key",
+                   pki.path("client.key"), copy)
+    assert p.returncode != 0
+    assert "--tls-cert and --tls-key go together" in p.stderr, p.stderr
+
+
 def test_tls_subscriber_catches_up_from_segment_files_exactly(relays, walcat,
                                                              pki, tokens):
     """Older than the in-memory tail, a TLS subscriber's frames are read
