@@ -93,7 +93,8 @@ int
 snap_key_cmp(const uint8_t *a, uint32_t alen, const uint8_t *b,
     uint32_t blen)
 {
-	int c = memcmp(a, b, alen < blen ? alen : blen);
+	size_t n = alen < blen ? alen : blen;
+	int c = n > 0 ? memcmp(a, b, n) : 0;	/* an empty key may be NULL */
 
 	if (c != 0)
 		return c;
@@ -1046,6 +1047,7 @@ struct snap_src {
 	uint8_t		*s_prev;
 	uint32_t	 s_prevlen;
 	size_t		 s_prevcap;
+	int		 s_hasprev;	/* s_prev holds a key (maybe empty) */
 };
 
 static int
@@ -1070,8 +1072,10 @@ snap_src_next(struct snap_src *s, char *errbuf, size_t errlen)
 				s->s_prev = np;
 				s->s_prevcap = s->s_klen;
 			}
-			memcpy(s->s_prev, s->s_key, s->s_klen);
+			if (s->s_klen > 0)
+				memcpy(s->s_prev, s->s_key, s->s_klen);
 			s->s_prevlen = s->s_klen;
+			s->s_hasprev = 1;
 		}
 		if ((r = snap_reader_next(s->s_base, &e, errbuf, errlen)) ==
 		    -1)
@@ -1085,7 +1089,7 @@ snap_src_next(struct snap_src *s, char *errbuf, size_t errlen)
 		s->s_val = e.se_val;
 		s->s_vlen = e.se_vlen;
 		s->s_expire = e.se_expire;
-		if (s->s_prev != NULL && snap_key_cmp(s->s_prev, s->s_prevlen,
+		if (s->s_hasprev && snap_key_cmp(s->s_prev, s->s_prevlen,
 		    s->s_key, s->s_klen) >= 0) {
 			snprintf(errbuf, errlen, "the previous snapshot is not "
 			    "sorted by key (not written by walrelay)");
