@@ -415,6 +415,24 @@ fail:
 	return -1;
 }
 
+/*
+ * A damaged length is refused before its memory is allocated: 0, or -1
+ * with errbuf.
+ */
+static int
+block_plausible(const struct archive_block *b, char *errbuf, size_t errlen)
+{
+	if ((uint64_t)b->ab_raw_len <= (uint64_t)b->ab_zlen *
+	    ARCHIVE_ZSTD_MAX_RATIO)
+		return 0;
+	snprintf(errbuf, errlen, "corrupt block at offset %" PRIu64
+	    " (sequences %" PRIu64 " to %" PRIu64 "): the index states "
+	    "%" PRIu32 " raw bytes, more than its %" PRIu32 " bytes of "
+	    "zstd can hold", b->ab_zoff, b->ab_seq, b->ab_seq +
+	    b->ab_nframes - 1, b->ab_raw_len, b->ab_zlen);
+	return -1;
+}
+
 int
 archive_block_decompress(ZSTD_DCtx *dctx, int fd,
     const struct archive_block *b, int frames_checked, uint8_t *dst,
@@ -423,16 +441,8 @@ archive_block_decompress(ZSTD_DCtx *dctx, int fd,
 	size_t r, zlen = b->ab_zlen;
 	uint8_t *z;
 
-	/* a damaged length is refused before its memory is allocated */
-	if ((uint64_t)b->ab_raw_len > (uint64_t)b->ab_zlen *
-	    ARCHIVE_ZSTD_MAX_RATIO) {
-		snprintf(errbuf, errlen, "corrupt block at offset %" PRIu64
-		    " (sequences %" PRIu64 " to %" PRIu64 "): the index states "
-		    "%" PRIu32 " raw bytes, more than its %" PRIu32 " bytes of "
-		    "zstd can hold", b->ab_zoff, b->ab_seq, b->ab_seq +
-		    b->ab_nframes - 1, b->ab_raw_len, b->ab_zlen);
+	if (block_plausible(b, errbuf, errlen) == -1)
 		return -1;
-	}
 	if (dstcap < b->ab_raw_len) {
 		snprintf(errbuf, errlen, "a buffer of %zu bytes for a block of "
 		    "%" PRIu32, dstcap, b->ab_raw_len);
@@ -497,11 +507,8 @@ archive_read_block(int fd, const struct archive_block *b, size_t max_frame,
 	uint32_t n = 0;
 
 	*out = NULL;
-	/* a damaged length is refused before its memory is allocated */
-	if ((uint64_t)b->ab_raw_len > (uint64_t)b->ab_zlen *
-	    ARCHIVE_ZSTD_MAX_RATIO)
-		return archive_block_decompress(NULL, fd, b, 0, NULL, 0, &z,
-		    &zcap, errbuf, errlen);
+	if (block_plausible(b, errbuf, errlen) == -1)
+		return -1;
 	if ((dctx = ZSTD_createDCtx()) == NULL ||
 	    (ch = chunk_new(b->ab_raw_len)) == NULL) {
 		snprintf(errbuf, errlen, "out of memory");
@@ -590,10 +597,8 @@ read_pieces(ZSTD_DCtx *dctx, uint8_t **zbuf, size_t *zcap, int fd,
 
 	*out = NULL;
 	*nout = 0;
-	if ((uint64_t)b->ab_raw_len > (uint64_t)b->ab_zlen *
-	    ARCHIVE_ZSTD_MAX_RATIO)
-		return archive_block_decompress(NULL, fd, b, 0, NULL, 0, zbuf,
-		    zcap, errbuf, errlen);
+	if (block_plausible(b, errbuf, errlen) == -1)
+		return -1;
 	if (dctx == NULL && (dctx = own = ZSTD_createDCtx()) == NULL)
 		goto nomem;
 	/* blocks of one size share the chunk buffer cache's bucket */
@@ -970,7 +975,7 @@ archive_one(struct archiver *av, const struct segstore_pick *pk)
 		    "renaming %s", dir, zname);
 		if (unlinkat(dirfd, zname, 0) == -1 && errno != ENOENT)
 			segstore_archive_left(av->av_ss, pk->pk_base,
-			    SEGSTORE_LEFT_ZST);
+			    SEGSTORE_LEFT_ZST, 1);
 		archive_index_free(&idx);
 		return -1;
 	}
@@ -990,7 +995,8 @@ archive_one(struct archiver *av, const struct segstore_pick *pk)
 		/* served from the .wal.zst; the raw file goes later */
 		archive_why(av, "%s/%s: archive: cannot remove the raw segment "
 		    "(the .wal.zst serves it)", dir, pk->pk_name);
-		segstore_archive_left(av->av_ss, pk->pk_base, SEGSTORE_LEFT_RAW);
+		segstore_archive_left(av->av_ss, pk->pk_base, SEGSTORE_LEFT_RAW,
+		    1);
 		rc = -1;
 	}
 	archive_step(av, ARCHIVE_STEP_UNLINKED, zname);
@@ -1043,7 +1049,7 @@ archive_leftovers(struct archiver *av)
 		}
 		log_info("%s/%s: removed (left by a failed archive step)",
 		    segstore_dir(av->av_ss), name);
-		segstore_archive_leftover_done(av->av_ss, base, what);
+		segstore_archive_left(av->av_ss, base, what, 0);
 		removed = 1;
 	}
 	if (removed && fsync(segstore_dirfd(av->av_ss)) == -1) {

@@ -736,16 +736,16 @@ segstore_archive_commit(struct segstore *ss, uint64_t base,
 }
 
 void
-segstore_archive_left(struct segstore *ss, uint64_t base, int what)
+segstore_archive_left(struct segstore *ss, uint64_t base, int what, int left)
 {
 	struct segment *seg;
 
 	pthread_mutex_lock(&ss->ss_mtx);
 	if ((seg = segment_by_base(ss, base)) != NULL) {
 		if (what == SEGSTORE_LEFT_RAW)
-			seg->seg_rawleft = 1;
+			seg->seg_rawleft = left;
 		else
-			seg->seg_zleft = 1;
+			seg->seg_zleft = left;
 	}
 	pthread_mutex_unlock(&ss->ss_mtx);
 }
@@ -772,21 +772,6 @@ segstore_archive_leftover(struct segstore *ss, char *name, size_t len,
 	}
 	pthread_mutex_unlock(&ss->ss_mtx);
 	return rc;
-}
-
-void
-segstore_archive_leftover_done(struct segstore *ss, uint64_t base, int what)
-{
-	struct segment *seg;
-
-	pthread_mutex_lock(&ss->ss_mtx);
-	if ((seg = segment_by_base(ss, base)) != NULL) {
-		if (what == SEGSTORE_LEFT_RAW)
-			seg->seg_rawleft = 0;
-		else
-			seg->seg_zleft = 0;
-	}
-	pthread_mutex_unlock(&ss->ss_mtx);
 }
 
 void

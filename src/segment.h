@@ -313,18 +313,16 @@ void		 segstore_archive_skip(struct segstore *, uint64_t base);
 /*
  * left: the archiver could not remove a file of the segment at base (what:
  * SEGSTORE_LEFT_RAW, the raw file after commit; SEGSTORE_LEFT_ZST, the
- * .wal.zst after a failed directory fsync). leftover: the name of one such
- * file still there (0), or 1; leftover_done: it is gone. failed: count a
- * failed attempt (walrelay_archive_failures_total).
+ * .wal.zst after a failed directory fsync) (left 1), or removed it later
+ * (left 0). leftover: the name of one such file still there (0), or 1.
+ * failed: count a failed attempt (walrelay_archive_failures_total).
  */
 #define SEGSTORE_LEFT_RAW	1
 #define SEGSTORE_LEFT_ZST	2
 void		 segstore_archive_left(struct segstore *, uint64_t base,
-		    int what);
+		    int what, int left);
 int		 segstore_archive_leftover(struct segstore *, char *name,
 		    size_t len, uint64_t *base, int *what);
-void		 segstore_archive_leftover_done(struct segstore *,
-		    uint64_t base, int what);
 void		 segstore_archive_failed(struct segstore *);
 /* Look for segments to archive now (the janitor, after a rotation). */
 void		 segstore_archive_kick(struct segstore *);

@@ -986,11 +986,12 @@ sub_direct_begin(struct subscriber *sub)
 
 /*
  * Write the queued bytes now, as much as a write callback would (its
- * max_single_write: less while reading segment files). What the socket does not take is left to libevent (the write
- * event, whose callback refills). When everything went and there is
- * more to queue (more), the next refill comes from the write callback,
- * run from the loop as libevent would after a write. 0, or
- * -1 with errno set (the connection failed).
+ * max_single_write: less while reading segment files). What the socket
+ * does not take is left to libevent (the write event, whose callback
+ * refills). When everything went and there is more to queue (more), the
+ * next refill comes from the write callback, run from the loop as
+ * libevent would after a write. 0, or -1 with errno set (the connection
+ * failed).
  */
 static int
 sub_direct_write(struct subscriber *sub, int more)
