@@ -3,7 +3,7 @@
  * the event loop through an eventfd.
  *
  * Workers take jobs in submission order; a finished job goes on the done
- * list, and the worker that makes the list non-empty writes the eventfd.
+ * list, and the worker that makes the list non-empty wakes the loop (wakeup.h).
  * The loop's callback takes the whole list at once and runs the done
  * callbacks in the order the jobs finished.
  *
@@ -17,7 +17,6 @@
  */
 #include "autoconfig.h"
 
-#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 
@@ -32,6 +31,7 @@
 #include <event2/event.h>
 
 #include "iopool.h"
+#include "wakeup.h"
 
 #define IOPOOL_MAX_THREADS	64
 
@@ -53,8 +53,7 @@ struct iopool {
 	unsigned		 ip_running;
 	unsigned		 ip_ndone;
 	int			 ip_stop;
-	int			 ip_efd;	/* workers -> loop */
-	struct event		*ip_ev;
+	struct wakeup		*ip_wake;	/* workers -> loop */
 	pthread_t		*ip_threads;
 	unsigned		 ip_nthreads;
 	uint64_t		 ip_finished;	/* done callbacks run (loop) */
@@ -79,7 +78,6 @@ iopool_main(void *arg)
 {
 	struct iopool *ip = arg;
 	struct iopool_job *j;
-	uint64_t one = 1;
 	int wake;
 
 	prctl(PR_SET_NAME, "wr-io", 0, 0, 0);	/* top -H, tests/fault */
@@ -103,12 +101,8 @@ iopool_main(void *arg)
 		STAILQ_INSERT_TAIL(&ip->ip_done, j, ij_entry);
 		ip->ip_ndone++;
 		pthread_cond_broadcast(&ip->ip_idle);
-		if (wake) {
-			/* an eventfd write only fails on overflow: never */
-			while (write(ip->ip_efd, &one, sizeof(one)) == -1 &&
-			    errno == EINTR)
-				;
-		}
+		if (wake)
+			wakeup_signal(ip->ip_wake);
 	}
 	pthread_mutex_unlock(&ip->ip_mtx);
 	return NULL;
@@ -134,14 +128,9 @@ iopool_reap(struct iopool *ip)
 }
 
 static void
-iopool_event_cb(evutil_socket_t fd, short what, void *arg)
+iopool_wake_cb(void *arg)
 {
-	struct iopool *ip = arg;
-	uint64_t n;
-
-	/* nonblocking: EAGAIN when a reap already took what it announced */
-	(void)read(ip->ip_efd, &n, sizeof(n));
-	iopool_reap(ip);
+	iopool_reap(arg);
 }
 
 struct iopool *
@@ -163,22 +152,15 @@ iopool_new(struct event_base *base, unsigned nthreads, const char *name,
 		snprintf(errbuf, errlen, "out of memory");
 		return NULL;
 	}
-	ip->ip_efd = -1;
 	snprintf(ip->ip_name, sizeof(ip->ip_name), "%s", name);
 	pthread_mutex_init(&ip->ip_mtx, NULL);
 	pthread_cond_init(&ip->ip_work, NULL);
 	pthread_cond_init(&ip->ip_idle, NULL);
 	STAILQ_INIT(&ip->ip_queue);
 	STAILQ_INIT(&ip->ip_done);
-	if ((ip->ip_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) == -1) {
-		snprintf(errbuf, errlen, "eventfd: %s", strerror(errno));
+	if ((ip->ip_wake = wakeup_new(base, iopool_wake_cb, ip, errbuf,
+	    errlen)) == NULL)
 		goto fail;
-	}
-	if ((ip->ip_ev = event_new(base, ip->ip_efd, EV_READ | EV_PERSIST,
-	    iopool_event_cb, ip)) == NULL || event_add(ip->ip_ev, NULL) == -1) {
-		snprintf(errbuf, errlen, "out of memory");
-		goto fail;
-	}
 	/* signals are for the loop thread */
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -242,10 +224,7 @@ iopool_free(struct iopool *ip)
 	pthread_mutex_unlock(&ip->ip_mtx);
 	for (unsigned i = 0; i < ip->ip_nthreads; i++)
 		pthread_join(ip->ip_threads[i], NULL);
-	if (ip->ip_ev != NULL)
-		event_free(ip->ip_ev);
-	if (ip->ip_efd != -1)
-		close(ip->ip_efd);
+	wakeup_free(ip->ip_wake);
 	pthread_cond_destroy(&ip->ip_idle);
 	pthread_cond_destroy(&ip->ip_work);
 	pthread_mutex_destroy(&ip->ip_mtx);

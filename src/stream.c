@@ -5,15 +5,12 @@
  */
 #include "autoconfig.h"
 
-#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -29,6 +26,7 @@
 #include "subscriber.h"
 #include "tls.h"
 #include "upstream.h"
+#include "wakeup.h"
 
 #define STREAM_JANITOR_MS	1000
 /*
@@ -98,31 +96,26 @@ stream_published(struct stream *st)
 }
 
 /*
- * The writer thread calls this: wake the loop (thread-safe). Through an
- * eventfd of its own, not event_active: that holds the loop's base lock
- * while it wakes the loop, which then blocks on the lock until this
- * thread lets go (a second sleep and wake-up before it can send the
- * frames just made durable).
+ * The writer thread calls this: wake the loop (thread-safe), through an
+ * eventfd (wakeup.h), not event_active, which would hold the loop's lock
+ * while the loop wakes (a second sleep before it can send the frames just
+ * made durable).
  */
 static void
 stream_store_notify(void *arg)
 {
 	struct stream *st = arg;
-	uint64_t one = 1;
 
-	/* fails only when the counter would overflow: the loop is awake */
-	(void)write(st->st_store_efd, &one, sizeof(one));
+	wakeup_signal(st->st_store_wake);
 }
 
 /* The writer moved: new durable frames, disk trouble, or recovery. */
 static void
-stream_store_cb(evutil_socket_t fd, short what, void *arg)
+stream_store_cb(void *arg)
 {
 	struct stream *st = arg;
 	int olderr = st->st_ss.ss_error;
-	uint64_t n;
 
-	(void)read(fd, &n, sizeof(n));
 	if (st->st_fan == NULL || st->st_store == NULL)
 		return;		/* closing */
 	stream_store_update(st);
@@ -448,7 +441,6 @@ stream_new_opened(const char *name, struct wr_config *cfg,
 		return NULL;
 	}
 	snprintf(st->st_name, sizeof(st->st_name), "%s", name);
-	st->st_store_efd = -1;
 	st->st_cfg = cfg;
 	st->st_tokens = tok;
 	st->st_upstream_tls = upstream_tls;
@@ -485,15 +477,12 @@ stream_new_opened(const char *name, struct wr_config *cfg,
 	    (cfg->upstream_protocol == UPSTREAM_PROTO_SUB ||
 	    cfg->upstream_protocol == UPSTREAM_PROTO_JETSTREAM) &&
 	    st->st_ss.ss_next == 0);
-	if ((st->st_store_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) == -1) {
-		snprintf(errbuf, errlen, "stream %s: eventfd: %s", name,
-		    strerror(errno));
+	if ((st->st_store_wake = wakeup_new(relay->r_base, stream_store_cb, st,
+	    err, sizeof(err))) == NULL) {
+		snprintf(errbuf, errlen, "stream %s: %s", name, err);
 		goto fail;
 	}
-	if ((st->st_store_ev = event_new(relay->r_base, st->st_store_efd,
-	    EV_READ | EV_PERSIST, stream_store_cb, st)) == NULL ||
-	    event_add(st->st_store_ev, NULL) == -1 ||
-	    (st->st_janitor = event_new(relay->r_base, -1, EV_PERSIST,
+	if ((st->st_janitor = event_new(relay->r_base, -1, EV_PERSIST,
 	    stream_janitor_cb, st)) == NULL) {
 		snprintf(errbuf, errlen, "out of memory");
 		goto fail;
@@ -618,7 +607,9 @@ stream_close(struct stream *st)
 		if (segstore_close(st->st_store) == -1)	/* makes it durable */
 			rc = -1;	/* or could not: frames were dropped */
 		st->st_store = NULL;
-		event_del(st->st_store_ev);
+		/* the writer thread is gone: no more wake-ups */
+		wakeup_free(st->st_store_wake);
+		st->st_store_wake = NULL;
 	}
 	return rc;
 }
@@ -634,10 +625,7 @@ stream_free(struct stream *st)
 	iopool_free(st->st_io);
 	if (st->st_janitor != NULL)
 		event_free(st->st_janitor);
-	if (st->st_store_ev != NULL)
-		event_free(st->st_store_ev);
-	if (st->st_store_efd != -1)
-		close(st->st_store_efd);
+	wakeup_free(st->st_store_wake);
 	tls_free(st->st_upstream_tls);
 	auth_free(st->st_tokens);
 	free(st->st_tokens);

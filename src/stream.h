@@ -80,8 +80,7 @@ struct stream {
 	struct upstream		*st_up;
 	struct fanout		*st_fan;
 	struct jetstream	*st_js;		/* JetStream sink or source */
-	struct event		*st_store_ev;	/* writer -> loop */
-	int			 st_store_efd;	/* its eventfd */
+	struct wakeup		*st_store_wake;	/* writer -> loop */
 	struct event		*st_janitor;	/* once a second */
 	struct snapshotter	*st_snap;	/* snapshots, compaction */
 	struct iopool		*st_io;		/* file work off the loop */
