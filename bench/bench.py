@@ -560,9 +560,10 @@ def machine():
     return info
 
 
-def fsync_probe(n=200):
-    """p50 and p99 ms of write(4 KiB) + fdatasync on the data disk."""
-    path = os.path.join(HERE, "build", "fsync-probe")
+def fsync_probe(n=200, d=None):
+    """p50 and p99 ms of write(4 KiB) + fdatasync in directory d (default:
+    the data disk of the benchmark, bench/build)."""
+    path = os.path.join(d or os.path.join(HERE, "build"), "fsync-probe")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     lat = []
     try:

@@ -21,28 +21,9 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
-
-
-def fsync_probe(d, n=200):
-    """p50 and p99 ms of write(4 KiB) + fdatasync in directory d."""
-    path = os.path.join(d, "fsync-probe")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    lat = []
-    try:
-        for _ in range(n):
-            t = time.perf_counter()
-            os.write(fd, b"x" * 4096)
-            os.fdatasync(fd)
-            lat.append((time.perf_counter() - t) * 1000)
-    finally:
-        os.close(fd)
-        os.unlink(path)
-    lat.sort()
-    return (lat[len(lat) // 2], lat[int(len(lat) * 0.99)])
 
 
 def main():
@@ -73,7 +54,7 @@ def main():
     probes = []
     try:
         for rep in range(args.reps):
-            probes.append(fsync_probe(rundir))
+            probes.append(bench.fsync_probe(d=rundir))
             bench.log(f"rep {rep} disk: 4 KiB write + fdatasync p50 "
                       f"{probes[-1][0]:.2f} ms, p99 {probes[-1][1]:.2f} ms")
             order = builds if rep % 2 == 0 else builds[::-1]
